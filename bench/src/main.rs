@@ -1,0 +1,2 @@
+//! spate-bench
+fn main() {}

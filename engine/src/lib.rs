@@ -1,0 +1,1 @@
+//! spate: placeholder

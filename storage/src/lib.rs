@@ -1,0 +1,1 @@
+//! spate-storage: placeholder

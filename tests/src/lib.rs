@@ -1,0 +1,1 @@
+//! spate-tests: shared helpers for the end-to-end tests.

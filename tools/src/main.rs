@@ -1,0 +1,2 @@
+//! spate-ckpt
+fn main() {}
