@@ -1,0 +1,73 @@
+//! Job configuration.
+
+use crate::keygroup::MAX_MAX_PARALLELISM;
+use crate::JobError;
+
+/// How a job runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobConfig {
+    /// Number of subtasks of every operator, one reactor each. Default: the
+    /// number of available cores. May exceed the core count (reactors then
+    /// share cores), which tests use.
+    pub parallelism: usize,
+    /// Number of key groups, the upper bound for rescaling (Flink's max
+    /// parallelism). Default 128, at most 32768.
+    pub max_parallelism: u32,
+    /// Records per batch crossing a ring. Default 1024.
+    pub batch_size: usize,
+    /// Batches each exchange ring holds. Default 64.
+    pub ring_capacity: usize,
+    /// Pin reactor `i` to core `i mod cores`. Default true.
+    pub pin_cores: bool,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        Self {
+            parallelism: core_affinity::get_core_ids()
+                .map(|c| c.len())
+                .unwrap_or(1)
+                .max(1),
+            max_parallelism: crate::keygroup::DEFAULT_MAX_PARALLELISM,
+            batch_size: 1024,
+            ring_capacity: 64,
+            pin_cores: true,
+        }
+    }
+}
+
+impl JobConfig {
+    /// The defaults with `parallelism` subtasks.
+    pub fn with_parallelism(parallelism: usize) -> Self {
+        Self {
+            parallelism,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the configuration, naming the first bad setting.
+    pub fn validate(&self) -> Result<(), JobError> {
+        if self.parallelism == 0 {
+            return Err(JobError::Config("parallelism must be at least 1".into()));
+        }
+        if self.max_parallelism == 0 || self.max_parallelism > MAX_MAX_PARALLELISM {
+            return Err(JobError::Config(format!(
+                "max_parallelism must be in 1..={MAX_MAX_PARALLELISM}, got {}",
+                self.max_parallelism
+            )));
+        }
+        if self.parallelism as u64 > self.max_parallelism as u64 {
+            return Err(JobError::Config(format!(
+                "parallelism {} exceeds max_parallelism {}",
+                self.parallelism, self.max_parallelism
+            )));
+        }
+        if self.batch_size == 0 {
+            return Err(JobError::Config("batch_size must be at least 1".into()));
+        }
+        if self.ring_capacity < 2 {
+            return Err(JobError::Config("ring_capacity must be at least 2".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,489 @@
+//! Keyed operators: process functions with keyed state and timers, on one or
+//! two inputs.
+//!
+//! One implementation serves both shapes: a single-input
+//! [`KeyedProcessFunction`] runs as a two-input operator whose second input
+//! never exists. Records arrive through exchanges, so every key seen here
+//! belongs to this subtask's key-group range (asserted). Event-time timers
+//! fire in timestamp order when the operator's input watermark (the minimum
+//! over its inputs) passes them; processing-time timers fire when the
+//! subtask's clock does. Timers are deduplicated per (timestamp, key) as in
+//! Flink.
+
+use super::{
+    exchange, ConnectedStreams, Cx, Data, ExchangeData, KeyedStream, Output, ProcessingTimers,
+    Push, Record, Stream,
+};
+use crate::error::ProcessError;
+use crate::keygroup::{key_group_for, Key, KeyGroupRange};
+use crate::state::{KeyScope, StateRegistry};
+use crate::time::{TimeDomain, Timestamp, MAX_WATERMARK};
+use crate::JobError;
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::rc::Rc;
+
+/// The context of one keyed function call: the current key (which scopes
+/// state handles), the record's or timer's timestamp, timers and output.
+pub struct KeyedContext<'a, K, O> {
+    key: &'a K,
+    key_group_index: usize,
+    timestamp: Timestamp,
+    watermark: Timestamp,
+    now_ms: u64,
+    out: &'a mut Vec<Record<O>>,
+    timers: &'a mut Timers<K>,
+}
+
+impl<K: Key, O> KeyedContext<'_, K, O> {
+    /// The current key.
+    pub fn key(&self) -> &K {
+        self.key
+    }
+
+    /// Timestamp of the current record, or of the firing timer.
+    pub fn timestamp(&self) -> Timestamp {
+        self.timestamp
+    }
+
+    /// The operator's current input watermark.
+    pub fn watermark(&self) -> Timestamp {
+        self.watermark
+    }
+
+    /// The subtask's processing time (epoch ms) at the start of this step.
+    pub fn processing_time(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Emits `value` with the current timestamp.
+    pub fn emit(&mut self, value: O) {
+        self.out.push(Record {
+            ts: self.timestamp,
+            value,
+        });
+    }
+
+    /// Emits `value` with timestamp `ts`.
+    pub fn emit_at(&mut self, ts: Timestamp, value: O) {
+        self.out.push(Record { ts, value });
+    }
+
+    /// Fires [`on_timer`](KeyedProcessFunction::on_timer) for the current key
+    /// once the watermark reaches `ts`.
+    pub fn register_event_time_timer(&mut self, ts: Timestamp) {
+        self.timers.event.insert((ts, self.key.clone()));
+    }
+
+    /// Fires the timer for the current key once processing time reaches `ts`.
+    pub fn register_processing_time_timer(&mut self, ts: u64) {
+        self.timers.processing.insert((ts, self.key.clone()));
+    }
+
+    /// Removes the current key's event-time timer at `ts`, if any.
+    pub fn delete_event_time_timer(&mut self, ts: Timestamp) {
+        self.timers.event.remove(&(ts, self.key.clone()));
+    }
+
+    /// Removes the current key's processing-time timer at `ts`, if any.
+    pub fn delete_processing_time_timer(&mut self, ts: u64) {
+        self.timers.processing.remove(&(ts, self.key.clone()));
+    }
+}
+
+impl<K: Key, O> KeyScope<K> for KeyedContext<'_, K, O> {
+    fn current_key(&self) -> &K {
+        self.key
+    }
+    fn key_group_index(&self) -> usize {
+        self.key_group_index
+    }
+}
+
+/// A function over a keyed stream (Flink's `KeyedProcessFunction`). Closures
+/// `FnMut(I, &mut KeyedContext<K, O>) -> Result<(), ProcessError>` implement it.
+pub trait KeyedProcessFunction<K, I, O>: 'static {
+    /// Called for every record.
+    fn process_element(
+        &mut self,
+        value: I,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError>;
+
+    /// Called when a timer of the current key fires.
+    fn on_timer(
+        &mut self,
+        timestamp: Timestamp,
+        domain: TimeDomain,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError> {
+        let _ = (timestamp, domain, ctx);
+        Ok(())
+    }
+}
+
+impl<K, I, O, F> KeyedProcessFunction<K, I, O> for F
+where
+    F: FnMut(I, &mut KeyedContext<'_, K, O>) -> Result<(), ProcessError> + 'static,
+{
+    fn process_element(
+        &mut self,
+        value: I,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError> {
+        self(value, ctx)
+    }
+}
+
+/// A function over two connected keyed streams (Flink's
+/// `KeyedCoProcessFunction`): both inputs share keyed state and timers.
+pub trait CoProcessFunction<K, I1, I2, O>: 'static {
+    /// Called for every record of the first input.
+    fn process_element1(
+        &mut self,
+        value: I1,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError>;
+
+    /// Called for every record of the second input.
+    fn process_element2(
+        &mut self,
+        value: I2,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError>;
+
+    /// Called when a timer of the current key fires.
+    fn on_timer(
+        &mut self,
+        timestamp: Timestamp,
+        domain: TimeDomain,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError> {
+        let _ = (timestamp, domain, ctx);
+        Ok(())
+    }
+}
+
+/// Runs a single-input function as a two-input one without a second input.
+struct Single<P>(P);
+
+impl<K, I, O, P: KeyedProcessFunction<K, I, O>> CoProcessFunction<K, I, Infallible, O>
+    for Single<P>
+{
+    fn process_element1(
+        &mut self,
+        value: I,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError> {
+        self.0.process_element(value, ctx)
+    }
+    fn process_element2(
+        &mut self,
+        value: Infallible,
+        _ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError> {
+        match value {}
+    }
+    fn on_timer(
+        &mut self,
+        timestamp: Timestamp,
+        domain: TimeDomain,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError> {
+        self.0.on_timer(timestamp, domain, ctx)
+    }
+}
+
+/// Pending timers of one operator.
+pub(crate) struct Timers<K> {
+    pub(crate) event: BTreeSet<(Timestamp, K)>,
+    pub(crate) processing: BTreeSet<(u64, K)>,
+}
+
+struct Operator<K, I1, I2, O, F> {
+    name: String,
+    subtask: usize,
+    function: F,
+    key1: Rc<dyn Fn(&I1) -> K>,
+    key2: Option<Rc<dyn Fn(&I2) -> K>>,
+    range: KeyGroupRange,
+    max_parallelism: u32,
+    timers: Timers<K>,
+    out: Vec<Record<O>>,
+    output: Output<O>,
+    watermarks: [Timestamp; 2],
+    watermark: Timestamp,
+    open_inputs: usize,
+    /// Keeps the state tables alive (and, later, reachable for snapshots).
+    _state: StateRegistry<K>,
+}
+
+impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1, I2, O, F> {
+    fn error(&self, source: ProcessError) -> JobError {
+        JobError::Operator {
+            operator: self.name.clone(),
+            subtask: self.subtask,
+            source,
+        }
+    }
+
+    fn key_group_index(&self, key: &K) -> usize {
+        let group = key_group_for(key, self.max_parallelism);
+        assert!(
+            self.range.contains(group),
+            "operator `{}` on subtask {} got key group {group} outside its range {:?}",
+            self.name,
+            self.subtask,
+            self.range
+        );
+        (group - self.range.start) as usize
+    }
+
+    fn process<I>(
+        &mut self,
+        batch: &mut Vec<Record<I>>,
+        cx: &mut Cx,
+        key_of: impl Fn(&Self, &I) -> K,
+        call: impl Fn(&mut F, I, &mut KeyedContext<'_, K, O>) -> Result<(), ProcessError>,
+    ) -> Result<(), JobError> {
+        for record in batch.drain(..) {
+            let key = key_of(self, &record.value);
+            let key_group_index = self.key_group_index(&key);
+            let mut ctx = KeyedContext {
+                key: &key,
+                key_group_index,
+                timestamp: record.ts,
+                watermark: self.watermark,
+                now_ms: cx.now_ms,
+                out: &mut self.out,
+                timers: &mut self.timers,
+            };
+            if let Err(e) = call(&mut self.function, record.value, &mut ctx) {
+                return Err(self.error(e));
+            }
+        }
+        self.output.push(&mut self.out, cx)
+    }
+
+    fn fire_event_timers(&mut self, watermark: Timestamp, cx: &mut Cx) -> Result<(), JobError> {
+        while let Some((ts, _)) = self.timers.event.first() {
+            if *ts > watermark {
+                break;
+            }
+            let (ts, key) = self.timers.event.pop_first().expect("first() was Some");
+            self.fire(ts, TimeDomain::EventTime, key, cx)?;
+        }
+        Ok(())
+    }
+
+    fn fire(
+        &mut self,
+        ts: Timestamp,
+        domain: TimeDomain,
+        key: K,
+        cx: &mut Cx,
+    ) -> Result<(), JobError> {
+        let key_group_index = self.key_group_index(&key);
+        let mut ctx = KeyedContext {
+            key: &key,
+            key_group_index,
+            timestamp: ts,
+            watermark: self.watermark,
+            now_ms: cx.now_ms,
+            out: &mut self.out,
+            timers: &mut self.timers,
+        };
+        if let Err(e) = self.function.on_timer(ts, domain, &mut ctx) {
+            return Err(self.error(e));
+        }
+        if self.out.len() >= 1024 {
+            self.output.push(&mut self.out, cx)?;
+        }
+        Ok(())
+    }
+
+    fn input_watermark(
+        &mut self,
+        input: usize,
+        watermark: Timestamp,
+        cx: &mut Cx,
+    ) -> Result<(), JobError> {
+        self.watermarks[input] = self.watermarks[input].max(watermark);
+        let min = self.watermarks[0].min(self.watermarks[1]);
+        if min > self.watermark {
+            self.watermark = min;
+            self.fire_event_timers(min, cx)?;
+            self.output.push(&mut self.out, cx)?;
+            self.output.watermark(min, cx)?;
+        }
+        Ok(())
+    }
+
+    fn input_end(&mut self, input: usize, cx: &mut Cx) -> Result<(), JobError> {
+        self.input_watermark(input, MAX_WATERMARK, cx)?;
+        self.open_inputs -= 1;
+        if self.open_inputs == 0 {
+            self.output.end(cx)?;
+        }
+        Ok(())
+    }
+}
+
+type Shared<K, I1, I2, O, F> = Rc<RefCell<Operator<K, I1, I2, O, F>>>;
+
+struct Input1<K, I1, I2, O, F>(Shared<K, I1, I2, O, F>);
+struct Input2<K, I1, I2, O, F>(Shared<K, I1, I2, O, F>);
+
+impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Push<I1>
+    for Input1<K, I1, I2, O, F>
+{
+    fn push(&mut self, batch: &mut Vec<Record<I1>>, cx: &mut Cx) -> Result<(), JobError> {
+        self.0.borrow_mut().process(
+            batch,
+            cx,
+            |op, v| (op.key1)(v),
+            |f, v, ctx| f.process_element1(v, ctx),
+        )
+    }
+    fn watermark(&mut self, watermark: Timestamp, cx: &mut Cx) -> Result<(), JobError> {
+        self.0.borrow_mut().input_watermark(0, watermark, cx)
+    }
+    fn end(&mut self, cx: &mut Cx) -> Result<(), JobError> {
+        self.0.borrow_mut().input_end(0, cx)
+    }
+}
+
+impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Push<I2>
+    for Input2<K, I1, I2, O, F>
+{
+    fn push(&mut self, batch: &mut Vec<Record<I2>>, cx: &mut Cx) -> Result<(), JobError> {
+        self.0.borrow_mut().process(
+            batch,
+            cx,
+            |op, v| (op.key2.as_ref().expect("second input is keyed"))(v),
+            |f, v, ctx| f.process_element2(v, ctx),
+        )
+    }
+    fn watermark(&mut self, watermark: Timestamp, cx: &mut Cx) -> Result<(), JobError> {
+        self.0.borrow_mut().input_watermark(1, watermark, cx)
+    }
+    fn end(&mut self, cx: &mut Cx) -> Result<(), JobError> {
+        self.0.borrow_mut().input_end(1, cx)
+    }
+}
+
+impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, O>> ProcessingTimers
+    for RefCell<Operator<K, I1, I2, O, F>>
+{
+    fn fire_processing_timers(&self, cx: &mut Cx) -> Result<bool, JobError> {
+        let mut op = self.borrow_mut();
+        let mut fired = false;
+        while let Some((ts, _)) = op.timers.processing.first() {
+            if *ts > cx.now_ms {
+                break;
+            }
+            let (ts, key) = op.timers.processing.pop_first().expect("first() was Some");
+            op.fire(ts, TimeDomain::ProcessingTime, key, cx)?;
+            fired = true;
+        }
+        if fired {
+            let op = &mut *op;
+            op.output.push(&mut op.out, cx)?;
+        }
+        Ok(fired)
+    }
+
+    fn next_processing_timer(&self) -> Option<u64> {
+        self.borrow().timers.processing.first().map(|(ts, _)| *ts)
+    }
+}
+
+#[allow(clippy::type_complexity)]
+fn build<
+    K: Key,
+    I1: ExchangeData,
+    I2: ExchangeData,
+    O: Data,
+    F: CoProcessFunction<K, I1, I2, O>,
+>(
+    first: &KeyedStream<K, I1>,
+    second: Option<&KeyedStream<K, I2>>,
+    name: &str,
+    factory: impl FnOnce(&mut StateRegistry<K>) -> F,
+) -> Stream<O> {
+    let df = &first.stream.df;
+    df.claim_name(name);
+    let (range, max_parallelism, subtask) = {
+        let g = df.graph();
+        (g.range, g.max_parallelism, g.subtask)
+    };
+    let mut registry = StateRegistry::new(range);
+    let function = factory(&mut registry);
+    let output = Output::new();
+    let op = Rc::new(RefCell::new(Operator {
+        name: name.to_string(),
+        subtask,
+        function,
+        key1: first.key.clone(),
+        key2: second.map(|s| s.key.clone()),
+        range,
+        max_parallelism,
+        timers: Timers {
+            event: BTreeSet::new(),
+            processing: BTreeSet::new(),
+        },
+        out: Vec::new(),
+        output: output.clone(),
+        watermarks: [0, if second.is_some() { 0 } else { MAX_WATERMARK }],
+        watermark: 0,
+        open_inputs: if second.is_some() { 2 } else { 1 },
+        _state: registry,
+    }));
+    let (in1, chain1) = exchange::exchange(
+        df,
+        &first.stream.output,
+        &first.stream.chains,
+        first.key.clone(),
+    );
+    in1.attach(Box::new(Input1(op.clone())));
+    let mut chains = vec![chain1];
+    if let Some(second) = second {
+        let (in2, chain2) = exchange::exchange(
+            df,
+            &second.stream.output,
+            &second.stream.chains,
+            second.key.clone(),
+        );
+        in2.attach(Box::new(Input2(op.clone())));
+        chains.push(chain2);
+    }
+    df.graph().timer_operators.push(op);
+    Stream {
+        df: df.clone(),
+        output,
+        chains: Rc::new(chains),
+    }
+}
+
+pub(crate) fn build_single<K: Key, T: ExchangeData, O: Data, P: KeyedProcessFunction<K, T, O>>(
+    keyed: &KeyedStream<K, T>,
+    name: &str,
+    factory: impl FnOnce(&mut StateRegistry<K>) -> P,
+) -> Stream<O> {
+    build::<K, T, Infallible, O, _>(keyed, None, name, |registry| Single(factory(registry)))
+}
+
+pub(crate) fn build_connected<
+    K: Key,
+    T1: ExchangeData,
+    T2: ExchangeData,
+    O: Data,
+    P: CoProcessFunction<K, T1, T2, O>,
+>(
+    connected: &ConnectedStreams<K, T1, T2>,
+    name: &str,
+    factory: impl FnOnce(&mut StateRegistry<K>) -> P,
+) -> Stream<O> {
+    build(&connected.first, Some(&connected.second), name, factory)
+}

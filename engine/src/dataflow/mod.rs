@@ -1,0 +1,478 @@
+//! The dataflow API and the operators behind it.
+//!
+//! A job is built by a closure that runs once on every subtask (Timely's
+//! worker model): it receives a [`Dataflow`] for that subtask and declares
+//! sources, transformations and sinks on typed [`Stream`]s. Operators on one
+//! subtask are chained by direct calls ([`Push`]); only `key_by` exchanges
+//! cross cores, through the rings of [`exchange`].
+//!
+//! Owns: the per-subtask graph (inputs, output buffers, timer operators) and
+//! the typed builder. Must not touch glommio: the same graph is driven by the
+//! real runtime and by the deterministic simulator.
+
+pub(crate) mod exchange;
+pub(crate) mod keyed;
+pub(crate) mod operators;
+
+use crate::keygroup::{Key, KeyGroupRange};
+use crate::runtime::JobEnv;
+use crate::sink::Sink;
+use crate::source::Source;
+use crate::time::{Timestamp, WatermarkStrategy};
+use crate::JobError;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub use keyed::{CoProcessFunction, KeyedContext, KeyedProcessFunction};
+
+/// Data that flows on a stream: cloned when a stream fans out.
+pub trait Data: Clone + 'static {}
+impl<T: Clone + 'static> Data for T {}
+
+/// Data that may cross cores at a `key_by` exchange.
+pub trait ExchangeData: Data + Send {}
+impl<T: Data + Send> ExchangeData for T {}
+
+/// A record with its event timestamp (Flink's `StreamRecord`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record<T> {
+    /// Event time in epoch milliseconds (0 when the job has no event time).
+    pub ts: Timestamp,
+    /// The payload.
+    pub value: T,
+}
+
+/// What travels through an exchange ring.
+pub(crate) enum Message<T> {
+    /// A batch of records.
+    Records(Vec<Record<T>>),
+    /// The sender's watermark advanced.
+    Watermark(Timestamp),
+    /// The sender's input ended; nothing follows.
+    End,
+}
+
+/// Per-step context handed down the operator chain.
+pub(crate) struct Cx {
+    /// Processing time at the start of the step.
+    pub now_ms: u64,
+}
+
+/// The push side of an operator input. A call consumes (drains) the batch.
+pub(crate) trait Push<T> {
+    fn push(&mut self, batch: &mut Vec<Record<T>>, cx: &mut Cx) -> Result<(), JobError>;
+    fn watermark(&mut self, watermark: Timestamp, cx: &mut Cx) -> Result<(), JobError>;
+    fn end(&mut self, cx: &mut Cx) -> Result<(), JobError>;
+}
+
+/// The fan-out point of a stream: every operator attached to it.
+pub(crate) struct Output<T>(Rc<RefCell<Vec<Box<dyn Push<T>>>>>);
+
+impl<T> Clone for Output<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T: Data> Output<T> {
+    pub(crate) fn new() -> Self {
+        Self(Rc::new(RefCell::new(Vec::new())))
+    }
+
+    pub(crate) fn attach(&self, target: Box<dyn Push<T>>) {
+        self.0.borrow_mut().push(target);
+    }
+
+    pub(crate) fn push(&self, batch: &mut Vec<Record<T>>, cx: &mut Cx) -> Result<(), JobError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut targets = self.0.borrow_mut();
+        match targets.split_last_mut() {
+            None => batch.clear(),
+            Some((last, rest)) => {
+                for target in rest {
+                    target.push(&mut batch.clone(), cx)?;
+                }
+                last.push(batch, cx)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn watermark(&self, watermark: Timestamp, cx: &mut Cx) -> Result<(), JobError> {
+        for target in self.0.borrow_mut().iter_mut() {
+            target.watermark(watermark, cx)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn end(&self, cx: &mut Cx) -> Result<(), JobError> {
+        for target in self.0.borrow_mut().iter_mut() {
+            target.end(cx)?;
+        }
+        Ok(())
+    }
+}
+
+/// Progress of one input in one step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum InputState {
+    /// Did work; call again.
+    Busy,
+    /// Nothing to do now.
+    Idle,
+    /// Will never produce again.
+    Finished,
+}
+
+/// Something that feeds a chain: a source or an exchange receiver.
+pub(crate) trait Input {
+    fn step(&mut self, cx: &mut Cx) -> Result<InputState, JobError>;
+    /// Whether a step now would do work (checked before parking).
+    fn has_work(&mut self, now_ms: u64) -> bool;
+    /// Processing time at which the input wants to be stepped again, if idle.
+    fn wake_at(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Buffers between a chain and the outside (exchange senders, egress sinks):
+/// they can hold back their chain's input (backpressure) and must be flushed.
+pub(crate) trait OutputBuffer {
+    /// The chain must not take more input until this drains.
+    fn is_blocked(&self) -> bool;
+    /// Moves held-back messages on; returns whether anything moved.
+    fn drain(&self, cx: &mut Cx) -> Result<bool, JobError>;
+    /// Sends partly filled batches and pending watermarks (end of a step).
+    fn flush(&self, cx: &mut Cx) -> Result<(), JobError>;
+    /// Whether `drain` would move something now (checked before parking).
+    fn can_drain(&self) -> bool;
+    /// Whether anything is still held back (the subtask is not done).
+    fn has_pending(&self) -> bool;
+}
+
+/// An operator with processing-time timers.
+pub(crate) trait ProcessingTimers {
+    fn fire_processing_timers(&self, cx: &mut Cx) -> Result<bool, JobError>;
+    fn next_processing_timer(&self) -> Option<u64>;
+}
+
+pub(crate) struct InputSlot {
+    pub input: Box<dyn Input>,
+    pub chain: usize,
+    pub finished: bool,
+}
+
+/// One subtask's operator graph.
+pub(crate) struct Graph {
+    pub subtask: usize,
+    pub parallelism: usize,
+    pub max_parallelism: u32,
+    pub range: KeyGroupRange,
+    pub batch_size: usize,
+    pub env: Arc<JobEnv>,
+    pub inputs: Vec<InputSlot>,
+    pub chains: Vec<Vec<Rc<dyn OutputBuffer>>>,
+    pub buffers: Vec<Rc<dyn OutputBuffer>>,
+    pub timer_operators: Vec<Rc<dyn ProcessingTimers>>,
+    pub names: Vec<String>,
+    pub build_error: Option<JobError>,
+    next_exchange: usize,
+}
+
+/// The builder handed to the job's build closure, once per subtask.
+#[derive(Clone)]
+pub struct Dataflow(Rc<RefCell<Graph>>);
+
+impl Dataflow {
+    pub(crate) fn new(env: Arc<JobEnv>, subtask: usize) -> Self {
+        let parallelism = env.config.parallelism;
+        let max_parallelism = env.config.max_parallelism;
+        let range =
+            crate::keygroup::key_group_range(max_parallelism, parallelism as u32, subtask as u32);
+        Self(Rc::new(RefCell::new(Graph {
+            subtask,
+            parallelism,
+            max_parallelism,
+            range,
+            batch_size: env.config.batch_size,
+            env,
+            inputs: Vec::new(),
+            chains: Vec::new(),
+            buffers: Vec::new(),
+            timer_operators: Vec::new(),
+            names: Vec::new(),
+            build_error: None,
+            next_exchange: 0,
+        })))
+    }
+
+    pub(crate) fn graph(&self) -> std::cell::RefMut<'_, Graph> {
+        self.0.borrow_mut()
+    }
+
+    /// This subtask's index, `0..parallelism()`.
+    pub fn subtask(&self) -> usize {
+        self.0.borrow().subtask
+    }
+
+    /// Number of subtasks of every operator.
+    pub fn parallelism(&self) -> usize {
+        self.0.borrow().parallelism
+    }
+
+    /// The job's max parallelism (number of key groups).
+    pub fn max_parallelism(&self) -> u32 {
+        self.0.borrow().max_parallelism
+    }
+
+    /// The key groups this subtask owns.
+    pub fn key_group_range(&self) -> KeyGroupRange {
+        self.0.borrow().range
+    }
+
+    /// Records batch size of the job.
+    pub fn batch_size(&self) -> usize {
+        self.0.borrow().batch_size
+    }
+
+    pub(crate) fn claim_name(&self, name: &str) {
+        let mut g = self.0.borrow_mut();
+        assert!(
+            !g.names.iter().any(|n| n == name),
+            "operator name `{name}` is used twice in one job"
+        );
+        g.names.push(name.to_string());
+    }
+
+    pub(crate) fn sink_context(&self) -> crate::sink::SinkContext {
+        let g = self.0.borrow();
+        crate::sink::SinkContext {
+            subtask: g.subtask,
+            parallelism: g.parallelism,
+            notifier: g.env.parkers[g.subtask].notifier(),
+        }
+    }
+
+    /// Records an error raised while building (for example a sink that cannot
+    /// open its output); the run fails with it once the build closure returns.
+    pub(crate) fn fail_build(&self, error: JobError) {
+        let mut g = self.0.borrow_mut();
+        if g.build_error.is_none() {
+            g.build_error = Some(error);
+        }
+    }
+
+    pub(crate) fn new_chain(&self) -> usize {
+        let mut g = self.0.borrow_mut();
+        g.chains.push(Vec::new());
+        g.chains.len() - 1
+    }
+
+    pub(crate) fn add_input(&self, input: Box<dyn Input>, chain: usize) {
+        self.0.borrow_mut().inputs.push(InputSlot {
+            input,
+            chain,
+            finished: false,
+        });
+    }
+
+    pub(crate) fn add_buffer(&self, chains: &[usize], buffer: Rc<dyn OutputBuffer>) {
+        let mut g = self.0.borrow_mut();
+        for &c in chains {
+            g.chains[c].push(buffer.clone());
+        }
+        g.buffers.push(buffer);
+    }
+
+    pub(crate) fn next_exchange_id(&self) -> usize {
+        let mut g = self.0.borrow_mut();
+        g.next_exchange += 1;
+        g.next_exchange - 1
+    }
+
+    /// Adds a source. `name` must be unique in the job; it names the source's
+    /// offsets in checkpoints.
+    pub fn source<T: Data, S: Source<T>>(
+        &self,
+        name: &str,
+        source: S,
+        watermarks: WatermarkStrategy<T>,
+    ) -> Stream<T> {
+        self.claim_name(name);
+        let chain = self.new_chain();
+        let output = Output::new();
+        let input = operators::SourceInput::new(name, source, watermarks, output.clone(), self);
+        self.add_input(Box::new(input), chain);
+        Stream {
+            df: self.clone(),
+            output,
+            chains: Rc::new(vec![chain]),
+        }
+    }
+}
+
+/// A stream of records on one subtask. Methods take `&self`: attaching two
+/// operators to one stream fans it out (records are cloned).
+pub struct Stream<T> {
+    pub(crate) df: Dataflow,
+    pub(crate) output: Output<T>,
+    /// The inputs whose records reach this stream (for backpressure).
+    pub(crate) chains: Rc<Vec<usize>>,
+}
+
+impl<T> Clone for Stream<T> {
+    fn clone(&self) -> Self {
+        Self {
+            df: self.df.clone(),
+            output: self.output.clone(),
+            chains: self.chains.clone(),
+        }
+    }
+}
+
+impl<T: Data> Stream<T> {
+    pub(crate) fn derive<U: Data>(
+        &self,
+        op: impl FnOnce(Output<U>) -> Box<dyn Push<T>>,
+    ) -> Stream<U> {
+        let output = Output::new();
+        self.output.attach(op(output.clone()));
+        Stream {
+            df: self.df.clone(),
+            output,
+            chains: self.chains.clone(),
+        }
+    }
+
+    /// Applies `f` to every record (timestamps are kept).
+    pub fn map<U: Data>(&self, f: impl FnMut(T) -> U + 'static) -> Stream<U> {
+        self.derive(|output| Box::new(operators::Map::new(f, output)))
+    }
+
+    /// Keeps the records for which `f` is true.
+    pub fn filter(&self, f: impl FnMut(&T) -> bool + 'static) -> Stream<T> {
+        self.derive(|output| Box::new(operators::Filter::new(f, output)))
+    }
+
+    /// Replaces every record by the records `f` returns (same timestamp).
+    pub fn flat_map<U: Data, I: IntoIterator<Item = U>>(
+        &self,
+        f: impl FnMut(T) -> I + 'static,
+    ) -> Stream<U> {
+        self.derive(|output| Box::new(operators::FlatMap::new(f, output)))
+    }
+
+    /// Calls `f` on every record and passes it on unchanged.
+    pub fn inspect(&self, mut f: impl FnMut(&Record<T>) + 'static) -> Stream<T> {
+        self.derive(|output| {
+            Box::new(operators::Filter::with_record(
+                move |r: &Record<T>| {
+                    f(r);
+                    true
+                },
+                output,
+            ))
+        })
+    }
+
+    /// Partitions the stream by key: records with equal keys meet on the
+    /// subtask owning the key's key group. The exchange happens at the keyed
+    /// operator applied next (`process`, `window`, `connect`).
+    pub fn key_by<K: Key>(&self, key: impl Fn(&T) -> K + 'static) -> KeyedStream<K, T>
+    where
+        T: ExchangeData,
+    {
+        KeyedStream {
+            stream: self.clone(),
+            key: Rc::new(key),
+        }
+    }
+
+    /// Writes the stream to `sink`. `name` must be unique in the job.
+    pub fn sink<S: Sink<T>>(&self, name: &str, sink: S) {
+        self.df.claim_name(name);
+        let context = self.df.sink_context();
+        let op = match operators::SinkOp::new(name, sink, &context) {
+            Ok(op) => Rc::new(op),
+            Err(error) => return self.df.fail_build(error),
+        };
+        self.df.add_buffer(&self.chains, op.clone());
+        self.output.attach(Box::new(operators::SinkPush(op)));
+    }
+
+    /// Calls `f` on every record (a sink without a name or backpressure).
+    pub fn for_each(&self, f: impl FnMut(Record<T>) + 'static) {
+        self.output.attach(Box::new(operators::ForEach(f)));
+    }
+}
+
+/// A stream partitioned by key; keyed operators apply to it.
+pub struct KeyedStream<K, T> {
+    pub(crate) stream: Stream<T>,
+    pub(crate) key: Rc<dyn Fn(&T) -> K>,
+}
+
+impl<K: Key, T: ExchangeData> KeyedStream<K, T> {
+    /// Applies a keyed process function with keyed state and timers. The
+    /// factory runs once per subtask and declares the function's state.
+    pub fn process<O: Data, P: KeyedProcessFunction<K, T, O>>(
+        &self,
+        name: &str,
+        factory: impl FnOnce(&mut crate::state::StateRegistry<K>) -> P,
+    ) -> Stream<O> {
+        keyed::build_single(self, name, factory)
+    }
+
+    /// Connects with another stream keyed by the same key type, for a keyed
+    /// two-input operator (joins).
+    pub fn connect<T2: ExchangeData>(
+        &self,
+        other: &KeyedStream<K, T2>,
+    ) -> ConnectedStreams<K, T, T2> {
+        ConnectedStreams {
+            first: KeyedStream {
+                stream: self.stream.clone(),
+                key: self.key.clone(),
+            },
+            second: KeyedStream {
+                stream: other.stream.clone(),
+                key: other.key.clone(),
+            },
+        }
+    }
+
+    /// Groups the keyed stream into event-time windows.
+    pub fn window(
+        &self,
+        assigner: crate::window::WindowAssigner,
+    ) -> crate::window::WindowedStream<K, T> {
+        crate::window::WindowedStream {
+            keyed: KeyedStream {
+                stream: self.stream.clone(),
+                key: self.key.clone(),
+            },
+            assigner,
+        }
+    }
+}
+
+/// Two keyed streams with the same key type, ready for a [`CoProcessFunction`].
+pub struct ConnectedStreams<K, T1, T2> {
+    pub(crate) first: KeyedStream<K, T1>,
+    pub(crate) second: KeyedStream<K, T2>,
+}
+
+impl<K: Key, T1: ExchangeData, T2: ExchangeData> ConnectedStreams<K, T1, T2> {
+    /// Applies a keyed two-input process function; both inputs share its
+    /// keyed state and timers.
+    pub fn process<O: Data, P: CoProcessFunction<K, T1, T2, O>>(
+        &self,
+        name: &str,
+        factory: impl FnOnce(&mut crate::state::StateRegistry<K>) -> P,
+    ) -> Stream<O> {
+        keyed::build_connected(self, name, factory)
+    }
+}

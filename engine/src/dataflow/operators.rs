@@ -1,0 +1,375 @@
+//! Stateless chained operators, the source input and the sink operator.
+
+use super::{Cx, Data, Dataflow, Input, InputState, Output, OutputBuffer, Push, Record};
+use crate::error::{JobError, SinkError};
+use crate::sink::{Sink, SinkContext};
+use crate::source::{Source, SourceContext, SourcePoll};
+use crate::time::{Timestamp, WatermarkStrategy, MAX_WATERMARK};
+use std::cell::RefCell;
+use std::sync::Arc;
+
+pub(crate) struct Map<T, U, F> {
+    f: F,
+    out: Vec<Record<U>>,
+    output: Output<U>,
+    _in: std::marker::PhantomData<T>,
+}
+
+impl<T, U: Data, F: FnMut(T) -> U> Map<T, U, F> {
+    pub(crate) fn new(f: F, output: Output<U>) -> Self {
+        Self {
+            f,
+            out: Vec::new(),
+            output,
+            _in: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T, U: Data, F: FnMut(T) -> U> Push<T> for Map<T, U, F> {
+    fn push(&mut self, batch: &mut Vec<Record<T>>, cx: &mut Cx) -> Result<(), JobError> {
+        let f = &mut self.f;
+        self.out.extend(batch.drain(..).map(|r| Record {
+            ts: r.ts,
+            value: f(r.value),
+        }));
+        self.output.push(&mut self.out, cx)
+    }
+    fn watermark(&mut self, watermark: Timestamp, cx: &mut Cx) -> Result<(), JobError> {
+        self.output.watermark(watermark, cx)
+    }
+    fn end(&mut self, cx: &mut Cx) -> Result<(), JobError> {
+        self.output.end(cx)
+    }
+}
+
+pub(crate) struct Filter<F, T> {
+    f: F,
+    output: Output<T>,
+}
+
+impl<T: Data, G: FnMut(&T) -> bool> Filter<FilterValue<G>, T> {
+    pub(crate) fn new(f: G, output: Output<T>) -> Self {
+        Self {
+            f: FilterValue(f),
+            output,
+        }
+    }
+}
+
+impl<T: Data, G: FnMut(&Record<T>) -> bool> Filter<G, T> {
+    pub(crate) fn with_record(f: G, output: Output<T>) -> Self {
+        Self { f, output }
+    }
+}
+
+/// Adapts a predicate on values to one on records.
+pub(crate) struct FilterValue<G>(G);
+
+pub(crate) trait RecordPredicate<T> {
+    fn keep(&mut self, record: &Record<T>) -> bool;
+}
+
+impl<T, G: FnMut(&T) -> bool> RecordPredicate<T> for FilterValue<G> {
+    #[inline]
+    fn keep(&mut self, record: &Record<T>) -> bool {
+        (self.0)(&record.value)
+    }
+}
+
+impl<T, G: FnMut(&Record<T>) -> bool> RecordPredicate<T> for G {
+    #[inline]
+    fn keep(&mut self, record: &Record<T>) -> bool {
+        self(record)
+    }
+}
+
+impl<T: Data, F: RecordPredicate<T>> Push<T> for Filter<F, T> {
+    fn push(&mut self, batch: &mut Vec<Record<T>>, cx: &mut Cx) -> Result<(), JobError> {
+        batch.retain(|r| self.f.keep(r));
+        self.output.push(batch, cx)
+    }
+    fn watermark(&mut self, watermark: Timestamp, cx: &mut Cx) -> Result<(), JobError> {
+        self.output.watermark(watermark, cx)
+    }
+    fn end(&mut self, cx: &mut Cx) -> Result<(), JobError> {
+        self.output.end(cx)
+    }
+}
+
+pub(crate) struct FlatMap<T, U, F> {
+    f: F,
+    out: Vec<Record<U>>,
+    output: Output<U>,
+    _in: std::marker::PhantomData<T>,
+}
+
+impl<T, U: Data, I: IntoIterator<Item = U>, F: FnMut(T) -> I> FlatMap<T, U, F> {
+    pub(crate) fn new(f: F, output: Output<U>) -> Self {
+        Self {
+            f,
+            out: Vec::new(),
+            output,
+            _in: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T, U: Data, I: IntoIterator<Item = U>, F: FnMut(T) -> I> Push<T> for FlatMap<T, U, F> {
+    fn push(&mut self, batch: &mut Vec<Record<T>>, cx: &mut Cx) -> Result<(), JobError> {
+        for r in batch.drain(..) {
+            let ts = r.ts;
+            self.out.extend(
+                (self.f)(r.value)
+                    .into_iter()
+                    .map(|value| Record { ts, value }),
+            );
+        }
+        self.output.push(&mut self.out, cx)
+    }
+    fn watermark(&mut self, watermark: Timestamp, cx: &mut Cx) -> Result<(), JobError> {
+        self.output.watermark(watermark, cx)
+    }
+    fn end(&mut self, cx: &mut Cx) -> Result<(), JobError> {
+        self.output.end(cx)
+    }
+}
+
+pub(crate) struct ForEach<F>(pub F);
+
+impl<T, F: FnMut(Record<T>)> Push<T> for ForEach<F> {
+    fn push(&mut self, batch: &mut Vec<Record<T>>, _cx: &mut Cx) -> Result<(), JobError> {
+        batch.drain(..).for_each(&mut self.0);
+        Ok(())
+    }
+    fn watermark(&mut self, _watermark: Timestamp, _cx: &mut Cx) -> Result<(), JobError> {
+        Ok(())
+    }
+    fn end(&mut self, _cx: &mut Cx) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+/// A sink, shared between its chain (which pushes) and the subtask (which
+/// asks it whether it holds the chain back).
+pub(crate) struct SinkOp<S, T> {
+    name: String,
+    subtask: usize,
+    sink: RefCell<S>,
+    _in: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T, S: Sink<T>> SinkOp<S, T> {
+    pub(crate) fn new(name: &str, mut sink: S, context: &SinkContext) -> Result<Self, JobError> {
+        let error = |error| JobError::Sink {
+            sink: name.to_string(),
+            subtask: context.subtask,
+            error,
+        };
+        sink.open(context).map_err(error)?;
+        Ok(Self {
+            name: name.to_string(),
+            subtask: context.subtask,
+            sink: RefCell::new(sink),
+            _in: std::marker::PhantomData,
+        })
+    }
+
+    fn error(&self, error: SinkError) -> JobError {
+        JobError::Sink {
+            sink: self.name.clone(),
+            subtask: self.subtask,
+            error,
+        }
+    }
+}
+
+pub(crate) struct SinkPush<S, T>(pub std::rc::Rc<SinkOp<S, T>>);
+
+impl<T, S: Sink<T>> Push<T> for SinkPush<S, T> {
+    fn push(&mut self, batch: &mut Vec<Record<T>>, _cx: &mut Cx) -> Result<(), JobError> {
+        let op = &self.0;
+        let result = op.sink.borrow_mut().write(batch);
+        batch.clear();
+        result.map_err(|e| op.error(e))
+    }
+    fn watermark(&mut self, _watermark: Timestamp, _cx: &mut Cx) -> Result<(), JobError> {
+        Ok(())
+    }
+    fn end(&mut self, _cx: &mut Cx) -> Result<(), JobError> {
+        let op = &self.0;
+        let result = op.sink.borrow_mut().finish();
+        result.map_err(|e| op.error(e))
+    }
+}
+
+impl<T, S: Sink<T>> OutputBuffer for SinkOp<S, T> {
+    fn is_blocked(&self) -> bool {
+        self.sink.borrow().is_blocked()
+    }
+    fn drain(&self, _cx: &mut Cx) -> Result<bool, JobError> {
+        let result = self.sink.borrow_mut().drain();
+        result.map_err(|e| self.error(e))
+    }
+    fn flush(&self, _cx: &mut Cx) -> Result<(), JobError> {
+        Ok(())
+    }
+    fn can_drain(&self) -> bool {
+        self.sink.borrow_mut().can_drain()
+    }
+    fn has_pending(&self) -> bool {
+        self.sink.borrow().is_blocked()
+    }
+}
+
+/// Where a source stands between polls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waiting {
+    No,
+    Notified,
+    Until(u64),
+}
+
+pub(crate) struct SourceInput<T, S> {
+    name: String,
+    source: S,
+    timestamp: Option<Box<dyn Fn(&T) -> Timestamp>>,
+    out_of_orderness_ms: u64,
+    values: Vec<T>,
+    records: Vec<Record<T>>,
+    max_ts: Option<Timestamp>,
+    watermark: Timestamp,
+    output: Output<T>,
+    batch_size: usize,
+    waiting: Waiting,
+    opened: bool,
+    context: SourceContext,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<T: Data, S: Source<T>> SourceInput<T, S> {
+    pub(crate) fn new(
+        name: &str,
+        source: S,
+        watermarks: WatermarkStrategy<T>,
+        output: Output<T>,
+        df: &Dataflow,
+    ) -> Self {
+        let g = df.0.borrow();
+        let context = SourceContext {
+            subtask: g.subtask,
+            parallelism: g.parallelism,
+            notifier: g.env.parkers[g.subtask].notifier(),
+        };
+        Self {
+            name: name.to_string(),
+            source,
+            timestamp: watermarks.timestamp,
+            out_of_orderness_ms: watermarks.out_of_orderness_ms,
+            values: Vec::with_capacity(g.batch_size),
+            records: Vec::with_capacity(g.batch_size),
+            max_ts: None,
+            watermark: 0,
+            output,
+            batch_size: g.batch_size,
+            waiting: Waiting::No,
+            opened: false,
+            context,
+            stop: g.env.stop.clone(),
+        }
+    }
+
+    fn error(&self, error: crate::SourceError) -> JobError {
+        JobError::Source {
+            source_name: self.name.clone(),
+            subtask: self.context.subtask,
+            error,
+        }
+    }
+
+    fn finish(&mut self, cx: &mut Cx) -> Result<InputState, JobError> {
+        self.output.watermark(MAX_WATERMARK, cx)?;
+        self.output.end(cx)?;
+        Ok(InputState::Finished)
+    }
+}
+
+impl<T: Data, S: Source<T>> Input for SourceInput<T, S> {
+    fn step(&mut self, cx: &mut Cx) -> Result<InputState, JobError> {
+        if !self.opened {
+            self.opened = true;
+            self.source.open(&self.context).map_err(|e| self.error(e))?;
+        }
+        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.finish(cx);
+        }
+        let poll = self
+            .source
+            .poll(&mut self.values, self.batch_size)
+            .map_err(|e| self.error(e))?;
+        let produced = !self.values.is_empty();
+        if produced {
+            match &self.timestamp {
+                Some(ts_of) => {
+                    let mut max = self.max_ts.unwrap_or(0);
+                    self.records.extend(self.values.drain(..).map(|value| {
+                        let ts = ts_of(&value);
+                        max = max.max(ts);
+                        Record { ts, value }
+                    }));
+                    self.max_ts = Some(max);
+                }
+                None => self
+                    .records
+                    .extend(self.values.drain(..).map(|value| Record { ts: 0, value })),
+            }
+            self.output.push(&mut self.records, cx)?;
+            if let Some(max) = self.max_ts {
+                let watermark = max.saturating_sub(self.out_of_orderness_ms + 1);
+                if watermark > self.watermark {
+                    self.watermark = watermark;
+                    self.output.watermark(watermark, cx)?;
+                }
+            }
+        }
+        self.waiting = Waiting::No;
+        match poll {
+            SourcePoll::Ready => Ok(InputState::Busy),
+            SourcePoll::Finished => self.finish(cx),
+            SourcePoll::Pending => {
+                self.waiting = Waiting::Notified;
+                Ok(if produced {
+                    InputState::Busy
+                } else {
+                    InputState::Idle
+                })
+            }
+            SourcePoll::PendingUntil(at_ms) => {
+                self.waiting = Waiting::Until(at_ms);
+                Ok(if produced {
+                    InputState::Busy
+                } else {
+                    InputState::Idle
+                })
+            }
+        }
+    }
+
+    fn has_work(&mut self, now_ms: u64) -> bool {
+        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return true;
+        }
+        match self.waiting {
+            Waiting::No => true,
+            Waiting::Notified => self.source.is_ready(),
+            Waiting::Until(at) => now_ms >= at || self.source.is_ready(),
+        }
+    }
+
+    fn wake_at(&self) -> Option<u64> {
+        match self.waiting {
+            Waiting::Until(at) => Some(at),
+            _ => None,
+        }
+    }
+}

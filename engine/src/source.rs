@@ -1,0 +1,528 @@
+//! Sources: the replayable-source contract and the built-in sources.
+//!
+//! A [`Source`] subtask reads its share of the input in batches, reports an
+//! offset after every batch, and can seek back to an offset: checkpoints store
+//! offsets and recovery seeks to them. Built-ins: [`IterSource`] (any iterator,
+//! re-created to seek), [`VecSource`] (a shared vector, striped over
+//! subtasks), [`SequenceSource`] (a function of the event index, optionally
+//! rate-limited: the benchmark's generator shape), [`FileLineSource`] (a text
+//! file split by byte ranges, one record per line) and [`ingress`] (records
+//! pushed by other threads of an embedding service).
+//!
+//! A source never blocks its reactor: when it has nothing, it returns
+//! [`SourcePoll::Pending`] (and wakes the subtask through its [`Notifier`]) or
+//! [`SourcePoll::PendingUntil`] a processing time.
+
+use crate::park::Notifier;
+use crate::ring::{ring, Consumer, Producer};
+use crate::SourceError;
+use std::sync::{Arc, Mutex};
+
+/// What a source subtask knows about itself.
+#[derive(Clone, Debug)]
+pub struct SourceContext {
+    /// This subtask's index.
+    pub subtask: usize,
+    /// Number of source subtasks.
+    pub parallelism: usize,
+    /// Wakes this subtask when it is parked (for sources fed by other threads).
+    pub notifier: Notifier,
+}
+
+/// The result of one [`Source::poll`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourcePoll {
+    /// Poll again at once.
+    Ready,
+    /// Nothing now: the source will call its [`Notifier`] when it has more,
+    /// and [`Source::is_ready`] tells whether it has.
+    Pending,
+    /// Nothing until the given processing time (epoch ms).
+    PendingUntil(u64),
+    /// The input is exhausted; `poll` is not called again.
+    Finished,
+}
+
+/// A replayable source subtask.
+pub trait Source<T>: 'static {
+    /// Called once on the subtask before the first poll.
+    fn open(&mut self, context: &SourceContext) -> Result<(), SourceError> {
+        let _ = context;
+        Ok(())
+    }
+
+    /// Appends at most `max` records to `out`.
+    fn poll(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourcePoll, SourceError>;
+
+    /// After `Pending`: whether a poll would now produce (checked before the
+    /// subtask parks, so it must not miss a record that arrived meanwhile).
+    fn is_ready(&mut self) -> bool {
+        false
+    }
+
+    /// The position after the last record returned: seeking to it resumes
+    /// right after that record.
+    fn offset(&self) -> u64;
+
+    /// Repositions the source so that the next record is the one that
+    /// followed `offset`.
+    fn seek(&mut self, offset: u64) -> Result<(), SourceError>;
+}
+
+/// A source over an iterator that a factory can re-create; seeking re-creates
+/// it and skips `offset` records.
+pub struct IterSource<F, I> {
+    factory: F,
+    iter: I,
+    offset: u64,
+}
+
+impl<T, I: Iterator<Item = T>, F: FnMut() -> I> IterSource<F, I> {
+    /// A source reading `factory()`.
+    pub fn new(mut factory: F) -> Self {
+        let iter = factory();
+        Self {
+            factory,
+            iter,
+            offset: 0,
+        }
+    }
+}
+
+impl<T, I: Iterator<Item = T> + 'static, F: FnMut() -> I + 'static> Source<T> for IterSource<F, I> {
+    fn poll(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourcePoll, SourceError> {
+        let before = out.len();
+        out.extend(self.iter.by_ref().take(max));
+        let n = out.len() - before;
+        self.offset += n as u64;
+        Ok(if n < max {
+            SourcePoll::Finished
+        } else {
+            SourcePoll::Ready
+        })
+    }
+
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn seek(&mut self, offset: u64) -> Result<(), SourceError> {
+        self.iter = (self.factory)();
+        if offset > 0 && self.iter.nth(offset as usize - 1).is_none() {
+            return Err(SourceError::Seek {
+                offset,
+                reason: "the iterator is shorter than the offset".into(),
+            });
+        }
+        self.offset = offset;
+        Ok(())
+    }
+}
+
+/// A source over a shared vector: subtask `i` of `p` reads elements
+/// `i, i + p, i + 2p, …`. The offset counts the subtask's elements read.
+pub struct VecSource<T> {
+    data: Arc<Vec<T>>,
+    next: usize,
+    stride: usize,
+    offset: u64,
+}
+
+impl<T: Clone + 'static> VecSource<T> {
+    /// A source over `data`, striped over the source's subtasks.
+    pub fn new(data: Arc<Vec<T>>) -> Self {
+        Self {
+            data,
+            next: 0,
+            stride: 1,
+            offset: 0,
+        }
+    }
+}
+
+impl<T: Clone + 'static> Source<T> for VecSource<T> {
+    fn open(&mut self, context: &SourceContext) -> Result<(), SourceError> {
+        self.stride = context.parallelism;
+        self.next = context.subtask + self.offset as usize * self.stride;
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourcePoll, SourceError> {
+        for _ in 0..max {
+            match self.data.get(self.next) {
+                Some(v) => out.push(v.clone()),
+                None => return Ok(SourcePoll::Finished),
+            }
+            self.next += self.stride;
+            self.offset += 1;
+        }
+        Ok(SourcePoll::Ready)
+    }
+
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn seek(&mut self, offset: u64) -> Result<(), SourceError> {
+        let subtask = self.next % self.stride.max(1);
+        self.offset = offset;
+        self.next = subtask + offset as usize * self.stride;
+        Ok(())
+    }
+}
+
+/// A source generating event `i` as `generate(i)` for `i` in `0..events`;
+/// subtask `s` of `p` generates the indices `s, s + p, …`. With a rate, event
+/// `i` is not emitted before `start + i / rate` (open loop: the schedule does
+/// not slip when the engine is slow, so latency measured from the scheduled
+/// time includes queueing, avoiding coordinated omission).
+pub struct SequenceSource<F> {
+    generate: F,
+    events: u64,
+    next: u64,
+    stride: u64,
+    rate_per_s: Option<f64>,
+    start_ms: u64,
+    clock: Arc<dyn crate::time::Clock>,
+}
+
+impl<T, F: FnMut(u64) -> T + 'static> SequenceSource<F> {
+    /// Events `0..events`, as fast as the engine takes them.
+    pub fn new(events: u64, generate: F) -> Self {
+        Self {
+            generate,
+            events,
+            next: 0,
+            stride: 1,
+            rate_per_s: None,
+            start_ms: 0,
+            clock: Arc::new(crate::time::SystemClock),
+        }
+    }
+
+    /// Emits at `events_per_s` in total over all subtasks, starting at
+    /// `start_ms` on `clock`.
+    pub fn with_rate(
+        mut self,
+        events_per_s: f64,
+        start_ms: u64,
+        clock: Arc<dyn crate::time::Clock>,
+    ) -> Self {
+        self.rate_per_s = Some(events_per_s);
+        self.start_ms = start_ms;
+        self.clock = clock;
+        self
+    }
+
+    /// The scheduled emission time of event `index` (epoch ms), if rate-limited.
+    pub fn scheduled_ms(&self, index: u64) -> Option<u64> {
+        self.rate_per_s
+            .map(|rate| self.start_ms + (index as f64 * 1000.0 / rate) as u64)
+    }
+}
+
+impl<T, F: FnMut(u64) -> T + 'static> Source<T> for SequenceSource<F> {
+    fn open(&mut self, context: &SourceContext) -> Result<(), SourceError> {
+        self.stride = context.parallelism as u64;
+        self.next = self.next * self.stride + context.subtask as u64;
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourcePoll, SourceError> {
+        let now = self.rate_per_s.map(|_| self.clock.now_ms());
+        for _ in 0..max {
+            if self.next >= self.events {
+                return Ok(SourcePoll::Finished);
+            }
+            if let (Some(now), Some(due)) = (now, self.scheduled_ms(self.next)) {
+                if due > now {
+                    return Ok(SourcePoll::PendingUntil(due));
+                }
+            }
+            out.push((self.generate)(self.next));
+            self.next += self.stride;
+        }
+        Ok(SourcePoll::Ready)
+    }
+
+    fn offset(&self) -> u64 {
+        self.next / self.stride.max(1)
+    }
+
+    fn seek(&mut self, offset: u64) -> Result<(), SourceError> {
+        let subtask = self.next % self.stride.max(1);
+        self.next = offset * self.stride.max(1) + subtask;
+        Ok(())
+    }
+}
+
+/// A line-oriented text file, split over subtasks by byte ranges (a line
+/// belongs to the subtask whose range holds its first byte). Each line is
+/// parsed by `parse`; a line it rejects fails the job with the file, line
+/// start offset and the parser's reason. The offset is a byte offset.
+pub struct FileLineSource<F> {
+    path: std::path::PathBuf,
+    parse: F,
+    map: Option<memmap2::Mmap>,
+    pos: usize,
+    end: usize,
+    seek_to: Option<u64>,
+}
+
+impl<T, F: FnMut(&str) -> Result<T, String> + 'static> FileLineSource<F> {
+    /// Reads `path`, parsing each line with `parse`.
+    pub fn new(path: impl Into<std::path::PathBuf>, parse: F) -> Self {
+        Self {
+            path: path.into(),
+            parse,
+            map: None,
+            pos: 0,
+            end: 0,
+            seek_to: None,
+        }
+    }
+
+    fn io_error(&self, error: std::io::Error) -> SourceError {
+        SourceError::Io {
+            path: self.path.display().to_string(),
+            error,
+        }
+    }
+}
+
+impl<T, F: FnMut(&str) -> Result<T, String> + 'static> Source<T> for FileLineSource<F> {
+    fn open(&mut self, context: &SourceContext) -> Result<(), SourceError> {
+        let file = std::fs::File::open(&self.path).map_err(|e| self.io_error(e))?;
+        let len = file.metadata().map_err(|e| self.io_error(e))?.len() as usize;
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: the file is opened read-only and the mapping is only read;
+            // the source documents that the input file must not be truncated
+            // while the job reads it (as any mmap-based reader must).
+            Some(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| self.io_error(e))?)
+        };
+        let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
+        let p = context.parallelism;
+        let s = context.subtask;
+        // A line belongs to the subtask whose range holds its first byte.
+        let line_start_at_or_after = |at: usize| -> usize {
+            if at == 0 {
+                return 0;
+            }
+            match bytes[at - 1..].iter().position(|&b| b == b'\n') {
+                Some(i) => at + i,
+                None => bytes.len(),
+            }
+        };
+        self.pos = line_start_at_or_after(len * s / p);
+        self.end = line_start_at_or_after(len * (s + 1) / p);
+        self.map = map;
+        if let Some(offset) = self.seek_to.take() {
+            self.seek(offset)?;
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourcePoll, SourceError> {
+        let Some(map) = &self.map else {
+            return Ok(SourcePoll::Finished);
+        };
+        for _ in 0..max {
+            if self.pos >= self.end {
+                return Ok(SourcePoll::Finished);
+            }
+            let rest = &map[self.pos..];
+            let line_len = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            let mut line = &rest[..line_len];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            let start = self.pos;
+            self.pos += line_len + 1;
+            if line.is_empty() {
+                continue;
+            }
+            let text = std::str::from_utf8(line).map_err(|e| SourceError::Malformed {
+                location: format!("{} at byte {start}", self.path.display()),
+                reason: e.to_string(),
+            })?;
+            let value = (self.parse)(text).map_err(|reason| SourceError::Malformed {
+                location: format!("{} at byte {start}", self.path.display()),
+                reason,
+            })?;
+            out.push(value);
+        }
+        Ok(SourcePoll::Ready)
+    }
+
+    fn offset(&self) -> u64 {
+        self.pos.min(self.end) as u64
+    }
+
+    fn seek(&mut self, offset: u64) -> Result<(), SourceError> {
+        if self.map.is_none() && self.end == 0 {
+            self.seek_to = Some(offset);
+            return Ok(());
+        }
+        self.pos = offset as usize;
+        Ok(())
+    }
+}
+
+struct IngressShared<T> {
+    consumers: Mutex<Vec<Option<Consumer<T>>>>,
+    notifiers: Vec<std::sync::OnceLock<Notifier>>,
+}
+
+/// Creates an ingress for `parallelism` source subtasks, each with a ring of
+/// `capacity` records: the [`IngressHandle`] lets one thread of an embedding
+/// service push records into the running job; [`IngressSources::take`] gives
+/// each subtask its source. Dropping the handle ends the input.
+///
+/// Ingress data is not replayable: after a restore it resumes with new
+/// records only (`seek` accepts any offset and re-reads nothing).
+pub fn ingress<T: Send + 'static>(
+    parallelism: usize,
+    capacity: usize,
+) -> (IngressHandle<T>, IngressSources<T>) {
+    let (producers, consumers): (Vec<_>, Vec<_>) = (0..parallelism).map(|_| ring(capacity)).unzip();
+    let shared = Arc::new(IngressShared {
+        consumers: Mutex::new(consumers.into_iter().map(Some).collect()),
+        notifiers: (0..parallelism)
+            .map(|_| std::sync::OnceLock::new())
+            .collect(),
+    });
+    (
+        IngressHandle {
+            producers,
+            shared: shared.clone(),
+            next: 0,
+        },
+        IngressSources { shared },
+    )
+}
+
+/// Pushes records into a running job from outside (one thread at a time).
+pub struct IngressHandle<T> {
+    producers: Vec<Producer<T>>,
+    shared: Arc<IngressShared<T>>,
+    next: usize,
+}
+
+impl<T: Send + 'static> IngressHandle<T> {
+    /// Offers `value` to the subtasks round-robin; gives it back if every
+    /// subtask's ring is full (backpressure).
+    pub fn try_push(&mut self, mut value: T) -> Result<(), T> {
+        for _ in 0..self.producers.len() {
+            let i = self.next;
+            self.next = (self.next + 1) % self.producers.len();
+            match self.producers[i].try_push(value) {
+                Ok(()) => {
+                    if let Some(n) = self.shared.notifiers[i].get() {
+                        n.notify();
+                    }
+                    return Ok(());
+                }
+                Err(v) => value = v,
+            }
+        }
+        Err(value)
+    }
+
+    /// Pushes `value`, waiting (by yielding this thread) while every ring is
+    /// full. Call it from a service thread, never from a reactor.
+    pub fn push(&mut self, mut value: T) {
+        loop {
+            match self.try_push(value) {
+                Ok(()) => return,
+                Err(v) => {
+                    value = v;
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+}
+
+impl<T> Drop for IngressHandle<T> {
+    fn drop(&mut self) {
+        self.producers.clear();
+        for n in self.shared.notifiers.iter().filter_map(|n| n.get()) {
+            n.notify();
+        }
+    }
+}
+
+/// The source side of an [`ingress`]; `Send + Sync`, so the job's build
+/// closure can hold it.
+pub struct IngressSources<T> {
+    shared: Arc<IngressShared<T>>,
+}
+
+impl<T: Send + 'static> IngressSources<T> {
+    /// The source of subtask `subtask`. Panics if taken twice.
+    pub fn take(&self, subtask: usize) -> IngressSource<T> {
+        let consumer = self.shared.consumers.lock().expect("ingress lock")[subtask]
+            .take()
+            .expect("each ingress subtask source is taken once");
+        IngressSource {
+            consumer,
+            shared: self.shared.clone(),
+            subtask,
+            offset: 0,
+        }
+    }
+}
+
+/// One subtask's ingress source.
+pub struct IngressSource<T> {
+    consumer: Consumer<T>,
+    shared: Arc<IngressShared<T>>,
+    subtask: usize,
+    offset: u64,
+}
+
+impl<T: Send + 'static> Source<T> for IngressSource<T> {
+    fn open(&mut self, context: &SourceContext) -> Result<(), SourceError> {
+        let _ = self.shared.notifiers[self.subtask].set(context.notifier.clone());
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourcePoll, SourceError> {
+        for _ in 0..max {
+            match self.consumer.pop() {
+                Some(v) => {
+                    out.push(v);
+                    self.offset += 1;
+                }
+                None if self.consumer.is_closed() => {
+                    // The producer is gone; anything it pushed before closing is
+                    // visible now (close is a Release store, checked by Acquire).
+                    match self.consumer.pop() {
+                        Some(v) => {
+                            out.push(v);
+                            self.offset += 1;
+                        }
+                        None => return Ok(SourcePoll::Finished),
+                    }
+                }
+                None => return Ok(SourcePoll::Pending),
+            }
+        }
+        Ok(SourcePoll::Ready)
+    }
+
+    fn is_ready(&mut self) -> bool {
+        self.consumer.has_message() || self.consumer.is_closed()
+    }
+
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn seek(&mut self, offset: u64) -> Result<(), SourceError> {
+        self.offset = offset;
+        Ok(())
+    }
+}

@@ -1,0 +1,397 @@
+//! Keyed state: per (operator, key group) hash maps of rkyv-archivable values.
+//!
+//! Owns the state tables and the handles user functions read and write them
+//! through ([`ValueState`], [`MapState`], [`ListState`]). Each table keeps one
+//! map per key group of the subtask's range, so a checkpoint can archive, and
+//! a rescale can move, each key group by itself. Handles are scoped to the
+//! current key by the context they are given ([`KeyScope`]), as in Flink.
+//!
+//! Maps use a fixed hasher (FxHash): iteration order depends only on the
+//! inserted keys, which keeps simulated runs reproducible.
+
+use crate::keygroup::{Key, KeyGroupRange};
+use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor::Error as RkyvError;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash};
+use std::rc::Rc;
+
+/// Hash map with the engine's fixed hasher.
+pub type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<rustc_hash::FxHasher>>;
+
+/// A value that can live in keyed state: cloneable and archivable with rkyv,
+/// its archive checkable and deserializable. Implemented for every type that
+/// derives rkyv's `Archive`, `Serialize` and `Deserialize` (with `bytecheck`).
+pub trait StateData:
+    Clone
+    + 'static
+    + rkyv::Archive<
+        Archived: for<'a> CheckBytes<HighValidator<'a, RkyvError>>
+                      + rkyv::Deserialize<Self, HighDeserializer<RkyvError>>,
+    >
+    + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, RkyvError>>
+{
+}
+
+impl<T> StateData for T where
+    T: Clone
+        + 'static
+        + rkyv::Archive<
+            Archived: for<'a> CheckBytes<HighValidator<'a, RkyvError>>
+                          + rkyv::Deserialize<T, HighDeserializer<RkyvError>>,
+        >
+        + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, RkyvError>>
+{
+}
+
+/// The current key of a keyed function call, as state handles see it.
+pub trait KeyScope<K> {
+    /// The key of the record or timer being processed.
+    fn current_key(&self) -> &K;
+    /// Index of the key's group within the subtask's key-group range.
+    fn key_group_index(&self) -> usize;
+}
+
+/// What the checkpoint layer needs from any keyed state table, whatever its
+/// types: a name, and per-key-group sizes (snapshots follow in the
+/// checkpoint layer).
+pub trait StateTable {
+    /// The state's name, unique within its operator.
+    fn name(&self) -> &str;
+    /// Number of keys with state in the key group at `index` of the range.
+    fn keys_in_group(&self, index: usize) -> usize;
+}
+
+/// A table of per-key values, one map per key group of the range.
+pub(crate) struct KeyedTable<K, V> {
+    name: String,
+    groups: Vec<FxHashMap<K, V>>,
+}
+
+impl<K: Key, V> KeyedTable<K, V> {
+    fn new(name: &str, range: KeyGroupRange) -> Self {
+        Self {
+            name: name.to_string(),
+            groups: (0..range.len()).map(|_| FxHashMap::default()).collect(),
+        }
+    }
+}
+
+impl<K: Key, V> StateTable for KeyedTable<K, V> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn keys_in_group(&self, index: usize) -> usize {
+        self.groups[index].len()
+    }
+}
+
+/// Declares the keyed state of one operator. Handed to the factory of a keyed
+/// process function; the handles it returns are used in every call.
+pub struct StateRegistry<K> {
+    range: KeyGroupRange,
+    tables: Vec<Rc<RefCell<dyn StateTable>>>,
+    _key: std::marker::PhantomData<K>,
+}
+
+impl<K: Key> StateRegistry<K> {
+    pub(crate) fn new(range: KeyGroupRange) -> Self {
+        Self {
+            range,
+            tables: Vec::new(),
+            _key: std::marker::PhantomData,
+        }
+    }
+
+    fn register<V: 'static>(&mut self, name: &str) -> Rc<RefCell<KeyedTable<K, V>>> {
+        assert!(
+            self.tables.iter().all(|t| t.borrow().name() != name),
+            "keyed state `{name}` declared twice in one operator"
+        );
+        let table = Rc::new(RefCell::new(KeyedTable::<K, V>::new(name, self.range)));
+        self.tables.push(table.clone());
+        table
+    }
+
+    /// A single value per key.
+    pub fn value_state<V: StateData>(&mut self, name: &str) -> ValueState<K, V> {
+        ValueState {
+            table: self.register(name),
+        }
+    }
+
+    /// A map per key.
+    pub fn map_state<UK: StateData + Eq + Hash, UV: StateData>(
+        &mut self,
+        name: &str,
+    ) -> MapState<K, UK, UV> {
+        MapState {
+            table: self.register(name),
+        }
+    }
+
+    /// A list per key.
+    pub fn list_state<V: StateData>(&mut self, name: &str) -> ListState<K, V> {
+        ListState {
+            table: self.register(name),
+        }
+    }
+
+    /// Every table declared so far (for snapshots and inspection).
+    pub fn tables(&self) -> &[Rc<RefCell<dyn StateTable>>] {
+        &self.tables
+    }
+}
+
+/// A value per key (Flink's `ValueState`).
+pub struct ValueState<K, V> {
+    table: Rc<RefCell<KeyedTable<K, V>>>,
+}
+
+impl<K, V> Clone for ValueState<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            table: self.table.clone(),
+        }
+    }
+}
+
+impl<K: Key, V: StateData> ValueState<K, V> {
+    /// The current key's value.
+    pub fn get(&self, scope: &impl KeyScope<K>) -> Option<V> {
+        self.table.borrow().groups[scope.key_group_index()]
+            .get(scope.current_key())
+            .cloned()
+    }
+
+    /// Reads the current key's value without cloning it.
+    pub fn with<R>(&self, scope: &impl KeyScope<K>, f: impl FnOnce(Option<&V>) -> R) -> R {
+        f(self.table.borrow().groups[scope.key_group_index()].get(scope.current_key()))
+    }
+
+    /// Sets the current key's value.
+    pub fn set(&self, scope: &impl KeyScope<K>, value: V) {
+        self.table.borrow_mut().groups[scope.key_group_index()]
+            .insert(scope.current_key().clone(), value);
+    }
+
+    /// Updates the current key's value in place, inserting `init()` first if
+    /// there is none; the key is cloned only on insert.
+    pub fn update<R>(
+        &self,
+        scope: &impl KeyScope<K>,
+        init: impl FnOnce() -> V,
+        f: impl FnOnce(&mut V) -> R,
+    ) -> R {
+        let mut table = self.table.borrow_mut();
+        let map = &mut table.groups[scope.key_group_index()];
+        if let Some(value) = map.get_mut(scope.current_key()) {
+            return f(value);
+        }
+        let mut value = init();
+        let result = f(&mut value);
+        map.insert(scope.current_key().clone(), value);
+        result
+    }
+
+    /// Removes the current key's value.
+    pub fn clear(&self, scope: &impl KeyScope<K>) -> Option<V> {
+        self.table.borrow_mut().groups[scope.key_group_index()].remove(scope.current_key())
+    }
+}
+
+/// A map per key (Flink's `MapState`).
+pub struct MapState<K, UK, UV> {
+    table: Rc<RefCell<KeyedTable<K, FxHashMap<UK, UV>>>>,
+}
+
+impl<K, UK, UV> Clone for MapState<K, UK, UV> {
+    fn clone(&self) -> Self {
+        Self {
+            table: self.table.clone(),
+        }
+    }
+}
+
+impl<K: Key, UK: StateData + Eq + Hash, UV: StateData> MapState<K, UK, UV> {
+    /// The value under `user_key` for the current key.
+    pub fn get(&self, scope: &impl KeyScope<K>, user_key: &UK) -> Option<UV> {
+        self.table.borrow().groups[scope.key_group_index()]
+            .get(scope.current_key())
+            .and_then(|m| m.get(user_key).cloned())
+    }
+
+    /// Inserts `user_key -> value` for the current key; returns the old value.
+    pub fn insert(&self, scope: &impl KeyScope<K>, user_key: UK, value: UV) -> Option<UV> {
+        let mut table = self.table.borrow_mut();
+        let map = &mut table.groups[scope.key_group_index()];
+        match map.get_mut(scope.current_key()) {
+            Some(m) => m.insert(user_key, value),
+            None => {
+                let mut m = FxHashMap::default();
+                m.insert(user_key, value);
+                map.insert(scope.current_key().clone(), m);
+                None
+            }
+        }
+    }
+
+    /// Updates the value under `user_key` in place, inserting `init()` first.
+    pub fn update<R>(
+        &self,
+        scope: &impl KeyScope<K>,
+        user_key: UK,
+        init: impl FnOnce() -> UV,
+        f: impl FnOnce(&mut UV) -> R,
+    ) -> R {
+        let mut table = self.table.borrow_mut();
+        let map = &mut table.groups[scope.key_group_index()];
+        if !map.contains_key(scope.current_key()) {
+            map.insert(scope.current_key().clone(), FxHashMap::default());
+        }
+        let inner = map
+            .get_mut(scope.current_key())
+            .expect("inserted just above");
+        f(inner.entry(user_key).or_insert_with(init))
+    }
+
+    /// Removes `user_key` for the current key; the key's map is dropped when
+    /// it becomes empty.
+    pub fn remove(&self, scope: &impl KeyScope<K>, user_key: &UK) -> Option<UV> {
+        let mut table = self.table.borrow_mut();
+        let map = &mut table.groups[scope.key_group_index()];
+        let inner = map.get_mut(scope.current_key())?;
+        let old = inner.remove(user_key);
+        if inner.is_empty() {
+            map.remove(scope.current_key());
+        }
+        old
+    }
+
+    /// Whether the current key has a value under `user_key`.
+    pub fn contains(&self, scope: &impl KeyScope<K>, user_key: &UK) -> bool {
+        self.table.borrow().groups[scope.key_group_index()]
+            .get(scope.current_key())
+            .is_some_and(|m| m.contains_key(user_key))
+    }
+
+    /// Reads the current key's whole map (empty if none).
+    pub fn with<R>(&self, scope: &impl KeyScope<K>, f: impl FnOnce(&FxHashMap<UK, UV>) -> R) -> R {
+        let table = self.table.borrow();
+        match table.groups[scope.key_group_index()].get(scope.current_key()) {
+            Some(m) => f(m),
+            None => f(&FxHashMap::default()),
+        }
+    }
+
+    /// Drops the current key's map.
+    pub fn clear(&self, scope: &impl KeyScope<K>) {
+        self.table.borrow_mut().groups[scope.key_group_index()].remove(scope.current_key());
+    }
+}
+
+/// A list per key (Flink's `ListState`).
+pub struct ListState<K, V> {
+    table: Rc<RefCell<KeyedTable<K, Vec<V>>>>,
+}
+
+impl<K, V> Clone for ListState<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            table: self.table.clone(),
+        }
+    }
+}
+
+impl<K: Key, V: StateData> ListState<K, V> {
+    /// Appends `value` to the current key's list.
+    pub fn add(&self, scope: &impl KeyScope<K>, value: V) {
+        let mut table = self.table.borrow_mut();
+        let map = &mut table.groups[scope.key_group_index()];
+        match map.get_mut(scope.current_key()) {
+            Some(list) => list.push(value),
+            None => {
+                map.insert(scope.current_key().clone(), vec![value]);
+            }
+        }
+    }
+
+    /// A copy of the current key's list (empty if none).
+    pub fn get(&self, scope: &impl KeyScope<K>) -> Vec<V> {
+        self.with(scope, <[V]>::to_vec)
+    }
+
+    /// Reads the current key's list without copying it.
+    pub fn with<R>(&self, scope: &impl KeyScope<K>, f: impl FnOnce(&[V]) -> R) -> R {
+        let table = self.table.borrow();
+        match table.groups[scope.key_group_index()].get(scope.current_key()) {
+            Some(list) => f(list),
+            None => f(&[]),
+        }
+    }
+
+    /// Edits the current key's list in place; an emptied list is dropped.
+    pub fn update<R>(&self, scope: &impl KeyScope<K>, f: impl FnOnce(&mut Vec<V>) -> R) -> R {
+        let mut table = self.table.borrow_mut();
+        let map = &mut table.groups[scope.key_group_index()];
+        let mut list = map.remove(scope.current_key()).unwrap_or_default();
+        let result = f(&mut list);
+        if !list.is_empty() {
+            map.insert(scope.current_key().clone(), list);
+        }
+        result
+    }
+
+    /// Drops the current key's list.
+    pub fn clear(&self, scope: &impl KeyScope<K>) {
+        self.table.borrow_mut().groups[scope.key_group_index()].remove(scope.current_key());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Scope(u64, usize);
+    impl KeyScope<u64> for Scope {
+        fn current_key(&self) -> &u64 {
+            &self.0
+        }
+        fn key_group_index(&self) -> usize {
+            self.1
+        }
+    }
+
+    #[test]
+    fn handles_are_scoped_to_the_current_key() {
+        let mut reg = StateRegistry::<u64>::new(KeyGroupRange { start: 0, end: 4 });
+        let count = reg.value_state::<u64>("count");
+        let seen = reg.map_state::<String, u32>("seen");
+        let log = reg.list_state::<i32>("log");
+        let a = Scope(1, 0);
+        let b = Scope(2, 3);
+        count.update(&a, || 0, |c| *c += 5);
+        count.update(&a, || 0, |c| *c += 1);
+        assert_eq!(count.get(&a), Some(6));
+        assert_eq!(count.get(&b), None);
+        seen.insert(&b, "x".into(), 7);
+        assert_eq!(seen.get(&b, &"x".into()), Some(7));
+        assert!(!seen.contains(&a, &"x".into()));
+        assert_eq!(seen.remove(&b, &"x".into()), Some(7));
+        assert_eq!(
+            reg.tables()[1].borrow().keys_in_group(3),
+            0,
+            "empty map dropped"
+        );
+        log.add(&a, 1);
+        log.add(&a, 2);
+        log.update(&a, |l| l.retain(|v| *v > 1));
+        assert_eq!(log.get(&a), vec![2]);
+        assert_eq!(reg.tables()[0].borrow().keys_in_group(0), 1);
+        assert_eq!(count.clear(&a), Some(6));
+    }
+}
