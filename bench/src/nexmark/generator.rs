@@ -22,8 +22,10 @@
 //! Every event is a pure function of `(config, seed, index)`: it draws its random
 //! numbers from a fresh Xoshiro256++ stream seeded with `index ^ key(seed)` (with
 //! `key(0) = 0`). There is no state carried from event to event, which is what makes
-//! [`Generator::with_partition`] and [`Generator::seek`] O(1). With seed 0 the events
-//! equal the reference crate's field for field, except for the deviations below.
+//! [`Generator::with_partition`] and [`Generator::seek`] O(1). With seed 0 and
+//! [`Sampling::Reference`] the events equal the reference crate's field for field,
+//! except for the deviations below; the default [`Sampling::Fast`] draws bounded
+//! integers differently (same distributions, about twice the speed).
 //!
 //! Deviations from the reference crate, all deliberate:
 //! - `extra` is empty unless [`GeneratorConfig::generate_extra`] is set (then it is the
@@ -127,6 +129,23 @@ pub struct GeneratorConfig {
     pub num_categories: u64,
     /// Fill `extra` with the reference's random padding (allocates). Default false.
     pub generate_extra: bool,
+    /// How bounded random integers are drawn. Default [`Sampling::Fast`].
+    pub sampling: Sampling,
+}
+
+/// How the generator draws bounded random integers. Both ways are exactly uniform and
+/// give the same distributions; they differ in which event a seed produces and in
+/// speed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Sampling {
+    /// Lemire's method: about twice as fast for bids, because `rand` 0.8's sampler
+    /// rejects half its draws for the power-of-two ranges the hot ratios use.
+    #[default]
+    Fast,
+    /// Bit-exact with `rand` 0.8, hence with the reference crate: with seed 0 and
+    /// [`GeneratorConfig::generate_extra`], events equal the `nexmark` crate's
+    /// (apart from the capitalisation and integer timestamps in the module doc).
+    Reference,
 }
 
 impl Default for GeneratorConfig {
@@ -142,6 +161,7 @@ impl Default for GeneratorConfig {
             hot_channel_ratio: 2,
             num_categories: 5,
             generate_extra: false,
+            sampling: Sampling::Fast,
         }
     }
 }
@@ -236,7 +256,7 @@ fn channel_table() -> &'static ChannelTable {
         let channels = (0..CHANNEL_COUNT)
             .map(|i| {
                 let mut url = base_url(u64::from(i));
-                let mut rng = EventRng::seed_from_u64(u64::from(i));
+                let mut rng = EventRng::seed_from_u64(u64::from(i), false);
                 if rng.below_u32(10) > 0 {
                     let id = i64::from((i as i32).reverse_bits()).abs();
                     write!(url, "&channel_id={id}").expect("writing to a String");
@@ -251,7 +271,7 @@ fn channel_table() -> &'static ChannelTable {
 
 /// The reference's `get_base_url`.
 fn base_url(seed: u64) -> String {
-    let mut rng = EventRng::seed_from_u64(seed);
+    let mut rng = EventRng::seed_from_u64(seed, false);
     let mut url = String::from("https://www.nexmark.com/");
     for _ in 0..3 {
         // gen_string_with_delimiter(5, '_'): length in 3..5, '_' with probability 1/13.
@@ -295,7 +315,8 @@ impl std::fmt::Debug for ChannelTable {
 
 impl Generator {
     /// A generator of all events, starting at index 0. The same `(config, seed)` always
-    /// yields the same events; seed 0 reproduces the reference crate's random choices.
+    /// yields the same events; seed 0 with [`Sampling::Reference`] reproduces the
+    /// reference crate's random choices.
     ///
     /// # Panics
     /// If a rate, ratio or count in `config` is zero.
@@ -377,7 +398,8 @@ impl Generator {
     /// Event `index` of the (unpartitioned) stream; does not move the generator.
     #[inline]
     pub fn event_at(&self, index: u64) -> Event {
-        let mut rng = EventRng::seed_from_u64(index ^ self.seed_key);
+        let fast = self.config.sampling == Sampling::Fast;
+        let mut rng = EventRng::seed_from_u64(index ^ self.seed_key, fast);
         let time = self.config.timestamp_ms(index);
         match kind_at(index) {
             EventKind::Person => Event::Person(self.person(index, time, &mut rng)),
@@ -524,7 +546,17 @@ impl Generator {
 /// [0, 1): log-uniform between $1 and $1,000,000.
 #[inline]
 fn gen_price(rng: &mut EventRng) -> u64 {
-    (10.0_f32.powf(rng.unit_f32() * 6.0) * 100.0).round() as u64
+    round_positive(10.0_f32.powf(rng.unit_f32() * 6.0) * 100.0)
+}
+
+/// `x.round() as u64` for `0 <= x < 2^63`, without the call to `roundf`: truncation
+/// is exact in this range, and so is the fractional part `x - trunc(x)` (an `f32` at
+/// or above 2^23 has no fractional bits, and below it `trunc(x)` is representable).
+#[inline]
+fn round_positive(x: f32) -> u64 {
+    debug_assert!((0.0..9.2e18).contains(&x));
+    let whole = x as u64;
+    whole + u64::from(x - whole as f32 >= 0.5)
 }
 
 impl Iterator for Generator {

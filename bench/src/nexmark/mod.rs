@@ -13,5 +13,5 @@ pub mod reference;
 mod rng;
 pub mod rows;
 
-pub use generator::{Generator, GeneratorConfig};
+pub use generator::{Generator, GeneratorConfig, Sampling};
 pub use model::{Auction, Bid, Event, EventKind, Person};
