@@ -269,7 +269,12 @@ impl<I: Io> Store<I> {
             let next = reg.next_seq.entry(id.writer_id()).or_insert(0);
             *next = (*next).max(id.sequence() + 1);
         }
-        for (&id, &len) in &on_disk {
+        // Unreferenced segments are deleted below; if that is skipped (mid-log manifest
+        // damage), they stay out of the registry so no commit ever collects them either.
+        for (&id, &len) in on_disk
+            .iter()
+            .filter(|(id, _)| referenced.contains(*id) || !later_valid)
+        {
             reg.segments.insert(
                 id,
                 SegmentState {

@@ -234,3 +234,41 @@ fn orphans_of_a_crashed_run_are_deleted_on_open() {
     });
     assert!(next.segment.sequence() > kept.segment.sequence());
 }
+
+#[test]
+fn rkyv_archives_are_accessed_in_place_from_the_mmap() {
+    let tmp = TempDir::new("rkyv");
+    let dir = tmp.0.clone();
+    let values: Vec<u64> = (0..1000).map(|i| i * 7).collect();
+    let archived = rkyv::to_bytes::<rkyv::rancor::Error>(&values).unwrap();
+    let bytes = archived.to_vec();
+    let handle = run_async({
+        let dir = dir.clone();
+        move || async move {
+            let mut store = Store::open_dir(&dir, opts()).await.unwrap();
+            let mut w = store.segment_writer(0);
+            // Something odd-sized first, so the archive does not start the file.
+            w.append(BlockKind::OTHER, b"12345");
+            let h = w.append_with(BlockKind::KEYED_STATE_FULL, bytes.len(), |buf| {
+                buf.copy_from_slice(&bytes)
+            });
+            w.flush().await.unwrap();
+            store
+                .commit_checkpoint(CheckpointRecord {
+                    id: 1,
+                    timestamp_ms: 0,
+                    metadata: vec![],
+                    handles: vec![h],
+                })
+                .await
+                .unwrap();
+            h
+        }
+    });
+    let reader = StoreReader::open(&dir).unwrap();
+    let block = reader.block(&reader.latest().unwrap().handles[0]).unwrap();
+    assert_eq!(block.handle(), handle);
+    let view = rkyv::access::<rkyv::Archived<Vec<u64>>, rkyv::rancor::Error>(&block).unwrap();
+    assert_eq!(view.len(), 1000);
+    assert_eq!(view[999].to_native(), 999 * 7);
+}

@@ -658,3 +658,36 @@ fn commit_rejects_bad_input() {
         Err(CommitError::UnknownSegment { .. })
     ));
 }
+
+#[test]
+fn mid_log_manifest_damage_keeps_unreferenced_segments() {
+    let io = SimIo::new();
+    let o = StoreOptions {
+        retained_checkpoints: 10,
+        ..opts()
+    };
+    let mut store = block_on(Store::open(io.clone(), o.clone())).unwrap();
+    let (c1, _) = one_checkpoint(&mut store, 1, 0);
+    let (c2, _) = one_checkpoint(&mut store, 2, 1);
+    let name = store.manifest_file();
+    drop(store);
+    // Damage the first record (page 0); the second (page 1) stays decodable.
+    assert!(io.corrupt(&name, 40, 0x10));
+    let mut store = block_on(Store::open(io.clone(), o.clone())).unwrap();
+    assert!(store.checkpoints().is_empty());
+    assert!(store
+        .open_report()
+        .warnings
+        .contains(&StoreWarning::OrphanCleanupSkipped));
+    assert!(store.open_report().orphans_deleted.is_empty());
+    // Not collected by later commits either.
+    one_checkpoint(&mut store, 3, 2);
+    one_checkpoint(&mut store, 4, 2);
+    for h in c1.handles.iter().chain(&c2.handles) {
+        assert!(
+            io.file_bytes(&h.segment.file_name()).is_some(),
+            "segment {} kept for inspection",
+            h.segment
+        );
+    }
+}
