@@ -25,7 +25,8 @@ pub(crate) struct EventRng {
 impl EventRng {
     /// Same state as `SmallRng::seed_from_u64(state)` in `rand` 0.8 on 64-bit:
     /// `SmallRng` does not override `rand_core`'s default `seed_from_u64`, which fills
-    /// the 32-byte seed with eight PCG32 outputs (little-endian).
+    /// the 32-byte seed with eight PCG32 outputs (little-endian). `fast` selects the
+    /// bounded-integer sampler (see [`below_u64`](Self::below_u64)).
     #[inline]
     pub(crate) fn seed_from_u64(mut state: u64, fast: bool) -> Self {
         let mut s = [0u64; 4];
