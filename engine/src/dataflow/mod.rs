@@ -233,6 +233,12 @@ impl Dataflow {
         self.0.borrow().range
     }
 
+    /// The job's processing-time clock (the simulator's virtual one under
+    /// simulation), for sources that pace themselves.
+    pub fn clock(&self) -> Arc<dyn crate::time::Clock> {
+        self.0.borrow().env.clock.clone()
+    }
+
     /// Records batch size of the job.
     pub fn batch_size(&self) -> usize {
         self.0.borrow().batch_size
