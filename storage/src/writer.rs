@@ -20,7 +20,10 @@
 //! checkpoints or what blocks contain.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 
 use crate::error::WriteError;
 use crate::format::{
@@ -283,8 +286,9 @@ impl<I: Io> SegmentWriter<I> {
         let chunk = self.chunk.as_mut().expect("chunk present");
         debug_assert_eq!(chunk.base + chunk.fill as u64, cur.pos);
         debug_assert_eq!(chunk.segment, cur.id);
+        // Already zero: buffers come zeroed from the backend and are never reused.
         let block = &mut chunk.buf.as_mut()[chunk.fill..chunk.fill + footprint as usize];
-        block.fill(0);
+        debug_assert!(block.iter().all(|&b| b == 0));
         fill(&mut block[HEADER_LEN..HEADER_LEN + len]);
         format::seal_block(block, cur.id, kind, len32);
         let handle = BlockHandle {
@@ -357,7 +361,7 @@ impl<I: Io> SegmentWriter<I> {
         let mut touched: Vec<SegmentId> = Vec::new();
         let mut ends: HashMap<SegmentId, u64> = HashMap::new();
         let pending = std::mem::take(&mut self.pending);
-        for chunk in pending {
+        for chunk in &pending {
             let seg = chunk.segment;
             if !self.files.iter().any(|(s, _)| *s == seg) {
                 let file =
@@ -376,6 +380,14 @@ impl<I: Io> SegmentWriter<I> {
                 self.files.push((seg, file));
                 created_any = true;
             }
+            if !touched.contains(&seg) {
+                touched.push(seg);
+            }
+        }
+        // Issue every write at once (io_uring keeps them all in flight), then sync.
+        let mut writes = Vec::with_capacity(pending.len());
+        for chunk in pending {
+            let seg = chunk.segment;
             let file = &self
                 .files
                 .iter()
@@ -385,27 +397,26 @@ impl<I: Io> SegmentWriter<I> {
             let expected = chunk.buf.as_ref().len();
             debug_assert_eq!(expected, chunk.fill);
             debug_assert_eq!(expected % PAGE_SIZE, 0);
-            let written = file
-                .write_at(chunk.buf, chunk.base)
-                .await
-                .map_err(|source| WriteError::Io {
-                    op: "write",
-                    segment: seg,
-                    offset: chunk.base,
-                    source,
-                })?;
+            let end = ends.entry(seg).or_insert(0);
+            *end = (*end).max(chunk.base + expected as u64);
+            let base = chunk.base;
+            writes.push(async move { (seg, base, expected, file.write_at(chunk.buf, base).await) });
+        }
+        for (segment, offset, expected, res) in join_all(writes).await {
+            let written = res.map_err(|source| WriteError::Io {
+                op: "write",
+                segment,
+                offset,
+                source,
+            })?;
             if written != expected {
                 return Err(WriteError::ShortWrite {
-                    segment: seg,
-                    offset: chunk.base,
+                    segment,
+                    offset,
                     expected,
                     written,
                 });
             }
-            if !touched.contains(&seg) {
-                touched.push(seg);
-            }
-            ends.insert(seg, chunk.base + expected as u64);
         }
         for seg in &touched {
             let file = &self
@@ -484,4 +495,33 @@ impl<I: Io> Drop for SegmentWriter<I> {
             reg.retire(cur.id);
         }
     }
+}
+
+/// Polls all futures until every one is ready; outputs in input order. (No
+/// dependency on a futures crate for this one combinator.)
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(move |cx| {
+        let mut all_ready = true;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *out = Some(v),
+                    Poll::Pending => all_ready = false,
+                }
+            }
+        }
+        if all_ready {
+            Poll::Ready(
+                outputs
+                    .iter_mut()
+                    .map(|o| o.take().expect("ready output"))
+                    .collect(),
+            )
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }

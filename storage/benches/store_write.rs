@@ -1,0 +1,166 @@
+//! Benchmark program: sequential checkpoint write throughput through the store
+//! (append + flush with fdatasync + manifest commit) against a plain sequential
+//! O_DIRECT write of the same bytes with the same sync points, in the same run; and
+//! block read latency through mmap (first access with CRC check, then cached).
+//!
+//! `cargo bench -p spate-storage --bench store_write` (env `SPATE_BENCH_MIB`,
+//! default 512; `SPATE_BENCH_DIR`, default the system temp dir, must not be tmpfs).
+
+use std::time::Instant;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+use spate_storage::{BlockKind, CheckpointRecord, Store, StoreOptions, StoreReader};
+
+const BLOCK_BYTES: usize = 1 << 20;
+const CHECKPOINT_BYTES: usize = 64 << 20;
+
+fn fill(buf: &mut [u8], seed: u64) {
+    for (i, chunk) in buf.chunks_mut(8).enumerate() {
+        let v = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+}
+
+async fn plain(dir: &std::path::Path, total: usize) -> f64 {
+    let path = dir.join("plain.dat");
+    let file = glommio::io::DmaFile::create(&path).await.unwrap();
+    let start = Instant::now();
+    let mut off = 0u64;
+    let mut blocks = 0u64;
+    while (off as usize) < total {
+        let mut buf = glommio::allocate_dma_buffer_global(BLOCK_BYTES);
+        fill(buf.as_bytes_mut(), blocks);
+        let n = file.write_at(buf, off).await.unwrap();
+        assert_eq!(n, BLOCK_BYTES);
+        off += BLOCK_BYTES as u64;
+        blocks += 1;
+        if off as usize % CHECKPOINT_BYTES == 0 {
+            file.fdatasync().await.unwrap();
+        }
+    }
+    file.fdatasync().await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    file.close().await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    total as f64 / secs
+}
+
+async fn store(dir: &std::path::Path, total: usize) -> f64 {
+    let opts = StoreOptions {
+        segment_size_bytes: 256 << 20,
+        write_buffer_bytes: 4 << 20,
+        ..StoreOptions::default()
+    };
+    let mut store = Store::open_dir(dir, opts).await.unwrap();
+    let mut w = store.segment_writer(0);
+    let start = Instant::now();
+    let mut written = 0usize;
+    let mut blocks = 0u64;
+    let mut handles = Vec::new();
+    let mut id = 0;
+    while written < total {
+        handles.push(
+            w.append_with(BlockKind::KEYED_STATE_FULL, BLOCK_BYTES, |buf| {
+                fill(buf, blocks)
+            }),
+        );
+        written += BLOCK_BYTES;
+        blocks += 1;
+        if written % CHECKPOINT_BYTES == 0 || written >= total {
+            w.flush().await.unwrap();
+            id += 1;
+            let rec = CheckpointRecord {
+                id,
+                timestamp_ms: 0,
+                metadata: vec![],
+                handles: std::mem::take(&mut handles),
+            };
+            store.commit_checkpoint(rec).await.unwrap();
+        }
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let mib: usize = std::env::var("SPATE_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let total = mib << 20;
+    let base = std::env::var_os("SPATE_BENCH_DIR")
+        .map(Into::into)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("spate-store-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.clone();
+    let (plain_bps, store_bps) = LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            let mut p = Vec::new();
+            let mut s = Vec::new();
+            for round in 0..2 {
+                p.push(plain(&d, total).await);
+                let sd = d.join(format!("store-{round}"));
+                std::fs::create_dir_all(&sd).unwrap();
+                s.push(store(&sd, total).await);
+            }
+            let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+            (best(&p), best(&s))
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    println!(
+        "sequential write, {mib} MiB, {} MiB blocks, fdatasync every {} MiB (best of 2)",
+        BLOCK_BYTES >> 20,
+        CHECKPOINT_BYTES >> 20
+    );
+    println!(
+        "  plain O_DIRECT : {:>8.1} MiB/s",
+        plain_bps / (1 << 20) as f64
+    );
+    println!(
+        "  store          : {:>8.1} MiB/s",
+        store_bps / (1 << 20) as f64
+    );
+    println!("  store / plain  : {:>8.3}", store_bps / plain_bps);
+
+    // Read latency through mmap.
+    let reader = StoreReader::open(dir.join("store-1")).unwrap();
+    let handles: Vec<_> = reader
+        .checkpoints()
+        .iter()
+        .flat_map(|c| c.handles.clone())
+        .collect();
+    let mut first = Histogram::<u64>::new(3).unwrap();
+    let mut cached = Histogram::<u64>::new(3).unwrap();
+    let mut sink = 0u64;
+    for h in &handles {
+        let t = Instant::now();
+        let b = reader.block(h).unwrap();
+        sink = sink.wrapping_add(u64::from(b[0]));
+        first.record(t.elapsed().as_nanos() as u64).unwrap();
+    }
+    for _ in 0..10 {
+        for h in &handles {
+            let t = Instant::now();
+            let b = reader.block(h).unwrap();
+            sink = sink.wrapping_add(u64::from(b[b.len() - 1]));
+            cached.record(t.elapsed().as_nanos() as u64).unwrap();
+        }
+    }
+    for (name, hist) in [
+        ("first access (CRC check)", &first),
+        ("verified (header check)", &cached),
+    ] {
+        println!(
+            "  read 1 MiB block, {name}: p50 {} us, p99 {} us, max {} us (n={})",
+            hist.value_at_quantile(0.5) / 1000,
+            hist.value_at_quantile(0.99) / 1000,
+            hist.max() / 1000,
+            hist.len()
+        );
+    }
+    std::hint::black_box(sink);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
