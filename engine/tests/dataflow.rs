@@ -477,3 +477,32 @@ fn invalid_configuration_is_rejected() {
         "{err}"
     );
 }
+
+#[test]
+fn stateless_operators_chain_and_fan_out() {
+    let data = Arc::new((0..10_000u64).collect::<Vec<_>>());
+    let evens = Collector::new();
+    let pairs = Collector::new();
+    let (e, p, d) = (evens.clone(), pairs.clone(), data.clone());
+    Job::new(config(2))
+        .run(move |df| {
+            let numbers = df.source(
+                "numbers",
+                spate::source::VecSource::new(d.clone()),
+                WatermarkStrategy::none(),
+            );
+            // Two consumers of one stream: each sees every record.
+            numbers.filter(|x| x % 2 == 0).map(|x| x / 2).sink("evens", e.sink());
+            numbers
+                .flat_map(|x| (0..(x % 3)).map(move |i| (x, i)))
+                .sink("pairs", p.sink());
+        })
+        .unwrap();
+    let mut got = evens.take();
+    got.sort_unstable();
+    assert_eq!(got, (0..5_000).collect::<Vec<_>>());
+    let mut got = pairs.take();
+    got.sort_unstable();
+    let expected: Vec<_> = (0..10_000u64).flat_map(|x| (0..(x % 3)).map(move |i| (x, i))).collect();
+    assert_eq!(got, expected);
+}
