@@ -49,7 +49,7 @@ async fn plain(dir: &std::path::Path, total: usize) -> f64 {
 async fn store(dir: &std::path::Path, total: usize) -> f64 {
     let opts = StoreOptions {
         segment_size_bytes: 256 << 20,
-        write_buffer_bytes: 4 << 20,
+        write_buffer_bytes: 1 << 20,
         ..StoreOptions::default()
     };
     let mut store = Store::open_dir(dir, opts).await.unwrap();

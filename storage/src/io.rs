@@ -61,7 +61,8 @@ pub trait Io: Clone + 'static {
     /// Open file type.
     type File: IoFile<Buffer = Self::Buffer>;
 
-    /// Allocates a zero-filled write buffer of `len` bytes (a non-zero page multiple).
+    /// Allocates a write buffer of `len` bytes (a non-zero page multiple). Its
+    /// contents are unspecified: the writer overwrites every byte it writes out.
     fn alloc_buffer(&self, len: usize) -> Self::Buffer;
     /// Creates a new, empty file for writing; fails if `name` exists.
     async fn create(&self, name: &str) -> io::Result<Self::File>;
@@ -153,9 +154,10 @@ impl Io for GlommioIo {
         );
         // The global allocator (4 KiB aligned) rather than the reactor's buddy pool:
         // write buffers live across awaits and may be large.
-        let mut buf = glommio::allocate_dma_buffer_global(len);
-        buf.as_bytes_mut().fill(0);
-        buf
+        // Not zeroed: every byte that reaches the disk is written by the segment
+        // writer (payload by the caller, header and padding by `seal_block`, page
+        // tail by `seal_chunk`), and zeroing would be one more pass over memory.
+        glommio::allocate_dma_buffer_global(len)
     }
 
     async fn create(&self, name: &str) -> io::Result<Self::File> {

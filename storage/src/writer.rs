@@ -222,8 +222,9 @@ impl<I: Io> SegmentWriter<I> {
     }
 
     /// Buffers one block of `len` bytes that `fill` serialises directly into the
-    /// aligned write buffer (no copy). The slice handed to `fill` is zeroed, exactly
-    /// `len` bytes long and 16-byte aligned relative to the start of the file.
+    /// aligned write buffer (no copy). The slice handed to `fill` is exactly `len`
+    /// bytes long, 16-byte aligned relative to the start of the file, and of
+    /// unspecified contents: `fill` must write every byte of it.
     ///
     /// # Panics
     /// As [`append`](Self::append).
@@ -286,9 +287,7 @@ impl<I: Io> SegmentWriter<I> {
         let chunk = self.chunk.as_mut().expect("chunk present");
         debug_assert_eq!(chunk.base + chunk.fill as u64, cur.pos);
         debug_assert_eq!(chunk.segment, cur.id);
-        // Already zero: buffers come zeroed from the backend and are never reused.
         let block = &mut chunk.buf.as_mut()[chunk.fill..chunk.fill + footprint as usize];
-        debug_assert!(block.iter().all(|&b| b == 0));
         fill(&mut block[HEADER_LEN..HEADER_LEN + len]);
         format::seal_block(block, cur.id, kind, len32);
         let handle = BlockHandle {
