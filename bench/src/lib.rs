@@ -1,8 +1,16 @@
 //! `spate-bench` as a library: the Nexmark workload (event model, generator, JSON
-//! lines, reference query answers) that the `spate-bench` binary and the tests use.
+//! lines, reference query answers), the queries written on Spate's public API,
+//! and the harness pieces the `spate-bench` binary and the tests use.
 //!
 //! This crate depends on the engine's public API only, and nothing depends on it.
-//! The library part never spawns threads or touches the file system itself: callers
-//! hand it writers and slices.
+//! [`nexmark`] never spawns threads or touches the file system itself: callers
+//! hand it writers and slices. [`queries`] only declares dataflows. [`source`]
+//! and [`sink`] are the benchmark's source and sink; [`run`] runs a query on the
+//! glommio runtime; [`report`] writes the report files.
 
 pub mod nexmark;
+pub mod queries;
+pub mod report;
+pub mod run;
+pub mod sink;
+pub mod source;

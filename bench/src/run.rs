@@ -1,0 +1,183 @@
+//! Running one benchmark: a query over the Nexmark source on the glommio
+//! runtime, with the latency sink, timed.
+//!
+//! The job is the user's view of Spate: `source → query → sink` declared in the
+//! build closure, run by [`Job`]. Throughput is `events / elapsed`, with
+//! `elapsed` the job's wall time from start to the last subtask finishing
+//! (generation included: the generator runs inside the source subtasks).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use spate::{Dataflow, Job, JobConfig, JobError, Stream};
+
+use crate::nexmark::GeneratorConfig;
+use crate::queries::{self, Query};
+use crate::sink::{BenchSink, SinkOptions, SinkTotals};
+use crate::source::{watermarks, NexmarkSource};
+
+/// How long after the job starts the open-loop schedule begins, so that every
+/// reactor is up before the first event is due.
+pub const OPEN_LOOP_LEAD_MS: u64 = 50;
+
+/// What to run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunConfig {
+    /// The query.
+    #[serde(serialize_with = "serialize_display")]
+    pub query: Query,
+    /// Total events over all source subtasks.
+    pub events: u64,
+    /// Open-loop rate, events/s over all subtasks; `None` runs closed loop.
+    pub rate_events_per_s: Option<u64>,
+    /// Cores (= parallelism: one reactor per core).
+    pub cores: usize,
+    /// Generator seed.
+    pub seed: u64,
+    /// Where result rows go as JSON lines, if anywhere.
+    pub output_dir: Option<PathBuf>,
+    /// Show a progress bar on stderr (only if it is a terminal).
+    #[serde(skip)]
+    pub progress: bool,
+}
+
+fn serialize_display<S: serde::Serializer>(q: &Query, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(q)
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// Wall time of the job.
+    pub elapsed: Duration,
+    /// Latency histogram in µs (empty in closed loop).
+    pub latency_us: Histogram<u64>,
+    /// Whether latencies were recorded (open loop).
+    pub latency_measured: bool,
+    /// Result rows produced.
+    pub rows: u64,
+    /// Rows that arrived before their latency origin (forced out by the end of
+    /// input); not in the histogram.
+    pub rows_before_origin: u64,
+    /// The generator's configuration.
+    pub generator: GeneratorConfig,
+}
+
+/// The generator configuration of a run: the defaults, or in open loop the rate
+/// as event-time rate and `base_time_ms` as the schedule's start.
+pub fn generator_config(rate_events_per_s: Option<u64>, base_time_ms: u64) -> GeneratorConfig {
+    match rate_events_per_s {
+        Some(rate) => GeneratorConfig {
+            events_per_second: rate,
+            base_time_ms,
+            ..GeneratorConfig::default()
+        },
+        None => GeneratorConfig::default(),
+    }
+}
+
+/// Declares `source → query → sink` on one subtask.
+pub fn build_query(df: &Dataflow, query: Query, source: NexmarkSource, sink: BenchSink) {
+    let events = df.source("nexmark", source, watermarks());
+    fn to_sink<T: Serialize + Clone + 'static>(rows: Stream<T>, sink: BenchSink) {
+        rows.sink("bench-sink", sink);
+    }
+    match query {
+        Query::Q0 => to_sink(queries::q0(&events), sink),
+        Query::Q1 => to_sink(queries::q1(&events), sink),
+        Query::Q2 => to_sink(queries::q2(&events), sink),
+        Query::Q3 => to_sink(queries::q3(&events), sink),
+        Query::Q4 => to_sink(queries::q4(&events), sink),
+        Query::Q5 => to_sink(queries::q5(&events), sink),
+        Query::Q7 => to_sink(queries::q7(&events), sink),
+        Query::Q8 => to_sink(queries::q8(&events), sink),
+    }
+}
+
+/// Runs `config` on the glommio runtime.
+///
+/// # Errors
+/// [`JobError::Config`] for zero cores or a zero rate; otherwise if the job fails
+/// (an operator, source or sink error, or a reactor that cannot start).
+pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
+    if config.cores == 0 {
+        return Err(JobError::Config("--cores must be at least 1".into()));
+    }
+    if config.rate_events_per_s == Some(0) {
+        return Err(JobError::Config("--rate must be positive".into()));
+    }
+    let clock: Arc<dyn spate::time::Clock> = Arc::new(spate::time::SystemClock);
+    let base_time_ms = clock.now_ms() + OPEN_LOOP_LEAD_MS;
+    let generator = generator_config(config.rate_events_per_s, base_time_ms);
+    let open_loop = config.rate_events_per_s.is_some();
+    let totals = SinkTotals::default();
+    let emitted = Arc::new(AtomicU64::new(0));
+    let sink_options = SinkOptions {
+        latency_origin_offset_us: open_loop.then_some(if config.query.emitted_by_timer() {
+            1000
+        } else {
+            0
+        }),
+        output_dir: config.output_dir.clone(),
+    };
+    let build = {
+        let (generator, totals, emitted) = (generator.clone(), totals.clone(), emitted.clone());
+        let (query, seed, events) = (config.query, config.seed, config.events);
+        move |df: &Dataflow| {
+            let mut source =
+                NexmarkSource::new(generator.clone(), seed, events).counting(emitted.clone());
+            if open_loop {
+                source = source.paced(df.clock());
+            }
+            let sink = BenchSink::new(sink_options.clone(), totals.clone());
+            build_query(df, query, source, sink);
+        }
+    };
+    let job_config = JobConfig::with_parallelism(config.cores);
+    let handle = Job::new(job_config).with_clock(clock).start(build)?;
+    let done = Arc::new(AtomicBool::new(false));
+    let progress = (config.progress && std::io::stderr().is_terminal()).then(|| {
+        let (done, emitted, events) = (done.clone(), emitted.clone(), config.events);
+        std::thread::spawn(move || progress_bar(&done, &emitted, events))
+    });
+    let report = handle.join();
+    done.store(true, Ordering::SeqCst);
+    if let Some(thread) = progress {
+        let _ = thread.join();
+    }
+    let report = report?;
+    let latency_us = std::mem::replace(
+        &mut *totals.latency_us.lock().expect("latency lock"),
+        crate::sink::new_histogram(),
+    );
+    Ok(RunOutcome {
+        elapsed: report.elapsed,
+        latency_us,
+        latency_measured: open_loop,
+        rows: totals.rows.load(Ordering::Relaxed),
+        rows_before_origin: totals.rows_before_origin.load(Ordering::Relaxed),
+        generator,
+    })
+}
+
+fn progress_bar(done: &AtomicBool, emitted: &AtomicU64, events: u64) {
+    let bar = indicatif::ProgressBar::new(events);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} events ({per_sec})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    while !done.load(Ordering::SeqCst) {
+        bar.set_position(emitted.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.set_position(emitted.load(Ordering::Relaxed));
+    bar.finish_and_clear();
+}
