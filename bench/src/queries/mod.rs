@@ -386,10 +386,14 @@ struct Q5Hottest {
     best: ValueState<u64, (u64, Vec<u64>)>,
 }
 
-impl KeyedProcessFunction<u64, WindowResult<u64, u64>, Q5Row> for Q5Hottest {
+/// A window count as it crosses to q5's second stage: `(window end, auction,
+/// count)` (a tuple rather than the [`WindowResult`], which is not archivable).
+type Q5Count = (u64, u64, u64);
+
+impl KeyedProcessFunction<u64, Q5Count, Q5Row> for Q5Hottest {
     fn process_element(
         &mut self,
-        result: WindowResult<u64, u64>,
+        (end, auction, count): Q5Count,
         ctx: &mut KeyedContext<'_, u64, Q5Row>,
     ) -> Result<(), ProcessError> {
         let first = self.best.update(
@@ -397,19 +401,19 @@ impl KeyedProcessFunction<u64, WindowResult<u64, u64>, Q5Row> for Q5Hottest {
             || (0, Vec::new()),
             |(max, auctions)| {
                 let first = auctions.is_empty();
-                if result.value > *max {
-                    *max = result.value;
+                if count > *max {
+                    *max = count;
                     auctions.clear();
                 }
-                if result.value == *max {
-                    auctions.push(result.key);
+                if count == *max {
+                    auctions.push(auction);
                 }
                 first
             },
         );
         if first {
             // Results carry `end - 1`, which the watermark has not reached yet.
-            ctx.register_event_time_timer(result.end - 1);
+            ctx.register_event_time_timer(end - 1);
         }
         Ok(())
     }
@@ -445,7 +449,8 @@ pub fn q5(events: &Stream<Event>) -> Stream<Q5Row> {
             Q5_WINDOW_SLIDE_MS,
         ))
         .aggregate("q5-count", Count)
-        .key_by(|r: &WindowResult<u64, u64>| r.end)
+        .map(|r: WindowResult<u64, u64>| (r.end, r.key, r.value))
+        .key_by(|c: &Q5Count| c.0)
         .process("q5-hottest", |state| Q5Hottest {
             best: state.value_state("best"),
         })
@@ -477,18 +482,18 @@ fn q7_add(best: &mut Q7Best, price: u64, bid: (u64, u64, u64)) {
     }
 }
 
-/// q7's second stage, keyed by window end: the global highest bids.
+/// q7's second stage, keyed by window end: the global highest bids. Its input is
+/// `(window end, a bucket's highest bids)`.
 struct Q7Highest {
     best: ValueState<u64, Q7Best>,
 }
 
-impl KeyedProcessFunction<u64, WindowResult<u64, Q7Best>, Q7Row> for Q7Highest {
+impl KeyedProcessFunction<u64, (u64, Q7Best), Q7Row> for Q7Highest {
     fn process_element(
         &mut self,
-        result: WindowResult<u64, Q7Best>,
+        (end, (price, partial)): (u64, Q7Best),
         ctx: &mut KeyedContext<'_, u64, Q7Row>,
     ) -> Result<(), ProcessError> {
-        let (price, partial) = result.value;
         let first = self.best.update(
             ctx,
             || (0, Vec::new()),
@@ -501,7 +506,7 @@ impl KeyedProcessFunction<u64, WindowResult<u64, Q7Best>, Q7Row> for Q7Highest {
             },
         );
         if first {
-            ctx.register_event_time_timer(result.end - 1);
+            ctx.register_event_time_timer(end - 1);
         }
         Ok(())
     }
@@ -546,7 +551,8 @@ pub fn q7(events: &Stream<Event>) -> Stream<Q7Row> {
                 |best: &Q7Best| best.clone(),
             ),
         )
-        .key_by(|r: &WindowResult<u64, Q7Best>| r.end)
+        .map(|r: WindowResult<u64, Q7Best>| (r.end, r.value))
+        .key_by(|r: &(u64, Q7Best)| r.0)
         .process("q7-max", |state| Q7Highest {
             best: state.value_state("best"),
         })
