@@ -1,10 +1,11 @@
 //! Job configuration.
 
+use crate::checkpoint::CheckpointConfig;
 use crate::keygroup::MAX_MAX_PARALLELISM;
 use crate::JobError;
 
 /// How a job runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct JobConfig {
     /// Number of subtasks of every operator, one reactor each. Default: the
     /// number of available cores. May exceed the core count (reactors then
@@ -19,6 +20,8 @@ pub struct JobConfig {
     pub ring_capacity: usize,
     /// Pin reactor `i` to core `i mod cores`. Default true.
     pub pin_cores: bool,
+    /// Checkpointing; `None` (the default) runs without fault tolerance.
+    pub checkpoint: Option<CheckpointConfig>,
 }
 
 impl Default for JobConfig {
@@ -32,6 +35,7 @@ impl Default for JobConfig {
             batch_size: 1024,
             ring_capacity: 64,
             pin_cores: true,
+            checkpoint: None,
         }
     }
 }
@@ -67,6 +71,23 @@ impl JobConfig {
         }
         if self.ring_capacity < 2 {
             return Err(JobError::Config("ring_capacity must be at least 2".into()));
+        }
+        if let Some(c) = &self.checkpoint {
+            if c.max_concurrent != 1 {
+                return Err(JobError::Config(
+                    "checkpoint max_concurrent must be 1 (concurrent checkpoints are not supported yet)".into(),
+                ));
+            }
+            if c.timeout_ms == 0 {
+                return Err(JobError::Config(
+                    "checkpoint timeout_ms must be positive".into(),
+                ));
+            }
+            if c.retained == 0 {
+                return Err(JobError::Config(
+                    "checkpoint retained must be at least 1".into(),
+                ));
+            }
         }
         Ok(())
     }

@@ -48,6 +48,12 @@ pub enum JobError {
         /// What went wrong.
         error: SinkError,
     },
+    /// Checkpointing failed beyond what the job tolerates.
+    #[error("checkpointing: {0}")]
+    Checkpoint(String),
+    /// The checkpoint to resume from cannot be used.
+    #[error("restore: {0}")]
+    Restore(String),
     /// The job's configuration is invalid.
     #[error("invalid job configuration: {0}")]
     Config(String),

@@ -42,6 +42,7 @@
 //! (the API and operators), [`window`], [`source`], [`sink`], [`sim`] (the
 //! deterministic simulator); the glommio runtime is [`Job`].
 
+pub mod checkpoint;
 mod config;
 pub mod dataflow;
 mod error;
@@ -58,6 +59,9 @@ pub mod time;
 pub mod window;
 mod worker;
 
+pub use checkpoint::{
+    CheckpointConfig, CheckpointMode, CheckpointStats, CheckpointStatus, RestoreFrom,
+};
 pub use config::JobConfig;
 pub use dataflow::{
     CoProcessFunction, ConnectedStreams, Data, Dataflow, ExchangeData, KeyedContext,

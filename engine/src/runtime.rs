@@ -8,19 +8,28 @@
 //! when its time slice is up; an idle one parks until a producer, the
 //! ingress, a timer or a stop request wakes it.
 
+use crate::checkpoint::coordinator::{Ack, Coordinator, CoordinatorShared};
+use crate::checkpoint::restore::RestoreState;
+use crate::checkpoint::subtask::LocalSnapshot;
+use crate::checkpoint::{CheckpointStats, Control};
 use crate::dataflow::exchange::ExchangeRegistry;
 use crate::dataflow::Dataflow;
 use crate::park::Parker;
+use crate::ring::{ring, Consumer, Producer};
 use crate::time::{Clock, SystemClock};
-use crate::worker::{Step, SubtaskReport, Worker};
+use crate::worker::{SnapshotWriter, Step, SubtaskReport, Worker};
 use crate::{JobConfig, JobError};
+use spate_storage::{GlommioIo, Store, StoreOptions, WriterSlot};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Idle steps a reactor spins (yielding to other tasks) before it parks.
 const SPIN_STEPS_BEFORE_PARK: u32 = 64;
+
+/// Capacity of the coordinator's control and acknowledgement rings.
+const CONTROL_CAPACITY: usize = 64;
 
 /// State shared by every subtask of a running job.
 pub(crate) struct JobEnv {
@@ -31,21 +40,65 @@ pub(crate) struct JobEnv {
     pub failed: AtomicBool,
     pub error: Mutex<Option<JobError>>,
     pub clock: Arc<dyn Clock>,
+    pub restore: Option<Arc<RestoreState>>,
+    controls: Mutex<Vec<Option<Consumer<Control>>>>,
+    acks: Mutex<Vec<Option<Producer<Ack>>>>,
+    pub coordinator_parker: Arc<Parker>,
+    pub coordinator: Arc<CoordinatorShared>,
+    pub fingerprint: OnceLock<u64>,
+    pub done: AtomicUsize,
+}
+
+/// The coordinator's ends of the control and acknowledgement rings.
+pub(crate) struct CoordinatorEnds {
+    pub control: Vec<Producer<Control>>,
+    pub acks: Vec<Consumer<Ack>>,
 }
 
 impl JobEnv {
-    pub(crate) fn new(config: JobConfig, clock: Arc<dyn Clock>) -> Arc<Self> {
-        Arc::new(Self {
-            exchanges: ExchangeRegistry::new(config.parallelism, config.ring_capacity),
-            parkers: (0..config.parallelism)
-                .map(|_| Arc::new(Parker::default()))
-                .collect(),
+    pub(crate) fn new(
+        config: JobConfig,
+        clock: Arc<dyn Clock>,
+        restore: Option<Arc<RestoreState>>,
+    ) -> (Arc<Self>, CoordinatorEnds) {
+        let p = config.parallelism;
+        let (control_tx, control_rx): (Vec<_>, Vec<_>) =
+            (0..p).map(|_| ring(CONTROL_CAPACITY)).unzip();
+        let (ack_tx, ack_rx): (Vec<_>, Vec<_>) = (0..p).map(|_| ring(CONTROL_CAPACITY)).unzip();
+        let env = Arc::new(Self {
+            exchanges: ExchangeRegistry::new(p, config.ring_capacity),
+            parkers: (0..p).map(|_| Arc::new(Parker::default())).collect(),
             stop: Arc::new(AtomicBool::new(false)),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
             clock,
+            restore,
+            controls: Mutex::new(control_rx.into_iter().map(Some).collect()),
+            acks: Mutex::new(ack_tx.into_iter().map(Some).collect()),
+            coordinator_parker: Arc::new(Parker::default()),
+            coordinator: Arc::new(CoordinatorShared::default()),
+            fingerprint: OnceLock::new(),
+            done: AtomicUsize::new(0),
             config,
-        })
+        });
+        (
+            env,
+            CoordinatorEnds {
+                control: control_tx,
+                acks: ack_rx,
+            },
+        )
+    }
+
+    /// The control ring of `subtask`, when the job checkpoints.
+    pub(crate) fn take_control(&self, subtask: usize) -> Option<Consumer<Control>> {
+        self.config.checkpoint.as_ref()?;
+        self.controls.lock().ok()?.get_mut(subtask)?.take()
+    }
+
+    /// The acknowledgement ring of `subtask`.
+    pub(crate) fn take_ack(&self, subtask: usize) -> Option<Producer<Ack>> {
+        self.acks.lock().ok()?.get_mut(subtask)?.take()
     }
 
     /// Records the first failure and wakes every subtask so all of them stop.
@@ -67,10 +120,227 @@ impl JobEnv {
         for parker in &self.parkers {
             parker.notifier().notify();
         }
+        self.coordinator_parker.notifier().notify();
     }
 
     pub(crate) fn take_error(&self) -> Option<JobError> {
         self.error.lock().ok().and_then(|mut e| e.take())
+    }
+
+    pub(crate) fn coordinator_for(
+        &self,
+        ends: CoordinatorEnds,
+        first_id: u64,
+    ) -> Option<Coordinator> {
+        let config = self.config.checkpoint.clone()?;
+        Some(Coordinator::new(
+            config,
+            self.config.parallelism,
+            self.config.max_parallelism,
+            self.fingerprint.get().copied().unwrap_or(0),
+            first_id,
+            ends.control,
+            ends.acks,
+            self.parkers.iter().map(|p| p.notifier()).collect(),
+            self.coordinator.clone(),
+        ))
+    }
+}
+
+/// Loads the checkpoint to restore, if the job checkpoints and one exists.
+pub(crate) fn load_restore(config: &JobConfig) -> Result<Option<Arc<RestoreState>>, JobError> {
+    let Some(checkpoint) = &config.checkpoint else {
+        return Ok(None);
+    };
+    check_restored(RestoreState::load_dir(checkpoint)?, config)
+}
+
+/// Reports a restored checkpoint's warnings and refuses a changed max parallelism.
+pub(crate) fn check_restored(
+    restored: Option<RestoreState>,
+    config: &JobConfig,
+) -> Result<Option<Arc<RestoreState>>, JobError> {
+    if let Some(r) = &restored {
+        for warning in &r.warnings {
+            eprintln!("spate: {warning}");
+        }
+        if r.metadata.max_parallelism != config.max_parallelism {
+            return Err(JobError::Restore(format!(
+                "checkpoint {} has max parallelism {} and the job {}: max parallelism cannot change",
+                r.metadata.id, r.metadata.max_parallelism, config.max_parallelism
+            )));
+        }
+    }
+    Ok(restored.map(Arc::new))
+}
+
+/// Builds the acknowledgement of a written snapshot.
+pub(crate) fn ack_for(
+    snapshot: LocalSnapshot,
+    subtask: usize,
+    handles: Vec<spate_storage::BlockHandle>,
+    written: Result<(), String>,
+) -> Ack {
+    let async_us = snapshot.ready_at.elapsed().as_micros() as u64;
+    match written {
+        Ok(()) => {
+            let mut stats = snapshot.stats;
+            stats.async_us = async_us;
+            Ack::Done {
+                barrier: snapshot.barrier,
+                subtask,
+                handles,
+                blocks: snapshot.blocks.into_iter().map(|b| b.desc).collect(),
+                sources: snapshot.sources,
+                stats,
+            }
+        }
+        Err(reason) => Ack::Failed {
+            id: snapshot.barrier.id,
+            subtask,
+            reason,
+        },
+    }
+}
+
+/// Hands finished snapshot parts to the reactor's writer task.
+struct ChannelWriter(glommio::channels::local_channel::LocalSender<LocalSnapshot>);
+
+impl SnapshotWriter for ChannelWriter {
+    fn submit(&mut self, snapshot: LocalSnapshot) {
+        // Unbounded: never blocks the step; at most `max_concurrent` parts wait.
+        let _ = self.0.try_send(snapshot);
+    }
+}
+
+/// Segment writers handed from the reactor that owns the store to the others.
+type WriterSlots = Mutex<Vec<Option<WriterSlot<GlommioIo>>>>;
+
+/// Writes a subtask's snapshot parts through io_uring and acknowledges them.
+async fn writer_task(
+    env: Arc<JobEnv>,
+    subtask: usize,
+    snapshots: glommio::channels::local_channel::LocalReceiver<LocalSnapshot>,
+    slots: Arc<(OnceLock<()>, WriterSlots)>,
+) {
+    let Some(mut acks) = env.take_ack(subtask) else {
+        return;
+    };
+    // The store is opened by reactor 0's coordinator task; wait for it (start-up only).
+    let mut writer = loop {
+        if slots.0.get().is_some() {
+            match slots
+                .1
+                .lock()
+                .ok()
+                .and_then(|mut s| s.get_mut(subtask).and_then(Option::take))
+            {
+                Some(slot) => break slot.into_writer(),
+                None => return,
+            }
+        }
+        if env.failed() {
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    };
+    while let Some(snapshot) = snapshots.recv().await {
+        let mut handles = Vec::with_capacity(snapshot.blocks.len());
+        for block in &snapshot.blocks {
+            handles.push(writer.append(block.kind, &block.bytes));
+        }
+        let written = writer.flush().await.map_err(|e| e.to_string());
+        let mut ack = ack_for(snapshot, subtask, handles, written);
+        while let Err(back) = acks.try_push(ack) {
+            if env.failed() {
+                return;
+            }
+            ack = back;
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        env.coordinator_parker.notifier().notify();
+    }
+}
+
+/// Triggers checkpoints and commits them; runs on reactor 0, which owns the store.
+async fn coordinator_task(
+    env: Arc<JobEnv>,
+    ends: CoordinatorEnds,
+    slots: Arc<(OnceLock<()>, WriterSlots)>,
+) {
+    let Some(config) = env.config.checkpoint.clone() else {
+        return;
+    };
+    let options = StoreOptions {
+        retained_checkpoints: config.retained,
+        ..StoreOptions::default()
+    };
+    if let Err(e) = std::fs::create_dir_all(&config.dir) {
+        env.fail(JobError::Checkpoint(format!(
+            "cannot create {}: {e}",
+            config.dir.display()
+        )));
+        return;
+    }
+    let mut store = match Store::open_dir(&config.dir, options).await {
+        Ok(store) => store,
+        Err(e) => {
+            env.fail(JobError::Checkpoint(format!(
+                "cannot open the store in {}: {e}",
+                config.dir.display()
+            )));
+            return;
+        }
+    };
+    if let Ok(mut s) = slots.1.lock() {
+        *s = (0..env.config.parallelism)
+            .map(|i| Some(store.writer_slot(i as u16)))
+            .collect();
+    }
+    let _ = slots.0.set(());
+    let first_id = store.latest().map_or(1, |r| r.id + 1);
+    let Some(mut coordinator) = env.coordinator_for(ends, first_id) else {
+        return;
+    };
+    let parker = env.coordinator_parker.clone();
+    let parallelism = env.config.parallelism;
+    loop {
+        if env.failed() || env.done.load(Ordering::SeqCst) == parallelism {
+            break;
+        }
+        let now = env.clock.now_ms();
+        if let Some(request) = coordinator.poll(now) {
+            match store.commit_checkpoint(request.record).await {
+                Ok(_) => coordinator.committed(request.id, env.clock.now_ms()),
+                Err(e) => coordinator.commit_failed(request.id, e.to_string(), env.clock.now_ms()),
+            }
+            continue;
+        }
+        if let Some(reason) = coordinator.fatal.take() {
+            env.fail(JobError::Checkpoint(reason));
+            break;
+        }
+        parker.prepare_park();
+        if coordinator.has_acks()
+            || env.failed()
+            || env.done.load(Ordering::SeqCst) == parallelism
+            || env.coordinator.manual_trigger.load(Ordering::SeqCst)
+        {
+            parker.unpark();
+            continue;
+        }
+        match coordinator.next_deadline(now) {
+            Some(at) if at <= now => {}
+            Some(at) => {
+                let wait = Duration::from_millis(at - now);
+                futures_lite::future::or(parker.wait(), async move {
+                    glommio::timer::sleep(wait).await;
+                })
+                .await;
+            }
+            None => parker.wait().await,
+        }
+        parker.unpark();
     }
 }
 
@@ -81,6 +351,10 @@ pub struct JobReport {
     pub elapsed: Duration,
     /// Per-subtask counters.
     pub subtasks: Vec<SubtaskReport>,
+    /// Statistics of every checkpoint of the run (bounded history).
+    pub checkpoints: Vec<CheckpointStats>,
+    /// The checkpoint the run restored, if any.
+    pub restored_from: Option<u64>,
 }
 
 /// A job ready to run: its configuration and its processing-time clock.
@@ -121,7 +395,11 @@ impl Job {
         F: Fn(&Dataflow) + Send + Sync + 'static,
     {
         self.config.validate()?;
-        let env = JobEnv::new(self.config.clone(), self.clock);
+        let restore = load_restore(&self.config)?;
+        let (env, ends) = JobEnv::new(self.config.clone(), self.clock, restore);
+        let slots: Arc<(OnceLock<()>, WriterSlots)> =
+            Arc::new((OnceLock::new(), Mutex::new(Vec::new())));
+        let mut ends = Some(ends);
         let build: Arc<dyn Fn(&Dataflow) + Send + Sync> = Arc::new(build);
         let cpus = core_affinity::get_core_ids()
             .map(|c| c.len())
@@ -137,9 +415,13 @@ impl Job {
             };
             let reactor_env = env.clone();
             let build = build.clone();
+            let slots = slots.clone();
+            let coordinator_ends = if subtask == 0 { ends.take() } else { None };
             let spawned = glommio::LocalExecutorBuilder::new(placement)
                 .name(&format!("spate-{subtask}"))
-                .spawn(move || async move { reactor(reactor_env, subtask, build).await });
+                .spawn(move || async move {
+                    reactor(reactor_env, subtask, build, slots, coordinator_ends).await
+                });
             match spawned {
                 Ok(handle) => reactors.push(handle),
                 Err(e) => {
@@ -158,11 +440,25 @@ impl Job {
     }
 }
 
+/// Counts the subtask as done when dropped (the coordinator stops once every
+/// subtask's step loop has ended).
+struct DoneGuard(Arc<JobEnv>);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.0.done.fetch_add(1, Ordering::SeqCst);
+        self.0.coordinator_parker.notifier().notify();
+    }
+}
+
 async fn reactor(
     env: Arc<JobEnv>,
     subtask: usize,
     build: Arc<dyn Fn(&Dataflow) + Send + Sync>,
+    slots: Arc<(OnceLock<()>, WriterSlots)>,
+    coordinator_ends: Option<CoordinatorEnds>,
 ) -> SubtaskReport {
+    let done = DoneGuard(env.clone());
     let built = catch_unwind(AssertUnwindSafe(|| {
         Worker::build(env.clone(), subtask, &*build)
     }));
@@ -180,6 +476,20 @@ async fn reactor(
             return SubtaskReport::default();
         }
     };
+    let _ = env.fingerprint.set(worker.fingerprint);
+    let mut helpers = Vec::new();
+    if env.config.checkpoint.is_some() {
+        if let Some(ends) = coordinator_ends {
+            helpers.push(
+                glommio::spawn_local(coordinator_task(env.clone(), ends, slots.clone())).detach(),
+            );
+        }
+        let (sender, receiver) = glommio::channels::local_channel::new_unbounded();
+        worker.set_writer(Box::new(ChannelWriter(sender)));
+        helpers.push(
+            glommio::spawn_local(writer_task(env.clone(), subtask, receiver, slots)).detach(),
+        );
+    }
     let parker = env.parkers[subtask].clone();
     let mut idle_steps = 0u32;
     loop {
@@ -229,7 +539,14 @@ async fn reactor(
             }
         }
     }
-    worker.report.clone()
+    let report = worker.report.clone();
+    // Closes the writer's channel: it finishes what was submitted, then ends.
+    drop(worker);
+    drop(done);
+    for helper in helpers {
+        let _ = helper.await;
+    }
+    report
 }
 
 /// A running job.
@@ -244,6 +561,31 @@ impl JobHandle {
     pub fn stop(&self) {
         self.env.stop.store(true, Ordering::SeqCst);
         self.env.wake_all();
+    }
+
+    /// Asks the coordinator for a checkpoint now (Flink's manual trigger); it
+    /// starts as soon as no other checkpoint is in progress.
+    pub fn trigger_checkpoint(&self) {
+        self.env
+            .coordinator
+            .manual_trigger
+            .store(true, Ordering::SeqCst);
+        self.env.coordinator_parker.notifier().notify();
+    }
+
+    /// Statistics of the checkpoints so far (bounded history, oldest first).
+    pub fn checkpoint_stats(&self) -> Vec<CheckpointStats> {
+        self.env
+            .coordinator
+            .history
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Number of completed checkpoints so far.
+    pub fn completed_checkpoints(&self) -> u64 {
+        self.env.coordinator.completed.load(Ordering::SeqCst)
     }
 
     /// Waits for every subtask; returns the report or the first error.
@@ -263,6 +605,15 @@ impl JobHandle {
         Ok(JobReport {
             elapsed: self.started.elapsed(),
             subtasks,
+            checkpoints: {
+                self.env
+                    .coordinator
+                    .history
+                    .lock()
+                    .map(|h| h.iter().cloned().collect())
+                    .unwrap_or_default()
+            },
+            restored_from: self.env.restore.as_ref().map(|r| r.metadata.id),
         })
     }
 }

@@ -8,11 +8,18 @@
 //! full rings and backpressure. A failing run is reproduced by its seed, which
 //! every error and report carries.
 
+use crate::checkpoint::coordinator::Ack;
+use crate::checkpoint::restore::RestoreState;
+use crate::checkpoint::subtask::LocalSnapshot;
 use crate::dataflow::Dataflow;
-use crate::runtime::JobEnv;
+use crate::ring::Producer;
+use crate::runtime::{ack_for, check_restored, JobEnv};
 use crate::time::{Clock, ManualClock};
+use crate::worker::SnapshotWriter;
 use crate::worker::{Step, SubtaskReport, Worker};
 use crate::{JobConfig, JobError};
+use spate_storage::sim::block_on;
+use spate_storage::{SegmentWriter, SimIo, Store, StoreOptions, StoreReader};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -57,6 +64,31 @@ pub struct SimReport {
     pub virtual_ms: u64,
     /// Per-subtask counters.
     pub subtasks: Vec<SubtaskReport>,
+    /// Statistics of every checkpoint of the run.
+    pub checkpoints: Vec<crate::checkpoint::CheckpointStats>,
+    /// The checkpoint the run restored, if any.
+    pub restored_from: Option<u64>,
+}
+
+/// Writes snapshot parts synchronously into the simulated store.
+struct SimWriter {
+    writer: SegmentWriter<SimIo>,
+    acks: Producer<Ack>,
+    subtask: usize,
+}
+
+impl SnapshotWriter for SimWriter {
+    fn submit(&mut self, snapshot: LocalSnapshot) {
+        let handles = snapshot
+            .blocks
+            .iter()
+            .map(|b| self.writer.append(b.kind, &b.bytes))
+            .collect();
+        let written = block_on(self.writer.flush()).map_err(|e| e.to_string());
+        let ack = ack_for(snapshot, self.subtask, handles, written);
+        // Sized for every checkpoint the coordinator can have outstanding.
+        let _ = self.acks.try_push(ack);
+    }
 }
 
 /// A job run by the deterministic simulator.
@@ -65,6 +97,8 @@ pub struct Simulation {
     seed: u64,
     randomize_buffers: bool,
     max_steps: u64,
+    storage: Option<SimIo>,
+    stop_after_checkpoints: Option<u64>,
 }
 
 impl Simulation {
@@ -77,7 +111,25 @@ impl Simulation {
             seed,
             randomize_buffers: true,
             max_steps: 50_000_000,
+            storage: None,
+            stop_after_checkpoints: None,
         }
+    }
+
+    /// Checkpoints (per `config.checkpoint`) go to this simulated storage
+    /// instead of the directory; restore reads from it. Hand the same
+    /// `SimIo` (or its crash image) to a later simulation to resume.
+    pub fn storage(mut self, io: SimIo) -> Self {
+        self.storage = Some(io);
+        self
+    }
+
+    /// Ends the run as a crash once this many checkpoints completed: the
+    /// subtasks are dropped where they stand (the storage keeps what was
+    /// durable). Returns the report of the truncated run.
+    pub fn crash_after_checkpoints(mut self, completed: u64) -> Self {
+        self.stop_after_checkpoints = Some(completed);
+        self
     }
 
     /// Uses the configuration's ring capacity and batch size as given.
@@ -106,8 +158,22 @@ impl Simulation {
         config.validate()?;
         let start_ms = 1_000_000;
         let clock = ManualClock::new(start_ms);
-        let env = JobEnv::new(config.clone(), Arc::new(clock.clone()));
         let seed = self.seed;
+        let io = match (&config.checkpoint, &self.storage) {
+            (Some(_), Some(io)) => Some(io.clone()),
+            (Some(_), None) => Some(SimIo::new()),
+            _ => None,
+        };
+        let restore = match (&config.checkpoint, &io) {
+            (Some(checkpoint), Some(io)) => {
+                let reader = StoreReader::from_source(Arc::new(io.clone()))
+                    .map_err(|e| JobError::Restore(e.to_string()))?;
+                check_restored(RestoreState::load(reader, checkpoint, None)?, &config)?
+            }
+            _ => None,
+        };
+        let restored_from = restore.as_ref().map(|r| r.metadata.id);
+        let (env, ends) = JobEnv::new(config.clone(), Arc::new(clock.clone()), restore);
         let panic_error = |subtask, panic: Box<dyn std::any::Any + Send>| JobError::Panic {
             subtask,
             message: format!("{} (seed {seed})", crate::error::panic_message(&*panic)),
@@ -118,10 +184,36 @@ impl Simulation {
                 Worker::build(env.clone(), subtask, &build)
             }));
             match built {
-                Ok(Ok(worker)) => workers.push(Some(worker)),
+                Ok(Ok(worker)) => {
+                    let _ = env.fingerprint.set(worker.fingerprint);
+                    workers.push(Some(worker))
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(panic) => return Err(panic_error(subtask, panic)),
             }
+        }
+        let mut store = None;
+        let mut coordinator = None;
+        if let (Some(checkpoint), Some(io)) = (&config.checkpoint, &io) {
+            let options = StoreOptions {
+                retained_checkpoints: checkpoint.retained,
+                ..StoreOptions::default()
+            };
+            let opened = block_on(Store::open(io.clone(), options)).map_err(|e| {
+                JobError::Checkpoint(format!("cannot open the simulated store: {e}"))
+            })?;
+            for (subtask, worker) in workers.iter_mut().enumerate() {
+                let acks = env.take_ack(subtask).expect("one ack ring per subtask");
+                if let Some(worker) = worker {
+                    worker.set_writer(Box::new(SimWriter {
+                        writer: opened.segment_writer(subtask as u16),
+                        acks,
+                        subtask,
+                    }));
+                }
+            }
+            coordinator = env.coordinator_for(ends, opened.latest().map_or(1, |r| r.id + 1));
+            store = Some(opened);
         }
         let mut finished: Vec<SubtaskReport> = Vec::new();
         let mut steps = 0u64;
@@ -135,6 +227,26 @@ impl Simulation {
             }
             if steps >= self.max_steps {
                 return Err(JobError::Stalled { steps, seed });
+            }
+            if let (Some(c), Some(store)) = (&mut coordinator, &mut store) {
+                let now = clock.now_ms();
+                if let Some(request) = c.poll(now) {
+                    match block_on(store.commit_checkpoint(request.record)) {
+                        Ok(_) => c.committed(request.id, now),
+                        Err(e) => c.commit_failed(request.id, e.to_string(), now),
+                    }
+                }
+                if let Some(reason) = c.fatal.take() {
+                    return Err(JobError::Checkpoint(format!("{reason} (seed {seed})")));
+                }
+                if self.stop_after_checkpoints.is_some_and(|n| {
+                    env.coordinator
+                        .completed
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                        >= n
+                }) {
+                    break;
+                }
             }
             let subtask = live[rng.below(live.len() as u64) as usize];
             let worker = workers[subtask].as_mut().expect("live");
@@ -153,9 +265,16 @@ impl Simulation {
                         // Everyone looks idle: jump the clock to the next timer
                         // or source schedule; if there is none, nothing can ever
                         // happen again.
-                        let any_work = workers.iter_mut().flatten().any(|w| w.has_work());
+                        let any_work = workers.iter_mut().flatten().any(|w| w.has_work())
+                            || coordinator.as_mut().is_some_and(|c| c.has_acks());
                         if !any_work {
-                            let next = workers.iter().flatten().filter_map(|w| w.wake_at()).min();
+                            let now = clock.now_ms();
+                            let next = workers
+                                .iter()
+                                .flatten()
+                                .filter_map(|w| w.wake_at())
+                                .chain(coordinator.as_ref().and_then(|c| c.next_deadline(now)))
+                                .min();
                             match next {
                                 Some(at) => clock.advance_to(at),
                                 None => return Err(JobError::Stalled { steps, seed }),
@@ -176,6 +295,13 @@ impl Simulation {
             batch_size: config.batch_size,
             virtual_ms: clock.now_ms() - start_ms,
             subtasks: finished,
+            checkpoints: env
+                .coordinator
+                .history
+                .lock()
+                .map(|h| h.iter().cloned().collect())
+                .unwrap_or_default(),
+            restored_from,
         })
     }
 }

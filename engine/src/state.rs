@@ -57,13 +57,19 @@ pub trait KeyScope<K> {
 }
 
 /// What the checkpoint layer needs from any keyed state table, whatever its
-/// types: a name, and per-key-group sizes (snapshots follow in the
-/// checkpoint layer).
+/// types: a name, sizes, and archiving one key group at a time.
 pub trait StateTable {
     /// The state's name, unique within its operator.
     fn name(&self) -> &str;
     /// Number of keys with state in the key group at `index` of the range.
     fn keys_in_group(&self, index: usize) -> usize;
+    /// The Rust type of the table's entries, recorded for inspection tools.
+    fn type_name(&self) -> &'static str;
+    /// Archives the key group at `index` (rkyv, a `Vec<(key, value)>`).
+    fn snapshot_group(&self, index: usize) -> Result<AlignedVec, String>;
+    /// Loads an archive made by [`snapshot_group`](Self::snapshot_group)
+    /// into the key group at `index`; an error for bytes that do not check.
+    fn restore_group(&mut self, index: usize, archive: &[u8]) -> Result<(), String>;
 }
 
 /// A table of per-key values, one map per key group of the range.
@@ -81,12 +87,34 @@ impl<K: Key, V> KeyedTable<K, V> {
     }
 }
 
-impl<K: Key, V> StateTable for KeyedTable<K, V> {
+impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
     fn name(&self) -> &str {
         &self.name
     }
+
     fn keys_in_group(&self, index: usize) -> usize {
         self.groups[index].len()
+    }
+
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<(K, V)>()
+    }
+
+    fn snapshot_group(&self, index: usize) -> Result<AlignedVec, String> {
+        let entries: Vec<(K, V)> = self.groups[index]
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rkyv::to_bytes::<RkyvError>(&entries).map_err(|e| e.to_string())
+    }
+
+    fn restore_group(&mut self, index: usize, archive: &[u8]) -> Result<(), String> {
+        let entries =
+            rkyv::from_bytes::<Vec<(K, V)>, RkyvError>(archive).map_err(|e| e.to_string())?;
+        let group = &mut self.groups[index];
+        group.reserve(entries.len());
+        group.extend(entries);
+        Ok(())
     }
 }
 
@@ -107,7 +135,7 @@ impl<K: Key> StateRegistry<K> {
         }
     }
 
-    fn register<V: 'static>(&mut self, name: &str) -> Rc<RefCell<KeyedTable<K, V>>> {
+    fn register<V: StateData>(&mut self, name: &str) -> Rc<RefCell<KeyedTable<K, V>>> {
         assert!(
             self.tables.iter().all(|t| t.borrow().name() != name),
             "keyed state `{name}` declared twice in one operator"
@@ -128,7 +156,10 @@ impl<K: Key> StateRegistry<K> {
     pub fn map_state<UK: StateData + Eq + Hash, UV: StateData>(
         &mut self,
         name: &str,
-    ) -> MapState<K, UK, UV> {
+    ) -> MapState<K, UK, UV>
+    where
+        UK::Archived: Hash + Eq,
+    {
         MapState {
             table: self.register(name),
         }
@@ -144,6 +175,11 @@ impl<K: Key> StateRegistry<K> {
     /// Every table declared so far (for snapshots and inspection).
     pub fn tables(&self) -> &[Rc<RefCell<dyn StateTable>>] {
         &self.tables
+    }
+
+    /// The key-group range the tables cover.
+    pub fn key_group_range(&self) -> KeyGroupRange {
+        self.range
     }
 }
 

@@ -7,11 +7,21 @@
 //! loop on a pinned reactor; the simulator calls it for every subtask on one
 //! thread in a seeded order. Nothing here blocks.
 
+use crate::checkpoint::subtask::{LocalSnapshot, SubtaskCheckpoints};
+use crate::checkpoint::Control;
 use crate::dataflow::{Cx, Dataflow, InputSlot, InputState, OutputBuffer, ProcessingTimers};
+use crate::ring::Consumer;
 use crate::runtime::JobEnv;
 use crate::JobError;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
+
+/// Where a subtask's finished checkpoint parts go: the runtime's writer task
+/// (asynchronous, io_uring) or the simulator's inline writer.
+pub(crate) trait SnapshotWriter {
+    fn submit(&mut self, snapshot: LocalSnapshot);
+}
 
 /// What one step achieved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +51,41 @@ pub(crate) struct Worker {
     chains: Vec<Vec<Rc<dyn OutputBuffer>>>,
     buffers: Vec<Rc<dyn OutputBuffer>>,
     timer_operators: Vec<Rc<dyn ProcessingTimers>>,
+    checkpoints: Rc<RefCell<SubtaskCheckpoints>>,
+    control: Option<Consumer<Control>>,
+    writer: Option<Box<dyn SnapshotWriter>>,
+    /// Hash of the job's operators and state types.
+    pub(crate) fingerprint: u64,
     pub(crate) report: SubtaskReport,
+}
+
+/// Alignment groups: inputs linked by a multi-input operator share a group.
+fn groups(inputs: usize, links: &[(usize, usize)]) -> Vec<usize> {
+    let mut parent: Vec<usize> = (0..inputs).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for &(a, b) in links {
+        let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+        parent[ra] = rb;
+    }
+    (0..inputs).map(|i| root(&mut parent, i)).collect()
+}
+
+/// FNV-1a over the job's signature lines: stable across runs and builds.
+fn fingerprint(signature: &[String]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for line in signature {
+        for b in line.bytes().chain(std::iter::once(b'\n')) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }
 
 impl Worker {
@@ -54,20 +98,73 @@ impl Worker {
         let df = Dataflow::new(env.clone(), subtask);
         build(&df);
         let mut g = df.graph();
+        let fingerprint = fingerprint(&g.signature);
+        if let Some(restore) = &g.restore {
+            if restore.metadata.fingerprint != fingerprint {
+                return Err(JobError::Restore(format!(
+                    "checkpoint {} was taken by an incompatible job (fingerprint {:016x}, this job {fingerprint:016x}): start fresh or use another state directory",
+                    restore.metadata.id, restore.metadata.fingerprint
+                )));
+            }
+        }
         if let Some(error) = g.build_error.take() {
             return Err(error);
         }
+        g.checkpoints
+            .borrow_mut()
+            .set_groups(groups(g.inputs.len(), &g.links));
+        let control = env.take_control(subtask);
         Ok(Self {
             env: env.clone(),
             inputs: std::mem::take(&mut g.inputs),
             chains: std::mem::take(&mut g.chains),
             buffers: std::mem::take(&mut g.buffers),
             timer_operators: std::mem::take(&mut g.timer_operators),
+            checkpoints: g.checkpoints.clone(),
+            control,
+            writer: None,
+            fingerprint,
             report: SubtaskReport {
                 subtask,
                 ..SubtaskReport::default()
             },
         })
+    }
+
+    pub(crate) fn set_writer(&mut self, writer: Box<dyn SnapshotWriter>) {
+        self.writer = Some(writer);
+    }
+
+    fn handle_control(&mut self, cx: &mut Cx) -> Result<bool, JobError> {
+        let Some(control) = &mut self.control else {
+            return Ok(false);
+        };
+        let mut any = false;
+        while let Some(message) = control.pop() {
+            any = true;
+            match message {
+                Control::Trigger(barrier) => {
+                    if !self.checkpoints.borrow_mut().begin(barrier) {
+                        continue;
+                    }
+                    // Finished sources still record their final offset.
+                    for slot in &mut self.inputs {
+                        slot.input.trigger(barrier, cx)?;
+                    }
+                    for operator in &self.timer_operators {
+                        operator.snapshot_if_finished(barrier, cx)?;
+                    }
+                    self.checkpoints.borrow_mut().check_ready(barrier.id);
+                }
+                Control::Abort(id) => {
+                    self.checkpoints.borrow_mut().abort(id);
+                    for slot in &mut self.inputs {
+                        slot.input.abort(id);
+                    }
+                }
+            }
+        }
+        Ok(any)
     }
 
     fn now_ms(&self) -> u64 {
@@ -79,7 +176,7 @@ impl Worker {
         let mut cx = Cx {
             now_ms: self.now_ms(),
         };
-        let mut busy = false;
+        let mut busy = self.handle_control(&mut cx)?;
         for buffer in &self.buffers {
             busy |= buffer.drain(&mut cx)?;
         }
@@ -87,12 +184,14 @@ impl Worker {
             busy |= operator.fire_processing_timers(&mut cx)?;
         }
         let mut all_finished = true;
-        for slot in &mut self.inputs {
+        for (index, slot) in self.inputs.iter_mut().enumerate() {
             if slot.finished {
                 continue;
             }
             all_finished = false;
-            if self.chains[slot.chain].iter().any(|b| b.is_blocked()) {
+            if self.chains[slot.chain].iter().any(|b| b.is_blocked())
+                || self.checkpoints.borrow().paused(index)
+            {
                 continue;
             }
             match slot.input.step(&mut cx)? {
@@ -100,12 +199,19 @@ impl Worker {
                 InputState::Idle => {}
                 InputState::Finished => {
                     slot.finished = true;
+                    self.checkpoints.borrow_mut().input_finished(index);
                     busy = true;
                 }
             }
         }
         for buffer in &self.buffers {
             buffer.flush(&mut cx)?;
+        }
+        let ready = self.checkpoints.borrow_mut().take_ready();
+        for snapshot in ready {
+            if let Some(writer) = &mut self.writer {
+                writer.submit(snapshot);
+            }
         }
         if all_finished && !self.buffers.iter().any(|b| b.has_pending()) {
             return Ok(Step::Done);
@@ -118,6 +224,9 @@ impl Worker {
     /// check sees its push.
     pub(crate) fn has_work(&mut self) -> bool {
         let now = self.now_ms();
+        if self.control.as_mut().is_some_and(|c| c.has_message()) {
+            return true;
+        }
         if self.buffers.iter().any(|b| b.can_drain()) {
             return true;
         }
@@ -129,9 +238,11 @@ impl Worker {
             return true;
         }
         let chains = &self.chains;
-        self.inputs.iter_mut().any(|slot| {
+        let checkpoints = self.checkpoints.borrow();
+        self.inputs.iter_mut().enumerate().any(|(index, slot)| {
             !slot.finished
                 && !chains[slot.chain].iter().any(|b| b.is_blocked())
+                && !checkpoints.paused(index)
                 && slot.input.has_work(now)
         })
     }

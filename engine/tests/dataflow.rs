@@ -91,13 +91,13 @@ proptest! {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct Person {
     id: u64,
     name: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct Auction {
     id: u64,
     seller: u64,
@@ -492,7 +492,10 @@ fn stateless_operators_chain_and_fan_out() {
                 WatermarkStrategy::none(),
             );
             // Two consumers of one stream: each sees every record.
-            numbers.filter(|x| x % 2 == 0).map(|x| x / 2).sink("evens", e.sink());
+            numbers
+                .filter(|x| x % 2 == 0)
+                .map(|x| x / 2)
+                .sink("evens", e.sink());
             numbers
                 .flat_map(|x| (0..(x % 3)).map(move |i| (x, i)))
                 .sink("pairs", p.sink());
@@ -503,6 +506,8 @@ fn stateless_operators_chain_and_fan_out() {
     assert_eq!(got, (0..5_000).collect::<Vec<_>>());
     let mut got = pairs.take();
     got.sort_unstable();
-    let expected: Vec<_> = (0..10_000u64).flat_map(|x| (0..(x % 3)).map(move |i| (x, i))).collect();
+    let expected: Vec<_> = (0..10_000u64)
+        .flat_map(|x| (0..(x % 3)).map(move |i| (x, i)))
+        .collect();
     assert_eq!(got, expected);
 }

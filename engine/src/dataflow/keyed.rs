@@ -14,6 +14,9 @@ use super::{
     exchange, ConnectedStreams, Cx, Data, ExchangeData, KeyedStream, Output, ProcessingTimers,
     Push, Record, Stream,
 };
+use crate::checkpoint::metadata::StateBlock;
+use crate::checkpoint::subtask::{BlockDesc, SnapshotBlock, SubtaskCheckpoints};
+use crate::checkpoint::Barrier;
 use crate::error::ProcessError;
 use crate::keygroup::{key_group_for, Key, KeyGroupRange};
 use crate::state::{KeyScope, StateRegistry};
@@ -21,7 +24,6 @@ use crate::time::{TimeDomain, Timestamp, MAX_WATERMARK};
 use crate::JobError;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::convert::Infallible;
 use std::rc::Rc;
 
 /// The context of one keyed function call: the current key (which scopes
@@ -165,12 +167,11 @@ pub trait CoProcessFunction<K, I1, I2, O>: 'static {
     }
 }
 
-/// Runs a single-input function as a two-input one without a second input.
+/// Runs a single-input function as a two-input one without a second input
+/// (whose type is `()`; no record ever arrives on it).
 struct Single<P>(P);
 
-impl<K, I, O, P: KeyedProcessFunction<K, I, O>> CoProcessFunction<K, I, Infallible, O>
-    for Single<P>
-{
+impl<K, I, O, P: KeyedProcessFunction<K, I, O>> CoProcessFunction<K, I, (), O> for Single<P> {
     fn process_element1(
         &mut self,
         value: I,
@@ -180,10 +181,10 @@ impl<K, I, O, P: KeyedProcessFunction<K, I, O>> CoProcessFunction<K, I, Infallib
     }
     fn process_element2(
         &mut self,
-        value: Infallible,
+        _value: (),
         _ctx: &mut KeyedContext<'_, K, O>,
     ) -> Result<(), ProcessError> {
-        match value {}
+        unreachable!("a single-input operator has no second input")
     }
     fn on_timer(
         &mut self,
@@ -215,9 +216,21 @@ struct Operator<K, I1, I2, O, F> {
     watermarks: [Timestamp; 2],
     watermark: Timestamp,
     open_inputs: usize,
-    /// Keeps the state tables alive (and, later, reachable for snapshots).
-    _state: StateRegistry<K>,
+    ended: [bool; 2],
+    state: StateRegistry<K>,
+    checkpoints: Rc<RefCell<SubtaskCheckpoints>>,
+    /// Last barrier seen on each input.
+    barriers: [Option<u64>; 2],
+    /// Last checkpoint snapshotted.
+    snapshotted: u64,
 }
+
+/// Name of the pseudo-table holding an operator's timers in checkpoints.
+pub(crate) const TIMERS_TABLE: &str = "__timers";
+
+/// Timers of one key group as archived: (timestamp, domain, key), domain 0 =
+/// event time, 1 = processing time.
+type TimerEntries<K> = Vec<(Timestamp, u8, K)>;
 
 impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1, I2, O, F> {
     fn error(&self, source: ProcessError) -> JobError {
@@ -323,8 +336,152 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
     fn input_end(&mut self, input: usize, cx: &mut Cx) -> Result<(), JobError> {
         self.input_watermark(input, MAX_WATERMARK, cx)?;
         self.open_inputs -= 1;
+        self.ended[input] = true;
+        // A barrier waiting for this input now has every input it needs.
+        if let Some(id) = self.barriers[1 - input] {
+            if id > self.snapshotted {
+                let pending = self.checkpoints.borrow().oldest_pending();
+                if let Some(barrier) = pending.filter(|b| b.id == id) {
+                    self.snapshot_and_forward(barrier, cx)?;
+                }
+            }
+        }
         if self.open_inputs == 0 {
+            // Checkpoints whose barrier never reached this operator were
+            // triggered after its sources finished: its final state is their cut.
+            let pending = self.checkpoints.borrow().oldest_pending();
+            if let Some(barrier) = pending.filter(|b| b.id > self.snapshotted) {
+                self.snapshot_and_forward(barrier, cx)?;
+            }
             self.output.end(cx)?;
+        }
+        Ok(())
+    }
+
+    fn input_barrier(
+        &mut self,
+        input: usize,
+        barrier: Barrier,
+        cx: &mut Cx,
+    ) -> Result<(), JobError> {
+        if barrier.id <= self.snapshotted {
+            return Ok(()); // unaligned: the first input already took it
+        }
+        self.barriers[input] = Some(barrier.id);
+        let unaligned = self.checkpoints.borrow().is_unaligned(barrier.id);
+        let all = (0..2).all(|i| self.ended[i] || self.barriers[i] == Some(barrier.id));
+        if unaligned || all {
+            self.snapshot_and_forward(barrier, cx)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot_and_forward(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
+        self.snapshotted = barrier.id;
+        let started = std::time::Instant::now();
+        let blocks = self.snapshot().map_err(|e| {
+            JobError::Checkpoint(format!(
+                "operator `{}` on subtask {}: snapshot of checkpoint {} failed: {e}",
+                self.name, self.subtask, barrier.id
+            ))
+        })?;
+        {
+            let mut checkpoints = self.checkpoints.borrow_mut();
+            for block in blocks {
+                checkpoints.add_block(barrier.id, block);
+            }
+            checkpoints.add_sync_time(barrier.id, started.elapsed().as_micros() as u64);
+        }
+        // Pending output belongs before the barrier.
+        self.output.push(&mut self.out, cx)?;
+        self.output.barrier(barrier, cx)
+    }
+
+    /// Archives every table and the timers, one block per key group.
+    fn snapshot(&self) -> Result<Vec<SnapshotBlock>, String> {
+        let mut blocks = Vec::new();
+        for table in self.state.tables() {
+            let table = table.borrow();
+            for index in 0..self.range.len() {
+                let entries = table.keys_in_group(index);
+                if entries == 0 {
+                    continue;
+                }
+                let bytes = table.snapshot_group(index)?;
+                blocks.push(SnapshotBlock {
+                    kind: spate_storage::BlockKind::KEYED_STATE_FULL,
+                    desc: BlockDesc::State(StateBlock {
+                        operator: self.name.clone(),
+                        table: table.name().to_string(),
+                        key_group: (self.range.start as usize + index) as u32,
+                        handle: 0,
+                        entries: entries as u64,
+                        bytes: bytes.len() as u64,
+                        type_name: table.type_name().to_string(),
+                    }),
+                    bytes,
+                });
+            }
+        }
+        let mut timers: Vec<TimerEntries<K>> = (0..self.range.len()).map(|_| Vec::new()).collect();
+        for (domain, set) in [(0u8, &self.timers.event), (1u8, &self.timers.processing)] {
+            for (ts, key) in set {
+                timers[self.key_group_index(key)].push((*ts, domain, key.clone()));
+            }
+        }
+        for (index, entries) in timers.into_iter().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            let count = entries.len() as u64;
+            let bytes =
+                rkyv::to_bytes::<rkyv::rancor::Error>(&entries).map_err(|e| e.to_string())?;
+            blocks.push(SnapshotBlock {
+                kind: spate_storage::BlockKind::KEYED_STATE_FULL,
+                desc: BlockDesc::State(StateBlock {
+                    operator: self.name.clone(),
+                    table: TIMERS_TABLE.to_string(),
+                    key_group: (self.range.start as usize + index) as u32,
+                    handle: 0,
+                    entries: count,
+                    bytes: bytes.len() as u64,
+                    type_name: std::any::type_name::<TimerEntries<K>>().to_string(),
+                }),
+                bytes,
+            });
+        }
+        Ok(blocks)
+    }
+
+    /// Loads this subtask's key groups of a checkpoint.
+    fn restore(
+        &mut self,
+        restore: &crate::checkpoint::restore::RestoreState,
+    ) -> Result<(), JobError> {
+        let fail = |what: String| JobError::Restore(format!("operator `{}`: {what}", self.name));
+        for table in self.state.tables() {
+            let mut table = table.borrow_mut();
+            for index in 0..self.range.len() {
+                let group = (self.range.start as usize + index) as u32;
+                if let Some(block) = restore.state_block(&self.name, table.name(), group)? {
+                    table.restore_group(index, &block).map_err(|e| {
+                        fail(format!("state `{}` key group {group}: {e}", table.name()))
+                    })?;
+                }
+            }
+        }
+        for index in 0..self.range.len() {
+            let group = (self.range.start as usize + index) as u32;
+            if let Some(block) = restore.state_block(&self.name, TIMERS_TABLE, group)? {
+                let entries = rkyv::from_bytes::<TimerEntries<K>, rkyv::rancor::Error>(&block)
+                    .map_err(|e| fail(format!("timers of key group {group}: {e}")))?;
+                for (ts, domain, key) in entries {
+                    match domain {
+                        0 => self.timers.event.insert((ts, key)),
+                        _ => self.timers.processing.insert((ts, key)),
+                    };
+                }
+            }
         }
         Ok(())
     }
@@ -352,6 +509,9 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Push<I1>
     fn end(&mut self, cx: &mut Cx) -> Result<(), JobError> {
         self.0.borrow_mut().input_end(0, cx)
     }
+    fn barrier(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
+        self.0.borrow_mut().input_barrier(0, barrier, cx)
+    }
 }
 
 impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Push<I2>
@@ -370,6 +530,9 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Push<I2>
     }
     fn end(&mut self, cx: &mut Cx) -> Result<(), JobError> {
         self.0.borrow_mut().input_end(1, cx)
+    }
+    fn barrier(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
+        self.0.borrow_mut().input_barrier(1, barrier, cx)
     }
 }
 
@@ -397,6 +560,24 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
     fn next_processing_timer(&self) -> Option<u64> {
         self.borrow().timers.processing.first().map(|(ts, _)| *ts)
     }
+
+    fn snapshot_if_finished(&self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
+        let mut op = self.borrow_mut();
+        if op.open_inputs == 0 && barrier.id > op.snapshotted {
+            op.snapshotted = barrier.id;
+            let started = std::time::Instant::now();
+            let blocks = op.snapshot().map_err(|e| {
+                JobError::Checkpoint(format!("operator `{}`: snapshot failed: {e}", op.name))
+            })?;
+            let mut checkpoints = op.checkpoints.borrow_mut();
+            for block in blocks {
+                checkpoints.add_block(barrier.id, block);
+            }
+            checkpoints.add_sync_time(barrier.id, started.elapsed().as_micros() as u64);
+        }
+        let _ = cx;
+        Ok(())
+    }
 }
 
 #[allow(clippy::type_complexity)]
@@ -420,6 +601,19 @@ fn build<
     };
     let mut registry = StateRegistry::new(range);
     let function = factory(&mut registry);
+    df.sign(format!(
+        "keyed {name}: {} [{}]",
+        std::any::type_name::<K>(),
+        registry
+            .tables()
+            .iter()
+            .map(|t| {
+                let t = t.borrow();
+                format!("{}: {}", t.name(), t.type_name())
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     let output = Output::new();
     let op = Rc::new(RefCell::new(Operator {
         name: name.to_string(),
@@ -438,13 +632,24 @@ fn build<
         watermarks: [0, if second.is_some() { 0 } else { MAX_WATERMARK }],
         watermark: 0,
         open_inputs: if second.is_some() { 2 } else { 1 },
-        _state: registry,
+        ended: [false, second.is_none()],
+        state: registry,
+        checkpoints: df.checkpoints(),
+        barriers: [None, None],
+        snapshotted: 0,
     }));
+    if let Some(restore) = df.restore_state() {
+        let restored = op.borrow_mut().restore(&restore);
+        if let Err(e) = restored {
+            df.fail_build(e);
+        }
+    }
     let (in1, chain1) = exchange::exchange(
         df,
         &first.stream.output,
         &first.stream.chains,
         first.key.clone(),
+        (name, 0),
     );
     in1.attach(Box::new(Input1(op.clone())));
     let mut chains = vec![chain1];
@@ -454,8 +659,10 @@ fn build<
             &second.stream.output,
             &second.stream.chains,
             second.key.clone(),
+            (name, 1),
         );
         in2.attach(Box::new(Input2(op.clone())));
+        df.link_inputs(chain1, chain2);
         chains.push(chain2);
     }
     df.graph().timer_operators.push(op);
@@ -471,7 +678,7 @@ pub(crate) fn build_single<K: Key, T: ExchangeData, O: Data, P: KeyedProcessFunc
     name: &str,
     factory: impl FnOnce(&mut StateRegistry<K>) -> P,
 ) -> Stream<O> {
-    build::<K, T, Infallible, O, _>(keyed, None, name, |registry| Single(factory(registry)))
+    build::<K, T, (), O, _>(keyed, None, name, |registry| Single(factory(registry)))
 }
 
 pub(crate) fn build_connected<

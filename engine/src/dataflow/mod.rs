@@ -14,6 +14,9 @@ pub(crate) mod exchange;
 pub(crate) mod keyed;
 pub(crate) mod operators;
 
+use crate::checkpoint::restore::RestoreState;
+use crate::checkpoint::subtask::SubtaskCheckpoints;
+use crate::checkpoint::Barrier;
 use crate::keygroup::{Key, KeyGroupRange};
 use crate::runtime::JobEnv;
 use crate::sink::Sink;
@@ -30,9 +33,10 @@ pub use keyed::{CoProcessFunction, KeyedContext, KeyedProcessFunction};
 pub trait Data: Clone + 'static {}
 impl<T: Clone + 'static> Data for T {}
 
-/// Data that may cross cores at a `key_by` exchange.
-pub trait ExchangeData: Data + Send {}
-impl<T: Data + Send> ExchangeData for T {}
+/// Data that may cross cores at a `key_by` exchange: sendable, and
+/// archivable, since unaligned checkpoints persist records in flight.
+pub trait ExchangeData: Data + Send + crate::state::StateData {}
+impl<T: Data + Send + crate::state::StateData> ExchangeData for T {}
 
 /// A record with its event timestamp (Flink's `StreamRecord`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +53,9 @@ pub(crate) enum Message<T> {
     Records(Vec<Record<T>>),
     /// The sender's watermark advanced.
     Watermark(Timestamp),
+    /// A checkpoint barrier, in-band: everything before it belongs to the
+    /// checkpoint's cut, everything after to the next.
+    Barrier(Barrier),
     /// The sender's input ended; nothing follows.
     End,
 }
@@ -64,6 +71,9 @@ pub(crate) trait Push<T> {
     fn push(&mut self, batch: &mut Vec<Record<T>>, cx: &mut Cx) -> Result<(), JobError>;
     fn watermark(&mut self, watermark: Timestamp, cx: &mut Cx) -> Result<(), JobError>;
     fn end(&mut self, cx: &mut Cx) -> Result<(), JobError>;
+    /// A checkpoint barrier reached this input: snapshot (if all inputs have
+    /// it, or at once when unaligned) and pass it on.
+    fn barrier(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError>;
 }
 
 /// The fan-out point of a stream: every operator attached to it.
@@ -114,6 +124,13 @@ impl<T: Data> Output<T> {
         }
         Ok(())
     }
+
+    pub(crate) fn barrier(&self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
+        for target in self.0.borrow_mut().iter_mut() {
+            target.barrier(barrier, cx)?;
+        }
+        Ok(())
+    }
 }
 
 /// Progress of one input in one step.
@@ -136,6 +153,16 @@ pub(crate) trait Input {
     fn wake_at(&self) -> Option<u64> {
         None
     }
+    /// The coordinator triggered a checkpoint: sources record their offset
+    /// and emit the barrier; other inputs wait for it from upstream.
+    fn trigger(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
+        let _ = (barrier, cx);
+        Ok(())
+    }
+    /// Checkpoint `id` was aborted: drop its alignment and logs.
+    fn abort(&mut self, id: u64) {
+        let _ = id;
+    }
 }
 
 /// Buffers between a chain and the outside (exchange senders, egress sinks):
@@ -153,10 +180,14 @@ pub(crate) trait OutputBuffer {
     fn has_pending(&self) -> bool;
 }
 
-/// An operator with processing-time timers.
+/// A keyed operator, as the subtask sees it: processing-time timers, and
+/// snapshots once its inputs have ended (no barrier reaches it any more).
 pub(crate) trait ProcessingTimers {
     fn fire_processing_timers(&self, cx: &mut Cx) -> Result<bool, JobError>;
     fn next_processing_timer(&self) -> Option<u64>;
+    /// At a trigger: an operator whose inputs all ended snapshots its final
+    /// state (no barrier will arrive through its inputs).
+    fn snapshot_if_finished(&self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError>;
 }
 
 pub(crate) struct InputSlot {
@@ -179,6 +210,12 @@ pub(crate) struct Graph {
     pub timer_operators: Vec<Rc<dyn ProcessingTimers>>,
     pub names: Vec<String>,
     pub build_error: Option<JobError>,
+    pub checkpoints: Rc<RefCell<SubtaskCheckpoints>>,
+    pub restore: Option<Arc<RestoreState>>,
+    /// Pairs of inputs that feed one multi-input operator.
+    pub links: Vec<(usize, usize)>,
+    /// Operator names and state types, hashed into the job fingerprint.
+    pub signature: Vec<String>,
     next_exchange: usize,
 }
 
@@ -192,6 +229,7 @@ impl Dataflow {
         let max_parallelism = env.config.max_parallelism;
         let range =
             crate::keygroup::key_group_range(max_parallelism, parallelism as u32, subtask as u32);
+        let restore = env.restore.clone();
         Self(Rc::new(RefCell::new(Graph {
             subtask,
             parallelism,
@@ -205,6 +243,10 @@ impl Dataflow {
             timer_operators: Vec::new(),
             names: Vec::new(),
             build_error: None,
+            checkpoints: Rc::new(RefCell::new(SubtaskCheckpoints::new(subtask))),
+            restore,
+            links: Vec::new(),
+            signature: Vec::new(),
             next_exchange: 0,
         })))
     }
@@ -277,12 +319,38 @@ impl Dataflow {
         g.chains.len() - 1
     }
 
+    /// Registers an input; it is the head of chain `chain`, and inputs and
+    /// chains are numbered alike.
     pub(crate) fn add_input(&self, input: Box<dyn Input>, chain: usize) {
-        self.0.borrow_mut().inputs.push(InputSlot {
+        let mut g = self.0.borrow_mut();
+        assert_eq!(g.inputs.len(), chain, "input and chain numbers agree");
+        g.inputs.push(InputSlot {
             input,
             chain,
             finished: false,
         });
+    }
+
+    /// The index the next input will get.
+    pub(crate) fn next_input_index(&self) -> usize {
+        self.0.borrow().inputs.len()
+    }
+
+    pub(crate) fn checkpoints(&self) -> Rc<RefCell<SubtaskCheckpoints>> {
+        self.0.borrow().checkpoints.clone()
+    }
+
+    pub(crate) fn restore_state(&self) -> Option<Arc<RestoreState>> {
+        self.0.borrow().restore.clone()
+    }
+
+    /// Declares that inputs `a` and `b` feed one operator (they align together).
+    pub(crate) fn link_inputs(&self, a: usize, b: usize) {
+        self.0.borrow_mut().links.push((a, b));
+    }
+
+    pub(crate) fn sign(&self, entry: String) {
+        self.0.borrow_mut().signature.push(entry);
     }
 
     pub(crate) fn add_buffer(&self, chains: &[usize], buffer: Rc<dyn OutputBuffer>) {
@@ -308,6 +376,7 @@ impl Dataflow {
         watermarks: WatermarkStrategy<T>,
     ) -> Stream<T> {
         self.claim_name(name);
+        self.sign(format!("source {name}: {}", std::any::type_name::<T>()));
         let chain = self.new_chain();
         let output = Output::new();
         let input = operators::SourceInput::new(name, source, watermarks, output.clone(), self);
@@ -400,6 +469,8 @@ impl<T: Data> Stream<T> {
     /// Writes the stream to `sink`. `name` must be unique in the job.
     pub fn sink<S: Sink<T>>(&self, name: &str, sink: S) {
         self.df.claim_name(name);
+        self.df
+            .sign(format!("sink {name}: {}", std::any::type_name::<T>()));
         let context = self.df.sink_context();
         let op = match operators::SinkOp::new(name, sink, &context) {
             Ok(op) => Rc::new(op),

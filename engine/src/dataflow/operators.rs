@@ -1,11 +1,15 @@
 //! Stateless chained operators, the source input and the sink operator.
 
 use super::{Cx, Data, Dataflow, Input, InputState, Output, OutputBuffer, Push, Record};
+use crate::checkpoint::metadata::SourceOffset;
+use crate::checkpoint::subtask::SubtaskCheckpoints;
+use crate::checkpoint::Barrier;
 use crate::error::{JobError, SinkError};
 use crate::sink::{Sink, SinkContext};
 use crate::source::{Source, SourceContext, SourcePoll};
 use crate::time::{Timestamp, WatermarkStrategy, MAX_WATERMARK};
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 pub(crate) struct Map<T, U, F> {
@@ -40,6 +44,9 @@ impl<T, U: Data, F: FnMut(T) -> U> Push<T> for Map<T, U, F> {
     }
     fn end(&mut self, cx: &mut Cx) -> Result<(), JobError> {
         self.output.end(cx)
+    }
+    fn barrier(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
+        self.output.barrier(barrier, cx)
     }
 }
 
@@ -95,6 +102,9 @@ impl<T: Data, F: RecordPredicate<T>> Push<T> for Filter<F, T> {
     fn end(&mut self, cx: &mut Cx) -> Result<(), JobError> {
         self.output.end(cx)
     }
+    fn barrier(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
+        self.output.barrier(barrier, cx)
+    }
 }
 
 pub(crate) struct FlatMap<T, U, F> {
@@ -133,6 +143,9 @@ impl<T, U: Data, I: IntoIterator<Item = U>, F: FnMut(T) -> I> Push<T> for FlatMa
     fn end(&mut self, cx: &mut Cx) -> Result<(), JobError> {
         self.output.end(cx)
     }
+    fn barrier(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
+        self.output.barrier(barrier, cx)
+    }
 }
 
 pub(crate) struct ForEach<F>(pub F);
@@ -146,6 +159,9 @@ impl<T, F: FnMut(Record<T>)> Push<T> for ForEach<F> {
         Ok(())
     }
     fn end(&mut self, _cx: &mut Cx) -> Result<(), JobError> {
+        Ok(())
+    }
+    fn barrier(&mut self, _barrier: Barrier, _cx: &mut Cx) -> Result<(), JobError> {
         Ok(())
     }
 }
@@ -201,6 +217,10 @@ impl<T, S: Sink<T>> Push<T> for SinkPush<S, T> {
         let result = op.sink.borrow_mut().finish();
         result.map_err(|e| op.error(e))
     }
+    fn barrier(&mut self, _barrier: Barrier, _cx: &mut Cx) -> Result<(), JobError> {
+        // Sinks without transactions have nothing to snapshot.
+        Ok(())
+    }
 }
 
 impl<T, S: Sink<T>> OutputBuffer for SinkOp<S, T> {
@@ -245,6 +265,10 @@ pub(crate) struct SourceInput<T, S> {
     opened: bool,
     context: SourceContext,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    checkpoints: Rc<RefCell<SubtaskCheckpoints>>,
+    input: usize,
+    restore_offset: Option<u64>,
+    finished: bool,
 }
 
 impl<T: Data, S: Source<T>> SourceInput<T, S> {
@@ -255,6 +279,11 @@ impl<T: Data, S: Source<T>> SourceInput<T, S> {
         output: Output<T>,
         df: &Dataflow,
     ) -> Self {
+        let input = df.next_input_index();
+        let restore_offset = df
+            .restore_state()
+            .and_then(|r| r.source_offset(name, df.subtask()));
+        let checkpoints = df.checkpoints();
         let g = df.0.borrow();
         let context = SourceContext {
             subtask: g.subtask,
@@ -276,6 +305,10 @@ impl<T: Data, S: Source<T>> SourceInput<T, S> {
             opened: false,
             context,
             stop: g.env.stop.clone(),
+            checkpoints,
+            input,
+            restore_offset,
+            finished: false,
         }
     }
 
@@ -288,6 +321,7 @@ impl<T: Data, S: Source<T>> SourceInput<T, S> {
     }
 
     fn finish(&mut self, cx: &mut Cx) -> Result<InputState, JobError> {
+        self.finished = true;
         self.output.watermark(MAX_WATERMARK, cx)?;
         self.output.end(cx)?;
         Ok(InputState::Finished)
@@ -299,6 +333,9 @@ impl<T: Data, S: Source<T>> Input for SourceInput<T, S> {
         if !self.opened {
             self.opened = true;
             self.source.open(&self.context).map_err(|e| self.error(e))?;
+            if let Some(offset) = self.restore_offset {
+                self.source.seek(offset).map_err(|e| self.error(e))?;
+            }
         }
         if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
             return self.finish(cx);
@@ -371,5 +408,36 @@ impl<T: Data, S: Source<T>> Input for SourceInput<T, S> {
             Waiting::Until(at) => Some(at),
             _ => None,
         }
+    }
+
+    fn trigger(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
+        if !self.checkpoints.borrow_mut().begin(barrier) {
+            return Ok(());
+        }
+        // Everything polled so far was pushed downstream within its step, so
+        // the offset is exactly the cut: records before it are in the
+        // snapshot, records after it are replayed on restore.
+        let offset = if self.opened {
+            self.source.offset()
+        } else {
+            self.restore_offset.unwrap_or(0)
+        };
+        self.checkpoints.borrow_mut().add_source_offset(
+            barrier.id,
+            SourceOffset {
+                source: self.name.clone(),
+                subtask: self.context.subtask as u32,
+                offset,
+            },
+        );
+        // A finished source still records its final offset (so a restore
+        // does not replay it), but its chain has ended: no barrier follows.
+        if !self.finished {
+            self.output.barrier(barrier, cx)?;
+        }
+        self.checkpoints
+            .borrow_mut()
+            .delivered(barrier.id, self.input, 0);
+        Ok(())
     }
 }

@@ -1,0 +1,432 @@
+//! The checkpoint coordinator (Flink's `CheckpointCoordinator`).
+//!
+//! A plain state machine, driven by the runtime (an async task on reactor 0,
+//! which owns the store) or by the simulator: it decides when to trigger
+//! (interval, minimum pause, maximum concurrent, manual requests, change
+//! volume), sends the trigger to every subtask's control ring, gathers the
+//! subtasks' acknowledgements, builds the checkpoint's metadata and hands the
+//! record to its driver to commit; it fails checkpoints that time out and
+//! fails the job after too many consecutive failures. It keeps the
+//! statistics of every checkpoint.
+
+use super::metadata::{
+    CheckpointMetadata, InFlightBlock, SourceOffset, StateBlock, SubtaskStats, METADATA_VERSION,
+};
+use super::subtask::BlockDesc;
+use super::{Barrier, CheckpointConfig, Control};
+use crate::park::Notifier;
+use crate::ring::{Consumer, Producer};
+use spate_storage::{BlockHandle, CheckpointRecord};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Checkpoint statistics kept in the history.
+const HISTORY: usize = 256;
+
+/// Why a checkpoint was triggered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TriggerCause {
+    /// The periodic interval.
+    Interval,
+    /// A request through the API.
+    Manual,
+}
+
+impl TriggerCause {
+    /// The cause as stored in metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            TriggerCause::Interval => "interval",
+            TriggerCause::Manual => "manual",
+        }
+    }
+}
+
+/// Where a checkpoint stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckpointStatus {
+    /// Triggered, not complete.
+    InProgress,
+    /// Durable in the manifest.
+    Completed,
+    /// Failed, with the reason.
+    Failed(String),
+}
+
+/// Statistics of one checkpoint.
+#[derive(Clone, Debug)]
+pub struct CheckpointStats {
+    /// Checkpoint id.
+    pub id: u64,
+    /// Trigger time (epoch ms, processing time).
+    pub trigger_ms: u64,
+    /// Why it was triggered.
+    pub cause: TriggerCause,
+    /// Barrier mode.
+    pub mode: &'static str,
+    /// Status.
+    pub status: CheckpointStatus,
+    /// Trigger to commit (or failure), ms.
+    pub duration_ms: u64,
+    /// Bytes of state written.
+    pub state_bytes: u64,
+    /// Bytes of in-flight records written.
+    pub in_flight_bytes: u64,
+    /// Per-subtask figures (synchronous pause, asynchronous write, alignment).
+    pub subtasks: Vec<SubtaskStats>,
+}
+
+/// A subtask's acknowledgement of its part of a checkpoint.
+pub(crate) enum Ack {
+    /// Written and durable.
+    Done {
+        barrier: Barrier,
+        subtask: usize,
+        handles: Vec<BlockHandle>,
+        /// One per handle, same order.
+        blocks: Vec<BlockDesc>,
+        sources: Vec<SourceOffset>,
+        stats: SubtaskStats,
+    },
+    /// Could not be written.
+    Failed {
+        id: u64,
+        subtask: usize,
+        reason: String,
+    },
+}
+
+struct InProgress {
+    barrier: Barrier,
+    cause: TriggerCause,
+    acks: Vec<Option<Ack>>,
+    committing: bool,
+}
+
+/// What the coordinator shares with the job handle.
+#[derive(Default)]
+pub(crate) struct CoordinatorShared {
+    pub manual_trigger: AtomicBool,
+    pub history: Mutex<VecDeque<CheckpointStats>>,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub latest_completed: AtomicU64,
+}
+
+/// A commit the driver must perform, then report with
+/// [`Coordinator::committed`] or [`Coordinator::commit_failed`].
+pub(crate) struct CommitRequest {
+    pub id: u64,
+    pub record: CheckpointRecord,
+}
+
+pub(crate) struct Coordinator {
+    config: CheckpointConfig,
+    parallelism: usize,
+    max_parallelism: u32,
+    fingerprint: u64,
+    next_id: u64,
+    last_trigger_ms: Option<u64>,
+    last_end_ms: Option<u64>,
+    in_progress: BTreeMap<u64, InProgress>,
+    consecutive_failures: u32,
+    control: Vec<Producer<Control>>,
+    acks: Vec<Consumer<Ack>>,
+    notifiers: Vec<Notifier>,
+    shared: Arc<CoordinatorShared>,
+    /// Set when too many checkpoints failed in a row.
+    pub(crate) fatal: Option<String>,
+}
+
+impl Coordinator {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: CheckpointConfig,
+        parallelism: usize,
+        max_parallelism: u32,
+        fingerprint: u64,
+        first_id: u64,
+        control: Vec<Producer<Control>>,
+        acks: Vec<Consumer<Ack>>,
+        notifiers: Vec<Notifier>,
+        shared: Arc<CoordinatorShared>,
+    ) -> Self {
+        Self {
+            config,
+            parallelism,
+            max_parallelism,
+            fingerprint,
+            next_id: first_id,
+            last_trigger_ms: None,
+            last_end_ms: None,
+            in_progress: BTreeMap::new(),
+            consecutive_failures: 0,
+            control,
+            acks,
+            notifiers,
+            shared,
+            fatal: None,
+        }
+    }
+
+    fn send(&mut self, message: Control) {
+        for (producer, notifier) in self.control.iter_mut().zip(&self.notifiers) {
+            // The control ring is sized for every message the coordinator can
+            // have outstanding; a full ring means a subtask stopped reading.
+            let _ = producer.try_push(message);
+            notifier.notify();
+        }
+    }
+
+    /// Whether an acknowledgement is waiting.
+    pub(crate) fn has_acks(&mut self) -> bool {
+        self.acks.iter_mut().any(|a| a.has_message())
+    }
+
+    /// The processing time at which [`poll`](Self::poll) has something to do
+    /// next without any acknowledgement arriving.
+    pub(crate) fn next_deadline(&self, now_ms: u64) -> Option<u64> {
+        let timeout = self
+            .in_progress
+            .values()
+            .map(|c| c.barrier.trigger_ms + self.config.timeout_ms)
+            .min();
+        let trigger = if self.config.interval_ms > 0 {
+            let after_interval = self
+                .last_trigger_ms
+                .map_or(now_ms + self.config.interval_ms, |t| {
+                    t + self.config.interval_ms
+                });
+            let after_pause = self.last_end_ms.map_or(0, |t| t + self.config.min_pause_ms);
+            Some(after_interval.max(after_pause))
+        } else {
+            None
+        };
+        [timeout, trigger].into_iter().flatten().min()
+    }
+
+    /// Triggers, gathers acknowledgements, fails late checkpoints; returns a
+    /// checkpoint ready to commit, if any.
+    pub(crate) fn poll(&mut self, now_ms: u64) -> Option<CommitRequest> {
+        self.collect_acks(now_ms);
+        self.expire(now_ms);
+        self.maybe_trigger(now_ms);
+        self.ready_to_commit(now_ms)
+    }
+
+    fn maybe_trigger(&mut self, now_ms: u64) {
+        // The first periodic checkpoint comes one interval after the start.
+        self.last_trigger_ms.get_or_insert(now_ms);
+        if self.fatal.is_some() || self.in_progress.len() >= self.config.max_concurrent {
+            return;
+        }
+        let manual = self.shared.manual_trigger.load(Ordering::SeqCst);
+        let paused = self
+            .last_end_ms
+            .is_some_and(|t| now_ms < t + self.config.min_pause_ms);
+        let interval_due = self.config.interval_ms > 0
+            && self
+                .last_trigger_ms
+                .is_none_or(|t| now_ms >= t + self.config.interval_ms);
+        let cause = if manual {
+            TriggerCause::Manual
+        } else if interval_due && !paused {
+            TriggerCause::Interval
+        } else {
+            return;
+        };
+        if manual {
+            self.shared.manual_trigger.store(false, Ordering::SeqCst);
+        }
+        let barrier = Barrier {
+            id: self.next_id,
+            trigger_ms: now_ms,
+            mode: self.config.mode,
+        };
+        self.next_id += 1;
+        self.last_trigger_ms = Some(now_ms);
+        self.in_progress.insert(
+            barrier.id,
+            InProgress {
+                barrier,
+                cause,
+                acks: (0..self.parallelism).map(|_| None).collect(),
+                committing: false,
+            },
+        );
+        self.send(Control::Trigger(barrier));
+    }
+
+    fn collect_acks(&mut self, now_ms: u64) {
+        let mut failures = Vec::new();
+        for consumer in &mut self.acks {
+            while let Some(ack) = consumer.pop() {
+                match ack {
+                    Ack::Done {
+                        barrier, subtask, ..
+                    } => {
+                        if let Some(c) = self.in_progress.get_mut(&barrier.id) {
+                            c.acks[subtask] = Some(ack);
+                        }
+                    }
+                    Ack::Failed {
+                        id,
+                        subtask,
+                        reason,
+                    } => failures.push((id, format!("subtask {subtask}: {reason}"))),
+                }
+            }
+        }
+        for (id, reason) in failures {
+            self.fail(id, reason, now_ms);
+        }
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        let late: Vec<u64> = self
+            .in_progress
+            .values()
+            .filter(|c| !c.committing && now_ms >= c.barrier.trigger_ms + self.config.timeout_ms)
+            .map(|c| c.barrier.id)
+            .collect();
+        for id in late {
+            self.fail(
+                id,
+                format!("timed out after {} ms", self.config.timeout_ms),
+                now_ms,
+            );
+        }
+    }
+
+    fn ready_to_commit(&mut self, now_ms: u64) -> Option<CommitRequest> {
+        let (&id, c) = self
+            .in_progress
+            .iter_mut()
+            .find(|(_, c)| !c.committing && c.acks.iter().all(Option::is_some))?;
+        c.committing = true;
+        let mut handles = Vec::new();
+        let mut state = Vec::new();
+        let mut in_flight = Vec::new();
+        let mut sources = Vec::new();
+        let mut subtasks = Vec::new();
+        for ack in c.acks.iter() {
+            let Some(Ack::Done {
+                handles: h,
+                blocks,
+                sources: s,
+                stats,
+                ..
+            }) = ack
+            else {
+                unreachable!("only Done acks are stored");
+            };
+            for (handle, desc) in h.iter().zip(blocks) {
+                let index = handles.len() as u32;
+                handles.push(*handle);
+                match desc {
+                    BlockDesc::State(b) => state.push(StateBlock {
+                        handle: index,
+                        ..b.clone()
+                    }),
+                    BlockDesc::InFlight(b) => in_flight.push(InFlightBlock {
+                        handle: index,
+                        ..b.clone()
+                    }),
+                }
+            }
+            sources.extend(s.iter().cloned());
+            subtasks.push(stats.clone());
+        }
+        let metadata = CheckpointMetadata {
+            version: METADATA_VERSION,
+            id,
+            trigger_ms: c.barrier.trigger_ms,
+            completed_ms: now_ms,
+            cause: c.cause.name().to_string(),
+            mode: c.barrier.mode.name().to_string(),
+            incremental: false,
+            parallelism: self.parallelism as u32,
+            max_parallelism: self.max_parallelism,
+            fingerprint: self.fingerprint,
+            state,
+            in_flight,
+            sources,
+            subtasks,
+        };
+        Some(CommitRequest {
+            id,
+            record: CheckpointRecord {
+                id,
+                timestamp_ms: c.barrier.trigger_ms,
+                metadata: metadata.encode(),
+                handles,
+            },
+        })
+    }
+
+    fn stats_of(&self, c: &InProgress, status: CheckpointStatus, now_ms: u64) -> CheckpointStats {
+        let subtasks: Vec<SubtaskStats> = c
+            .acks
+            .iter()
+            .filter_map(|a| match a {
+                Some(Ack::Done { stats, .. }) => Some(stats.clone()),
+                _ => None,
+            })
+            .collect();
+        CheckpointStats {
+            id: c.barrier.id,
+            trigger_ms: c.barrier.trigger_ms,
+            cause: c.cause,
+            mode: c.barrier.mode.name(),
+            status,
+            duration_ms: now_ms.saturating_sub(c.barrier.trigger_ms),
+            state_bytes: subtasks.iter().map(|s| s.state_bytes).sum(),
+            in_flight_bytes: subtasks.iter().map(|s| s.in_flight_bytes).sum(),
+            subtasks,
+        }
+    }
+
+    fn record(&self, stats: CheckpointStats) {
+        if let Ok(mut history) = self.shared.history.lock() {
+            if history.len() == HISTORY {
+                history.pop_front();
+            }
+            history.push_back(stats);
+        }
+    }
+
+    /// The driver committed `id`.
+    pub(crate) fn committed(&mut self, id: u64, now_ms: u64) {
+        if let Some(c) = self.in_progress.remove(&id) {
+            let stats = self.stats_of(&c, CheckpointStatus::Completed, now_ms);
+            self.record(stats);
+            self.consecutive_failures = 0;
+            self.last_end_ms = Some(now_ms);
+            self.shared.completed.fetch_add(1, Ordering::SeqCst);
+            self.shared.latest_completed.store(id, Ordering::SeqCst);
+        }
+    }
+
+    /// The driver could not commit `id`.
+    pub(crate) fn commit_failed(&mut self, id: u64, reason: String, now_ms: u64) {
+        self.fail(id, format!("commit failed: {reason}"), now_ms);
+    }
+
+    fn fail(&mut self, id: u64, reason: String, now_ms: u64) {
+        if let Some(c) = self.in_progress.remove(&id) {
+            let stats = self.stats_of(&c, CheckpointStatus::Failed(reason.clone()), now_ms);
+            self.record(stats);
+            self.last_end_ms = Some(now_ms);
+            self.shared.failed.fetch_add(1, Ordering::SeqCst);
+            self.send(Control::Abort(id));
+            self.consecutive_failures += 1;
+            if self.consecutive_failures > self.config.tolerable_failures && self.fatal.is_none() {
+                self.fatal = Some(format!(
+                    "{} consecutive checkpoint failures (tolerable: {}); last: checkpoint {id} {reason}",
+                    self.consecutive_failures, self.config.tolerable_failures
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The engine's checkpoint metadata: what every block of a checkpoint holds,
+//! source offsets and statistics. Archived with rkyv into the manifest
+//! record's opaque payload; blocks are named by index into the record's
+//! handle list (never by raw handle: compaction rewrites handles).
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Version of this layout; bumped with any change to these types.
+pub const METADATA_VERSION: u32 = 1;
+
+/// A block of keyed state: one table of one operator, one key group.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StateBlock {
+    /// Operator name.
+    pub operator: String,
+    /// State name within the operator (`__timers` for its timers).
+    pub table: String,
+    /// Key group.
+    pub key_group: u32,
+    /// Index into the manifest record's handles.
+    pub handle: u32,
+    /// Entries (keys, or timers).
+    pub entries: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+    /// Rust type of the entries, for inspection tools.
+    pub type_name: String,
+}
+
+/// Records that were in flight on one channel of an exchange.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct InFlightBlock {
+    /// The keyed operator the exchange feeds.
+    pub operator: String,
+    /// Which input of that operator (0 or 1).
+    pub input: u32,
+    /// Sending subtask.
+    pub from: u32,
+    /// Receiving subtask (the subtask that persisted them, for sender-side
+    /// output the receiver they were meant for).
+    pub to: u32,
+    /// Index into the manifest record's handles.
+    pub handle: u32,
+    /// Records.
+    pub records: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+}
+
+/// A source subtask's position.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SourceOffset {
+    /// Source name.
+    pub source: String,
+    /// Subtask index.
+    pub subtask: u32,
+    /// Offset after the last record emitted before the barrier.
+    pub offset: u64,
+}
+
+/// One subtask's figures for one checkpoint.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct SubtaskStats {
+    /// Subtask index.
+    pub subtask: u32,
+    /// Time spent snapshotting on the reactor (µs).
+    pub sync_us: u64,
+    /// From local completion to durable blocks (µs).
+    pub async_us: u64,
+    /// From the first barrier to the last, at the slowest input (µs).
+    pub alignment_us: u64,
+    /// Bytes of state written.
+    pub state_bytes: u64,
+    /// Bytes of in-flight records written.
+    pub in_flight_bytes: u64,
+    /// Whether an aligned-with-timeout checkpoint went unaligned here.
+    pub switched_to_unaligned: bool,
+}
+
+/// Everything the engine needs to restore a checkpoint.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointMetadata {
+    /// [`METADATA_VERSION`].
+    pub version: u32,
+    /// Checkpoint id.
+    pub id: u64,
+    /// Trigger time (epoch ms).
+    pub trigger_ms: u64,
+    /// Completion time (epoch ms).
+    pub completed_ms: u64,
+    /// Why it was triggered (see [`super::TriggerCause`]).
+    pub cause: String,
+    /// Barrier mode name.
+    pub mode: String,
+    /// Whether blocks are deltas on earlier checkpoints.
+    pub incremental: bool,
+    /// Subtasks of the job that took it.
+    pub parallelism: u32,
+    /// Key groups.
+    pub max_parallelism: u32,
+    /// Operator names and types of the job, hashed: a job with another
+    /// fingerprint cannot restore this checkpoint.
+    pub fingerprint: u64,
+    /// Keyed state blocks.
+    pub state: Vec<StateBlock>,
+    /// In-flight record blocks.
+    pub in_flight: Vec<InFlightBlock>,
+    /// Source offsets.
+    pub sources: Vec<SourceOffset>,
+    /// Per-subtask statistics.
+    pub subtasks: Vec<SubtaskStats>,
+}
+
+impl CheckpointMetadata {
+    /// Archives the metadata.
+    pub fn encode(&self) -> Vec<u8> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(self)
+            .expect("metadata serialises")
+            .to_vec()
+    }
+
+    /// Decodes metadata read from a manifest record; an error (never a panic)
+    /// for anything that is not a valid archive of this version.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        let metadata = rkyv::from_bytes::<CheckpointMetadata, rkyv::rancor::Error>(&aligned)
+            .map_err(|e| format!("checkpoint metadata does not decode: {e}"))?;
+        if metadata.version != METADATA_VERSION {
+            return Err(format!(
+                "checkpoint metadata version {} is not {METADATA_VERSION}",
+                metadata.version
+            ));
+        }
+        Ok(metadata)
+    }
+
+    /// Bytes of state and in-flight blocks.
+    pub fn bytes(&self) -> u64 {
+        self.state.iter().map(|b| b.bytes).sum::<u64>() + self.in_flight_bytes()
+    }
+
+    /// Bytes of in-flight blocks.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.in_flight.iter().map(|b| b.bytes).sum()
+    }
+}

@@ -1,0 +1,240 @@
+//! One subtask's side of the checkpoints in progress.
+//!
+//! Shared (`Rc<RefCell<_>>`) by the subtask's inputs, operators and exchange
+//! senders: sources and receivers report when they delivered a barrier,
+//! operators deposit their archived key groups, receivers and senders their
+//! in-flight records. When every input of the subtask has delivered barrier
+//! `n` and every in-flight log of `n` is closed, the subtask's part of `n` is
+//! ready to be written ([`LocalSnapshot`]); the worker hands it to the writer.
+//!
+//! Inputs that share a multi-input operator form an *alignment group*: in the
+//! aligned modes an input that delivered `n` pauses until its whole group has,
+//! so the operator never sees records from after `n` on one input before `n`
+//! arrived on the other.
+
+use super::metadata::{InFlightBlock, SourceOffset, StateBlock, SubtaskStats};
+use super::Barrier;
+use spate_storage::BlockKind;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+/// Archived bytes of a block, aligned for rkyv.
+pub(crate) type Bytes = rkyv::util::AlignedVec<16>;
+
+/// What a block holds (its handle index is assigned when it is written).
+#[derive(Clone, Debug)]
+pub(crate) enum BlockDesc {
+    State(StateBlock),
+    InFlight(InFlightBlock),
+}
+
+/// A block waiting to be written.
+pub(crate) struct SnapshotBlock {
+    pub kind: BlockKind,
+    pub bytes: Bytes,
+    pub desc: BlockDesc,
+}
+
+/// A subtask's complete part of one checkpoint.
+pub(crate) struct LocalSnapshot {
+    pub barrier: Barrier,
+    pub blocks: Vec<SnapshotBlock>,
+    pub sources: Vec<SourceOffset>,
+    pub stats: SubtaskStats,
+    pub ready_at: Instant,
+}
+
+struct Pending {
+    barrier: Barrier,
+    delivered: Vec<bool>,
+    open_logs: usize,
+    unaligned: bool,
+    blocks: Vec<SnapshotBlock>,
+    sources: Vec<SourceOffset>,
+    stats: SubtaskStats,
+}
+
+pub(crate) struct SubtaskCheckpoints {
+    subtask: usize,
+    /// Alignment group of every input (filled when the graph is complete).
+    group_of: Vec<usize>,
+    /// Inputs that ended: they deliver every later barrier at once.
+    finished: Vec<bool>,
+    pending: BTreeMap<u64, Pending>,
+    /// Ids that were completed locally or aborted: late barriers are ignored.
+    done: BTreeSet<u64>,
+    ready: Vec<LocalSnapshot>,
+}
+
+impl SubtaskCheckpoints {
+    pub(crate) fn new(subtask: usize) -> Self {
+        Self {
+            subtask,
+            group_of: Vec::new(),
+            finished: Vec::new(),
+            pending: BTreeMap::new(),
+            done: BTreeSet::new(),
+            ready: Vec::new(),
+        }
+    }
+
+    /// Sets the alignment groups once the graph is built.
+    pub(crate) fn set_groups(&mut self, group_of: Vec<usize>) {
+        self.finished = vec![false; group_of.len()];
+        self.group_of = group_of;
+    }
+
+    /// Starts tracking `barrier` (idempotent). Returns false for a checkpoint
+    /// already finished or aborted here.
+    pub(crate) fn begin(&mut self, barrier: Barrier) -> bool {
+        if self.done.contains(&barrier.id) {
+            return false;
+        }
+        let inputs = self.group_of.len();
+        let finished = self.finished.clone();
+        let subtask = self.subtask as u32;
+        self.pending.entry(barrier.id).or_insert_with(|| Pending {
+            barrier,
+            delivered: finished,
+            open_logs: 0,
+            unaligned: barrier.mode == super::CheckpointMode::Unaligned,
+            blocks: Vec::new(),
+            sources: Vec::new(),
+            stats: SubtaskStats {
+                subtask,
+                ..SubtaskStats::default()
+            },
+        });
+        debug_assert_eq!(self.pending[&barrier.id].delivered.len(), inputs);
+        true
+    }
+
+    /// Whether checkpoint `id` was finished or aborted here.
+    pub(crate) fn is_done(&self, id: u64) -> bool {
+        self.done.contains(&id)
+    }
+
+    /// Whether `id` is running unaligned (by mode, or after a timeout switch).
+    pub(crate) fn is_unaligned(&self, id: u64) -> bool {
+        self.pending.get(&id).is_some_and(|p| p.unaligned)
+    }
+
+    /// The oldest checkpoint in progress.
+    pub(crate) fn oldest_pending(&self) -> Option<Barrier> {
+        self.pending.values().next().map(|p| p.barrier)
+    }
+
+    /// An aligned-with-timeout checkpoint goes unaligned.
+    pub(crate) fn switch_to_unaligned(&mut self, id: u64) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.unaligned = true;
+            p.stats.switched_to_unaligned = true;
+        }
+    }
+
+    /// Input `input` has delivered barrier `id` downstream.
+    pub(crate) fn delivered(&mut self, id: u64, input: usize, alignment_us: u64) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.delivered[input] = true;
+            p.stats.alignment_us = p.stats.alignment_us.max(alignment_us);
+        }
+        self.check_ready(id);
+    }
+
+    /// Input `input` ended: it delivers every barrier from now on.
+    pub(crate) fn input_finished(&mut self, input: usize) {
+        if let Some(f) = self.finished.get_mut(input) {
+            *f = true;
+        }
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        for id in ids {
+            self.delivered(id, input, 0);
+        }
+    }
+
+    /// Whether `input` must not be stepped: in an aligned checkpoint it has
+    /// delivered the barrier but an input of its group has not.
+    pub(crate) fn paused(&self, input: usize) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        let group = self.group_of[input];
+        self.pending.values().any(|p| {
+            !p.unaligned
+                && p.barrier.mode != super::CheckpointMode::AtLeastOnce
+                && p.delivered[input]
+                && self
+                    .group_of
+                    .iter()
+                    .enumerate()
+                    .any(|(i, &g)| g == group && !p.delivered[i])
+        })
+    }
+
+    pub(crate) fn add_block(&mut self, id: u64, block: SnapshotBlock) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            match &block.desc {
+                BlockDesc::State(s) => p.stats.state_bytes += s.bytes,
+                BlockDesc::InFlight(f) => p.stats.in_flight_bytes += f.bytes,
+            }
+            p.blocks.push(block);
+        }
+    }
+
+    pub(crate) fn add_source_offset(&mut self, id: u64, offset: SourceOffset) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.sources.push(offset);
+        }
+    }
+
+    pub(crate) fn add_sync_time(&mut self, id: u64, micros: u64) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.stats.sync_us += micros;
+        }
+    }
+
+    /// An in-flight log of `id` opened (it must close before `id` is ready).
+    pub(crate) fn open_log(&mut self, id: u64) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.open_logs += 1;
+        }
+    }
+
+    /// An in-flight log of `id` closed.
+    pub(crate) fn close_log(&mut self, id: u64) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.open_logs -= 1;
+        }
+        self.check_ready(id);
+    }
+
+    /// Drops everything pending for `id`.
+    pub(crate) fn abort(&mut self, id: u64) {
+        self.pending.remove(&id);
+        self.done.insert(id);
+    }
+
+    /// Moves `id` to the ready list if every input delivered it and no log is open.
+    pub(crate) fn check_ready(&mut self, id: u64) {
+        let ready = self
+            .pending
+            .get(&id)
+            .is_some_and(|p| p.open_logs == 0 && p.delivered.iter().all(|&d| d));
+        if ready {
+            let p = self.pending.remove(&id).expect("checked above");
+            self.done.insert(id);
+            self.ready.push(LocalSnapshot {
+                barrier: p.barrier,
+                blocks: p.blocks,
+                sources: p.sources,
+                stats: p.stats,
+                ready_at: Instant::now(),
+            });
+        }
+    }
+
+    /// Takes the subtask's finished parts of checkpoints.
+    pub(crate) fn take_ready(&mut self) -> Vec<LocalSnapshot> {
+        std::mem::take(&mut self.ready)
+    }
+}
