@@ -583,6 +583,11 @@ impl JobHandle {
             .unwrap_or_default()
     }
 
+    /// Whether some subtask is still running.
+    pub fn is_running(&self) -> bool {
+        self.env.done.load(Ordering::SeqCst) < self.env.config.parallelism && !self.env.failed()
+    }
+
     /// Number of completed checkpoints so far.
     pub fn completed_checkpoints(&self) -> u64 {
         self.env.coordinator.completed.load(Ordering::SeqCst)
