@@ -99,6 +99,7 @@ pub struct Simulation {
     max_steps: u64,
     storage: Option<SimIo>,
     stop_after_checkpoints: Option<u64>,
+    slow: Option<(usize, u64)>,
 }
 
 impl Simulation {
@@ -113,7 +114,15 @@ impl Simulation {
             max_steps: 50_000_000,
             storage: None,
             stop_after_checkpoints: None,
+            slow: None,
         }
+    }
+
+    /// Makes `subtask` slow: it gets one step where the others get `factor`
+    /// (a slow operator: its input rings fill and backpressure builds up).
+    pub fn slow_subtask(mut self, subtask: usize, factor: u64) -> Self {
+        self.slow = Some((subtask, factor.max(1)));
+        self
     }
 
     /// Checkpoints (per `config.checkpoint`) go to this simulated storage
@@ -249,6 +258,12 @@ impl Simulation {
                 }
             }
             let subtask = live[rng.below(live.len() as u64) as usize];
+            if let Some((slow, factor)) = self.slow {
+                if subtask == slow && live.len() > 1 && rng.below(factor) != 0 {
+                    clock.advance(rng.below(3));
+                    continue;
+                }
+            }
             let worker = workers[subtask].as_mut().expect("live");
             steps += 1;
             clock.advance(rng.below(3));

@@ -178,3 +178,60 @@ fn restore_from_nothing_starts_fresh() {
         reference_totals(&data)
     );
 }
+
+/// A slow subtask behind full rings: unaligned checkpoints complete without
+/// waiting for the backlog and persist it; aligned ones wait; aligned with a
+/// timeout switches to unaligned and says so.
+#[test]
+fn under_backpressure_unaligned_overtakes_and_aligned_waits() {
+    let data = Arc::new(events(9, 6_000, 64, 1));
+    let run = |mode: CheckpointMode| {
+        let mut cfg = config(2, mode, 10);
+        cfg.ring_capacity = 2;
+        cfg.batch_size = 16;
+        let (d, t, w): (_, Totals, Windows) =
+            (data.clone(), Default::default(), Default::default());
+        let report = Simulation::new(cfg, 5)
+            .keep_buffers()
+            .slow_subtask(1, 8)
+            .run(move |df| job(df, &d, &t, &w))
+            .unwrap();
+        let completed: Vec<_> = report
+            .checkpoints
+            .into_iter()
+            .filter(|c| c.status == spate::CheckpointStatus::Completed)
+            .collect();
+        assert!(
+            completed.len() >= 3,
+            "{mode:?}: {} checkpoints",
+            completed.len()
+        );
+        let mut durations: Vec<u64> = completed.iter().map(|c| c.duration_ms).collect();
+        durations.sort_unstable();
+        (durations[durations.len() / 2], completed)
+    };
+    let (aligned_p50, aligned) = run(CheckpointMode::Aligned);
+    let (unaligned_p50, unaligned) = run(CheckpointMode::Unaligned);
+    let (_, timeout) = run(CheckpointMode::AlignedWithTimeout { timeout_ms: 2 });
+    eprintln!(
+        "p50 checkpoint duration (virtual ms): aligned {aligned_p50}, unaligned {unaligned_p50}"
+    );
+    assert!(
+        unaligned_p50 < aligned_p50,
+        "unaligned p50 {unaligned_p50} ms must beat aligned p50 {aligned_p50} ms (virtual time)"
+    );
+    assert!(
+        aligned.iter().all(|c| c.in_flight_bytes == 0),
+        "aligned stores no in-flight data"
+    );
+    assert!(
+        unaligned.iter().any(|c| c.in_flight_bytes > 0),
+        "unaligned checkpoints persist the backlog"
+    );
+    assert!(
+        timeout
+            .iter()
+            .any(|c| c.subtasks.iter().any(|s| s.switched_to_unaligned)),
+        "aligned-with-timeout switched and recorded it"
+    );
+}
