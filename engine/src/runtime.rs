@@ -180,10 +180,14 @@ pub(crate) fn ack_for(
     subtask: usize,
     handles: Vec<spate_storage::BlockHandle>,
     written: Result<(), String>,
+    checkpoints: &std::cell::RefCell<crate::checkpoint::subtask::SubtaskCheckpoints>,
 ) -> Ack {
     let async_us = snapshot.ready_at.elapsed().as_micros() as u64;
     match written {
         Ok(()) => {
+            checkpoints
+                .borrow_mut()
+                .written(snapshot.barrier.id, snapshot.chains(&handles));
             let mut stats = snapshot.stats;
             stats.async_us = async_us;
             Ack::Done {
@@ -191,6 +195,7 @@ pub(crate) fn ack_for(
                 subtask,
                 handles,
                 blocks: snapshot.blocks.into_iter().map(|b| b.desc).collect(),
+                reused: snapshot.reused,
                 sources: snapshot.sources,
                 stats,
             }
@@ -222,6 +227,7 @@ async fn writer_task(
     subtask: usize,
     snapshots: glommio::channels::local_channel::LocalReceiver<LocalSnapshot>,
     slots: Arc<(OnceLock<()>, WriterSlots)>,
+    checkpoints: std::rc::Rc<std::cell::RefCell<crate::checkpoint::subtask::SubtaskCheckpoints>>,
 ) {
     let Some(mut acks) = env.take_ack(subtask) else {
         return;
@@ -250,7 +256,7 @@ async fn writer_task(
             handles.push(writer.append(block.kind, &block.bytes));
         }
         let written = writer.flush().await.map_err(|e| e.to_string());
-        let mut ack = ack_for(snapshot, subtask, handles, written);
+        let mut ack = ack_for(snapshot, subtask, handles, written, &checkpoints);
         while let Err(back) = acks.try_push(ack) {
             if env.failed() {
                 return;
@@ -486,8 +492,16 @@ async fn reactor(
         }
         let (sender, receiver) = glommio::channels::local_channel::new_unbounded();
         worker.set_writer(Box::new(ChannelWriter(sender)));
+        let checkpoints = worker.checkpoints();
         helpers.push(
-            glommio::spawn_local(writer_task(env.clone(), subtask, receiver, slots)).detach(),
+            glommio::spawn_local(writer_task(
+                env.clone(),
+                subtask,
+                receiver,
+                slots,
+                checkpoints,
+            ))
+            .detach(),
         );
     }
     let parker = env.parkers[subtask].clone();

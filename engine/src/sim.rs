@@ -75,6 +75,7 @@ struct SimWriter {
     writer: SegmentWriter<SimIo>,
     acks: Producer<Ack>,
     subtask: usize,
+    checkpoints: std::rc::Rc<std::cell::RefCell<crate::checkpoint::subtask::SubtaskCheckpoints>>,
 }
 
 impl SnapshotWriter for SimWriter {
@@ -85,7 +86,7 @@ impl SnapshotWriter for SimWriter {
             .map(|b| self.writer.append(b.kind, &b.bytes))
             .collect();
         let written = block_on(self.writer.flush()).map_err(|e| e.to_string());
-        let ack = ack_for(snapshot, self.subtask, handles, written);
+        let ack = ack_for(snapshot, self.subtask, handles, written, &self.checkpoints);
         // Sized for every checkpoint the coordinator can have outstanding.
         let _ = self.acks.try_push(ack);
     }
@@ -214,10 +215,12 @@ impl Simulation {
             for (subtask, worker) in workers.iter_mut().enumerate() {
                 let acks = env.take_ack(subtask).expect("one ack ring per subtask");
                 if let Some(worker) = worker {
+                    let checkpoints = worker.checkpoints();
                     worker.set_writer(Box::new(SimWriter {
                         writer: opened.segment_writer(subtask as u16),
                         acks,
                         subtask,
+                        checkpoints,
                     }));
                 }
             }

@@ -70,20 +70,85 @@ pub trait StateTable {
     /// Loads an archive made by [`snapshot_group`](Self::snapshot_group)
     /// into the key group at `index`; an error for bytes that do not check.
     fn restore_group(&mut self, index: usize, archive: &[u8]) -> Result<(), String>;
+    /// Keys changed in the key group since the last completed checkpoint
+    /// (0 when changes are not tracked).
+    fn changed_in_group(&self, index: usize) -> usize;
+    /// Archives a full base of the key group for checkpoint `id`; its changes
+    /// count as captured by `id`.
+    fn snapshot_full(&mut self, index: usize, id: u64) -> Result<AlignedVec, String>;
+    /// Archives the key group's changes as a delta (upserts, deletes) for
+    /// checkpoint `id`; returns the bytes and the number of changed keys.
+    fn snapshot_delta(&mut self, index: usize, id: u64) -> Result<(AlignedVec, u64), String>;
+    /// Applies a delta made by [`snapshot_delta`](Self::snapshot_delta).
+    fn restore_delta(&mut self, index: usize, archive: &[u8]) -> Result<(), String>;
+    /// Forgets the changes captured by `id` (it completed).
+    fn checkpoint_complete(&mut self, id: u64);
+    /// Returns the changes captured by `id` to the next checkpoint (it failed).
+    fn checkpoint_aborted(&mut self, id: u64);
+}
+
+/// Hash set with the engine's fixed hasher.
+pub type FxHashSet<K> = std::collections::HashSet<K, BuildHasherDefault<rustc_hash::FxHasher>>;
+
+/// Keys changed since the last completed checkpoint, per key group (for
+/// incremental checkpoints). Keys captured by a checkpoint in progress wait
+/// in `in_flight` until it completes, and return to `dirty` if it fails.
+struct Changes<K> {
+    dirty: Vec<FxHashSet<K>>,
+    in_flight: Vec<(u64, Vec<FxHashSet<K>>)>,
 }
 
 /// A table of per-key values, one map per key group of the range.
 pub(crate) struct KeyedTable<K, V> {
     name: String,
     groups: Vec<FxHashMap<K, V>>,
+    changes: Option<Changes<K>>,
 }
 
 impl<K: Key, V> KeyedTable<K, V> {
-    fn new(name: &str, range: KeyGroupRange) -> Self {
+    fn new(name: &str, range: KeyGroupRange, track_changes: bool) -> Self {
         Self {
             name: name.to_string(),
             groups: (0..range.len()).map(|_| FxHashMap::default()).collect(),
+            changes: track_changes.then(|| Changes {
+                dirty: (0..range.len()).map(|_| FxHashSet::default()).collect(),
+                in_flight: Vec::new(),
+            }),
         }
+    }
+
+    /// The current key's group, for a write: the key is recorded as changed.
+    #[inline]
+    fn touched(&mut self, scope: &impl KeyScope<K>) -> &mut FxHashMap<K, V> {
+        let index = scope.key_group_index();
+        if let Some(changes) = &mut self.changes {
+            let dirty = &mut changes.dirty[index];
+            if !dirty.contains(scope.current_key()) {
+                dirty.insert(scope.current_key().clone());
+            }
+        }
+        &mut self.groups[index]
+    }
+
+    /// Moves group `index`'s changed keys into checkpoint `id`'s capture.
+    fn capture(&mut self, index: usize, id: u64) -> Vec<K> {
+        let Some(changes) = &mut self.changes else {
+            return Vec::new();
+        };
+        let keys = std::mem::take(&mut changes.dirty[index]);
+        let list: Vec<K> = keys.iter().cloned().collect();
+        let slot = match changes.in_flight.iter_mut().position(|(i, _)| *i == id) {
+            Some(p) => p,
+            None => {
+                let groups = changes.dirty.len();
+                changes
+                    .in_flight
+                    .push((id, (0..groups).map(|_| FxHashSet::default()).collect()));
+                changes.in_flight.len() - 1
+            }
+        };
+        changes.in_flight[slot].1[index].extend(keys);
+        list
     }
 }
 
@@ -112,9 +177,63 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         let entries =
             rkyv::from_bytes::<Vec<(K, V)>, RkyvError>(archive).map_err(|e| e.to_string())?;
         let group = &mut self.groups[index];
+        group.clear();
         group.reserve(entries.len());
         group.extend(entries);
         Ok(())
+    }
+
+    fn changed_in_group(&self, index: usize) -> usize {
+        self.changes.as_ref().map_or(0, |c| c.dirty[index].len())
+    }
+
+    fn snapshot_full(&mut self, index: usize, id: u64) -> Result<AlignedVec, String> {
+        self.capture(index, id);
+        self.snapshot_group(index)
+    }
+
+    fn snapshot_delta(&mut self, index: usize, id: u64) -> Result<(AlignedVec, u64), String> {
+        let keys = self.capture(index, id);
+        let group = &self.groups[index];
+        let mut upserts: Vec<(K, V)> = Vec::new();
+        let mut deletes: Vec<K> = Vec::new();
+        for key in keys {
+            match group.get(&key) {
+                Some(value) => upserts.push((key, value.clone())),
+                None => deletes.push(key),
+            }
+        }
+        let count = (upserts.len() + deletes.len()) as u64;
+        let bytes = rkyv::to_bytes::<RkyvError>(&(upserts, deletes)).map_err(|e| e.to_string())?;
+        Ok((bytes, count))
+    }
+
+    fn restore_delta(&mut self, index: usize, archive: &[u8]) -> Result<(), String> {
+        let (upserts, deletes) = rkyv::from_bytes::<(Vec<(K, V)>, Vec<K>), RkyvError>(archive)
+            .map_err(|e| e.to_string())?;
+        let group = &mut self.groups[index];
+        for key in deletes {
+            group.remove(&key);
+        }
+        group.extend(upserts);
+        Ok(())
+    }
+
+    fn checkpoint_complete(&mut self, id: u64) {
+        if let Some(changes) = &mut self.changes {
+            changes.in_flight.retain(|(i, _)| *i > id);
+        }
+    }
+
+    fn checkpoint_aborted(&mut self, id: u64) {
+        if let Some(changes) = &mut self.changes {
+            if let Some(p) = changes.in_flight.iter().position(|(i, _)| *i == id) {
+                let (_, groups) = changes.in_flight.remove(p);
+                for (dirty, keys) in changes.dirty.iter_mut().zip(groups) {
+                    dirty.extend(keys);
+                }
+            }
+        }
     }
 }
 
@@ -122,14 +241,16 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
 /// process function; the handles it returns are used in every call.
 pub struct StateRegistry<K> {
     range: KeyGroupRange,
+    track_changes: bool,
     tables: Vec<Rc<RefCell<dyn StateTable>>>,
     _key: std::marker::PhantomData<K>,
 }
 
 impl<K: Key> StateRegistry<K> {
-    pub(crate) fn new(range: KeyGroupRange) -> Self {
+    pub(crate) fn new(range: KeyGroupRange, track_changes: bool) -> Self {
         Self {
             range,
+            track_changes,
             tables: Vec::new(),
             _key: std::marker::PhantomData,
         }
@@ -140,7 +261,11 @@ impl<K: Key> StateRegistry<K> {
             self.tables.iter().all(|t| t.borrow().name() != name),
             "keyed state `{name}` declared twice in one operator"
         );
-        let table = Rc::new(RefCell::new(KeyedTable::<K, V>::new(name, self.range)));
+        let table = Rc::new(RefCell::new(KeyedTable::<K, V>::new(
+            name,
+            self.range,
+            self.track_changes,
+        )));
         self.tables.push(table.clone());
         table
     }
@@ -211,7 +336,9 @@ impl<K: Key, V: StateData> ValueState<K, V> {
 
     /// Sets the current key's value.
     pub fn set(&self, scope: &impl KeyScope<K>, value: V) {
-        self.table.borrow_mut().groups[scope.key_group_index()]
+        self.table
+            .borrow_mut()
+            .touched(scope)
             .insert(scope.current_key().clone(), value);
     }
 
@@ -224,7 +351,7 @@ impl<K: Key, V: StateData> ValueState<K, V> {
         f: impl FnOnce(&mut V) -> R,
     ) -> R {
         let mut table = self.table.borrow_mut();
-        let map = &mut table.groups[scope.key_group_index()];
+        let map = table.touched(scope);
         if let Some(value) = map.get_mut(scope.current_key()) {
             return f(value);
         }
@@ -236,7 +363,10 @@ impl<K: Key, V: StateData> ValueState<K, V> {
 
     /// Removes the current key's value.
     pub fn clear(&self, scope: &impl KeyScope<K>) -> Option<V> {
-        self.table.borrow_mut().groups[scope.key_group_index()].remove(scope.current_key())
+        self.table
+            .borrow_mut()
+            .touched(scope)
+            .remove(scope.current_key())
     }
 }
 
@@ -264,7 +394,7 @@ impl<K: Key, UK: StateData + Eq + Hash, UV: StateData> MapState<K, UK, UV> {
     /// Inserts `user_key -> value` for the current key; returns the old value.
     pub fn insert(&self, scope: &impl KeyScope<K>, user_key: UK, value: UV) -> Option<UV> {
         let mut table = self.table.borrow_mut();
-        let map = &mut table.groups[scope.key_group_index()];
+        let map = table.touched(scope);
         match map.get_mut(scope.current_key()) {
             Some(m) => m.insert(user_key, value),
             None => {
@@ -285,7 +415,7 @@ impl<K: Key, UK: StateData + Eq + Hash, UV: StateData> MapState<K, UK, UV> {
         f: impl FnOnce(&mut UV) -> R,
     ) -> R {
         let mut table = self.table.borrow_mut();
-        let map = &mut table.groups[scope.key_group_index()];
+        let map = table.touched(scope);
         if !map.contains_key(scope.current_key()) {
             map.insert(scope.current_key().clone(), FxHashMap::default());
         }
@@ -299,7 +429,7 @@ impl<K: Key, UK: StateData + Eq + Hash, UV: StateData> MapState<K, UK, UV> {
     /// it becomes empty.
     pub fn remove(&self, scope: &impl KeyScope<K>, user_key: &UK) -> Option<UV> {
         let mut table = self.table.borrow_mut();
-        let map = &mut table.groups[scope.key_group_index()];
+        let map = table.touched(scope);
         let inner = map.get_mut(scope.current_key())?;
         let old = inner.remove(user_key);
         if inner.is_empty() {
@@ -326,7 +456,10 @@ impl<K: Key, UK: StateData + Eq + Hash, UV: StateData> MapState<K, UK, UV> {
 
     /// Drops the current key's map.
     pub fn clear(&self, scope: &impl KeyScope<K>) {
-        self.table.borrow_mut().groups[scope.key_group_index()].remove(scope.current_key());
+        self.table
+            .borrow_mut()
+            .touched(scope)
+            .remove(scope.current_key());
     }
 }
 
@@ -347,7 +480,7 @@ impl<K: Key, V: StateData> ListState<K, V> {
     /// Appends `value` to the current key's list.
     pub fn add(&self, scope: &impl KeyScope<K>, value: V) {
         let mut table = self.table.borrow_mut();
-        let map = &mut table.groups[scope.key_group_index()];
+        let map = table.touched(scope);
         match map.get_mut(scope.current_key()) {
             Some(list) => list.push(value),
             None => {
@@ -373,7 +506,7 @@ impl<K: Key, V: StateData> ListState<K, V> {
     /// Edits the current key's list in place; an emptied list is dropped.
     pub fn update<R>(&self, scope: &impl KeyScope<K>, f: impl FnOnce(&mut Vec<V>) -> R) -> R {
         let mut table = self.table.borrow_mut();
-        let map = &mut table.groups[scope.key_group_index()];
+        let map = table.touched(scope);
         let mut list = map.remove(scope.current_key()).unwrap_or_default();
         let result = f(&mut list);
         if !list.is_empty() {
@@ -384,7 +517,10 @@ impl<K: Key, V: StateData> ListState<K, V> {
 
     /// Drops the current key's list.
     pub fn clear(&self, scope: &impl KeyScope<K>) {
-        self.table.borrow_mut().groups[scope.key_group_index()].remove(scope.current_key());
+        self.table
+            .borrow_mut()
+            .touched(scope)
+            .remove(scope.current_key());
     }
 }
 
@@ -404,7 +540,7 @@ mod tests {
 
     #[test]
     fn handles_are_scoped_to_the_current_key() {
-        let mut reg = StateRegistry::<u64>::new(KeyGroupRange { start: 0, end: 4 });
+        let mut reg = StateRegistry::<u64>::new(KeyGroupRange { start: 0, end: 4 }, true);
         let count = reg.value_state::<u64>("count");
         let seen = reg.map_state::<String, u32>("seen");
         let log = reg.list_state::<i32>("log");

@@ -131,6 +131,10 @@ impl Worker {
         })
     }
 
+    pub(crate) fn checkpoints(&self) -> Rc<RefCell<SubtaskCheckpoints>> {
+        self.checkpoints.clone()
+    }
+
     pub(crate) fn set_writer(&mut self, writer: Box<dyn SnapshotWriter>) {
         self.writer = Some(writer);
     }
@@ -160,6 +164,15 @@ impl Worker {
                     self.checkpoints.borrow_mut().abort(id);
                     for slot in &mut self.inputs {
                         slot.input.abort(id);
+                    }
+                    for operator in &self.timer_operators {
+                        operator.checkpoint_aborted(id);
+                    }
+                }
+                Control::Complete(id) => {
+                    self.checkpoints.borrow_mut().complete(id);
+                    for operator in &self.timer_operators {
+                        operator.checkpoint_complete(id);
                     }
                 }
             }

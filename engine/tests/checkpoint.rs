@@ -64,7 +64,14 @@ fn crash_and_restore(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>) {
     let io = SimIo::new();
     let totals: Totals = Default::default();
     let windows: Windows = Default::default();
-    let cfg = config(parallelism, mode, interval_ms);
+    let mut cfg = config(parallelism, mode, interval_ms);
+    // Half the seeds checkpoint incrementally, with short chains so that
+    // deltas, materialisation and restore of base + deltas all happen.
+    let incremental = seed % 2 == 0;
+    if let Some(c) = cfg.checkpoint.as_mut() {
+        c.incremental = incremental;
+        c.max_delta_chain = 1 + rng.below(3) as u32;
+    }
     let (d, t, w) = (data.clone(), totals.clone(), windows.clone());
     let first = Simulation::new(cfg.clone(), seed)
         .storage(io.clone())
@@ -234,4 +241,162 @@ fn under_backpressure_unaligned_overtakes_and_aligned_waits() {
             .any(|c| c.subtasks.iter().any(|s| s.switched_to_unaligned)),
         "aligned-with-timeout switched and recorded it"
     );
+}
+
+#[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct Op {
+    seq: u64,
+    key: u64,
+    value: Option<u64>,
+}
+
+/// Random puts and deletes; op `i` touches a key `k` with `k % 2 == i % 2`, so
+/// with two striped source subtasks each key's ops arrive in order and the
+/// value an op replaces is known in advance.
+fn random_ops(seed: u64, n: u64, keys: u64) -> Vec<Op> {
+    let mut rng = SplitMix64::new(seed);
+    (0..n)
+        .map(|seq| Op {
+            seq,
+            key: rng.below(keys / 2) * 2 + seq % 2,
+            value: (rng.below(5) != 0).then(|| rng.below(1_000_000)),
+        })
+        .collect()
+}
+
+/// For every op, the value it replaces.
+fn replaced_values(ops: &[Op]) -> Vec<Option<u64>> {
+    let mut state = BTreeMap::new();
+    ops.iter()
+        .map(|op| match op.value {
+            Some(v) => state.insert(op.key, v),
+            None => state.remove(&op.key),
+        })
+        .collect()
+}
+
+type Replaced = Arc<Mutex<Vec<(u64, Option<u64>)>>>;
+
+/// Puts and deletes in value state; emits (seq, replaced value), which
+/// reveals any difference in restored state.
+fn kv_job(df: &Dataflow, ops: &Arc<Vec<Op>>, out: &Replaced) {
+    let out = out.clone();
+    df.source(
+        "ops",
+        spate::source::VecSource::new(ops.clone()),
+        spate::WatermarkStrategy::none(),
+    )
+    .key_by(|op: &Op| op.key)
+    .process("kv", |state| {
+        let value = state.value_state::<u64>("value");
+        move |op: Op, ctx: &mut spate::KeyedContext<u64, (u64, Option<u64>)>| {
+            let replaced = match op.value {
+                Some(v) => {
+                    let old = value.get(ctx);
+                    value.set(ctx, v);
+                    old
+                }
+                None => value.clear(ctx),
+            };
+            ctx.emit((op.seq, replaced));
+            Ok(())
+        }
+    })
+    .for_each(move |r| out.lock().unwrap().push(r.value));
+}
+
+/// Incremental checkpoints keep chains and delta bytes within their bounds
+/// and write less than full ones; restoring a checkpoint (base + deltas)
+/// gives exactly the state of its cut.
+#[test]
+fn incremental_chains_stay_bounded_and_restore_exact_state() {
+    use spate::checkpoint::CheckpointMetadata;
+    use spate_storage::StoreReader;
+
+    let ops = Arc::new(random_ops(99, 40_000, 10_000));
+    let replaced = replaced_values(&ops);
+    let max_chain = 3;
+    let cfg = |incremental: bool, restore: spate::RestoreFrom| {
+        let mut cfg = config(2, CheckpointMode::Aligned, 3);
+        cfg.batch_size = 32;
+        cfg.ring_capacity = 8;
+        if let Some(c) = cfg.checkpoint.as_mut() {
+            c.incremental = incremental;
+            c.max_delta_chain = max_chain;
+            c.retained = 100;
+            c.restore = restore;
+        }
+        cfg
+    };
+    let check = |out: &Replaced, what: &str| {
+        let out = out.lock().unwrap();
+        assert!(!out.is_empty(), "{what}: ops processed");
+        for (seq, got) in out.iter() {
+            assert_eq!(
+                *got, replaced[*seq as usize],
+                "{what}: op {seq} replaced the wrong value"
+            );
+        }
+    };
+    let io = SimIo::new();
+    let out: Replaced = Default::default();
+    let (o, r) = (ops.clone(), out.clone());
+    let incremental = Simulation::new(cfg(true, spate::RestoreFrom::Latest), 3)
+        .keep_buffers()
+        .storage(io.clone())
+        .run(move |df| kv_job(df, &o, &r))
+        .unwrap();
+    check(&out, "uninterrupted");
+    let out: Replaced = Default::default();
+    let (o, r) = (ops.clone(), out.clone());
+    let full = Simulation::new(cfg(false, spate::RestoreFrom::Latest), 3)
+        .keep_buffers()
+        .run(move |df| kv_job(df, &o, &r))
+        .unwrap();
+    let written = |c: &[spate::CheckpointStats]| c.iter().map(|c| c.state_bytes).sum::<u64>();
+    eprintln!(
+        "checkpoint bytes: incremental {} full {}",
+        written(&incremental.checkpoints),
+        written(&full.checkpoints)
+    );
+    assert!(
+        written(&incremental.checkpoints) < written(&full.checkpoints),
+        "incremental wrote {} bytes, full {}",
+        written(&incremental.checkpoints),
+        written(&full.checkpoints)
+    );
+
+    let reader = StoreReader::from_source(Arc::new(io.clone())).unwrap();
+    let mut deltas_seen = 0;
+    for record in reader.checkpoints() {
+        let metadata = CheckpointMetadata::decode(&record.metadata).unwrap();
+        for state in &metadata.state {
+            let deltas = state.chain.iter().filter(|b| b.delta).count() as u32;
+            deltas_seen += deltas;
+            assert!(
+                !state.chain[0].delta,
+                "a chain starts with a base: {state:?}"
+            );
+            assert!(deltas <= max_chain, "{deltas} deltas in {state:?}");
+            let base = state.chain[0].bytes;
+            let but_last: u64 = state.chain[1..].iter().rev().skip(1).map(|b| b.bytes).sum();
+            assert!(but_last <= base, "deltas outweigh the base: {state:?}");
+        }
+    }
+    assert!(deltas_seen > 0, "deltas were written");
+
+    // Resume from several retained checkpoints: every op after each cut sees
+    // exactly the value the uninterrupted run had.
+    let ids: Vec<u64> = reader.checkpoints().iter().map(|r| r.id).collect();
+    for &id in ids.iter().step_by((ids.len() / 4).max(1)) {
+        let out: Replaced = Default::default();
+        let (o, r) = (ops.clone(), out.clone());
+        let report = Simulation::new(cfg(true, spate::RestoreFrom::Checkpoint(id)), id)
+            .keep_buffers()
+            .storage(io.crash_image())
+            .run(move |df| kv_job(df, &o, &r))
+            .unwrap();
+        assert_eq!(report.restored_from, Some(id));
+        check(&out, &format!("resumed from checkpoint {id}"));
+    }
 }

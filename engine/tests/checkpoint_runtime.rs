@@ -66,28 +66,30 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn config(dir: &PathBuf, mode: CheckpointMode) -> JobConfig {
+fn config(dir: &PathBuf, mode: CheckpointMode, incremental: bool) -> JobConfig {
     JobConfig {
         parallelism: 2,
         max_parallelism: 64,
         pin_cores: false,
         checkpoint: Some(CheckpointConfig {
             mode,
+            incremental,
+            max_delta_chain: 2,
             ..CheckpointConfig::new(dir, 30)
         }),
         ..JobConfig::default()
     }
 }
 
-fn fail_and_resume(mode: CheckpointMode) {
-    let dir = temp_dir(&format!("ckpt-{}", mode.name()));
+fn fail_and_resume(mode: CheckpointMode, incremental: bool) {
+    let dir = temp_dir(&format!("ckpt-{}-{incremental}", mode.name()));
     let all: Vec<Event> = (0..EVENTS).map(event).collect();
     let totals: Totals = Default::default();
     let windows: Windows = Default::default();
     let fail = Arc::new(AtomicBool::new(false));
 
     let (t, w, f) = (totals.clone(), windows.clone(), fail.clone());
-    let handle = Job::new(config(&dir, mode))
+    let handle = Job::new(config(&dir, mode, incremental))
         .start(move |df| job(df, &t, &w, &f, 20_000.0))
         .unwrap();
     // Fail the job once two checkpoints are durable (or if it ends first).
@@ -102,7 +104,7 @@ fn fail_and_resume(mode: CheckpointMode) {
 
     fail.store(false, Ordering::SeqCst);
     let (t, w, f) = (totals.clone(), windows.clone(), fail.clone());
-    let second = Job::new(config(&dir, mode))
+    let second = Job::new(config(&dir, mode, incremental))
         .run(move |df| job(df, &t, &w, &f, 1_000_000.0))
         .unwrap();
     if failed_by_us {
@@ -135,22 +137,32 @@ fn fail_and_resume(mode: CheckpointMode) {
 
 #[test]
 fn aligned_job_resumes_after_a_task_failure() {
-    fail_and_resume(CheckpointMode::Aligned);
+    fail_and_resume(CheckpointMode::Aligned, false);
 }
 
 #[test]
 fn unaligned_job_resumes_after_a_task_failure() {
-    fail_and_resume(CheckpointMode::Unaligned);
+    fail_and_resume(CheckpointMode::Unaligned, false);
 }
 
 #[test]
 fn aligned_with_timeout_job_resumes_after_a_task_failure() {
-    fail_and_resume(CheckpointMode::AlignedWithTimeout { timeout_ms: 1 });
+    fail_and_resume(CheckpointMode::AlignedWithTimeout { timeout_ms: 1 }, false);
 }
 
 #[test]
 fn at_least_once_job_resumes_after_a_task_failure() {
-    fail_and_resume(CheckpointMode::AtLeastOnce);
+    fail_and_resume(CheckpointMode::AtLeastOnce, false);
+}
+
+#[test]
+fn incremental_aligned_job_resumes_after_a_task_failure() {
+    fail_and_resume(CheckpointMode::Aligned, true);
+}
+
+#[test]
+fn incremental_unaligned_job_resumes_after_a_task_failure() {
+    fail_and_resume(CheckpointMode::Unaligned, true);
 }
 
 #[test]
@@ -161,7 +173,7 @@ fn an_incompatible_job_is_refused() {
         Default::default(),
         Arc::new(AtomicBool::new(false)),
     );
-    let handle = Job::new(config(&dir, CheckpointMode::Aligned))
+    let handle = Job::new(config(&dir, CheckpointMode::Aligned, false))
         .start(move |df| job(df, &t, &w, &f, 20_000.0))
         .unwrap();
     while handle.completed_checkpoints() < 1 && handle.is_running() {
@@ -169,7 +181,7 @@ fn an_incompatible_job_is_refused() {
     }
     handle.join().unwrap();
     // Another job (different operators) on the same directory.
-    let result = Job::new(config(&dir, CheckpointMode::Aligned)).run(|df| {
+    let result = Job::new(config(&dir, CheckpointMode::Aligned, false)).run(|df| {
         df.source(
             "numbers",
             SequenceSource::new(10, |i| i),

@@ -10,9 +10,10 @@
 //! statistics of every checkpoint.
 
 use super::metadata::{
-    CheckpointMetadata, InFlightBlock, SourceOffset, StateBlock, SubtaskStats, METADATA_VERSION,
+    ChainBlock, CheckpointMetadata, InFlightBlock, SourceOffset, StateBlock, SubtaskStats,
+    METADATA_VERSION,
 };
-use super::subtask::BlockDesc;
+use super::subtask::{BlockDesc, ChainLink, StateRef};
 use super::{Barrier, CheckpointConfig, Control};
 use crate::park::Notifier;
 use crate::ring::{Consumer, Producer};
@@ -86,6 +87,8 @@ pub(crate) enum Ack {
         handles: Vec<BlockHandle>,
         /// One per handle, same order.
         blocks: Vec<BlockDesc>,
+        /// Unchanged key groups: committed chains referenced again.
+        reused: Vec<StateRef>,
         sources: Vec<SourceOffset>,
         stats: SubtaskStats,
     },
@@ -310,10 +313,30 @@ impl Coordinator {
         let mut in_flight = Vec::new();
         let mut sources = Vec::new();
         let mut subtasks = Vec::new();
+        let push = |link: &ChainLink, handles: &mut Vec<BlockHandle>| {
+            handles.push(link.handle);
+            ChainBlock {
+                handle: handles.len() as u32 - 1,
+                delta: link.delta,
+                checkpoint: link.checkpoint,
+                entries: link.entries,
+                bytes: link.bytes,
+            }
+        };
+        let state_block = |s: &StateRef, chain: Vec<ChainBlock>| StateBlock {
+            operator: s.key.0.clone(),
+            table: s.key.1.clone(),
+            key_group: s.key.2,
+            chain,
+            entries: s.entries,
+            type_name: s.type_name.clone(),
+        };
+        let mut incremental = false;
         for ack in c.acks.iter() {
             let Some(Ack::Done {
                 handles: h,
                 blocks,
+                reused,
                 sources: s,
                 stats,
                 ..
@@ -322,22 +345,46 @@ impl Coordinator {
                 unreachable!("only Done acks are stored");
             };
             for (handle, desc) in h.iter().zip(blocks) {
-                let index = handles.len() as u32;
-                handles.push(*handle);
                 match desc {
-                    BlockDesc::State(b) => state.push(StateBlock {
-                        handle: index,
-                        ..b.clone()
-                    }),
-                    BlockDesc::InFlight(b) => in_flight.push(InFlightBlock {
-                        handle: index,
-                        ..b.clone()
-                    }),
+                    BlockDesc::State {
+                        state: s,
+                        delta,
+                        block_entries,
+                        bytes,
+                    } => {
+                        incremental |= *delta;
+                        let mut chain: Vec<ChainBlock> =
+                            s.prefix.iter().map(|l| push(l, &mut handles)).collect();
+                        let link = ChainLink {
+                            handle: *handle,
+                            delta: *delta,
+                            checkpoint: id,
+                            entries: *block_entries,
+                            bytes: *bytes,
+                        };
+                        chain.push(push(&link, &mut handles));
+                        state.push(state_block(s, chain));
+                    }
+                    BlockDesc::InFlight(b) => {
+                        handles.push(*handle);
+                        in_flight.push(InFlightBlock {
+                            handle: handles.len() as u32 - 1,
+                            ..b.clone()
+                        });
+                    }
                 }
+            }
+            for r in reused {
+                incremental = true;
+                let chain = r.prefix.iter().map(|l| push(l, &mut handles)).collect();
+                state.push(state_block(r, chain));
             }
             sources.extend(s.iter().cloned());
             subtasks.push(stats.clone());
         }
+        state.sort_by(|a, b| {
+            (&a.operator, &a.table, a.key_group).cmp(&(&b.operator, &b.table, b.key_group))
+        });
         let metadata = CheckpointMetadata {
             version: METADATA_VERSION,
             id,
@@ -345,7 +392,7 @@ impl Coordinator {
             completed_ms: now_ms,
             cause: c.cause.name().to_string(),
             mode: c.barrier.mode.name().to_string(),
-            incremental: false,
+            incremental,
             parallelism: self.parallelism as u32,
             max_parallelism: self.max_parallelism,
             fingerprint: self.fingerprint,
@@ -405,6 +452,7 @@ impl Coordinator {
             self.last_end_ms = Some(now_ms);
             self.shared.completed.fetch_add(1, Ordering::SeqCst);
             self.shared.latest_completed.store(id, Ordering::SeqCst);
+            self.send(Control::Complete(id));
         }
     }
 

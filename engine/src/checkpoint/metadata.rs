@@ -8,7 +8,23 @@ use rkyv::{Archive, Deserialize, Serialize};
 /// Version of this layout; bumped with any change to these types.
 pub const METADATA_VERSION: u32 = 1;
 
-/// A block of keyed state: one table of one operator, one key group.
+/// One block of a key group's chain: a full base or a delta on what precedes it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ChainBlock {
+    /// Index into the manifest record's handles.
+    pub handle: u32,
+    /// A delta (upserts and deletes) rather than a full base.
+    pub delta: bool,
+    /// The checkpoint that wrote the block.
+    pub checkpoint: u64,
+    /// Entries in the block (keys; upserts plus deletes for a delta).
+    pub entries: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+}
+
+/// The keyed state of one table of one operator in one key group: a base
+/// block and the deltas to apply on it, oldest first.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct StateBlock {
     /// Operator name.
@@ -17,14 +33,19 @@ pub struct StateBlock {
     pub table: String,
     /// Key group.
     pub key_group: u32,
-    /// Index into the manifest record's handles.
-    pub handle: u32,
-    /// Entries (keys, or timers).
+    /// Base first, then deltas.
+    pub chain: Vec<ChainBlock>,
+    /// Keys (or timers) after applying the chain.
     pub entries: u64,
-    /// Payload bytes.
-    pub bytes: u64,
     /// Rust type of the entries, for inspection tools.
     pub type_name: String,
+}
+
+impl StateBlock {
+    /// Payload bytes of the whole chain.
+    pub fn bytes(&self) -> u64 {
+        self.chain.iter().map(|b| b.bytes).sum()
+    }
 }
 
 /// Records that were in flight on one channel of an exchange.
@@ -69,8 +90,10 @@ pub struct SubtaskStats {
     pub async_us: u64,
     /// From the first barrier to the last, at the slowest input (µs).
     pub alignment_us: u64,
-    /// Bytes of state written.
+    /// Bytes of state written (full bases and deltas).
     pub state_bytes: u64,
+    /// Of which deltas.
+    pub delta_bytes: u64,
     /// Bytes of in-flight records written.
     pub in_flight_bytes: u64,
     /// Whether an aligned-with-timeout checkpoint went unaligned here.
@@ -135,9 +158,20 @@ impl CheckpointMetadata {
         Ok(metadata)
     }
 
-    /// Bytes of state and in-flight blocks.
+    /// Bytes of state (whole chains) and in-flight blocks the checkpoint refers to.
     pub fn bytes(&self) -> u64 {
-        self.state.iter().map(|b| b.bytes).sum::<u64>() + self.in_flight_bytes()
+        self.state.iter().map(StateBlock::bytes).sum::<u64>() + self.in_flight_bytes()
+    }
+
+    /// Bytes this checkpoint wrote itself (new bases and deltas, in-flight).
+    pub fn written_bytes(&self) -> u64 {
+        self.state
+            .iter()
+            .flat_map(|s| &s.chain)
+            .filter(|b| b.checkpoint == self.id)
+            .map(|b| b.bytes)
+            .sum::<u64>()
+            + self.in_flight_bytes()
     }
 
     /// Bytes of in-flight blocks.

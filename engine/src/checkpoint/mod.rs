@@ -106,6 +106,14 @@ pub struct CheckpointConfig {
     pub mode: CheckpointMode,
     /// Where to start from.
     pub restore: RestoreFrom,
+    /// Write only what changed since the last completed checkpoint (deltas
+    /// on a base), materialising fresh bases gradually.
+    pub incremental: bool,
+    /// Most deltas on one base before the key group is materialised.
+    pub max_delta_chain: u32,
+    /// A key group is materialised once its deltas outweigh its base by
+    /// this factor (bounds the space overhead).
+    pub max_delta_ratio: f64,
 }
 
 impl CheckpointConfig {
@@ -123,6 +131,9 @@ impl CheckpointConfig {
             retained: 3,
             mode: CheckpointMode::Aligned,
             restore: RestoreFrom::Latest,
+            incremental: false,
+            max_delta_chain: 4,
+            max_delta_ratio: 1.0,
         }
     }
 }
@@ -145,4 +156,6 @@ pub(crate) enum Control {
     Trigger(Barrier),
     /// Checkpoint `id` failed or timed out: drop what is pending for it.
     Abort(u64),
+    /// Checkpoint `id` is committed: later deltas build on it.
+    Complete(u64),
 }

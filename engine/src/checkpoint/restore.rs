@@ -5,6 +5,7 @@
 //! receivers take their share from it while the graph is built.
 
 use super::metadata::{CheckpointMetadata, InFlightBlock};
+use super::subtask::ChainLink;
 use super::{CheckpointConfig, RestoreFrom};
 use crate::JobError;
 use spate_storage::{BlockHandle, BlockRef, StoreReader};
@@ -125,20 +126,37 @@ impl RestoreState {
             .map_err(|e| JobError::Restore(format!("checkpoint {}: {e}", self.metadata.id)))
     }
 
-    /// The archived bytes of one table's key group, if it had entries.
-    pub(crate) fn state_block(
+    /// The chain of one table's key group, if it had entries: every block
+    /// (delta or not) in order, and the chain as durable links.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn state_chain(
         &self,
         operator: &str,
         table: &str,
         key_group: u32,
-    ) -> Result<Option<BlockRef>, JobError> {
-        match self
+    ) -> Result<Option<(Vec<(bool, BlockRef)>, Vec<ChainLink>)>, JobError> {
+        let Some(&i) = self
             .state
             .get(&(operator.to_string(), table.to_string(), key_group))
-        {
-            Some(&i) => self.block(self.metadata.state[i].handle).map(Some),
-            None => Ok(None),
+        else {
+            return Ok(None);
+        };
+        let mut blocks = Vec::new();
+        let mut links = Vec::new();
+        for b in &self.metadata.state[i].chain {
+            blocks.push((b.delta, self.block(b.handle)?));
+            let handle = *self.handles.get(b.handle as usize).ok_or_else(|| {
+                JobError::Restore(format!("handle index {} out of range", b.handle))
+            })?;
+            links.push(ChainLink {
+                handle,
+                delta: b.delta,
+                checkpoint: b.checkpoint,
+                entries: b.entries,
+                bytes: b.bytes,
+            });
         }
+        Ok(Some((blocks, links)))
     }
 
     /// The offset of a source subtask.

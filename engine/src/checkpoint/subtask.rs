@@ -12,19 +12,48 @@
 //! so the operator never sees records from after `n` on one input before `n`
 //! arrived on the other.
 
-use super::metadata::{InFlightBlock, SourceOffset, StateBlock, SubtaskStats};
+use super::metadata::{InFlightBlock, SourceOffset, SubtaskStats};
 use super::Barrier;
-use spate_storage::BlockKind;
-use std::collections::{BTreeMap, BTreeSet};
+use spate_storage::{BlockHandle, BlockKind};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
+
+/// Names a key group's state: (operator, table, key group).
+pub(crate) type StateKey = (String, String, u32);
+
+/// A durable block of a key group's chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ChainLink {
+    pub handle: BlockHandle,
+    pub delta: bool,
+    pub checkpoint: u64,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// A key group's state in a checkpoint: the committed chain it builds on
+/// (empty for a new base) and what it holds afterwards.
+#[derive(Clone, Debug)]
+pub(crate) struct StateRef {
+    pub key: StateKey,
+    pub prefix: Vec<ChainLink>,
+    pub entries: u64,
+    pub type_name: String,
+}
 
 /// Archived bytes of a block, aligned for rkyv.
 pub(crate) type Bytes = rkyv::util::AlignedVec<16>;
 
-/// What a block holds (its handle index is assigned when it is written).
+/// What a block holds (its handle is assigned when it is written).
 #[derive(Clone, Debug)]
 pub(crate) enum BlockDesc {
-    State(StateBlock),
+    /// A new base (`delta == false`) or delta appended to `state.prefix`.
+    State {
+        state: StateRef,
+        delta: bool,
+        block_entries: u64,
+        bytes: u64,
+    },
     InFlight(InFlightBlock),
 }
 
@@ -39,9 +68,43 @@ pub(crate) struct SnapshotBlock {
 pub(crate) struct LocalSnapshot {
     pub barrier: Barrier,
     pub blocks: Vec<SnapshotBlock>,
+    /// Key groups unchanged since the last completed checkpoint: their
+    /// committed chains are referenced again, nothing is written.
+    pub reused: Vec<StateRef>,
     pub sources: Vec<SourceOffset>,
     pub stats: SubtaskStats,
     pub ready_at: Instant,
+}
+
+impl LocalSnapshot {
+    /// The chains this snapshot leaves once its blocks got `handles` (same
+    /// order as `blocks`).
+    pub(crate) fn chains(&self, handles: &[BlockHandle]) -> HashMap<StateKey, Vec<ChainLink>> {
+        let mut chains = HashMap::new();
+        for (block, handle) in self.blocks.iter().zip(handles) {
+            if let BlockDesc::State {
+                state,
+                delta,
+                block_entries,
+                bytes,
+            } = &block.desc
+            {
+                let mut chain = state.prefix.clone();
+                chain.push(ChainLink {
+                    handle: *handle,
+                    delta: *delta,
+                    checkpoint: self.barrier.id,
+                    entries: *block_entries,
+                    bytes: *bytes,
+                });
+                chains.insert(state.key.clone(), chain);
+            }
+        }
+        for state in &self.reused {
+            chains.insert(state.key.clone(), state.prefix.clone());
+        }
+        chains
+    }
 }
 
 struct Pending {
@@ -50,6 +113,7 @@ struct Pending {
     open_logs: usize,
     unaligned: bool,
     blocks: Vec<SnapshotBlock>,
+    reused: Vec<StateRef>,
     sources: Vec<SourceOffset>,
     stats: SubtaskStats,
 }
@@ -64,6 +128,10 @@ pub(crate) struct SubtaskCheckpoints {
     /// Ids that were completed locally or aborted: late barriers are ignored.
     done: BTreeSet<u64>,
     ready: Vec<LocalSnapshot>,
+    /// The chains of the last completed checkpoint (what deltas build on).
+    committed: HashMap<StateKey, Vec<ChainLink>>,
+    /// The chains of checkpoints written here but not yet completed.
+    written: BTreeMap<u64, HashMap<StateKey, Vec<ChainLink>>>,
 }
 
 impl SubtaskCheckpoints {
@@ -75,6 +143,8 @@ impl SubtaskCheckpoints {
             pending: BTreeMap::new(),
             done: BTreeSet::new(),
             ready: Vec::new(),
+            committed: HashMap::new(),
+            written: BTreeMap::new(),
         }
     }
 
@@ -99,6 +169,7 @@ impl SubtaskCheckpoints {
             open_logs: 0,
             unaligned: barrier.mode == super::CheckpointMode::Unaligned,
             blocks: Vec::new(),
+            reused: Vec::new(),
             sources: Vec::new(),
             stats: SubtaskStats {
                 subtask,
@@ -174,11 +245,46 @@ impl SubtaskCheckpoints {
     pub(crate) fn add_block(&mut self, id: u64, block: SnapshotBlock) {
         if let Some(p) = self.pending.get_mut(&id) {
             match &block.desc {
-                BlockDesc::State(s) => p.stats.state_bytes += s.bytes,
+                BlockDesc::State { delta, bytes, .. } => {
+                    p.stats.state_bytes += bytes;
+                    if *delta {
+                        p.stats.delta_bytes += bytes;
+                    }
+                }
                 BlockDesc::InFlight(f) => p.stats.in_flight_bytes += f.bytes,
             }
             p.blocks.push(block);
         }
+    }
+
+    /// A key group unchanged since the last completed checkpoint.
+    pub(crate) fn add_reused(&mut self, id: u64, state: StateRef) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.reused.push(state);
+        }
+    }
+
+    /// The committed chain of a key group's state (empty if none).
+    pub(crate) fn committed_chain(&self, key: &StateKey) -> Vec<ChainLink> {
+        self.committed.get(key).cloned().unwrap_or_default()
+    }
+
+    /// Installs a restored chain as committed (deltas build on it).
+    pub(crate) fn set_committed(&mut self, key: StateKey, chain: Vec<ChainLink>) {
+        self.committed.insert(key, chain);
+    }
+
+    /// The writer made checkpoint `id`'s blocks durable: these are its chains.
+    pub(crate) fn written(&mut self, id: u64, chains: HashMap<StateKey, Vec<ChainLink>>) {
+        self.written.insert(id, chains);
+    }
+
+    /// Checkpoint `id` is committed: its chains become the base of deltas.
+    pub(crate) fn complete(&mut self, id: u64) {
+        if let Some(chains) = self.written.remove(&id) {
+            self.committed = chains;
+        }
+        self.written.retain(|&k, _| k > id);
     }
 
     pub(crate) fn add_source_offset(&mut self, id: u64, offset: SourceOffset) {
@@ -211,6 +317,7 @@ impl SubtaskCheckpoints {
     /// Drops everything pending for `id`.
     pub(crate) fn abort(&mut self, id: u64) {
         self.pending.remove(&id);
+        self.written.remove(&id);
         self.done.insert(id);
     }
 
@@ -226,6 +333,7 @@ impl SubtaskCheckpoints {
             self.ready.push(LocalSnapshot {
                 barrier: p.barrier,
                 blocks: p.blocks,
+                reused: p.reused,
                 sources: p.sources,
                 stats: p.stats,
                 ready_at: Instant::now(),

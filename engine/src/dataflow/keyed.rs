@@ -14,8 +14,9 @@ use super::{
     exchange, ConnectedStreams, Cx, Data, ExchangeData, KeyedStream, Output, ProcessingTimers,
     Push, Record, Stream,
 };
-use crate::checkpoint::metadata::StateBlock;
-use crate::checkpoint::subtask::{BlockDesc, SnapshotBlock, SubtaskCheckpoints};
+use crate::checkpoint::subtask::{
+    BlockDesc, SnapshotBlock, StateKey, StateRef, SubtaskCheckpoints,
+};
 use crate::checkpoint::Barrier;
 use crate::error::ProcessError;
 use crate::keygroup::{key_group_for, Key, KeyGroupRange};
@@ -223,6 +224,14 @@ struct Operator<K, I1, I2, O, F> {
     barriers: [Option<u64>; 2],
     /// Last checkpoint snapshotted.
     snapshotted: u64,
+    /// Incremental checkpoint bounds, when the job checkpoints incrementally.
+    incremental: Option<Incremental>,
+}
+
+/// Bounds of incremental checkpoints.
+struct Incremental {
+    max_delta_chain: u32,
+    max_delta_ratio: f64,
 }
 
 /// Name of the pseudo-table holding an operator's timers in checkpoints.
@@ -379,7 +388,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
     fn snapshot_and_forward(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
         self.snapshotted = barrier.id;
         let started = std::time::Instant::now();
-        let blocks = self.snapshot().map_err(|e| {
+        let blocks = self.snapshot(barrier.id).map_err(|e| {
             JobError::Checkpoint(format!(
                 "operator `{}` on subtask {}: snapshot of checkpoint {} failed: {e}",
                 self.name, self.subtask, barrier.id
@@ -397,32 +406,87 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         self.output.barrier(barrier, cx)
     }
 
-    /// Archives every table and the timers, one block per key group.
-    fn snapshot(&self) -> Result<Vec<SnapshotBlock>, String> {
+    /// Archives every table and the timers for checkpoint `id`, one block
+    /// per key group and table: a full base, a delta on the committed chain
+    /// (incremental mode), or nothing when the key group did not change.
+    fn snapshot(&self, id: u64) -> Result<Vec<SnapshotBlock>, String> {
         let mut blocks = Vec::new();
+        let mut checkpoints = self.checkpoints.borrow_mut();
         for table in self.state.tables() {
-            let table = table.borrow();
+            let mut table = table.borrow_mut();
             for index in 0..self.range.len() {
-                let entries = table.keys_in_group(index);
+                let group = (self.range.start as usize + index) as u32;
+                let key: StateKey = (self.name.clone(), table.name().to_string(), group);
+                let entries = table.keys_in_group(index) as u64;
+                let committed = checkpoints.committed_chain(&key);
+                let state = StateRef {
+                    key,
+                    prefix: Vec::new(),
+                    entries,
+                    type_name: table.type_name().to_string(),
+                };
                 if entries == 0 {
+                    // Empty: no block and no chain (absence restores empty).
+                    table.snapshot_delta(index, id)?;
                     continue;
                 }
-                let bytes = table.snapshot_group(index)?;
+                if let Some(incremental) = &self.incremental {
+                    if !committed.is_empty() {
+                        let changed = table.changed_in_group(index);
+                        if changed == 0 {
+                            checkpoints.add_reused(
+                                id,
+                                StateRef {
+                                    prefix: committed,
+                                    ..state
+                                },
+                            );
+                            continue;
+                        }
+                        let deltas = committed.len() as u32 - 1;
+                        let base = committed[0].bytes as f64;
+                        let delta_bytes: u64 = committed[1..].iter().map(|l| l.bytes).sum();
+                        // Materialise when the chain or its bytes reach their
+                        // bounds, and otherwise spread over checkpoints: each
+                        // checkpoint renews about 1/(max+1) of the key groups.
+                        let materialise = deltas >= incremental.max_delta_chain
+                            || delta_bytes as f64 > base * incremental.max_delta_ratio
+                            || (deltas > 0
+                                && (id + group as u64) % (incremental.max_delta_chain as u64 + 1)
+                                    == 0);
+                        if !materialise {
+                            let (bytes, block_entries) = table.snapshot_delta(index, id)?;
+                            blocks.push(SnapshotBlock {
+                                kind: spate_storage::BlockKind::KEYED_STATE_DELTA,
+                                desc: BlockDesc::State {
+                                    state: StateRef {
+                                        prefix: committed,
+                                        ..state
+                                    },
+                                    delta: true,
+                                    block_entries,
+                                    bytes: bytes.len() as u64,
+                                },
+                                bytes,
+                            });
+                            continue;
+                        }
+                    }
+                }
+                let bytes = table.snapshot_full(index, id)?;
                 blocks.push(SnapshotBlock {
                     kind: spate_storage::BlockKind::KEYED_STATE_FULL,
-                    desc: BlockDesc::State(StateBlock {
-                        operator: self.name.clone(),
-                        table: table.name().to_string(),
-                        key_group: (self.range.start as usize + index) as u32,
-                        handle: 0,
-                        entries: entries as u64,
+                    desc: BlockDesc::State {
+                        state,
+                        delta: false,
+                        block_entries: entries,
                         bytes: bytes.len() as u64,
-                        type_name: table.type_name().to_string(),
-                    }),
+                    },
                     bytes,
                 });
             }
         }
+        // Timers are written in full for every key group that has some.
         let mut timers: Vec<TimerEntries<K>> = (0..self.range.len()).map(|_| Vec::new()).collect();
         for (domain, set) in [(0u8, &self.timers.event), (1u8, &self.timers.processing)] {
             for (ts, key) in set {
@@ -438,22 +502,30 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                 rkyv::to_bytes::<rkyv::rancor::Error>(&entries).map_err(|e| e.to_string())?;
             blocks.push(SnapshotBlock {
                 kind: spate_storage::BlockKind::KEYED_STATE_FULL,
-                desc: BlockDesc::State(StateBlock {
-                    operator: self.name.clone(),
-                    table: TIMERS_TABLE.to_string(),
-                    key_group: (self.range.start as usize + index) as u32,
-                    handle: 0,
-                    entries: count,
+                desc: BlockDesc::State {
+                    state: StateRef {
+                        key: (
+                            self.name.clone(),
+                            TIMERS_TABLE.to_string(),
+                            (self.range.start as usize + index) as u32,
+                        ),
+                        prefix: Vec::new(),
+                        entries: count,
+                        type_name: std::any::type_name::<TimerEntries<K>>().to_string(),
+                    },
+                    delta: false,
+                    block_entries: count,
                     bytes: bytes.len() as u64,
-                    type_name: std::any::type_name::<TimerEntries<K>>().to_string(),
-                }),
+                },
                 bytes,
             });
         }
         Ok(blocks)
     }
 
-    /// Loads this subtask's key groups of a checkpoint.
+    /// Loads this subtask's key groups of a checkpoint: each chain's base,
+    /// then its deltas in order; the chains become the committed base of the
+    /// next incremental checkpoint.
     fn restore(
         &mut self,
         restore: &crate::checkpoint::restore::RestoreState,
@@ -463,16 +535,31 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             let mut table = table.borrow_mut();
             for index in 0..self.range.len() {
                 let group = (self.range.start as usize + index) as u32;
-                if let Some(block) = restore.state_block(&self.name, table.name(), group)? {
-                    table.restore_group(index, &block).map_err(|e| {
+                let Some((blocks, links)) = restore.state_chain(&self.name, table.name(), group)?
+                else {
+                    continue;
+                };
+                for (delta, block) in blocks {
+                    let applied = if delta {
+                        table.restore_delta(index, &block)
+                    } else {
+                        table.restore_group(index, &block)
+                    };
+                    applied.map_err(|e| {
                         fail(format!("state `{}` key group {group}: {e}", table.name()))
                     })?;
                 }
+                self.checkpoints
+                    .borrow_mut()
+                    .set_committed((self.name.clone(), table.name().to_string(), group), links);
             }
         }
         for index in 0..self.range.len() {
             let group = (self.range.start as usize + index) as u32;
-            if let Some(block) = restore.state_block(&self.name, TIMERS_TABLE, group)? {
+            let Some((blocks, _)) = restore.state_chain(&self.name, TIMERS_TABLE, group)? else {
+                continue;
+            };
+            for (_, block) in blocks {
                 let entries = rkyv::from_bytes::<TimerEntries<K>, rkyv::rancor::Error>(&block)
                     .map_err(|e| fail(format!("timers of key group {group}: {e}")))?;
                 for (ts, domain, key) in entries {
@@ -561,12 +648,24 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
         self.borrow().timers.processing.first().map(|(ts, _)| *ts)
     }
 
+    fn checkpoint_complete(&self, id: u64) {
+        for table in self.borrow().state.tables() {
+            table.borrow_mut().checkpoint_complete(id);
+        }
+    }
+
+    fn checkpoint_aborted(&self, id: u64) {
+        for table in self.borrow().state.tables() {
+            table.borrow_mut().checkpoint_aborted(id);
+        }
+    }
+
     fn snapshot_if_finished(&self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
         let mut op = self.borrow_mut();
         if op.open_inputs == 0 && barrier.id > op.snapshotted {
             op.snapshotted = barrier.id;
             let started = std::time::Instant::now();
-            let blocks = op.snapshot().map_err(|e| {
+            let blocks = op.snapshot(barrier.id).map_err(|e| {
                 JobError::Checkpoint(format!("operator `{}`: snapshot failed: {e}", op.name))
             })?;
             let mut checkpoints = op.checkpoints.borrow_mut();
@@ -599,7 +698,18 @@ fn build<
         let g = df.graph();
         (g.range, g.max_parallelism, g.subtask)
     };
-    let mut registry = StateRegistry::new(range);
+    let incremental = df
+        .graph()
+        .env
+        .config
+        .checkpoint
+        .as_ref()
+        .filter(|c| c.incremental)
+        .map(|c| Incremental {
+            max_delta_chain: c.max_delta_chain.max(1),
+            max_delta_ratio: c.max_delta_ratio,
+        });
+    let mut registry = StateRegistry::new(range, incremental.is_some());
     let function = factory(&mut registry);
     df.sign(format!(
         "keyed {name}: {} [{}]",
@@ -637,6 +747,7 @@ fn build<
         checkpoints: df.checkpoints(),
         barriers: [None, None],
         snapshotted: 0,
+        incremental,
     }));
     if let Some(restore) = df.restore_state() {
         let restored = op.borrow_mut().restore(&restore);

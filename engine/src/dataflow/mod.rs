@@ -188,6 +188,10 @@ pub(crate) trait ProcessingTimers {
     /// At a trigger: an operator whose inputs all ended snapshots its final
     /// state (no barrier will arrive through its inputs).
     fn snapshot_if_finished(&self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError>;
+    /// Checkpoint `id` is committed: changes it captured need no tracking.
+    fn checkpoint_complete(&self, id: u64);
+    /// Checkpoint `id` failed: changes it captured go to the next one.
+    fn checkpoint_aborted(&self, id: u64);
 }
 
 pub(crate) struct InputSlot {
