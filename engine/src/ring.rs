@@ -13,7 +13,7 @@
 //! message in `head..P` without consuming it (it owns that range: the producer
 //! never overwrites a slot the consumer has not released).
 //!
-//! [`Channel`] pairs the data ring with a small ring of [`Notice`]s, the
+//! [`channel`] pairs the data ring with a small ring of [`Notice`]s, the
 //! out-of-band path: a barrier announced there (carrying its in-band position)
 //! overtakes every message queued before it.
 //!
@@ -251,7 +251,7 @@ pub struct Notice {
 /// be announced and not yet read (more than the coordinator ever has pending).
 pub const NOTICE_CAPACITY: usize = 16;
 
-/// The producer end of a [`Channel`]: data ring plus notice ring.
+/// The producer end of a [`channel`]: data ring plus notice ring.
 pub struct ChannelSender<T> {
     /// In-band messages.
     pub data: Producer<T>,
@@ -259,7 +259,7 @@ pub struct ChannelSender<T> {
     pub notices: Producer<Notice>,
 }
 
-/// The consumer end of a [`Channel`].
+/// The consumer end of a [`channel`].
 pub struct ChannelReceiver<T> {
     /// In-band messages.
     pub data: Consumer<T>,
@@ -267,25 +267,21 @@ pub struct ChannelReceiver<T> {
     pub notices: Consumer<Notice>,
 }
 
-/// A data ring of `capacity` messages with its out-of-band notice ring.
-pub struct Channel;
-
-impl Channel {
-    /// Creates the two ends of a channel.
-    pub fn new<T: Send>(capacity: usize) -> (ChannelSender<T>, ChannelReceiver<T>) {
-        let (data_tx, data_rx) = ring(capacity);
-        let (notice_tx, notice_rx) = ring(NOTICE_CAPACITY);
-        (
-            ChannelSender {
-                data: data_tx,
-                notices: notice_tx,
-            },
-            ChannelReceiver {
-                data: data_rx,
-                notices: notice_rx,
-            },
-        )
-    }
+/// Creates a channel: a data ring of `capacity` messages with its
+/// out-of-band notice ring.
+pub fn channel<T: Send>(capacity: usize) -> (ChannelSender<T>, ChannelReceiver<T>) {
+    let (data_tx, data_rx) = ring(capacity);
+    let (notice_tx, notice_rx) = ring(NOTICE_CAPACITY);
+    (
+        ChannelSender {
+            data: data_tx,
+            notices: notice_tx,
+        },
+        ChannelReceiver {
+            data: data_rx,
+            notices: notice_rx,
+        },
+    )
 }
 
 /// A full memory barrier, for the park/notify handshake: a consumer publishes

@@ -149,8 +149,11 @@ impl<T: Send + 'static> Sink<T> for CollectSink<T> {
     }
 }
 
+/// Per-subtask ring producers, taken once each.
+type Slots<T> = Mutex<Vec<Option<Producer<Vec<Record<T>>>>>>;
+
 struct EgressShared<T> {
-    consumers: Mutex<Vec<Option<Producer<Vec<Record<T>>>>>>,
+    consumers: Slots<T>,
     notifiers: Vec<std::sync::OnceLock<Notifier>>,
 }
 

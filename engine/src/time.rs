@@ -72,9 +72,12 @@ impl Clock for ManualClock {
     }
 }
 
+/// Extracts a record's event timestamp.
+pub(crate) type TimestampFn<T> = Box<dyn Fn(&T) -> Timestamp>;
+
 /// How a source assigns event timestamps and generates watermarks.
 pub struct WatermarkStrategy<T> {
-    pub(crate) timestamp: Option<Box<dyn Fn(&T) -> Timestamp>>,
+    pub(crate) timestamp: Option<TimestampFn<T>>,
     pub(crate) out_of_orderness_ms: u64,
 }
 

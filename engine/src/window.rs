@@ -135,8 +135,20 @@ impl<T> AggregateFunction<T> for Count {
     }
 }
 
-/// The result of one window for one key.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The result of one window for one key (archivable, so it can cross an
+/// exchange when both `K` and `R` can).
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct WindowResult<K, R> {
     /// The key.
     pub key: K,

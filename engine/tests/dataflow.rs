@@ -511,3 +511,50 @@ fn stateless_operators_chain_and_fan_out() {
         .collect();
     assert_eq!(got, expected);
 }
+
+#[test]
+fn window_results_cross_a_second_exchange() {
+    // Count per key in tumbling windows, then the busiest key per window:
+    // window results are archivable, so they key_by like any record.
+    let data = Arc::new(events(12, 8_000, 30, 2));
+    let busiest = Collector::new();
+    let (out, d) = (busiest.clone(), data.clone());
+    Job::new(config(2))
+        .run(move |df| {
+            windowed(&event_source(df, &d), WindowAssigner::tumbling(500))
+                .key_by(|w| w.end)
+                .window(WindowAssigner::tumbling(500))
+                .aggregate(
+                    "busiest",
+                    spate::window::Aggregate::new(
+                        || (0u64, 0u64),
+                        |acc: &mut (u64, u64), w: &spate::window::WindowResult<u64, (u64, u64)>| {
+                            if (w.value.0, w.key) > *acc {
+                                *acc = (w.value.0, w.key);
+                            }
+                        },
+                        |acc: &(u64, u64)| *acc,
+                    ),
+                )
+                .sink("out", out.sink());
+        })
+        .unwrap();
+    let mut got: Vec<(u64, u64, u64)> = busiest
+        .take()
+        .into_iter()
+        .map(|w| (w.key, w.value.0, w.value.1))
+        .collect();
+    got.sort_unstable();
+    let mut expected: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for w in reference_windows(&data, 500, 500) {
+        let e = expected.entry(w.end).or_default();
+        if (w.value.0, w.key) > *e {
+            *e = (w.value.0, w.key);
+        }
+    }
+    let expected: Vec<_> = expected
+        .into_iter()
+        .map(|(end, (c, k))| (end, c, k))
+        .collect();
+    assert_eq!(got, expected);
+}

@@ -1,6 +1,6 @@
 //! The SPSC ring through its public API (the loom model is in `loom_ring.rs`).
 
-use spate::ring::{ring, Channel, Notice};
+use spate::ring::{channel, ring, Notice};
 
 #[test]
 fn fifo_and_full() {
@@ -50,7 +50,7 @@ fn drops_unread_messages() {
 
 #[test]
 fn barrier_notice_overtakes_backlog() {
-    let (mut tx, mut rx) = Channel::new::<u64>(8);
+    let (mut tx, mut rx) = channel::<u64>(8);
     for i in 0..5 {
         tx.data.try_push(i).unwrap();
     }

@@ -1,7 +1,7 @@
 //! `key_by` exchanges: the only place records cross cores, and where
 //! checkpoint barriers are aligned or overtake.
 //!
-//! Every exchange has one channel ([`crate::ring::Channel`]) per (sender
+//! Every exchange has one channel ([`crate::ring::channel`]) per (sender
 //! subtask, receiver subtask) pair. The sender routes each record by its key
 //! group to the owning subtask, fills one batch per destination and moves full
 //! batches into the ring; at the end of every step it also sends partly filled
@@ -24,15 +24,14 @@
 //! At-least-once: counted like aligned, never blocking.
 
 use super::{
-    Cx, Data, Dataflow, ExchangeData, Input, InputState, Message, Output, OutputBuffer, Push,
-    Record,
+    Cx, Dataflow, ExchangeData, Input, InputState, Message, Output, OutputBuffer, Push, Record,
 };
 use crate::checkpoint::metadata::InFlightBlock;
 use crate::checkpoint::subtask::{BlockDesc, SnapshotBlock, SubtaskCheckpoints};
 use crate::checkpoint::{Barrier, CheckpointMode};
 use crate::keygroup::{key_group_for, subtask_for_key_group, Key, KeyGroupRange};
 use crate::park::Notifier;
-use crate::ring::{Channel, ChannelReceiver, ChannelSender, Notice};
+use crate::ring::{channel, ChannelReceiver, ChannelSender, Notice};
 use crate::time::{Timestamp, MAX_WATERMARK};
 use crate::JobError;
 use std::any::Any;
@@ -91,7 +90,7 @@ impl ExchangeRegistry {
                 (0..p).map(|_| (0..p).map(|_| None).collect()).collect();
             for (from, row) in senders.iter_mut().enumerate() {
                 for column in receivers.iter_mut() {
-                    let (tx, rx) = Channel::new(self.ring_capacity);
+                    let (tx, rx) = channel(self.ring_capacity);
                     row.push(tx);
                     column[from] = Some(rx);
                 }
@@ -132,16 +131,12 @@ struct Target<T> {
 
 impl<T: Send> Target<T> {
     fn send(&mut self, message: Message<T>) {
-        if self.pending.is_empty() {
-            match self.channel.data.try_push(message) {
-                Ok(()) => {
-                    self.notifier.notify();
-                    return;
-                }
-                Err(message) => self.pending.push_back(message),
-            }
-        } else {
+        if !self.pending.is_empty() {
             self.pending.push_back(message);
+        } else if let Err(message) = self.channel.data.try_push(message) {
+            self.pending.push_back(message);
+        } else {
+            self.notifier.notify();
         }
     }
 
@@ -816,10 +811,7 @@ pub(crate) fn exchange<K: Key, T: ExchangeData>(
     upstream_chains: &[usize],
     key: Rc<dyn Fn(&T) -> K>,
     target: (&str, u32),
-) -> (Output<T>, usize)
-where
-    T: Data,
-{
+) -> (Output<T>, usize) {
     let id = df.next_exchange_id();
     let (subtask, parallelism, max_parallelism, batch_size, range, env) = {
         let g = df.graph();

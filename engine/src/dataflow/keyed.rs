@@ -11,8 +11,8 @@
 //! Flink.
 
 use super::{
-    exchange, ConnectedStreams, Cx, Data, ExchangeData, KeyedStream, Output, ProcessingTimers,
-    Push, Record, Stream,
+    exchange, ConnectedStreams, Cx, Data, ExchangeData, KeyFn, KeyedStream, Output,
+    ProcessingTimers, Push, Record, Stream,
 };
 use crate::checkpoint::subtask::{
     BlockDesc, SnapshotBlock, StateKey, StateRef, SubtaskCheckpoints,
@@ -207,8 +207,8 @@ struct Operator<K, I1, I2, O, F> {
     name: String,
     subtask: usize,
     function: F,
-    key1: Rc<dyn Fn(&I1) -> K>,
-    key2: Option<Rc<dyn Fn(&I2) -> K>>,
+    key1: KeyFn<I1, K>,
+    key2: Option<KeyFn<I2, K>>,
     range: KeyGroupRange,
     max_parallelism: u32,
     timers: Timers<K>,

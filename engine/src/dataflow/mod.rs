@@ -29,6 +29,9 @@ use std::sync::Arc;
 
 pub use keyed::{CoProcessFunction, KeyedContext, KeyedProcessFunction};
 
+/// Extracts a record's key.
+pub(crate) type KeyFn<T, K> = Rc<dyn Fn(&T) -> K>;
+
 /// Data that flows on a stream: cloned when a stream fans out.
 pub trait Data: Clone + 'static {}
 impl<T: Clone + 'static> Data for T {}

@@ -253,7 +253,7 @@ enum Waiting {
 pub(crate) struct SourceInput<T, S> {
     name: String,
     source: S,
-    timestamp: Option<Box<dyn Fn(&T) -> Timestamp>>,
+    timestamp: Option<crate::time::TimestampFn<T>>,
     out_of_orderness_ms: u64,
     values: Vec<T>,
     records: Vec<Record<T>>,
