@@ -59,6 +59,7 @@ pub mod time;
 pub mod window;
 mod worker;
 
+pub use checkpoint::coordinator::CheckpointSummary;
 pub use checkpoint::{
     CheckpointConfig, CheckpointMode, CheckpointStats, CheckpointStatus, RestoreFrom,
 };

@@ -8,7 +8,7 @@
 //! when its time slice is up; an idle one parks until a producer, the
 //! ingress, a timer or a stop request wakes it.
 
-use crate::checkpoint::coordinator::{Ack, Coordinator, CoordinatorShared};
+use crate::checkpoint::coordinator::{Ack, CheckpointSummary, Coordinator, CoordinatorShared};
 use crate::checkpoint::restore::RestoreState;
 use crate::checkpoint::subtask::LocalSnapshot;
 use crate::checkpoint::{CheckpointStats, Control};
@@ -21,7 +21,7 @@ use crate::worker::{SnapshotWriter, Step, SubtaskReport, Worker};
 use crate::{JobConfig, JobError};
 use spate_storage::{GlommioIo, Store, StoreOptions, WriterSlot};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,10 @@ pub(crate) struct JobEnv {
     pub coordinator: Arc<CoordinatorShared>,
     pub fingerprint: OnceLock<u64>,
     pub done: AtomicUsize,
+    /// When the job started (restore duration is measured from here).
+    pub started: Instant,
+    /// Longest time a subtask took, from the start, to have its state restored.
+    pub restore_us: AtomicU64,
 }
 
 /// The coordinator's ends of the control and acknowledgement rings.
@@ -76,7 +80,9 @@ impl JobEnv {
             controls: Mutex::new(control_rx.into_iter().map(Some).collect()),
             acks: Mutex::new(ack_tx.into_iter().map(Some).collect()),
             coordinator_parker: Arc::new(Parker::default()),
-            coordinator: Arc::new(CoordinatorShared::default()),
+            coordinator: Arc::new(CoordinatorShared::new(p)),
+            started: Instant::now(),
+            restore_us: AtomicU64::new(0),
             fingerprint: OnceLock::new(),
             done: AtomicUsize::new(0),
             config,
@@ -88,6 +94,20 @@ impl JobEnv {
                 acks: ack_rx,
             },
         )
+    }
+
+    /// A subtask finished building (and restoring) its graph.
+    pub(crate) fn built(&self) {
+        if self.restore.is_some() {
+            self.restore_us
+                .fetch_max(self.started.elapsed().as_micros() as u64, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn restore_duration(&self) -> Option<Duration> {
+        self.restore
+            .as_ref()
+            .map(|_| Duration::from_micros(self.restore_us.load(Ordering::SeqCst)))
     }
 
     /// The control ring of `subtask`, when the job checkpoints.
@@ -361,6 +381,11 @@ pub struct JobReport {
     pub checkpoints: Vec<CheckpointStats>,
     /// The checkpoint the run restored, if any.
     pub restored_from: Option<u64>,
+    /// Counts, histograms and rates over every checkpoint of the run.
+    pub checkpoint_summary: CheckpointSummary,
+    /// Time from the start of the run until every subtask had restored its
+    /// state (reading the manifest, verifying and loading blocks).
+    pub restore_duration: Option<Duration>,
 }
 
 /// A job ready to run: its configuration and its processing-time clock.
@@ -401,8 +426,11 @@ impl Job {
         F: Fn(&Dataflow) + Send + Sync + 'static,
     {
         self.config.validate()?;
+        let started = Instant::now();
         let restore = load_restore(&self.config)?;
         let (env, ends) = JobEnv::new(self.config.clone(), self.clock, restore);
+        env.restore_us
+            .store(started.elapsed().as_micros() as u64, Ordering::SeqCst);
         let slots: Arc<(OnceLock<()>, WriterSlots)> =
             Arc::new((OnceLock::new(), Mutex::new(Vec::new())));
         let mut ends = Some(ends);
@@ -483,6 +511,7 @@ async fn reactor(
         }
     };
     let _ = env.fingerprint.set(worker.fingerprint);
+    env.built();
     let mut helpers = Vec::new();
     if env.config.checkpoint.is_some() {
         if let Some(ends) = coordinator_ends {
@@ -602,6 +631,16 @@ impl JobHandle {
         self.env.done.load(Ordering::SeqCst) < self.env.config.parallelism && !self.env.failed()
     }
 
+    /// Counts, histograms and rates over the checkpoints so far.
+    pub fn checkpoint_summary(&self) -> CheckpointSummary {
+        self.env
+            .coordinator
+            .summary
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
     /// Number of completed checkpoints so far.
     pub fn completed_checkpoints(&self) -> u64 {
         self.env.coordinator.completed.load(Ordering::SeqCst)
@@ -633,6 +672,14 @@ impl JobHandle {
                     .unwrap_or_default()
             },
             restored_from: self.env.restore.as_ref().map(|r| r.metadata.id),
+            checkpoint_summary: self
+                .env
+                .coordinator
+                .summary
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default(),
+            restore_duration: self.env.restore_duration(),
         })
     }
 }

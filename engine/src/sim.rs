@@ -68,6 +68,8 @@ pub struct SimReport {
     pub checkpoints: Vec<crate::checkpoint::CheckpointStats>,
     /// The checkpoint the run restored, if any.
     pub restored_from: Option<u64>,
+    /// Counts and histograms over every checkpoint of the run.
+    pub checkpoint_summary: crate::checkpoint::coordinator::CheckpointSummary,
 }
 
 /// Writes snapshot parts synchronously into the simulated store.
@@ -320,6 +322,12 @@ impl Simulation {
                 .map(|h| h.iter().cloned().collect())
                 .unwrap_or_default(),
             restored_from,
+            checkpoint_summary: env
+                .coordinator
+                .summary
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default(),
         })
     }
 }

@@ -19,6 +19,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Hash map with the engine's fixed hasher.
 pub type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<rustc_hash::FxHasher>>;
@@ -103,11 +105,19 @@ pub(crate) struct KeyedTable<K, V> {
     name: String,
     groups: Vec<FxHashMap<K, V>>,
     changes: Option<Changes<K>>,
+    /// Estimated changed bytes of the subtask (change-volume trigger).
+    changed_bytes: Option<Arc<AtomicU64>>,
 }
 
 impl<K: Key, V> KeyedTable<K, V> {
-    fn new(name: &str, range: KeyGroupRange, track_changes: bool) -> Self {
+    fn new(
+        name: &str,
+        range: KeyGroupRange,
+        track_changes: bool,
+        changed_bytes: Option<Arc<AtomicU64>>,
+    ) -> Self {
         Self {
+            changed_bytes,
             name: name.to_string(),
             groups: (0..range.len()).map(|_| FxHashMap::default()).collect(),
             changes: track_changes.then(|| Changes {
@@ -125,6 +135,9 @@ impl<K: Key, V> KeyedTable<K, V> {
             let dirty = &mut changes.dirty[index];
             if !dirty.contains(scope.current_key()) {
                 dirty.insert(scope.current_key().clone());
+                if let Some(counter) = &self.changed_bytes {
+                    counter.fetch_add(std::mem::size_of::<(K, V)>() as u64, Ordering::Relaxed);
+                }
             }
         }
         &mut self.groups[index]
@@ -242,15 +255,21 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
 pub struct StateRegistry<K> {
     range: KeyGroupRange,
     track_changes: bool,
+    changed_bytes: Option<Arc<AtomicU64>>,
     tables: Vec<Rc<RefCell<dyn StateTable>>>,
     _key: std::marker::PhantomData<K>,
 }
 
 impl<K: Key> StateRegistry<K> {
-    pub(crate) fn new(range: KeyGroupRange, track_changes: bool) -> Self {
+    pub(crate) fn new(
+        range: KeyGroupRange,
+        track_changes: bool,
+        changed_bytes: Option<Arc<AtomicU64>>,
+    ) -> Self {
         Self {
             range,
             track_changes,
+            changed_bytes,
             tables: Vec::new(),
             _key: std::marker::PhantomData,
         }
@@ -265,6 +284,7 @@ impl<K: Key> StateRegistry<K> {
             name,
             self.range,
             self.track_changes,
+            self.changed_bytes.clone(),
         )));
         self.tables.push(table.clone());
         table
@@ -540,7 +560,7 @@ mod tests {
 
     #[test]
     fn handles_are_scoped_to_the_current_key() {
-        let mut reg = StateRegistry::<u64>::new(KeyGroupRange { start: 0, end: 4 }, true);
+        let mut reg = StateRegistry::<u64>::new(KeyGroupRange { start: 0, end: 4 }, true, None);
         let count = reg.value_state::<u64>("count");
         let seen = reg.map_state::<String, u32>("seen");
         let log = reg.list_state::<i32>("log");

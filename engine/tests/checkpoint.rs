@@ -400,3 +400,39 @@ fn incremental_chains_stay_bounded_and_restore_exact_state() {
         check(&out, &format!("resumed from checkpoint {id}"));
     }
 }
+
+#[test]
+fn change_volume_triggers_checkpoints_without_an_interval() {
+    let data = Arc::new(events(8, 6_000, 500, 2));
+    let mut cfg = config(2, CheckpointMode::Aligned, 0);
+    if let Some(c) = cfg.checkpoint.as_mut() {
+        c.trigger_after_changed_bytes = Some(16 * 1024);
+    }
+    cfg.batch_size = 64;
+    let (d, t, w): (_, Totals, Windows) = (data.clone(), Default::default(), Default::default());
+    let report = Simulation::new(cfg, 4)
+        .keep_buffers()
+        .run(move |df| job(df, &d, &t, &w))
+        .unwrap();
+    let completed: Vec<_> = report
+        .checkpoints
+        .iter()
+        .filter(|c| c.status == spate::CheckpointStatus::Completed)
+        .collect();
+    assert!(completed.len() >= 2, "{:?}", report.checkpoints);
+    assert!(completed
+        .iter()
+        .all(|c| c.cause == spate::checkpoint::TriggerCause::ChangeVolume));
+    let summary = &report.checkpoint_summary;
+    assert_eq!(summary.completed, completed.len() as u64);
+    assert_eq!(summary.duration_ms.len(), summary.completed);
+    assert_eq!(
+        summary.sync_pause_us.len(),
+        2 * summary.completed,
+        "one pause per subtask and checkpoint"
+    );
+    assert_eq!(
+        summary.state_bytes,
+        completed.iter().map(|c| c.state_bytes).sum::<u64>()
+    );
+}

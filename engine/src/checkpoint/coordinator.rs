@@ -17,6 +17,7 @@ use super::subtask::{BlockDesc, ChainLink, StateRef};
 use super::{Barrier, CheckpointConfig, Control};
 use crate::park::Notifier;
 use crate::ring::{Consumer, Producer};
+use hdrhistogram::Histogram;
 use spate_storage::{BlockHandle, CheckpointRecord};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +26,9 @@ use std::sync::{Arc, Mutex};
 /// Checkpoint statistics kept in the history.
 const HISTORY: usize = 256;
 
+/// How often the coordinator looks at the change volume, ms.
+const CHANGE_VOLUME_POLL_MS: u64 = 10;
+
 /// Why a checkpoint was triggered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TriggerCause {
@@ -32,6 +36,8 @@ pub enum TriggerCause {
     Interval,
     /// A request through the API.
     Manual,
+    /// Enough state changed since the last trigger.
+    ChangeVolume,
 }
 
 impl TriggerCause {
@@ -40,6 +46,7 @@ impl TriggerCause {
         match self {
             TriggerCause::Interval => "interval",
             TriggerCause::Manual => "manual",
+            TriggerCause::ChangeVolume => "change-volume",
         }
     }
 }
@@ -107,14 +114,121 @@ struct InProgress {
     committing: bool,
 }
 
+/// Figures over every checkpoint of a run (Flink's checkpoint statistics
+/// summary): counts, HDR histograms of durations, bytes, rates.
+#[derive(Clone, Debug)]
+pub struct CheckpointSummary {
+    /// Completed checkpoints.
+    pub completed: u64,
+    /// Failed checkpoints.
+    pub failed: u64,
+    /// End-to-end duration of completed checkpoints, ms.
+    pub duration_ms: Histogram<u64>,
+    /// Synchronous pause per subtask and checkpoint, µs.
+    pub sync_pause_us: Histogram<u64>,
+    /// Asynchronous write per subtask and checkpoint, µs.
+    pub async_us: Histogram<u64>,
+    /// Alignment per subtask and checkpoint, µs.
+    pub alignment_us: Histogram<u64>,
+    /// State bytes written (bases and deltas).
+    pub state_bytes: u64,
+    /// Of which deltas.
+    pub delta_bytes: u64,
+    /// In-flight bytes written.
+    pub in_flight_bytes: u64,
+    /// Processing time of the first trigger (epoch ms).
+    pub first_trigger_ms: Option<u64>,
+    /// Processing time of the last completion or failure (epoch ms).
+    pub last_end_ms: Option<u64>,
+}
+
+impl Default for CheckpointSummary {
+    fn default() -> Self {
+        let histogram = || Histogram::new(3).expect("3 significant digits is valid");
+        Self {
+            completed: 0,
+            failed: 0,
+            duration_ms: histogram(),
+            sync_pause_us: histogram(),
+            async_us: histogram(),
+            alignment_us: histogram(),
+            state_bytes: 0,
+            delta_bytes: 0,
+            in_flight_bytes: 0,
+            first_trigger_ms: None,
+            last_end_ms: None,
+        }
+    }
+}
+
+impl CheckpointSummary {
+    /// Completed checkpoints per minute between the first trigger and the
+    /// last completion.
+    pub fn completed_per_minute(&self) -> f64 {
+        match (self.first_trigger_ms, self.last_end_ms) {
+            (Some(a), Some(b)) if b > a => self.completed as f64 * 60_000.0 / (b - a) as f64,
+            _ => 0.0,
+        }
+    }
+
+    fn add(&mut self, stats: &CheckpointStats) {
+        self.first_trigger_ms = Some(
+            self.first_trigger_ms
+                .map_or(stats.trigger_ms, |t| t.min(stats.trigger_ms)),
+        );
+        self.last_end_ms = Some(stats.trigger_ms + stats.duration_ms);
+        match stats.status {
+            CheckpointStatus::Completed => {
+                self.completed += 1;
+                let _ = self.duration_ms.record(stats.duration_ms);
+                for s in &stats.subtasks {
+                    let _ = self.sync_pause_us.record(s.sync_us);
+                    let _ = self.async_us.record(s.async_us);
+                    let _ = self.alignment_us.record(s.alignment_us);
+                    self.delta_bytes += s.delta_bytes;
+                }
+                self.state_bytes += stats.state_bytes;
+                self.in_flight_bytes += stats.in_flight_bytes;
+            }
+            CheckpointStatus::Failed(_) => self.failed += 1,
+            CheckpointStatus::InProgress => {}
+        }
+    }
+}
+
 /// What the coordinator shares with the job handle.
-#[derive(Default)]
 pub(crate) struct CoordinatorShared {
     pub manual_trigger: AtomicBool,
     pub history: Mutex<VecDeque<CheckpointStats>>,
+    pub summary: Mutex<CheckpointSummary>,
     pub completed: AtomicU64,
     pub failed: AtomicU64,
     pub latest_completed: AtomicU64,
+    /// Estimated bytes of keyed state changed, per subtask (monotonic).
+    pub changed_bytes: Vec<Arc<AtomicU64>>,
+}
+
+impl CoordinatorShared {
+    pub(crate) fn new(parallelism: usize) -> Self {
+        Self {
+            manual_trigger: AtomicBool::new(false),
+            history: Mutex::new(VecDeque::new()),
+            summary: Mutex::new(CheckpointSummary::default()),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            latest_completed: AtomicU64::new(0),
+            changed_bytes: (0..parallelism)
+                .map(|_| Arc::new(AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+
+    fn changed_bytes(&self) -> u64 {
+        self.changed_bytes
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// A commit the driver must perform, then report with
@@ -140,6 +254,8 @@ pub(crate) struct Coordinator {
     shared: Arc<CoordinatorShared>,
     /// Set when too many checkpoints failed in a row.
     pub(crate) fatal: Option<String>,
+    /// Changed-state estimate at the last trigger.
+    changed_at_trigger: u64,
 }
 
 impl Coordinator {
@@ -170,6 +286,7 @@ impl Coordinator {
             notifiers,
             shared,
             fatal: None,
+            changed_at_trigger: 0,
         }
     }
 
@@ -206,7 +323,12 @@ impl Coordinator {
         } else {
             None
         };
-        [timeout, trigger].into_iter().flatten().min()
+        // The change-volume trigger is polled.
+        let volume = self
+            .config
+            .trigger_after_changed_bytes
+            .map(|_| now_ms + CHANGE_VOLUME_POLL_MS);
+        [timeout, trigger, volume].into_iter().flatten().min()
     }
 
     /// Triggers, gathers acknowledgements, fails late checkpoints; returns a
@@ -232,13 +354,21 @@ impl Coordinator {
             && self
                 .last_trigger_ms
                 .is_none_or(|t| now_ms >= t + self.config.interval_ms);
+        let changed = self.shared.changed_bytes();
+        let volume_due = self
+            .config
+            .trigger_after_changed_bytes
+            .is_some_and(|limit| changed.saturating_sub(self.changed_at_trigger) >= limit);
         let cause = if manual {
             TriggerCause::Manual
         } else if interval_due && !paused {
             TriggerCause::Interval
+        } else if volume_due && !paused {
+            TriggerCause::ChangeVolume
         } else {
             return;
         };
+        self.changed_at_trigger = changed;
         if manual {
             self.shared.manual_trigger.store(false, Ordering::SeqCst);
         }
@@ -435,6 +565,9 @@ impl Coordinator {
     }
 
     fn record(&self, stats: CheckpointStats) {
+        if let Ok(mut summary) = self.shared.summary.lock() {
+            summary.add(&stats);
+        }
         if let Ok(mut history) = self.shared.history.lock() {
             if history.len() == HISTORY {
                 history.pop_front();

@@ -114,6 +114,10 @@ pub struct CheckpointConfig {
     /// A key group is materialised once its deltas outweigh its base by
     /// this factor (bounds the space overhead).
     pub max_delta_ratio: f64,
+    /// Besides the interval: trigger as soon as this many bytes of keyed
+    /// state changed since the last trigger (estimated as changed keys times
+    /// the in-memory size of an entry), which bounds the work of a recovery.
+    pub trigger_after_changed_bytes: Option<u64>,
 }
 
 impl CheckpointConfig {
@@ -134,6 +138,7 @@ impl CheckpointConfig {
             incremental: false,
             max_delta_chain: 4,
             max_delta_ratio: 1.0,
+            trigger_after_changed_bytes: None,
         }
     }
 }

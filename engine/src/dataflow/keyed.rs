@@ -709,7 +709,16 @@ fn build<
             max_delta_chain: c.max_delta_chain.max(1),
             max_delta_ratio: c.max_delta_ratio,
         });
-    let mut registry = StateRegistry::new(range, incremental.is_some());
+    let (track_changes, changed_bytes) = {
+        let g = df.graph();
+        let checkpoint = g.env.config.checkpoint.as_ref();
+        let volume = checkpoint.is_some_and(|c| c.trigger_after_changed_bytes.is_some());
+        (
+            incremental.is_some() || volume,
+            volume.then(|| g.env.coordinator.changed_bytes[g.subtask].clone()),
+        )
+    };
+    let mut registry = StateRegistry::new(range, track_changes, changed_bytes);
     let function = factory(&mut registry);
     df.sign(format!(
         "keyed {name}: {} [{}]",
