@@ -6,11 +6,17 @@
 //! [`nexmark`] never spawns threads or touches the file system itself: callers
 //! hand it writers and slices. [`queries`] only declares dataflows. [`source`]
 //! and [`sink`] are the benchmark's source and sink; [`run`] runs a query on the
-//! glommio runtime; [`report`] writes the report files.
+//! glommio runtime; [`report`] writes the report files. [`checkpoints`]
+//! configures the engine's checkpoints and summarises their statistics,
+//! [`resume`] decides whether a run resumes an unfinished one, and
+//! [`checkpoint_bench`] is the checkpoint benchmark (`spate-bench checkpoints`).
 
+pub mod checkpoint_bench;
+pub mod checkpoints;
 pub mod nexmark;
 pub mod queries;
 pub mod report;
+pub mod resume;
 pub mod run;
 pub mod sink;
 pub mod source;

@@ -1,18 +1,26 @@
 //! `spate-bench`: Nexmark benchmarks for Spate with HDR latency reports.
 //!
 //! `spate-bench nexmark` runs a query and writes a report (see
-//! [`spate_bench::report`]); `spate-bench gen` writes generated events as JSON
-//! lines; `spate-bench compare` puts two reports side by side.
+//! [`spate_bench::report`]), checkpointing through the engine and resuming an
+//! unfinished run (see [`spate_bench::resume`]); `spate-bench checkpoints` runs
+//! the checkpoint benchmark (see [`spate_bench::checkpoint_bench`]);
+//! `spate-bench gen` writes generated events as JSON lines; `spate-bench
+//! compare` puts two reports side by side.
 
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use spate::time::Clock;
+use spate::RestoreFrom;
+use spate_bench::checkpoint_bench::{self, BenchConfig};
+use spate_bench::checkpoints::{parse_mode, CheckpointSettings, MODE_NAMES};
 use spate_bench::queries::Query;
 use spate_bench::report::{compare, write_report, Summary};
-use spate_bench::run::{run, RunConfig};
+use spate_bench::resume::{self, RunIdentity};
+use spate_bench::run::{run, RunConfig, OPEN_LOOP_LEAD_MS};
 
 /// Default number of events of `spate-bench nexmark`: 20 s at the default rate,
 /// so that q5's 10 s windows also close during the run, not only at its end.
@@ -35,14 +43,24 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Runs a Nexmark query and writes a report (summary.json, summary.txt,
-    /// latency.hgrm, latency.svg).
+    /// latency.hgrm, latency.svg, checkpoints.svg).
     ///
     /// Latency is measured open loop: event i is scheduled at start + i/rate and
     /// its event time is that scheduled time; a result's latency is the time from
     /// the scheduled time of the event that made it possible to the sink (window
-    /// results: from the window's end). Checkpoints are not implemented in the
-    /// engine yet; the report's checkpoint figures are empty.
+    /// results: from the window's end).
+    ///
+    /// The job checkpoints every --checkpoint-interval-ms into --state-dir
+    /// (0 turns checkpoints off). Rerunning the same command on the same state
+    /// directory after a crash or kill resumes the unfinished run from its latest
+    /// checkpoint; --fresh starts over.
     Nexmark(NexmarkArgs),
+    /// The checkpoint benchmark: a keyed job with large state (--state-mib) on
+    /// the given cores, run three times in one invocation — without checkpoints,
+    /// with full checkpoints and with incremental ones — reporting update
+    /// throughput, checkpoint durations, synchronous pauses and bytes per
+    /// checkpoint (checkpoints-summary.json in --report, a table on stdout).
+    Checkpoints(CheckpointsArgs),
     /// Writes generated Nexmark events as JSON lines (one event per line).
     Gen {
         /// Number of events.
@@ -86,16 +104,115 @@ struct NexmarkArgs {
     #[arg(long, default_value = "spate-report")]
     report: PathBuf,
     /// Writes result rows as JSON lines to DIR/part-<core>.jsonl. Plain files,
-    /// not transactional (no exactly-once sink yet): a failed run leaves partial
-    /// files.
+    /// not transactional (no exactly-once sink yet): a failed run leaves
+    /// partial files, and a resumed run appends to them, so rows after the last
+    /// checkpoint may appear twice (at-least-once).
     #[arg(long, value_name = "DIR")]
     output: Option<PathBuf>,
+    #[command(flatten)]
+    checkpoint: CheckpointFlags,
+    /// Incremental checkpoints: write only the state changed since the last
+    /// checkpoint (deltas on a base).
+    #[arg(long)]
+    incremental: bool,
+    /// Start fresh even if --state-dir holds an unfinished run (do not restore).
+    #[arg(long)]
+    fresh: bool,
+}
+
+/// Checkpoint flags shared by `nexmark` and `checkpoints`.
+#[derive(clap::Args, Debug)]
+struct CheckpointFlags {
+    /// State directory: checkpoints (segments, manifest) and, for `nexmark`,
+    /// the run's identity (spate-bench-run.json) for resuming.
+    #[arg(long, value_name = "DIR", default_value = "spate-state")]
+    state_dir: PathBuf,
+    /// Time between checkpoints, ms; 0 turns checkpointing off (`nexmark`)
+    /// [default: 1000].
+    #[arg(long)]
+    checkpoint_interval_ms: Option<u64>,
+    /// Barrier mode [default: aligned].
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(MODE_NAMES))]
+    checkpoint_mode: Option<String>,
+    /// Alignment timeout after which an aligned checkpoint goes unaligned; only
+    /// with --checkpoint-mode aligned-timeout [default: 100].
+    #[arg(long)]
+    alignment_timeout_ms: Option<u64>,
+}
+
+impl CheckpointFlags {
+    /// The state directory as an absolute path (the engine's store fails to
+    /// open a relative one: "rewrite manifest …: Bad file descriptor").
+    fn absolute_state_dir(&self) -> anyhow::Result<PathBuf> {
+        std::path::absolute(&self.state_dir)
+            .with_context(|| format!("resolving --state-dir {}", self.state_dir.display()))
+    }
+
+    /// The settings, or `None` when checkpointing is off; refuses mode flags
+    /// that would be ignored.
+    fn settings(&self, incremental: bool) -> anyhow::Result<Option<CheckpointSettings>> {
+        let interval_ms = self.checkpoint_interval_ms.unwrap_or(1000);
+        if interval_ms == 0 {
+            let ignored = [
+                (self.checkpoint_mode.is_some(), "--checkpoint-mode"),
+                (
+                    self.alignment_timeout_ms.is_some(),
+                    "--alignment-timeout-ms",
+                ),
+                (incremental, "--incremental"),
+            ];
+            if let Some((_, flag)) = ignored.iter().find(|(given, _)| *given) {
+                bail!("{flag} needs checkpoints, but --checkpoint-interval-ms 0 turns them off");
+            }
+            return Ok(None);
+        }
+        let mode = self.checkpoint_mode.as_deref().unwrap_or("aligned");
+        parse_mode(mode, self.alignment_timeout_ms).map_err(anyhow::Error::msg)?;
+        Ok(Some(CheckpointSettings {
+            state_dir: self.absolute_state_dir()?,
+            interval_ms,
+            mode: mode.to_string(),
+            alignment_timeout_ms: self.alignment_timeout_ms,
+            incremental,
+        }))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckpointsArgs {
+    /// Keyed state to build, MiB (archived entries: 8-byte key + 120-byte value)
+    /// [default: 1024].
+    #[arg(long)]
+    state_mib: Option<u64>,
+    /// Duration of the update phase, seconds [default: 20].
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Update rate over all cores, events/s; 0: as fast as possible (then 2
+    /// updates per key) [default: 1000000].
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Cores to run on (default: all available).
+    #[arg(long)]
+    cores: Option<usize>,
+    /// A small configuration that runs in a few seconds (16 MiB of state, 2 s
+    /// at 200 k updates/s, checkpoints every 200 ms); other flags override it.
+    #[arg(long)]
+    quick: bool,
+    /// Report directory (checkpoints-summary.json, checkpoints-summary.txt).
+    #[arg(long, default_value = "spate-report")]
+    report: PathBuf,
+    /// Keep the variants' checkpoint directories (default: removed after each).
+    #[arg(long)]
+    keep_state: bool,
+    #[command(flatten)]
+    checkpoint: CheckpointFlags,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Nexmark(args) => nexmark(args),
+        Command::Checkpoints(args) => checkpoints(args),
         Command::Gen { events, seed, out } => {
             match out {
                 Some(path) => {
@@ -125,21 +242,115 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
     let cores = args
         .cores
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let config = RunConfig {
-        query: args.query,
-        events: args.events,
-        rate_events_per_s: (args.rate > 0).then_some(args.rate),
-        cores,
+    let rate_events_per_s = (args.rate > 0).then_some(args.rate);
+    let mut config = RunConfig {
         seed: args.seed,
         output_dir: args.output,
         progress: true,
+        checkpoint: args.checkpoint.settings(args.incremental)?,
+        ..RunConfig::new(args.query, args.events, rate_events_per_s, cores)
+    };
+    let plan = match &config.checkpoint {
+        Some(settings) => {
+            let wanted = RunIdentity {
+                query: config.query.to_string(),
+                events: config.events,
+                seed: config.seed,
+                rate_events_per_s,
+                cores,
+                base_time_ms: spate::time::SystemClock.now_ms() + OPEN_LOOP_LEAD_MS,
+                checkpoint_interval_ms: settings.interval_ms,
+                checkpoint_mode: settings.mode.clone(),
+                alignment_timeout_ms: settings.alignment_timeout_ms,
+                incremental: settings.incremental,
+                checkpoint_before: None,
+                completed: false,
+            };
+            let plan = resume::plan(&settings.state_dir, &wanted, args.fresh)
+                .map_err(anyhow::Error::msg)?;
+            if plan.resuming {
+                eprintln!(
+                    "spate-bench: resuming the unfinished run in {} ({})",
+                    settings.state_dir.display(),
+                    match plan.restore {
+                        RestoreFrom::Latest => "from its latest checkpoint",
+                        _ => "it took no checkpoint: from the first event",
+                    }
+                );
+            }
+            config.restore = plan.restore.clone();
+            config.base_time_ms = Some(plan.identity.base_time_ms);
+            config.append_output = plan.restore == RestoreFrom::Latest;
+            resume::write_identity(&settings.state_dir, &plan.identity).with_context(|| {
+                format!(
+                    "writing the run's identity into {}",
+                    settings.state_dir.display()
+                )
+            })?;
+            Some((settings.state_dir.clone(), plan))
+        }
+        None => None,
     };
     let outcome = run(&config).with_context(|| format!("running {}", config.query))?;
+    if let Some((dir, plan)) = plan {
+        let done = RunIdentity {
+            completed: true,
+            ..plan.identity
+        };
+        resume::write_identity(&dir, &done)
+            .with_context(|| format!("marking the run completed in {}", dir.display()))?;
+    }
     let summary = Summary::new(&config, &outcome);
     write_report(&args.report, &summary, &outcome)
         .with_context(|| format!("writing the report to {}", args.report.display()))?;
     let mut stdout = std::io::stdout().lock();
     write!(stdout, "{}", summary.human())?;
     writeln!(stdout, "  report      {}", args.report.display())?;
+    Ok(())
+}
+
+fn checkpoints(args: CheckpointsArgs) -> anyhow::Result<()> {
+    let mut config = if args.quick {
+        BenchConfig::quick()
+    } else {
+        BenchConfig::default()
+    };
+    if let Some(cores) = args.cores {
+        config.cores = cores;
+    }
+    if let Some(mib) = args.state_mib {
+        config.state_mib = mib;
+    }
+    if let Some(seconds) = args.seconds {
+        config.seconds = seconds;
+    }
+    if let Some(rate) = args.rate {
+        config.rate_events_per_s = (rate > 0).then_some(rate);
+    }
+    let flags = &args.checkpoint;
+    if let Some(interval_ms) = flags.checkpoint_interval_ms {
+        if interval_ms == 0 {
+            bail!("the checkpoint benchmark needs --checkpoint-interval-ms > 0");
+        }
+        config.interval_ms = interval_ms;
+    }
+    config.mode = flags
+        .checkpoint_mode
+        .clone()
+        .unwrap_or_else(|| "aligned".to_string());
+    parse_mode(&config.mode, flags.alignment_timeout_ms).map_err(anyhow::Error::msg)?;
+    config.alignment_timeout_ms = flags.alignment_timeout_ms;
+    config.state_dir = flags.absolute_state_dir()?;
+    config.keep_state = args.keep_state;
+    let summary = checkpoint_bench::run(&config)?;
+    checkpoint_bench::write_report(&args.report, &summary)
+        .with_context(|| format!("writing the report to {}", args.report.display()))?;
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{}", summary.human())?;
+    writeln!(
+        stdout,
+        "  report      {}",
+        args.report.join(checkpoint_bench::SUMMARY_FILE).display()
+    )?;
     Ok(())
 }

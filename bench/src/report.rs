@@ -1,5 +1,6 @@
-//! Benchmark reports: `summary.json`, `summary.txt`, `latency.hgrm` and
-//! `latency.svg` in the report directory, and `compare` of two summaries.
+//! Benchmark reports: `summary.json`, `summary.txt`, `latency.hgrm`,
+//! `latency.svg` and `checkpoints.svg` in the report directory, and `compare`
+//! of two summaries.
 //!
 //! `summary.json` keys (stable, so scripts can read any report): `query`,
 //! `events`, `cores`, `elapsed_s`, `throughput_events_per_s`,
@@ -8,12 +9,20 @@
 //! run, which measures no latency), `checkpoints`, `peak_rss_bytes`,
 //! `resumed_from_checkpoint`, `config`, `generator`, `machine`, `spate_bench_version`.
 //!
-//! `checkpoints` has `count`, `failed`, `mode`, `incremental`, `duration_ms_p50`,
-//! `duration_ms_p99`, `sync_pause_us_p50`, `sync_pause_us_p99`,
-//! `sync_pause_us_max`, `bytes_total`, `in_flight_bytes_total`. The engine does
-//! not take checkpoints yet, so every run reports `count: 0`, `failed: 0`,
-//! `mode: null`, `incremental: null` and `null` figures; likewise
-//! `resumed_from_checkpoint` is always `null` for now.
+//! `checkpoints` ([`CheckpointSummary`], from the engine's statistics of the
+//! run) has `count` (completed), `failed`, `mode` (`null` when checkpointing
+//! was off), `incremental`, `duration_ms_p50`, `duration_ms_p99` (end to end,
+//! completed checkpoints), `sync_pause_us_p50`, `sync_pause_us_p99`,
+//! `sync_pause_us_max` (over every (checkpoint, subtask) synchronous part),
+//! `async_us_p99`, `alignment_us_p99`, `bytes_total` (state + in-flight bytes
+//! of completed checkpoints), `delta_bytes_total`, `in_flight_bytes_total` and
+//! `switched_to_unaligned` (count of (checkpoint, subtask) pairs); figures are
+//! `null` when no checkpoint completed. `resumed_from_checkpoint` is the id of
+//! the checkpoint the run restored (see [`crate::resume`]), or `null`.
+//!
+//! `checkpoints.svg` plots every checkpoint's end-to-end duration against its
+//! trigger time since the job's start; it is written when the run took at
+//! least one checkpoint.
 //!
 //! `latency.hgrm` is HdrHistogram's percentile distribution text format (as
 //! `outputPercentileDistribution` writes it, 5 ticks per half distance), values
@@ -28,6 +37,8 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoints::checkpoints_svg;
+pub use crate::checkpoints::CheckpointSummary;
 use crate::nexmark::GeneratorConfig;
 use crate::run::{RunConfig, RunOutcome};
 
@@ -70,33 +81,6 @@ impl LatencySummary {
             count: h.len(),
         }
     }
-}
-
-/// Checkpoint figures of a run. All empty until the engine takes checkpoints.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointSummary {
-    /// Completed checkpoints.
-    pub count: u64,
-    /// Failed checkpoints.
-    pub failed: u64,
-    /// `aligned`, `unaligned`, `aligned-timeout`, `at-least-once`; `null`: none.
-    pub mode: Option<String>,
-    /// Whether checkpoints were incremental; `null`: no checkpoints.
-    pub incremental: Option<bool>,
-    /// Median end-to-end checkpoint duration.
-    pub duration_ms_p50: Option<f64>,
-    /// 99th percentile end-to-end checkpoint duration.
-    pub duration_ms_p99: Option<f64>,
-    /// Median synchronous pause of a core.
-    pub sync_pause_us_p50: Option<u64>,
-    /// 99th percentile synchronous pause.
-    pub sync_pause_us_p99: Option<u64>,
-    /// Longest synchronous pause.
-    pub sync_pause_us_max: Option<u64>,
-    /// Bytes written by all checkpoints.
-    pub bytes_total: Option<u64>,
-    /// In-flight (channel state) bytes persisted by all checkpoints.
-    pub in_flight_bytes_total: Option<u64>,
 }
 
 /// The machine a report was taken on.
@@ -191,11 +175,11 @@ pub struct Summary {
     pub rows_before_origin: u64,
     /// Latency percentiles (open loop only).
     pub latency_us: LatencySummary,
-    /// Checkpoint figures (none yet).
+    /// Checkpoint figures.
     pub checkpoints: CheckpointSummary,
     /// Peak resident set size, bytes.
     pub peak_rss_bytes: Option<u64>,
-    /// The checkpoint this run resumed from; always `null` for now.
+    /// The checkpoint this run restored (a resumed run), or `null`.
     pub resumed_from_checkpoint: Option<u64>,
     /// The run's configuration.
     pub config: serde_json::Value,
@@ -222,9 +206,9 @@ impl Summary {
             rows: outcome.rows,
             rows_before_origin: outcome.rows_before_origin,
             latency_us: LatencySummary::of(&outcome.latency_us, outcome.latency_measured),
-            checkpoints: CheckpointSummary::default(),
+            checkpoints: CheckpointSummary::of(&outcome.checkpoints, config.checkpoint.as_ref()),
             peak_rss_bytes: peak_rss_bytes(),
-            resumed_from_checkpoint: None,
+            resumed_from_checkpoint: outcome.restored_from,
             config: serde_json::to_value(config).unwrap_or(serde_json::Value::Null),
             generator: GeneratorSummary::from(&outcome.generator),
             machine: Machine::current(),
@@ -289,7 +273,10 @@ impl Summary {
                 );
             }
         }
-        let _ = writeln!(s, "  checkpoints none (not implemented in the engine yet)");
+        s += &self.checkpoints.human();
+        if let Some(id) = self.resumed_from_checkpoint {
+            let _ = writeln!(s, "  resumed     from checkpoint {id}");
+        }
         if let Some(rss) = self.peak_rss_bytes {
             let _ = writeln!(s, "  peak RSS    {:.1} MiB", rss as f64 / (1 << 20) as f64);
         }
@@ -434,8 +421,9 @@ pub fn latency_svg(h: &Histogram<u64>, title: &str, path: &Path) -> Result<(), S
     Ok(())
 }
 
-/// Writes `summary.json`, `summary.txt` and, when latency was measured,
-/// `latency.hgrm` and `latency.svg` into `dir` (created if missing).
+/// Writes `summary.json`, `summary.txt`, when latency was measured
+/// `latency.hgrm` and `latency.svg`, and when the run took checkpoints
+/// `checkpoints.svg` into `dir` (created if missing).
 ///
 /// # Errors
 /// If a file cannot be written.
@@ -444,7 +432,7 @@ pub fn write_report(dir: &Path, summary: &Summary, outcome: &RunOutcome) -> std:
     let json = serde_json::to_string_pretty(summary).map_err(std::io::Error::other)?;
     std::fs::write(dir.join("summary.json"), json + "\n")?;
     std::fs::write(dir.join("summary.txt"), summary.human())?;
-    for stale in ["latency.hgrm", "latency.svg"] {
+    for stale in ["latency.hgrm", "latency.svg", "checkpoints.svg"] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
     if outcome.latency_measured {
@@ -462,11 +450,31 @@ pub fn write_report(dir: &Path, summary: &Summary, outcome: &RunOutcome) -> std:
         latency_svg(&outcome.latency_us, &title, &dir.join("latency.svg"))
             .map_err(std::io::Error::other)?;
     }
+    if !outcome.checkpoints.is_empty() {
+        let title = format!(
+            "spate {} checkpoints ({}{}), {} core(s)",
+            summary.query,
+            summary.checkpoints.mode.as_deref().unwrap_or("-"),
+            if summary.checkpoints.incremental == Some(true) {
+                ", incremental"
+            } else {
+                ""
+            },
+            summary.cores
+        );
+        checkpoints_svg(
+            &outcome.checkpoints,
+            outcome.started_ms,
+            &title,
+            &dir.join("checkpoints.svg"),
+        )
+        .map_err(std::io::Error::other)?;
+    }
     Ok(())
 }
 
 /// The figures `compare` puts side by side: (name, JSON pointer, higher is better).
-const COMPARED: [(&str, &str, bool); 10] = [
+const COMPARED: [(&str, &str, bool); 12] = [
     ("elapsed_s", "/elapsed_s", false),
     ("throughput_events_per_s", "/throughput_events_per_s", true),
     ("latency_us.p50", "/latency_us/p50", false),
@@ -480,6 +488,12 @@ const COMPARED: [(&str, &str, bool); 10] = [
         "/checkpoints/duration_ms_p99",
         false,
     ),
+    (
+        "checkpoints.sync_pause_us_p99",
+        "/checkpoints/sync_pause_us_p99",
+        false,
+    ),
+    ("checkpoints.bytes_total", "/checkpoints/bytes_total", false),
     ("peak_rss_bytes", "/peak_rss_bytes", false),
 ];
 

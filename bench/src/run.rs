@@ -5,6 +5,12 @@
 //! build closure, run by [`Job`]. Throughput is `events / elapsed`, with
 //! `elapsed` the job's wall time from start to the last subtask finishing
 //! (generation included: the generator runs inside the source subtasks).
+//!
+//! With [`RunConfig::checkpoint`] the job checkpoints through the engine
+//! (`JobConfig.checkpoint`: barriers, snapshots, io_uring writes into the state
+//! directory) and the outcome carries the engine's checkpoint statistics and
+//! the checkpoint the run restored, if any. Deciding whether to restore is
+//! [`crate::resume`]'s job; [`run`] does what [`RunConfig::restore`] says.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -14,11 +20,13 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use spate::{Dataflow, Job, JobConfig, JobError, Stream};
+use spate::{CheckpointStats, Dataflow, Job, JobConfig, JobError, RestoreFrom, Stream};
+
+use crate::checkpoints::{CheckpointSettings, IntervalTrigger};
 
 use crate::nexmark::GeneratorConfig;
 use crate::queries::{self, Query};
-use crate::sink::{BenchSink, SinkOptions, SinkTotals};
+use crate::sink::{now_us, BenchSink, SinkOptions, SinkTotals};
 use crate::source::{watermarks, NexmarkSource};
 
 /// How long after the job starts the open-loop schedule begins, so that every
@@ -44,6 +52,37 @@ pub struct RunConfig {
     /// Show a progress bar on stderr (only if it is a terminal).
     #[serde(skip)]
     pub progress: bool,
+    /// Checkpointing; `None` runs without.
+    pub checkpoint: Option<CheckpointSettings>,
+    /// What the engine restores when checkpointing (ignored otherwise).
+    #[serde(skip)]
+    pub restore: RestoreFrom,
+    /// The generator's event time of event 0 in an open-loop run (epoch ms);
+    /// `None`: [`OPEN_LOOP_LEAD_MS`] after now. A resumed run passes the first
+    /// run's, so that timestamps are the same function of the event index.
+    pub base_time_ms: Option<u64>,
+    /// Append to existing output files instead of replacing them (a resumed
+    /// run: its rows follow the interrupted run's).
+    pub append_output: bool,
+}
+
+impl RunConfig {
+    /// A run of `query` without checkpoints.
+    pub fn new(query: Query, events: u64, rate_events_per_s: Option<u64>, cores: usize) -> Self {
+        Self {
+            query,
+            events,
+            rate_events_per_s,
+            cores,
+            seed: 0,
+            output_dir: None,
+            progress: false,
+            checkpoint: None,
+            restore: RestoreFrom::Nothing,
+            base_time_ms: None,
+            append_output: false,
+        }
+    }
 }
 
 fn serialize_display<S: serde::Serializer>(q: &Query, s: S) -> Result<S::Ok, S::Error> {
@@ -66,6 +105,12 @@ pub struct RunOutcome {
     pub rows_before_origin: u64,
     /// The generator's configuration.
     pub generator: GeneratorConfig,
+    /// The engine's statistics of every checkpoint of the run (empty without).
+    pub checkpoints: Vec<CheckpointStats>,
+    /// The checkpoint the run restored, if any.
+    pub restored_from: Option<u64>,
+    /// When the job started (epoch ms, the job's clock).
+    pub started_ms: u64,
 }
 
 /// The generator configuration of a run: the defaults, or in open loop the rate
@@ -112,7 +157,10 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
         return Err(JobError::Config("--rate must be positive".into()));
     }
     let clock: Arc<dyn spate::time::Clock> = Arc::new(spate::time::SystemClock);
-    let base_time_ms = clock.now_ms() + OPEN_LOOP_LEAD_MS;
+    let started_ms = clock.now_ms();
+    let base_time_ms = config
+        .base_time_ms
+        .unwrap_or(started_ms + OPEN_LOOP_LEAD_MS);
     let generator = generator_config(config.rate_events_per_s, base_time_ms);
     let open_loop = config.rate_events_per_s.is_some();
     let totals = SinkTotals::default();
@@ -124,6 +172,12 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
             0
         }),
         output_dir: config.output_dir.clone(),
+        append: config.append_output,
+        // At-least-once output across a crash: every row the sink received
+        // before a checkpoint's barrier is in the file (the OS's page cache)
+        // when the checkpoint completes. Not exactly-once: rows after the
+        // checkpoint are written again by a resumed run.
+        flush_each_batch: config.checkpoint.is_some(),
     };
     let build = {
         let (generator, totals, emitted) = (generator.clone(), totals.clone(), emitted.clone());
@@ -138,13 +192,29 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
             build_query(df, query, source, sink);
         }
     };
-    let job_config = JobConfig::with_parallelism(config.cores);
+    let mut job_config = JobConfig::with_parallelism(config.cores);
+    if let Some(settings) = &config.checkpoint {
+        job_config.checkpoint = Some(
+            settings
+                .engine_config(config.restore.clone())
+                .map_err(JobError::Config)?,
+        );
+    }
     let handle = Job::new(job_config).with_clock(clock).start(build)?;
     let done = Arc::new(AtomicBool::new(false));
     let progress = (config.progress && std::io::stderr().is_terminal()).then(|| {
         let (done, emitted, events) = (done.clone(), emitted.clone(), config.events);
         std::thread::spawn(move || progress_bar(&done, &emitted, events))
     });
+    if let Some(settings) = &config.checkpoint {
+        // The benchmark triggers the checkpoints (see `crate::checkpoints`).
+        let mut trigger =
+            IntervalTrigger::new(now_us() + settings.interval_ms * 1000, settings.interval_ms);
+        while handle.is_running() {
+            std::thread::sleep(Duration::from_millis(1));
+            trigger.poll(&handle, now_us());
+        }
+    }
     let report = handle.join();
     done.store(true, Ordering::SeqCst);
     if let Some(thread) = progress {
@@ -162,6 +232,9 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
         rows: totals.rows.load(Ordering::Relaxed),
         rows_before_origin: totals.rows_before_origin.load(Ordering::Relaxed),
         generator,
+        checkpoints: report.checkpoints,
+        restored_from: report.restored_from,
+        started_ms,
     })
 }
 

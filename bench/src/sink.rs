@@ -25,7 +25,12 @@
 //!
 //! **Output** (`--output DIR`): subtask `s` writes `DIR/part-<s>.jsonl`, one JSON
 //! object per row, fields in declaration order. The files are plain, not
-//! transactional: a failed run leaves partial files.
+//! transactional (the exactly-once sink is another issue): a failed run leaves
+//! partial files. In a checkpointing run the sink flushes after every batch, so
+//! every row that reached it before a checkpoint's barrier is in the file when
+//! the checkpoint completes, and a resumed run appends to the files (after
+//! cutting a torn last line): the output is at-least-once — the union of the
+//! rows, deduplicated, is the result — until the exactly-once sink exists.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -82,6 +87,11 @@ pub struct SinkOptions {
     pub latency_origin_offset_us: Option<u64>,
     /// Directory for `part-<subtask>.jsonl` files.
     pub output_dir: Option<PathBuf>,
+    /// Append to existing files (cut after their last complete line) instead
+    /// of replacing them.
+    pub append: bool,
+    /// Flush the rows of every batch to the file (checkpointing runs).
+    pub flush_each_batch: bool,
 }
 
 /// One subtask's benchmark sink.
@@ -108,6 +118,40 @@ impl BenchSink {
     }
 }
 
+/// Opens `path` for appending, first cutting a torn last line (left by a
+/// crash in the middle of a write) so that appended rows start on a new line.
+fn open_for_append(path: &std::path::Path) -> std::io::Result<File> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    // Find the end of the last complete line, reading backwards in blocks.
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    if keep < len {
+        file.set_len(keep)?;
+    }
+    file.seek(SeekFrom::End(0))?;
+    Ok(file)
+}
+
 /// Wall-clock time in microseconds since the Unix epoch.
 pub fn now_us() -> u64 {
     SystemTime::now()
@@ -120,7 +164,12 @@ impl<T: Serialize + 'static> Sink<T> for BenchSink {
     fn open(&mut self, context: &SinkContext) -> Result<(), SinkError> {
         if let Some(dir) = &self.options.output_dir {
             std::fs::create_dir_all(dir)?;
-            let file = File::create(dir.join(format!("part-{}.jsonl", context.subtask)))?;
+            let path = dir.join(format!("part-{}.jsonl", context.subtask));
+            let file = if self.options.append {
+                open_for_append(&path)?
+            } else {
+                File::create(path)?
+            };
             self.writer = Some(BufWriter::with_capacity(1 << 16, file));
         }
         Ok(())
@@ -143,6 +192,9 @@ impl<T: Serialize + 'static> Sink<T> for BenchSink {
                 serde_json::to_writer(&mut *writer, &record.value)
                     .map_err(|e| SinkError::Other(e.to_string()))?;
                 writer.write_all(b"\n")?;
+            }
+            if self.options.flush_each_batch {
+                writer.flush()?;
             }
         }
         batch.clear();
