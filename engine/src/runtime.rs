@@ -346,17 +346,22 @@ async fn coordinator_task(
             env.fail(JobError::Checkpoint(reason));
             break;
         }
+        env.coordinator
+            .in_progress
+            .store(coordinator.in_progress(), Ordering::SeqCst);
         parker.prepare_park();
         if coordinator.has_acks()
             || env.failed()
             || env.done.load(Ordering::SeqCst) == parallelism
-            || env.coordinator.manual_trigger.load(Ordering::SeqCst)
+            || (coordinator.can_trigger() && env.coordinator.manual_trigger.load(Ordering::SeqCst))
         {
             parker.unpark();
+            // Never spin: this task shares reactor 0 with a subtask.
+            futures_lite::future::yield_now().await;
             continue;
         }
         match coordinator.next_deadline(now) {
-            Some(at) if at <= now => {}
+            Some(at) if at <= now => futures_lite::future::yield_now().await,
             Some(at) => {
                 let wait = Duration::from_millis(at - now);
                 futures_lite::future::or(parker.wait(), async move {
@@ -514,24 +519,36 @@ async fn reactor(
     env.built();
     let mut helpers = Vec::new();
     if env.config.checkpoint.is_some() {
+        // Checkpoint I/O runs in its own task queue with a latency
+        // requirement: while it has work, glommio preempts the step loop
+        // within a millisecond to submit and reap its io_uring requests
+        // (with the default 100 ms quantum a busy reactor starved them).
+        let io_queue = glommio::executor().create_task_queue(
+            glommio::Shares::default(),
+            glommio::Latency::Matters(Duration::from_millis(1)),
+            "spate-checkpoint-io",
+        );
+        let spawn = |future| {
+            glommio::spawn_local_into(future, io_queue)
+                .expect("the task queue was just created")
+                .detach()
+        };
         if let Some(ends) = coordinator_ends {
-            helpers.push(
-                glommio::spawn_local(coordinator_task(env.clone(), ends, slots.clone())).detach(),
-            );
+            helpers.push(spawn(
+                Box::pin(coordinator_task(env.clone(), ends, slots.clone()))
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+            ));
         }
         let (sender, receiver) = glommio::channels::local_channel::new_unbounded();
         worker.set_writer(Box::new(ChannelWriter(sender)));
         let checkpoints = worker.checkpoints();
-        helpers.push(
-            glommio::spawn_local(writer_task(
-                env.clone(),
-                subtask,
-                receiver,
-                slots,
-                checkpoints,
-            ))
-            .detach(),
-        );
+        helpers.push(spawn(Box::pin(writer_task(
+            env.clone(),
+            subtask,
+            receiver,
+            slots,
+            checkpoints,
+        ))));
     }
     let parker = env.parkers[subtask].clone();
     let mut idle_steps = 0u32;
@@ -639,6 +656,16 @@ impl JobHandle {
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default()
+    }
+
+    /// Whether a checkpoint is in progress.
+    pub fn checkpoint_in_progress(&self) -> bool {
+        self.env.coordinator.in_progress.load(Ordering::SeqCst)
+    }
+
+    /// Number of failed checkpoints so far.
+    pub fn failed_checkpoints(&self) -> u64 {
+        self.env.coordinator.failed.load(Ordering::SeqCst)
     }
 
     /// Number of completed checkpoints so far.

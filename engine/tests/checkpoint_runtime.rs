@@ -75,6 +75,7 @@ fn config(dir: &PathBuf, mode: CheckpointMode, incremental: bool) -> JobConfig {
             mode,
             incremental,
             max_delta_chain: 2,
+            timeout_ms: 5_000,
             ..CheckpointConfig::new(dir, 30)
         }),
         ..JobConfig::default()
@@ -195,5 +196,29 @@ fn an_incompatible_job_is_refused() {
         }
         other => panic!("expected an incompatible-job error, got {other:?}"),
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_relative_state_directory_works() {
+    let dir = PathBuf::from(format!("target/spate-relative-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (t, w, f): (Totals, Windows, _) = (
+        Default::default(),
+        Default::default(),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let handle = Job::new(config(&dir, CheckpointMode::Aligned, false))
+        .start(move |df| job(df, &t, &w, &f, 20_000.0))
+        .unwrap();
+    while handle.completed_checkpoints() < 1 && handle.is_running() {
+        std::thread::yield_now();
+    }
+    let report = handle.join().unwrap();
+    assert!(
+        report.checkpoint_summary.completed >= 1 && report.checkpoint_summary.failed == 0,
+        "{:?}",
+        report.checkpoints
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

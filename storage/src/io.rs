@@ -94,9 +94,11 @@ pub struct GlommioIo {
 impl GlommioIo {
     /// A backend over `dir`, which must exist.
     pub fn new(dir: impl Into<PathBuf>) -> GlommioIo {
-        GlommioIo {
-            dir: Arc::new(dir.into()),
-        }
+        // Absolute, so that operations glommio runs relative to other
+        // directories (renames, directory syncs) name the same files.
+        let dir = dir.into();
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        GlommioIo { dir: Arc::new(dir) }
     }
     /// The directory.
     pub fn dir(&self) -> &Path {

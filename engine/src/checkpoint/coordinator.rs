@@ -199,6 +199,7 @@ impl CheckpointSummary {
 /// What the coordinator shares with the job handle.
 pub(crate) struct CoordinatorShared {
     pub manual_trigger: AtomicBool,
+    pub in_progress: AtomicBool,
     pub history: Mutex<VecDeque<CheckpointStats>>,
     pub summary: Mutex<CheckpointSummary>,
     pub completed: AtomicU64,
@@ -212,6 +213,7 @@ impl CoordinatorShared {
     pub(crate) fn new(parallelism: usize) -> Self {
         Self {
             manual_trigger: AtomicBool::new(false),
+            in_progress: AtomicBool::new(false),
             history: Mutex::new(VecDeque::new()),
             summary: Mutex::new(CheckpointSummary::default()),
             completed: AtomicU64::new(0),
@@ -312,6 +314,11 @@ impl Coordinator {
             .values()
             .map(|c| c.barrier.trigger_ms + self.config.timeout_ms)
             .min();
+        if !self.can_trigger() {
+            // Nothing can start before one ends: only timeouts are deadlines
+            // (an overdue interval here would make the driver spin).
+            return timeout;
+        }
         let trigger = if self.config.interval_ms > 0 {
             let after_interval = self
                 .last_trigger_ms
@@ -338,6 +345,16 @@ impl Coordinator {
         self.expire(now_ms);
         self.maybe_trigger(now_ms);
         self.ready_to_commit(now_ms)
+    }
+
+    /// Whether a new checkpoint may start now (capacity and no fatal error).
+    pub(crate) fn can_trigger(&self) -> bool {
+        self.fatal.is_none() && self.in_progress.len() < self.config.max_concurrent
+    }
+
+    /// Whether a checkpoint is in progress.
+    pub(crate) fn in_progress(&self) -> bool {
+        !self.in_progress.is_empty()
     }
 
     fn maybe_trigger(&mut self, now_ms: u64) {
@@ -424,11 +441,18 @@ impl Coordinator {
             .map(|c| c.barrier.id)
             .collect();
         for id in late {
-            self.fail(
-                id,
-                format!("timed out after {} ms", self.config.timeout_ms),
-                now_ms,
+            let missing: Vec<usize> = self.in_progress[&id]
+                .acks
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.is_none())
+                .map(|(i, _)| i)
+                .collect();
+            let reason = format!(
+                "timed out after {} ms, waiting for subtasks {missing:?}",
+                self.config.timeout_ms
             );
+            self.fail(id, reason, now_ms);
         }
     }
 
