@@ -75,13 +75,24 @@ pub trait StateTable {
     /// Keys changed in the key group since the last completed checkpoint
     /// (0 when changes are not tracked).
     fn changed_in_group(&self, index: usize) -> usize;
-    /// Archives a full base of the key group for checkpoint `id`; its changes
-    /// count as captured by `id`.
-    fn snapshot_full(&mut self, index: usize, id: u64) -> Result<AlignedVec, String>;
-    /// Archives the key group's changes as a delta (upserts, deletes) for
-    /// checkpoint `id`; returns the bytes and the number of changed keys.
-    fn snapshot_delta(&mut self, index: usize, id: u64) -> Result<(AlignedVec, u64), String>;
-    /// Applies a delta made by [`snapshot_delta`](Self::snapshot_delta).
+    /// Cuts the key group for checkpoint `id` without copying anything: its
+    /// changes count as captured by `id`, and it is archived later (a full
+    /// base, or a delta of the captured keys) by
+    /// [`serialize_frozen`](Self::serialize_frozen), or at once before the
+    /// next write to it, whichever comes first (copy-on-write per key group).
+    fn freeze(&mut self, index: usize, id: u64, delta: bool);
+    /// Captures the key group's changes for checkpoint `id` without
+    /// archiving anything (an empty key group).
+    fn discard_changes(&mut self, index: usize, id: u64);
+    /// Archives up to `max` frozen key groups; returns how many.
+    fn serialize_frozen(&mut self, max: usize) -> usize;
+    /// Key groups frozen and not archived yet.
+    fn frozen_groups(&self) -> usize;
+    /// Archives made since the last call (`Err` if one failed).
+    fn take_serialized(&mut self) -> Vec<Result<Serialized, String>>;
+    /// The longest single archiving pause since the last call, µs.
+    fn take_max_pause_us(&mut self) -> u64;
+    /// Applies a delta archived from a frozen key group.
     fn restore_delta(&mut self, index: usize, archive: &[u8]) -> Result<(), String>;
     /// Forgets the changes captured by `id` (it completed).
     fn checkpoint_complete(&mut self, id: u64);
@@ -100,11 +111,36 @@ struct Changes<K> {
     in_flight: Vec<(u64, Vec<FxHashSet<K>>)>,
 }
 
+/// A key group archived for a checkpoint.
+pub struct Serialized {
+    /// Index of the key group in the subtask's range.
+    pub index: usize,
+    /// The checkpoint.
+    pub id: u64,
+    /// A delta rather than a full base.
+    pub delta: bool,
+    /// The archive.
+    pub bytes: AlignedVec,
+    /// Keys in a base; upserts plus deletes in a delta.
+    pub entries: u64,
+}
+
+/// A key group cut for a checkpoint and not archived yet.
+struct Frozen<K> {
+    id: u64,
+    /// The captured keys, for a delta; `None` for a full base.
+    delta: Option<FxHashSet<K>>,
+}
+
 /// A table of per-key values, one map per key group of the range.
 pub(crate) struct KeyedTable<K, V> {
     name: String,
     groups: Vec<FxHashMap<K, V>>,
     changes: Option<Changes<K>>,
+    frozen: Vec<Option<Frozen<K>>>,
+    frozen_count: usize,
+    serialized: Vec<Result<Serialized, String>>,
+    max_pause_us: u64,
     /// Estimated changed bytes of the subtask (change-volume trigger).
     changed_bytes: Option<Arc<AtomicU64>>,
 }
@@ -124,13 +160,23 @@ impl<K: Key, V> KeyedTable<K, V> {
                 dirty: (0..range.len()).map(|_| FxHashSet::default()).collect(),
                 in_flight: Vec::new(),
             }),
+            frozen: (0..range.len()).map(|_| None).collect(),
+            frozen_count: 0,
+            serialized: Vec::new(),
+            max_pause_us: 0,
         }
     }
+}
 
+impl<K: Key, V: StateData> KeyedTable<K, V> {
     /// The current key's group, for a write: the key is recorded as changed.
     #[inline]
     fn touched(&mut self, scope: &impl KeyScope<K>) -> &mut FxHashMap<K, V> {
         let index = scope.key_group_index();
+        if self.frozen_count > 0 && self.frozen[index].is_some() {
+            // Copy-on-write: archive the cut before its first change.
+            self.archive_frozen(index);
+        }
         if let Some(changes) = &mut self.changes {
             let dirty = &mut changes.dirty[index];
             if !dirty.contains(scope.current_key()) {
@@ -143,14 +189,20 @@ impl<K: Key, V> KeyedTable<K, V> {
         &mut self.groups[index]
     }
 
-    /// Moves group `index`'s changed keys into checkpoint `id`'s capture.
-    fn capture(&mut self, index: usize, id: u64) -> Vec<K> {
+    /// Takes group `index`'s changed keys (they belong to checkpoint `id` now).
+    fn capture(&mut self, index: usize) -> FxHashSet<K> {
+        match &mut self.changes {
+            Some(changes) => std::mem::take(&mut changes.dirty[index]),
+            None => FxHashSet::default(),
+        }
+    }
+
+    /// Keeps keys captured by checkpoint `id` until it completes or fails.
+    fn hold_captured(&mut self, index: usize, id: u64, keys: FxHashSet<K>) {
         let Some(changes) = &mut self.changes else {
-            return Vec::new();
+            return;
         };
-        let keys = std::mem::take(&mut changes.dirty[index]);
-        let list: Vec<K> = keys.iter().cloned().collect();
-        let slot = match changes.in_flight.iter_mut().position(|(i, _)| *i == id) {
+        let slot = match changes.in_flight.iter().position(|(i, _)| *i == id) {
             Some(p) => p,
             None => {
                 let groups = changes.dirty.len();
@@ -160,8 +212,53 @@ impl<K: Key, V> KeyedTable<K, V> {
                 changes.in_flight.len() - 1
             }
         };
-        changes.in_flight[slot].1[index].extend(keys);
-        list
+        let held = &mut changes.in_flight[slot].1[index];
+        if held.is_empty() {
+            *held = keys;
+        } else {
+            held.extend(keys);
+        }
+    }
+
+    /// Archives frozen group `index` now.
+    fn archive_frozen(&mut self, index: usize) {
+        let Some(frozen) = self.frozen[index].take() else {
+            return;
+        };
+        self.frozen_count -= 1;
+        let started = std::time::Instant::now();
+        let result = match frozen.delta {
+            None => self.snapshot_group(index).map(|bytes| Serialized {
+                index,
+                id: frozen.id,
+                delta: false,
+                entries: self.groups[index].len() as u64,
+                bytes,
+            }),
+            Some(keys) => {
+                let group = &self.groups[index];
+                let mut upserts: Vec<(K, V)> = Vec::new();
+                let mut deletes: Vec<K> = Vec::new();
+                for key in &keys {
+                    match group.get(key) {
+                        Some(value) => upserts.push((key.clone(), value.clone())),
+                        None => deletes.push(key.clone()),
+                    }
+                }
+                let entries = (upserts.len() + deletes.len()) as u64;
+                let archived = rkyv::to_bytes::<RkyvError>(&(upserts, deletes));
+                self.hold_captured(index, frozen.id, keys);
+                archived.map_err(|e| e.to_string()).map(|bytes| Serialized {
+                    index,
+                    id: frozen.id,
+                    delta: true,
+                    entries,
+                    bytes,
+                })
+            }
+        };
+        self.max_pause_us = self.max_pause_us.max(started.elapsed().as_micros() as u64);
+        self.serialized.push(result);
     }
 }
 
@@ -200,25 +297,50 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         self.changes.as_ref().map_or(0, |c| c.dirty[index].len())
     }
 
-    fn snapshot_full(&mut self, index: usize, id: u64) -> Result<AlignedVec, String> {
-        self.capture(index, id);
-        self.snapshot_group(index)
+    fn freeze(&mut self, index: usize, id: u64, delta: bool) {
+        let keys = self.capture(index);
+        let frozen = if delta {
+            Frozen {
+                id,
+                delta: Some(keys),
+            }
+        } else {
+            self.hold_captured(index, id, keys);
+            Frozen { id, delta: None }
+        };
+        if self.frozen[index].replace(frozen).is_none() {
+            self.frozen_count += 1;
+        }
     }
 
-    fn snapshot_delta(&mut self, index: usize, id: u64) -> Result<(AlignedVec, u64), String> {
-        let keys = self.capture(index, id);
-        let group = &self.groups[index];
-        let mut upserts: Vec<(K, V)> = Vec::new();
-        let mut deletes: Vec<K> = Vec::new();
-        for key in keys {
-            match group.get(&key) {
-                Some(value) => upserts.push((key, value.clone())),
-                None => deletes.push(key),
+    fn discard_changes(&mut self, index: usize, id: u64) {
+        let keys = self.capture(index);
+        self.hold_captured(index, id, keys);
+    }
+
+    fn serialize_frozen(&mut self, max: usize) -> usize {
+        let mut done = 0;
+        let mut index = 0;
+        while done < max && self.frozen_count > 0 && index < self.frozen.len() {
+            if self.frozen[index].is_some() {
+                self.archive_frozen(index);
+                done += 1;
             }
+            index += 1;
         }
-        let count = (upserts.len() + deletes.len()) as u64;
-        let bytes = rkyv::to_bytes::<RkyvError>(&(upserts, deletes)).map_err(|e| e.to_string())?;
-        Ok((bytes, count))
+        done
+    }
+
+    fn frozen_groups(&self) -> usize {
+        self.frozen_count
+    }
+
+    fn take_serialized(&mut self) -> Vec<Result<Serialized, String>> {
+        std::mem::take(&mut self.serialized)
+    }
+
+    fn take_max_pause_us(&mut self) -> u64 {
+        std::mem::take(&mut self.max_pause_us)
     }
 
     fn restore_delta(&mut self, index: usize, archive: &[u8]) -> Result<(), String> {
@@ -239,6 +361,17 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
     }
 
     fn checkpoint_aborted(&mut self, id: u64) {
+        for index in 0..self.frozen.len() {
+            if self.frozen[index].as_ref().is_some_and(|f| f.id == id) {
+                let frozen = self.frozen[index].take().expect("checked");
+                self.frozen_count -= 1;
+                if let (Some(keys), Some(changes)) = (frozen.delta, &mut self.changes) {
+                    changes.dirty[index].extend(keys);
+                }
+            }
+        }
+        self.serialized
+            .retain(|s| s.as_ref().map_or(true, |s| s.id != id));
         if let Some(changes) = &mut self.changes {
             if let Some(p) = changes.in_flight.iter().position(|(i, _)| *i == id) {
                 let (_, groups) = changes.in_flight.remove(p);
@@ -403,7 +536,10 @@ impl<K, UK, UV> Clone for MapState<K, UK, UV> {
     }
 }
 
-impl<K: Key, UK: StateData + Eq + Hash, UV: StateData> MapState<K, UK, UV> {
+impl<K: Key, UK: StateData + Eq + Hash, UV: StateData> MapState<K, UK, UV>
+where
+    UK::Archived: Hash + Eq,
+{
     /// The value under `user_key` for the current key.
     pub fn get(&self, scope: &impl KeyScope<K>, user_key: &UK) -> Option<UV> {
         self.table.borrow().groups[scope.key_group_index()]

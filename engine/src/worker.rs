@@ -195,6 +195,7 @@ impl Worker {
         }
         for operator in &self.timer_operators {
             busy |= operator.fire_processing_timers(&mut cx)?;
+            busy |= operator.continue_snapshot()?;
         }
         let mut all_finished = true;
         for (index, slot) in self.inputs.iter_mut().enumerate() {
@@ -226,7 +227,10 @@ impl Worker {
                 writer.submit(snapshot);
             }
         }
-        if all_finished && !self.buffers.iter().any(|b| b.has_pending()) {
+        if all_finished
+            && !self.buffers.iter().any(|b| b.has_pending())
+            && !self.timer_operators.iter().any(|o| o.has_snapshot_work())
+        {
             return Ok(Step::Done);
         }
         Ok(if busy { Step::Busy } else { Step::Idle })
@@ -240,7 +244,9 @@ impl Worker {
         if self.control.as_mut().is_some_and(|c| c.has_message()) {
             return true;
         }
-        if self.buffers.iter().any(|b| b.can_drain()) {
+        if self.buffers.iter().any(|b| b.can_drain())
+            || self.timer_operators.iter().any(|o| o.has_snapshot_work())
+        {
             return true;
         }
         if self

@@ -293,9 +293,11 @@ impl SubtaskCheckpoints {
         }
     }
 
-    pub(crate) fn add_sync_time(&mut self, id: u64, micros: u64) {
+    /// A synchronous pause of `micros` for checkpoint `id` (the cut, or
+    /// archiving one key group): the statistics keep the longest.
+    pub(crate) fn add_pause(&mut self, id: u64, micros: u64) {
         if let Some(p) = self.pending.get_mut(&id) {
-            p.stats.sync_us += micros;
+            p.stats.sync_us = p.stats.sync_us.max(micros);
         }
     }
 

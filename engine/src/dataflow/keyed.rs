@@ -24,7 +24,7 @@ use crate::state::{KeyScope, StateRegistry};
 use crate::time::{TimeDomain, Timestamp, MAX_WATERMARK};
 use crate::JobError;
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
 /// The context of one keyed function call: the current key (which scopes
@@ -226,6 +226,15 @@ struct Operator<K, I1, I2, O, F> {
     snapshotted: u64,
     /// Incremental checkpoint bounds, when the job checkpoints incrementally.
     incremental: Option<Incremental>,
+    /// The snapshot being archived, key group by key group.
+    lazy: Option<LazySnapshot>,
+}
+
+/// A snapshot cut and not fully archived: what each frozen key group of
+/// each table (by position) becomes in the checkpoint.
+struct LazySnapshot {
+    id: u64,
+    refs: HashMap<(usize, usize), StateRef>,
 }
 
 /// Bounds of incremental checkpoints.
@@ -233,6 +242,11 @@ struct Incremental {
     max_delta_chain: u32,
     max_delta_ratio: f64,
 }
+
+/// Key groups a keyed operator archives per step while a snapshot is in
+/// progress (besides those archived before their next change): the longest
+/// pause a snapshot adds to a step is archiving one key group.
+const KEY_GROUPS_PER_STEP: usize = 1;
 
 /// Name of the pseudo-table holding an operator's timers in checkpoints.
 pub(crate) const TIMERS_TABLE: &str = "__timers";
@@ -386,33 +400,116 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
     }
 
     fn snapshot_and_forward(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
-        self.snapshotted = barrier.id;
-        let started = std::time::Instant::now();
-        let blocks = self.snapshot(barrier.id).map_err(|e| {
-            JobError::Checkpoint(format!(
-                "operator `{}` on subtask {}: snapshot of checkpoint {} failed: {e}",
-                self.name, self.subtask, barrier.id
-            ))
-        })?;
-        {
-            let mut checkpoints = self.checkpoints.borrow_mut();
-            for block in blocks {
-                checkpoints.add_block(barrier.id, block);
-            }
-            checkpoints.add_sync_time(barrier.id, started.elapsed().as_micros() as u64);
-        }
+        self.cut(barrier.id)?;
         // Pending output belongs before the barrier.
         self.output.push(&mut self.out, cx)?;
         self.output.barrier(barrier, cx)
     }
 
+    fn snapshot_error(&self, id: u64, e: String) -> JobError {
+        JobError::Checkpoint(format!(
+            "operator `{}` on subtask {}: snapshot of checkpoint {id} failed: {e}",
+            self.name, self.subtask
+        ))
+    }
+
+    /// The synchronous part of a snapshot: decide, per table and key group,
+    /// what to write (full base, delta, nothing), freeze what must be
+    /// archived (no copy), archive the timers; the key groups are archived by
+    /// [`continue_snapshot`](Self::continue_snapshot), a few per step, or
+    /// before their next change.
+    fn cut(&mut self, id: u64) -> Result<(), JobError> {
+        self.snapshotted = id;
+        let started = std::time::Instant::now();
+        let blocks = self.snapshot(id).map_err(|e| self.snapshot_error(id, e))?;
+        let mut checkpoints = self.checkpoints.borrow_mut();
+        for block in blocks {
+            checkpoints.add_block(id, block);
+        }
+        if self.lazy.as_ref().is_some_and(|l| !l.refs.is_empty()) {
+            checkpoints.open_log(id);
+        } else {
+            self.lazy = None;
+        }
+        checkpoints.add_pause(id, started.elapsed().as_micros() as u64);
+        Ok(())
+    }
+
+    /// Archives up to `groups` frozen key groups (and collects those archived
+    /// on demand); closes the snapshot when nothing is left. Returns whether
+    /// it did anything.
+    fn continue_snapshot(&mut self, groups: usize) -> Result<bool, JobError> {
+        let Some(lazy) = &mut self.lazy else {
+            return Ok(false);
+        };
+        let id = lazy.id;
+        let mut budget = groups;
+        let mut remaining = 0;
+        let mut archived = Vec::new();
+        let mut pause = 0;
+        for (position, table) in self.state.tables().iter().enumerate() {
+            let mut table = table.borrow_mut();
+            if budget > 0 {
+                budget -= table.serialize_frozen(budget);
+            }
+            remaining += table.frozen_groups();
+            pause = pause.max(table.take_max_pause_us());
+            archived.extend(table.take_serialized().into_iter().map(|r| (position, r)));
+        }
+        let progressed = !archived.is_empty();
+        let mut blocks = Vec::with_capacity(archived.len());
+        for (position, result) in archived {
+            let serialized = result.map_err(|e| {
+                JobError::Checkpoint(format!(
+                    "operator `{}` on subtask {}: snapshot of checkpoint {id} failed: {e}",
+                    self.name, self.subtask
+                ))
+            })?;
+            let lazy = self.lazy.as_mut().expect("checked above");
+            if serialized.id != id {
+                continue; // an aborted checkpoint's leftover
+            }
+            let Some(state) = lazy.refs.remove(&(position, serialized.index)) else {
+                continue;
+            };
+            blocks.push(SnapshotBlock {
+                kind: if serialized.delta {
+                    spate_storage::BlockKind::KEYED_STATE_DELTA
+                } else {
+                    spate_storage::BlockKind::KEYED_STATE_FULL
+                },
+                desc: BlockDesc::State {
+                    state,
+                    delta: serialized.delta,
+                    block_entries: serialized.entries,
+                    bytes: serialized.bytes.len() as u64,
+                },
+                bytes: serialized.bytes,
+            });
+        }
+        let mut checkpoints = self.checkpoints.borrow_mut();
+        for block in blocks {
+            checkpoints.add_block(id, block);
+        }
+        checkpoints.add_pause(id, pause);
+        if remaining == 0 && self.lazy.as_ref().is_some_and(|l| l.refs.is_empty()) {
+            self.lazy = None;
+            checkpoints.close_log(id);
+        }
+        Ok(progressed)
+    }
+
     /// Archives every table and the timers for checkpoint `id`, one block
     /// per key group and table: a full base, a delta on the committed chain
     /// (incremental mode), or nothing when the key group did not change.
-    fn snapshot(&self, id: u64) -> Result<Vec<SnapshotBlock>, String> {
+    fn snapshot(&mut self, id: u64) -> Result<Vec<SnapshotBlock>, String> {
         let mut blocks = Vec::new();
+        let mut lazy = LazySnapshot {
+            id,
+            refs: HashMap::new(),
+        };
         let mut checkpoints = self.checkpoints.borrow_mut();
-        for table in self.state.tables() {
+        for (position, table) in self.state.tables().iter().enumerate() {
             let mut table = table.borrow_mut();
             for index in 0..self.range.len() {
                 let group = (self.range.start as usize + index) as u32;
@@ -427,7 +524,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                 };
                 if entries == 0 {
                     // Empty: no block and no chain (absence restores empty).
-                    table.snapshot_delta(index, id)?;
+                    table.discard_changes(index, id);
                     continue;
                 }
                 if let Some(incremental) = &self.incremental {
@@ -455,37 +552,24 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                                 && (id + group as u64) % (incremental.max_delta_chain as u64 + 1)
                                     == 0);
                         if !materialise {
-                            let (bytes, block_entries) = table.snapshot_delta(index, id)?;
-                            blocks.push(SnapshotBlock {
-                                kind: spate_storage::BlockKind::KEYED_STATE_DELTA,
-                                desc: BlockDesc::State {
-                                    state: StateRef {
-                                        prefix: committed,
-                                        ..state
-                                    },
-                                    delta: true,
-                                    block_entries,
-                                    bytes: bytes.len() as u64,
+                            table.freeze(index, id, true);
+                            lazy.refs.insert(
+                                (position, index),
+                                StateRef {
+                                    prefix: committed,
+                                    ..state
                                 },
-                                bytes,
-                            });
+                            );
                             continue;
                         }
                     }
                 }
-                let bytes = table.snapshot_full(index, id)?;
-                blocks.push(SnapshotBlock {
-                    kind: spate_storage::BlockKind::KEYED_STATE_FULL,
-                    desc: BlockDesc::State {
-                        state,
-                        delta: false,
-                        block_entries: entries,
-                        bytes: bytes.len() as u64,
-                    },
-                    bytes,
-                });
+                table.freeze(index, id, false);
+                lazy.refs.insert((position, index), state);
             }
         }
+        drop(checkpoints);
+        self.lazy = Some(lazy);
         // Timers are written in full for every key group that has some.
         let mut timers: Vec<TimerEntries<K>> = (0..self.range.len()).map(|_| Vec::new()).collect();
         for (domain, set) in [(0u8, &self.timers.event), (1u8, &self.timers.processing)] {
@@ -655,7 +739,11 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
     }
 
     fn checkpoint_aborted(&self, id: u64) {
-        for table in self.borrow().state.tables() {
+        let mut op = self.borrow_mut();
+        if op.lazy.as_ref().is_some_and(|l| l.id == id) {
+            op.lazy = None;
+        }
+        for table in op.state.tables() {
             table.borrow_mut().checkpoint_aborted(id);
         }
     }
@@ -663,19 +751,22 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
     fn snapshot_if_finished(&self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
         let mut op = self.borrow_mut();
         if op.open_inputs == 0 && barrier.id > op.snapshotted {
-            op.snapshotted = barrier.id;
-            let started = std::time::Instant::now();
-            let blocks = op.snapshot(barrier.id).map_err(|e| {
-                JobError::Checkpoint(format!("operator `{}`: snapshot failed: {e}", op.name))
-            })?;
-            let mut checkpoints = op.checkpoints.borrow_mut();
-            for block in blocks {
-                checkpoints.add_block(barrier.id, block);
-            }
-            checkpoints.add_sync_time(barrier.id, started.elapsed().as_micros() as u64);
+            op.cut(barrier.id)?;
         }
         let _ = cx;
         Ok(())
+    }
+
+    fn continue_snapshot(&self) -> Result<bool, JobError> {
+        let mut op = self.borrow_mut();
+        if op.lazy.is_none() {
+            return Ok(false);
+        }
+        op.continue_snapshot(KEY_GROUPS_PER_STEP)
+    }
+
+    fn has_snapshot_work(&self) -> bool {
+        self.borrow().lazy.is_some()
     }
 }
 
@@ -757,6 +848,7 @@ fn build<
         barriers: [None, None],
         snapshotted: 0,
         incremental,
+        lazy: None,
     }));
     if let Some(restore) = df.restore_state() {
         let restored = op.borrow_mut().restore(&restore);

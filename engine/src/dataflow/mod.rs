@@ -191,6 +191,10 @@ pub(crate) trait ProcessingTimers {
     /// At a trigger: an operator whose inputs all ended snapshots its final
     /// state (no barrier will arrive through its inputs).
     fn snapshot_if_finished(&self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError>;
+    /// Archives part of a snapshot in progress; returns whether it did.
+    fn continue_snapshot(&self) -> Result<bool, JobError>;
+    /// Whether a snapshot is still being archived.
+    fn has_snapshot_work(&self) -> bool;
     /// Checkpoint `id` is committed: changes it captured need no tracking.
     fn checkpoint_complete(&self, id: u64);
     /// Checkpoint `id` failed: changes it captured go to the next one.
