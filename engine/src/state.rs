@@ -94,6 +94,19 @@ pub trait StateTable {
     fn take_max_pause_us(&mut self) -> u64;
     /// Applies a delta archived from a frozen key group.
     fn restore_delta(&mut self, index: usize, archive: &[u8]) -> Result<(), String>;
+    /// Restores the key group from its chain (base, then deltas, mapped
+    /// zero-copy) on first access or in the background: a restored job runs
+    /// before every key group is deserialised.
+    fn restore_lazily(&mut self, index: usize, chain: Vec<(bool, spate_storage::BlockRef)>);
+    /// Loads up to `max` key groups still waiting; returns how many, or the
+    /// first error met (also on loads made on access).
+    fn load_pending(&mut self, max: usize) -> Result<usize, String>;
+    /// Key groups still waiting to be loaded.
+    fn pending_loads(&self) -> usize;
+    /// Whether the key group has been loaded (or never had to be).
+    fn is_loaded(&self, index: usize) -> bool;
+    /// Loads the key group now if it waits.
+    fn ensure_loaded(&mut self, index: usize) -> Result<(), String>;
     /// Forgets the changes captured by `id` (it completed).
     fn checkpoint_complete(&mut self, id: u64);
     /// Returns the changes captured by `id` to the next checkpoint (it failed).
@@ -139,6 +152,10 @@ pub(crate) struct KeyedTable<K, V> {
     changes: Option<Changes<K>>,
     frozen: Vec<Option<Frozen<K>>>,
     frozen_count: usize,
+    /// Chains of a restored checkpoint not loaded yet, per key group.
+    to_load: Vec<Option<Vec<(bool, spate_storage::BlockRef)>>>,
+    to_load_count: usize,
+    load_error: Option<String>,
     serialized: Vec<Result<Serialized, String>>,
     max_pause_us: u64,
     /// Estimated changed bytes of the subtask (change-volume trigger).
@@ -162,6 +179,9 @@ impl<K: Key, V> KeyedTable<K, V> {
             }),
             frozen: (0..range.len()).map(|_| None).collect(),
             frozen_count: 0,
+            to_load: (0..range.len()).map(|_| None).collect(),
+            to_load_count: 0,
+            load_error: None,
             serialized: Vec::new(),
             max_pause_us: 0,
         }
@@ -170,9 +190,44 @@ impl<K: Key, V> KeyedTable<K, V> {
 
 impl<K: Key, V: StateData> KeyedTable<K, V> {
     /// The current key's group, for a write: the key is recorded as changed.
+    /// The current key's group, for a read (loaded first if restored lazily).
+    #[inline]
+    fn read(&mut self, scope: &impl KeyScope<K>) -> &FxHashMap<K, V> {
+        let index = scope.key_group_index();
+        if self.to_load_count > 0 {
+            self.load(index);
+        }
+        &self.groups[index]
+    }
+
+    /// Loads group `index` from its restored chain, if it waits.
+    fn load(&mut self, index: usize) {
+        let Some(chain) = self.to_load[index].take() else {
+            return;
+        };
+        self.to_load_count -= 1;
+        for (delta, block) in chain {
+            let applied = if delta {
+                self.restore_delta(index, &block)
+            } else {
+                self.restore_group(index, &block)
+            };
+            if let Err(e) = applied {
+                self.load_error.get_or_insert(format!(
+                    "state `{}` block {:?}: {e}",
+                    self.name,
+                    block.handle()
+                ));
+            }
+        }
+    }
+
     #[inline]
     fn touched(&mut self, scope: &impl KeyScope<K>) -> &mut FxHashMap<K, V> {
         let index = scope.key_group_index();
+        if self.to_load_count > 0 {
+            self.load(index);
+        }
         if self.frozen_count > 0 && self.frozen[index].is_some() {
             // Copy-on-write: archive the cut before its first change.
             self.archive_frozen(index);
@@ -310,6 +365,44 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         };
         if self.frozen[index].replace(frozen).is_none() {
             self.frozen_count += 1;
+        }
+    }
+
+    fn restore_lazily(&mut self, index: usize, chain: Vec<(bool, spate_storage::BlockRef)>) {
+        if self.to_load[index].replace(chain).is_none() {
+            self.to_load_count += 1;
+        }
+    }
+
+    fn load_pending(&mut self, max: usize) -> Result<usize, String> {
+        let mut loaded = 0;
+        let mut index = 0;
+        while loaded < max && self.to_load_count > 0 && index < self.to_load.len() {
+            if self.to_load[index].is_some() {
+                self.load(index);
+                loaded += 1;
+            }
+            index += 1;
+        }
+        match self.load_error.take() {
+            Some(e) => Err(e),
+            None => Ok(loaded),
+        }
+    }
+
+    fn pending_loads(&self) -> usize {
+        self.to_load_count
+    }
+
+    fn is_loaded(&self, index: usize) -> bool {
+        self.to_load[index].is_none()
+    }
+
+    fn ensure_loaded(&mut self, index: usize) -> Result<(), String> {
+        self.load(index);
+        match self.load_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
@@ -477,14 +570,16 @@ impl<K, V> Clone for ValueState<K, V> {
 impl<K: Key, V: StateData> ValueState<K, V> {
     /// The current key's value.
     pub fn get(&self, scope: &impl KeyScope<K>) -> Option<V> {
-        self.table.borrow().groups[scope.key_group_index()]
+        self.table
+            .borrow_mut()
+            .read(scope)
             .get(scope.current_key())
             .cloned()
     }
 
     /// Reads the current key's value without cloning it.
     pub fn with<R>(&self, scope: &impl KeyScope<K>, f: impl FnOnce(Option<&V>) -> R) -> R {
-        f(self.table.borrow().groups[scope.key_group_index()].get(scope.current_key()))
+        f(self.table.borrow_mut().read(scope).get(scope.current_key()))
     }
 
     /// Sets the current key's value.
@@ -542,7 +637,9 @@ where
 {
     /// The value under `user_key` for the current key.
     pub fn get(&self, scope: &impl KeyScope<K>, user_key: &UK) -> Option<UV> {
-        self.table.borrow().groups[scope.key_group_index()]
+        self.table
+            .borrow_mut()
+            .read(scope)
             .get(scope.current_key())
             .and_then(|m| m.get(user_key).cloned())
     }
@@ -596,15 +693,17 @@ where
 
     /// Whether the current key has a value under `user_key`.
     pub fn contains(&self, scope: &impl KeyScope<K>, user_key: &UK) -> bool {
-        self.table.borrow().groups[scope.key_group_index()]
+        self.table
+            .borrow_mut()
+            .read(scope)
             .get(scope.current_key())
             .is_some_and(|m| m.contains_key(user_key))
     }
 
     /// Reads the current key's whole map (empty if none).
     pub fn with<R>(&self, scope: &impl KeyScope<K>, f: impl FnOnce(&FxHashMap<UK, UV>) -> R) -> R {
-        let table = self.table.borrow();
-        match table.groups[scope.key_group_index()].get(scope.current_key()) {
+        let mut table = self.table.borrow_mut();
+        match table.read(scope).get(scope.current_key()) {
             Some(m) => f(m),
             None => f(&FxHashMap::default()),
         }
@@ -652,8 +751,8 @@ impl<K: Key, V: StateData> ListState<K, V> {
 
     /// Reads the current key's list without copying it.
     pub fn with<R>(&self, scope: &impl KeyScope<K>, f: impl FnOnce(&[V]) -> R) -> R {
-        let table = self.table.borrow();
-        match table.groups[scope.key_group_index()].get(scope.current_key()) {
+        let mut table = self.table.borrow_mut();
+        match table.read(scope).get(scope.current_key()) {
             Some(list) => f(list),
             None => f(&[]),
         }

@@ -134,7 +134,7 @@ impl RestoreState {
         operator: &str,
         table: &str,
         key_group: u32,
-    ) -> Result<Option<(Vec<(bool, BlockRef)>, Vec<ChainLink>)>, JobError> {
+    ) -> Result<Option<(Vec<(bool, BlockRef)>, Vec<ChainLink>, u64)>, JobError> {
         let Some(&i) = self
             .state
             .get(&(operator.to_string(), table.to_string(), key_group))
@@ -156,7 +156,7 @@ impl RestoreState {
                 bytes: b.bytes,
             });
         }
-        Ok(Some((blocks, links)))
+        Ok(Some((blocks, links, self.metadata.state[i].entries)))
     }
 
     /// The offset of a source subtask.

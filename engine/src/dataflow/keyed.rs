@@ -228,6 +228,9 @@ struct Operator<K, I1, I2, O, F> {
     incremental: Option<Incremental>,
     /// The snapshot being archived, key group by key group.
     lazy: Option<LazySnapshot>,
+    /// Keys per (table, key group) in the restored checkpoint (for key
+    /// groups still unloaded when a checkpoint reuses their chain).
+    restored_entries: HashMap<(usize, usize), u64>,
 }
 
 /// A snapshot cut and not fully archived: what each frozen key group of
@@ -514,8 +517,28 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             for index in 0..self.range.len() {
                 let group = (self.range.start as usize + index) as u32;
                 let key: StateKey = (self.name.clone(), table.name().to_string(), group);
-                let entries = table.keys_in_group(index) as u64;
                 let committed = checkpoints.committed_chain(&key);
+                if !table.is_loaded(index) {
+                    if self.incremental.is_some() && !committed.is_empty() {
+                        // Restored and untouched since: the chain stands as is.
+                        checkpoints.add_reused(
+                            id,
+                            StateRef {
+                                key,
+                                prefix: committed,
+                                entries: self
+                                    .restored_entries
+                                    .get(&(position, index))
+                                    .copied()
+                                    .unwrap_or(0),
+                                type_name: table.type_name().to_string(),
+                            },
+                        );
+                        continue;
+                    }
+                    table.ensure_loaded(index)?;
+                }
+                let entries = table.keys_in_group(index) as u64;
                 let state = StateRef {
                     key,
                     prefix: Vec::new(),
@@ -615,32 +638,29 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         restore: &crate::checkpoint::restore::RestoreState,
     ) -> Result<(), JobError> {
         let fail = |what: String| JobError::Restore(format!("operator `{}`: {what}", self.name));
-        for table in self.state.tables() {
+        let mut restored_entries = HashMap::new();
+        for (position, table) in self.state.tables().iter().enumerate() {
             let mut table = table.borrow_mut();
             for index in 0..self.range.len() {
                 let group = (self.range.start as usize + index) as u32;
-                let Some((blocks, links)) = restore.state_chain(&self.name, table.name(), group)?
+                let Some((blocks, links, entries)) =
+                    restore.state_chain(&self.name, table.name(), group)?
                 else {
                     continue;
                 };
-                for (delta, block) in blocks {
-                    let applied = if delta {
-                        table.restore_delta(index, &block)
-                    } else {
-                        table.restore_group(index, &block)
-                    };
-                    applied.map_err(|e| {
-                        fail(format!("state `{}` key group {group}: {e}", table.name()))
-                    })?;
-                }
+                restored_entries.insert((position, index), entries);
+                // Loaded on first access or in the background (a few key
+                // groups per step): records flow before the state is copied.
+                table.restore_lazily(index, blocks);
                 self.checkpoints
                     .borrow_mut()
                     .set_committed((self.name.clone(), table.name().to_string(), group), links);
             }
         }
+        self.restored_entries = restored_entries;
         for index in 0..self.range.len() {
             let group = (self.range.start as usize + index) as u32;
-            let Some((blocks, _)) = restore.state_chain(&self.name, TIMERS_TABLE, group)? else {
+            let Some((blocks, _, _)) = restore.state_chain(&self.name, TIMERS_TABLE, group)? else {
                 continue;
             };
             for (_, block) in blocks {
@@ -759,14 +779,32 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
 
     fn continue_snapshot(&self) -> Result<bool, JobError> {
         let mut op = self.borrow_mut();
-        if op.lazy.is_none() {
-            return Ok(false);
+        let mut progressed = false;
+        // Restored key groups load in the background, a few per step; a
+        // load that failed on access is reported here too.
+        let mut budget = KEY_GROUPS_PER_STEP;
+        for table in op.state.tables() {
+            let loaded = table
+                .borrow_mut()
+                .load_pending(budget)
+                .map_err(|e| JobError::Restore(format!("operator `{}`: {e}", op.name)))?;
+            budget -= loaded;
+            progressed |= loaded > 0;
         }
-        op.continue_snapshot(KEY_GROUPS_PER_STEP)
+        if op.lazy.is_none() {
+            return Ok(progressed);
+        }
+        Ok(op.continue_snapshot(KEY_GROUPS_PER_STEP)? || progressed)
     }
 
     fn has_snapshot_work(&self) -> bool {
-        self.borrow().lazy.is_some()
+        let op = self.borrow();
+        op.lazy.is_some()
+            || op
+                .state
+                .tables()
+                .iter()
+                .any(|t| t.borrow().pending_loads() > 0)
     }
 }
 
@@ -849,6 +887,7 @@ fn build<
         snapshotted: 0,
         incremental,
         lazy: None,
+        restored_entries: HashMap::new(),
     }));
     if let Some(restore) = df.restore_state() {
         let restored = op.borrow_mut().restore(&restore);
