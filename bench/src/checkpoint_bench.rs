@@ -20,13 +20,15 @@
 //!
 //! **Checkpoints** go through the engine (`JobConfig.checkpoint`, io_uring
 //! writes into `<state-dir>/checkpoints-<variant>`), triggered by the driver
-//! with an [`IntervalTrigger`] (see [`crate::checkpoints`] for why; besides,
-//! the engine's periodic trigger counts from the job's start, which would put
-//! checkpoints into the fill phase): one *baseline* checkpoint after the fill
-//! (the first full copy of the state, which incremental checkpoints build on;
-//! reported apart), then one every `--checkpoint-interval-ms` from the update
-//! phase's start. As with the engine's interval, a trigger due while a
-//! checkpoint is in progress fires as soon as that one completes.
+//! through [`JobHandle::trigger_checkpoint`] (cause `manual`; the engine's
+//! interval is 0): the engine's periodic trigger counts from the job's start,
+//! which would put checkpoints into the fill phase — and an incremental
+//! baseline would then be a delta, not a full copy. One *baseline* checkpoint
+//! after the fill (the first full copy of the state, which incremental
+//! checkpoints build on; reported apart), then one every
+//! `--checkpoint-interval-ms` from the update phase's start ([`Trigger`]). As
+//! with the engine's interval, a trigger due while a checkpoint is in progress
+//! fires as soon as that one ends.
 //!
 //! **Figures per variant** (update phase only): throughput (updates / time
 //! from the phase's start to the last update processed), its ratio to (a),
@@ -48,11 +50,11 @@ use spate::sink::Sink;
 use spate::source::{Source, SourceContext, SourcePoll};
 use spate::time::Clock;
 use spate::{
-    CheckpointStats, CheckpointStatus, Dataflow, Job, JobConfig, KeyedContext, Record, RestoreFrom,
-    SinkError, SourceError, WatermarkStrategy,
+    CheckpointStats, CheckpointStatus, Dataflow, Job, JobConfig, JobHandle, KeyedContext, Record,
+    RestoreFrom, SinkError, SourceError, WatermarkStrategy,
 };
 
-use crate::checkpoints::{mib, quantile, CheckpointSettings, CheckpointSummary, IntervalTrigger};
+use crate::checkpoints::{mib, quantile, CheckpointSettings, CheckpointSummary};
 use crate::report::{peak_rss_bytes, LatencySummary, Machine};
 use crate::sink::{new_histogram, now_us};
 
@@ -562,13 +564,74 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<BenchSummary> {
     })
 }
 
+/// The driver's checkpoint schedule (see the module docs): triggers a
+/// checkpoint every interval, never while one is in progress; poll it often
+/// (every millisecond).
+#[derive(Debug)]
+struct Trigger {
+    interval_us: u64,
+    next_us: u64,
+    /// While a checkpoint triggered here may not have started or ended yet:
+    /// the checkpoints finished (completed or failed) when it was triggered.
+    pending: Option<u64>,
+}
+
+/// Checkpoints finished so far, completed or failed.
+fn finished_checkpoints(handle: &JobHandle) -> u64 {
+    handle.completed_checkpoints() + handle.failed_checkpoints()
+}
+
+impl Trigger {
+    /// The first trigger at `first_us` (epoch µs), then every `interval_ms`.
+    fn new(first_us: u64, interval_ms: u64) -> Self {
+        Self {
+            interval_us: interval_ms.max(1) * 1000,
+            next_us: first_us,
+            pending: None,
+        }
+    }
+
+    /// Whether a checkpoint is in progress, or triggered here and not
+    /// started yet (the coordinator has not seen the request).
+    fn in_progress(&mut self, handle: &JobHandle) -> bool {
+        if let Some(before) = self.pending {
+            if finished_checkpoints(handle) == before {
+                return true;
+            }
+            self.pending = None;
+        }
+        handle.checkpoint_in_progress()
+    }
+
+    /// Triggers now regardless of the schedule (if none is in progress);
+    /// returns whether it did.
+    fn trigger_now(&mut self, handle: &JobHandle) -> bool {
+        if self.in_progress(handle) {
+            return false;
+        }
+        self.pending = Some(finished_checkpoints(handle));
+        handle.trigger_checkpoint();
+        true
+    }
+
+    /// Triggers a checkpoint if one is due at `now_us` and none is in progress.
+    fn poll(&mut self, handle: &JobHandle, now_us: u64) {
+        if now_us < self.next_us || !self.trigger_now(handle) {
+            return;
+        }
+        while self.next_us <= now_us {
+            self.next_us += self.interval_us;
+        }
+    }
+}
+
 fn processed(counters: &[Padded]) -> u64 {
     counters.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
 }
 
 /// Waits until `done()` or the job ends; false if the job ended first.
 fn wait_for(
-    handle: &spate::JobHandle,
+    handle: &JobHandle,
     what: &str,
     mut done: impl FnMut() -> bool,
 ) -> anyhow::Result<bool> {
@@ -597,7 +660,7 @@ fn run_variant(config: &BenchConfig, variant: Variant) -> anyhow::Result<Variant
         state_dir: config
             .state_dir
             .join(format!("checkpoints-{}", variant.name())),
-        // Triggered by the driver (see the module docs).
+        // Triggered by the driver (see the module docs), not by the engine.
         interval_ms: 0,
         mode: config.mode.clone(),
         alignment_timeout_ms: config.alignment_timeout_ms,
@@ -640,8 +703,7 @@ fn run_variant(config: &BenchConfig, variant: Variant) -> anyhow::Result<Variant
     let fill_s = fill_started.elapsed().as_secs_f64();
 
     // Baseline checkpoint.
-    let start_us_guess = now_us();
-    let mut trigger = IntervalTrigger::new(start_us_guess, config.interval_ms);
+    let mut trigger = Trigger::new(now_us(), config.interval_ms);
     if settings.is_some() {
         let before = handle.completed_checkpoints();
         trigger.trigger_now(&handle);
@@ -650,10 +712,11 @@ fn run_variant(config: &BenchConfig, variant: Variant) -> anyhow::Result<Variant
         })?;
         if !ok || handle.completed_checkpoints() == before {
             handle.stop();
+            let failed = handle.failed_checkpoints();
             let stats = handle.checkpoint_stats();
             let report = handle.join();
             bail!(
-                "the baseline checkpoint failed: {stats:?} {:?}",
+                "the baseline checkpoint failed ({failed} failed checkpoint(s)): {stats:?} {:?}",
                 report.err()
             );
         }
@@ -662,7 +725,7 @@ fn run_variant(config: &BenchConfig, variant: Variant) -> anyhow::Result<Variant
     // Update phase.
     let start_us = now_us() + UPDATE_LEAD_US;
     phase.update_start_us.store(start_us, Ordering::Release);
-    trigger = IntervalTrigger::new(start_us + config.interval_ms * 1000, config.interval_ms);
+    trigger = Trigger::new(start_us + config.interval_ms * 1000, config.interval_ms);
     let total = keys + updates;
     let mut end_us = None;
     let deadline = Instant::now()

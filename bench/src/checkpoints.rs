@@ -5,28 +5,14 @@
 //! a run ([`checkpoints_svg`]).
 //!
 //! Checkpoints go through the engine's real path: `JobConfig.checkpoint`, the
-//! coordinator on reactor 0, barriers, snapshots, io_uring writes into the
-//! state directory. This module configures them, triggers them
-//! ([`IntervalTrigger`]) and reads their statistics.
-//!
-//! **Why the benchmark triggers checkpoints itself.** The engine's coordinator
-//! task (on reactor 0) loops without yielding while a periodic trigger is
-//! overdue but cannot fire because a checkpoint is in progress (and likewise
-//! while a manual trigger waits for one): it then starves reactor 0's subtask,
-//! which must pass the barrier for the checkpoint to complete, and the job
-//! stalls until the checkpoint times out. Until that is fixed in the engine,
-//! the benchmark sets the engine's interval to 0 and calls
-//! [`JobHandle::trigger_checkpoint`] every interval — only when no checkpoint
-//! is in progress, exactly when the engine's own interval trigger would fire
-//! (a trigger due during a checkpoint fires as soon as it ends). The
-//! statistics therefore show the trigger cause `manual`.
+//! coordinator on reactor 0 (which triggers them every interval, cause
+//! `interval`), barriers, snapshots, io_uring writes into the state directory.
+//! This module configures them and reads their statistics.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use spate::{
-    CheckpointConfig, CheckpointMode, CheckpointStats, CheckpointStatus, JobHandle, RestoreFrom,
-};
+use spate::{CheckpointConfig, CheckpointMode, CheckpointStats, CheckpointStatus, RestoreFrom};
 
 /// Alignment timeout of `--checkpoint-mode aligned-timeout` when
 /// `--alignment-timeout-ms` is not given.
@@ -72,7 +58,8 @@ pub fn parse_mode(name: &str, alignment_timeout_ms: Option<u64>) -> Result<Check
 pub struct CheckpointSettings {
     /// The state directory (segments and manifest).
     pub state_dir: PathBuf,
-    /// Time between checkpoint triggers (> 0).
+    /// Time between the engine's periodic checkpoint triggers; 0: none (the
+    /// caller triggers them through the job handle).
     pub interval_ms: u64,
     /// Barrier mode name (`aligned`, `unaligned`, `aligned-timeout`, `at-least-once`).
     pub mode: String,
@@ -97,8 +84,9 @@ impl CheckpointSettings {
 
     /// The engine's checkpoint configuration: the flags, [`TOLERABLE_FAILURES`],
     /// and the engine's defaults for the rest (timeout 10 min, one checkpoint at
-    /// a time, 3 retained). The engine's interval is 0: an [`IntervalTrigger`]
-    /// triggers the checkpoints (see the module docs).
+    /// a time, 3 retained). The engine triggers a checkpoint every
+    /// `interval_ms` (the first one interval after the start; one due while
+    /// another is in progress fires as soon as that one ends).
     ///
     /// # Errors
     /// As [`parse_mode`].
@@ -108,63 +96,8 @@ impl CheckpointSettings {
             incremental: self.incremental,
             restore,
             tolerable_failures: TOLERABLE_FAILURES,
-            ..CheckpointConfig::new(&self.state_dir, 0)
+            ..CheckpointConfig::new(&self.state_dir, self.interval_ms)
         })
-    }
-}
-
-/// Triggers a checkpoint of a running job every interval, never while one is
-/// in progress (see the module docs): poll it often (every millisecond).
-#[derive(Debug)]
-pub struct IntervalTrigger {
-    interval_us: u64,
-    next_us: u64,
-    /// While a triggered checkpoint is in progress: the id of the newest
-    /// finished checkpoint when it was triggered.
-    pending: Option<Option<u64>>,
-}
-
-impl IntervalTrigger {
-    /// The first trigger at `first_us` (epoch µs), then every `interval_ms`.
-    pub fn new(first_us: u64, interval_ms: u64) -> Self {
-        Self {
-            interval_us: interval_ms.max(1) * 1000,
-            next_us: first_us,
-            pending: None,
-        }
-    }
-
-    /// Whether the last checkpoint triggered here has not finished yet.
-    pub fn in_progress(&mut self, handle: &JobHandle) -> bool {
-        if let Some(before) = self.pending {
-            // The history holds finished checkpoints only.
-            if handle.checkpoint_stats().last().map(|c| c.id) == before {
-                return true;
-            }
-            self.pending = None;
-        }
-        false
-    }
-
-    /// Triggers now regardless of the schedule (if none is in progress);
-    /// returns whether it did.
-    pub fn trigger_now(&mut self, handle: &JobHandle) -> bool {
-        if self.in_progress(handle) {
-            return false;
-        }
-        self.pending = Some(handle.checkpoint_stats().last().map(|c| c.id));
-        handle.trigger_checkpoint();
-        true
-    }
-
-    /// Triggers a checkpoint if one is due at `now_us` and none is in progress.
-    pub fn poll(&mut self, handle: &JobHandle, now_us: u64) {
-        if now_us < self.next_us || !self.trigger_now(handle) {
-            return;
-        }
-        while self.next_us <= now_us {
-            self.next_us += self.interval_us;
-        }
     }
 }
 

@@ -141,13 +141,6 @@ struct CheckpointFlags {
 }
 
 impl CheckpointFlags {
-    /// The state directory as an absolute path (the engine's store fails to
-    /// open a relative one: "rewrite manifest …: Bad file descriptor").
-    fn absolute_state_dir(&self) -> anyhow::Result<PathBuf> {
-        std::path::absolute(&self.state_dir)
-            .with_context(|| format!("resolving --state-dir {}", self.state_dir.display()))
-    }
-
     /// The settings, or `None` when checkpointing is off; refuses mode flags
     /// that would be ignored.
     fn settings(&self, incremental: bool) -> anyhow::Result<Option<CheckpointSettings>> {
@@ -169,7 +162,7 @@ impl CheckpointFlags {
         let mode = self.checkpoint_mode.as_deref().unwrap_or("aligned");
         parse_mode(mode, self.alignment_timeout_ms).map_err(anyhow::Error::msg)?;
         Ok(Some(CheckpointSettings {
-            state_dir: self.absolute_state_dir()?,
+            state_dir: self.state_dir.clone(),
             interval_ms,
             mode: mode.to_string(),
             alignment_timeout_ms: self.alignment_timeout_ms,
@@ -340,7 +333,7 @@ fn checkpoints(args: CheckpointsArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| "aligned".to_string());
     parse_mode(&config.mode, flags.alignment_timeout_ms).map_err(anyhow::Error::msg)?;
     config.alignment_timeout_ms = flags.alignment_timeout_ms;
-    config.state_dir = flags.absolute_state_dir()?;
+    config.state_dir = flags.state_dir.clone();
     config.keep_state = args.keep_state;
     let summary = checkpoint_bench::run(&config)?;
     checkpoint_bench::write_report(&args.report, &summary)

@@ -22,11 +22,11 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use spate::{CheckpointStats, Dataflow, Job, JobConfig, JobError, RestoreFrom, Stream};
 
-use crate::checkpoints::{CheckpointSettings, IntervalTrigger};
+use crate::checkpoints::CheckpointSettings;
 
 use crate::nexmark::GeneratorConfig;
 use crate::queries::{self, Query};
-use crate::sink::{now_us, BenchSink, SinkOptions, SinkTotals};
+use crate::sink::{BenchSink, SinkOptions, SinkTotals};
 use crate::source::{watermarks, NexmarkSource};
 
 /// How long after the job starts the open-loop schedule begins, so that every
@@ -206,15 +206,6 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
         let (done, emitted, events) = (done.clone(), emitted.clone(), config.events);
         std::thread::spawn(move || progress_bar(&done, &emitted, events))
     });
-    if let Some(settings) = &config.checkpoint {
-        // The benchmark triggers the checkpoints (see `crate::checkpoints`).
-        let mut trigger =
-            IntervalTrigger::new(now_us() + settings.interval_ms * 1000, settings.interval_ms);
-        while handle.is_running() {
-            std::thread::sleep(Duration::from_millis(1));
-            trigger.poll(&handle, now_us());
-        }
-    }
     let report = handle.join();
     done.store(true, Ordering::SeqCst);
     if let Some(thread) = progress {

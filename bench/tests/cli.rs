@@ -298,6 +298,13 @@ fn checkpoints_are_taken_and_reported() {
     // q5 keeps windows in keyed state: the checkpoints hold bytes.
     assert!(c["bytes_total"].as_u64().unwrap() > 0, "{c}");
     assert!(summary["resumed_from_checkpoint"].is_null());
+    // The engine's coordinator triggered them (its interval), not the bench.
+    let store = spate_storage::StoreReader::open(dir.join("state")).unwrap();
+    assert!(!store.checkpoints().is_empty());
+    for record in store.checkpoints() {
+        let metadata = spate::checkpoint::CheckpointMetadata::decode(&record.metadata).unwrap();
+        assert_eq!(metadata.cause, "interval", "checkpoint {}", metadata.id);
+    }
     let svg = std::fs::read_to_string(report.join("checkpoints.svg")).unwrap();
     assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"));
     // The run is marked completed: the same command starts fresh.
