@@ -274,6 +274,8 @@ async fn writer_task(
         let mut handles = Vec::with_capacity(snapshot.blocks.len());
         for block in &snapshot.blocks {
             handles.push(writer.append(block.kind, &block.bytes));
+            // Full buffers go to the device while the next blocks are copied.
+            writer.write_behind().await;
         }
         let written = writer.flush().await.map_err(|e| e.to_string());
         let mut ack = ack_for(snapshot, subtask, handles, written, &checkpoints);

@@ -28,9 +28,9 @@ pub trait IoBuffer: AsRef<[u8]> + AsMut<[u8]> {
 // The futures are reactor-local on purpose (a glommio file is !Send), so the missing
 // `Send` bound that this lint warns about is the intended contract.
 #[allow(async_fn_in_trait)]
-pub trait IoFile {
+pub trait IoFile: 'static {
     /// Buffer type accepted by [`IoFile::write_at`].
-    type Buffer: IoBuffer;
+    type Buffer: IoBuffer + 'static;
 
     /// Writes the whole buffer at `offset`; both must be page multiples. Returns the
     /// number of bytes written, which may be short (the caller treats that as an error).
@@ -57,7 +57,7 @@ pub struct DirEntry {
 #[allow(async_fn_in_trait)]
 pub trait Io: Clone + 'static {
     /// Write buffer type.
-    type Buffer: IoBuffer;
+    type Buffer: IoBuffer + 'static;
     /// Open file type.
     type File: IoFile<Buffer = Self::Buffer>;
 
@@ -76,6 +76,10 @@ pub trait Io: Clone + 'static {
     async fn remove(&self, name: &str) -> io::Result<()>;
     /// Makes the current set of names (creations, renames, removals) durable.
     async fn sync_dir(&self) -> io::Result<()>;
+    /// Lets operations that futures have queued (polled once, still pending) reach
+    /// the device now rather than at the caller's next wait, so that they overlap
+    /// with the caller's work. Never waits for them to complete.
+    async fn start_queued(&self);
 }
 
 impl IoBuffer for glommio::io::DmaBuffer {
@@ -154,12 +158,18 @@ impl Io for GlommioIo {
             len > 0 && len % crate::format::PAGE_SIZE == 0,
             "DMA buffers are whole pages"
         );
-        // The global allocator (4 KiB aligned) rather than the reactor's buddy pool:
-        // write buffers live across awaits and may be large.
+        // The reactor's registered buffer arena (`io_memory`, 10 MiB by default):
+        // its pages stay resident, so a buffer reused after a write completes costs
+        // no page faults (fresh memory for every buffer made a writer fault on every
+        // page it wrote), and io_uring writes it without pinning pages. A segment
+        // writer using `write_behind` keeps only a few buffers alive; when the arena
+        // is exhausted glommio falls back to the global allocator. Must be called
+        // on a glommio reactor, and the buffer dropped on the same one (the writer
+        // and the store are reactor-local).
         // Not zeroed: every byte that reaches the disk is written by the segment
         // writer (payload by the caller, header and padding by `seal_block`, page
         // tail by `seal_chunk`), and zeroing would be one more pass over memory.
-        glommio::allocate_dma_buffer_global(len)
+        glommio::allocate_dma_buffer(len)
     }
 
     async fn create(&self, name: &str) -> io::Result<Self::File> {
@@ -226,6 +236,13 @@ impl Io for GlommioIo {
 
     async fn remove(&self, name: &str) -> io::Result<()> {
         glommio::io::remove(self.path(name)).await.map_err(to_io)
+    }
+
+    /// glommio hands queued requests to io_uring only when the reactor runs, which a
+    /// busy task does not let happen until it waits for something: one 1 µs timer is
+    /// one trip through the reactor (other runnable tasks may run first).
+    async fn start_queued(&self) {
+        glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
     }
 
     async fn sync_dir(&self) -> io::Result<()> {

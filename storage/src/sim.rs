@@ -475,6 +475,9 @@ impl Io for SimIo {
         s.syncs += 1;
         Ok(())
     }
+
+    /// Nothing to do: every operation completes when it is first polled.
+    async fn start_queued(&self) {}
 }
 
 #[cfg(test)]

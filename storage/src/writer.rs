@@ -3,7 +3,11 @@
 //!
 //! A [`SegmentWriter`] belongs to one writer id (usually one core) and one reactor:
 //! [`SegmentWriter::append`] frames a block into 4 KiB aligned DMA buffers
-//! synchronously (no I/O), [`SegmentWriter::flush`] writes the pending buffers and
+//! synchronously (no I/O), [`SegmentWriter::write_behind`] (optional, between
+//! appends) starts writing the buffers already full while the caller serialises the
+//! next blocks, and keeps at most [`MAX_WRITES_IN_FLIGHT`] of them in flight, so a
+//! writer's memory is a few buffers rather than a whole checkpoint;
+//! [`SegmentWriter::flush`] writes what is still pending, waits for every write and
 //! `fdatasync`s; after it returns `Ok`, every handle returned before is durable.
 //! A flush never rewrites a page written by an earlier flush: the next block starts
 //! on the next page boundary (at most one page of padding per flush), so a torn
@@ -21,7 +25,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
@@ -33,6 +39,12 @@ use crate::io::{Io, IoBuffer, IoFile};
 
 /// Writer id reserved for the store's compaction.
 pub const COMPACTION_WRITER_ID: u16 = u16::MAX;
+
+/// Most buffer writes [`SegmentWriter::write_behind`] leaves in flight before it
+/// waits for the oldest: enough to keep the device busy while the caller fills the
+/// next buffer, few enough that the buffers stay warm in the allocator (a writer
+/// that held a whole checkpoint paid a fresh-page fault on every page of it).
+pub const MAX_WRITES_IN_FLIGHT: usize = 4;
 
 /// What the registry knows about one segment.
 #[derive(Debug, Clone, Default)]
@@ -150,6 +162,9 @@ impl<I: Io> WriterSlot<I> {
             current: None,
             chunk: None,
             pending: Vec::new(),
+            in_flight: Vec::new(),
+            unsynced: Unsynced::default(),
+            write_error: None,
             rolled: Vec::new(),
             unflushed: Vec::new(),
             files: Vec::new(),
@@ -162,6 +177,27 @@ struct Current {
     id: SegmentId,
     /// Offset of the next block in the segment file.
     pos: u64,
+}
+
+/// One buffer write started and not yet reaped.
+struct WriteDone {
+    segment: SegmentId,
+    offset: u64,
+    expected: usize,
+    result: io::Result<usize>,
+}
+
+type WriteFuture = Pin<Box<dyn Future<Output = WriteDone>>>;
+
+/// What the writes started since the last successful flush touched.
+#[derive(Default)]
+struct Unsynced {
+    /// Segments written to, in first-write order (each is `fdatasync`ed by the flush).
+    segments: Vec<SegmentId>,
+    /// End of the bytes written per segment.
+    ends: HashMap<SegmentId, u64>,
+    /// A segment file was created (the flush syncs the directory).
+    created_file: bool,
 }
 
 struct Chunk<B> {
@@ -182,12 +218,18 @@ pub struct SegmentWriter<I: Io> {
     buffer_bytes: usize,
     current: Option<Current>,
     chunk: Option<Chunk<I::Buffer>>,
-    /// Full chunks waiting for the next flush, in file order.
+    /// Full chunks not yet handed to the I/O backend, in file order.
     pending: Vec<Chunk<I::Buffer>>,
+    /// Writes started and not yet reaped, oldest first.
+    in_flight: Vec<WriteFuture>,
+    unsynced: Unsynced,
+    /// First failure of a write started since the last flush; the next flush fails.
+    write_error: Option<WriteError>,
     /// Segments rolled away from since the last flush (sealed by the next flush).
     rolled: Vec<SegmentId>,
     unflushed: Vec<BlockHandle>,
-    files: Vec<(SegmentId, I::File)>,
+    /// Open segment files (shared with the writes in flight to them).
+    files: Vec<(SegmentId, Rc<I::File>)>,
     _claim: WriterClaim,
 }
 
@@ -337,16 +379,39 @@ impl<I: Io> SegmentWriter<I> {
         }
     }
 
+    /// Starts writing every buffer filled so far without waiting for the writes, then
+    /// waits while more than [`MAX_WRITES_IN_FLIGHT`] are in flight.
+    ///
+    /// Optional: [`flush`](Self::flush) alone writes everything. Calling this between
+    /// appends overlaps the caller's serialisation (and the block CRCs) with the
+    /// device, and bounds the writer's buffers to a few instead of everything appended
+    /// since the last flush. Durability is unchanged: nothing is durable, and no
+    /// handle may be committed, before the next flush returns `Ok`. A failed write is
+    /// reported by that flush (with the same consequences as a failed flush); until
+    /// then the buffers appended after it are dropped instead of written.
+    pub async fn write_behind(&mut self) {
+        let started = !self.pending.is_empty();
+        self.start_writes().await;
+        self.reap(MAX_WRITES_IN_FLIGHT).await;
+        if started {
+            self.io.start_queued().await;
+        }
+    }
+
     /// Writes every pending block and makes it durable (`fdatasync`, and a directory
     /// sync if a segment file was created). On `Ok`, every handle returned so far is
     /// durable. On `Err`, the handles returned since the last successful flush are
     /// invalid (never commit them) and the writer moves on to a new segment.
     pub async fn flush(&mut self) -> Result<(), WriteError> {
         self.seal_chunk();
-        if self.pending.is_empty() {
+        if self.pending.is_empty()
+            && self.in_flight.is_empty()
+            && self.unsynced.segments.is_empty()
+            && self.write_error.is_none()
+        {
             return Ok(());
         }
-        match self.write_pending().await {
+        match self.write_and_sync().await {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.abandon();
@@ -355,74 +420,116 @@ impl<I: Io> SegmentWriter<I> {
         }
     }
 
-    async fn write_pending(&mut self) -> Result<(), WriteError> {
-        let mut created_any = false;
-        let mut touched: Vec<SegmentId> = Vec::new();
-        let mut ends: HashMap<SegmentId, u64> = HashMap::new();
+    /// Hands every pending chunk to the backend: creates the segment files they need
+    /// (all creations first, then the writes), starts one write per chunk and polls
+    /// it once (io_uring: queued for submission). A failure is kept in `write_error`.
+    async fn start_writes(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if self.write_error.is_some() {
+            // The flush will fail anyway; do not write, free the buffers.
+            self.pending.clear();
+            return;
+        }
         let pending = std::mem::take(&mut self.pending);
         for chunk in &pending {
             let seg = chunk.segment;
-            if !self.files.iter().any(|(s, _)| *s == seg) {
-                let file =
-                    self.io
-                        .create(&seg.file_name())
-                        .await
-                        .map_err(|source| WriteError::Io {
-                            op: "create",
-                            segment: seg,
-                            offset: 0,
-                            source,
-                        })?;
-                if let Some(s) = lock(&self.registry).segments.get_mut(&seg) {
-                    s.file_created = true;
-                }
-                self.files.push((seg, file));
-                created_any = true;
+            if self.files.iter().any(|(s, _)| *s == seg) {
+                continue;
             }
-            if !touched.contains(&seg) {
-                touched.push(seg);
+            match self.io.create(&seg.file_name()).await {
+                Ok(file) => {
+                    if let Some(s) = lock(&self.registry).segments.get_mut(&seg) {
+                        s.file_created = true;
+                    }
+                    self.files.push((seg, Rc::new(file)));
+                    self.unsynced.created_file = true;
+                }
+                Err(source) => {
+                    self.write_error = Some(WriteError::Io {
+                        op: "create",
+                        segment: seg,
+                        offset: 0,
+                        source,
+                    });
+                    return;
+                }
             }
         }
-        // Issue every write at once (io_uring keeps them all in flight), then sync.
-        let mut writes = Vec::with_capacity(pending.len());
         for chunk in pending {
-            let seg = chunk.segment;
-            let file = &self
-                .files
-                .iter()
-                .find(|(s, _)| *s == seg)
-                .expect("file opened above")
-                .1;
+            let segment = chunk.segment;
+            let file = Rc::clone(
+                &self
+                    .files
+                    .iter()
+                    .find(|(s, _)| *s == segment)
+                    .expect("file opened above")
+                    .1,
+            );
             let expected = chunk.buf.as_ref().len();
             debug_assert_eq!(expected, chunk.fill);
             debug_assert_eq!(expected % PAGE_SIZE, 0);
-            let end = ends.entry(seg).or_insert(0);
-            *end = (*end).max(chunk.base + expected as u64);
-            let base = chunk.base;
-            writes.push(async move { (seg, base, expected, file.write_at(chunk.buf, base).await) });
-        }
-        for (segment, offset, expected, res) in join_all(writes).await {
-            let written = res.map_err(|source| WriteError::Io {
-                op: "write",
-                segment,
-                offset,
-                source,
-            })?;
-            if written != expected {
-                return Err(WriteError::ShortWrite {
+            debug_assert_eq!(chunk.base % PAGE_SIZE as u64, 0);
+            let offset = chunk.base;
+            let end = self.unsynced.ends.entry(segment).or_insert(0);
+            *end = (*end).max(offset + expected as u64);
+            if !self.unsynced.segments.contains(&segment) {
+                self.unsynced.segments.push(segment);
+            }
+            self.in_flight.push(Box::pin(async move {
+                let result = file.write_at(chunk.buf, offset).await;
+                WriteDone {
                     segment,
                     offset,
                     expected,
-                    written,
-                });
-            }
+                    result,
+                }
+            }));
         }
-        for seg in &touched {
+    }
+
+    /// Polls every write in flight (which also starts the new ones), reaps those
+    /// done, and waits until at most `max_left` remain.
+    async fn reap(&mut self, max_left: usize) {
+        std::future::poll_fn(|cx| {
+            let mut i = 0;
+            while i < self.in_flight.len() {
+                match self.in_flight[i].as_mut().poll(cx) {
+                    Poll::Ready(done) => {
+                        // Keep the order of the rest (oldest first).
+                        drop(self.in_flight.remove(i));
+                        if self.write_error.is_none() {
+                            self.write_error = check_write(done).err();
+                        }
+                    }
+                    Poll::Pending => i += 1,
+                }
+            }
+            if self.in_flight.len() <= max_left {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    async fn write_and_sync(&mut self) -> Result<(), WriteError> {
+        // Issue every remaining write at once (io_uring keeps them all in flight),
+        // wait for all of them, then sync.
+        self.start_writes().await;
+        self.reap(0).await;
+        if let Some(e) = self.write_error.take() {
+            return Err(e);
+        }
+        let unsynced = std::mem::take(&mut self.unsynced);
+        for seg in &unsynced.segments {
             let file = &self
                 .files
                 .iter()
                 .find(|(s, _)| s == seg)
-                .expect("touched file is open")
+                .expect("written file is open")
                 .1;
             file.sync_data().await.map_err(|source| WriteError::Io {
                 op: "fdatasync",
@@ -431,7 +538,7 @@ impl<I: Io> SegmentWriter<I> {
                 source,
             })?;
         }
-        if created_any {
+        if unsynced.created_file {
             self.io.sync_dir().await.map_err(WriteError::SyncDir)?;
         }
         // Durable: publish to the registry.
@@ -442,7 +549,7 @@ impl<I: Io> SegmentWriter<I> {
                     s.unresolved.insert(h.offset);
                 }
             }
-            for (seg, end) in &ends {
+            for (seg, end) in &unsynced.ends {
                 if let Some(s) = reg.segments.get_mut(seg) {
                     s.durable_len = s.durable_len.max(*end);
                 }
@@ -451,13 +558,15 @@ impl<I: Io> SegmentWriter<I> {
                 reg.retire(*seg);
             }
         }
-        // Close sealed segments' files.
+        // Close sealed segments' files (no write is in flight any more).
         let rolled = std::mem::take(&mut self.rolled);
         let mut keep = Vec::new();
         for (seg, file) in std::mem::take(&mut self.files) {
             if rolled.contains(&seg) {
                 // Already durable; a close error cannot lose data.
-                let _ = file.close().await;
+                if let Ok(file) = Rc::try_unwrap(file) {
+                    let _ = file.close().await;
+                }
             } else {
                 keep.push((seg, file));
             }
@@ -470,6 +579,11 @@ impl<I: Io> SegmentWriter<I> {
     /// in an unknown state); earlier durable blocks in it stay valid.
     fn abandon(&mut self) {
         self.pending.clear();
+        // Empty unless the flush itself was interrupted; dropping a glommio write
+        // leaves the operation (and its buffer) with the reactor until it completes.
+        self.in_flight.clear();
+        self.unsynced = Unsynced::default();
+        self.write_error = None;
         self.chunk = None;
         self.unflushed.clear();
         let mut reg = lock(&self.registry);
@@ -496,31 +610,27 @@ impl<I: Io> Drop for SegmentWriter<I> {
     }
 }
 
-/// Polls all futures until every one is ready; outputs in input order. (No
-/// dependency on a futures crate for this one combinator.)
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(move |cx| {
-        let mut all_ready = true;
-        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if out.is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => *out = Some(v),
-                    Poll::Pending => all_ready = false,
-                }
-            }
-        }
-        if all_ready {
-            Poll::Ready(
-                outputs
-                    .iter_mut()
-                    .map(|o| o.take().expect("ready output"))
-                    .collect(),
-            )
-        } else {
-            Poll::Pending
-        }
-    })
-    .await
+/// The outcome of one buffer write: an error unless all of it was written.
+fn check_write(done: WriteDone) -> Result<(), WriteError> {
+    let WriteDone {
+        segment,
+        offset,
+        expected,
+        result,
+    } = done;
+    let written = result.map_err(|source| WriteError::Io {
+        op: "write",
+        segment,
+        offset,
+        source,
+    })?;
+    if written != expected {
+        return Err(WriteError::ShortWrite {
+            segment,
+            offset,
+            expected,
+            written,
+        });
+    }
+    Ok(())
 }

@@ -94,6 +94,10 @@ fn write_commit_reopen_read_back_and_gc() {
                         );
                         handles.push(w.append(BlockKind::KEYED_STATE_FULL, &p));
                         ps.push(p);
+                        // Writer 1 overlaps its writes with the appends.
+                        if wi == 1 {
+                            w.write_behind().await;
+                        }
                     }
                 }
                 w0.flush().await.unwrap();

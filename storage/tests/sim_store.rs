@@ -81,6 +81,10 @@ fn workload(io: &SimIo, seed: u64, exp: &mut Expected) {
                     };
                     handles.push(h);
                     payloads.push(p);
+                    // Writer 1 starts its writes early, as the engine does.
+                    if wi == 1 {
+                        w.write_behind().await;
+                    }
                 }
             }
             for w in writers.iter_mut() {
@@ -327,6 +331,36 @@ fn injected_errors_fail_cleanly_and_keep_earlier_checkpoints() {
         timestamp_ms: 4,
         metadata: vec![],
         handles: vec![bad],
+    };
+    assert!(matches!(
+        block_on(store.commit_checkpoint(rec_bad)),
+        Err(CommitError::NotDurable { .. } | CommitError::UnknownSegment { .. })
+    ));
+
+    // EIO on a write started by write_behind: reported by the flush, the buffers
+    // appended after it are never written, the handles are refused at commit.
+    let mut failed = 0;
+    io.fail_when(move |op| {
+        (op.kind == SimOpKind::Write && op.name.starts_with("seg-") && {
+            failed += 1;
+            failed == 1
+        })
+        .then_some(SimFault::Errno(libc::EIO))
+    });
+    let mut bad = Vec::new();
+    for i in 0..6 {
+        bad.push(w.append(BlockKind::OPERATOR_STATE, &payload(90 + i, 6000)));
+        block_on(w.write_behind());
+    }
+    assert!(matches!(
+        block_on(w.flush()),
+        Err(WriteError::Io { op: "write", .. })
+    ));
+    let rec_bad = CheckpointRecord {
+        id: 4,
+        timestamp_ms: 4,
+        metadata: vec![],
+        handles: bad,
     };
     assert!(matches!(
         block_on(store.commit_checkpoint(rec_bad)),
