@@ -1,8 +1,7 @@
-//! Generator throughput, single-threaded. Ignored by default: it reports a figure
-//! rather than asserting behaviour, and only means something in release mode.
-//! Run with
-//! `cargo test --release -p spate-bench --test nexmark_throughput -- --ignored --nocapture`.
-//! (A stopgap until the `spate-bench` binary grows a generator benchmark.)
+//! Benchmark program: Nexmark generator throughput, single-threaded (all
+//! events, bids only with each sampling mode, one partition of two).
+//!
+//! `cargo bench -p spate-bench --bench generator`
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -10,9 +9,7 @@ use std::time::Instant;
 use spate_bench::nexmark::generator::kind_at;
 use spate_bench::nexmark::{EventKind, Generator, GeneratorConfig, Sampling};
 
-#[test]
-#[ignore = "benchmark; run in release with --ignored --nocapture"]
-fn generator_throughput() {
+fn main() {
     let n: u64 = 20_000_000;
     let mut generator = Generator::new(GeneratorConfig::default(), 1);
     let start = Instant::now();
