@@ -106,6 +106,10 @@ pub struct BenchConfig {
     pub keep_state: bool,
     /// Seed of the update keys.
     pub seed: u64,
+    /// Key groups (the engine's max parallelism): a snapshot pauses a reactor
+    /// for at most one key group's archiving, so more, smaller key groups
+    /// mean shorter pauses.
+    pub max_parallelism: u32,
 }
 
 /// Updates per key of a closed-loop run.
@@ -126,6 +130,7 @@ impl Default for BenchConfig {
             state_dir: PathBuf::from("spate-state"),
             keep_state: false,
             seed: 0,
+            max_parallelism: 4096,
         }
     }
 }
@@ -656,6 +661,7 @@ fn run_variant(config: &BenchConfig, variant: Variant) -> anyhow::Result<Variant
         Arc::new((0..config.cores).map(|_| Padded::default()).collect());
     let latency = Arc::new(Mutex::new(new_histogram()));
     let mut job_config = JobConfig::with_parallelism(config.cores);
+    job_config.max_parallelism = config.max_parallelism;
     let settings = (variant != Variant::None).then(|| CheckpointSettings {
         state_dir: config
             .state_dir

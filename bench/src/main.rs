@@ -197,6 +197,10 @@ struct CheckpointsArgs {
     /// Keep the variants' checkpoint directories (default: removed after each).
     #[arg(long)]
     keep_state: bool,
+    /// Key groups (the engine's max parallelism); the longest snapshot pause
+    /// is archiving one key group [default: 4096].
+    #[arg(long)]
+    max_parallelism: Option<u32>,
     #[command(flatten)]
     checkpoint: CheckpointFlags,
 }
@@ -335,6 +339,9 @@ fn checkpoints(args: CheckpointsArgs) -> anyhow::Result<()> {
     config.alignment_timeout_ms = flags.alignment_timeout_ms;
     config.state_dir = flags.state_dir.clone();
     config.keep_state = args.keep_state;
+    if let Some(max_parallelism) = args.max_parallelism {
+        config.max_parallelism = max_parallelism;
+    }
     let summary = checkpoint_bench::run(&config)?;
     checkpoint_bench::write_report(&args.report, &summary)
         .with_context(|| format!("writing the report to {}", args.report.display()))?;
