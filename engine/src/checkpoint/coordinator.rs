@@ -478,12 +478,12 @@ impl Coordinator {
             }
         };
         let state_block = |s: &StateRef, chain: Vec<ChainBlock>| StateBlock {
-            operator: s.key.0.clone(),
-            table: s.key.1.clone(),
+            operator: s.key.0.to_string(),
+            table: s.key.1.to_string(),
             key_group: s.key.2,
             chain,
             entries: s.entries,
-            type_name: s.type_name.clone(),
+            type_name: s.type_name.to_string(),
         };
         let mut incremental = false;
         for ack in c.acks.iter() {

@@ -14,12 +14,17 @@
 
 use super::metadata::{InFlightBlock, SourceOffset, SubtaskStats};
 use super::Barrier;
+use crate::state::FxHashMap;
 use spate_storage::{BlockHandle, BlockKind};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Names a key group's state: (operator, table, key group).
-pub(crate) type StateKey = (String, String, u32);
+pub(crate) type StateKey = (Arc<str>, Arc<str>, u32);
+
+/// A key group's chain: base first, then deltas (shared, cheap to clone).
+pub(crate) type Chain = Arc<[ChainLink]>;
 
 /// A durable block of a key group's chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,9 +41,9 @@ pub(crate) struct ChainLink {
 #[derive(Clone, Debug)]
 pub(crate) struct StateRef {
     pub key: StateKey,
-    pub prefix: Vec<ChainLink>,
+    pub prefix: Chain,
     pub entries: u64,
-    pub type_name: String,
+    pub type_name: &'static str,
 }
 
 /// Archived bytes of a block, aligned for rkyv.
@@ -79,7 +84,7 @@ pub(crate) struct LocalSnapshot {
 impl LocalSnapshot {
     /// The chains this snapshot leaves once its blocks got `handles` (same
     /// order as `blocks`).
-    pub(crate) fn chains(&self, handles: &[BlockHandle]) -> HashMap<StateKey, Vec<ChainLink>> {
+    pub(crate) fn chains(&self, handles: &[BlockHandle]) -> HashMap<StateKey, Chain> {
         let mut chains = HashMap::new();
         for (block, handle) in self.blocks.iter().zip(handles) {
             if let BlockDesc::State {
@@ -89,7 +94,7 @@ impl LocalSnapshot {
                 bytes,
             } = &block.desc
             {
-                let mut chain = state.prefix.clone();
+                let mut chain = state.prefix.to_vec();
                 chain.push(ChainLink {
                     handle: *handle,
                     delta: *delta,
@@ -97,7 +102,7 @@ impl LocalSnapshot {
                     entries: *block_entries,
                     bytes: *bytes,
                 });
-                chains.insert(state.key.clone(), chain);
+                chains.insert(state.key.clone(), chain.into());
             }
         }
         for state in &self.reused {
@@ -129,9 +134,9 @@ pub(crate) struct SubtaskCheckpoints {
     done: BTreeSet<u64>,
     ready: Vec<LocalSnapshot>,
     /// The chains of the last completed checkpoint (what deltas build on).
-    committed: HashMap<StateKey, Vec<ChainLink>>,
+    committed: FxHashMap<StateKey, Chain>,
     /// The chains of checkpoints written here but not yet completed.
-    written: BTreeMap<u64, HashMap<StateKey, Vec<ChainLink>>>,
+    written: BTreeMap<u64, HashMap<StateKey, Chain>>,
 }
 
 impl SubtaskCheckpoints {
@@ -143,7 +148,7 @@ impl SubtaskCheckpoints {
             pending: BTreeMap::new(),
             done: BTreeSet::new(),
             ready: Vec::new(),
-            committed: HashMap::new(),
+            committed: FxHashMap::default(),
             written: BTreeMap::new(),
         }
     }
@@ -265,24 +270,24 @@ impl SubtaskCheckpoints {
     }
 
     /// The committed chain of a key group's state (empty if none).
-    pub(crate) fn committed_chain(&self, key: &StateKey) -> Vec<ChainLink> {
+    pub(crate) fn committed_chain(&self, key: &StateKey) -> Chain {
         self.committed.get(key).cloned().unwrap_or_default()
     }
 
     /// Installs a restored chain as committed (deltas build on it).
     pub(crate) fn set_committed(&mut self, key: StateKey, chain: Vec<ChainLink>) {
-        self.committed.insert(key, chain);
+        self.committed.insert(key, chain.into());
     }
 
     /// The writer made checkpoint `id`'s blocks durable: these are its chains.
-    pub(crate) fn written(&mut self, id: u64, chains: HashMap<StateKey, Vec<ChainLink>>) {
+    pub(crate) fn written(&mut self, id: u64, chains: HashMap<StateKey, Chain>) {
         self.written.insert(id, chains);
     }
 
     /// Checkpoint `id` is committed: its chains become the base of deltas.
     pub(crate) fn complete(&mut self, id: u64) {
         if let Some(chains) = self.written.remove(&id) {
-            self.committed = chains;
+            self.committed = chains.into_iter().collect();
         }
         self.written.retain(|&k, _| k > id);
     }

@@ -15,7 +15,7 @@ use super::{
     ProcessingTimers, Push, Record, Stream,
 };
 use crate::checkpoint::subtask::{
-    BlockDesc, SnapshotBlock, StateKey, StateRef, SubtaskCheckpoints,
+    BlockDesc, Chain, SnapshotBlock, StateKey, StateRef, SubtaskCheckpoints,
 };
 use crate::checkpoint::Barrier;
 use crate::error::ProcessError;
@@ -26,6 +26,7 @@ use crate::JobError;
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// The context of one keyed function call: the current key (which scopes
 /// state handles), the record's or timer's timestamp, timers and output.
@@ -231,13 +232,16 @@ struct Operator<K, I1, I2, O, F> {
     /// Keys per (table, key group) in the restored checkpoint (for key
     /// groups still unloaded when a checkpoint reuses their chain).
     restored_entries: HashMap<(usize, usize), u64>,
+    /// The operator's and its tables' names, shared into checkpoint keys
+    /// (no allocation per key group at a cut).
+    names: (Arc<str>, Vec<Arc<str>>),
 }
 
 /// A snapshot cut and not fully archived: what each frozen key group of
 /// each table (by position) becomes in the checkpoint.
 struct LazySnapshot {
     id: u64,
-    refs: HashMap<(usize, usize), StateRef>,
+    refs: crate::state::FxHashMap<(usize, usize), StateRef>,
 }
 
 /// Bounds of incremental checkpoints.
@@ -509,14 +513,14 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         let mut blocks = Vec::new();
         let mut lazy = LazySnapshot {
             id,
-            refs: HashMap::new(),
+            refs: crate::state::FxHashMap::default(),
         };
         let mut checkpoints = self.checkpoints.borrow_mut();
         for (position, table) in self.state.tables().iter().enumerate() {
             let mut table = table.borrow_mut();
             for index in 0..self.range.len() {
                 let group = (self.range.start as usize + index) as u32;
-                let key: StateKey = (self.name.clone(), table.name().to_string(), group);
+                let key: StateKey = (self.names.0.clone(), self.names.1[position].clone(), group);
                 let committed = checkpoints.committed_chain(&key);
                 if !table.is_loaded(index) {
                     if self.incremental.is_some() && !committed.is_empty() {
@@ -531,7 +535,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                                     .get(&(position, index))
                                     .copied()
                                     .unwrap_or(0),
-                                type_name: table.type_name().to_string(),
+                                type_name: table.type_name(),
                             },
                         );
                         continue;
@@ -541,9 +545,9 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                 let entries = table.keys_in_group(index) as u64;
                 let state = StateRef {
                     key,
-                    prefix: Vec::new(),
+                    prefix: Chain::default(),
                     entries,
-                    type_name: table.type_name().to_string(),
+                    type_name: table.type_name(),
                 };
                 if entries == 0 {
                     // Empty: no block and no chain (absence restores empty).
@@ -612,13 +616,13 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                 desc: BlockDesc::State {
                     state: StateRef {
                         key: (
-                            self.name.clone(),
-                            TIMERS_TABLE.to_string(),
+                            self.names.0.clone(),
+                            Arc::from(TIMERS_TABLE),
                             (self.range.start as usize + index) as u32,
                         ),
-                        prefix: Vec::new(),
+                        prefix: Chain::default(),
                         entries: count,
-                        type_name: std::any::type_name::<TimerEntries<K>>().to_string(),
+                        type_name: std::any::type_name::<TimerEntries<K>>(),
                     },
                     delta: false,
                     block_entries: count,
@@ -652,9 +656,10 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                 // Loaded on first access or in the background (a few key
                 // groups per step): records flow before the state is copied.
                 table.restore_lazily(index, blocks);
-                self.checkpoints
-                    .borrow_mut()
-                    .set_committed((self.name.clone(), table.name().to_string(), group), links);
+                self.checkpoints.borrow_mut().set_committed(
+                    (self.names.0.clone(), self.names.1[position].clone(), group),
+                    links,
+                );
             }
         }
         self.restored_entries = restored_entries;
@@ -862,6 +867,14 @@ fn build<
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    let names = (
+        Arc::<str>::from(name),
+        registry
+            .tables()
+            .iter()
+            .map(|t| Arc::<str>::from(t.borrow().name()))
+            .collect(),
+    );
     let output = Output::new();
     let op = Rc::new(RefCell::new(Operator {
         name: name.to_string(),
@@ -888,6 +901,7 @@ fn build<
         incremental,
         lazy: None,
         restored_entries: HashMap::new(),
+        names,
     }));
     if let Some(restore) = df.restore_state() {
         let restored = op.borrow_mut().restore(&restore);
