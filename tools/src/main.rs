@@ -1,2 +1,720 @@
-//! spate-ckpt
-fn main() {}
+//! `spate-ckpt`: inspects a Spate checkpoint directory.
+//!
+//! Owns only presentation: it reads a store through
+//! [`spate_storage::StoreReader`] (which never modifies anything) and decodes the
+//! engine's [`CheckpointMetadata`]. It must never write to a store, and it decodes as
+//! much as it can from a damaged one (a manifest with a corrupt tail still lists the
+//! checkpoints before the damage; a checkpoint whose metadata does not decode is
+//! still listed, with the error).
+//!
+//! Commands: `list`, `show`, `verify`. Each takes `--json` for one stable JSON
+//! document (keys sorted; documented on each command) and otherwise prints aligned
+//! tables.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use spate::checkpoint::metadata::StateBlock;
+use spate::checkpoint::CheckpointMetadata;
+use spate_storage::{CheckpointRecord, StoreReader};
+
+#[derive(Parser)]
+#[command(name = "spate-ckpt", about = "Inspect Spate checkpoints (read-only)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every checkpoint in the manifest.
+    ///
+    /// JSON: an array of objects with `id`, `status`, `mode`, `incremental`,
+    /// `timestamp_ms`, `trigger_ms`, `completed_ms`, `duration_ms`, `bytes`,
+    /// `written_bytes`, `in_flight_bytes`, `fingerprint` (16 hex digits), `cores`,
+    /// `max_parallelism`, `cause`, `handles`, and `error` (null, or why the
+    /// metadata does not decode; the metadata fields are then null).
+    List {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Statistics and layout of one checkpoint.
+    ///
+    /// JSON: the `list` fields plus `subtasks` (per subtask `sync_us`, `async_us`,
+    /// `alignment_us`, `state_bytes`, `delta_bytes`, `in_flight_bytes`,
+    /// `switched_to_unaligned`), `operators` (per operator `key_groups`, `entries`,
+    /// `bytes`, `tables` with `table`, `type_name`, `key_groups`, `entries`,
+    /// `bytes`, `base_bytes`, `delta_bytes`, `max_chain_len`), `in_flight`
+    /// (`operator`, `input`, `from`, `to`, `records`, `bytes`), `sources`
+    /// (`source`, `subtask`, `offset`), and with `--key-groups` `key_groups`
+    /// (`operator`, `table`, `key_group`, `entries`, `bytes`, `base_bytes`,
+    /// `chain_len`).
+    Show {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// Checkpoint id.
+        id: u64,
+        /// Also print the per-key-group table.
+        #[arg(long)]
+        key_groups: bool,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checks every block CRC and handle of the checkpoints (all, or `ID`), that
+    /// their metadata decodes and names valid handles, and (without `ID`) scans
+    /// every segment file. Exit status 1 when anything is wrong.
+    ///
+    /// JSON: `{ "ok": bool, "checkpoints": [ids checked], "segments": [names
+    /// scanned], "problems": [{ "checkpoint": id or null, "segment": name or null,
+    /// "offset": offset or null, "error": text }] }`.
+    Verify {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// Only this checkpoint.
+        id: Option<u64>,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::List { dir, json } => list(&dir, json).map(|()| true),
+        Command::Show {
+            dir,
+            id,
+            key_groups,
+            json,
+        } => show(&dir, id, key_groups, json).map(|()| true),
+        Command::Verify { dir, id, json } => verify(&dir, id, json),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("spate-ckpt: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn open(dir: &PathBuf) -> Result<StoreReader> {
+    anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+    let reader =
+        StoreReader::open(dir).with_context(|| format!("opening store {}", dir.display()))?;
+    if reader.manifest_file().is_none() {
+        eprintln!("warning: {} holds no manifest", dir.display());
+    }
+    if let Some(d) = reader.manifest_damage() {
+        eprintln!(
+            "warning: manifest {} is damaged at offset {}: {} ({} bytes ignored{})",
+            d.file,
+            d.offset,
+            d.error,
+            d.dropped_bytes,
+            if d.later_valid_records {
+                "; valid records follow the damage"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(reader)
+}
+
+/// Aligned table: the first row is the header; numeric-looking cells right-aligned.
+fn print_table(rows: &[Vec<String>]) {
+    let Some(first) = rows.first() else { return };
+    let mut widths = vec![0; first.len()];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let numeric = !cell.is_empty()
+                && cell.chars().all(|c| {
+                    c.is_ascii_digit() || matches!(c, '.' | ' ' | 'K' | 'M' | 'G' | 'i' | 'B' | '-')
+                })
+                && cell.chars().next().is_some_and(|c| c.is_ascii_digit());
+            if numeric {
+                line.push_str(&format!("{cell:>w$}"));
+            } else {
+                line.push_str(&format!("{cell:<w$}"));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// `timestamp_ms` as UTC `YYYY-MM-DD HH:MM:SS.mmm`.
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+fn summary(record: &CheckpointRecord, metadata: &Result<CheckpointMetadata, String>) -> Value {
+    let base = json!({
+        "id": record.id,
+        "status": "completed",
+        "timestamp_ms": record.timestamp_ms,
+        "handles": record.handles.len(),
+    });
+    let Value::Object(mut obj) = base else {
+        unreachable!()
+    };
+    let extra = match metadata {
+        Ok(m) => json!({
+            "mode": m.mode,
+            "incremental": m.incremental,
+            "trigger_ms": m.trigger_ms,
+            "completed_ms": m.completed_ms,
+            "duration_ms": m.completed_ms.saturating_sub(m.trigger_ms),
+            "bytes": m.bytes(),
+            "written_bytes": m.written_bytes(),
+            "in_flight_bytes": m.in_flight_bytes(),
+            "fingerprint": format!("{:016x}", m.fingerprint),
+            "cores": m.parallelism,
+            "max_parallelism": m.max_parallelism,
+            "cause": m.cause,
+            "error": null,
+        }),
+        Err(e) => json!({
+            "mode": null, "incremental": null, "trigger_ms": null, "completed_ms": null,
+            "duration_ms": null, "bytes": null, "written_bytes": null,
+            "in_flight_bytes": null, "fingerprint": null, "cores": null,
+            "max_parallelism": null, "cause": null, "error": e,
+        }),
+    };
+    if let Value::Object(extra) = extra {
+        obj.extend(extra);
+    }
+    Value::Object(obj)
+}
+
+fn list(dir: &PathBuf, as_json: bool) -> Result<()> {
+    let reader = open(dir)?;
+    let rows: Vec<Value> = reader
+        .checkpoints()
+        .iter()
+        .map(|r| summary(r, &CheckpointMetadata::decode(&r.metadata)))
+        .collect();
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let mut table = vec![[
+        "ID",
+        "TIME (UTC)",
+        "MODE",
+        "INCR",
+        "STATUS",
+        "BYTES",
+        "WRITTEN",
+        "DURATION",
+        "IN-FLIGHT",
+        "FINGERPRINT",
+        "CORES",
+        "MAX-PAR",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    };
+    let b = |v: &Value| v.as_u64().map_or("-".into(), human_bytes);
+    for r in &rows {
+        table.push(vec![
+            s(&r["id"]),
+            utc(r["timestamp_ms"].as_u64().unwrap_or(0)),
+            s(&r["mode"]),
+            match r["incremental"].as_bool() {
+                Some(true) => "yes".into(),
+                Some(false) => "no".into(),
+                None => "-".into(),
+            },
+            s(&r["status"]),
+            b(&r["bytes"]),
+            b(&r["written_bytes"]),
+            r["duration_ms"]
+                .as_u64()
+                .map_or("-".into(), |d| format!("{d} ms")),
+            b(&r["in_flight_bytes"]),
+            s(&r["fingerprint"]),
+            s(&r["cores"]),
+            s(&r["max_parallelism"]),
+        ]);
+    }
+    print_table(&table);
+    for r in &rows {
+        if let Some(e) = r["error"].as_str() {
+            eprintln!("warning: checkpoint {}: {e}", r["id"]);
+        }
+    }
+    if rows.is_empty() {
+        println!("(no checkpoints)");
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct TableStats {
+    type_name: String,
+    key_groups: u64,
+    entries: u64,
+    bytes: u64,
+    base_bytes: u64,
+    max_chain_len: usize,
+}
+
+fn base_bytes(s: &StateBlock) -> u64 {
+    s.chain.iter().filter(|b| !b.delta).map(|b| b.bytes).sum()
+}
+
+fn show(dir: &PathBuf, id: u64, key_groups: bool, as_json: bool) -> Result<()> {
+    let reader = open(dir)?;
+    let record = reader.checkpoint(id)?;
+    let m = CheckpointMetadata::decode(&record.metadata)
+        .map_err(|e| anyhow::anyhow!("checkpoint {id}: {e}"))?;
+    let mut doc = summary(record, &Ok(m.clone()));
+
+    // operator -> table -> stats; operator -> distinct key groups.
+    let mut tables: BTreeMap<&str, BTreeMap<&str, TableStats>> = BTreeMap::new();
+    let mut groups: BTreeMap<&str, std::collections::BTreeSet<u32>> = BTreeMap::new();
+    for s in &m.state {
+        let t = tables
+            .entry(&s.operator)
+            .or_default()
+            .entry(&s.table)
+            .or_default();
+        t.type_name.clone_from(&s.type_name);
+        t.key_groups += 1;
+        t.entries += s.entries;
+        t.bytes += s.bytes();
+        t.base_bytes += base_bytes(s);
+        t.max_chain_len = t.max_chain_len.max(s.chain.len());
+        groups.entry(&s.operator).or_default().insert(s.key_group);
+    }
+    let operators: Vec<Value> = tables
+        .iter()
+        .map(|(op, ts)| {
+            json!({
+                "operator": op,
+                "key_groups": groups[op].len(),
+                "entries": ts.values().map(|t| t.entries).sum::<u64>(),
+                "bytes": ts.values().map(|t| t.bytes).sum::<u64>(),
+                "tables": ts.iter().map(|(name, t)| json!({
+                    "table": name,
+                    "type_name": t.type_name,
+                    "key_groups": t.key_groups,
+                    "entries": t.entries,
+                    "bytes": t.bytes,
+                    "base_bytes": t.base_bytes,
+                    "delta_bytes": t.bytes - t.base_bytes,
+                    "max_chain_len": t.max_chain_len,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let subtasks: Vec<Value> = m
+        .subtasks
+        .iter()
+        .map(|s| {
+            json!({
+                "subtask": s.subtask,
+                "sync_us": s.sync_us,
+                "async_us": s.async_us,
+                "alignment_us": s.alignment_us,
+                "state_bytes": s.state_bytes,
+                "delta_bytes": s.delta_bytes,
+                "in_flight_bytes": s.in_flight_bytes,
+                "switched_to_unaligned": s.switched_to_unaligned,
+            })
+        })
+        .collect();
+    let in_flight: Vec<Value> = m
+        .in_flight
+        .iter()
+        .map(|b| {
+            json!({
+                "operator": b.operator, "input": b.input, "from": b.from, "to": b.to,
+                "records": b.records, "bytes": b.bytes,
+            })
+        })
+        .collect();
+    let sources: Vec<Value> = m
+        .sources
+        .iter()
+        .map(|s| json!({"source": s.source, "subtask": s.subtask, "offset": s.offset}))
+        .collect();
+    let mut state: Vec<&StateBlock> = m.state.iter().collect();
+    state.sort_by(|a, b| {
+        (&a.operator, &a.table, a.key_group).cmp(&(&b.operator, &b.table, b.key_group))
+    });
+    let kg_rows: Vec<Value> = state
+        .iter()
+        .map(|s| {
+            json!({
+                "operator": s.operator, "table": s.table, "key_group": s.key_group,
+                "entries": s.entries, "bytes": s.bytes(), "base_bytes": base_bytes(s),
+                "chain_len": s.chain.len(),
+            })
+        })
+        .collect();
+    if let Value::Object(obj) = &mut doc {
+        obj.insert("subtasks".into(), Value::Array(subtasks));
+        obj.insert("operators".into(), Value::Array(operators));
+        obj.insert("in_flight".into(), Value::Array(in_flight));
+        obj.insert("sources".into(), Value::Array(sources));
+        if key_groups {
+            obj.insert("key_groups".into(), Value::Array(kg_rows.clone()));
+        }
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+
+    println!(
+        "checkpoint {}  {}  mode {}  {}  cause {}",
+        m.id,
+        utc(record.timestamp_ms),
+        m.mode,
+        if m.incremental { "incremental" } else { "full" },
+        m.cause
+    );
+    println!(
+        "duration {} ms  bytes {}  written {}  in-flight {}  cores {}  max parallelism {}  fingerprint {:016x}  blocks {}",
+        m.completed_ms.saturating_sub(m.trigger_ms),
+        human_bytes(m.bytes()),
+        human_bytes(m.written_bytes()),
+        human_bytes(m.in_flight_bytes()),
+        m.parallelism,
+        m.max_parallelism,
+        m.fingerprint,
+        record.handles.len()
+    );
+
+    println!("\nsubtasks");
+    let mut t = vec![[
+        "SUBTASK",
+        "SYNC µs",
+        "ASYNC µs",
+        "ALIGN µs",
+        "STATE",
+        "DELTA",
+        "IN-FLIGHT",
+        "UNALIGNED",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for s in &m.subtasks {
+        t.push(vec![
+            s.subtask.to_string(),
+            s.sync_us.to_string(),
+            s.async_us.to_string(),
+            s.alignment_us.to_string(),
+            human_bytes(s.state_bytes),
+            human_bytes(s.delta_bytes),
+            human_bytes(s.in_flight_bytes),
+            if s.switched_to_unaligned { "yes" } else { "no" }.into(),
+        ]);
+    }
+    print_table(&t);
+
+    println!("\nstate");
+    let mut t = vec![[
+        "OPERATOR",
+        "TABLE",
+        "KEY GROUPS",
+        "ENTRIES",
+        "BYTES",
+        "BASE",
+        "DELTA",
+        "MAX CHAIN",
+        "TYPE",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for (op, ts) in &tables {
+        for (name, s) in ts {
+            t.push(vec![
+                op.to_string(),
+                name.to_string(),
+                s.key_groups.to_string(),
+                s.entries.to_string(),
+                human_bytes(s.bytes),
+                human_bytes(s.base_bytes),
+                human_bytes(s.bytes - s.base_bytes),
+                s.max_chain_len.to_string(),
+                s.type_name.clone(),
+            ]);
+        }
+    }
+    if tables.is_empty() {
+        println!("(no keyed state)");
+    } else {
+        print_table(&t);
+    }
+
+    println!("\nin-flight");
+    if m.in_flight.is_empty() {
+        println!("(none)");
+    } else {
+        let mut t = vec![["OPERATOR", "INPUT", "FROM", "TO", "RECORDS", "BYTES"]
+            .map(String::from)
+            .to_vec()];
+        for b in &m.in_flight {
+            t.push(vec![
+                b.operator.clone(),
+                b.input.to_string(),
+                b.from.to_string(),
+                b.to.to_string(),
+                b.records.to_string(),
+                human_bytes(b.bytes),
+            ]);
+        }
+        print_table(&t);
+    }
+
+    println!("\nsource offsets");
+    if m.sources.is_empty() {
+        println!("(none)");
+    } else {
+        let mut t = vec![["SOURCE", "SUBTASK", "OFFSET"].map(String::from).to_vec()];
+        for s in &m.sources {
+            t.push(vec![
+                s.source.clone(),
+                s.subtask.to_string(),
+                s.offset.to_string(),
+            ]);
+        }
+        print_table(&t);
+    }
+
+    if key_groups {
+        println!("\nkey groups");
+        let mut t = vec![[
+            "OPERATOR",
+            "TABLE",
+            "KEY GROUP",
+            "ENTRIES",
+            "BYTES",
+            "BASE",
+            "CHAIN",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for s in &state {
+            t.push(vec![
+                s.operator.clone(),
+                s.table.clone(),
+                s.key_group.to_string(),
+                s.entries.to_string(),
+                human_bytes(s.bytes()),
+                human_bytes(base_bytes(s)),
+                s.chain.len().to_string(),
+            ]);
+        }
+        print_table(&t);
+    }
+    Ok(())
+}
+
+struct Problem {
+    checkpoint: Option<u64>,
+    segment: Option<String>,
+    offset: Option<u64>,
+    error: String,
+}
+
+fn read_problem(checkpoint: Option<u64>, e: &spate_storage::ReadError) -> Problem {
+    use spate_storage::ReadError;
+    let (segment, offset) = match e {
+        ReadError::Corrupt {
+            segment, offset, ..
+        } => (Some(segment.file_name()), Some(*offset)),
+        ReadError::MissingSegment { name, .. } => (Some(name.clone()), None),
+        ReadError::Io { name, .. } if !name.is_empty() => (Some(name.clone()), None),
+        _ => (None, None),
+    };
+    Problem {
+        checkpoint,
+        segment,
+        offset,
+        error: e.to_string(),
+    }
+}
+
+fn verify(dir: &PathBuf, id: Option<u64>, as_json: bool) -> Result<bool> {
+    let reader = open(dir)?;
+    let mut problems = Vec::new();
+    if let Some(d) = reader.manifest_damage() {
+        problems.push(Problem {
+            checkpoint: None,
+            segment: Some(d.file.clone()),
+            offset: Some(d.offset),
+            error: format!(
+                "manifest damaged: {} ({} bytes ignored)",
+                d.error, d.dropped_bytes
+            ),
+        });
+    }
+    let ids: Vec<u64> = match id {
+        Some(id) => vec![reader.checkpoint(id)?.id],
+        None => reader.checkpoints().iter().map(|c| c.id).collect(),
+    };
+    for &id in &ids {
+        let record = reader.checkpoint(id)?;
+        match CheckpointMetadata::decode(&record.metadata) {
+            Err(e) => problems.push(Problem {
+                checkpoint: Some(id),
+                segment: None,
+                offset: None,
+                error: e,
+            }),
+            Ok(m) => {
+                let n = record.handles.len();
+                let bad = m
+                    .state
+                    .iter()
+                    .flat_map(|s| s.chain.iter().map(|b| b.handle))
+                    .chain(m.in_flight.iter().map(|b| b.handle))
+                    .filter(|&h| h as usize >= n);
+                for h in bad {
+                    problems.push(Problem {
+                        checkpoint: Some(id),
+                        segment: None,
+                        offset: None,
+                        error: format!("metadata names handle {h}; the record has {n}"),
+                    });
+                }
+                if m.id != id {
+                    problems.push(Problem {
+                        checkpoint: Some(id),
+                        segment: None,
+                        offset: None,
+                        error: format!("metadata says checkpoint {}", m.id),
+                    });
+                }
+            }
+        }
+        for e in reader.verify_checkpoint(id)? {
+            problems.push(read_problem(Some(id), &e));
+        }
+    }
+    let mut scanned = Vec::new();
+    if id.is_none() {
+        let mut segments = reader.segments()?;
+        segments.sort();
+        for (segment, _) in segments {
+            scanned.push(segment.file_name());
+            match reader.verify_segment(segment) {
+                Ok(scan) => {
+                    for (offset, e) in scan.problems {
+                        let p = Problem {
+                            checkpoint: None,
+                            segment: Some(segment.file_name()),
+                            offset: Some(offset),
+                            error: e.to_string(),
+                        };
+                        // Already reported through a checkpoint's handle?
+                        if !problems
+                            .iter()
+                            .any(|q| q.segment == p.segment && q.offset == p.offset)
+                        {
+                            problems.push(p);
+                        }
+                    }
+                }
+                Err(e) => problems.push(read_problem(None, &e)),
+            }
+        }
+    }
+    let ok = problems.is_empty();
+    if as_json {
+        let doc = json!({
+            "ok": ok,
+            "checkpoints": ids,
+            "segments": scanned,
+            "problems": problems.iter().map(|p| json!({
+                "checkpoint": p.checkpoint, "segment": p.segment,
+                "offset": p.offset, "error": p.error,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!(
+            "checked {} checkpoint(s), {} segment file(s)",
+            ids.len(),
+            scanned.len()
+        );
+        if ok {
+            println!("ok");
+        } else {
+            let dash = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+            let mut t = vec![["CHECKPOINT", "SEGMENT", "OFFSET", "PROBLEM"]
+                .map(String::from)
+                .to_vec()];
+            for p in &problems {
+                t.push(vec![
+                    dash(p.checkpoint.map(|c| c.to_string())),
+                    dash(p.segment.clone()),
+                    dash(p.offset.map(|o| o.to_string())),
+                    p.error.clone(),
+                ]);
+            }
+            print_table(&t);
+            println!("{} problem(s)", problems.len());
+        }
+    }
+    Ok(ok)
+}
