@@ -7,7 +7,7 @@
 //! checkpoints before the damage; a checkpoint whose metadata does not decode is
 //! still listed, with the error).
 //!
-//! Commands: `list`, `show`, `verify`. Each takes `--json` for one stable JSON
+//! Commands: `list`, `show`, `verify`, `gc` (a dry run only). Each takes `--json` for one stable JSON
 //! document (keys sorted; documented on each command) and otherwise prints aligned
 //! tables.
 
@@ -73,13 +73,27 @@ enum Command {
     /// every segment file. Exit status 1 when anything is wrong.
     ///
     /// JSON: `{ "ok": bool, "checkpoints": [ids checked], "segments": [names
-    /// scanned], "problems": [{ "checkpoint": id or null, "segment": name or null,
+    /// scanned], "problems": [{ "checkpoint": id or null, "file": segment or manifest file or null,
     /// "offset": offset or null, "error": text }] }`.
     Verify {
         /// The checkpoint directory.
         dir: PathBuf,
         /// Only this checkpoint.
         id: Option<u64>,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dry run of the cleanup a store performs when it opens: which segment files
+    /// no retained checkpoint references (orphans) and which stale manifest
+    /// generations and temporary files it would delete. Deletes nothing.
+    ///
+    /// JSON: `{ "segments": [{ "file", "bytes", "live_bytes", "blocks",
+    /// "delete": bool }], "manifests": [{ "file", "delete": bool }],
+    /// "orphan_cleanup_skipped": bool, "reclaimable_bytes": n }`.
+    Gc {
+        /// The checkpoint directory.
+        dir: PathBuf,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
@@ -97,6 +111,7 @@ fn main() -> ExitCode {
             json,
         } => show(&dir, id, key_groups, json).map(|()| true),
         Command::Verify { dir, id, json } => verify(&dir, id, json),
+        Command::Gc { dir, json } => gc(&dir, json).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -149,7 +164,11 @@ fn print_table(rows: &[Vec<String>]) {
             }
             let numeric = !cell.is_empty()
                 && cell.chars().all(|c| {
-                    c.is_ascii_digit() || matches!(c, '.' | ' ' | 'K' | 'M' | 'G' | 'i' | 'B' | '-')
+                    c.is_ascii_digit()
+                        || matches!(
+                            c,
+                            '.' | ' ' | 'K' | 'M' | 'G' | 'T' | 'i' | 'B' | 'm' | 's' | '-'
+                        )
                 })
                 && cell.chars().next().is_some_and(|c| c.is_ascii_digit());
             if numeric {
@@ -571,14 +590,14 @@ fn show(dir: &PathBuf, id: u64, key_groups: bool, as_json: bool) -> Result<()> {
 
 struct Problem {
     checkpoint: Option<u64>,
-    segment: Option<String>,
+    file: Option<String>,
     offset: Option<u64>,
     error: String,
 }
 
 fn read_problem(checkpoint: Option<u64>, e: &spate_storage::ReadError) -> Problem {
     use spate_storage::ReadError;
-    let (segment, offset) = match e {
+    let (file, offset) = match e {
         ReadError::Corrupt {
             segment, offset, ..
         } => (Some(segment.file_name()), Some(*offset)),
@@ -588,7 +607,7 @@ fn read_problem(checkpoint: Option<u64>, e: &spate_storage::ReadError) -> Proble
     };
     Problem {
         checkpoint,
-        segment,
+        file,
         offset,
         error: e.to_string(),
     }
@@ -600,7 +619,7 @@ fn verify(dir: &PathBuf, id: Option<u64>, as_json: bool) -> Result<bool> {
     if let Some(d) = reader.manifest_damage() {
         problems.push(Problem {
             checkpoint: None,
-            segment: Some(d.file.clone()),
+            file: Some(d.file.clone()),
             offset: Some(d.offset),
             error: format!(
                 "manifest damaged: {} ({} bytes ignored)",
@@ -617,7 +636,7 @@ fn verify(dir: &PathBuf, id: Option<u64>, as_json: bool) -> Result<bool> {
         match CheckpointMetadata::decode(&record.metadata) {
             Err(e) => problems.push(Problem {
                 checkpoint: Some(id),
-                segment: None,
+                file: None,
                 offset: None,
                 error: e,
             }),
@@ -632,7 +651,7 @@ fn verify(dir: &PathBuf, id: Option<u64>, as_json: bool) -> Result<bool> {
                 for h in bad {
                     problems.push(Problem {
                         checkpoint: Some(id),
-                        segment: None,
+                        file: None,
                         offset: None,
                         error: format!("metadata names handle {h}; the record has {n}"),
                     });
@@ -640,7 +659,7 @@ fn verify(dir: &PathBuf, id: Option<u64>, as_json: bool) -> Result<bool> {
                 if m.id != id {
                     problems.push(Problem {
                         checkpoint: Some(id),
-                        segment: None,
+                        file: None,
                         offset: None,
                         error: format!("metadata says checkpoint {}", m.id),
                     });
@@ -662,14 +681,14 @@ fn verify(dir: &PathBuf, id: Option<u64>, as_json: bool) -> Result<bool> {
                     for (offset, e) in scan.problems {
                         let p = Problem {
                             checkpoint: None,
-                            segment: Some(segment.file_name()),
+                            file: Some(segment.file_name()),
                             offset: Some(offset),
                             error: e.to_string(),
                         };
                         // Already reported through a checkpoint's handle?
                         if !problems
                             .iter()
-                            .any(|q| q.segment == p.segment && q.offset == p.offset)
+                            .any(|q| q.file == p.file && q.offset == p.offset)
                         {
                             problems.push(p);
                         }
@@ -686,7 +705,7 @@ fn verify(dir: &PathBuf, id: Option<u64>, as_json: bool) -> Result<bool> {
             "checkpoints": ids,
             "segments": scanned,
             "problems": problems.iter().map(|p| json!({
-                "checkpoint": p.checkpoint, "segment": p.segment,
+                "checkpoint": p.checkpoint, "file": p.file,
                 "offset": p.offset, "error": p.error,
             })).collect::<Vec<_>>(),
         });
@@ -701,13 +720,13 @@ fn verify(dir: &PathBuf, id: Option<u64>, as_json: bool) -> Result<bool> {
             println!("ok");
         } else {
             let dash = |o: Option<String>| o.unwrap_or_else(|| "-".into());
-            let mut t = vec![["CHECKPOINT", "SEGMENT", "OFFSET", "PROBLEM"]
+            let mut t = vec![["CHECKPOINT", "FILE", "OFFSET", "PROBLEM"]
                 .map(String::from)
                 .to_vec()];
             for p in &problems {
                 t.push(vec![
                     dash(p.checkpoint.map(|c| c.to_string())),
-                    dash(p.segment.clone()),
+                    dash(p.file.clone()),
                     dash(p.offset.map(|o| o.to_string())),
                     p.error.clone(),
                 ]);
@@ -717,4 +736,90 @@ fn verify(dir: &PathBuf, id: Option<u64>, as_json: bool) -> Result<bool> {
         }
     }
     Ok(ok)
+}
+
+fn gc(dir: &PathBuf, as_json: bool) -> Result<()> {
+    use spate_storage::format;
+    let reader = open(dir)?;
+    // What the retained checkpoints reference: segment -> (blocks, live bytes).
+    let mut live: BTreeMap<spate_storage::SegmentId, (u64, u64)> = BTreeMap::new();
+    for c in reader.checkpoints() {
+        for h in &c.handles {
+            let e = live.entry(h.segment).or_default();
+            e.0 += 1;
+            e.1 += h.footprint();
+        }
+    }
+    // Mid-log manifest damage: the store keeps unreferenced segments (they may be
+    // referenced by the records after the damage).
+    let skipped = reader
+        .manifest_damage()
+        .is_some_and(|d| d.later_valid_records);
+    let mut segments = reader.segments()?;
+    segments.sort();
+    let mut reclaimable = 0u64;
+    let seg_rows: Vec<Value> = segments
+        .iter()
+        .map(|&(id, bytes)| {
+            let (blocks, live_bytes) = live.get(&id).copied().unwrap_or((0, 0));
+            let delete = blocks == 0 && !skipped;
+            if delete {
+                reclaimable += bytes;
+            }
+            json!({
+                "file": id.file_name(), "bytes": bytes, "live_bytes": live_bytes,
+                "blocks": blocks, "delete": delete,
+            })
+        })
+        .collect();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| format::parse_manifest_name(n).is_some() || format::is_manifest_tmp(n))
+        .collect();
+    names.sort();
+    let current = reader.manifest_file().map(str::to_owned);
+    let manifest_rows: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"file": n, "delete": Some(n) != current.as_ref()}))
+        .collect();
+    if as_json {
+        let doc = json!({
+            "segments": seg_rows,
+            "manifests": manifest_rows,
+            "orphan_cleanup_skipped": skipped,
+            "reclaimable_bytes": reclaimable,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let mut t = vec![["FILE", "BYTES", "LIVE", "BLOCKS", "ACTION"]
+        .map(String::from)
+        .to_vec()];
+    for r in seg_rows.iter().chain(&manifest_rows) {
+        t.push(vec![
+            r["file"].as_str().unwrap_or_default().to_owned(),
+            r["bytes"].as_u64().map_or(String::new(), human_bytes),
+            r["live_bytes"].as_u64().map_or(String::new(), human_bytes),
+            r["blocks"]
+                .as_u64()
+                .map_or(String::new(), |b| b.to_string()),
+            if r["delete"] == true {
+                "delete"
+            } else {
+                "keep"
+            }
+            .into(),
+        ]);
+    }
+    print_table(&t);
+    if skipped {
+        println!("orphan cleanup skipped: the manifest is damaged mid-log");
+    }
+    println!(
+        "dry run: {} reclaimable; nothing was deleted",
+        human_bytes(reclaimable)
+    );
+    Ok(())
 }

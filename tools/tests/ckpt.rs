@@ -201,13 +201,78 @@ fn list_show_verify_on_a_real_store_then_a_corrupt_segment() {
         .as_array()
         .unwrap()
         .iter()
-        .any(|p| p["segment"] == name.as_str() && p["offset"] == h.offset));
+        .any(|p| p["file"] == name.as_str() && p["offset"] == h.offset));
     let v1 = tool(&["verify", d, &latest.to_string()]);
     assert_eq!(v1.status.code(), Some(1));
+
+    // gc is a dry run: nothing referenced is to be deleted, nothing is deleted.
+    let before = std::fs::read_dir(&dir).unwrap().count();
+    let g = json(&["gc", d, "--json"]);
+    assert!(g["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["file"] == name.as_str() && s["delete"] == false));
+    let out = tool(&["gc", d]);
+    assert!(out.status.success());
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), before);
 
     // list still works.
     let list = json(&["list", d, "--json"]);
     assert_eq!(list.as_array().unwrap().len(), ids.len());
+
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_corrupt_manifest_record_is_reported_and_earlier_checkpoints_still_list() {
+    let dir = temp_dir("manifest");
+    run_job(&dir);
+    let d = dir.to_str().unwrap();
+    let reader = StoreReader::open(&dir).unwrap();
+    let ids: Vec<u64> = reader.checkpoints().iter().map(|c| c.id).collect();
+    assert!(ids.len() >= 2, "{ids:?}");
+    let manifest = reader.manifest_file().unwrap().to_owned();
+    drop(reader);
+
+    // Corrupt the record that completed the latest checkpoint.
+    let path = dir.join(&manifest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let scan = spate_storage::format::decode_manifest(&bytes);
+    let latest = *ids.last().unwrap();
+    let (_, &offset) = scan
+        .records
+        .iter()
+        .zip(&scan.record_offsets)
+        .rfind(|(r, _)| {
+            matches!(r, spate_storage::ManifestRecord::CheckpointCompleted(c) if c.id == latest)
+        })
+        .unwrap();
+    bytes[offset as usize + 20] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let out = tool(&["list", d, "--json"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&manifest), "{stderr}");
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert!(!listed.is_empty());
+    assert!(!listed.contains(&latest));
+    assert!(listed.iter().all(|id| ids.contains(id)));
+
+    let v = tool(&["verify", d]);
+    assert_eq!(v.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&v.stdout);
+    eprintln!("{text}");
+    assert!(text.contains(&manifest), "{text}");
+    assert!(text.contains(&offset.to_string()), "{text}");
 
     std::fs::remove_dir_all(&dir).unwrap();
 }
