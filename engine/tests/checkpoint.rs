@@ -122,11 +122,11 @@ fn crash_and_restore(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>) {
 
 #[test]
 fn every_mode_survives_a_crash_under_many_seeds() {
-    let data = Arc::new(events(21, 3_000, 25, 2));
+    let data = Arc::new(events(21, 1_500, 25, 2));
     let seeds: u64 = std::env::var("SPATE_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(150);
+        .unwrap_or(600);
     for seed in 0..seeds {
         for mode in modes() {
             crash_and_restore(seed, mode, &data);
