@@ -187,8 +187,9 @@ struct CheckpointsArgs {
     /// Cores to run on (default: all available).
     #[arg(long)]
     cores: Option<usize>,
-    /// A small configuration that runs in a few seconds (16 MiB of state, 2 s
-    /// at 200 k updates/s, checkpoints every 200 ms); other flags override it.
+    /// A small configuration that runs in a few seconds (16 MiB of state in
+    /// 128 key groups, 2 s at 200 k updates/s, checkpoints every 200 ms); other
+    /// flags override it.
     #[arg(long)]
     quick: bool,
     /// Report directory (checkpoints-summary.json, checkpoints-summary.txt).
