@@ -83,8 +83,9 @@ impl CheckpointSettings {
     }
 
     /// The engine's checkpoint configuration: the flags, [`TOLERABLE_FAILURES`],
-    /// and the engine's defaults for the rest (timeout 10 min, one checkpoint at
-    /// a time, 3 retained). The engine triggers a checkpoint every
+    /// a timeout of 20 intervals (at least 10 s) so that a stuck checkpoint
+    /// is aborted (and counted as failed) instead of holding the run, and the
+    /// engine's defaults for the rest (one checkpoint at a time, 3 retained). The engine triggers a checkpoint every
     /// `interval_ms` (the first one interval after the start; one due while
     /// another is in progress fires as soon as that one ends).
     ///
@@ -96,6 +97,7 @@ impl CheckpointSettings {
             incremental: self.incremental,
             restore,
             tolerable_failures: TOLERABLE_FAILURES,
+            timeout_ms: (self.interval_ms * 20).max(10_000),
             ..CheckpointConfig::new(&self.state_dir, self.interval_ms)
         })
     }
