@@ -26,10 +26,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Longest a parked subtask or coordinator sleeps without re-checking its
-/// inputs. A safety net: a wake-up was once observed to go missing under
-/// load in the benchmark's CLI tests (not yet explained); this bounds the
-/// cost of such a loss to a delay instead of a hang, at ten timer wake-ups
-/// a second when idle.
+/// inputs. A safety net against a lost wake-up (none is known: the park
+/// handshake is fenced on both sides); it bounds the cost of one to a delay
+/// instead of a hang, at ten timer wake-ups a second when idle. It did not
+/// cure the stall seen in the benchmark's CLI tests (see the closing note of
+/// session 1), which is not a lost wake-up.
 const PARK_RECHECK: Duration = Duration::from_millis(100);
 
 /// Idle steps a reactor spins (yielding to other tasks) before it parks.
