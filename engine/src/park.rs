@@ -7,17 +7,25 @@
 //! the flag after publishing and wakes it. Both sides fence (SeqCst), so one of
 //! them always sees the other's write: no wake-up is lost.
 //!
-//! The wake goes through the parked task's `Waker`; glommio turns a wake from
-//! a foreign thread into an eventfd write to the sleeping reactor, so an idle
-//! engine costs no CPU.
+//! An idle reactor blocks its thread on the futex behind
+//! [`std::thread::park_timeout`], and a notification unparks that thread
+//! (the wake is one futex syscall, and only when the reactor is parked), so
+//! an idle engine costs no CPU. The reactor does not sleep inside glommio:
+//! glommio 0.9 sleeps in io_uring with a poll on its latency ring's fd, and on
+//! this machine's kernel that poll sometimes never fired, leaving a reactor
+//! asleep with due timers and pending wake-ups (see the invariants in
+//! ARCHITECTURE.md). Tasks that wait as futures (the coordinator) are also woken
+//! through their `Waker`.
 
 use crate::ring::handshake_fence;
 use atomic_waker::AtomicWaker;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::thread::Thread;
+use std::time::Duration;
 
 /// The parking state of one subtask.
 #[derive(Debug, Default)]
@@ -25,11 +33,34 @@ pub(crate) struct Parker {
     parked: AtomicBool,
     notified: AtomicBool,
     waker: AtomicWaker,
+    /// The reactor thread this parker's owner runs on.
+    thread: OnceLock<Thread>,
 }
 
 impl Parker {
     pub(crate) fn notifier(self: &Arc<Self>) -> Notifier {
         Notifier(self.clone())
+    }
+
+    /// Binds the parker to the calling (reactor) thread: a notification
+    /// unparks it.
+    pub(crate) fn bind_thread(&self) {
+        let _ = self.thread.set(std::thread::current());
+    }
+
+    /// Whether the owner was notified since it published that it parks.
+    pub(crate) fn is_notified(&self) -> bool {
+        self.notified.load(Ordering::Relaxed)
+    }
+
+    /// Blocks the reactor thread until notified or for at most `timeout`.
+    /// Called between [`Parker::prepare_park`] and [`Parker::unpark`]. Any
+    /// parker bound to this thread wakes it; a notification that came before
+    /// the call makes it return at once (the thread's park token).
+    pub(crate) fn block(&self, timeout: Duration) {
+        if !self.notified.load(Ordering::SeqCst) {
+            std::thread::park_timeout(timeout);
+        }
     }
 
     /// Publishes that the subtask is about to park. The caller must re-check
@@ -55,6 +86,9 @@ impl Parker {
         if self.parked.load(Ordering::SeqCst) {
             self.notified.store(true, Ordering::SeqCst);
             self.waker.wake();
+            if let Some(thread) = self.thread.get() {
+                thread.unpark();
+            }
         }
     }
 }

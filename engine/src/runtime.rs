@@ -20,18 +20,105 @@ use crate::time::{Clock, SystemClock};
 use crate::worker::{SnapshotWriter, Step, SubtaskReport, Worker};
 use crate::{JobConfig, JobError};
 use spate_storage::{GlommioIo, Store, StoreOptions, WriterSlot};
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Longest a parked subtask or coordinator sleeps without re-checking its
-/// inputs. A safety net against a lost wake-up (none is known: the park
-/// handshake is fenced on both sides); it bounds the cost of one to a delay
-/// instead of a hang, at ten timer wake-ups a second when idle. It did not
-/// cure the stall seen in the benchmark's CLI tests (see the closing note of
-/// session 1), which is not a lost wake-up.
+/// Longest a parked reactor blocks without re-checking its inputs. A safety
+/// net against a lost wake-up (none is known: the park handshake is fenced on
+/// both sides); it bounds the cost of one to a delay instead of a hang, at ten
+/// wake-ups a second when idle.
 const PARK_RECHECK: Duration = Duration::from_millis(100);
+
+/// Longest a parked reactor blocks while its checkpoint tasks have I/O in
+/// flight: glommio reaps completions only when the thread runs.
+const PARK_WHILE_IO: Duration = Duration::from_millis(1);
+
+/// What a reactor's tasks tell its idle loop (reactor-local).
+#[derive(Default)]
+struct ReactorIdle {
+    /// Checkpoint tasks with work in hand (writing, committing).
+    busy: Cell<usize>,
+    /// The coordinator's next deadline (processing time), while it waits.
+    coordinator_wake_at: Cell<Option<u64>>,
+    /// Checkpoint tasks still running.
+    live: Cell<usize>,
+}
+
+/// Counts a checkpoint task as busy while alive.
+struct BusyGuard<'a>(&'a ReactorIdle);
+
+impl<'a> BusyGuard<'a> {
+    fn new(idle: &'a ReactorIdle) -> Self {
+        idle.busy.set(idle.busy.get() + 1);
+        Self(idle)
+    }
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.busy.set(self.0.busy.get() - 1);
+    }
+}
+
+/// How often a busy step loop hands the thread to the checkpoint tasks while
+/// they have I/O in flight.
+const HELPER_TURN: Duration = Duration::from_millis(1);
+
+/// Whether a busy step loop should let glommio run its loop now: the
+/// checkpoint tasks have I/O in flight and had no turn for [`HELPER_TURN`],
+/// or (on reactor 0) the coordinator was notified or its deadline passed.
+fn helpers_need_turn(
+    env: &JobEnv,
+    subtask: usize,
+    idle: &ReactorIdle,
+    last_turn: &mut Instant,
+) -> bool {
+    let coordinator = subtask == 0
+        && (env.coordinator_parker.is_notified()
+            || idle
+                .coordinator_wake_at
+                .get()
+                .is_some_and(|at| at <= env.clock.now_ms()));
+    let io = idle.busy.get() > 0 && last_turn.elapsed() >= HELPER_TURN;
+    if coordinator || io {
+        *last_turn = Instant::now();
+        return true;
+    }
+    false
+}
+
+/// Idles the reactor after its owner published that it parks
+/// ([`Parker::prepare_park`]) and found no work. First lets glommio run its
+/// loop once, so that runnable tasks (a writer that was just handed a
+/// snapshot), I/O completions, timers and foreign wakes are served: glommio
+/// does that only when no task is runnable. Then blocks the thread until a
+/// notification, `wake_at`, the coordinator's deadline or [`PARK_RECHECK`]
+/// (1 ms while checkpoint I/O is in flight), whichever comes first, and lets
+/// glommio run once more for what arrived meanwhile.
+async fn idle_wait(env: &JobEnv, parker: &Parker, idle: &ReactorIdle, wake_at: Option<u64>) {
+    glommio::timer::sleep(Duration::from_micros(1)).await;
+    let now = env.clock.now_ms();
+    let cap = if idle.busy.get() > 0 {
+        PARK_WHILE_IO
+    } else {
+        PARK_RECHECK
+    };
+    let timeout = [wake_at, idle.coordinator_wake_at.get()]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(cap, |at| {
+            Duration::from_millis(at.saturating_sub(now)).min(cap)
+        });
+    if !timeout.is_zero() {
+        parker.block(timeout);
+    }
+    glommio::timer::sleep(Duration::from_micros(1)).await;
+}
 
 /// Idle steps a reactor spins (yielding to other tasks) before it parks.
 const SPIN_STEPS_BEFORE_PARK: u32 = 64;
@@ -256,6 +343,7 @@ async fn writer_task(
     snapshots: glommio::channels::local_channel::LocalReceiver<LocalSnapshot>,
     slots: Arc<(OnceLock<()>, WriterSlots)>,
     checkpoints: std::rc::Rc<std::cell::RefCell<crate::checkpoint::subtask::SubtaskCheckpoints>>,
+    idle: Rc<ReactorIdle>,
 ) {
     let Some(mut acks) = env.take_ack(subtask) else {
         return;
@@ -279,6 +367,7 @@ async fn writer_task(
         glommio::timer::sleep(Duration::from_millis(1)).await;
     };
     while let Some(snapshot) = snapshots.recv().await {
+        let _busy = BusyGuard::new(&idle);
         let mut handles = Vec::with_capacity(snapshot.blocks.len());
         for block in &snapshot.blocks {
             handles.push(writer.append(block.kind, &block.bytes));
@@ -303,6 +392,7 @@ async fn coordinator_task(
     env: Arc<JobEnv>,
     ends: CoordinatorEnds,
     slots: Arc<(OnceLock<()>, WriterSlots)>,
+    idle: Rc<ReactorIdle>,
 ) {
     let Some(config) = env.config.checkpoint.clone() else {
         return;
@@ -318,6 +408,7 @@ async fn coordinator_task(
         )));
         return;
     }
+    let opening = BusyGuard::new(&idle);
     let mut store = match Store::open_dir(&config.dir, options).await {
         Ok(store) => store,
         Err(e) => {
@@ -334,6 +425,7 @@ async fn coordinator_task(
             .collect();
     }
     let _ = slots.0.set(());
+    drop(opening);
     let first_id = store.latest().map_or(1, |r| r.id + 1);
     let Some(mut coordinator) = env.coordinator_for(ends, first_id) else {
         return;
@@ -346,6 +438,7 @@ async fn coordinator_task(
         }
         let now = env.clock.now_ms();
         if let Some(request) = coordinator.poll(now) {
+            let _busy = BusyGuard::new(&idle);
             match store.commit_checkpoint(request.record).await {
                 Ok(_) => coordinator.committed(request.id, env.clock.now_ms()),
                 Err(e) => coordinator.commit_failed(request.id, e.to_string(), env.clock.now_ms()),
@@ -370,7 +463,11 @@ async fn coordinator_task(
             futures_lite::future::yield_now().await;
             continue;
         }
-        match coordinator.next_deadline(now) {
+        // The reactor's idle loop blocks the thread up to the deadline; a
+        // notification unparks it and glommio then wakes this task.
+        let deadline = coordinator.next_deadline(now);
+        idle.coordinator_wake_at.set(deadline);
+        match deadline {
             Some(at) if at <= now => futures_lite::future::yield_now().await,
             Some(at) => {
                 let wait = Duration::from_millis(at - now);
@@ -388,6 +485,7 @@ async fn coordinator_task(
                 .await;
             }
         }
+        idle.coordinator_wake_at.set(None);
         parker.unpark();
     }
 }
@@ -473,8 +571,11 @@ impl Job {
             let build = build.clone();
             let slots = slots.clone();
             let coordinator_ends = if subtask == 0 { ends.take() } else { None };
+            // Never park inside glommio (see `idle_wait` and park.rs): the
+            // reactor idles by blocking its thread in its own idle loop.
             let spawned = glommio::LocalExecutorBuilder::new(placement)
                 .name(&format!("spate-{subtask}"))
+                .spin_before_park(Duration::MAX)
                 .spawn(move || async move {
                     reactor(reactor_env, subtask, build, slots, coordinator_ends).await
                 });
@@ -534,27 +635,45 @@ async fn reactor(
     };
     let _ = env.fingerprint.set(worker.fingerprint);
     env.built();
+    let parker = env.parkers[subtask].clone();
+    parker.bind_thread();
+    let idle = Rc::new(ReactorIdle::default());
     let mut helpers = Vec::new();
     if env.config.checkpoint.is_some() {
-        // Checkpoint I/O runs in its own task queue with a latency
-        // requirement: while it has work, glommio preempts the step loop
-        // within a millisecond to submit and reap its io_uring requests
-        // (with the default 100 ms quantum a busy reactor starved them).
+        // The checkpoint tasks run in their own task queue. Not with a
+        // latency requirement: glommio 0.9 then re-arms a 1 ms preemption
+        // timer in its latency ring all the time, and with that a reactor
+        // ended up asleep or spinning without running its tasks (seen every
+        // few dozen runs of the q5 benchmark). The step loop hands them the
+        // thread itself instead (`helpers_need_turn`).
         let io_queue = glommio::executor().create_task_queue(
             glommio::Shares::default(),
-            glommio::Latency::Matters(Duration::from_millis(1)),
+            glommio::Latency::NotImportant,
             "spate-checkpoint-io",
         );
-        let spawn = |future| {
-            glommio::spawn_local_into(future, io_queue)
-                .expect("the task queue was just created")
-                .detach()
+        let spawn = |future: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>| {
+            let idle = idle.clone();
+            let parker = parker.clone();
+            idle.live.set(idle.live.get() + 1);
+            glommio::spawn_local_into(
+                async move {
+                    future.await;
+                    idle.live.set(idle.live.get() - 1);
+                    parker.notifier().notify();
+                },
+                io_queue,
+            )
+            .expect("the task queue was just created")
+            .detach()
         };
         if let Some(ends) = coordinator_ends {
-            helpers.push(spawn(
-                Box::pin(coordinator_task(env.clone(), ends, slots.clone()))
-                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
-            ));
+            env.coordinator_parker.bind_thread();
+            helpers.push(spawn(Box::pin(coordinator_task(
+                env.clone(),
+                ends,
+                slots.clone(),
+                idle.clone(),
+            ))));
         }
         let (sender, receiver) = glommio::channels::local_channel::new_unbounded();
         worker.set_writer(Box::new(ChannelWriter(sender)));
@@ -565,19 +684,34 @@ async fn reactor(
             receiver,
             slots,
             checkpoints,
+            idle.clone(),
         ))));
     }
-    let parker = env.parkers[subtask].clone();
     let mut idle_steps = 0u32;
+    let mut last_turn = Instant::now();
+    let dump = std::env::var_os("SPATE_STALL_DUMP").is_some();
+    let mut last_busy = Instant::now();
+    let mut dumped = false;
     loop {
         if env.failed() {
             break;
         }
+        if dump && !dumped && last_busy.elapsed() > Duration::from_secs(3) {
+            dumped = true;
+            eprintln!("STALL DUMP {}", worker.describe());
+        }
         match catch_unwind(AssertUnwindSafe(|| worker.step())) {
             Ok(Ok(Step::Done)) => break,
             Ok(Ok(Step::Busy)) => {
+                last_busy = Instant::now();
                 idle_steps = 0;
-                glommio::yield_if_needed().await;
+                if helpers_need_turn(&env, subtask, &idle, &mut last_turn) {
+                    // Glommio runs its loop (I/O, timers, foreign wakes)
+                    // only when no task is runnable.
+                    glommio::timer::sleep(Duration::from_micros(1)).await;
+                } else {
+                    glommio::yield_if_needed().await;
+                }
             }
             Ok(Ok(Step::Idle)) => {
                 idle_steps += 1;
@@ -591,23 +725,7 @@ async fn reactor(
                     continue;
                 }
                 worker.report.parks += 1;
-                match worker.wake_at() {
-                    Some(at) => {
-                        let wait_ms = at.saturating_sub(env.clock.now_ms()).max(1);
-                        futures_lite::future::or(parker.wait(), async move {
-                            glommio::timer::sleep(Duration::from_millis(wait_ms)).await;
-                        })
-                        .await;
-                    }
-                    None => {
-                        // Safety net: re-check at least every PARK_RECHECK even
-                        // without a deadline (see PARK_RECHECK).
-                        futures_lite::future::or(parker.wait(), async {
-                            glommio::timer::sleep(PARK_RECHECK).await;
-                        })
-                        .await;
-                    }
-                }
+                idle_wait(&env, &parker, &idle, worker.wake_at()).await;
                 parker.unpark();
             }
             Ok(Err(error)) => {
@@ -627,6 +745,17 @@ async fn reactor(
     // Closes the writer's channel: it finishes what was submitted, then ends.
     drop(worker);
     drop(done);
+    // The checkpoint tasks finish (the writer drains, the coordinator stops
+    // once every subtask is done); the thread idles between their turns.
+    while idle.live.get() > 0 {
+        parker.prepare_park();
+        if idle.live.get() > 0 && !env.failed() {
+            idle_wait(&env, &parker, &idle, None).await;
+        } else {
+            glommio::timer::sleep(Duration::from_micros(1)).await;
+        }
+        parker.unpark();
+    }
     for helper in helpers {
         let _ = helper.await;
     }

@@ -266,6 +266,38 @@ impl Worker {
         })
     }
 
+    /// The subtask's state, for `SPATE_STALL_DUMP` (see ARCHITECTURE.md).
+    pub(crate) fn describe(&mut self) -> String {
+        let mut out = format!("subtask {}:\n", self.report.subtask);
+        let checkpoints = self.checkpoints.clone();
+        for (index, slot) in self.inputs.iter_mut().enumerate() {
+            let blocked = self.chains[slot.chain].iter().any(|b| b.is_blocked());
+            out += &format!(
+                "  input {index} chain {} finished={} chain_blocked={blocked} paused={} has_work={} : {}\n",
+                slot.chain,
+                slot.finished,
+                checkpoints.borrow().paused(index),
+                slot.input.has_work(self.env.clock.now_ms()),
+                slot.input.describe()
+            );
+        }
+        for b in &self.buffers {
+            out += &format!(
+                "  buffer blocked={} pending={} can_drain={}: {}\n",
+                b.is_blocked(),
+                b.has_pending(),
+                b.can_drain(),
+                b.describe()
+            );
+        }
+        out += &format!("  checkpoints: {}\n", checkpoints.borrow().describe());
+        out += &format!(
+            "  snapshot work: {}\n",
+            self.timer_operators.iter().any(|o| o.has_snapshot_work())
+        );
+        out
+    }
+
     /// The earliest processing time at which an idle subtask must step again.
     pub(crate) fn wake_at(&self) -> Option<u64> {
         let inputs = self

@@ -348,6 +348,27 @@ impl SubtaskCheckpoints {
         }
     }
 
+    /// The checkpoints in progress, for `SPATE_STALL_DUMP`.
+    pub(crate) fn describe(&self) -> String {
+        let p: Vec<String> = self
+            .pending
+            .values()
+            .map(|p| {
+                format!(
+                    "{:?} delivered={:?} logs={} unaligned={}",
+                    p.barrier, p.delivered, p.open_logs, p.unaligned
+                )
+            })
+            .collect();
+        format!(
+            "groups={:?} finished={:?} pending=[{}] done_max={:?}",
+            self.group_of,
+            self.finished,
+            p.join(", "),
+            self.done.last()
+        )
+    }
+
     /// Takes the subtask's finished parts of checkpoints.
     pub(crate) fn take_ready(&mut self) -> Vec<LocalSnapshot> {
         std::mem::take(&mut self.ready)

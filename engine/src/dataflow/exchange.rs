@@ -366,6 +366,29 @@ impl<K: Key, T: ExchangeData> OutputBuffer for ExchangeSender<K, T> {
             .iter()
             .any(|t| !t.pending.is_empty() || !t.notices.is_empty())
     }
+
+    fn describe(&self) -> String {
+        let mut state = self.0.borrow_mut();
+        let op = state.operator.clone();
+        let ended = state.ended;
+        let t: Vec<String> = state
+            .targets
+            .iter_mut()
+            .enumerate()
+            .map(|(i, t)| {
+                format!(
+                    "to{i}: pending={} notices={} batch={} free={} nfree={} pos={}",
+                    t.pending.len(),
+                    t.notices.len(),
+                    t.batch.len(),
+                    t.channel.data.free_slots(),
+                    t.channel.notices.free_slots(),
+                    t.channel.data.position()
+                )
+            })
+            .collect();
+        format!("sender->{op:?} ended={ended} [{}]", t.join("; "))
+    }
 }
 
 /// Records of one channel being persisted as in flight for a checkpoint.
@@ -768,6 +791,32 @@ impl<T: ExchangeData> Input for ExchangeReceiver<T> {
         self.channels.iter_mut().zip(&self.state).any(|(c, s)| {
             c.notices.has_message() || (!s.ended && !s.blocked && c.data.has_message())
         })
+    }
+
+    fn describe(&mut self) -> String {
+        let mut out = format!(
+            "receiver {:?} delivered={} alignment={:?} open={} replay={} ",
+            self.operator,
+            self.delivered,
+            self.alignment.as_ref().map(|a| a.barrier),
+            self.open_channels,
+            self.replay.len()
+        );
+        for j in 0..self.channels.len() {
+            let s = &self.state[j];
+            out += &format!(
+                "[ch{j}: ended={} marker={} blocked={} notice={:?} log={:?} rpos={} msg={} nmsg={}] ",
+                s.ended,
+                s.has_marker,
+                s.blocked,
+                s.notice,
+                s.log.as_ref().map(|l| (l.id, l.until, l.logged_until)),
+                self.channels[j].data.read_position(),
+                self.channels[j].data.has_message(),
+                self.channels[j].notices.has_message()
+            );
+        }
+        out
     }
 
     fn wake_at(&self) -> Option<u64> {

@@ -166,6 +166,10 @@ pub(crate) trait Input {
     fn abort(&mut self, id: u64) {
         let _ = id;
     }
+    /// Its state in one line, for `SPATE_STALL_DUMP` (see ARCHITECTURE.md).
+    fn describe(&mut self) -> String {
+        String::new()
+    }
 }
 
 /// Buffers between a chain and the outside (exchange senders, egress sinks):
@@ -181,6 +185,10 @@ pub(crate) trait OutputBuffer {
     fn can_drain(&self) -> bool;
     /// Whether anything is still held back (the subtask is not done).
     fn has_pending(&self) -> bool;
+    /// Its state in one line, for `SPATE_STALL_DUMP` (see ARCHITECTURE.md).
+    fn describe(&self) -> String {
+        String::new()
+    }
 }
 
 /// A keyed operator, as the subtask sees it: processing-time timers, and
