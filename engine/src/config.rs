@@ -2,6 +2,7 @@
 
 use crate::checkpoint::CheckpointConfig;
 use crate::keygroup::MAX_MAX_PARALLELISM;
+use crate::restart::RestartStrategy;
 use crate::JobError;
 
 /// How a job runs.
@@ -22,6 +23,8 @@ pub struct JobConfig {
     pub pin_cores: bool,
     /// Checkpointing; `None` (the default) runs without fault tolerance.
     pub checkpoint: Option<CheckpointConfig>,
+    /// What happens when a run fails. Default: [`RestartStrategy::None`].
+    pub restart: RestartStrategy,
 }
 
 impl Default for JobConfig {
@@ -36,6 +39,7 @@ impl Default for JobConfig {
             ring_capacity: 64,
             pin_cores: true,
             checkpoint: None,
+            restart: RestartStrategy::None,
         }
     }
 }
@@ -72,6 +76,9 @@ impl JobConfig {
         if self.ring_capacity < 2 {
             return Err(JobError::Config("ring_capacity must be at least 2".into()));
         }
+        self.restart
+            .validate()
+            .map_err(|e| JobError::Config(format!("restart strategy: {e}")))?;
         if let Some(c) = &self.checkpoint {
             if c.max_concurrent != 1 {
                 return Err(JobError::Config(

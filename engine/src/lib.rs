@@ -48,6 +48,7 @@ pub mod dataflow;
 mod error;
 pub mod keygroup;
 mod park;
+pub mod restart;
 pub mod ring;
 mod runtime;
 pub mod sim;
@@ -71,6 +72,7 @@ pub use dataflow::{
 pub use error::{JobError, ProcessError, SinkError, SourceError};
 pub use keygroup::Key;
 pub use park::Notifier;
+pub use restart::{RestartStats, RestartStrategy};
 pub use runtime::{Job, JobHandle, JobReport};
 pub use state::{KeyScope, ListState, MapState, StateData, StateRegistry, ValueState};
 pub use time::{TimeDomain, Timestamp, WatermarkStrategy};

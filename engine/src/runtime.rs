@@ -11,10 +11,12 @@
 use crate::checkpoint::coordinator::{Ack, CheckpointSummary, Coordinator, CoordinatorShared};
 use crate::checkpoint::restore::RestoreState;
 use crate::checkpoint::subtask::LocalSnapshot;
+use crate::checkpoint::RestoreFrom;
 use crate::checkpoint::{CheckpointStats, Control};
 use crate::dataflow::exchange::ExchangeRegistry;
 use crate::dataflow::Dataflow;
 use crate::park::Parker;
+use crate::restart::{RestartStats, RestartStrategy, RestartTracker};
 use crate::ring::{ring, Consumer, Producer};
 use crate::time::{Clock, SystemClock};
 use crate::worker::{SnapshotWriter, Step, SubtaskReport, Worker};
@@ -141,6 +143,10 @@ pub(crate) struct JobEnv {
     pub coordinator_parker: Arc<Parker>,
     pub coordinator: Arc<CoordinatorShared>,
     pub fingerprint: OnceLock<u64>,
+    /// Unique per run (a restart is a new run); names a run's sink files.
+    pub run_id: u64,
+    /// Subtasks whose input all ended and that wait for a final checkpoint.
+    drained: AtomicUsize,
     pub done: AtomicUsize,
     /// When the job started (restore duration is measured from here).
     pub started: Instant,
@@ -159,6 +165,7 @@ impl JobEnv {
         config: JobConfig,
         clock: Arc<dyn Clock>,
         restore: Option<Arc<RestoreState>>,
+        stop: Arc<AtomicBool>,
     ) -> (Arc<Self>, CoordinatorEnds) {
         let p = config.parallelism;
         let (control_tx, control_rx): (Vec<_>, Vec<_>) =
@@ -167,7 +174,7 @@ impl JobEnv {
         let env = Arc::new(Self {
             exchanges: ExchangeRegistry::new(p, config.ring_capacity),
             parkers: (0..p).map(|_| Arc::new(Parker::default())).collect(),
-            stop: Arc::new(AtomicBool::new(false)),
+            stop,
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
             clock,
@@ -179,6 +186,8 @@ impl JobEnv {
             started: Instant::now(),
             restore_us: AtomicU64::new(0),
             fingerprint: OnceLock::new(),
+            run_id: run_id(),
+            drained: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             config,
         });
@@ -227,6 +236,27 @@ impl JobEnv {
         self.wake_all();
     }
 
+    /// A subtask's input all ended and it waits for a final checkpoint;
+    /// the last one to get there asks for it.
+    pub(crate) fn drained(&self) {
+        if self.drained.fetch_add(1, Ordering::SeqCst) + 1 == self.config.parallelism {
+            self.request_checkpoint();
+        }
+    }
+
+    /// Whether every subtask waits for its final checkpoint.
+    pub(crate) fn all_drained(&self) -> bool {
+        self.drained.load(Ordering::SeqCst) == self.config.parallelism
+    }
+
+    /// Asks the coordinator for a checkpoint as soon as none is in progress.
+    pub(crate) fn request_checkpoint(&self) {
+        self.coordinator
+            .manual_trigger
+            .store(true, Ordering::SeqCst);
+        self.coordinator_parker.notifier().notify();
+    }
+
     pub(crate) fn failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)
     }
@@ -260,6 +290,15 @@ impl JobEnv {
             self.coordinator.clone(),
         ))
     }
+}
+
+/// A run identifier unlikely to repeat: the start time and the process id.
+fn run_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    nanos ^ (u64::from(std::process::id()) << 40) ^ RUNS.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Loads the checkpoint to restore, if the job checkpoints and one exists.
@@ -506,6 +545,8 @@ pub struct JobReport {
     /// Time from the start of the run until every subtask had restored its
     /// state (reading the manifest, verifying and loading blocks).
     pub restore_duration: Option<Duration>,
+    /// Restarts before this (last) run, and the last failure.
+    pub restarts: RestartStats,
 }
 
 /// A job ready to run: its configuration and its processing-time clock.
@@ -540,60 +581,189 @@ impl Job {
     }
 
     /// Starts the job and returns at once; [`JobHandle::stop`] ends an
-    /// unbounded job, [`JobHandle::join`] waits for it.
+    /// unbounded job, [`JobHandle::join`] waits for it. With a
+    /// [`RestartStrategy`] other than `None`, a failed run is restarted from
+    /// the latest completed checkpoint by a supervisor thread.
     pub fn start<F>(self, build: F) -> Result<JobHandle, JobError>
     where
         F: Fn(&Dataflow) + Send + Sync + 'static,
     {
         self.config.validate()?;
-        let started = Instant::now();
-        let restore = load_restore(&self.config)?;
-        let (env, ends) = JobEnv::new(self.config.clone(), self.clock, restore);
-        env.restore_us
-            .store(started.elapsed().as_micros() as u64, Ordering::SeqCst);
-        let slots: Arc<(OnceLock<()>, WriterSlots)> =
-            Arc::new((OnceLock::new(), Mutex::new(Vec::new())));
-        let mut ends = Some(ends);
         let build: Arc<dyn Fn(&Dataflow) + Send + Sync> = Arc::new(build);
-        let cpus = core_affinity::get_core_ids()
-            .map(|c| c.len())
-            .unwrap_or(1)
-            .max(1);
-        let started = Instant::now();
-        let mut reactors = Vec::with_capacity(self.config.parallelism);
-        for subtask in 0..self.config.parallelism {
-            let placement = if self.config.pin_cores {
-                glommio::Placement::Fixed(subtask % cpus)
-            } else {
-                glommio::Placement::Unbound
+        let stop = Arc::new(AtomicBool::new(false));
+        let first = launch(&self.config, &self.clock, &build, &stop)?;
+        let shared = Arc::new(Supervision {
+            current: Mutex::new(first.env.clone()),
+            stats: Mutex::new(RestartStats::default()),
+        });
+        let inner = if self.config.restart == RestartStrategy::None {
+            Inner::Direct(first)
+        } else {
+            let supervisor = Supervisor {
+                config: self.config,
+                clock: self.clock,
+                build,
+                stop: stop.clone(),
+                shared: shared.clone(),
             };
-            let reactor_env = env.clone();
-            let build = build.clone();
-            let slots = slots.clone();
-            let coordinator_ends = if subtask == 0 { ends.take() } else { None };
-            // Never park inside glommio (see `idle_wait` and park.rs): the
-            // reactor idles by blocking its thread in its own idle loop.
-            let spawned = glommio::LocalExecutorBuilder::new(placement)
-                .name(&format!("spate-{subtask}"))
-                .spin_before_park(Duration::MAX)
-                .spawn(move || async move {
-                    reactor(reactor_env, subtask, build, slots, coordinator_ends).await
-                });
-            match spawned {
-                Ok(handle) => reactors.push(handle),
-                Err(e) => {
-                    env.fail(JobError::Runtime(format!(
-                        "cannot start reactor {subtask}: {e}"
-                    )));
-                    break;
-                }
+            let thread = std::thread::Builder::new()
+                .name("spate-supervisor".into())
+                .spawn(move || supervisor.run(first))
+                .map_err(|e| JobError::Runtime(format!("cannot start the supervisor: {e}")))?;
+            Inner::Supervised(thread)
+        };
+        Ok(JobHandle {
+            shared,
+            stop,
+            inner,
+        })
+    }
+}
+
+/// Starts one run of a job: its reactors, restoring what the configuration says.
+fn launch(
+    config: &JobConfig,
+    clock: &Arc<dyn Clock>,
+    build: &Arc<dyn Fn(&Dataflow) + Send + Sync>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Run, JobError> {
+    let started = Instant::now();
+    let restore = load_restore(&config)?;
+    let (env, ends) = JobEnv::new(config.clone(), clock.clone(), restore, stop.clone());
+    env.restore_us
+        .store(started.elapsed().as_micros() as u64, Ordering::SeqCst);
+    let slots: Arc<(OnceLock<()>, WriterSlots)> =
+        Arc::new((OnceLock::new(), Mutex::new(Vec::new())));
+    let mut ends = Some(ends);
+    let cpus = core_affinity::get_core_ids()
+        .map(|c| c.len())
+        .unwrap_or(1)
+        .max(1);
+    let started = Instant::now();
+    let mut reactors = Vec::with_capacity(config.parallelism);
+    for subtask in 0..config.parallelism {
+        let placement = if config.pin_cores {
+            glommio::Placement::Fixed(subtask % cpus)
+        } else {
+            glommio::Placement::Unbound
+        };
+        let reactor_env = env.clone();
+        let build = build.clone();
+        let slots = slots.clone();
+        let coordinator_ends = if subtask == 0 { ends.take() } else { None };
+        // Never park inside glommio (see `idle_wait` and park.rs): the
+        // reactor idles by blocking its thread in its own idle loop.
+        let spawned = glommio::LocalExecutorBuilder::new(placement)
+            .name(&format!("spate-{subtask}"))
+            .spin_before_park(Duration::MAX)
+            .spawn(move || async move {
+                reactor(reactor_env, subtask, build, slots, coordinator_ends).await
+            });
+        match spawned {
+            Ok(handle) => reactors.push(handle),
+            Err(e) => {
+                env.fail(JobError::Runtime(format!(
+                    "cannot start reactor {subtask}: {e}"
+                )));
+                break;
             }
         }
-        Ok(JobHandle {
-            env,
-            reactors,
-            started,
-        })
+    }
+    Ok(Run {
+        env,
+        reactors,
+        started,
+    })
+}
+
+/// One run of a job.
+struct Run {
+    env: Arc<JobEnv>,
+    reactors: Vec<glommio::ExecutorJoinHandle<SubtaskReport>>,
+    started: Instant,
+}
+
+/// What the handle sees of a supervised job: the current run and the restarts.
+struct Supervision {
+    current: Mutex<Arc<JobEnv>>,
+    stats: Mutex<RestartStats>,
+}
+
+/// Restarts failed runs as the job's [`RestartStrategy`] allows.
+struct Supervisor {
+    config: JobConfig,
+    clock: Arc<dyn Clock>,
+    build: Arc<dyn Fn(&Dataflow) + Send + Sync>,
+    stop: Arc<AtomicBool>,
+    shared: Arc<Supervision>,
+}
+
+impl Supervisor {
+    fn run(self, first: Run) -> Result<JobReport, JobError> {
+        let mut tracker = RestartTracker::new(self.config.restart.clone(), self.clock.now_ms());
+        let mut result = first.join();
+        loop {
+            let error = match result {
+                Ok(mut report) => {
+                    report.restarts = self.stats();
+                    return Ok(report);
+                }
+                Err(error) => error,
+            };
+            if self.stop.load(Ordering::SeqCst) || matches!(error, JobError::Config(_)) {
+                return Err(error);
+            }
+            let now = self.clock.now_ms();
+            if let Ok(mut stats) = self.shared.stats.lock() {
+                stats.last_failure = Some(error.to_string());
+                stats.last_failure_ms = Some(now);
+            }
+            let Some(delay) = tracker.on_failure(now) else {
+                return Err(error);
+            };
+            eprintln!(
+                "spate: the job failed ({error}); restart {} in {delay:?} from the latest checkpoint",
+                tracker.restarts()
+            );
+            if !self.wait(delay) {
+                return Err(error);
+            }
+            if let Ok(mut stats) = self.shared.stats.lock() {
+                stats.restarts = tracker.restarts();
+            }
+            let mut config = self.config.clone();
+            if let Some(checkpoint) = &mut config.checkpoint {
+                checkpoint.restore = RestoreFrom::Latest;
+            }
+            result = launch(&config, &self.clock, &self.build, &self.stop).and_then(|run| {
+                if let Ok(mut current) = self.shared.current.lock() {
+                    *current = run.env.clone();
+                }
+                run.join()
+            });
+        }
+    }
+
+    /// Waits `delay` unless the job is stopped first; returns whether to go on.
+    fn wait(&self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        while !self.stop.load(Ordering::SeqCst) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            // Bounded slices so that a stop request ends the wait.
+            std::thread::park_timeout(left.min(Duration::from_millis(10)));
+        }
+        false
+    }
+
+    fn stats(&self) -> RestartStats {
+        self.shared
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -764,31 +934,57 @@ async fn reactor(
 
 /// A running job.
 pub struct JobHandle {
-    env: Arc<JobEnv>,
-    reactors: Vec<glommio::ExecutorJoinHandle<SubtaskReport>>,
-    started: Instant,
+    shared: Arc<Supervision>,
+    stop: Arc<AtomicBool>,
+    inner: Inner,
+}
+
+enum Inner {
+    /// No restart strategy: the one run.
+    Direct(Run),
+    /// Runs (and restarts) on the supervisor thread.
+    Supervised(std::thread::JoinHandle<Result<JobReport, JobError>>),
 }
 
 impl JobHandle {
-    /// Asks every source to end; the job then drains and finishes.
+    /// The current run's shared state.
+    fn env(&self) -> Arc<JobEnv> {
+        match &self.inner {
+            Inner::Direct(run) => run.env.clone(),
+            Inner::Supervised(_) => self
+                .shared
+                .current
+                .lock()
+                .map(|env| env.clone())
+                .expect("the supervision lock is never poisoned"),
+        }
+    }
+
+    /// Asks every source to end; the job then drains and finishes (and is
+    /// not restarted).
     pub fn stop(&self) {
-        self.env.stop.store(true, Ordering::SeqCst);
-        self.env.wake_all();
+        self.stop.store(true, Ordering::SeqCst);
+        self.env().wake_all();
+    }
+
+    /// Restarts so far, and the last failure.
+    pub fn restart_stats(&self) -> RestartStats {
+        self.shared
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     /// Asks the coordinator for a checkpoint now (Flink's manual trigger); it
     /// starts as soon as no other checkpoint is in progress.
     pub fn trigger_checkpoint(&self) {
-        self.env
-            .coordinator
-            .manual_trigger
-            .store(true, Ordering::SeqCst);
-        self.env.coordinator_parker.notifier().notify();
+        self.env().request_checkpoint();
     }
 
     /// Statistics of the checkpoints so far (bounded history, oldest first).
     pub fn checkpoint_stats(&self) -> Vec<CheckpointStats> {
-        self.env
+        self.env()
             .coordinator
             .history
             .lock()
@@ -798,12 +994,13 @@ impl JobHandle {
 
     /// Whether some subtask is still running.
     pub fn is_running(&self) -> bool {
-        self.env.done.load(Ordering::SeqCst) < self.env.config.parallelism && !self.env.failed()
+        self.env().done.load(Ordering::SeqCst) < self.env().config.parallelism
+            && !self.env().failed()
     }
 
     /// Counts, histograms and rates over the checkpoints so far.
     pub fn checkpoint_summary(&self) -> CheckpointSummary {
-        self.env
+        self.env()
             .coordinator
             .summary
             .lock()
@@ -813,21 +1010,34 @@ impl JobHandle {
 
     /// Whether a checkpoint is in progress.
     pub fn checkpoint_in_progress(&self) -> bool {
-        self.env.coordinator.in_progress.load(Ordering::SeqCst)
+        self.env().coordinator.in_progress.load(Ordering::SeqCst)
     }
 
     /// Number of failed checkpoints so far.
     pub fn failed_checkpoints(&self) -> u64 {
-        self.env.coordinator.failed.load(Ordering::SeqCst)
+        self.env().coordinator.failed.load(Ordering::SeqCst)
     }
 
     /// Number of completed checkpoints so far.
     pub fn completed_checkpoints(&self) -> u64 {
-        self.env.coordinator.completed.load(Ordering::SeqCst)
+        self.env().coordinator.completed.load(Ordering::SeqCst)
     }
 
-    /// Waits for every subtask; returns the report or the first error.
+    /// Waits for the job (every run, with restarts); returns the report or
+    /// the error that ended it.
     pub fn join(self) -> Result<JobReport, JobError> {
+        match self.inner {
+            Inner::Direct(run) => run.join(),
+            Inner::Supervised(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(JobError::Runtime("the supervisor panicked".into()))),
+        }
+    }
+}
+
+impl Run {
+    /// Waits for every subtask; returns the report or the first error.
+    fn join(self) -> Result<JobReport, JobError> {
         let mut subtasks = Vec::new();
         for (subtask, reactor) in self.reactors.into_iter().enumerate() {
             match reactor.join() {
@@ -860,6 +1070,7 @@ impl JobHandle {
                 .map(|s| s.clone())
                 .unwrap_or_default(),
             restore_duration: self.env.restore_duration(),
+            restarts: RestartStats::default(),
         })
     }
 }

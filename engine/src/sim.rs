@@ -185,7 +185,12 @@ impl Simulation {
             _ => None,
         };
         let restored_from = restore.as_ref().map(|r| r.metadata.id);
-        let (env, ends) = JobEnv::new(config.clone(), Arc::new(clock.clone()), restore);
+        let (env, ends) = JobEnv::new(
+            config.clone(),
+            Arc::new(clock.clone()),
+            restore,
+            Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        );
         let panic_error = |subtask, panic: Box<dyn std::any::Any + Send>| JobError::Panic {
             subtask,
             message: format!("{} (seed {seed})", crate::error::panic_message(&*panic)),

@@ -5,14 +5,23 @@
 //! itself blocked: the subtask then stops pulling the inputs that feed it
 //! (backpressure), so nothing is dropped and memory stays bounded.
 //! Built-ins: [`DiscardSink`], [`CollectSink`] (gathers values for the caller
-//! at end of input) and [`egress`] (a bounded ring per subtask to a consumer
-//! thread).
+//! at end of input), [`egress`] (a bounded ring per subtask to a consumer
+//! thread) and [`FileSink`] (JSON-lines files, exactly once by two-phase
+//! commit with the checkpoints, or at least once).
+//!
+//! Transactional sinks (Flink's `TwoPhaseCommitSinkFunction`): when a
+//! checkpoint's barrier reaches the sink, [`Sink::pre_commit`] makes what was
+//! written since the previous barrier durable but invisible; when the
+//! checkpoint is complete, [`Sink::commit`] makes it visible. A job with a
+//! transactional sink takes a final checkpoint once all its input has ended
+//! and finishes when that is complete, so its last output is committed too.
 
 use crate::dataflow::Record;
 use crate::park::Notifier;
 use crate::ring::{ring, Consumer, Producer};
 use crate::SinkError;
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +34,15 @@ pub struct SinkContext {
     pub parallelism: usize,
     /// Wakes this subtask when it is parked (for sinks drained by other threads).
     pub notifier: Notifier,
+    /// Whether the job checkpoints (transactional sinks commit with
+    /// checkpoints; without, they commit at end of input).
+    pub checkpointing: bool,
+    /// The checkpoint this run restored, if any: transactions pre-committed
+    /// up to it are committed on open, later ones discarded.
+    pub restored_checkpoint: Option<u64>,
+    /// Unique per run of the job (a restart is a new run): names the
+    /// run's own transactions apart from those left by earlier runs.
+    pub run: u64,
 }
 
 /// A sink subtask.
@@ -57,6 +75,28 @@ pub trait Sink<T>: 'static {
     /// Passes held-back records on as far as possible; returns whether any moved.
     fn drain(&mut self) -> Result<bool, SinkError> {
         Ok(false)
+    }
+
+    /// Whether the sink commits with checkpoints (two-phase commit); the job
+    /// then ends with a final checkpoint.
+    fn is_transactional(&self) -> bool {
+        false
+    }
+
+    /// Phase one of checkpoint `checkpoint_id`: what was written since the
+    /// previous checkpoint becomes durable, not yet visible. Runs on the
+    /// reactor when the barrier arrives, before the checkpoint is
+    /// acknowledged.
+    fn pre_commit(&mut self, checkpoint_id: u64) -> Result<(), SinkError> {
+        let _ = checkpoint_id;
+        Ok(())
+    }
+
+    /// Phase two: checkpoint `checkpoint_id` is complete; everything
+    /// pre-committed up to it becomes visible.
+    fn commit(&mut self, checkpoint_id: u64) -> Result<(), SinkError> {
+        let _ = checkpoint_id;
+        Ok(())
     }
 }
 
@@ -300,5 +340,242 @@ impl<T: Send + 'static> Iterator for EgressReceiver<T> {
     type Item = Record<T>;
     fn next(&mut self) -> Option<Record<T>> {
         self.recv()
+    }
+}
+
+/// How a [`FileSink`] delivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileSinkMode {
+    /// Two-phase commit with the checkpoints: committed files hold every
+    /// result exactly once, across failures and restarts.
+    ExactlyOnce,
+    /// Records go straight to visible files, flushed at every checkpoint: a
+    /// restart writes the replayed part again (duplicates, nothing lost).
+    AtLeastOnce,
+}
+
+/// Writes records as lines (JSON lines, formatted by the caller) to files in
+/// a directory.
+///
+/// Exactly once: a subtask writes to `DIR/.pending/<run>-<subtask>.inprogress`;
+/// at checkpoint `n`'s barrier it syncs the file and renames it to
+/// `DIR/.pending/part-<n>-<subtask>-<run>.jsonl` (pre-commit); when `n` is
+/// complete it renames every pre-committed file up to `n` to
+/// `DIR/part-<n>-<subtask>-<run>.jsonl` and syncs the directory (commit). On
+/// open after a restore from checkpoint `r`, subtask 0 commits the pending
+/// files of checkpoints up to `r` (their commit may have been cut short) and
+/// removes every other file earlier runs left in `.pending/`. Committed files
+/// are `DIR/*.jsonl`; their records, sorted, are the job's results.
+pub struct FileSink<T, F> {
+    dir: PathBuf,
+    mode: FileSinkMode,
+    format: F,
+    subtask: usize,
+    run: u64,
+    checkpointing: bool,
+    /// The file being written and its path.
+    current: Option<(PathBuf, std::io::BufWriter<std::fs::File>)>,
+    /// Pre-committed files: (checkpoint, pending path).
+    pending: Vec<(u64, PathBuf)>,
+    line: Vec<u8>,
+    _in: std::marker::PhantomData<fn(T)>,
+}
+
+/// The directory of pre-committed and in-progress files.
+const PENDING: &str = ".pending";
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> SinkError {
+    SinkError::Other(format!("{what} {}: {e}", path.display()))
+}
+
+/// Makes renames and creations in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), SinkError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("cannot sync directory", dir, e))
+}
+
+/// Parses `part-<checkpoint>-<subtask>-<run>.jsonl`: (checkpoint, run).
+fn parse_part(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix("part-")?.strip_suffix(".jsonl")?;
+    let mut fields = rest.split('-');
+    let checkpoint = fields.next()?.parse().ok()?;
+    let _subtask: usize = fields.next()?.parse().ok()?;
+    let run = u64::from_str_radix(fields.next()?, 16).ok()?;
+    fields.next().is_none().then_some((checkpoint, run))
+}
+
+impl<T, F: FnMut(&T, &mut Vec<u8>) + 'static> FileSink<T, F> {
+    /// A sink writing to `dir` (created if missing); `format` appends one
+    /// record's line, without the newline, to the buffer.
+    pub fn new(dir: impl Into<PathBuf>, mode: FileSinkMode, format: F) -> Self {
+        Self {
+            dir: dir.into(),
+            mode,
+            format,
+            subtask: 0,
+            run: 0,
+            checkpointing: false,
+            current: None,
+            pending: Vec::new(),
+            line: Vec::new(),
+            _in: std::marker::PhantomData,
+        }
+    }
+
+    fn pending_dir(&self) -> PathBuf {
+        self.dir.join(PENDING)
+    }
+
+    fn part_name(&self, checkpoint: u64) -> String {
+        format!(
+            "part-{checkpoint:020}-{:04}-{:016x}.jsonl",
+            self.subtask, self.run
+        )
+    }
+
+    /// Subtask 0 on open: finishes the commits of checkpoints up to
+    /// `restored` and removes everything else earlier runs left pending.
+    fn recover(&self, restored: Option<u64>) -> Result<(), SinkError> {
+        let pending = self.pending_dir();
+        let entries =
+            std::fs::read_dir(&pending).map_err(|e| io_error("cannot list", &pending, e))?;
+        let mut changed = false;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error("cannot list", &pending, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            match parse_part(&name) {
+                Some((_, run)) if run == self.run => continue,
+                Some((checkpoint, _)) if restored.is_some_and(|r| checkpoint <= r) => {
+                    let to = self.dir.join(&name);
+                    std::fs::rename(&path, &to).map_err(|e| io_error("cannot commit", &path, e))?;
+                }
+                _ if name.starts_with(&format!("{:016x}-", self.run)) => continue,
+                _ => {
+                    std::fs::remove_file(&path).map_err(|e| io_error("cannot remove", &path, e))?;
+                }
+            }
+            changed = true;
+        }
+        if changed {
+            sync_dir(&self.dir)?;
+            sync_dir(&pending)?;
+        }
+        Ok(())
+    }
+
+    fn writer(&mut self) -> Result<&mut std::io::BufWriter<std::fs::File>, SinkError> {
+        if self.current.is_none() {
+            let path = match self.mode {
+                FileSinkMode::ExactlyOnce => self
+                    .pending_dir()
+                    .join(format!("{:016x}-{:04}.inprogress", self.run, self.subtask)),
+                FileSinkMode::AtLeastOnce => self
+                    .dir
+                    .join(format!("part-{:04}-{:016x}.jsonl", self.subtask, self.run)),
+            };
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io_error("cannot create", &path, e))?;
+            self.current = Some((path, std::io::BufWriter::with_capacity(1 << 16, file)));
+        }
+        Ok(&mut self.current.as_mut().expect("opened above").1)
+    }
+
+    /// Flushes and syncs the current file; returns its path if it exists.
+    fn sync_current(&mut self) -> Result<Option<PathBuf>, SinkError> {
+        use std::io::Write;
+        let Some((path, writer)) = self.current.as_mut() else {
+            return Ok(None);
+        };
+        writer
+            .flush()
+            .and_then(|_| writer.get_ref().sync_data())
+            .map_err(|e| io_error("cannot sync", path, e))?;
+        Ok(Some(path.clone()))
+    }
+
+    /// Renames the pre-committed files up to `checkpoint` into the directory.
+    fn commit_up_to(&mut self, checkpoint: u64) -> Result<(), SinkError> {
+        let mut committed = false;
+        let mut i = 0;
+        while i < self.pending.len() {
+            if self.pending[i].0 <= checkpoint {
+                let (_, path) = self.pending.remove(i);
+                let name = path.file_name().expect("a part file").to_owned();
+                let to = self.dir.join(name);
+                std::fs::rename(&path, &to).map_err(|e| io_error("cannot commit", &path, e))?;
+                committed = true;
+            } else {
+                i += 1;
+            }
+        }
+        if committed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+impl<T: 'static, F: FnMut(&T, &mut Vec<u8>) + 'static> Sink<T> for FileSink<T, F> {
+    fn open(&mut self, context: &SinkContext) -> Result<(), SinkError> {
+        self.subtask = context.subtask;
+        self.run = context.run;
+        self.checkpointing = context.checkpointing;
+        let pending = self.pending_dir();
+        std::fs::create_dir_all(&pending).map_err(|e| io_error("cannot create", &pending, e))?;
+        if context.subtask == 0 && self.mode == FileSinkMode::ExactlyOnce {
+            self.recover(context.restored_checkpoint)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, batch: &mut Vec<Record<T>>) -> Result<(), SinkError> {
+        use std::io::Write;
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        for record in batch.drain(..) {
+            (self.format)(&record.value, &mut line);
+            line.push(b'\n');
+        }
+        let written = self.writer()?.write_all(&line);
+        self.line = line;
+        written.map_err(|e| SinkError::Other(format!("cannot write a part file: {e}")))
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        if self.mode == FileSinkMode::AtLeastOnce || !self.checkpointing {
+            // Without checkpoints there is nothing to commit with: the
+            // output is final at end of input.
+            self.pre_commit(u64::MAX - 1)?;
+            return self.commit_up_to(u64::MAX - 1);
+        }
+        // The final checkpoint commits the rest.
+        Ok(())
+    }
+
+    fn is_transactional(&self) -> bool {
+        self.mode == FileSinkMode::ExactlyOnce && self.checkpointing
+    }
+
+    fn pre_commit(&mut self, checkpoint_id: u64) -> Result<(), SinkError> {
+        let Some(path) = self.sync_current()? else {
+            return Ok(());
+        };
+        if self.mode == FileSinkMode::AtLeastOnce {
+            return Ok(());
+        }
+        self.current = None;
+        let to = self.pending_dir().join(self.part_name(checkpoint_id));
+        std::fs::rename(&path, &to).map_err(|e| io_error("cannot pre-commit", &path, e))?;
+        self.pending.push((checkpoint_id, to));
+        Ok(())
+    }
+
+    fn commit(&mut self, checkpoint_id: u64) -> Result<(), SinkError> {
+        self.commit_up_to(checkpoint_id)
     }
 }

@@ -9,7 +9,9 @@
 
 use crate::checkpoint::subtask::{LocalSnapshot, SubtaskCheckpoints};
 use crate::checkpoint::Control;
-use crate::dataflow::{Cx, Dataflow, InputSlot, InputState, OutputBuffer, ProcessingTimers};
+use crate::dataflow::{
+    Cx, Dataflow, InputSlot, InputState, OutputBuffer, ProcessingTimers, SinkCheckpoints,
+};
 use crate::ring::Consumer;
 use crate::runtime::JobEnv;
 use crate::JobError;
@@ -51,12 +53,30 @@ pub(crate) struct Worker {
     chains: Vec<Vec<Rc<dyn OutputBuffer>>>,
     buffers: Vec<Rc<dyn OutputBuffer>>,
     timer_operators: Vec<Rc<dyn ProcessingTimers>>,
+    sinks: Vec<Rc<dyn SinkCheckpoints>>,
+    /// A sink commits with checkpoints: the subtask ends only after a
+    /// checkpoint triggered once all its input ended has completed.
+    final_checkpoint: FinalCheckpoint,
     checkpoints: Rc<RefCell<SubtaskCheckpoints>>,
     control: Option<Consumer<Control>>,
     writer: Option<Box<dyn SnapshotWriter>>,
     /// Hash of the job's operators and state types.
     pub(crate) fingerprint: u64,
     pub(crate) report: SubtaskReport,
+}
+
+/// Where a subtask with a transactional sink stands with its final checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FinalCheckpoint {
+    /// Not needed (no transactional sink, or no checkpointing).
+    None,
+    /// Input still flowing.
+    Pending,
+    /// All input ended and flushed; waiting for a trigger (`None`) or for
+    /// the completion of the checkpoint triggered since.
+    Drained(Option<u64>),
+    /// Complete: the subtask may end.
+    Done,
 }
 
 /// Alignment groups: inputs linked by a multi-input operator share a group.
@@ -114,12 +134,19 @@ impl Worker {
             .borrow_mut()
             .set_groups(groups(g.inputs.len(), &g.links));
         let control = env.take_control(subtask);
+        let transactional = control.is_some() && g.sinks.iter().any(|s| s.is_transactional());
         Ok(Self {
             env: env.clone(),
             inputs: std::mem::take(&mut g.inputs),
             chains: std::mem::take(&mut g.chains),
             buffers: std::mem::take(&mut g.buffers),
             timer_operators: std::mem::take(&mut g.timer_operators),
+            sinks: std::mem::take(&mut g.sinks),
+            final_checkpoint: if transactional {
+                FinalCheckpoint::Pending
+            } else {
+                FinalCheckpoint::None
+            },
             checkpoints: g.checkpoints.clone(),
             control,
             writer: None,
@@ -158,6 +185,16 @@ impl Worker {
                     for operator in &self.timer_operators {
                         operator.snapshot_if_finished(barrier, cx)?;
                     }
+                    for sink in &self.sinks {
+                        sink.pre_commit_if_finished(barrier.id)?;
+                    }
+                    // Final once every subtask had drained before it: all
+                    // of them then agree that this checkpoint covers all.
+                    if self.final_checkpoint == FinalCheckpoint::Drained(None)
+                        && self.env.all_drained()
+                    {
+                        self.final_checkpoint = FinalCheckpoint::Drained(Some(barrier.id));
+                    }
                     self.checkpoints.borrow_mut().check_ready(barrier.id);
                 }
                 Control::Abort(id) => {
@@ -168,11 +205,24 @@ impl Worker {
                     for operator in &self.timer_operators {
                         operator.checkpoint_aborted(id);
                     }
+                    if self.final_checkpoint == FinalCheckpoint::Drained(Some(id)) {
+                        // Ask for another final checkpoint.
+                        self.final_checkpoint = FinalCheckpoint::Drained(None);
+                        self.env.request_checkpoint();
+                    }
                 }
                 Control::Complete(id) => {
                     self.checkpoints.borrow_mut().complete(id);
                     for operator in &self.timer_operators {
                         operator.checkpoint_complete(id);
+                    }
+                    for sink in &self.sinks {
+                        sink.commit(id)?;
+                    }
+                    if let FinalCheckpoint::Drained(Some(last)) = self.final_checkpoint {
+                        if id >= last {
+                            self.final_checkpoint = FinalCheckpoint::Done;
+                        }
                     }
                 }
             }
@@ -231,7 +281,15 @@ impl Worker {
             && !self.buffers.iter().any(|b| b.has_pending())
             && !self.timer_operators.iter().any(|o| o.has_snapshot_work())
         {
-            return Ok(Step::Done);
+            match self.final_checkpoint {
+                FinalCheckpoint::None | FinalCheckpoint::Done => return Ok(Step::Done),
+                FinalCheckpoint::Pending => {
+                    self.final_checkpoint = FinalCheckpoint::Drained(None);
+                    self.env.drained();
+                    busy = true;
+                }
+                FinalCheckpoint::Drained(_) => {}
+            }
         }
         Ok(if busy { Step::Busy } else { Step::Idle })
     }

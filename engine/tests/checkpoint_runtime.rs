@@ -10,7 +10,7 @@ use spate::source::SequenceSource;
 use spate::window::{WindowAssigner, WindowResult};
 use spate::{
     CheckpointConfig, CheckpointMode, Dataflow, Job, JobConfig, JobError, KeyedContext,
-    WatermarkStrategy,
+    RestartStrategy, WatermarkStrategy,
 };
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -32,7 +32,7 @@ type Totals = Arc<Mutex<Vec<(u64, u64, u64)>>>;
 type Windows = Arc<Mutex<Vec<WindowResult<u64, (u64, u64)>>>>;
 
 /// Totals and windows over a paced source; `fail` makes a keyed operator
-/// return an error (a task failure) on its next record.
+/// return an error (a task failure) on its next record, once.
 fn job(df: &Dataflow, totals: &Totals, windows: &Windows, fail: &Arc<AtomicBool>, rate: f64) {
     let clock = df.clock();
     let start = clock.now_ms();
@@ -46,7 +46,7 @@ fn job(df: &Dataflow, totals: &Totals, windows: &Windows, fail: &Arc<AtomicBool>
         .key_by(|e: &Event| e.key)
         .process("tripwire", move |_| {
             move |e: Event, ctx: &mut KeyedContext<u64, Event>| {
-                if fail.load(Ordering::SeqCst) {
+                if fail.swap(false, Ordering::SeqCst) {
                     return Err("injected task failure".into());
                 }
                 ctx.emit(e);
@@ -221,4 +221,231 @@ fn a_relative_state_directory_works() {
         report.checkpoints
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A task failure with a restart strategy: the supervisor restarts the job
+/// from the latest checkpoint in the same `join`, and the results are those
+/// of an uninterrupted run.
+fn restart_after_a_task_failure(mode: CheckpointMode) {
+    let dir = temp_dir(&format!("restart-{}", mode.name()));
+    let all: Vec<Event> = (0..EVENTS).map(event).collect();
+    let totals: Totals = Default::default();
+    let windows: Windows = Default::default();
+    let fail = Arc::new(AtomicBool::new(false));
+    let mut config = config(&dir, mode, false);
+    config.restart = RestartStrategy::FixedDelay {
+        attempts: 2,
+        delay: std::time::Duration::ZERO,
+    };
+    let (t, w, f) = (totals.clone(), windows.clone(), fail.clone());
+    let handle = Job::new(config)
+        .start(move |df| job(df, &t, &w, &f, 20_000.0))
+        .unwrap();
+    while handle.completed_checkpoints() < 2 && handle.is_running() {
+        std::thread::yield_now();
+    }
+    fail.store(true, Ordering::SeqCst);
+    let report = handle.join().expect("restarted and finished");
+    if report.restarts.restarts == 0 {
+        // The input ended before the tripwire was armed: nothing to check.
+        assert!(fail.load(Ordering::SeqCst), "{mode:?}");
+        return;
+    }
+    assert_eq!(report.restarts.restarts, 1, "{mode:?}");
+    let cause = report.restarts.last_failure.clone().unwrap_or_default();
+    assert!(cause.contains("injected task failure"), "{cause}");
+    assert!(report.restarts.last_failure_ms.is_some());
+    assert!(
+        report.restored_from.is_some(),
+        "{mode:?}: resumed from a checkpoint"
+    );
+    let reference = reference_totals(&all);
+    assert_eq!(
+        finals(&totals.lock().unwrap()),
+        reference,
+        "{mode:?}: totals"
+    );
+    let reference_windows: BTreeSet<_> = reference_windows(&all, 100, 100).into_iter().collect();
+    let got_windows: BTreeSet<_> = windows.lock().unwrap().iter().cloned().collect();
+    assert_eq!(got_windows, reference_windows, "{mode:?}: windows");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn aligned_job_restarts_itself_after_a_task_failure() {
+    restart_after_a_task_failure(CheckpointMode::Aligned);
+}
+
+#[test]
+fn unaligned_job_restarts_itself_after_a_task_failure() {
+    restart_after_a_task_failure(CheckpointMode::Unaligned);
+}
+
+/// A job that fails on every run: the strategy's attempts are used up, then
+/// the failure is returned, with the restart count in the handle.
+#[test]
+fn a_job_that_keeps_failing_gives_up_after_its_attempts() {
+    let dir = temp_dir("restart-give-up");
+    let mut config = config(&dir, CheckpointMode::Aligned, false);
+    config.restart = RestartStrategy::FixedDelay {
+        attempts: 3,
+        delay: std::time::Duration::ZERO,
+    };
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let r = runs.clone();
+    let handle = Job::new(config)
+        .start(move |df| {
+            if df.subtask() == 0 {
+                r.fetch_add(1, Ordering::SeqCst);
+            }
+            df.source(
+                "numbers",
+                SequenceSource::new(100, |i| i),
+                WatermarkStrategy::none(),
+            )
+            .key_by(|n: &u64| *n)
+            .process("always-fails", |_| {
+                |_: u64, _: &mut KeyedContext<u64, u64>| Err("broken".into())
+            })
+            .for_each(|_: spate::Record<u64>| {});
+        })
+        .unwrap();
+    let result = handle.join();
+    match result {
+        Err(JobError::Operator { operator, .. }) => assert_eq!(operator, "always-fails"),
+        other => panic!("expected the operator's failure, got {other:?}"),
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        4,
+        "the first run and 3 restarts"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn window_line(w: &WindowResult<u64, (u64, u64)>, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let _ = write!(
+        out,
+        "{{\"key\":{},\"start\":{},\"end\":{},\"count\":{},\"sum\":{}}}",
+        w.key, w.start, w.end, w.value.0, w.value.1
+    );
+}
+
+/// The committed lines of a file sink's directory, sorted.
+fn committed_lines(dir: &std::path::Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            lines.extend(text.lines().map(str::to_string));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+/// Windows through a file sink, a task failure after two checkpoints, a
+/// restart by the strategy: the committed files hold every window result
+/// exactly once (or at least once in that mode), and nothing stays pending.
+fn file_sink_across_a_restart(mode: CheckpointMode, sink_mode: spate::sink::FileSinkMode) {
+    use spate::sink::{FileSink, FileSinkMode};
+    let name = format!("file-sink-{}-{sink_mode:?}", mode.name());
+    let dir = temp_dir(&name);
+    let out = temp_dir(&format!("{name}-out"));
+    let all: Vec<Event> = (0..EVENTS).map(event).collect();
+    let fail = Arc::new(AtomicBool::new(false));
+    let mut config = config(&dir, mode, false);
+    config.restart = RestartStrategy::FixedDelay {
+        attempts: 1,
+        delay: std::time::Duration::ZERO,
+    };
+    let (f, o) = (fail.clone(), out.clone());
+    let handle = Job::new(config)
+        .start(move |df| {
+            let clock = df.clock();
+            let start = clock.now_ms();
+            let fail = f.clone();
+            let checked = df
+                .source(
+                    "events",
+                    SequenceSource::new(EVENTS, event).with_rate(20_000.0, start, clock),
+                    WatermarkStrategy::monotonous(|e: &Event| e.ts),
+                )
+                .key_by(|e: &Event| e.key)
+                .process("tripwire", move |_| {
+                    move |e: Event, ctx: &mut KeyedContext<u64, Event>| {
+                        if fail.swap(false, Ordering::SeqCst) {
+                            return Err("injected task failure".into());
+                        }
+                        ctx.emit(e);
+                        Ok(())
+                    }
+                });
+            windowed(&checked, WindowAssigner::tumbling(100))
+                .sink("files", FileSink::new(&o, sink_mode, window_line));
+        })
+        .unwrap();
+    while handle.completed_checkpoints() < 2 && handle.is_running() {
+        std::thread::yield_now();
+    }
+    fail.store(true, Ordering::SeqCst);
+    let report = handle.join().expect("restarted and finished");
+    // The tripwire fired (and was restarted from) unless the input ended first.
+    assert_eq!(
+        report.restarts.restarts,
+        u32::from(!fail.load(Ordering::SeqCst)),
+        "{name}"
+    );
+    let mut expected: Vec<String> = reference_windows(&all, 100, 100)
+        .iter()
+        .map(|w| {
+            let mut line = Vec::new();
+            window_line(w, &mut line);
+            String::from_utf8(line).unwrap()
+        })
+        .collect();
+    expected.sort();
+    let got = committed_lines(&out);
+    match sink_mode {
+        FileSinkMode::ExactlyOnce => {
+            assert_eq!(got.len(), expected.len(), "{name}: {report:?}");
+            assert_eq!(got, expected, "{name}");
+            let pending: Vec<_> = std::fs::read_dir(out.join(".pending")).unwrap().collect();
+            assert!(pending.is_empty(), "{name}: left pending: {pending:?}");
+        }
+        FileSinkMode::AtLeastOnce => {
+            let got: BTreeSet<_> = got.into_iter().collect();
+            for line in &expected {
+                assert!(got.contains(line), "{name}: lost {line}");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn exactly_once_file_sink_aligned() {
+    file_sink_across_a_restart(
+        CheckpointMode::Aligned,
+        spate::sink::FileSinkMode::ExactlyOnce,
+    );
+}
+
+#[test]
+fn exactly_once_file_sink_unaligned() {
+    file_sink_across_a_restart(
+        CheckpointMode::Unaligned,
+        spate::sink::FileSinkMode::ExactlyOnce,
+    );
+}
+
+#[test]
+fn at_least_once_file_sink_loses_nothing() {
+    file_sink_across_a_restart(
+        CheckpointMode::Aligned,
+        spate::sink::FileSinkMode::AtLeastOnce,
+    );
 }

@@ -191,6 +191,17 @@ pub(crate) trait OutputBuffer {
     }
 }
 
+/// A sink, as the subtask sees it at checkpoints.
+pub(crate) trait SinkCheckpoints {
+    /// Whether it commits with checkpoints (the job ends with a final one).
+    fn is_transactional(&self) -> bool;
+    /// At a trigger: a sink whose input ended pre-commits at once (no
+    /// barrier will arrive through its input).
+    fn pre_commit_if_finished(&self, checkpoint_id: u64) -> Result<(), JobError>;
+    /// Checkpoint `checkpoint_id` is complete: commit.
+    fn commit(&self, checkpoint_id: u64) -> Result<(), JobError>;
+}
+
 /// A keyed operator, as the subtask sees it: processing-time timers, and
 /// snapshots once its inputs have ended (no barrier reaches it any more).
 pub(crate) trait ProcessingTimers {
@@ -227,6 +238,8 @@ pub(crate) struct Graph {
     pub chains: Vec<Vec<Rc<dyn OutputBuffer>>>,
     pub buffers: Vec<Rc<dyn OutputBuffer>>,
     pub timer_operators: Vec<Rc<dyn ProcessingTimers>>,
+    /// Sinks, told about checkpoints (two-phase commit).
+    pub sinks: Vec<Rc<dyn SinkCheckpoints>>,
     pub names: Vec<String>,
     pub build_error: Option<JobError>,
     pub checkpoints: Rc<RefCell<SubtaskCheckpoints>>,
@@ -260,6 +273,7 @@ impl Dataflow {
             chains: Vec::new(),
             buffers: Vec::new(),
             timer_operators: Vec::new(),
+            sinks: Vec::new(),
             names: Vec::new(),
             build_error: None,
             checkpoints: Rc::new(RefCell::new(SubtaskCheckpoints::new(subtask))),
@@ -320,6 +334,9 @@ impl Dataflow {
             subtask: g.subtask,
             parallelism: g.parallelism,
             notifier: g.env.parkers[g.subtask].notifier(),
+            checkpointing: g.env.config.checkpoint.is_some(),
+            restored_checkpoint: g.restore.as_ref().map(|r| r.metadata.id),
+            run: g.env.run_id,
         }
     }
 
@@ -496,6 +513,7 @@ impl<T: Data> Stream<T> {
             Err(error) => return self.df.fail_build(error),
         };
         self.df.add_buffer(&self.chains, op.clone());
+        self.df.graph().sinks.push(op.clone());
         self.output.attach(Box::new(operators::SinkPush(op)));
     }
 

@@ -172,6 +172,10 @@ pub(crate) struct SinkOp<S, T> {
     name: String,
     subtask: usize,
     sink: RefCell<S>,
+    /// Its input ended.
+    ended: std::cell::Cell<bool>,
+    /// The last checkpoint it pre-committed.
+    pre_committed: std::cell::Cell<u64>,
     _in: std::marker::PhantomData<fn(T)>,
 }
 
@@ -187,6 +191,8 @@ impl<T, S: Sink<T>> SinkOp<S, T> {
             name: name.to_string(),
             subtask: context.subtask,
             sink: RefCell::new(sink),
+            ended: std::cell::Cell::new(false),
+            pre_committed: std::cell::Cell::new(0),
             _in: std::marker::PhantomData,
         })
     }
@@ -197,6 +203,33 @@ impl<T, S: Sink<T>> SinkOp<S, T> {
             subtask: self.subtask,
             error,
         }
+    }
+
+    fn pre_commit(&self, checkpoint_id: u64) -> Result<(), JobError> {
+        if checkpoint_id <= self.pre_committed.get() {
+            return Ok(());
+        }
+        self.pre_committed.set(checkpoint_id);
+        let result = self.sink.borrow_mut().pre_commit(checkpoint_id);
+        result.map_err(|e| self.error(e))
+    }
+}
+
+impl<T, S: Sink<T>> super::SinkCheckpoints for SinkOp<S, T> {
+    fn is_transactional(&self) -> bool {
+        self.sink.borrow().is_transactional()
+    }
+
+    fn pre_commit_if_finished(&self, checkpoint_id: u64) -> Result<(), JobError> {
+        if self.ended.get() {
+            self.pre_commit(checkpoint_id)?;
+        }
+        Ok(())
+    }
+
+    fn commit(&self, checkpoint_id: u64) -> Result<(), JobError> {
+        let result = self.sink.borrow_mut().commit(checkpoint_id);
+        result.map_err(|e| self.error(e))
     }
 }
 
@@ -214,12 +247,13 @@ impl<T, S: Sink<T>> Push<T> for SinkPush<S, T> {
     }
     fn end(&mut self, _cx: &mut Cx) -> Result<(), JobError> {
         let op = &self.0;
+        op.ended.set(true);
         let result = op.sink.borrow_mut().finish();
         result.map_err(|e| op.error(e))
     }
-    fn barrier(&mut self, _barrier: Barrier, _cx: &mut Cx) -> Result<(), JobError> {
-        // Sinks without transactions have nothing to snapshot.
-        Ok(())
+    fn barrier(&mut self, barrier: Barrier, _cx: &mut Cx) -> Result<(), JobError> {
+        // Phase one of the two-phase commit (a no-op for other sinks).
+        self.0.pre_commit(barrier.id)
     }
 }
 
