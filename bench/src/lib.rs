@@ -9,10 +9,12 @@
 //! glommio runtime; [`report`] writes the report files. [`checkpoints`]
 //! configures the engine's checkpoints and summarises their statistics,
 //! [`resume`] decides whether a run resumes an unfinished one, and
-//! [`checkpoint_bench`] is the checkpoint benchmark (`spate-bench checkpoints`).
+//! [`checkpoint_bench`] is the checkpoint benchmark (`spate-bench checkpoints`);
+//! [`cli`] is the command line.
 
 pub mod checkpoint_bench;
 pub mod checkpoints;
+pub mod cli;
 pub mod nexmark;
 pub mod queries;
 pub mod report;

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use spate::sink::FileSinkMode;
 use spate::{CheckpointStats, Dataflow, Job, JobConfig, JobError, RestoreFrom, Stream};
 
 use crate::checkpoints::CheckpointSettings;
@@ -61,9 +62,8 @@ pub struct RunConfig {
     /// `None`: [`OPEN_LOOP_LEAD_MS`] after now. A resumed run passes the first
     /// run's, so that timestamps are the same function of the event index.
     pub base_time_ms: Option<u64>,
-    /// Append to existing output files instead of replacing them (a resumed
-    /// run: its rows follow the interrupted run's).
-    pub append_output: bool,
+    /// At-least-once output instead of exactly once (for comparison).
+    pub at_least_once_output: bool,
 }
 
 impl RunConfig {
@@ -80,7 +80,7 @@ impl RunConfig {
             checkpoint: None,
             restore: RestoreFrom::Nothing,
             base_time_ms: None,
-            append_output: false,
+            at_least_once_output: false,
         }
     }
 }
@@ -171,13 +171,14 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
         } else {
             0
         }),
-        output_dir: config.output_dir.clone(),
-        append: config.append_output,
-        // At-least-once output across a crash: every row the sink received
-        // before a checkpoint's barrier is in the file (the OS's page cache)
-        // when the checkpoint completes. Not exactly-once: rows after the
-        // checkpoint are written again by a resumed run.
-        flush_each_batch: config.checkpoint.is_some(),
+        output: config.output_dir.clone().map(|dir| {
+            let mode = if config.at_least_once_output {
+                FileSinkMode::AtLeastOnce
+            } else {
+                FileSinkMode::ExactlyOnce
+            };
+            (dir, mode)
+        }),
     };
     let build = {
         let (generator, totals, emitted) = (generator.clone(), totals.clone(), emitted.clone());

@@ -23,17 +23,15 @@
 //! not record them. Each subtask keeps its own histogram and merges it into the
 //! shared one once, at end of input.
 //!
-//! **Output** (`--output DIR`): subtask `s` writes `DIR/part-<s>.jsonl`, one JSON
-//! object per row, fields in declaration order. The files are plain, not
-//! transactional (the exactly-once sink is another issue): a failed run leaves
-//! partial files. In a checkpointing run the sink flushes after every batch, so
-//! every row that reached it before a checkpoint's barrier is in the file when
-//! the checkpoint completes, and a resumed run appends to the files (after
-//! cutting a torn last line): the output is at-least-once — the union of the
-//! rows, deduplicated, is the result — until the exactly-once sink exists.
+//! **Output** (`--output DIR`): the rows as JSON lines, one object per row,
+//! fields in declaration order, through the engine's transactional
+//! [`PartFiles`]: committed files are `DIR/*.jsonl`, pending ones live in
+//! `DIR/.pending/`. In a checkpointing run the output is exactly once (two-phase
+//! commit with the checkpoints: a resumed or restarted run commits what its
+//! restored checkpoint covered and writes the rest again), or at least once
+//! with `--at-least-once-output`. Without checkpoints it is committed at end of
+//! input.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,7 +39,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use spate::sink::{Sink, SinkContext};
+use spate::sink::{FileSinkMode, PartFiles, Sink, SinkContext};
 use spate::{Record, SinkError};
 
 /// Significant decimal digits of the latency histograms.
@@ -85,13 +83,8 @@ pub struct SinkOptions {
     /// Record latencies, adding this many µs to a record's timestamp (in µs) to get
     /// its origin; `None` records none (closed loop).
     pub latency_origin_offset_us: Option<u64>,
-    /// Directory for `part-<subtask>.jsonl` files.
-    pub output_dir: Option<PathBuf>,
-    /// Append to existing files (cut after their last complete line) instead
-    /// of replacing them.
-    pub append: bool,
-    /// Flush the rows of every batch to the file (checkpointing runs).
-    pub flush_each_batch: bool,
+    /// Directory of the JSON-lines output, and its guarantee.
+    pub output: Option<(PathBuf, FileSinkMode)>,
 }
 
 /// One subtask's benchmark sink.
@@ -101,7 +94,8 @@ pub struct BenchSink {
     histogram: Histogram<u64>,
     rows: u64,
     rows_before_origin: u64,
-    writer: Option<BufWriter<File>>,
+    files: Option<PartFiles>,
+    line: Vec<u8>,
 }
 
 impl BenchSink {
@@ -113,43 +107,10 @@ impl BenchSink {
             histogram: new_histogram(),
             rows: 0,
             rows_before_origin: 0,
-            writer: None,
+            files: None,
+            line: Vec::new(),
         }
     }
-}
-
-/// Opens `path` for appending, first cutting a torn last line (left by a
-/// crash in the middle of a write) so that appended rows start on a new line.
-fn open_for_append(path: &std::path::Path) -> std::io::Result<File> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
-    let len = file.metadata()?.len();
-    // Find the end of the last complete line, reading backwards in blocks.
-    let mut end = len;
-    let mut block = vec![0u8; 64 * 1024];
-    let keep = loop {
-        if end == 0 {
-            break 0;
-        }
-        let start = end.saturating_sub(block.len() as u64);
-        let chunk = &mut block[..(end - start) as usize];
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(chunk)?;
-        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
-            break start + i as u64 + 1;
-        }
-        end = start;
-    };
-    if keep < len {
-        file.set_len(keep)?;
-    }
-    file.seek(SeekFrom::End(0))?;
-    Ok(file)
 }
 
 /// Wall-clock time in microseconds since the Unix epoch.
@@ -162,15 +123,10 @@ pub fn now_us() -> u64 {
 
 impl<T: Serialize + 'static> Sink<T> for BenchSink {
     fn open(&mut self, context: &SinkContext) -> Result<(), SinkError> {
-        if let Some(dir) = &self.options.output_dir {
-            std::fs::create_dir_all(dir)?;
-            let path = dir.join(format!("part-{}.jsonl", context.subtask));
-            let file = if self.options.append {
-                open_for_append(&path)?
-            } else {
-                File::create(path)?
-            };
-            self.writer = Some(BufWriter::with_capacity(1 << 16, file));
+        if let Some((dir, mode)) = &self.options.output {
+            let mut files = PartFiles::new(dir, *mode);
+            files.open(context)?;
+            self.files = Some(files);
         }
         Ok(())
     }
@@ -187,23 +143,22 @@ impl<T: Serialize + 'static> Sink<T> for BenchSink {
                 }
             }
         }
-        if let Some(writer) = &mut self.writer {
+        if let Some(files) = &mut self.files {
+            self.line.clear();
             for record in batch.iter() {
-                serde_json::to_writer(&mut *writer, &record.value)
+                serde_json::to_writer(&mut self.line, &record.value)
                     .map_err(|e| SinkError::Other(e.to_string()))?;
-                writer.write_all(b"\n")?;
+                self.line.push(b'\n');
             }
-            if self.options.flush_each_batch {
-                writer.flush()?;
-            }
+            files.write(&self.line)?;
         }
         batch.clear();
         Ok(())
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
-        if let Some(writer) = &mut self.writer {
-            writer.flush()?;
+        if let Some(files) = &mut self.files {
+            files.finish()?;
         }
         self.totals.rows.fetch_add(self.rows, Ordering::Relaxed);
         self.totals
@@ -216,5 +171,23 @@ impl<T: Serialize + 'static> Sink<T> for BenchSink {
             .add(&self.histogram)
             .map_err(|e| SinkError::Other(format!("merging latency histograms: {e:?}")))?;
         Ok(())
+    }
+
+    fn is_transactional(&self) -> bool {
+        self.files.as_ref().is_some_and(PartFiles::is_transactional)
+    }
+
+    fn pre_commit(&mut self, checkpoint_id: u64) -> Result<(), SinkError> {
+        match &mut self.files {
+            Some(files) => files.pre_commit(checkpoint_id),
+            None => Ok(()),
+        }
+    }
+
+    fn commit(&mut self, checkpoint_id: u64) -> Result<(), SinkError> {
+        match &mut self.files {
+            Some(files) => files.commit(checkpoint_id),
+            None => Ok(()),
+        }
     }
 }

@@ -355,21 +355,78 @@ pub enum FileSinkMode {
 }
 
 /// Writes records as lines (JSON lines, formatted by the caller) to files in
-/// a directory.
+/// a directory, through [`PartFiles`].
+pub struct FileSink<T, F> {
+    files: PartFiles,
+    format: F,
+    line: Vec<u8>,
+    _in: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T, F: FnMut(&T, &mut Vec<u8>) + 'static> FileSink<T, F> {
+    /// A sink writing to `dir` (created if missing); `format` appends one
+    /// record's line, without the newline, to the buffer.
+    pub fn new(dir: impl Into<PathBuf>, mode: FileSinkMode, format: F) -> Self {
+        Self {
+            files: PartFiles::new(dir, mode),
+            format,
+            line: Vec::new(),
+            _in: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: 'static, F: FnMut(&T, &mut Vec<u8>) + 'static> Sink<T> for FileSink<T, F> {
+    fn open(&mut self, context: &SinkContext) -> Result<(), SinkError> {
+        self.files.open(context)
+    }
+
+    fn write(&mut self, batch: &mut Vec<Record<T>>) -> Result<(), SinkError> {
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        for record in batch.drain(..) {
+            (self.format)(&record.value, &mut line);
+            line.push(b'\n');
+        }
+        let written = self.files.write(&line);
+        self.line = line;
+        written
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.files.finish()
+    }
+
+    fn is_transactional(&self) -> bool {
+        self.files.is_transactional()
+    }
+
+    fn pre_commit(&mut self, checkpoint_id: u64) -> Result<(), SinkError> {
+        self.files.pre_commit(checkpoint_id)
+    }
+
+    fn commit(&mut self, checkpoint_id: u64) -> Result<(), SinkError> {
+        self.files.commit(checkpoint_id)
+    }
+}
+
+/// One sink subtask's output files, committed with the checkpoints: the
+/// transactional core of [`FileSink`], for sinks that format their own lines.
 ///
 /// Exactly once: a subtask writes to `DIR/.pending/<run>-<subtask>.inprogress`;
 /// at checkpoint `n`'s barrier it syncs the file and renames it to
 /// `DIR/.pending/part-<n>-<subtask>-<run>.jsonl` (pre-commit); when `n` is
-/// complete it renames every pre-committed file up to `n` to
-/// `DIR/part-<n>-<subtask>-<run>.jsonl` and syncs the directory (commit). On
-/// open after a restore from checkpoint `r`, subtask 0 commits the pending
-/// files of checkpoints up to `r` (their commit may have been cut short) and
-/// removes every other file earlier runs left in `.pending/`. Committed files
-/// are `DIR/*.jsonl`; their records, sorted, are the job's results.
-pub struct FileSink<T, F> {
+/// complete it renames every pre-committed file up to `n` into `DIR` and
+/// syncs the directory (commit). On open after a restore from checkpoint
+/// `r`, subtask 0 commits the pending files of checkpoints up to `r` (their
+/// commit may have been cut short) and removes every other file earlier runs
+/// left in `.pending/`. Without checkpointing, the output is committed at end
+/// of input. Committed files are `DIR/*.jsonl`; their lines, sorted, are the
+/// job's results. At least once: `DIR/part-<subtask>-<run>.jsonl`, synced at
+/// every checkpoint.
+pub struct PartFiles {
     dir: PathBuf,
     mode: FileSinkMode,
-    format: F,
     subtask: usize,
     run: u64,
     checkpointing: bool,
@@ -377,12 +434,10 @@ pub struct FileSink<T, F> {
     current: Option<(PathBuf, std::io::BufWriter<std::fs::File>)>,
     /// Pre-committed files: (checkpoint, pending path).
     pending: Vec<(u64, PathBuf)>,
-    line: Vec<u8>,
-    _in: std::marker::PhantomData<fn(T)>,
 }
 
 /// The directory of pre-committed and in-progress files.
-const PENDING: &str = ".pending";
+pub const PENDING_DIR: &str = ".pending";
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> SinkError {
     SinkError::Other(format!("{what} {}: {e}", path.display()))
@@ -405,26 +460,22 @@ fn parse_part(name: &str) -> Option<(u64, u64)> {
     fields.next().is_none().then_some((checkpoint, run))
 }
 
-impl<T, F: FnMut(&T, &mut Vec<u8>) + 'static> FileSink<T, F> {
-    /// A sink writing to `dir` (created if missing); `format` appends one
-    /// record's line, without the newline, to the buffer.
-    pub fn new(dir: impl Into<PathBuf>, mode: FileSinkMode, format: F) -> Self {
+impl PartFiles {
+    /// Files in `dir` (created on open if missing).
+    pub fn new(dir: impl Into<PathBuf>, mode: FileSinkMode) -> Self {
         Self {
             dir: dir.into(),
             mode,
-            format,
             subtask: 0,
             run: 0,
             checkpointing: false,
             current: None,
             pending: Vec::new(),
-            line: Vec::new(),
-            _in: std::marker::PhantomData,
         }
     }
 
     fn pending_dir(&self) -> PathBuf {
-        self.dir.join(PENDING)
+        self.dir.join(PENDING_DIR)
     }
 
     fn part_name(&self, checkpoint: u64) -> String {
@@ -434,24 +485,39 @@ impl<T, F: FnMut(&T, &mut Vec<u8>) + 'static> FileSink<T, F> {
         )
     }
 
+    /// Prepares the directories; subtask 0 recovers what earlier runs left.
+    pub fn open(&mut self, context: &SinkContext) -> Result<(), SinkError> {
+        self.subtask = context.subtask;
+        self.run = context.run;
+        self.checkpointing = context.checkpointing;
+        let pending = self.pending_dir();
+        std::fs::create_dir_all(&pending).map_err(|e| io_error("cannot create", &pending, e))?;
+        if context.subtask == 0 && self.mode == FileSinkMode::ExactlyOnce {
+            self.recover(context.restored_checkpoint)?;
+        }
+        Ok(())
+    }
+
     /// Subtask 0 on open: finishes the commits of checkpoints up to
     /// `restored` and removes everything else earlier runs left pending.
     fn recover(&self, restored: Option<u64>) -> Result<(), SinkError> {
         let pending = self.pending_dir();
         let entries =
             std::fs::read_dir(&pending).map_err(|e| io_error("cannot list", &pending, e))?;
+        let own_prefix = format!("{:016x}-", self.run);
         let mut changed = false;
         for entry in entries {
             let entry = entry.map_err(|e| io_error("cannot list", &pending, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
             match parse_part(&name) {
+                // This run's own files (other subtasks are already writing).
                 Some((_, run)) if run == self.run => continue,
+                _ if name.starts_with(&own_prefix) => continue,
                 Some((checkpoint, _)) if restored.is_some_and(|r| checkpoint <= r) => {
                     let to = self.dir.join(&name);
                     std::fs::rename(&path, &to).map_err(|e| io_error("cannot commit", &path, e))?;
                 }
-                _ if name.starts_with(&format!("{:016x}-", self.run)) => continue,
                 _ => {
                     std::fs::remove_file(&path).map_err(|e| io_error("cannot remove", &path, e))?;
                 }
@@ -465,7 +531,9 @@ impl<T, F: FnMut(&T, &mut Vec<u8>) + 'static> FileSink<T, F> {
         Ok(())
     }
 
-    fn writer(&mut self) -> Result<&mut std::io::BufWriter<std::fs::File>, SinkError> {
+    /// Appends complete lines (each ending in `\n`).
+    pub fn write(&mut self, lines: &[u8]) -> Result<(), SinkError> {
+        use std::io::Write;
         if self.current.is_none() {
             let path = match self.mode {
                 FileSinkMode::ExactlyOnce => self
@@ -482,7 +550,10 @@ impl<T, F: FnMut(&T, &mut Vec<u8>) + 'static> FileSink<T, F> {
                 .map_err(|e| io_error("cannot create", &path, e))?;
             self.current = Some((path, std::io::BufWriter::with_capacity(1 << 16, file)));
         }
-        Ok(&mut self.current.as_mut().expect("opened above").1)
+        let (path, writer) = self.current.as_mut().expect("opened above");
+        writer
+            .write_all(lines)
+            .map_err(|e| io_error("cannot write", path, e))
     }
 
     /// Flushes and syncs the current file; returns its path if it exists.
@@ -518,50 +589,24 @@ impl<T, F: FnMut(&T, &mut Vec<u8>) + 'static> FileSink<T, F> {
         }
         Ok(())
     }
-}
 
-impl<T: 'static, F: FnMut(&T, &mut Vec<u8>) + 'static> Sink<T> for FileSink<T, F> {
-    fn open(&mut self, context: &SinkContext) -> Result<(), SinkError> {
-        self.subtask = context.subtask;
-        self.run = context.run;
-        self.checkpointing = context.checkpointing;
-        let pending = self.pending_dir();
-        std::fs::create_dir_all(&pending).map_err(|e| io_error("cannot create", &pending, e))?;
-        if context.subtask == 0 && self.mode == FileSinkMode::ExactlyOnce {
-            self.recover(context.restored_checkpoint)?;
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, batch: &mut Vec<Record<T>>) -> Result<(), SinkError> {
-        use std::io::Write;
-        let mut line = std::mem::take(&mut self.line);
-        line.clear();
-        for record in batch.drain(..) {
-            (self.format)(&record.value, &mut line);
-            line.push(b'\n');
-        }
-        let written = self.writer()?.write_all(&line);
-        self.line = line;
-        written.map_err(|e| SinkError::Other(format!("cannot write a part file: {e}")))
-    }
-
-    fn finish(&mut self) -> Result<(), SinkError> {
+    /// End of input: without checkpoints (or at least once) the output is
+    /// final now; otherwise the final checkpoint commits it.
+    pub fn finish(&mut self) -> Result<(), SinkError> {
         if self.mode == FileSinkMode::AtLeastOnce || !self.checkpointing {
-            // Without checkpoints there is nothing to commit with: the
-            // output is final at end of input.
             self.pre_commit(u64::MAX - 1)?;
             return self.commit_up_to(u64::MAX - 1);
         }
-        // The final checkpoint commits the rest.
         Ok(())
     }
 
-    fn is_transactional(&self) -> bool {
+    /// Whether the files commit with checkpoints.
+    pub fn is_transactional(&self) -> bool {
         self.mode == FileSinkMode::ExactlyOnce && self.checkpointing
     }
 
-    fn pre_commit(&mut self, checkpoint_id: u64) -> Result<(), SinkError> {
+    /// Phase one (see [`Sink::pre_commit`]).
+    pub fn pre_commit(&mut self, checkpoint_id: u64) -> Result<(), SinkError> {
         let Some(path) = self.sync_current()? else {
             return Ok(());
         };
@@ -575,7 +620,8 @@ impl<T: 'static, F: FnMut(&T, &mut Vec<u8>) + 'static> Sink<T> for FileSink<T, F
         Ok(())
     }
 
-    fn commit(&mut self, checkpoint_id: u64) -> Result<(), SinkError> {
+    /// Phase two (see [`Sink::commit`]).
+    pub fn commit(&mut self, checkpoint_id: u64) -> Result<(), SinkError> {
         self.commit_up_to(checkpoint_id)
     }
 }

@@ -1,0 +1,369 @@
+//! The `spate-bench` command line (the binary is a call of [`main`], and so is
+//! the crash tests' child process in `tests/`).
+//!
+//! `spate-bench nexmark` runs a query and writes a report (see
+//! [`crate::report`]), checkpointing through the engine and resuming an
+//! unfinished run (see [`crate::resume`]); `spate-bench checkpoints` runs
+//! the checkpoint benchmark (see [`crate::checkpoint_bench`]);
+//! `spate-bench gen` writes generated events as JSON lines; `spate-bench
+//! compare` puts two reports side by side.
+
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::path::PathBuf;
+
+use crate::checkpoint_bench::{self, BenchConfig};
+use crate::checkpoints::{parse_mode, CheckpointSettings, MODE_NAMES};
+use crate::queries::Query;
+use crate::report::{compare, write_report, Summary};
+use crate::resume::{self, RunIdentity};
+use crate::run::{run, RunConfig, OPEN_LOOP_LEAD_MS};
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use spate::time::Clock;
+use spate::RestoreFrom;
+
+/// Default number of events of `spate-bench nexmark`: 20 s at the default rate,
+/// so that q5's 10 s windows also close during the run, not only at its end.
+const DEFAULT_EVENTS: u64 = 15_000_000;
+/// Default open-loop rate, events/s: about half of what the default query (q5)
+/// sustains open loop on the 2-core reference machine (about 1.5 M events/s).
+const DEFAULT_RATE: &str = "750000";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "spate-bench",
+    version,
+    about = "Nexmark benchmarks for the Spate stream processing engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs a Nexmark query and writes a report (summary.json, summary.txt,
+    /// latency.hgrm, latency.svg, checkpoints.svg).
+    ///
+    /// Latency is measured open loop: event i is scheduled at start + i/rate and
+    /// its event time is that scheduled time; a result's latency is the time from
+    /// the scheduled time of the event that made it possible to the sink (window
+    /// results: from the window's end).
+    ///
+    /// The job checkpoints every --checkpoint-interval-ms into --state-dir
+    /// (0 turns checkpoints off). Rerunning the same command on the same state
+    /// directory after a crash or kill resumes the unfinished run from its latest
+    /// checkpoint; --fresh starts over.
+    Nexmark(NexmarkArgs),
+    /// The checkpoint benchmark: a keyed job with large state (--state-mib) on
+    /// the given cores, run three times in one invocation — without checkpoints,
+    /// with full checkpoints and with incremental ones — reporting update
+    /// throughput, checkpoint durations, synchronous pauses and bytes per
+    /// checkpoint (checkpoints-summary.json in --report, a table on stdout).
+    Checkpoints(CheckpointsArgs),
+    /// Writes generated Nexmark events as JSON lines (one event per line).
+    Gen {
+        /// Number of events.
+        #[arg(long, default_value_t = 1000)]
+        events: u64,
+        /// Generator seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Prints the figures of two reports side by side with their ratios B/A.
+    Compare {
+        /// summary.json of report A.
+        a: PathBuf,
+        /// summary.json of report B.
+        b: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct NexmarkArgs {
+    /// Query: q0, q1, q2, q3, q4, q5, q7 or q8.
+    #[arg(long, default_value = "q5")]
+    query: Query,
+    /// Number of events to generate (over all cores).
+    #[arg(long, default_value_t = DEFAULT_EVENTS)]
+    events: u64,
+    /// Open-loop rate in events/s over all cores (also the generator's event-time
+    /// rate). `--rate 0` runs closed loop (as fast as possible, no latency figures).
+    #[arg(long, default_value = DEFAULT_RATE)]
+    rate: u64,
+    /// Cores to run on, one pinned reactor each (default: all available).
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Generator seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Report directory.
+    #[arg(long, default_value = "spate-report")]
+    report: PathBuf,
+    /// Writes result rows as JSON lines to DIR/*.jsonl through the
+    /// exactly-once file sink (two-phase commit with the checkpoints; pending
+    /// files in DIR/.pending/): a killed and resumed run commits every row
+    /// exactly once.
+    #[arg(long, value_name = "DIR")]
+    output: Option<PathBuf>,
+    /// With --output: at-least-once output instead (rows written again by a
+    /// resumed run appear twice), for comparison.
+    #[arg(long, requires = "output")]
+    at_least_once_output: bool,
+    /// Event time of event 0 in an open-loop run (epoch ms; default: now plus
+    /// a short lead). Fixing it makes the results of two runs comparable byte
+    /// for byte (the crash tests do).
+    #[arg(long, value_name = "MS")]
+    base_time_ms: Option<u64>,
+    #[command(flatten)]
+    checkpoint: CheckpointFlags,
+    /// Incremental checkpoints: write only the state changed since the last
+    /// checkpoint (deltas on a base).
+    #[arg(long)]
+    incremental: bool,
+    /// Start fresh even if --state-dir holds an unfinished run (do not restore).
+    #[arg(long)]
+    fresh: bool,
+}
+
+/// Checkpoint flags shared by `nexmark` and `checkpoints`.
+#[derive(clap::Args, Debug)]
+struct CheckpointFlags {
+    /// State directory: checkpoints (segments, manifest) and, for `nexmark`,
+    /// the run's identity (spate-bench-run.json) for resuming.
+    #[arg(long, value_name = "DIR", default_value = "spate-state")]
+    state_dir: PathBuf,
+    /// Time between checkpoints, ms; 0 turns checkpointing off (`nexmark`)
+    /// [default: 1000].
+    #[arg(long)]
+    checkpoint_interval_ms: Option<u64>,
+    /// Barrier mode [default: aligned].
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(MODE_NAMES))]
+    checkpoint_mode: Option<String>,
+    /// Alignment timeout after which an aligned checkpoint goes unaligned; only
+    /// with --checkpoint-mode aligned-timeout [default: 100].
+    #[arg(long)]
+    alignment_timeout_ms: Option<u64>,
+}
+
+impl CheckpointFlags {
+    /// The settings, or `None` when checkpointing is off; refuses mode flags
+    /// that would be ignored.
+    fn settings(&self, incremental: bool) -> anyhow::Result<Option<CheckpointSettings>> {
+        let interval_ms = self.checkpoint_interval_ms.unwrap_or(1000);
+        if interval_ms == 0 {
+            let ignored = [
+                (self.checkpoint_mode.is_some(), "--checkpoint-mode"),
+                (
+                    self.alignment_timeout_ms.is_some(),
+                    "--alignment-timeout-ms",
+                ),
+                (incremental, "--incremental"),
+            ];
+            if let Some((_, flag)) = ignored.iter().find(|(given, _)| *given) {
+                bail!("{flag} needs checkpoints, but --checkpoint-interval-ms 0 turns them off");
+            }
+            return Ok(None);
+        }
+        let mode = self.checkpoint_mode.as_deref().unwrap_or("aligned");
+        parse_mode(mode, self.alignment_timeout_ms).map_err(anyhow::Error::msg)?;
+        Ok(Some(CheckpointSettings {
+            state_dir: self.state_dir.clone(),
+            interval_ms,
+            mode: mode.to_string(),
+            alignment_timeout_ms: self.alignment_timeout_ms,
+            incremental,
+        }))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckpointsArgs {
+    /// Keyed state to build, MiB (archived entries: 8-byte key + 120-byte value)
+    /// [default: 1024].
+    #[arg(long)]
+    state_mib: Option<u64>,
+    /// Duration of the update phase, seconds [default: 20].
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Update rate over all cores, events/s; 0: as fast as possible (then 2
+    /// updates per key) [default: 1000000].
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Cores to run on (default: all available).
+    #[arg(long)]
+    cores: Option<usize>,
+    /// A small configuration that runs in a few seconds (16 MiB of state in
+    /// 128 key groups, 2 s at 200 k updates/s, checkpoints every 200 ms); other
+    /// flags override it.
+    #[arg(long)]
+    quick: bool,
+    /// Report directory (checkpoints-summary.json, checkpoints-summary.txt).
+    #[arg(long, default_value = "spate-report")]
+    report: PathBuf,
+    /// Keep the variants' checkpoint directories (default: removed after each).
+    #[arg(long)]
+    keep_state: bool,
+    /// Key groups (the engine's max parallelism); the longest snapshot pause
+    /// is archiving one key group [default: 4096].
+    #[arg(long)]
+    max_parallelism: Option<u32>,
+    #[command(flatten)]
+    checkpoint: CheckpointFlags,
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Nexmark(args) => nexmark(args),
+        Command::Checkpoints(args) => checkpoints(args),
+        Command::Gen { events, seed, out } => {
+            match out {
+                Some(path) => {
+                    let file = File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    crate::nexmark::json::gen_jsonl(events, seed, file)?;
+                }
+                None => crate::nexmark::json::gen_jsonl(events, seed, std::io::stdout().lock())?,
+            }
+            Ok(())
+        }
+        Command::Compare { a, b } => {
+            let read = |p: &PathBuf| -> anyhow::Result<serde_json::Value> {
+                let file = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+                serde_json::from_reader(BufReader::new(file))
+                    .with_context(|| format!("parsing {}", p.display()))
+            };
+            print!("{}", compare(&read(&a)?, &read(&b)?));
+            Ok(())
+        }
+    }
+}
+
+fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
+    let cores = args
+        .cores
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rate_events_per_s = (args.rate > 0).then_some(args.rate);
+    let mut config = RunConfig {
+        seed: args.seed,
+        output_dir: args.output,
+        at_least_once_output: args.at_least_once_output,
+        base_time_ms: args.base_time_ms,
+        progress: true,
+        checkpoint: args.checkpoint.settings(args.incremental)?,
+        ..RunConfig::new(args.query, args.events, rate_events_per_s, cores)
+    };
+    let plan = match &config.checkpoint {
+        Some(settings) => {
+            let wanted = RunIdentity {
+                query: config.query.to_string(),
+                events: config.events,
+                seed: config.seed,
+                rate_events_per_s,
+                cores,
+                base_time_ms: args
+                    .base_time_ms
+                    .unwrap_or_else(|| spate::time::SystemClock.now_ms() + OPEN_LOOP_LEAD_MS),
+                checkpoint_interval_ms: settings.interval_ms,
+                checkpoint_mode: settings.mode.clone(),
+                alignment_timeout_ms: settings.alignment_timeout_ms,
+                incremental: settings.incremental,
+                checkpoint_before: None,
+                completed: false,
+            };
+            let plan = resume::plan(&settings.state_dir, &wanted, args.fresh)
+                .map_err(anyhow::Error::msg)?;
+            if plan.resuming {
+                eprintln!(
+                    "spate-bench: resuming the unfinished run in {} ({})",
+                    settings.state_dir.display(),
+                    match plan.restore {
+                        RestoreFrom::Latest => "from its latest checkpoint",
+                        _ => "it took no checkpoint: from the first event",
+                    }
+                );
+            }
+            config.restore = plan.restore.clone();
+            config.base_time_ms = Some(plan.identity.base_time_ms);
+            resume::write_identity(&settings.state_dir, &plan.identity).with_context(|| {
+                format!(
+                    "writing the run's identity into {}",
+                    settings.state_dir.display()
+                )
+            })?;
+            Some((settings.state_dir.clone(), plan))
+        }
+        None => None,
+    };
+    let outcome = run(&config).with_context(|| format!("running {}", config.query))?;
+    if let Some((dir, plan)) = plan {
+        let done = RunIdentity {
+            completed: true,
+            ..plan.identity
+        };
+        resume::write_identity(&dir, &done)
+            .with_context(|| format!("marking the run completed in {}", dir.display()))?;
+    }
+    let summary = Summary::new(&config, &outcome);
+    write_report(&args.report, &summary, &outcome)
+        .with_context(|| format!("writing the report to {}", args.report.display()))?;
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{}", summary.human())?;
+    writeln!(stdout, "  report      {}", args.report.display())?;
+    Ok(())
+}
+
+fn checkpoints(args: CheckpointsArgs) -> anyhow::Result<()> {
+    let mut config = if args.quick {
+        BenchConfig::quick()
+    } else {
+        BenchConfig::default()
+    };
+    if let Some(cores) = args.cores {
+        config.cores = cores;
+    }
+    if let Some(mib) = args.state_mib {
+        config.state_mib = mib;
+    }
+    if let Some(seconds) = args.seconds {
+        config.seconds = seconds;
+    }
+    if let Some(rate) = args.rate {
+        config.rate_events_per_s = (rate > 0).then_some(rate);
+    }
+    let flags = &args.checkpoint;
+    if let Some(interval_ms) = flags.checkpoint_interval_ms {
+        if interval_ms == 0 {
+            bail!("the checkpoint benchmark needs --checkpoint-interval-ms > 0");
+        }
+        config.interval_ms = interval_ms;
+    }
+    config.mode = flags
+        .checkpoint_mode
+        .clone()
+        .unwrap_or_else(|| "aligned".to_string());
+    parse_mode(&config.mode, flags.alignment_timeout_ms).map_err(anyhow::Error::msg)?;
+    config.alignment_timeout_ms = flags.alignment_timeout_ms;
+    config.state_dir = flags.state_dir.clone();
+    config.keep_state = args.keep_state;
+    if let Some(max_parallelism) = args.max_parallelism {
+        config.max_parallelism = max_parallelism;
+    }
+    let summary = checkpoint_bench::run(&config)?;
+    checkpoint_bench::write_report(&args.report, &summary)
+        .with_context(|| format!("writing the report to {}", args.report.display()))?;
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{}", summary.human())?;
+    writeln!(
+        stdout,
+        "  report      {}",
+        args.report.join(checkpoint_bench::SUMMARY_FILE).display()
+    )?;
+    Ok(())
+}
