@@ -18,6 +18,8 @@
 //! - [`manifest`]: manifest log and replay.
 //! - [`store`]: [`Store`]: open, commit, retention, GC, compaction.
 //! - [`reader`]: [`StoreReader`]: read-only, `Send + Sync`, mmap, verification.
+//! - [`gc`]: garbage collection from outside a running store (for tools): a
+//!   conservative plan from the manifest and the directory, and deleting it.
 //! - [`error`]: typed errors per operation.
 //!
 //! Invariants: a reactor never blocks on store I/O (writes and syncs are io_uring
@@ -27,6 +29,7 @@
 
 pub mod error;
 pub mod format;
+pub mod gc;
 pub mod io;
 pub mod manifest;
 pub mod reader;

@@ -11,7 +11,7 @@
 //!
 //! This module knows checkpoints only as ids with opaque metadata and handles.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::format::{self, BlockHandle, CheckpointRecord, FormatError, ManifestRecord, SegmentId};
 use crate::io::{Io, IoFile};
@@ -51,6 +51,15 @@ impl ManifestState {
             }
         }
         Ok(())
+    }
+
+    /// Every segment a retained checkpoint references: what retention and garbage
+    /// collection must keep (at open, at commit, and from outside, [`crate::gc`]).
+    pub fn referenced_segments(&self) -> HashSet<SegmentId> {
+        self.checkpoints
+            .iter()
+            .flat_map(|c| c.handles.iter().map(|h| h.segment))
+            .collect()
     }
 
     /// Rewrites every handle found in `map`.
@@ -99,7 +108,29 @@ pub struct ManifestDamage {
 
 /// Decodes a manifest file and replays its valid prefix.
 pub fn replay(file: &str, bytes: &[u8]) -> (ManifestState, Option<ManifestDamage>) {
+    let replayed = replay_with_history(file, bytes);
+    (replayed.state, replayed.damage)
+}
+
+/// What [`replay_with_history`] finds in a manifest file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// The state the valid prefix describes.
+    pub state: ManifestState,
+    /// Checkpoints the valid prefix records as completed and then discarded, in
+    /// log order (handles as they were when discarded). A generation keeps them
+    /// until the manifest is rewritten (at open, past `manifest_max_bytes`, after a
+    /// failed append), which keeps only the retained checkpoints.
+    pub discarded: Vec<CheckpointRecord>,
+    /// Damage that ended the valid prefix.
+    pub damage: Option<ManifestDamage>,
+}
+
+/// [`replay`], also keeping the records of the checkpoints the log discarded (for
+/// inspection tools; the store itself forgets them).
+pub fn replay_with_history(file: &str, bytes: &[u8]) -> Replayed {
     let scan = format::decode_manifest(bytes);
+    let mut discarded = Vec::new();
     let mut state = ManifestState::default();
     let mut damage = scan.tail_error.map(|(offset, error)| ManifestDamage {
         file: file.to_owned(),
@@ -109,6 +140,12 @@ pub fn replay(file: &str, bytes: &[u8]) -> (ManifestState, Option<ManifestDamage
         later_valid_records: scan.later_valid_records,
     });
     for (rec, &offset) in scan.records.iter().zip(&scan.record_offsets) {
+        let leaving = match rec {
+            ManifestRecord::CheckpointDiscarded { id } => {
+                state.checkpoints.iter().find(|c| c.id == *id).cloned()
+            }
+            _ => None,
+        };
         if let Err(error) = state.apply(rec) {
             // Stop at the first impossible record, as for a corrupt one.
             damage = Some(ManifestDamage {
@@ -120,8 +157,13 @@ pub fn replay(file: &str, bytes: &[u8]) -> (ManifestState, Option<ManifestDamage
             });
             break;
         }
+        discarded.extend(leaving);
     }
-    (state, damage)
+    Replayed {
+        state,
+        discarded,
+        damage,
+    }
 }
 
 /// The open, writable manifest log.

@@ -177,6 +177,7 @@ pub struct StoreReader {
     source: Arc<dyn ReadSource>,
     manifest_file: Option<String>,
     state: ManifestState,
+    discarded: Vec<CheckpointRecord>,
     damage: Option<ManifestDamage>,
     maps: Mutex<HashMap<SegmentId, Arc<Mapped>>>,
     verified: Mutex<HashSet<(SegmentId, u64)>>,
@@ -207,6 +208,7 @@ impl StoreReader {
             source,
             manifest_file: None,
             state: ManifestState::default(),
+            discarded: Vec::new(),
             damage: None,
             maps: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashSet::new()),
@@ -232,15 +234,17 @@ impl StoreReader {
             let Some(generation) = newest else {
                 self.manifest_file = None;
                 self.state = ManifestState::default();
+                self.discarded = Vec::new();
                 self.damage = None;
                 return Ok(());
             };
             let name = format::manifest_file_name(generation);
             match self.source.read(&name) {
                 Ok(bytes) => {
-                    let (state, damage) = manifest::replay(&name, &bytes);
-                    self.state = state;
-                    self.damage = damage;
+                    let replayed = manifest::replay_with_history(&name, &bytes);
+                    self.state = replayed.state;
+                    self.discarded = replayed.discarded;
+                    self.damage = replayed.damage;
                     self.manifest_file = Some(name);
                     return Ok(());
                 }
@@ -263,6 +267,18 @@ impl StoreReader {
     /// Completed, not discarded checkpoints, increasing ids.
     pub fn checkpoints(&self) -> &[CheckpointRecord] {
         &self.state.checkpoints
+    }
+
+    /// Checkpoints the manifest generation records as completed and later
+    /// discarded by retention, in log order. Their segments may be gone; a rewrite
+    /// of the manifest (every store open) forgets them.
+    pub fn discarded_checkpoints(&self) -> &[CheckpointRecord] {
+        &self.discarded
+    }
+
+    /// The state the manifest describes (retained checkpoints, deleted segments).
+    pub fn manifest_state(&self) -> &ManifestState {
+        &self.state
     }
 
     /// The newest completed checkpoint.

@@ -238,10 +238,9 @@ impl<I: Io> Store<I> {
             .iter()
             .filter_map(|e| SegmentId::parse_file_name(&e.name).map(|s| (s, e.len)))
             .collect();
-        let mut referenced: HashSet<SegmentId> = HashSet::new();
+        let referenced = state.referenced_segments();
         for c in &state.checkpoints {
             for h in &c.handles {
-                referenced.insert(h.segment);
                 match on_disk.get(&h.segment) {
                     None => report.warnings.push(StoreWarning::SegmentMissing {
                         checkpoint: c.id,
@@ -478,11 +477,7 @@ impl<I: Io> Store<I> {
             for h in &record.handles {
                 self.check_handle(h, &reg.segments)?;
             }
-            let referenced: HashSet<SegmentId> = new_state
-                .checkpoints
-                .iter()
-                .flat_map(|c| c.handles.iter().map(|h| h.segment))
-                .collect();
+            let referenced = new_state.referenced_segments();
             let own: HashSet<(SegmentId, u64)> = record
                 .handles
                 .iter()
