@@ -40,12 +40,14 @@
 //! Crate map (see `ARCHITECTURE.md`): [`ring`] (the SPSC ring), [`keygroup`]
 //! (stable hash and key-group ranges), [`state`] (keyed state), [`dataflow`]
 //! (the API and operators), [`window`], [`source`], [`sink`], [`sim`] (the
-//! deterministic simulator); the glommio runtime is [`Job`].
+//! deterministic simulator), [`inspect`] (checkpointed state read back for
+//! tools); the glommio runtime is [`Job`].
 
 pub mod checkpoint;
 mod config;
 pub mod dataflow;
 mod error;
+pub mod inspect;
 pub mod keygroup;
 mod park;
 pub mod restart;

@@ -317,6 +317,27 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
     }
 }
 
+impl<K: Key, V: StateData> KeyedTable<K, V> {
+    /// Loads one key group from its chain (a base, then deltas, oldest first)
+    /// exactly as a restore does, into a table of its own; for inspection
+    /// ([`crate::inspect`]). On failure: the position in the chain of the block
+    /// that does not check, and why.
+    pub(crate) fn load_detached<'a>(
+        chain: impl IntoIterator<Item = (bool, &'a [u8])>,
+    ) -> Result<FxHashMap<K, V>, (usize, String)> {
+        let mut table = Self::new("inspect", KeyGroupRange { start: 0, end: 1 }, false, None);
+        for (position, (delta, bytes)) in chain.into_iter().enumerate() {
+            let applied = if delta {
+                table.restore_delta(0, bytes)
+            } else {
+                table.restore_group(0, bytes)
+            };
+            applied.map_err(|e| (position, e))?;
+        }
+        Ok(table.groups.pop().expect("a table of one key group"))
+    }
+}
+
 impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
     fn name(&self) -> &str {
         &self.name
@@ -327,7 +348,7 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
     }
 
     fn type_name(&self) -> &'static str {
-        std::any::type_name::<(K, V)>()
+        crate::inspect::table_type_name::<K, V>()
     }
 
     fn snapshot_group(&self, index: usize) -> Result<AlignedVec, String> {

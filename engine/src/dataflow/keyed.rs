@@ -260,7 +260,7 @@ pub(crate) const TIMERS_TABLE: &str = "__timers";
 
 /// Timers of one key group as archived: (timestamp, domain, key), domain 0 =
 /// event time, 1 = processing time.
-type TimerEntries<K> = Vec<(Timestamp, u8, K)>;
+pub(crate) type TimerEntries<K> = Vec<(Timestamp, u8, K)>;
 
 impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1, I2, O, F> {
     fn error(&self, source: ProcessError) -> JobError {
@@ -622,7 +622,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                         ),
                         prefix: Chain::default(),
                         entries: count,
-                        type_name: std::any::type_name::<TimerEntries<K>>(),
+                        type_name: crate::inspect::timers_type_name::<K>(),
                     },
                     delta: false,
                     block_entries: count,

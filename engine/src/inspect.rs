@@ -1,0 +1,426 @@
+//! Reading checkpointed keyed state back, for inspection tools (`spate-ckpt
+//! dump` and `diff`): a key group's chain of blocks is read through a
+//! [`StoreReader`] and decoded exactly as a restore decodes it.
+//!
+//! Owns the way from a checkpoint's metadata to typed entries: which blocks
+//! make a key group's chain ([`KeyGroupChain::read`]) and how they combine (a
+//! base, then deltas, oldest first, through the restore code of
+//! [`crate::state`]; timers as the keyed operator restores them). It does not
+//! own the archived layout, which stays with that code. Every archive is
+//! checked (rkyv validation) before use: bytes from disk give an
+//! [`InspectError`] naming checkpoint, operator, state, key group and block,
+//! never a panic.
+//!
+//! The engine records each table's Rust type in the checkpoint
+//! ([`StateBlock::type_name`]): [`table_type_name`] for keyed state,
+//! [`timers_type_name`] for an operator's timers ([`TIMERS_TABLE`]). A tool keeps
+//! a registry from those names to [`KeyGroupChain::decode`] or
+//! [`KeyGroupChain::decode_timers`] instantiated with the same types; a type it
+//! does not know it can only show as bytes. Type names come from
+//! `std::any::type_name`, so they match only between builds of one compiler.
+//!
+//! Must not write to a store or know any concrete user type.
+
+use crate::checkpoint::metadata::StateBlock;
+use crate::dataflow::keyed::{self, TimerEntries};
+use crate::keygroup::Key;
+use crate::state::{KeyedTable, StateData};
+use crate::time::{TimeDomain, Timestamp};
+use spate_storage::{BlockHandle, BlockRef, CheckpointRecord, ReadError, StoreReader};
+
+/// Name of the pseudo-table holding an operator's timers in checkpoints.
+pub const TIMERS_TABLE: &str = keyed::TIMERS_TABLE;
+
+/// The type name the engine records for a table of values `V` per key `K`
+/// (`std::any::type_name::<(K, V)>()`).
+pub fn table_type_name<K: 'static, V: 'static>() -> &'static str {
+    std::any::type_name::<(K, V)>()
+}
+
+/// The type name the engine records for the timers of an operator keyed by `K`.
+pub fn timers_type_name<K: 'static>() -> &'static str {
+    std::any::type_name::<TimerEntries<K>>()
+}
+
+/// A pending timer as checkpointed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timer<K> {
+    /// The key it fires for.
+    pub key: K,
+    /// When it fires (event or processing time, ms).
+    pub timestamp: Timestamp,
+    /// Which clock it follows.
+    pub domain: TimeDomain,
+}
+
+/// One block of a key group's chain, read and CRC-checked.
+#[derive(Clone, Debug)]
+pub struct ChainPart {
+    /// A delta (upserts and deletes) rather than a full base.
+    pub delta: bool,
+    /// The checkpoint that wrote the block.
+    pub checkpoint: u64,
+    /// Where the block is.
+    pub handle: BlockHandle,
+    /// Its payload (an rkyv archive, not checked yet).
+    pub bytes: BlockRef,
+}
+
+/// The chain of one table of one operator in one key group of a checkpoint:
+/// what a restore loads into that key group.
+#[derive(Clone, Debug)]
+pub struct KeyGroupChain {
+    /// The checkpoint read.
+    pub checkpoint: u64,
+    /// Operator name.
+    pub operator: String,
+    /// State name ([`TIMERS_TABLE`] for timers).
+    pub table: String,
+    /// Key group.
+    pub key_group: u32,
+    /// The Rust type the engine recorded for the table's entries.
+    pub type_name: String,
+    /// Entries after applying the chain, as recorded.
+    pub entries: u64,
+    /// Base first, then deltas.
+    pub parts: Vec<ChainPart>,
+}
+
+/// Reading or decoding a key group's chain failed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "checkpoint {checkpoint}, operator `{operator}`, state `{table}`, key group {key_group}{}: {kind}",
+    block_suffix(.handle)
+)]
+#[non_exhaustive]
+pub struct InspectError {
+    /// The checkpoint.
+    pub checkpoint: u64,
+    /// The operator.
+    pub operator: String,
+    /// The state.
+    pub table: String,
+    /// The key group.
+    pub key_group: u32,
+    /// The block concerned, when one is.
+    pub handle: Option<BlockHandle>,
+    /// What went wrong (boxed: the error stays small on the happy path).
+    pub kind: Box<InspectErrorKind>,
+}
+
+fn block_suffix(handle: &Option<BlockHandle>) -> String {
+    match handle {
+        Some(h) => format!(
+            ", block {} offset {} ({} bytes)",
+            h.segment.file_name(),
+            h.offset,
+            h.len
+        ),
+        None => String::new(),
+    }
+}
+
+/// What went wrong in an [`InspectError`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InspectErrorKind {
+    /// The metadata names a handle the checkpoint record does not have.
+    #[error("handle index {index} is out of range (the record has {handles})")]
+    HandleOutOfRange {
+        /// The index.
+        index: u32,
+        /// Handles in the record.
+        handles: usize,
+    },
+    /// The block could not be read (missing segment, bad CRC, I/O).
+    #[error("{0}")]
+    Read(ReadError),
+    /// The block's bytes are not a valid archive of the recorded type.
+    #[error("archive does not check: {0}")]
+    Archive(String),
+    /// The decoder asked for is not the one of the recorded type.
+    #[error("recorded type `{recorded}` is not `{expected}`")]
+    TypeMismatch {
+        /// What the engine recorded.
+        recorded: String,
+        /// What the caller decodes.
+        expected: &'static str,
+    },
+}
+
+impl KeyGroupChain {
+    /// Reads the blocks of `state` (one entry of the checkpoint's metadata)
+    /// through `reader`; each block's CRC is checked on this first access.
+    pub fn read(
+        reader: &StoreReader,
+        record: &CheckpointRecord,
+        state: &StateBlock,
+    ) -> Result<Self, InspectError> {
+        let mut chain = KeyGroupChain {
+            checkpoint: record.id,
+            operator: state.operator.clone(),
+            table: state.table.clone(),
+            key_group: state.key_group,
+            type_name: state.type_name.clone(),
+            entries: state.entries,
+            parts: Vec::with_capacity(state.chain.len()),
+        };
+        for link in &state.chain {
+            let Some(&handle) = record.handles.get(link.handle as usize) else {
+                return Err(chain.error(
+                    None,
+                    InspectErrorKind::HandleOutOfRange {
+                        index: link.handle,
+                        handles: record.handles.len(),
+                    },
+                ));
+            };
+            let bytes = reader
+                .block(&handle)
+                .map_err(|e| chain.error(Some(handle), InspectErrorKind::Read(e)))?;
+            chain.parts.push(ChainPart {
+                delta: link.delta,
+                checkpoint: link.checkpoint,
+                handle,
+                bytes,
+            });
+        }
+        Ok(chain)
+    }
+
+    /// Payload bytes of the chain.
+    pub fn bytes(&self) -> u64 {
+        self.parts.iter().map(|p| u64::from(p.handle.len)).sum()
+    }
+
+    fn error(&self, handle: Option<BlockHandle>, kind: InspectErrorKind) -> InspectError {
+        InspectError {
+            checkpoint: self.checkpoint,
+            operator: self.operator.clone(),
+            table: self.table.clone(),
+            key_group: self.key_group,
+            handle,
+            kind: Box::new(kind),
+        }
+    }
+
+    fn check_type(&self, expected: &'static str) -> Result<(), InspectError> {
+        if self.type_name == expected {
+            Ok(())
+        } else {
+            Err(self.error(
+                None,
+                InspectErrorKind::TypeMismatch {
+                    recorded: self.type_name.clone(),
+                    expected,
+                },
+            ))
+        }
+    }
+
+    /// The key group's entries (base, then deltas applied, as a restore loads
+    /// them), sorted by key. The recorded type must be
+    /// [`table_type_name::<K, V>()`](table_type_name).
+    pub fn decode<K: Key, V: StateData>(&self) -> Result<Vec<(K, V)>, InspectError> {
+        self.check_type(table_type_name::<K, V>())?;
+        let blocks = self.parts.iter().map(|p| (p.delta, p.bytes.as_bytes()));
+        let map = KeyedTable::<K, V>::load_detached(blocks).map_err(|(position, e)| {
+            self.error(
+                Some(self.parts[position].handle),
+                InspectErrorKind::Archive(e),
+            )
+        })?;
+        let mut entries: Vec<(K, V)> = map.into_iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(entries)
+    }
+
+    /// The key group's timers, sorted by key, then time. The recorded type must
+    /// be [`timers_type_name::<K>()`](timers_type_name).
+    pub fn decode_timers<K: Key>(&self) -> Result<Vec<Timer<K>>, InspectError> {
+        self.check_type(timers_type_name::<K>())?;
+        let mut timers = Vec::new();
+        for part in &self.parts {
+            let entries = rkyv::from_bytes::<TimerEntries<K>, rkyv::rancor::Error>(&part.bytes)
+                .map_err(|e| {
+                    self.error(Some(part.handle), InspectErrorKind::Archive(e.to_string()))
+                })?;
+            timers.extend(entries.into_iter().map(|(timestamp, domain, key)| Timer {
+                key,
+                timestamp,
+                domain: match domain {
+                    0 => TimeDomain::EventTime,
+                    _ => TimeDomain::ProcessingTime,
+                },
+            }));
+        }
+        timers.sort();
+        Ok(timers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::metadata::ChainBlock;
+    use crate::keygroup::KeyGroupRange;
+    use crate::state::{KeyScope, StateRegistry};
+    use spate_storage::sim::block_on;
+    use spate_storage::{BlockKind, SimIo, Store, StoreOptions};
+    use std::sync::Arc;
+
+    struct Scope(u64);
+    impl KeyScope<u64> for Scope {
+        fn current_key(&self) -> &u64 {
+            &self.0
+        }
+        fn key_group_index(&self) -> usize {
+            0
+        }
+    }
+
+    /// A base of checkpoint 1 and a delta of checkpoint 2, archived by the
+    /// engine's own snapshot code, written to a simulated store.
+    fn store_with_a_chain() -> (SimIo, CheckpointRecord, StateBlock) {
+        let mut registry =
+            StateRegistry::<u64>::new(KeyGroupRange { start: 3, end: 4 }, true, None);
+        let counts = registry.value_state::<String>("counts");
+        for k in 1..=4 {
+            counts.set(&Scope(k), format!("v{k}"));
+        }
+        let table = registry.tables()[0].clone();
+        let archive = |id: u64, delta: bool| {
+            let mut t = table.borrow_mut();
+            t.freeze(0, id, delta);
+            assert_eq!(t.serialize_frozen(1), 1);
+            let s = t.take_serialized().pop().unwrap().unwrap();
+            t.checkpoint_complete(id);
+            (s.bytes, s.entries)
+        };
+        let (base, base_entries) = archive(1, false);
+        counts.set(&Scope(1), "changed".into());
+        counts.clear(&Scope(2));
+        counts.set(&Scope(9), "new".into());
+        let (delta, delta_entries) = archive(2, true);
+
+        let io = SimIo::new();
+        let mut store = block_on(Store::open(io.clone(), StoreOptions::default())).unwrap();
+        let mut writer = store.segment_writer(0);
+        let handles = vec![
+            writer.append(BlockKind::KEYED_STATE_FULL, &base),
+            writer.append(BlockKind::KEYED_STATE_DELTA, &delta),
+        ];
+        block_on(writer.flush()).unwrap();
+        let record = CheckpointRecord {
+            id: 2,
+            timestamp_ms: 0,
+            metadata: Vec::new(),
+            handles,
+        };
+        block_on(store.commit_checkpoint(record.clone())).unwrap();
+        let link = |handle, delta, checkpoint, entries, bytes: usize| ChainBlock {
+            handle,
+            delta,
+            checkpoint,
+            entries,
+            bytes: bytes as u64,
+        };
+        let state = StateBlock {
+            operator: "op".into(),
+            table: "counts".into(),
+            key_group: 3,
+            chain: vec![
+                link(0, false, 1, base_entries, base.len()),
+                link(1, true, 2, delta_entries, delta.len()),
+            ],
+            entries: 4,
+            type_name: table.borrow().type_name().into(),
+        };
+        (io, record, state)
+    }
+
+    #[test]
+    fn a_chain_decodes_as_restore_loads_it() {
+        let (io, record, state) = store_with_a_chain();
+        assert_eq!(state.type_name, table_type_name::<u64, String>());
+        let reader = StoreReader::from_source(Arc::new(io)).unwrap();
+        let chain = KeyGroupChain::read(&reader, &record, &state).unwrap();
+        assert_eq!(chain.parts.len(), 2);
+        assert_eq!(chain.bytes(), state.bytes());
+        let entries = chain.decode::<u64, String>().unwrap();
+        let expected: Vec<(u64, String)> = vec![
+            (1, "changed".into()),
+            (3, "v3".into()),
+            (4, "v4".into()),
+            (9, "new".into()),
+        ];
+        assert_eq!(entries, expected);
+        // Another type: refused by name, never reinterpreted.
+        let e = chain.decode::<u64, u64>().unwrap_err();
+        assert!(
+            matches!(*e.kind, InspectErrorKind::TypeMismatch { .. }),
+            "{e}"
+        );
+        let e = chain.decode_timers::<u64>().unwrap_err();
+        assert!(
+            matches!(*e.kind, InspectErrorKind::TypeMismatch { .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_bytes_are_errors_naming_the_block() {
+        let (io, record, mut state) = store_with_a_chain();
+        // A block whose CRC is fine but whose bytes are not an archive of the
+        // recorded type: the delta read as a base.
+        state.chain[1].delta = false;
+        let reader = StoreReader::from_source(Arc::new(io.clone())).unwrap();
+        let chain = KeyGroupChain::read(&reader, &record, &state).unwrap();
+        let e = chain.decode::<u64, String>().unwrap_err();
+        assert!(matches!(*e.kind, InspectErrorKind::Archive(_)), "{e}");
+        assert_eq!(e.handle, Some(record.handles[1]));
+        let text = e.to_string();
+        assert!(
+            text.contains("checkpoint 2") && text.contains("`op`") && text.contains("key group 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&record.handles[1].segment.file_name()),
+            "{text}"
+        );
+
+        // A flipped payload byte: the CRC check names the block.
+        let h = record.handles[0];
+        assert!(io.corrupt(&h.segment.file_name(), h.offset as usize + 40, 0x10));
+        let reader = StoreReader::from_source(Arc::new(io)).unwrap();
+        let e = KeyGroupChain::read(&reader, &record, &state).unwrap_err();
+        assert!(matches!(*e.kind, InspectErrorKind::Read(_)), "{e}");
+        assert_eq!(e.handle, Some(h));
+
+        // A handle index past the record's handles.
+        state.chain[0].handle = 7;
+        let e = KeyGroupChain::read(&reader, &record, &state).unwrap_err();
+        assert!(
+            matches!(*e.kind, InspectErrorKind::HandleOutOfRange { index: 7, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // Random and truncated archives are errors, whatever their length.
+        let mut rng = crate::sim::SplitMix64::new(7);
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        for len in 0..200 {
+            aligned.clear();
+            for _ in 0..len {
+                aligned.push(rng.next_u64() as u8);
+            }
+            let blocks = [(false, &aligned[..])];
+            let _ = KeyedTable::<u64, String>::load_detached(blocks);
+            let blocks = [(true, &aligned[..])];
+            let _ = KeyedTable::<String, Vec<u8>>::load_detached(blocks);
+            let _ = rkyv::from_bytes::<TimerEntries<u64>, rkyv::rancor::Error>(&aligned);
+        }
+    }
+}
