@@ -1,18 +1,26 @@
 //! `spate-ckpt`: inspects a Spate checkpoint directory.
 //!
 //! Owns only presentation: it reads a store through
-//! [`spate_storage::StoreReader`] (which never modifies anything) and decodes the
-//! engine's [`CheckpointMetadata`]. It must never write to a store, and it decodes as
-//! much as it can from a damaged one (a manifest with a corrupt tail still lists the
-//! checkpoints before the damage; a checkpoint whose metadata does not decode is
-//! still listed, with the error).
+//! [`spate_storage::StoreReader`] (which never modifies anything), decodes the
+//! engine's [`CheckpointMetadata`], and decodes keyed state through
+//! [`spate::inspect`] with a registry of known types ([`registry`]). It never
+//! writes to a store except `gc --yes`, which deletes what
+//! [`spate_storage::gc`] allows (conservative, so a job may be writing to the
+//! same directory). It decodes as much as it can from a damaged store (a manifest
+//! with a corrupt tail still lists the checkpoints before the damage; a checkpoint
+//! whose metadata does not decode is still listed, with the error; a key group
+//! that does not decode is reported and the others shown).
 //!
-//! Commands: `list`, `show`, `verify`, `gc` (a dry run only). Each takes `--json` for one stable JSON
-//! document (keys sorted; documented on each command) and otherwise prints aligned
-//! tables.
+//! Commands: `list`, `show`, `dump`, `verify`, `diff`, `gc`. Each takes `--json`
+//! for one stable JSON document (documented on each command and in
+//! `docs/spate-ckpt.md`) and otherwise prints aligned tables.
+
+mod diff;
+mod dump;
+mod registry;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -23,7 +31,10 @@ use spate::checkpoint::CheckpointMetadata;
 use spate_storage::{CheckpointRecord, StoreReader};
 
 #[derive(Parser)]
-#[command(name = "spate-ckpt", about = "Inspect Spate checkpoints (read-only)")]
+#[command(
+    name = "spate-ckpt",
+    about = "Inspect Spate checkpoints (read-only, except `gc --yes`)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,9 +44,13 @@ struct Cli {
 enum Command {
     /// Every checkpoint in the manifest.
     ///
-    /// JSON: an array of objects with `id`, `status`, `mode`, `incremental`,
-    /// `timestamp_ms`, `trigger_ms`, `completed_ms`, `duration_ms`, `bytes`,
-    /// `written_bytes`, `in_flight_bytes`, `fingerprint` (16 hex digits), `cores`,
+    /// The retained ones, and those the manifest records as discarded by
+    /// retention (until it is next rewritten: at every store open).
+    ///
+    /// JSON: an array of objects with `id`, `status` (`completed` or
+    /// `discarded`), `retained`, `mode`, `incremental`, `timestamp_ms`,
+    /// `trigger_ms`, `completed_ms`, `duration_ms`, `bytes`, `written_bytes`,
+    /// `in_flight_bytes`, `fingerprint` (16 hex digits), `cores`,
     /// `max_parallelism`, `cause`, `handles`, and `error` (null, or why the
     /// metadata does not decode; the metadata fields are then null).
     List {
@@ -68,6 +83,49 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The state entries of one operator.
+    ///
+    /// Every key group's chain (base, then deltas) decoded as a restore would
+    /// load it. Known types are shown as
+    /// values, others as raw blocks (hex and UTF-8 preview) with their type name.
+    /// Exit status 1 when a key group does not read or decode (the others are
+    /// still shown).
+    ///
+    /// JSON: `{ "checkpoint", "retained", "operator", "tables": [{ "table",
+    /// "type_name", "decoded", "key_groups", "matched", "entries": [{
+    /// "key_group", "key", "value" }], "raw": [{ "key_group", "checkpoint",
+    /// "delta", "segment", "offset", "bytes", "hex", "utf8", "truncated" }] }],
+    /// "matched", "shown", "truncated", "errors": [{ "checkpoint", "operator",
+    /// "table", "key_group", "segment", "offset", "error" }] }`.
+    Dump {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// Checkpoint id.
+        id: u64,
+        /// The operator (its name in the job).
+        #[arg(long)]
+        operator: String,
+        /// Only this state of the operator (`__timers` for its timers).
+        #[arg(long)]
+        table: Option<String>,
+        /// Only this key group.
+        #[arg(long)]
+        key_group: Option<u32>,
+        /// Only entries with this key, as shown (`17`, `abc`, `(1, 2)`, `0x0a0b`).
+        #[arg(long)]
+        key: Option<String>,
+        /// At most this many rows (entries or raw blocks).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Bytes shown of each raw block.
+        #[arg(long, default_value_t = 64)]
+        raw_bytes: usize,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checks checkpoints and segments; exit status 1 on any problem.
+    ///
     /// Checks every block CRC and handle of the checkpoints (all, or `ID`), that
     /// their metadata decodes and names valid handles, and (without `ID`) scans
     /// every segment file. Exit status 1 when anything is wrong.
@@ -84,16 +142,48 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Dry run of the cleanup a store performs when it opens: which segment files
-    /// no retained checkpoint references (orphans) and which stale manifest
-    /// generations and temporary files it would delete. Deletes nothing.
+    /// What changed in the keyed state from checkpoint `A` to checkpoint `B`.
     ///
-    /// JSON: `{ "segments": [{ "file", "bytes", "live_bytes", "blocks",
-    /// "delete": bool }], "manifests": [{ "file", "delete": bool }],
-    /// "orphan_cleanup_skipped": bool, "reclaimable_bytes": n }`.
+    /// Per operator, state and key group: entries added, removed, changed and
+    /// unchanged, and bytes. Exit status 1 when a key group does not read or
+    /// decode.
+    ///
+    /// JSON: `{ "a", "b", "operators": [{ "operator", counts, bytes, "tables":
+    /// [{ "table", "type_name", "compared", "differing_key_groups", counts,
+    /// bytes, "key_groups": [{ "key_group", "entries_a", "entries_b",
+    /// "same_blocks", "compared", counts, bytes }] }] }], "totals": { counts,
+    /// bytes }, "errors": [as dump] }`, where counts are `added`, `removed`,
+    /// `changed`, `unchanged` (null for a key group whose type is unknown) and
+    /// bytes are `bytes_a`, `bytes_b`, `new_bytes` (blocks of B not in A).
+    Diff {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The older checkpoint.
+        a: u64,
+        /// The newer checkpoint.
+        b: u64,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What garbage collection may delete; deletes it with `--yes`.
+    ///
+    /// Segments no retained checkpoint references and that no running job can
+    /// still be writing or committing
+    /// (see `spate_storage::gc`), older manifest generations and stale temporary
+    /// files. A dry run unless `--yes`.
+    ///
+    /// JSON: `{ "dry_run": bool, "manifest": file or null, "segments": [{ "file",
+    /// "bytes", "live_bytes", "blocks", "delete": bool, "reason" }], "manifests":
+    /// [{ "file", "bytes", "delete", "reason" }], "orphan_cleanup_skipped": bool,
+    /// "reclaimable_bytes", "deleted": [files], "failed": [{ "file", "error" }]
+    /// }`.
     Gc {
         /// The checkpoint directory.
         dir: PathBuf,
+        /// Delete the files (otherwise only list them).
+        #[arg(long)]
+        yes: bool,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
@@ -110,8 +200,35 @@ fn main() -> ExitCode {
             key_groups,
             json,
         } => show(&dir, id, key_groups, json).map(|()| true),
+        Command::Dump {
+            dir,
+            id,
+            operator,
+            table,
+            key_group,
+            key,
+            limit,
+            raw_bytes,
+            json,
+        } => open(&dir).and_then(|reader| {
+            let checkpoint = Checkpoint::find(&reader, id)?;
+            let args = dump::DumpArgs {
+                operator,
+                table,
+                key_group,
+                key,
+                limit,
+                raw_bytes,
+            };
+            dump::dump(&checkpoint, &registry::Registry::builtin(), &args, json)
+        }),
         Command::Verify { dir, id, json } => verify(&dir, id, json),
-        Command::Gc { dir, json } => gc(&dir, json).map(|()| true),
+        Command::Diff { dir, a, b, json } => open(&dir).and_then(|reader| {
+            let a = Checkpoint::find(&reader, a)?;
+            let b = Checkpoint::find(&reader, b)?;
+            diff::diff(&a, &b, &registry::Registry::builtin(), json)
+        }),
+        Command::Gc { dir, yes, json } => gc(&dir, yes, json),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -123,7 +240,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn open(dir: &PathBuf) -> Result<StoreReader> {
+fn open(dir: &Path) -> Result<StoreReader> {
     anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
     let reader =
         StoreReader::open(dir).with_context(|| format!("opening store {}", dir.display()))?;
@@ -147,8 +264,47 @@ fn open(dir: &PathBuf) -> Result<StoreReader> {
     Ok(reader)
 }
 
+/// One checkpoint of a store, its metadata decoded.
+pub struct Checkpoint<'a> {
+    /// The store.
+    pub reader: &'a StoreReader,
+    /// Its manifest record.
+    pub record: &'a CheckpointRecord,
+    /// Its metadata.
+    pub metadata: CheckpointMetadata,
+    /// Retained (rather than recorded as discarded: its blocks may be gone).
+    pub retained: bool,
+}
+
+impl<'a> Checkpoint<'a> {
+    /// Checkpoint `id`: a retained one, or else one the manifest records as
+    /// discarded.
+    fn find(reader: &'a StoreReader, id: u64) -> Result<Self> {
+        let (record, retained) = match reader.checkpoint(id) {
+            Ok(r) => (r, true),
+            Err(e) => match reader.discarded_checkpoints().iter().rfind(|c| c.id == id) {
+                Some(r) => (r, false),
+                None => return Err(e.into()),
+            },
+        };
+        let metadata = CheckpointMetadata::decode(&record.metadata)
+            .map_err(|e| anyhow::anyhow!("checkpoint {id}: {e}"))?;
+        if !retained {
+            eprintln!(
+                "warning: checkpoint {id} was discarded by retention; its blocks may be deleted"
+            );
+        }
+        Ok(Checkpoint {
+            reader,
+            record,
+            metadata,
+            retained,
+        })
+    }
+}
+
 /// Aligned table: the first row is the header; numeric-looking cells right-aligned.
-fn print_table(rows: &[Vec<String>]) {
+pub fn print_table(rows: &[Vec<String>]) {
     let Some(first) = rows.first() else { return };
     let mut widths = vec![0; first.len()];
     for row in rows {
@@ -162,15 +318,16 @@ fn print_table(rows: &[Vec<String>]) {
             if i > 0 {
                 line.push_str("  ");
             }
-            let numeric = !cell.is_empty()
-                && cell.chars().all(|c| {
-                    c.is_ascii_digit()
-                        || matches!(
-                            c,
-                            '.' | ' ' | 'K' | 'M' | 'G' | 'T' | 'i' | 'B' | 'm' | 's' | '-'
-                        )
-                })
-                && cell.chars().next().is_some_and(|c| c.is_ascii_digit());
+            let numeric = cell == "-"
+                || !cell.is_empty()
+                    && cell.chars().all(|c| {
+                        c.is_ascii_digit()
+                            || matches!(
+                                c,
+                                '.' | ' ' | 'K' | 'M' | 'G' | 'T' | 'i' | 'B' | 'm' | 's' | '-'
+                            )
+                    })
+                    && cell.chars().next().is_some_and(|c| c.is_ascii_digit());
             if numeric {
                 line.push_str(&format!("{cell:>w$}"));
             } else {
@@ -181,7 +338,8 @@ fn print_table(rows: &[Vec<String>]) {
     }
 }
 
-fn human_bytes(bytes: u64) -> String {
+/// Bytes in B, KiB, MiB, GiB or TiB with one decimal.
+pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
@@ -218,10 +376,15 @@ fn utc(ms: u64) -> String {
     )
 }
 
-fn summary(record: &CheckpointRecord, metadata: &Result<CheckpointMetadata, String>) -> Value {
+fn summary(
+    record: &CheckpointRecord,
+    retained: bool,
+    metadata: &Result<CheckpointMetadata, String>,
+) -> Value {
     let base = json!({
         "id": record.id,
-        "status": "completed",
+        "status": if retained { "completed" } else { "discarded" },
+        "retained": retained,
         "timestamp_ms": record.timestamp_ms,
         "handles": record.handles.len(),
     });
@@ -257,12 +420,18 @@ fn summary(record: &CheckpointRecord, metadata: &Result<CheckpointMetadata, Stri
     Value::Object(obj)
 }
 
-fn list(dir: &PathBuf, as_json: bool) -> Result<()> {
+fn list(dir: &Path, as_json: bool) -> Result<()> {
     let reader = open(dir)?;
-    let rows: Vec<Value> = reader
+    let mut records: Vec<(&CheckpointRecord, bool)> = reader
         .checkpoints()
         .iter()
-        .map(|r| summary(r, &CheckpointMetadata::decode(&r.metadata)))
+        .map(|r| (r, true))
+        .chain(reader.discarded_checkpoints().iter().map(|r| (r, false)))
+        .collect();
+    records.sort_by_key(|(r, retained)| (r.id, *retained));
+    let rows: Vec<Value> = records
+        .iter()
+        .map(|(r, retained)| summary(r, *retained, &CheckpointMetadata::decode(&r.metadata)))
         .collect();
     if as_json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -338,12 +507,11 @@ fn base_bytes(s: &StateBlock) -> u64 {
     s.chain.iter().filter(|b| !b.delta).map(|b| b.bytes).sum()
 }
 
-fn show(dir: &PathBuf, id: u64, key_groups: bool, as_json: bool) -> Result<()> {
+fn show(dir: &Path, id: u64, key_groups: bool, as_json: bool) -> Result<()> {
     let reader = open(dir)?;
-    let record = reader.checkpoint(id)?;
-    let m = CheckpointMetadata::decode(&record.metadata)
-        .map_err(|e| anyhow::anyhow!("checkpoint {id}: {e}"))?;
-    let mut doc = summary(record, &Ok(m.clone()));
+    let checkpoint = Checkpoint::find(&reader, id)?;
+    let (record, m) = (checkpoint.record, &checkpoint.metadata);
+    let mut doc = summary(record, checkpoint.retained, &Ok(m.clone()));
 
     // operator -> table -> stats; operator -> distinct key groups.
     let mut tables: BTreeMap<&str, BTreeMap<&str, TableStats>> = BTreeMap::new();
@@ -443,8 +611,13 @@ fn show(dir: &PathBuf, id: u64, key_groups: bool, as_json: bool) -> Result<()> {
     }
 
     println!(
-        "checkpoint {}  {}  mode {}  {}  cause {}",
+        "checkpoint {}{}  {}  mode {}  {}  cause {}",
         m.id,
+        if checkpoint.retained {
+            ""
+        } else {
+            " (discarded)"
+        },
         utc(record.timestamp_ms),
         m.mode,
         if m.incremental { "incremental" } else { "full" },
@@ -613,7 +786,7 @@ fn read_problem(checkpoint: Option<u64>, e: &spate_storage::ReadError) -> Proble
     }
 }
 
-fn verify(dir: &PathBuf, id: Option<u64>, as_json: bool) -> Result<bool> {
+fn verify(dir: &Path, id: Option<u64>, as_json: bool) -> Result<bool> {
     let reader = open(dir)?;
     let mut problems = Vec::new();
     if let Some(d) = reader.manifest_damage() {
@@ -738,88 +911,108 @@ fn verify(dir: &PathBuf, id: Option<u64>, as_json: bool) -> Result<bool> {
     Ok(ok)
 }
 
-fn gc(dir: &PathBuf, as_json: bool) -> Result<()> {
-    use spate_storage::format;
-    let reader = open(dir)?;
-    // What the retained checkpoints reference: segment -> (blocks, live bytes).
-    let mut live: BTreeMap<spate_storage::SegmentId, (u64, u64)> = BTreeMap::new();
-    for c in reader.checkpoints() {
-        for h in &c.handles {
-            let e = live.entry(h.segment).or_default();
-            e.0 += 1;
-            e.1 += h.footprint();
+fn gc(dir: &Path, yes: bool, as_json: bool) -> Result<bool> {
+    use spate_storage::gc;
+    let _ = open(dir)?;
+    let (plan, report) = if yes {
+        gc::collect(dir).with_context(|| format!("collecting garbage in {}", dir.display()))?
+    } else {
+        let plan = gc::plan(dir).with_context(|| format!("planning gc in {}", dir.display()))?;
+        (plan, gc::GcReport::default())
+    };
+    let reason = |keep: Option<gc::KeepReason>, deleted: &str| -> (String, String) {
+        match keep {
+            Some(k) => (k.id().to_string(), k.describe().to_string()),
+            None => (deleted.to_string(), deleted.to_string()),
         }
-    }
-    // Mid-log manifest damage: the store keeps unreferenced segments (they may be
-    // referenced by the records after the damage).
-    let skipped = reader
-        .manifest_damage()
-        .is_some_and(|d| d.later_valid_records);
-    let mut segments = reader.segments()?;
-    segments.sort();
-    let mut reclaimable = 0u64;
-    let seg_rows: Vec<Value> = segments
+    };
+    let seg_rows: Vec<Value> = plan
+        .segments
         .iter()
-        .map(|&(id, bytes)| {
-            let (blocks, live_bytes) = live.get(&id).copied().unwrap_or((0, 0));
-            let delete = blocks == 0 && !skipped;
-            if delete {
-                reclaimable += bytes;
-            }
+        .map(|s| {
+            let (id, _) = reason(s.keep, "unreferenced");
             json!({
-                "file": id.file_name(), "bytes": bytes, "live_bytes": live_bytes,
-                "blocks": blocks, "delete": delete,
+                "file": s.segment.file_name(), "bytes": s.bytes, "live_bytes": s.live_bytes,
+                "blocks": s.blocks, "delete": s.keep.is_none(), "reason": id,
             })
         })
         .collect();
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("listing {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| format::parse_manifest_name(n).is_some() || format::is_manifest_tmp(n))
-        .collect();
-    names.sort();
-    let current = reader.manifest_file().map(str::to_owned);
-    let manifest_rows: Vec<Value> = names
+    let manifest_rows: Vec<Value> = plan
+        .manifests
         .iter()
-        .map(|n| json!({"file": n, "delete": Some(n) != current.as_ref()}))
+        .map(|m| {
+            let (id, _) = reason(m.keep, "stale");
+            json!({"file": m.file, "bytes": m.bytes, "delete": m.keep.is_none(), "reason": id})
+        })
+        .collect();
+    let failed: Vec<Value> = report
+        .failed
+        .iter()
+        .map(|(file, e)| json!({"file": file, "error": e.to_string()}))
         .collect();
     if as_json {
         let doc = json!({
+            "dry_run": !yes,
+            "manifest": plan.manifest_file,
             "segments": seg_rows,
             "manifests": manifest_rows,
-            "orphan_cleanup_skipped": skipped,
-            "reclaimable_bytes": reclaimable,
+            "orphan_cleanup_skipped": plan.orphan_cleanup_skipped,
+            "reclaimable_bytes": plan.reclaimable_bytes(),
+            "deleted": report.deleted,
+            "failed": failed,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
+        return Ok(report.failed.is_empty());
     }
-    let mut t = vec![["FILE", "BYTES", "LIVE", "BLOCKS", "ACTION"]
+    let mut t = vec![["FILE", "BYTES", "LIVE", "BLOCKS", "ACTION", "WHY"]
         .map(String::from)
         .to_vec()];
-    for r in seg_rows.iter().chain(&manifest_rows) {
+    for s in &plan.segments {
         t.push(vec![
-            r["file"].as_str().unwrap_or_default().to_owned(),
-            r["bytes"].as_u64().map_or(String::new(), human_bytes),
-            r["live_bytes"].as_u64().map_or(String::new(), human_bytes),
-            r["blocks"]
-                .as_u64()
-                .map_or(String::new(), |b| b.to_string()),
-            if r["delete"] == true {
-                "delete"
-            } else {
-                "keep"
-            }
-            .into(),
+            s.segment.file_name(),
+            human_bytes(s.bytes),
+            human_bytes(s.live_bytes),
+            s.blocks.to_string(),
+            if s.keep.is_none() { "delete" } else { "keep" }.into(),
+            reason(s.keep, "unreferenced").1,
+        ]);
+    }
+    for m in &plan.manifests {
+        t.push(vec![
+            m.file.clone(),
+            human_bytes(m.bytes),
+            String::new(),
+            String::new(),
+            if m.keep.is_none() { "delete" } else { "keep" }.into(),
+            reason(m.keep, "older generation or stale temporary").1,
         ]);
     }
     print_table(&t);
-    if skipped {
+    if plan.orphan_cleanup_skipped {
         println!("orphan cleanup skipped: the manifest is damaged mid-log");
     }
-    println!(
-        "dry run: {} reclaimable; nothing was deleted",
-        human_bytes(reclaimable)
-    );
-    Ok(())
+    let files = plan.files_to_delete().len();
+    if yes {
+        let sizes: BTreeMap<String, u64> = plan
+            .segments
+            .iter()
+            .map(|s| (s.segment.file_name(), s.bytes))
+            .chain(plan.manifests.iter().map(|m| (m.file.clone(), m.bytes)))
+            .collect();
+        let deleted: u64 = report.deleted.iter().filter_map(|f| sizes.get(f)).sum();
+        println!(
+            "deleted {} file(s), {}",
+            report.deleted.len(),
+            human_bytes(deleted)
+        );
+        for (file, e) in &report.failed {
+            eprintln!("error: could not delete {file}: {e}");
+        }
+    } else {
+        println!(
+            "dry run: {} reclaimable in {files} file(s); nothing was deleted (--yes deletes)",
+            human_bytes(plan.reclaimable_bytes())
+        );
+    }
+    Ok(report.failed.is_empty())
 }

@@ -1,18 +1,35 @@
-//! `spate-ckpt` against a real store: a small keyed job writes checkpoints into a
-//! temporary directory, then the tool's JSON is checked against what the job wrote,
-//! and a corrupted segment byte must make `verify` fail and name the segment.
+//! `spate-ckpt` against real stores: jobs run on the engine's runtime (aligned,
+//! unaligned under backpressure, incremental) write checkpoints into temporary
+//! directories, then the tool's JSON is checked against what the jobs wrote: ids,
+//! key groups, in-flight bytes, and every state entry, computed from the source
+//! offsets each checkpoint recorded (the test source, [`common::Numbers`],
+//! stripes record indices over subtasks, so the records before a checkpoint's
+//! offsets are known exactly). A
+//! corrupt segment or manifest byte must make `verify` fail and name the place;
+//! `gc --yes` runs while a job writes to the same directory.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use serde_json::Value;
-use spate::source::SequenceSource;
-use spate::{CheckpointConfig, CheckpointMode, Job, JobConfig, KeyedContext, WatermarkStrategy};
+use serde_json::{json, Value};
+use spate::keygroup::key_group_for;
+use spate::{
+    CheckpointConfig, CheckpointMode, CheckpointStatus, Job, JobConfig, JobHandle, KeyedContext,
+    RestoreFrom, WatermarkStrategy,
+};
 use spate_storage::StoreReader;
+
+mod common;
+use common::Numbers;
 
 const KEYS: u64 = 40;
 const MAX_PARALLELISM: u32 = 16;
+/// Subtasks of every job here (the source's stride).
+const PARALLELISM: u64 = 2;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("spate-ckpt-{name}-{}", std::process::id()));
@@ -40,7 +57,7 @@ fn run_job(dir: &Path) {
             let start = clock.now_ms();
             let events = df.source(
                 "numbers",
-                SequenceSource::new(1_000_000, |i| i).with_rate(20_000.0, start, clock),
+                Numbers::paced(20_000.0, start, clock),
                 WatermarkStrategy::monotonous(|i: &u64| *i),
             );
             events
@@ -68,6 +85,161 @@ fn run_job(dir: &Path) {
     }
     handle.stop();
     handle.join().unwrap();
+}
+
+/// The counting job of the checks below.
+#[derive(Clone, Copy)]
+struct Counting {
+    mode: CheckpointMode,
+    incremental: bool,
+    /// The key of record `i`.
+    key: fn(u64) -> u64,
+    /// A key's count is cleared when it reaches this (0: never), so the state
+    /// holds `count % clear_at` and keys come and go.
+    clear_at: u64,
+    /// Records per second over all subtasks (`None`: as fast as possible).
+    rate: Option<f64>,
+    /// Busy work per record in the keyed operator (a slow operator).
+    spins: u32,
+    /// Periodic checkpoints (0: manual triggers only).
+    interval_ms: u64,
+    ring_capacity: usize,
+    batch_size: usize,
+}
+
+impl Counting {
+    fn new(mode: CheckpointMode, key: fn(u64) -> u64) -> Self {
+        Self {
+            mode,
+            incremental: false,
+            key,
+            clear_at: 0,
+            rate: Some(20_000.0),
+            spins: 0,
+            interval_ms: 0,
+            ring_capacity: 64,
+            batch_size: 64,
+        }
+    }
+
+    fn config(&self, dir: &Path) -> JobConfig {
+        JobConfig {
+            parallelism: PARALLELISM as usize,
+            max_parallelism: MAX_PARALLELISM,
+            pin_cores: false,
+            ring_capacity: self.ring_capacity,
+            batch_size: self.batch_size,
+            checkpoint: Some(CheckpointConfig {
+                mode: self.mode,
+                incremental: self.incremental,
+                timeout_ms: 20_000,
+                retained: 1_000,
+                restore: RestoreFrom::Nothing,
+                ..CheckpointConfig::new(dir, self.interval_ms)
+            }),
+            ..JobConfig::default()
+        }
+    }
+
+    /// Starts the job; `processed` counts the records the keyed operator handled.
+    fn start(&self, dir: &Path, processed: &Arc<AtomicU64>) -> JobHandle {
+        let job = *self;
+        let processed = processed.clone();
+        Job::new(self.config(dir))
+            .start(move |df| {
+                let clock = df.clock();
+                let start = clock.now_ms();
+                let source = match job.rate {
+                    Some(rate) => Numbers::paced(rate, start, clock),
+                    None => Numbers::unpaced(),
+                };
+                let processed = processed.clone();
+                df.source("numbers", source, WatermarkStrategy::none())
+                    .key_by(move |i: &u64| (job.key)(*i))
+                    .process("counts", move |state| {
+                        let counts = state.value_state::<u64>("count");
+                        move |i: u64, ctx: &mut KeyedContext<u64, u64>| {
+                            let n = counts.update(
+                                ctx,
+                                || 0,
+                                |c| {
+                                    *c += 1;
+                                    *c
+                                },
+                            );
+                            if n == job.clear_at {
+                                counts.clear(ctx);
+                            }
+                            let mut x = i;
+                            for _ in 0..job.spins {
+                                x = std::hint::black_box(x.rotate_left(7) ^ 0x9e37_79b9);
+                            }
+                            ctx.emit(x);
+                            Ok(())
+                        }
+                    })
+                    .for_each(move |_| {
+                        processed.fetch_add(1, Ordering::Relaxed);
+                    });
+            })
+            .unwrap()
+    }
+
+    /// The state of `counts` when the sources were at `sources` (the `sources`
+    /// of `show --json`): per key, its count (modulo `clear_at`), absent at 0.
+    fn expected(&self, sources: &Value) -> BTreeMap<u64, u64> {
+        let mut n: BTreeMap<u64, u64> = BTreeMap::new();
+        for s in sources.as_array().unwrap() {
+            assert_eq!(s["source"], "numbers");
+            let subtask = s["subtask"].as_u64().unwrap();
+            for j in 0..s["offset"].as_u64().unwrap() {
+                *n.entry((self.key)(subtask + j * PARALLELISM)).or_default() += 1;
+            }
+        }
+        n.into_iter()
+            .map(|(k, c)| {
+                (
+                    k,
+                    if self.clear_at > 0 {
+                        c % self.clear_at
+                    } else {
+                        c
+                    },
+                )
+            })
+            .filter(|&(_, v)| v > 0)
+            .collect()
+    }
+}
+
+/// Waits (without sleeping) until `done` holds; fails if the job stopped first.
+fn wait_until(handle: &JobHandle, what: &str, done: impl Fn() -> bool) {
+    while !done() {
+        assert!(handle.is_running(), "the job stopped before {what}");
+        assert_eq!(handle.failed_checkpoints(), 0, "a checkpoint failed");
+        std::thread::yield_now();
+    }
+}
+
+/// Triggers a checkpoint once `processed` reached `after` records and waits for it.
+fn checkpoint_after(handle: &JobHandle, processed: &AtomicU64, after: u64) {
+    wait_until(handle, "enough records", || {
+        processed.load(Ordering::Relaxed) >= after
+    });
+    let completed = handle.completed_checkpoints();
+    handle.trigger_checkpoint();
+    wait_until(handle, "the checkpoint completed", || {
+        handle.completed_checkpoints() > completed
+    });
+}
+
+fn completed_ids(handle: &JobHandle) -> Vec<u64> {
+    handle
+        .checkpoint_stats()
+        .iter()
+        .filter(|s| s.status == CheckpointStatus::Completed)
+        .map(|s| s.id)
+        .collect()
 }
 
 fn tool(args: &[&str]) -> Output {
@@ -274,5 +446,469 @@ fn a_corrupt_manifest_record_is_reported_and_earlier_checkpoints_still_list() {
     assert!(text.contains(&manifest), "{text}");
     assert!(text.contains(&offset.to_string()), "{text}");
 
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn show(d: &str, id: u64) -> Value {
+    json(&["show", d, &id.to_string(), "--json", "--key-groups"])
+}
+
+/// The `counts` entries of checkpoint `id`, through `dump --json`.
+fn dumped(d: &str, id: u64) -> BTreeMap<u64, u64> {
+    let doc = json(&[
+        "dump",
+        d,
+        &id.to_string(),
+        "--operator",
+        "counts",
+        "--table",
+        "count",
+        "--json",
+    ]);
+    assert_eq!(doc["errors"], json!([]), "{doc}");
+    assert_eq!(doc["truncated"], false);
+    let table = &doc["tables"][0];
+    assert_eq!(table["decoded"], true, "{table}");
+    assert_eq!(table["type_name"], "(u64, u64)");
+    let entries: BTreeMap<u64, u64> = table["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let key = e["key"].as_u64().unwrap();
+            assert_eq!(
+                e["key_group"].as_u64().unwrap(),
+                u64::from(key_group_for(&key, MAX_PARALLELISM)),
+                "{e}"
+            );
+            (key, e["value"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(doc["matched"].as_u64().unwrap(), entries.len() as u64);
+    entries
+}
+
+/// Added, removed, changed, unchanged from `a` to `b`.
+fn expected_diff(a: &BTreeMap<u64, u64>, b: &BTreeMap<u64, u64>) -> [u64; 4] {
+    let mut d = [0; 4];
+    for (k, va) in a {
+        match b.get(k) {
+            None => d[1] += 1,
+            Some(vb) if vb == va => d[3] += 1,
+            Some(_) => d[2] += 1,
+        }
+    }
+    d[0] = b.keys().filter(|k| !a.contains_key(*k)).count() as u64;
+    d
+}
+
+fn in_key_group(m: &BTreeMap<u64, u64>, group: u64) -> BTreeMap<u64, u64> {
+    m.iter()
+        .filter(|(k, _)| u64::from(key_group_for(*k, MAX_PARALLELISM)) == group)
+        .map(|(k, v)| (*k, *v))
+        .collect()
+}
+
+/// `diff A B --json` against the states the job must have written.
+fn check_diff(d: &str, a: u64, b: u64, state_a: &BTreeMap<u64, u64>, state_b: &BTreeMap<u64, u64>) {
+    let doc = json(&["diff", d, &a.to_string(), &b.to_string(), "--json"]);
+    assert_eq!(doc["errors"], json!([]), "{doc}");
+    let counts = |v: &Value| -> [u64; 4] {
+        ["added", "removed", "changed", "unchanged"].map(|k| v[k].as_u64().unwrap())
+    };
+    let op = doc["operators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["operator"] == "counts")
+        .unwrap();
+    assert_eq!(counts(op), expected_diff(state_a, state_b), "diff {a} {b}");
+    let table = op["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "count")
+        .unwrap();
+    for g in table["key_groups"].as_array().unwrap() {
+        let group = g["key_group"].as_u64().unwrap();
+        let (ga, gb) = (in_key_group(state_a, group), in_key_group(state_b, group));
+        assert_eq!(counts(g), expected_diff(&ga, &gb), "diff {a} {b}: {g}");
+        assert_eq!(g["entries_a"].as_u64().unwrap_or(0), ga.len() as u64, "{g}");
+        assert_eq!(g["entries_b"].as_u64().unwrap_or(0), gb.len() as u64, "{g}");
+        if g["same_blocks"] == true {
+            assert_eq!(g["new_bytes"], 0, "{g}");
+        }
+    }
+}
+
+#[test]
+fn aligned_job_state_is_dumped_and_diffed_exactly() {
+    const ALIGNED_KEYS: u64 = 64;
+    let all_groups: BTreeSet<u16> = (0..ALIGNED_KEYS)
+        .map(|k| key_group_for(&k, MAX_PARALLELISM))
+        .collect();
+    assert_eq!(
+        all_groups.len() as u32,
+        MAX_PARALLELISM,
+        "keys cover every key group"
+    );
+    let dir = temp_dir("aligned");
+    let d = dir.to_str().unwrap();
+    let job = Counting::new(CheckpointMode::Aligned, |i| i % ALIGNED_KEYS);
+    let processed = Arc::new(AtomicU64::new(0));
+    let handle = job.start(&dir, &processed);
+    // Every key is seen before the first checkpoint; more records before the second.
+    checkpoint_after(&handle, &processed, 1_000);
+    checkpoint_after(&handle, &processed, 3_000);
+    let ids = completed_ids(&handle);
+    handle.stop();
+    handle.join().unwrap();
+    assert_eq!(ids, vec![1, 2]);
+
+    let list = json(&["list", d, "--json"]);
+    let listed: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, ids);
+    for r in list.as_array().unwrap() {
+        assert_eq!(r["status"], "completed");
+        assert_eq!(r["retained"], true);
+        assert_eq!(r["mode"], "aligned");
+        assert_eq!(r["incremental"], false);
+        assert_eq!(r["cause"], "manual");
+        assert_eq!(r["in_flight_bytes"], 0);
+        assert_eq!(r["max_parallelism"], MAX_PARALLELISM);
+    }
+
+    let mut states = Vec::new();
+    for &id in &ids {
+        let s = show(d, id);
+        let expected = job.expected(&s["sources"]);
+        assert_eq!(expected.len() as u64, ALIGNED_KEYS, "every key was seen");
+        let counts = s["operators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["operator"] == "counts")
+            .unwrap();
+        assert_eq!(counts["key_groups"], MAX_PARALLELISM, "{counts}");
+        assert_eq!(counts["entries"], ALIGNED_KEYS, "{counts}");
+        let got = dumped(d, id);
+        assert_eq!(
+            got.len() as u64,
+            ALIGNED_KEYS,
+            "dump: one entry per distinct key"
+        );
+        assert_eq!(got, expected, "checkpoint {id}: every count");
+        states.push(got);
+    }
+    check_diff(d, 1, 2, &states[0], &states[1]);
+
+    // Filters: one key group, one key, a limit.
+    let group = u64::from(key_group_for(&17u64, MAX_PARALLELISM));
+    let doc = json(&[
+        "dump",
+        d,
+        "2",
+        "--operator",
+        "counts",
+        "--key-group",
+        &group.to_string(),
+        "--json",
+    ]);
+    let rows = doc["tables"][0]["entries"].as_array().unwrap();
+    assert_eq!(rows.len(), in_key_group(&states[1], group).len());
+    assert!(rows.iter().all(|r| r["key_group"] == group));
+    let doc = json(&[
+        "dump",
+        d,
+        "2",
+        "--operator",
+        "counts",
+        "--key",
+        "17",
+        "--json",
+    ]);
+    assert_eq!(doc["matched"], 1);
+    assert_eq!(doc["tables"][0]["entries"][0]["value"], states[1][&17]);
+    let doc = json(&[
+        "dump",
+        d,
+        "2",
+        "--operator",
+        "counts",
+        "--limit",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(doc["shown"], 5);
+    assert_eq!(doc["truncated"], true);
+    assert_eq!(doc["matched"], ALIGNED_KEYS);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unaligned_job_under_backpressure_carries_in_flight_records() {
+    let dir = temp_dir("unaligned");
+    let d = dir.to_str().unwrap();
+    // An unthrottled source in front of a slow operator and small rings: the
+    // rings stay full, so barriers overtake records.
+    let job = Counting {
+        rate: None,
+        spins: 2_000,
+        interval_ms: 10,
+        ring_capacity: 4,
+        batch_size: 16,
+        ..Counting::new(CheckpointMode::Unaligned, |i| i % 64)
+    };
+    let processed = Arc::new(AtomicU64::new(0));
+    let handle = job.start(&dir, &processed);
+    let with_in_flight = || {
+        handle
+            .checkpoint_stats()
+            .iter()
+            .any(|s| s.status == CheckpointStatus::Completed && s.in_flight_bytes > 0)
+    };
+    wait_until(
+        &handle,
+        "an unaligned checkpoint with in-flight records",
+        || handle.completed_checkpoints() >= 2 && with_in_flight(),
+    );
+    handle.stop();
+    let report = handle.join().unwrap();
+    let stats: BTreeMap<u64, u64> = report
+        .checkpoints
+        .iter()
+        .filter(|s| s.status == CheckpointStatus::Completed)
+        .map(|s| (s.id, s.in_flight_bytes))
+        .collect();
+
+    let list = json(&["list", d, "--json"]);
+    let rows = list.as_array().unwrap();
+    let listed: BTreeMap<u64, u64> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_u64().unwrap(),
+                r["in_flight_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed, stats,
+        "ids and in-flight bytes as the job reported them"
+    );
+    assert!(rows.iter().all(|r| r["mode"] == "unaligned"));
+    let (&id, _) = listed.iter().find(|(_, &b)| b > 0).unwrap();
+
+    let s = show(d, id);
+    let in_flight = s["in_flight"].as_array().unwrap();
+    assert!(!in_flight.is_empty());
+    let bytes: u64 = in_flight.iter().map(|b| b["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(bytes, listed[&id]);
+    assert!(in_flight.iter().all(|b| b["operator"] == "counts"));
+    // Exactly-once cut: every record before the offsets is counted in the state
+    // or persisted in flight, never both.
+    let in_flight_records: u64 = in_flight
+        .iter()
+        .map(|b| b["records"].as_u64().unwrap())
+        .sum();
+    let before_cut: u64 = s["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["offset"].as_u64().unwrap())
+        .sum();
+    let state = dumped(d, id);
+    let counted: u64 = state.values().sum();
+    assert_eq!(counted + in_flight_records, before_cut, "checkpoint {id}");
+    let counts = s["operators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["operator"] == "counts")
+        .unwrap();
+    assert_eq!(counts["key_groups"], MAX_PARALLELISM, "{counts}");
+    assert_eq!(counts["entries"].as_u64().unwrap(), state.len() as u64);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Mostly 16 hot keys, and every tenth record one of 112 cold keys.
+fn skewed(i: u64) -> u64 {
+    if i % 10 == 0 {
+        16 + (i / 10) % 112
+    } else {
+        i % 16
+    }
+}
+
+#[test]
+fn incremental_job_chains_decode_and_diff_exactly() {
+    let dir = temp_dir("incremental");
+    let d = dir.to_str().unwrap();
+    let job = Counting {
+        incremental: true,
+        clear_at: 25,
+        ..Counting::new(CheckpointMode::Aligned, skewed)
+    };
+    let processed = Arc::new(AtomicU64::new(0));
+    let handle = job.start(&dir, &processed);
+    for n in 1..=4 {
+        checkpoint_after(&handle, &processed, n * 1_500);
+    }
+    let ids = completed_ids(&handle);
+    handle.stop();
+    handle.join().unwrap();
+    assert_eq!(ids, vec![1, 2, 3, 4]);
+
+    let list = json(&["list", d, "--json"]);
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(
+        rows[0]["incremental"], false,
+        "the first checkpoint has no base"
+    );
+    // The second builds on the first's bases (later ones may materialise again).
+    assert_eq!(rows[1]["incremental"], true, "{list}");
+    for r in rows {
+        // Incremental: some chain holds blocks of earlier checkpoints.
+        let reuses = r["written_bytes"].as_u64() < r["bytes"].as_u64();
+        assert_eq!(r["incremental"], reuses, "{r}");
+    }
+    let mut states = Vec::new();
+    let mut deltas = 0;
+    for &id in &ids {
+        let s = show(d, id);
+        let got = dumped(d, id);
+        assert_eq!(got, job.expected(&s["sources"]), "checkpoint {id}");
+        deltas += s["key_groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["chain_len"].as_u64().unwrap() > 1)
+            .count();
+        states.push(got);
+    }
+    assert!(deltas > 0, "some key group is a base and deltas");
+    for (i, pair) in ids.windows(2).enumerate() {
+        check_diff(d, pair[0], pair[1], &states[i], &states[i + 1]);
+    }
+    check_diff(d, 1, 4, &states[0], &states[3]);
+    assert_eq!(tool(&["verify", d]).status.code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn set_mtime(path: &Path, at: SystemTime) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(at)
+        .unwrap();
+}
+
+#[test]
+fn gc_yes_while_a_job_writes_deletes_only_garbage() {
+    let dir = temp_dir("gc-live");
+    let d = dir.to_str().unwrap();
+    let job = Counting {
+        interval_ms: 5,
+        ..Counting::new(CheckpointMode::Aligned, |i| i % 64)
+    };
+    let processed = Arc::new(AtomicU64::new(0));
+    let mut config = job.config(&dir);
+    if let Some(c) = &mut config.checkpoint {
+        c.retained = 2;
+    }
+    let handle = {
+        let processed = processed.clone();
+        Job::new(config.clone())
+            .start(move |df| {
+                let clock = df.clock();
+                let start = clock.now_ms();
+                let processed = processed.clone();
+                df.source(
+                    "numbers",
+                    Numbers::paced(20_000.0, start, clock),
+                    WatermarkStrategy::none(),
+                )
+                .key_by(|i: &u64| i % 64)
+                .process("counts", |state| {
+                    let counts = state.value_state::<u64>("count");
+                    move |i: u64, ctx: &mut KeyedContext<u64, u64>| {
+                        counts.update(ctx, || 0, |c| *c += 1);
+                        ctx.emit(i);
+                        Ok(())
+                    }
+                })
+                .for_each(move |_| {
+                    processed.fetch_add(1, Ordering::Relaxed);
+                });
+            })
+            .unwrap()
+    };
+    wait_until(&handle, "a checkpoint", || {
+        handle.completed_checkpoints() >= 1
+    });
+    // Garbage a crashed run could have left: two old segments of a writer this
+    // job does not have; the older one may go, the newer is kept (it could be a
+    // running writer's).
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    for name in ["seg-0009-000000000000.spseg", "seg-0009-000000000001.spseg"] {
+        std::fs::write(dir.join(name), vec![0u8; 4096]).unwrap();
+        set_mtime(&dir.join(name), old);
+    }
+    let mut deleted = BTreeSet::new();
+    for _ in 0..10 {
+        let completed = handle.completed_checkpoints();
+        let doc = json(&["gc", d, "--yes", "--json"]);
+        assert_eq!(doc["dry_run"], false);
+        assert_eq!(doc["failed"], json!([]));
+        for f in doc["deleted"].as_array().unwrap() {
+            deleted.insert(f.as_str().unwrap().to_owned());
+        }
+        wait_until(&handle, "the next checkpoint", || {
+            handle.completed_checkpoints() > completed
+        });
+    }
+    handle.stop();
+    handle.join().unwrap();
+    assert_eq!(
+        deleted,
+        BTreeSet::from(["seg-0009-000000000000.spseg".to_owned()]),
+        "only the old orphan"
+    );
+    assert!(dir.join("seg-0009-000000000001.spseg").exists());
+    let v = tool(&["verify", d]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    // The job restores from what is left.
+    if let Some(c) = &mut config.checkpoint {
+        c.restore = RestoreFrom::Latest;
+    }
+    let latest = StoreReader::open(&dir).unwrap().latest().unwrap().id;
+    let handle = Job::new(config)
+        .start(|df| {
+            df.source(
+                "numbers",
+                Numbers::unpaced().until(0),
+                WatermarkStrategy::none(),
+            )
+            .key_by(|i: &u64| i % 64)
+            .process("counts", |state| {
+                let counts = state.value_state::<u64>("count");
+                move |i: u64, ctx: &mut KeyedContext<u64, u64>| {
+                    counts.update(ctx, || 0, |c| *c += 1);
+                    ctx.emit(i);
+                    Ok(())
+                }
+            })
+            .for_each(|_| {});
+        })
+        .unwrap();
+    let report = handle.join().unwrap();
+    assert_eq!(report.restored_from, Some(latest));
     std::fs::remove_dir_all(&dir).unwrap();
 }
