@@ -14,9 +14,9 @@
 //!   one (`checkpoint_before` tells its checkpoints from older runs' ones);
 //!   otherwise it restarts from the first event with the same base time;
 //! - an unfinished run with another query, events, seed or rate: an error naming
-//!   the field (pass `--fresh` to discard it). A different core count is refused
-//!   too: keyed state would rescale by key groups, but the sources' offsets are
-//!   per subtask.
+//!   the field (pass `--fresh` to discard it). A different core count resumes
+//!   (rescaling): keyed state and in-flight records move by key group, the
+//!   source's splits to their new owners.
 
 use std::path::{Path, PathBuf};
 
@@ -124,8 +124,9 @@ pub fn latest_checkpoint(state_dir: &Path) -> Option<u64> {
 /// `checkpoint_before` and `completed` are ignored.
 ///
 /// # Errors
-/// An unfinished run of another query, events, seed, rate or core count
-/// (without `fresh`), or an unreadable identity file.
+/// An unfinished run of another query, events, seed or rate (without
+/// `fresh`), or an unreadable identity file. Another core count resumes:
+/// keyed state, in-flight records and the source's splits rescale.
 pub fn plan(state_dir: &Path, wanted: &RunIdentity, fresh: bool) -> Result<StartPlan, String> {
     let latest = latest_checkpoint(state_dir);
     let fresh_plan = || StartPlan {
@@ -171,18 +172,6 @@ pub fn plan(state_dir: &Path, wanted: &RunIdentity, fresh: bool) -> Result<Start
             rate(previous.rate_events_per_s),
             rate(wanted.rate_events_per_s),
         );
-    }
-    if previous.cores != wanted.cores {
-        return Err(format!(
-            "{} holds an unfinished run on {} core(s), this run has --cores {}: resuming on \
-             another core count is not supported yet (keyed state would rescale by key \
-             groups, but the sources' offsets are per subtask); rerun with --cores {} or \
-             pass --fresh",
-            state_dir.display(),
-            previous.cores,
-            wanted.cores,
-            previous.cores
-        ));
     }
     let own_checkpoint = match (latest, previous.checkpoint_before) {
         (Some(latest), Some(before)) => latest > before,

@@ -27,6 +27,11 @@ pub struct SourceContext {
     pub parallelism: usize,
     /// Wakes this subtask when it is parked (for sources fed by other threads).
     pub notifier: Notifier,
+    /// Number of splits a split source divides its input into: the job's
+    /// max parallelism, so it never changes across restores.
+    pub split_count: u32,
+    /// The splits this subtask owns (contiguous, like key groups).
+    pub splits: std::ops::Range<u32>,
 }
 
 /// The result of one [`Source::poll`].
@@ -67,6 +72,110 @@ pub trait Source<T>: 'static {
     /// Repositions the source so that the next record is the one that
     /// followed `offset`.
     fn seek(&mut self, offset: u64) -> Result<(), SourceError>;
+
+    /// A split source (Flink's FLIP-27 splits) divides its input into
+    /// `context.split_count` splits and reads the ones in `context.splits`;
+    /// it returns each owned split's position here. Checkpoints record them
+    /// per split, so a restore on any parallelism hands every split's
+    /// position to its new owner ([`Source::seek_splits`]). `None` (the
+    /// default): one position, [`Source::offset`], restorable on the same
+    /// parallelism only.
+    fn split_offsets(&self) -> Option<Vec<(u32, u64)>> {
+        None
+    }
+
+    /// Repositions the owned splits (pairs of split and position; a split
+    /// not listed starts at its beginning).
+    fn seek_splits(&mut self, offsets: &[(u32, u64)]) -> Result<(), SourceError> {
+        let _ = offsets;
+        Err(SourceError::Other(
+            "this source has no splits and cannot be restored on another parallelism".into(),
+        ))
+    }
+}
+
+/// The read position of a split source over an indexed input (record `i`
+/// belongs to split `i mod split_count`): yields the owned splits' indices in
+/// increasing order, so that timestamps rising with the index stay monotone
+/// per subtask, and keeps each split's position for checkpoints. After a
+/// restore, splits may stand at different positions; indices a split already
+/// emitted are skipped.
+#[derive(Clone, Debug)]
+pub struct SplitCursor {
+    split_count: u64,
+    first: u64,
+    /// Per owned split: the next index it emits (≡ split mod split_count).
+    next: Vec<u64>,
+    /// The next candidate index.
+    candidate: u64,
+}
+
+impl SplitCursor {
+    /// Every owned split at its start.
+    pub fn new(context: &SourceContext) -> Self {
+        let split_count = u64::from(context.split_count.max(1));
+        let first = u64::from(context.splits.start);
+        let next: Vec<u64> = context.splits.clone().map(u64::from).collect();
+        Self {
+            split_count,
+            first,
+            candidate: next.first().copied().unwrap_or(u64::MAX),
+            next,
+        }
+    }
+
+    /// The smallest index not yet emitted by an owned split (`u64::MAX` if
+    /// the subtask owns none).
+    pub fn peek(&mut self) -> u64 {
+        loop {
+            let c = self.candidate;
+            if c == u64::MAX {
+                return c;
+            }
+            let k = c % self.split_count;
+            let owned = k >= self.first && ((k - self.first) as usize) < self.next.len();
+            if !owned {
+                // The first owned split of this round, or of the next one.
+                let round = c / self.split_count + u64::from(k >= self.first);
+                self.candidate = round * self.split_count + self.first;
+            } else if c < self.next[(k - self.first) as usize] {
+                self.candidate = c + 1; // emitted before a restore
+            } else {
+                return c;
+            }
+        }
+    }
+
+    /// Marks the index [`peek`](Self::peek) returned as emitted.
+    pub fn advance(&mut self) {
+        let c = self.peek();
+        if c == u64::MAX {
+            return;
+        }
+        let k = (c % self.split_count - self.first) as usize;
+        self.next[k] = c + self.split_count;
+        self.candidate = c + 1;
+    }
+
+    /// Every owned split's position.
+    pub fn offsets(&self) -> Vec<(u32, u64)> {
+        self.next
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| ((self.first + i as u64) as u32, n))
+            .collect()
+    }
+
+    /// Sets the positions of the listed owned splits (others stay).
+    pub fn seek(&mut self, offsets: &[(u32, u64)]) {
+        for &(split, position) in offsets {
+            let split = u64::from(split);
+            if split >= self.first && ((split - self.first) as usize) < self.next.len() {
+                self.next[(split - self.first) as usize] = position;
+            }
+        }
+        self.candidate = self.next.iter().copied().min().unwrap_or(u64::MAX);
+    }
 }
 
 /// A source over an iterator that a factory can re-create; seeking re-creates
@@ -179,8 +288,7 @@ impl<T: Clone + 'static> Source<T> for VecSource<T> {
 pub struct SequenceSource<F> {
     generate: F,
     events: u64,
-    next: u64,
-    stride: u64,
+    cursor: Option<SplitCursor>,
     rate_per_s: Option<f64>,
     start_ms: u64,
     clock: Arc<dyn crate::time::Clock>,
@@ -192,8 +300,7 @@ impl<T, F: FnMut(u64) -> T + 'static> SequenceSource<F> {
         Self {
             generate,
             events,
-            next: 0,
-            stride: 1,
+            cursor: None,
             rate_per_s: None,
             start_ms: 0,
             clock: Arc::new(crate::time::SystemClock),
@@ -221,38 +328,58 @@ impl<T, F: FnMut(u64) -> T + 'static> SequenceSource<F> {
     }
 }
 
+/// A split source: event `i` belongs to split `i mod split_count`.
 impl<T, F: FnMut(u64) -> T + 'static> Source<T> for SequenceSource<F> {
     fn open(&mut self, context: &SourceContext) -> Result<(), SourceError> {
-        self.stride = context.parallelism as u64;
-        self.next = self.next * self.stride + context.subtask as u64;
+        self.cursor = Some(SplitCursor::new(context));
         Ok(())
     }
 
     fn poll(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourcePoll, SourceError> {
         let now = self.rate_per_s.map(|_| self.clock.now_ms());
+        let Some(cursor) = self.cursor.as_mut() else {
+            return Err(SourceError::Other("polled before open".into()));
+        };
         for _ in 0..max {
-            if self.next >= self.events {
+            let next = cursor.peek();
+            if next >= self.events {
                 return Ok(SourcePoll::Finished);
             }
-            if let (Some(now), Some(due)) = (now, self.scheduled_ms(self.next)) {
+            if let (Some(now), Some(rate)) = (now, self.rate_per_s) {
+                let due = self.start_ms + (next as f64 * 1000.0 / rate) as u64;
                 if due > now {
                     return Ok(SourcePoll::PendingUntil(due));
                 }
             }
-            out.push((self.generate)(self.next));
-            self.next += self.stride;
+            out.push((self.generate)(next));
+            cursor.advance();
         }
         Ok(SourcePoll::Ready)
     }
 
     fn offset(&self) -> u64 {
-        self.next / self.stride.max(1)
+        self.cursor.as_ref().map_or(0, |c| c.candidate)
     }
 
     fn seek(&mut self, offset: u64) -> Result<(), SourceError> {
-        let subtask = self.next % self.stride.max(1);
-        self.next = offset * self.stride.max(1) + subtask;
-        Ok(())
+        let _ = offset;
+        Err(SourceError::Other(
+            "a sequence source restores per split".into(),
+        ))
+    }
+
+    fn split_offsets(&self) -> Option<Vec<(u32, u64)>> {
+        self.cursor.as_ref().map(SplitCursor::offsets)
+    }
+
+    fn seek_splits(&mut self, offsets: &[(u32, u64)]) -> Result<(), SourceError> {
+        match self.cursor.as_mut() {
+            Some(cursor) => {
+                cursor.seek(offsets);
+                Ok(())
+            }
+            None => Err(SourceError::Other("seek before open".into())),
+        }
     }
 }
 
@@ -524,5 +651,76 @@ impl<T: Send + 'static> Source<T> for IngressSource<T> {
     fn seek(&mut self, offset: u64) -> Result<(), SourceError> {
         self.offset = offset;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keygroup::key_group_range;
+    use crate::park::Parker;
+
+    fn context(split_count: u32, parallelism: usize, subtask: usize) -> SourceContext {
+        let range = key_group_range(split_count, parallelism as u32, subtask as u32);
+        SourceContext {
+            subtask,
+            parallelism,
+            notifier: Arc::new(Parker::default()).notifier(),
+            split_count,
+            splits: u32::from(range.start)..u32::from(range.end),
+        }
+    }
+
+    /// Runs `p` cursors for seeded random lengths, restores their split
+    /// positions on `q` cursors and runs those to `n`: every index below `n`
+    /// comes out exactly once, and each cursor's indices increase.
+    #[test]
+    fn split_positions_survive_any_rescale() {
+        let n = 2_000u64;
+        let mut rng = crate::sim::SplitMix64::new(7);
+        for split_count in [1u32, 7, 64] {
+            for p in 1..=4usize.min(split_count as usize) {
+                for q in 1..=4usize.min(split_count as usize) {
+                    let mut seen = vec![0u32; n as usize];
+                    let mut offsets = Vec::new();
+                    for s in 0..p {
+                        let mut c = SplitCursor::new(&context(split_count, p, s));
+                        for _ in 0..rng.below(n / p as u64 + 1) {
+                            let i = c.peek();
+                            if i >= n {
+                                break;
+                            }
+                            seen[i as usize] += 1;
+                            c.advance();
+                        }
+                        offsets.extend(c.offsets());
+                    }
+                    for s in 0..q {
+                        let ctx = context(split_count, q, s);
+                        let mut c = SplitCursor::new(&ctx);
+                        let owned: Vec<_> = offsets
+                            .iter()
+                            .copied()
+                            .filter(|(k, _)| ctx.splits.contains(k))
+                            .collect();
+                        c.seek(&owned);
+                        let mut last = None;
+                        loop {
+                            let i = c.peek();
+                            if i >= n {
+                                break;
+                            }
+                            assert!(last.is_none_or(|l| i > l), "increasing");
+                            last = Some(i);
+                            seen[i as usize] += 1;
+                            c.advance();
+                        }
+                    }
+                    for (i, &count) in seen.iter().enumerate() {
+                        assert_eq!(count, 1, "index {i}: {split_count} splits, {p} -> {q}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -83,14 +83,25 @@ fn config(dir: &PathBuf, mode: CheckpointMode, incremental: bool) -> JobConfig {
 }
 
 fn fail_and_resume(mode: CheckpointMode, incremental: bool) {
-    let dir = temp_dir(&format!("ckpt-{}-{incremental}", mode.name()));
+    fail_and_resume_on(mode, incremental, 2, 2);
+}
+
+/// Fails a job on `from` subtasks after two checkpoints, then resumes it on
+/// `to` subtasks (rescaling: key groups, in-flight records and source splits
+/// move to their new owners).
+fn fail_and_resume_on(mode: CheckpointMode, incremental: bool, from: usize, to: usize) {
+    let dir = temp_dir(&format!("ckpt-{}-{incremental}-{from}-{to}", mode.name()));
     let all: Vec<Event> = (0..EVENTS).map(event).collect();
     let totals: Totals = Default::default();
     let windows: Windows = Default::default();
     let fail = Arc::new(AtomicBool::new(false));
 
     let (t, w, f) = (totals.clone(), windows.clone(), fail.clone());
-    let handle = Job::new(config(&dir, mode, incremental))
+    let first_config = JobConfig {
+        parallelism: from,
+        ..config(&dir, mode, incremental)
+    };
+    let handle = Job::new(first_config)
         .start(move |df| job(df, &t, &w, &f, 20_000.0))
         .unwrap();
     // Fail the job once two checkpoints are durable (or if it ends first).
@@ -105,7 +116,11 @@ fn fail_and_resume(mode: CheckpointMode, incremental: bool) {
 
     fail.store(false, Ordering::SeqCst);
     let (t, w, f) = (totals.clone(), windows.clone(), fail.clone());
-    let second = Job::new(config(&dir, mode, incremental))
+    let second_config = JobConfig {
+        parallelism: to,
+        ..config(&dir, mode, incremental)
+    };
+    let second = Job::new(second_config)
         .run(move |df| job(df, &t, &w, &f, 1_000_000.0))
         .unwrap();
     if failed_by_us {
@@ -164,6 +179,36 @@ fn incremental_aligned_job_resumes_after_a_task_failure() {
 #[test]
 fn incremental_unaligned_job_resumes_after_a_task_failure() {
     fail_and_resume(CheckpointMode::Unaligned, true);
+}
+
+#[test]
+fn aligned_checkpoint_rescales_from_2_to_1() {
+    fail_and_resume_on(CheckpointMode::Aligned, false, 2, 1);
+}
+
+#[test]
+fn aligned_checkpoint_rescales_from_1_to_2() {
+    fail_and_resume_on(CheckpointMode::Aligned, false, 1, 2);
+}
+
+#[test]
+fn aligned_checkpoint_rescales_from_3_to_2() {
+    fail_and_resume_on(CheckpointMode::Aligned, true, 3, 2);
+}
+
+#[test]
+fn unaligned_checkpoint_rescales_from_2_to_1() {
+    fail_and_resume_on(CheckpointMode::Unaligned, false, 2, 1);
+}
+
+#[test]
+fn unaligned_checkpoint_rescales_from_1_to_2() {
+    fail_and_resume_on(CheckpointMode::Unaligned, false, 1, 2);
+}
+
+#[test]
+fn unaligned_checkpoint_rescales_from_3_to_2() {
+    fail_and_resume_on(CheckpointMode::Unaligned, true, 3, 2);
 }
 
 #[test]

@@ -9,7 +9,10 @@
 //! with the same event times (`--base-time-ms`): nothing lost, nothing twice,
 //! nothing left pending.
 //!
-//! `SPATE_CRASH_KILLS=N` sets the kills per scenario (default 5, 25 in all);
+//! One scenario alternates the core count between runs (2, 1, 3): every
+//! restart there rescales the job.
+//!
+//! `SPATE_CRASH_KILLS=N` sets the kills per scenario (default 4, 24 in all);
 //! `SPATE_CRASH_SEED=S` the seed (default: from the clock; printed either way).
 
 use spate::sim::SplitMix64;
@@ -22,6 +25,9 @@ struct Scenario {
     query: &'static str,
     mode: &'static str,
     incremental: bool,
+    /// Cores of successive runs (cycled): more than one value rescales the
+    /// job at restarts.
+    cores: &'static [u32],
 }
 
 /// Open-loop rate of every scenario, events/s.
@@ -32,34 +38,46 @@ const KILL_WITHIN_MS: u64 = 350;
 
 const SCENARIOS: &[Scenario] = &[
     Scenario {
+        name: "q3-aligned-rescaled-2-1-3",
+        query: "q3",
+        mode: "aligned",
+        incremental: false,
+        cores: &[2, 1, 3],
+    },
+    Scenario {
         name: "q1-aligned",
         query: "q1",
         mode: "aligned",
         incremental: false,
+        cores: &[2],
     },
     Scenario {
         name: "q3-unaligned",
         query: "q3",
         mode: "unaligned",
         incremental: false,
+        cores: &[2],
     },
     Scenario {
         name: "q5-aligned-timeout-incremental",
         query: "q5",
         mode: "aligned-timeout",
         incremental: true,
+        cores: &[2],
     },
     Scenario {
         name: "q7-aligned-incremental",
         query: "q7",
         mode: "aligned",
         incremental: true,
+        cores: &[2],
     },
     Scenario {
         name: "q8-unaligned-incremental",
         query: "q8",
         mode: "unaligned",
         incremental: true,
+        cores: &[2],
     },
 ];
 
@@ -72,6 +90,7 @@ fn scratch(name: &str) -> PathBuf {
 
 fn job(
     s: &Scenario,
+    cores: u32,
     events: u64,
     base_time_ms: u64,
     dir: &Path,
@@ -79,7 +98,8 @@ fn job(
     output: &str,
 ) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_crash-job"));
-    cmd.args(["nexmark", "--query", s.query, "--cores", "2"])
+    cmd.args(["nexmark", "--query", s.query])
+        .args(["--cores", &cores.to_string()])
         .args(["--events", &events.to_string()])
         .args(["--rate", &RATE.to_string()])
         .args(["--base-time-ms", &base_time_ms.to_string()])
@@ -147,7 +167,8 @@ fn crash_and_compare(s: &Scenario, kills: u32, rng: &mut SplitMix64) -> u32 {
     let mut runs = 0;
     loop {
         runs += 1;
-        let mut child = job(s, events, base_time_ms, &dir, "state", "out")
+        let cores = s.cores[(runs as usize - 1) % s.cores.len()];
+        let mut child = job(s, cores, events, base_time_ms, &dir, "state", "out")
             .spawn()
             .expect("spawning crash-job");
         if killed < kills {
@@ -199,6 +220,7 @@ fn crash_and_compare(s: &Scenario, kills: u32, rng: &mut SplitMix64) -> u32 {
     run_to_end(
         job(
             s,
+            2,
             events,
             base_time_ms,
             &dir,
@@ -233,7 +255,7 @@ fn killed_jobs_commit_exactly_the_uninterrupted_output() {
     let kills: u32 = std::env::var("SPATE_CRASH_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(4);
     let seed: u64 = std::env::var("SPATE_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -68,15 +68,18 @@ pub struct InFlightBlock {
     pub bytes: u64,
 }
 
-/// A source subtask's position.
+/// A source subtask's position, or one split's.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct SourceOffset {
     /// Source name.
     pub source: String,
-    /// Subtask index.
+    /// Subtask index, or split index if `split`.
     pub subtask: u32,
     /// Offset after the last record emitted before the barrier.
     pub offset: u64,
+    /// `subtask` names a split of a split source (restorable on any
+    /// parallelism), not a subtask.
+    pub split: bool,
 }
 
 /// One subtask's figures for one checkpoint.

@@ -4,7 +4,16 @@
 //! segments and is `Send + Sync`); every subtask's operators, sources and
 //! receivers take their share from it while the graph is built.
 
-use super::metadata::{CheckpointMetadata, InFlightBlock};
+use super::metadata::{CheckpointMetadata, InFlightBlock, SourceOffset};
+
+/// Where a restored source starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SourceRestore {
+    /// The subtask's single offset.
+    Offset(u64),
+    /// Every split's position (the source takes those it owns).
+    Splits(Vec<(u32, u64)>),
+}
 use super::subtask::ChainLink;
 use super::{CheckpointConfig, RestoreFrom};
 use crate::JobError;
@@ -159,13 +168,39 @@ impl RestoreState {
         Ok(Some((blocks, links, self.metadata.state[i].entries)))
     }
 
-    /// The offset of a source subtask.
-    pub(crate) fn source_offset(&self, source: &str, subtask: usize) -> Option<u64> {
-        self.metadata
+    /// Where a source restarts on subtask `subtask` of `parallelism`:
+    /// per-split positions for a split source (any parallelism), else the
+    /// subtask's offset (same parallelism only).
+    pub(crate) fn source_restore(
+        &self,
+        source: &str,
+        subtask: usize,
+        parallelism: usize,
+    ) -> Result<Option<SourceRestore>, JobError> {
+        let entries: Vec<&SourceOffset> = self
+            .metadata
             .sources
             .iter()
-            .find(|s| s.source == source && s.subtask as usize == subtask)
-            .map(|s| s.offset)
+            .filter(|s| s.source == source)
+            .collect();
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        if entries.iter().all(|s| s.split) {
+            return Ok(Some(SourceRestore::Splits(
+                entries.iter().map(|s| (s.subtask, s.offset)).collect(),
+            )));
+        }
+        if self.metadata.parallelism as usize != parallelism {
+            return Err(JobError::Restore(format!(
+                "checkpoint {} was taken with {} subtasks and source `{source}` has one offset per subtask (it has no splits): it cannot restore on {parallelism}",
+                self.metadata.id, self.metadata.parallelism
+            )));
+        }
+        Ok(entries
+            .iter()
+            .find(|s| s.subtask as usize == subtask)
+            .map(|s| SourceRestore::Offset(s.offset)))
     }
 
     /// Every in-flight block of one operator input, with its bytes.

@@ -2,6 +2,7 @@
 
 use super::{Cx, Data, Dataflow, Input, InputState, Output, OutputBuffer, Push, Record};
 use crate::checkpoint::metadata::SourceOffset;
+use crate::checkpoint::restore::SourceRestore;
 use crate::checkpoint::subtask::SubtaskCheckpoints;
 use crate::checkpoint::Barrier;
 use crate::error::{JobError, SinkError};
@@ -301,7 +302,7 @@ pub(crate) struct SourceInput<T, S> {
     stop: Arc<std::sync::atomic::AtomicBool>,
     checkpoints: Rc<RefCell<SubtaskCheckpoints>>,
     input: usize,
-    restore_offset: Option<u64>,
+    restore: Option<SourceRestore>,
     finished: bool,
 }
 
@@ -314,15 +315,31 @@ impl<T: Data, S: Source<T>> SourceInput<T, S> {
         df: &Dataflow,
     ) -> Self {
         let input = df.next_input_index();
-        let restore_offset = df
-            .restore_state()
-            .and_then(|r| r.source_offset(name, df.subtask()));
+        let restore = match df.restore_state() {
+            Some(r) => match r.source_restore(name, df.subtask(), df.parallelism()) {
+                Ok(restore) => restore,
+                Err(e) => {
+                    df.fail_build(e);
+                    None
+                }
+            },
+            None => None,
+        };
         let checkpoints = df.checkpoints();
         let g = df.0.borrow();
+        // Splits are assigned like key groups: contiguous ranges of the max
+        // parallelism, so a restore on another parallelism moves whole splits.
+        let splits = crate::keygroup::key_group_range(
+            g.max_parallelism,
+            g.parallelism as u32,
+            g.subtask as u32,
+        );
         let context = SourceContext {
             subtask: g.subtask,
             parallelism: g.parallelism,
             notifier: g.env.parkers[g.subtask].notifier(),
+            split_count: g.max_parallelism,
+            splits: u32::from(splits.start)..u32::from(splits.end),
         };
         Self {
             name: name.to_string(),
@@ -341,7 +358,7 @@ impl<T: Data, S: Source<T>> SourceInput<T, S> {
             stop: g.env.stop.clone(),
             checkpoints,
             input,
-            restore_offset,
+            restore,
             finished: false,
         }
     }
@@ -354,6 +371,27 @@ impl<T: Data, S: Source<T>> SourceInput<T, S> {
         }
     }
 
+    /// Opens the source and restores its position, once.
+    fn ensure_open(&mut self) -> Result<(), JobError> {
+        if self.opened {
+            return Ok(());
+        }
+        self.opened = true;
+        self.source.open(&self.context).map_err(|e| self.error(e))?;
+        let restored = match self.restore.take() {
+            None => Ok(()),
+            Some(SourceRestore::Offset(offset)) => self.source.seek(offset),
+            Some(SourceRestore::Splits(splits)) => {
+                let owned: Vec<(u32, u64)> = splits
+                    .into_iter()
+                    .filter(|(split, _)| self.context.splits.contains(split))
+                    .collect();
+                self.source.seek_splits(&owned)
+            }
+        };
+        restored.map_err(|e| self.error(e))
+    }
+
     fn finish(&mut self, cx: &mut Cx) -> Result<InputState, JobError> {
         self.finished = true;
         self.output.watermark(MAX_WATERMARK, cx)?;
@@ -364,13 +402,7 @@ impl<T: Data, S: Source<T>> SourceInput<T, S> {
 
 impl<T: Data, S: Source<T>> Input for SourceInput<T, S> {
     fn step(&mut self, cx: &mut Cx) -> Result<InputState, JobError> {
-        if !self.opened {
-            self.opened = true;
-            self.source.open(&self.context).map_err(|e| self.error(e))?;
-            if let Some(offset) = self.restore_offset {
-                self.source.seek(offset).map_err(|e| self.error(e))?;
-            }
-        }
+        self.ensure_open()?;
         if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
             return self.finish(cx);
         }
@@ -451,19 +483,29 @@ impl<T: Data, S: Source<T>> Input for SourceInput<T, S> {
         // Everything polled so far was pushed downstream within its step, so
         // the offset is exactly the cut: records before it are in the
         // snapshot, records after it are replayed on restore.
-        let offset = if self.opened {
-            self.source.offset()
-        } else {
-            self.restore_offset.unwrap_or(0)
-        };
-        self.checkpoints.borrow_mut().add_source_offset(
-            barrier.id,
-            SourceOffset {
+        self.ensure_open()?;
+        let offsets: Vec<SourceOffset> = match self.source.split_offsets() {
+            Some(splits) => splits
+                .into_iter()
+                .map(|(split, offset)| SourceOffset {
+                    source: self.name.clone(),
+                    subtask: split,
+                    offset,
+                    split: true,
+                })
+                .collect(),
+            None => vec![SourceOffset {
                 source: self.name.clone(),
                 subtask: self.context.subtask as u32,
-                offset,
-            },
-        );
+                offset: self.source.offset(),
+                split: false,
+            }],
+        };
+        for offset in offsets {
+            self.checkpoints
+                .borrow_mut()
+                .add_source_offset(barrier.id, offset);
+        }
         // A finished source still records its final offset (so a restore
         // does not replay it), but its chain has ended: no barrier follows.
         if !self.finished {
