@@ -394,24 +394,94 @@ fn committed_lines(dir: &std::path::Path) -> Vec<String> {
 /// Windows through a file sink, a task failure after two checkpoints, a
 /// restart by the strategy: the committed files hold every window result
 /// exactly once (or at least once in that mode), and nothing stays pending.
+/// Where a failure is injected, once, after two checkpoints completed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// A keyed operator returns an error.
+    Task,
+    /// The sink fails inside a checkpoint (its pre-commit at the barrier).
+    PreCommit,
+    /// The sink fails committing a completed checkpoint.
+    Commit,
+    /// A task failure, then the restarted run fails while restoring (its
+    /// build panics), then the next restart succeeds.
+    Restore,
+}
+
+/// One-shot failure switches, armed by the test.
+#[derive(Default)]
+struct Faults {
+    task: AtomicBool,
+    pre_commit: AtomicBool,
+    commit: AtomicBool,
+    restore: AtomicBool,
+}
+
+/// A sink that fails once where armed, and otherwise is `inner`.
+struct Flaky<S> {
+    inner: S,
+    faults: Arc<Faults>,
+}
+
+impl<T, S: spate::sink::Sink<T>> spate::sink::Sink<T> for Flaky<S> {
+    fn open(&mut self, context: &spate::sink::SinkContext) -> Result<(), spate::SinkError> {
+        self.inner.open(context)
+    }
+    fn write(&mut self, batch: &mut Vec<spate::Record<T>>) -> Result<(), spate::SinkError> {
+        self.inner.write(batch)
+    }
+    fn finish(&mut self) -> Result<(), spate::SinkError> {
+        self.inner.finish()
+    }
+    fn is_transactional(&self) -> bool {
+        self.inner.is_transactional()
+    }
+    fn pre_commit(&mut self, id: u64) -> Result<(), spate::SinkError> {
+        if self.faults.pre_commit.swap(false, Ordering::SeqCst) {
+            return Err(spate::SinkError::Other(
+                "injected pre-commit failure".into(),
+            ));
+        }
+        self.inner.pre_commit(id)
+    }
+    fn commit(&mut self, id: u64) -> Result<(), spate::SinkError> {
+        if self.faults.commit.swap(false, Ordering::SeqCst) {
+            return Err(spate::SinkError::Other("injected commit failure".into()));
+        }
+        self.inner.commit(id)
+    }
+}
+
 fn file_sink_across_a_restart(mode: CheckpointMode, sink_mode: spate::sink::FileSinkMode) {
+    file_sink_with_a_fault(mode, sink_mode, Fault::Task);
+}
+
+fn file_sink_with_a_fault(
+    mode: CheckpointMode,
+    sink_mode: spate::sink::FileSinkMode,
+    fault: Fault,
+) {
     use spate::sink::{FileSink, FileSinkMode};
-    let name = format!("file-sink-{}-{sink_mode:?}", mode.name());
+    let name = format!("file-sink-{}-{sink_mode:?}-{fault:?}", mode.name());
     let dir = temp_dir(&name);
     let out = temp_dir(&format!("{name}-out"));
     let all: Vec<Event> = (0..EVENTS).map(event).collect();
-    let fail = Arc::new(AtomicBool::new(false));
+    let faults = Arc::new(Faults::default());
     let mut config = config(&dir, mode, false);
     config.restart = RestartStrategy::FixedDelay {
-        attempts: 1,
+        attempts: 2,
         delay: std::time::Duration::ZERO,
     };
-    let (f, o) = (fail.clone(), out.clone());
+    let (f, o) = (faults.clone(), out.clone());
     let handle = Job::new(config)
         .start(move |df| {
+            if f.restore.swap(false, Ordering::SeqCst) {
+                panic!("injected failure while restoring");
+            }
             let clock = df.clock();
             let start = clock.now_ms();
             let fail = f.clone();
+            let sink_faults = f.clone();
             let checked = df
                 .source(
                     "events",
@@ -421,28 +491,53 @@ fn file_sink_across_a_restart(mode: CheckpointMode, sink_mode: spate::sink::File
                 .key_by(|e: &Event| e.key)
                 .process("tripwire", move |_| {
                     move |e: Event, ctx: &mut KeyedContext<u64, Event>| {
-                        if fail.swap(false, Ordering::SeqCst) {
+                        if fail.task.swap(false, Ordering::SeqCst) {
                             return Err("injected task failure".into());
                         }
                         ctx.emit(e);
                         Ok(())
                     }
                 });
-            windowed(&checked, WindowAssigner::tumbling(100))
-                .sink("files", FileSink::new(&o, sink_mode, window_line));
+            windowed(&checked, WindowAssigner::tumbling(100)).sink(
+                "files",
+                Flaky {
+                    inner: FileSink::new(&o, sink_mode, window_line),
+                    faults: sink_faults,
+                },
+            );
         })
         .unwrap();
     while handle.completed_checkpoints() < 2 && handle.is_running() {
         std::thread::yield_now();
     }
-    fail.store(true, Ordering::SeqCst);
+    let armed = match fault {
+        Fault::Task => &faults.task,
+        Fault::PreCommit => &faults.pre_commit,
+        Fault::Commit => &faults.commit,
+        Fault::Restore => {
+            faults.restore.store(true, Ordering::SeqCst);
+            &faults.task
+        }
+    };
+    armed.store(true, Ordering::SeqCst);
     let report = handle.join().expect("restarted and finished");
-    // The tripwire fired (and was restarted from) unless the input ended first.
-    assert_eq!(
-        report.restarts.restarts,
-        u32::from(!fail.load(Ordering::SeqCst)),
-        "{name}"
-    );
+    // The fault fired (and was restarted from) unless the input ended first.
+    let fired = !armed.load(Ordering::SeqCst);
+    let expected_restarts = match fault {
+        Fault::Restore if fired => 2,
+        _ => u32::from(fired),
+    };
+    assert_eq!(report.restarts.restarts, expected_restarts, "{name}");
+    if fired {
+        let cause = report.restarts.last_failure.clone().unwrap_or_default();
+        let expected_cause = match fault {
+            Fault::Task => "injected task failure",
+            Fault::PreCommit => "injected pre-commit failure",
+            Fault::Commit => "injected commit failure",
+            Fault::Restore => "injected failure while restoring",
+        };
+        assert!(cause.contains(expected_cause), "{name}: {cause}");
+    }
     let mut expected: Vec<String> = reference_windows(&all, 100, 100)
         .iter()
         .map(|w| {
@@ -492,5 +587,32 @@ fn at_least_once_file_sink_loses_nothing() {
     file_sink_across_a_restart(
         CheckpointMode::Aligned,
         spate::sink::FileSinkMode::AtLeastOnce,
+    );
+}
+
+#[test]
+fn a_sink_failure_inside_a_checkpoint_restarts_and_commits_exactly_once() {
+    file_sink_with_a_fault(
+        CheckpointMode::Aligned,
+        spate::sink::FileSinkMode::ExactlyOnce,
+        Fault::PreCommit,
+    );
+}
+
+#[test]
+fn a_failure_while_committing_the_sink_restarts_and_commits_exactly_once() {
+    file_sink_with_a_fault(
+        CheckpointMode::Unaligned,
+        spate::sink::FileSinkMode::ExactlyOnce,
+        Fault::Commit,
+    );
+}
+
+#[test]
+fn a_failure_during_restore_is_restarted_again() {
+    file_sink_with_a_fault(
+        CheckpointMode::Aligned,
+        spate::sink::FileSinkMode::ExactlyOnce,
+        Fault::Restore,
     );
 }
