@@ -217,6 +217,9 @@ pub struct UpdateSource {
     emitted: u64,
     /// This subtask's fill records (known after `open`).
     fill: u64,
+    /// Start with the updates (no fill phase): a fresh start compared with
+    /// a restored one in the recovery benchmark.
+    skip_fill: bool,
 }
 
 impl UpdateSource {
@@ -240,7 +243,14 @@ impl UpdateSource {
             stride: 1,
             emitted: 0,
             fill: keys,
+            skip_fill: false,
         }
+    }
+
+    /// Starts with the updates, without the fill phase.
+    pub fn skipping_fill(mut self) -> Self {
+        self.skip_fill = true;
+        self
     }
 
     fn due_us(&self, start_us: u64, index: u64) -> u64 {
@@ -256,6 +266,9 @@ impl Source<Update> for UpdateSource {
         self.subtask = context.subtask as u64;
         self.stride = context.parallelism.max(1) as u64;
         self.fill = self.keys.saturating_sub(self.subtask).div_ceil(self.stride);
+        if self.skip_fill {
+            self.emitted = self.emitted.max(self.fill);
+        }
         Ok(())
     }
 
@@ -345,14 +358,26 @@ impl Sink<u64> for LatencySink {
 }
 
 /// Declares the job on one subtask.
-fn build(
+pub(crate) fn build(
     df: &Dataflow,
     config: &BenchConfig,
     phase: &Arc<Phase>,
     processed: &Arc<Vec<Padded>>,
     latency: &Arc<Mutex<Histogram<u64>>>,
 ) {
-    let source = UpdateSource::new(
+    build_with(df, config, phase, processed, latency, false)
+}
+
+/// [`build`], optionally without the fill phase.
+pub(crate) fn build_with(
+    df: &Dataflow,
+    config: &BenchConfig,
+    phase: &Arc<Phase>,
+    processed: &Arc<Vec<Padded>>,
+    latency: &Arc<Mutex<Histogram<u64>>>,
+    skip_fill: bool,
+) {
+    let mut source = UpdateSource::new(
         config.keys(),
         config.updates(),
         config.seed,
@@ -360,6 +385,9 @@ fn build(
         phase.clone(),
         df.clock(),
     );
+    if skip_fill {
+        source = source.skipping_fill();
+    }
     let counters = processed.clone();
     let subtask = df.subtask();
     df.source("updates", source, WatermarkStrategy::none())
@@ -633,7 +661,7 @@ impl Trigger {
     }
 }
 
-fn processed(counters: &[Padded]) -> u64 {
+pub(crate) fn processed(counters: &[Padded]) -> u64 {
     counters.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
 }
 

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use crate::checkpoint_bench::{self, BenchConfig};
 use crate::checkpoints::{parse_mode, CheckpointSettings, MODE_NAMES};
 use crate::queries::Query;
+use crate::recovery_bench::{self, RecoveryConfig};
 use crate::report::{compare, write_report, Summary};
 use crate::resume::{self, RunIdentity};
 use crate::run::{run, RunConfig, OPEN_LOOP_LEAD_MS};
@@ -62,6 +63,15 @@ enum Command {
     /// throughput, checkpoint durations, synchronous pauses and bytes per
     /// checkpoint (checkpoints-summary.json in --report, a table on stdout).
     Checkpoints(CheckpointsArgs),
+    /// The recovery benchmark: fills --state-mib of keyed state, takes a
+    /// checkpoint, then starts the job in new processes, resumed from the
+    /// checkpoint and fresh, reporting the time from process start to the
+    /// first processed record and to full throughput
+    /// (recovery-summary.json in --report, a table on stdout).
+    Recovery(RecoveryArgs),
+    /// One measured run of the recovery benchmark (started by `recovery`).
+    #[command(hide = true)]
+    RecoveryChild(RecoveryChildArgs),
     /// Writes generated Nexmark events as JSON lines (one event per line).
     Gen {
         /// Number of events.
@@ -182,6 +192,49 @@ impl CheckpointFlags {
 }
 
 #[derive(clap::Args, Debug)]
+struct RecoveryArgs {
+    /// Keyed state, MiB (8-byte key + 120-byte value per key).
+    #[arg(long, default_value_t = 1024)]
+    state_mib: u64,
+    /// Length of each measured run, seconds.
+    #[arg(long, default_value_t = 4.0)]
+    seconds: f64,
+    /// Measured runs per variant (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Cores to run on (default: all available).
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Where the checkpoint goes (replaced).
+    #[arg(long, default_value = "spate-state/recovery")]
+    state_dir: PathBuf,
+    /// Key groups (the engine's max parallelism).
+    #[arg(long, default_value_t = 4096)]
+    max_parallelism: u32,
+    /// Report directory.
+    #[arg(long, default_value = "spate-report")]
+    report: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct RecoveryChildArgs {
+    #[arg(long)]
+    variant: String,
+    #[arg(long)]
+    spawned_us: u64,
+    #[arg(long)]
+    cores: usize,
+    #[arg(long)]
+    state_mib: u64,
+    #[arg(long)]
+    seconds: f64,
+    #[arg(long)]
+    max_parallelism: u32,
+    #[arg(long)]
+    state_dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
 struct CheckpointsArgs {
     /// Keyed state to build, MiB (archived entries: 8-byte key + 120-byte value)
     /// [default: 1024].
@@ -222,6 +275,39 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Nexmark(args) => nexmark(args),
         Command::Checkpoints(args) => checkpoints(args),
+        Command::Recovery(args) => {
+            let config = RecoveryConfig {
+                cores: args
+                    .cores
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                state_mib: args.state_mib,
+                seconds: args.seconds,
+                runs: args.runs,
+                state_dir: args.state_dir,
+                max_parallelism: args.max_parallelism,
+            };
+            let exe = std::env::current_exe().context("locating this program")?;
+            let summary = recovery_bench::run(&config, &exe)?;
+            print!("{}", summary.human());
+            std::fs::create_dir_all(&args.report)
+                .with_context(|| format!("creating {}", args.report.display()))?;
+            let path = args.report.join(recovery_bench::SUMMARY_FILE);
+            std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("  report      {}", path.display());
+            Ok(())
+        }
+        Command::RecoveryChild(args) => {
+            let config = RecoveryConfig {
+                cores: args.cores,
+                state_mib: args.state_mib,
+                seconds: args.seconds,
+                runs: 1,
+                state_dir: args.state_dir,
+                max_parallelism: args.max_parallelism,
+            };
+            recovery_bench::child(&config, &args.variant, args.spawned_us)
+        }
         Command::Gen { events, seed, out } => {
             match out {
                 Some(path) => {

@@ -10,13 +10,15 @@
 //! configures the engine's checkpoints and summarises their statistics,
 //! [`resume`] decides whether a run resumes an unfinished one, and
 //! [`checkpoint_bench`] is the checkpoint benchmark (`spate-bench checkpoints`);
-//! [`cli`] is the command line.
+//! [`recovery_bench`] measures how fast a job with large state is back after a
+//! restart (`spate-bench recovery`); [`cli`] is the command line.
 
 pub mod checkpoint_bench;
 pub mod checkpoints;
 pub mod cli;
 pub mod nexmark;
 pub mod queries;
+pub mod recovery_bench;
 pub mod report;
 pub mod resume;
 pub mod run;
