@@ -68,7 +68,7 @@ enum Command {
     /// `bytes`, `tables` with `table`, `type_name`, `key_groups`, `entries`,
     /// `bytes`, `base_bytes`, `delta_bytes`, `max_chain_len`), `in_flight`
     /// (`operator`, `input`, `from`, `to`, `records`, `bytes`), `sources`
-    /// (`source`, `subtask`, `offset`), and with `--key-groups` `key_groups`
+    /// (`source`, `subtask`, `offset`, `split`: `subtask` names a split), and with `--key-groups` `key_groups`
     /// (`operator`, `table`, `key_group`, `entries`, `bytes`, `base_bytes`,
     /// `chain_len`).
     Show {
@@ -580,7 +580,7 @@ fn show(dir: &Path, id: u64, key_groups: bool, as_json: bool) -> Result<()> {
     let sources: Vec<Value> = m
         .sources
         .iter()
-        .map(|s| json!({"source": s.source, "subtask": s.subtask, "offset": s.offset}))
+        .map(|s| json!({"source": s.source, "subtask": s.subtask, "offset": s.offset, "split": s.split}))
         .collect();
     let mut state: Vec<&StateBlock> = m.state.iter().collect();
     state.sort_by(|a, b| {
@@ -721,11 +721,17 @@ fn show(dir: &Path, id: u64, key_groups: bool, as_json: bool) -> Result<()> {
     if m.sources.is_empty() {
         println!("(none)");
     } else {
-        let mut t = vec![["SOURCE", "SUBTASK", "OFFSET"].map(String::from).to_vec()];
+        let mut t = vec![["SOURCE", "SUBTASK/SPLIT", "OFFSET"]
+            .map(String::from)
+            .to_vec()];
         for s in &m.sources {
             t.push(vec![
                 s.source.clone(),
-                s.subtask.to_string(),
+                if s.split {
+                    format!("split {}", s.subtask)
+                } else {
+                    s.subtask.to_string()
+                },
                 s.offset.to_string(),
             ]);
         }
