@@ -13,6 +13,7 @@
 //! restart there rescales the job.
 //!
 //! `SPATE_CRASH_KILLS=N` sets the kills per scenario (default 4, 24 in all);
+//! `SPATE_CRASH_ONLY=text` runs the scenarios whose name contains it;
 //! `SPATE_CRASH_SEED=S` the seed (default: from the clock; printed either way).
 
 use spate::sim::SplitMix64;
@@ -84,7 +85,7 @@ const SCENARIOS: &[Scenario] = &[
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
     dir
 }
 
@@ -111,8 +112,7 @@ fn job(
         .arg(dir.join(output))
         .arg("--report")
         .arg(dir.join("report"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stdout(Stdio::null());
     if s.mode == "aligned-timeout" {
         cmd.args(["--alignment-timeout-ms", "2"]);
     }
@@ -143,7 +143,10 @@ fn committed(output: &Path) -> Vec<String> {
 }
 
 fn run_to_end(mut cmd: Command, what: &str) {
-    let out = cmd.output().expect("spawning crash-job");
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
+        .expect("spawning crash-job");
     assert!(
         out.status.success(),
         "{what}: {}\n{}",
@@ -168,7 +171,11 @@ fn crash_and_compare(s: &Scenario, kills: u32, rng: &mut SplitMix64) -> u32 {
     loop {
         runs += 1;
         let cores = s.cores[(runs as usize - 1) % s.cores.len()];
+        // Each run's stderr stays in logs/ (what it restored, warnings).
+        let log_path = dir.join(format!("logs/run-{runs}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut child = job(s, cores, events, base_time_ms, &dir, "state", "out")
+            .stderr(log)
             .spawn()
             .expect("spawning crash-job");
         if killed < kills {
@@ -192,28 +199,23 @@ fn crash_and_compare(s: &Scenario, kills: u32, rng: &mut SplitMix64) -> u32 {
                     continue;
                 }
                 Some(status) => {
-                    let mut stderr = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        use std::io::Read;
-                        let _ = e.read_to_string(&mut stderr);
-                    }
                     assert!(
                         status.success(),
-                        "{}: run {runs}: {status}\n{stderr}",
-                        s.name
+                        "{}: run {runs}: {status}\n{}",
+                        s.name,
+                        std::fs::read_to_string(&log_path).unwrap_or_default()
                     );
                     // Finished before the kill: start the next round afresh.
                     break;
                 }
             }
         }
-        let out = child.wait_with_output().unwrap();
+        let status = child.wait().unwrap();
         assert!(
-            out.status.success(),
-            "{}: final run: {}\n{}",
+            status.success(),
+            "{}: final run: {status}\n{}",
             s.name,
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            std::fs::read_to_string(&log_path).unwrap_or_default()
         );
         break;
     }
@@ -235,10 +237,11 @@ fn crash_and_compare(s: &Scenario, kills: u32, rng: &mut SplitMix64) -> u32 {
     if got != expected {
         let missing = expected.iter().filter(|l| !got.contains(l)).count();
         panic!(
-            "{}: {} rows committed, {} expected ({missing} of them missing) after {killed} kills",
+            "{}: {} rows committed, {} expected ({missing} of them missing) after {killed} kills; runs' logs in {}",
             s.name,
             got.len(),
-            expected.len()
+            expected.len(),
+            dir.join("logs").display()
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -268,12 +271,18 @@ fn killed_jobs_commit_exactly_the_uninterrupted_output() {
     eprintln!("crash harness: seed {seed} (SPATE_CRASH_SEED={seed} reproduces the kill times)");
     let mut rng = SplitMix64::new(seed);
     let mut total = 0;
+    let only = std::env::var("SPATE_CRASH_ONLY").ok();
+    let mut scenarios = 0;
     for scenario in SCENARIOS {
+        if only.as_deref().is_some_and(|o| !scenario.name.contains(o)) {
+            continue;
+        }
+        scenarios += 1;
         total += crash_and_compare(scenario, kills, &mut rng);
     }
     eprintln!("crash harness: {total} kills in all, seed {seed}");
     assert!(
-        total >= kills * SCENARIOS.len() as u32 / 2,
+        total >= kills * scenarios / 2,
         "most kill moments fell inside a run ({total} kills)"
     );
 }
