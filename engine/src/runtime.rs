@@ -873,7 +873,9 @@ async fn reactor(
         match catch_unwind(AssertUnwindSafe(|| worker.step())) {
             Ok(Ok(Step::Done)) => break,
             Ok(Ok(Step::Busy)) => {
-                last_busy = Instant::now();
+                if dump {
+                    last_busy = Instant::now();
+                }
                 idle_steps = 0;
                 if helpers_need_turn(&env, subtask, &idle, &mut last_turn) {
                     // Glommio runs its loop (I/O, timers, foreign wakes)

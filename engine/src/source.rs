@@ -146,12 +146,14 @@ impl SplitCursor {
         }
     }
 
-    /// Marks the index [`peek`](Self::peek) returned as emitted.
+    /// Marks the index [`peek`](Self::peek) returned as emitted (call it
+    /// right after `peek`, which left the cursor on that index).
     pub fn advance(&mut self) {
-        let c = self.peek();
+        let c = self.candidate;
         if c == u64::MAX {
             return;
         }
+        debug_assert_eq!(c, self.peek(), "advance follows peek");
         let k = (c % self.split_count - self.first) as usize;
         self.next[k] = c + self.split_count;
         self.candidate = c + 1;
