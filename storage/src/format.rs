@@ -497,6 +497,21 @@ fn is_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
 }
 
+/// End of the page holding `pos` (or `len`, whichever comes first).
+fn page_end_after(pos: usize, len: usize) -> usize {
+    (align_up(pos as u64 + 1, PAGE_SIZE as u64) as usize).min(len)
+}
+
+/// Whether `pos` (16-byte aligned) starts the zero padding that ends a batch or chunk
+/// rather than a header. Only the bytes up to the end of the page count: padding may
+/// be as short as one 16-byte step, and the next page may start with a header, so
+/// looking at a whole header's width there would read into that header. A real
+/// header never starts with zeros (its magic comes first), so this cannot mistake one.
+fn padding_at(bytes: &[u8], pos: usize) -> bool {
+    let end = (pos + HEADER_LEN).min(page_end_after(pos, bytes.len()));
+    is_zero(&bytes[pos..end])
+}
+
 /// Scans a whole segment file, decoding as much as possible from a damaged one:
 /// after a bad header it resynchronises on the next 16-byte position that holds a
 /// valid header. `segment` is the id the file name claims (checked against headers).
@@ -506,9 +521,9 @@ pub fn scan_segment(bytes: &[u8], segment: SegmentId) -> SegmentScan {
     let mut pos = 0usize;
     while pos + HEADER_LEN <= len {
         let raw = &bytes[pos..pos + HEADER_LEN];
-        if is_zero(raw) {
+        if padding_at(bytes, pos) {
             // Padding: the rest of this page must be zero too.
-            let page_end = (align_up(pos as u64 + 1, PAGE_SIZE as u64) as usize).min(len);
+            let page_end = page_end_after(pos, len);
             if !is_zero(&bytes[pos..page_end]) {
                 scan.problems
                     .push((pos as u64, FormatError::NonZeroPadding));
@@ -847,10 +862,9 @@ pub fn decode_manifest(bytes: &[u8]) -> ManifestScan {
         if pos >= len {
             break;
         }
-        let hdr_end = (pos + HEADER_LEN).min(len);
-        if is_zero(&bytes[pos..hdr_end]) {
+        if padding_at(bytes, pos) {
             // End of a batch: the rest of the page must be zero.
-            let page_end = (align_up(pos as u64 + 1, PAGE_SIZE as u64) as usize).min(len);
+            let page_end = page_end_after(pos, len);
             if !is_zero(&bytes[pos..page_end]) {
                 scan.tail_error = Some((pos as u64, FormatError::NonZeroPadding));
                 break;
@@ -1031,5 +1045,35 @@ mod tests {
             scan.later_valid_records,
             "the discard record after the damage is still decodable"
         );
+    }
+
+    /// A batch (or chunk) may end one 16-byte step before a page boundary, with the
+    /// next one starting on that boundary: the padding is shorter than a header there,
+    /// and must not be read together with the next header (which once made a valid
+    /// manifest look damaged mid-log after every such batch).
+    #[test]
+    fn every_padding_length_is_recognised() {
+        for n in 0..=520u64 {
+            let first = ManifestRecord::SegmentsDeleted {
+                segments: (0..n).map(|i| SegmentId::new(1, i)).collect(),
+            };
+            let second = ManifestRecord::CheckpointDiscarded { id: 7 };
+            let mut log = encode_batch(std::slice::from_ref(&first), 0);
+            log.extend_from_slice(&encode_batch(std::slice::from_ref(&second), 1));
+            let scan = decode_manifest(&log);
+            assert_eq!(scan.tail_error, None, "{n} segments");
+            assert_eq!(scan.records, vec![first, second], "{n} segments");
+        }
+        let seg = SegmentId::new(2, 9);
+        for payload in (0..2 * PAGE_SIZE).step_by(PAYLOAD_ALIGN) {
+            let mut file = block(seg, BlockKind(3), &vec![0xab; payload]);
+            let second_off = align_up(file.len() as u64, PAGE_SIZE as u64);
+            file.resize(second_off as usize, 0);
+            file.extend(block(seg, BlockKind(4), b"next"));
+            let scan = scan_segment(&file, seg);
+            assert!(scan.problems.is_empty(), "{payload}: {:?}", scan.problems);
+            assert_eq!(scan.blocks.len(), 2, "{payload}");
+            assert_eq!(scan.blocks[1].handle.offset, second_off, "{payload}");
+        }
     }
 }
