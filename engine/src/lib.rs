@@ -43,6 +43,7 @@
 //! deterministic simulator), [`inspect`] (checkpointed state read back for
 //! tools); the glommio runtime is [`Job`].
 
+mod archive;
 pub mod checkpoint;
 mod config;
 pub mod dataflow;

@@ -405,11 +405,17 @@ async fn writer_task(
         }
         glommio::timer::sleep(Duration::from_millis(1)).await;
     };
-    while let Some(snapshot) = snapshots.recv().await {
+    while let Some(mut snapshot) = snapshots.recv().await {
         let _busy = BusyGuard::new(&idle);
         let mut handles = Vec::with_capacity(snapshot.blocks.len());
-        for block in &snapshot.blocks {
+        for block in &mut snapshot.blocks {
             handles.push(writer.append(block.kind, &block.bytes));
+            // Copied into the writer's I/O buffers: the archive buffer can
+            // hold the next key group.
+            crate::archive::recycle(std::mem::replace(
+                &mut block.bytes,
+                crate::checkpoint::subtask::Bytes::new(),
+            ));
             // Full buffers go to the device while the next blocks are copied.
             writer.write_behind().await;
         }

@@ -9,6 +9,8 @@
 //! Maps use a fixed hasher (FxHash): iteration order depends only on the
 //! inserted keys, which keeps simulated runs reproducible.
 
+use crate::archive::{take_buffer, Entries, EntryRef};
+use crate::checkpoint::subtask::{Chain, StateKey, StateRef};
 use crate::keygroup::{Key, KeyGroupRange};
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -21,6 +23,12 @@ use std::hash::{BuildHasherDefault, Hash};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// A first guess at the archived size of `n` entries (pooled buffers are
+/// usually large enough already; the buffer grows if not).
+fn archive_estimate<K, V>(n: usize) -> usize {
+    n * std::mem::size_of::<(K, V)>() + 64
+}
 
 /// Hash map with the engine's fixed hasher.
 pub type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<rustc_hash::FxHasher>>;
@@ -60,10 +68,11 @@ pub trait KeyScope<K> {
 
 /// What the checkpoint layer needs from any keyed state table, whatever its
 /// types: a name, sizes, and archiving one key group at a time.
-pub trait StateTable {
+pub(crate) trait StateTable {
     /// The state's name, unique within its operator.
     fn name(&self) -> &str;
     /// Number of keys with state in the key group at `index` of the range.
+    #[cfg(test)]
     fn keys_in_group(&self, index: usize) -> usize;
     /// The Rust type of the table's entries, recorded for inspection tools.
     fn type_name(&self) -> &'static str;
@@ -72,18 +81,12 @@ pub trait StateTable {
     /// Loads an archive made by [`snapshot_group`](Self::snapshot_group)
     /// into the key group at `index`; an error for bytes that do not check.
     fn restore_group(&mut self, index: usize, archive: &[u8]) -> Result<(), String>;
-    /// Keys changed in the key group since the last completed checkpoint
-    /// (0 when changes are not tracked).
-    fn changed_in_group(&self, index: usize) -> usize;
     /// Cuts the key group for checkpoint `id` without copying anything: its
     /// changes count as captured by `id`, and it is archived later (a full
     /// base, or a delta of the captured keys) by
     /// [`serialize_frozen`](Self::serialize_frozen), or at once before the
     /// next write to it, whichever comes first (copy-on-write per key group).
     fn freeze(&mut self, index: usize, id: u64, delta: bool);
-    /// Captures the key group's changes for checkpoint `id` without
-    /// archiving anything (an empty key group).
-    fn discard_changes(&mut self, index: usize, id: u64);
     /// Archives up to `max` frozen key groups; returns how many.
     fn serialize_frozen(&mut self, max: usize) -> usize;
     /// Key groups frozen and not archived yet.
@@ -103,14 +106,67 @@ pub trait StateTable {
     fn load_pending(&mut self, max: usize) -> Result<usize, String>;
     /// Key groups still waiting to be loaded.
     fn pending_loads(&self) -> usize;
-    /// Whether the key group has been loaded (or never had to be).
-    fn is_loaded(&self, index: usize) -> bool;
-    /// Loads the key group now if it waits.
-    fn ensure_loaded(&mut self, index: usize) -> Result<(), String>;
+    /// Starts the cut of `plan.id` in O(1): every key group decides what it
+    /// becomes in the checkpoint (see [`Decided`]) before its next write, or
+    /// in the background ([`decide_pending`](Self::decide_pending)). Until
+    /// then a key group is unchanged, so the decision is the one a walk over
+    /// every key group at the barrier would have made. `table` is the
+    /// table's name in checkpoint keys. A previous cut still undecided (its
+    /// checkpoint was aborted) is dropped.
+    fn begin_cut(&mut self, plan: Rc<CutPlan>, table: Arc<str>);
+    /// Decides up to `max` key groups of the current cut; returns how many.
+    fn decide_pending(&mut self, max: usize) -> usize;
+    /// Key groups of the current cut not decided yet.
+    fn undecided(&self) -> usize;
+    /// Decisions made since the last call (on writes or in the background),
+    /// by key group index; the first error met, if any.
+    fn take_decided(&mut self) -> Result<Vec<(usize, Decided)>, String>;
+    /// Keys of a restored key group (reported while it is still unloaded).
+    fn set_restored_entries(&mut self, index: usize, entries: u64);
     /// Forgets the changes captured by `id` (it completed).
     fn checkpoint_complete(&mut self, id: u64);
     /// Returns the changes captured by `id` to the next checkpoint (it failed).
     fn checkpoint_aborted(&mut self, id: u64);
+}
+
+/// Bounds of incremental checkpoints (see `CheckpointConfig`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IncrementalBounds {
+    pub max_delta_chain: u32,
+    pub max_delta_ratio: f64,
+}
+
+/// A checkpoint's cut of one operator's keyed state, shared by its tables:
+/// what each key group's decision needs, as of the barrier.
+pub(crate) struct CutPlan {
+    /// The checkpoint.
+    pub id: u64,
+    /// Committed chains at the barrier (deltas build on them).
+    pub committed: Rc<FxHashMap<StateKey, Chain>>,
+    /// `None` for full checkpoints.
+    pub incremental: Option<IncrementalBounds>,
+    /// The operator's name in checkpoint keys.
+    pub operator: Arc<str>,
+    /// First key group of the subtask's range.
+    pub range_start: u32,
+}
+
+/// What a key group becomes in a checkpoint (empty key groups become nothing).
+#[derive(Debug)]
+pub(crate) enum Decided {
+    /// Unchanged since the committed chain: referenced again, nothing written.
+    Reused(StateRef),
+    /// Frozen: a base (empty prefix) or a delta on `prefix` will be archived.
+    Frozen(StateRef),
+}
+
+/// The cut in progress of a table.
+struct Cut {
+    plan: Rc<CutPlan>,
+    table: Arc<str>,
+    undecided: usize,
+    /// Next key group the background decides.
+    cursor: usize,
 }
 
 /// Hash set with the engine's fixed hasher.
@@ -160,6 +216,14 @@ pub(crate) struct KeyedTable<K, V> {
     max_pause_us: u64,
     /// Estimated changed bytes of the subtask (change-volume trigger).
     changed_bytes: Option<Arc<AtomicU64>>,
+    /// The cut in progress, while key groups are undecided.
+    cut: Option<Cut>,
+    /// Per key group: the checkpoint it last decided for.
+    decided_for: Vec<u64>,
+    decisions: Vec<(usize, Decided)>,
+    cut_error: Option<String>,
+    /// Keys per restored key group (for chains reused while unloaded).
+    restored_entries: Vec<u64>,
 }
 
 impl<K: Key, V> KeyedTable<K, V> {
@@ -184,6 +248,11 @@ impl<K: Key, V> KeyedTable<K, V> {
             load_error: None,
             serialized: Vec::new(),
             max_pause_us: 0,
+            cut: None,
+            decided_for: vec![0; range.len()],
+            decisions: Vec::new(),
+            cut_error: None,
+            restored_entries: vec![0; range.len()],
         }
     }
 }
@@ -228,6 +297,12 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
         if self.to_load_count > 0 {
             self.load(index);
         }
+        if let Some(cut) = &self.cut {
+            if self.decided_for[index] != cut.plan.id {
+                // First write since the barrier: decide on the state as it was.
+                self.decide(index);
+            }
+        }
         if self.frozen_count > 0 && self.frozen[index].is_some() {
             // Copy-on-write: archive the cut before its first change.
             self.archive_frozen(index);
@@ -242,6 +317,93 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
             }
         }
         &mut self.groups[index]
+    }
+
+    /// Decides what key group `index` becomes in the current cut: the
+    /// decision the barrier would have made (the group has not changed since).
+    fn decide(&mut self, index: usize) {
+        let Some(cut) = &mut self.cut else {
+            return;
+        };
+        let plan = cut.plan.clone();
+        let key: StateKey = (
+            plan.operator.clone(),
+            cut.table.clone(),
+            plan.range_start + index as u32,
+        );
+        cut.undecided -= 1;
+        if cut.undecided == 0 {
+            self.cut = None;
+        }
+        self.decided_for[index] = plan.id;
+        let id = plan.id;
+        let committed = plan.committed.get(&key).cloned().unwrap_or_default();
+        let type_name = crate::inspect::table_type_name::<K, V>();
+        if self.to_load[index].is_some() {
+            if plan.incremental.is_some() && !committed.is_empty() {
+                // Restored and untouched since: the chain stands as is.
+                let state = StateRef {
+                    key,
+                    prefix: committed,
+                    entries: self.restored_entries[index],
+                    type_name,
+                };
+                self.decisions.push((index, Decided::Reused(state)));
+                return;
+            }
+            self.load(index);
+            if let Some(e) = self.load_error.take() {
+                self.cut_error.get_or_insert(e);
+                return;
+            }
+        }
+        let entries = self.groups[index].len() as u64;
+        let state = StateRef {
+            key,
+            prefix: Chain::default(),
+            entries,
+            type_name,
+        };
+        if entries == 0 {
+            // Empty: no block and no chain (absence restores empty).
+            let keys = self.capture(index);
+            self.hold_captured(index, id, keys);
+            return;
+        }
+        if let Some(bounds) = plan.incremental {
+            if !committed.is_empty() {
+                let changed = self.changes.as_ref().map_or(0, |c| c.dirty[index].len());
+                if changed == 0 {
+                    let state = StateRef {
+                        prefix: committed,
+                        ..state
+                    };
+                    self.decisions.push((index, Decided::Reused(state)));
+                    return;
+                }
+                let deltas = committed.len() as u32 - 1;
+                let base = committed[0].bytes as f64;
+                let delta_bytes: u64 = committed[1..].iter().map(|l| l.bytes).sum();
+                let group = u64::from(plan.range_start) + index as u64;
+                // Materialise when the chain or its bytes reach their bounds,
+                // and otherwise spread over checkpoints: each checkpoint
+                // renews about 1/(max+1) of the key groups.
+                let materialise = deltas >= bounds.max_delta_chain
+                    || delta_bytes as f64 > base * bounds.max_delta_ratio
+                    || (deltas > 0 && (id + group) % (u64::from(bounds.max_delta_chain) + 1) == 0);
+                if !materialise {
+                    self.freeze(index, id, true);
+                    let state = StateRef {
+                        prefix: committed,
+                        ..state
+                    };
+                    self.decisions.push((index, Decided::Frozen(state)));
+                    return;
+                }
+            }
+        }
+        self.freeze(index, id, false);
+        self.decisions.push((index, Decided::Frozen(state)));
     }
 
     /// Takes group `index`'s changed keys (they belong to checkpoint `id` now).
@@ -292,16 +454,22 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
             }),
             Some(keys) => {
                 let group = &self.groups[index];
-                let mut upserts: Vec<(K, V)> = Vec::new();
+                let mut upserts: Vec<(&K, &V)> = Vec::with_capacity(keys.len());
                 let mut deletes: Vec<K> = Vec::new();
                 for key in &keys {
-                    match group.get(key) {
-                        Some(value) => upserts.push((key.clone(), value.clone())),
+                    match group.get_key_value(key) {
+                        Some((k, v)) => upserts.push((k, v)),
                         None => deletes.push(key.clone()),
                     }
                 }
                 let entries = (upserts.len() + deletes.len()) as u64;
-                let archived = rkyv::to_bytes::<RkyvError>(&(upserts, deletes));
+                let buffer = take_buffer(archive_estimate::<K, V>(keys.len()));
+                // Archives exactly like `(Vec<(K, V)>, Vec<K>)`, which restore reads.
+                let delta = (
+                    Entries(upserts.iter().map(|&(k, v)| EntryRef(k, v))),
+                    deletes,
+                );
+                let archived = rkyv::api::high::to_bytes_in::<_, RkyvError>(&delta, buffer);
                 self.hold_captured(index, frozen.id, keys);
                 archived.map_err(|e| e.to_string()).map(|bytes| Serialized {
                     index,
@@ -343,6 +511,7 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         &self.name
     }
 
+    #[cfg(test)]
     fn keys_in_group(&self, index: usize) -> usize {
         self.groups[index].len()
     }
@@ -352,11 +521,10 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
     }
 
     fn snapshot_group(&self, index: usize) -> Result<AlignedVec, String> {
-        let entries: Vec<(K, V)> = self.groups[index]
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        rkyv::to_bytes::<RkyvError>(&entries).map_err(|e| e.to_string())
+        let group = &self.groups[index];
+        let entries = Entries(group.iter().map(|(k, v)| EntryRef(k, v)));
+        let buffer = take_buffer(archive_estimate::<K, V>(group.len()));
+        rkyv::api::high::to_bytes_in::<_, RkyvError>(&entries, buffer).map_err(|e| e.to_string())
     }
 
     fn restore_group(&mut self, index: usize, archive: &[u8]) -> Result<(), String> {
@@ -367,10 +535,6 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         group.reserve(entries.len());
         group.extend(entries);
         Ok(())
-    }
-
-    fn changed_in_group(&self, index: usize) -> usize {
-        self.changes.as_ref().map_or(0, |c| c.dirty[index].len())
     }
 
     fn freeze(&mut self, index: usize, id: u64, delta: bool) {
@@ -415,23 +579,6 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         self.to_load_count
     }
 
-    fn is_loaded(&self, index: usize) -> bool {
-        self.to_load[index].is_none()
-    }
-
-    fn ensure_loaded(&mut self, index: usize) -> Result<(), String> {
-        self.load(index);
-        match self.load_error.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    fn discard_changes(&mut self, index: usize, id: u64) {
-        let keys = self.capture(index);
-        self.hold_captured(index, id, keys);
-    }
-
     fn serialize_frozen(&mut self, max: usize) -> usize {
         let mut done = 0;
         let mut index = 0;
@@ -468,6 +615,52 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         Ok(())
     }
 
+    fn begin_cut(&mut self, plan: Rc<CutPlan>, table: Arc<str>) {
+        self.decisions.clear();
+        self.cut_error = None;
+        let undecided = self.groups.len();
+        self.cut = (undecided > 0).then_some(Cut {
+            plan,
+            table,
+            undecided,
+            cursor: 0,
+        });
+    }
+
+    fn decide_pending(&mut self, max: usize) -> usize {
+        let mut done = 0;
+        while done < max {
+            let Some(cut) = &mut self.cut else {
+                break;
+            };
+            let index = cut.cursor;
+            if index >= self.groups.len() {
+                break; // unreachable while the count is right
+            }
+            cut.cursor += 1;
+            if self.decided_for[index] != cut.plan.id {
+                self.decide(index);
+                done += 1;
+            }
+        }
+        done
+    }
+
+    fn undecided(&self) -> usize {
+        self.cut.as_ref().map_or(0, |c| c.undecided)
+    }
+
+    fn take_decided(&mut self) -> Result<Vec<(usize, Decided)>, String> {
+        match self.cut_error.take() {
+            Some(e) => Err(e),
+            None => Ok(std::mem::take(&mut self.decisions)),
+        }
+    }
+
+    fn set_restored_entries(&mut self, index: usize, entries: u64) {
+        self.restored_entries[index] = entries;
+    }
+
     fn checkpoint_complete(&mut self, id: u64) {
         if let Some(changes) = &mut self.changes {
             changes.in_flight.retain(|(i, _)| *i > id);
@@ -475,6 +668,11 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
     }
 
     fn checkpoint_aborted(&mut self, id: u64) {
+        if self.cut.as_ref().is_some_and(|c| c.plan.id == id) {
+            // Undecided key groups captured nothing: their changes stay dirty.
+            self.cut = None;
+            self.decisions.clear();
+        }
         for index in 0..self.frozen.len() {
             if self.frozen[index].as_ref().is_some_and(|f| f.id == id) {
                 let frozen = self.frozen[index].take().expect("checked");
@@ -565,7 +763,7 @@ impl<K: Key> StateRegistry<K> {
     }
 
     /// Every table declared so far (for snapshots and inspection).
-    pub fn tables(&self) -> &[Rc<RefCell<dyn StateTable>>] {
+    pub(crate) fn tables(&self) -> &[Rc<RefCell<dyn StateTable>>] {
         &self.tables
     }
 

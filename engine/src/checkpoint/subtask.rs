@@ -17,6 +17,7 @@ use super::Barrier;
 use crate::state::FxHashMap;
 use spate_storage::{BlockHandle, BlockKind};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -133,8 +134,9 @@ pub(crate) struct SubtaskCheckpoints {
     /// Ids that were completed locally or aborted: late barriers are ignored.
     done: BTreeSet<u64>,
     ready: Vec<LocalSnapshot>,
-    /// The chains of the last completed checkpoint (what deltas build on).
-    committed: FxHashMap<StateKey, Chain>,
+    /// The chains of the last completed checkpoint (what deltas build on);
+    /// shared with the cuts in progress, replaced whole on completion.
+    committed: Rc<FxHashMap<StateKey, Chain>>,
     /// The chains of checkpoints written here but not yet completed.
     written: BTreeMap<u64, HashMap<StateKey, Chain>>,
 }
@@ -148,7 +150,7 @@ impl SubtaskCheckpoints {
             pending: BTreeMap::new(),
             done: BTreeSet::new(),
             ready: Vec::new(),
-            committed: FxHashMap::default(),
+            committed: Rc::default(),
             written: BTreeMap::new(),
         }
     }
@@ -269,14 +271,15 @@ impl SubtaskCheckpoints {
         }
     }
 
-    /// The committed chain of a key group's state (empty if none).
-    pub(crate) fn committed_chain(&self, key: &StateKey) -> Chain {
-        self.committed.get(key).cloned().unwrap_or_default()
+    /// The committed chains as of now (a cut keeps them: a completion
+    /// arriving during the cut does not change what it builds on).
+    pub(crate) fn committed_snapshot(&self) -> Rc<FxHashMap<StateKey, Chain>> {
+        self.committed.clone()
     }
 
     /// Installs a restored chain as committed (deltas build on it).
     pub(crate) fn set_committed(&mut self, key: StateKey, chain: Vec<ChainLink>) {
-        self.committed.insert(key, chain.into());
+        Rc::make_mut(&mut self.committed).insert(key, chain.into());
     }
 
     /// The writer made checkpoint `id`'s blocks durable: these are its chains.
@@ -287,7 +290,7 @@ impl SubtaskCheckpoints {
     /// Checkpoint `id` is committed: its chains become the base of deltas.
     pub(crate) fn complete(&mut self, id: u64) {
         if let Some(chains) = self.written.remove(&id) {
-            self.committed = chains.into_iter().collect();
+            self.committed = Rc::new(chains.into_iter().collect());
         }
         self.written.retain(|&k, _| k > id);
     }

@@ -14,17 +14,15 @@ use super::{
     exchange, ConnectedStreams, Cx, Data, ExchangeData, KeyFn, KeyedStream, Output,
     ProcessingTimers, Push, Record, Stream,
 };
-use crate::checkpoint::subtask::{
-    BlockDesc, Chain, SnapshotBlock, StateKey, StateRef, SubtaskCheckpoints,
-};
+use crate::checkpoint::subtask::{BlockDesc, Chain, SnapshotBlock, StateRef, SubtaskCheckpoints};
 use crate::checkpoint::Barrier;
 use crate::error::ProcessError;
 use crate::keygroup::{key_group_for, Key, KeyGroupRange};
-use crate::state::{KeyScope, StateRegistry};
+use crate::state::{CutPlan, Decided, IncrementalBounds, KeyScope, StateRegistry};
 use crate::time::{TimeDomain, Timestamp, MAX_WATERMARK};
 use crate::JobError;
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -226,12 +224,9 @@ struct Operator<K, I1, I2, O, F> {
     /// Last checkpoint snapshotted.
     snapshotted: u64,
     /// Incremental checkpoint bounds, when the job checkpoints incrementally.
-    incremental: Option<Incremental>,
+    incremental: Option<IncrementalBounds>,
     /// The snapshot being archived, key group by key group.
     lazy: Option<LazySnapshot>,
-    /// Keys per (table, key group) in the restored checkpoint (for key
-    /// groups still unloaded when a checkpoint reuses their chain).
-    restored_entries: HashMap<(usize, usize), u64>,
     /// The operator's and its tables' names, shared into checkpoint keys
     /// (no allocation per key group at a cut).
     names: (Arc<str>, Vec<Arc<str>>),
@@ -244,16 +239,15 @@ struct LazySnapshot {
     refs: crate::state::FxHashMap<(usize, usize), StateRef>,
 }
 
-/// Bounds of incremental checkpoints.
-struct Incremental {
-    max_delta_chain: u32,
-    max_delta_ratio: f64,
-}
-
 /// Key groups a keyed operator archives per step while a snapshot is in
 /// progress (besides those archived before their next change): the longest
 /// pause a snapshot adds to a step is archiving one key group.
 const KEY_GROUPS_PER_STEP: usize = 1;
+
+/// Key groups of a cut a keyed operator decides per step in the background
+/// (besides those decided before their next write): a decision is a few
+/// lookups, no copy.
+const DECISIONS_PER_STEP: usize = 64;
 
 /// Name of the pseudo-table holding an operator's timers in checkpoints.
 pub(crate) const TIMERS_TABLE: &str = "__timers";
@@ -420,20 +414,40 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         ))
     }
 
-    /// The synchronous part of a snapshot: decide, per table and key group,
-    /// what to write (full base, delta, nothing), freeze what must be
-    /// archived (no copy), archive the timers; the key groups are archived by
+    /// The synchronous part of a snapshot, O(1) in the key groups: start
+    /// the cut of every table (each key group decides what it becomes, a
+    /// full base, a delta or nothing, before its next write or in the
+    /// background) and archive the timers. Key groups are archived by
     /// [`continue_snapshot`](Self::continue_snapshot), a few per step, or
-    /// before their next change.
+    /// before their next change (copy-on-write).
     fn cut(&mut self, id: u64) -> Result<(), JobError> {
         self.snapshotted = id;
         let started = std::time::Instant::now();
-        let blocks = self.snapshot(id).map_err(|e| self.snapshot_error(id, e))?;
+        let plan = Rc::new(CutPlan {
+            id,
+            committed: self.checkpoints.borrow().committed_snapshot(),
+            incremental: self.incremental,
+            operator: self.names.0.clone(),
+            range_start: u32::from(self.range.start),
+        });
+        let mut undecided = 0;
+        for (position, table) in self.state.tables().iter().enumerate() {
+            let mut table = table.borrow_mut();
+            table.begin_cut(plan.clone(), self.names.1[position].clone());
+            undecided += table.undecided();
+        }
+        let blocks = self
+            .timer_blocks()
+            .map_err(|e| self.snapshot_error(id, e))?;
         let mut checkpoints = self.checkpoints.borrow_mut();
         for block in blocks {
             checkpoints.add_block(id, block);
         }
-        if self.lazy.as_ref().is_some_and(|l| !l.refs.is_empty()) {
+        if undecided > 0 {
+            self.lazy = Some(LazySnapshot {
+                id,
+                refs: crate::state::FxHashMap::default(),
+            });
             checkpoints.open_log(id);
         } else {
             self.lazy = None;
@@ -453,17 +467,35 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         let mut budget = groups;
         let mut remaining = 0;
         let mut archived = Vec::new();
+        let mut decided = Vec::new();
         let mut pause = 0;
         for (position, table) in self.state.tables().iter().enumerate() {
             let mut table = table.borrow_mut();
+            table.decide_pending(DECISIONS_PER_STEP);
+            let decisions = table
+                .take_decided()
+                .map_err(|e| self.snapshot_error(id, e))?;
+            decided.extend(decisions.into_iter().map(|(index, d)| (position, index, d)));
             if budget > 0 {
                 budget -= table.serialize_frozen(budget);
             }
-            remaining += table.frozen_groups();
+            remaining += table.frozen_groups() + table.undecided();
             pause = pause.max(table.take_max_pause_us());
             archived.extend(table.take_serialized().into_iter().map(|r| (position, r)));
         }
-        let progressed = !archived.is_empty();
+        let progressed = !archived.is_empty() || !decided.is_empty();
+        if !decided.is_empty() {
+            let lazy = self.lazy.as_mut().expect("checked above");
+            let mut checkpoints = self.checkpoints.borrow_mut();
+            for (position, index, decision) in decided {
+                match decision {
+                    Decided::Reused(state) => checkpoints.add_reused(id, state),
+                    Decided::Frozen(state) => {
+                        lazy.refs.insert((position, index), state);
+                    }
+                }
+            }
+        }
         let mut blocks = Vec::with_capacity(archived.len());
         for (position, result) in archived {
             let serialized = result.map_err(|e| {
@@ -506,97 +538,10 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         Ok(progressed)
     }
 
-    /// Archives every table and the timers for checkpoint `id`, one block
-    /// per key group and table: a full base, a delta on the committed chain
-    /// (incremental mode), or nothing when the key group did not change.
-    fn snapshot(&mut self, id: u64) -> Result<Vec<SnapshotBlock>, String> {
+    /// The timers of every key group that has some, in full (a block per key
+    /// group), for a checkpoint.
+    fn timer_blocks(&self) -> Result<Vec<SnapshotBlock>, String> {
         let mut blocks = Vec::new();
-        let mut lazy = LazySnapshot {
-            id,
-            refs: crate::state::FxHashMap::default(),
-        };
-        let mut checkpoints = self.checkpoints.borrow_mut();
-        for (position, table) in self.state.tables().iter().enumerate() {
-            let mut table = table.borrow_mut();
-            for index in 0..self.range.len() {
-                let group = (self.range.start as usize + index) as u32;
-                let key: StateKey = (self.names.0.clone(), self.names.1[position].clone(), group);
-                let committed = checkpoints.committed_chain(&key);
-                if !table.is_loaded(index) {
-                    if self.incremental.is_some() && !committed.is_empty() {
-                        // Restored and untouched since: the chain stands as is.
-                        checkpoints.add_reused(
-                            id,
-                            StateRef {
-                                key,
-                                prefix: committed,
-                                entries: self
-                                    .restored_entries
-                                    .get(&(position, index))
-                                    .copied()
-                                    .unwrap_or(0),
-                                type_name: table.type_name(),
-                            },
-                        );
-                        continue;
-                    }
-                    table.ensure_loaded(index)?;
-                }
-                let entries = table.keys_in_group(index) as u64;
-                let state = StateRef {
-                    key,
-                    prefix: Chain::default(),
-                    entries,
-                    type_name: table.type_name(),
-                };
-                if entries == 0 {
-                    // Empty: no block and no chain (absence restores empty).
-                    table.discard_changes(index, id);
-                    continue;
-                }
-                if let Some(incremental) = &self.incremental {
-                    if !committed.is_empty() {
-                        let changed = table.changed_in_group(index);
-                        if changed == 0 {
-                            checkpoints.add_reused(
-                                id,
-                                StateRef {
-                                    prefix: committed,
-                                    ..state
-                                },
-                            );
-                            continue;
-                        }
-                        let deltas = committed.len() as u32 - 1;
-                        let base = committed[0].bytes as f64;
-                        let delta_bytes: u64 = committed[1..].iter().map(|l| l.bytes).sum();
-                        // Materialise when the chain or its bytes reach their
-                        // bounds, and otherwise spread over checkpoints: each
-                        // checkpoint renews about 1/(max+1) of the key groups.
-                        let materialise = deltas >= incremental.max_delta_chain
-                            || delta_bytes as f64 > base * incremental.max_delta_ratio
-                            || (deltas > 0
-                                && (id + group as u64) % (incremental.max_delta_chain as u64 + 1)
-                                    == 0);
-                        if !materialise {
-                            table.freeze(index, id, true);
-                            lazy.refs.insert(
-                                (position, index),
-                                StateRef {
-                                    prefix: committed,
-                                    ..state
-                                },
-                            );
-                            continue;
-                        }
-                    }
-                }
-                table.freeze(index, id, false);
-                lazy.refs.insert((position, index), state);
-            }
-        }
-        drop(checkpoints);
-        self.lazy = Some(lazy);
         // Timers are written in full for every key group that has some.
         let mut timers: Vec<TimerEntries<K>> = (0..self.range.len()).map(|_| Vec::new()).collect();
         for (domain, set) in [(0u8, &self.timers.event), (1u8, &self.timers.processing)] {
@@ -642,7 +587,6 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         restore: &crate::checkpoint::restore::RestoreState,
     ) -> Result<(), JobError> {
         let fail = |what: String| JobError::Restore(format!("operator `{}`: {what}", self.name));
-        let mut restored_entries = HashMap::new();
         for (position, table) in self.state.tables().iter().enumerate() {
             let mut table = table.borrow_mut();
             for index in 0..self.range.len() {
@@ -652,7 +596,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                 else {
                     continue;
                 };
-                restored_entries.insert((position, index), entries);
+                table.set_restored_entries(index, entries);
                 // Loaded on first access or in the background (a few key
                 // groups per step): records flow before the state is copied.
                 table.restore_lazily(index, blocks);
@@ -662,7 +606,6 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                 );
             }
         }
-        self.restored_entries = restored_entries;
         for index in 0..self.range.len() {
             let group = (self.range.start as usize + index) as u32;
             let Some((blocks, _, _)) = restore.state_chain(&self.name, TIMERS_TABLE, group)? else {
@@ -839,7 +782,7 @@ fn build<
         .checkpoint
         .as_ref()
         .filter(|c| c.incremental)
-        .map(|c| Incremental {
+        .map(|c| IncrementalBounds {
             max_delta_chain: c.max_delta_chain.max(1),
             max_delta_ratio: c.max_delta_ratio,
         });
@@ -900,7 +843,6 @@ fn build<
         snapshotted: 0,
         incremental,
         lazy: None,
-        restored_entries: HashMap::new(),
         names,
     }));
     if let Some(restore) = df.restore_state() {
