@@ -239,9 +239,13 @@ struct LazySnapshot {
     refs: crate::state::FxHashMap<(usize, usize), StateRef>,
 }
 
-/// Key groups a keyed operator archives per step while a snapshot is in
-/// progress (besides those archived before their next change): the longest
-/// pause a snapshot adds to a step is archiving one key group.
+/// How long a step archives frozen key groups in the background while a
+/// snapshot is in progress (besides those archived before their next
+/// change): at least one key group, more while this lasts. The pause a
+/// snapshot adds to a step is about this plus one key group's archiving.
+const ARCHIVE_STEP_BUDGET: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Restored key groups a keyed operator loads per step in the background.
 const KEY_GROUPS_PER_STEP: usize = 1;
 
 /// Key groups of a cut a keyed operator decides per step in the background
@@ -459,28 +463,45 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
     /// Archives up to `groups` frozen key groups (and collects those archived
     /// on demand); closes the snapshot when nothing is left. Returns whether
     /// it did anything.
-    fn continue_snapshot(&mut self, groups: usize) -> Result<bool, JobError> {
+    fn continue_snapshot(&mut self) -> Result<bool, JobError> {
         let Some(lazy) = &mut self.lazy else {
             return Ok(false);
         };
         let id = lazy.id;
-        let mut budget = groups;
+        let step_started = std::time::Instant::now();
         let mut remaining = 0;
         let mut archived = Vec::new();
         let mut decided = Vec::new();
+        // Archives made before writes since the last step were pauses of their own.
         let mut pause = 0;
-        for (position, table) in self.state.tables().iter().enumerate() {
+        let tables = self.state.tables();
+        for (position, table) in tables.iter().enumerate() {
             let mut table = table.borrow_mut();
+            pause = pause.max(table.take_max_pause_us());
             table.decide_pending(DECISIONS_PER_STEP);
             let decisions = table
                 .take_decided()
                 .map_err(|e| self.snapshot_error(id, e))?;
             decided.extend(decisions.into_iter().map(|(index, d)| (position, index, d)));
-            if budget > 0 {
-                budget -= table.serialize_frozen(budget);
+        }
+        // Background archiving: one key group at least, more while the step's
+        // budget lasts; the whole step counts as one pause.
+        loop {
+            let mut any = false;
+            for table in tables {
+                let mut table = table.borrow_mut();
+                if table.frozen_groups() > 0 {
+                    any |= table.serialize_frozen(1) > 0;
+                }
             }
+            if !any || step_started.elapsed() >= ARCHIVE_STEP_BUDGET {
+                break;
+            }
+        }
+        for (position, table) in tables.iter().enumerate() {
+            let mut table = table.borrow_mut();
             remaining += table.frozen_groups() + table.undecided();
-            pause = pause.max(table.take_max_pause_us());
+            table.take_max_pause_us(); // within this step's pause
             archived.extend(table.take_serialized().into_iter().map(|r| (position, r)));
         }
         let progressed = !archived.is_empty() || !decided.is_empty();
@@ -530,7 +551,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         for block in blocks {
             checkpoints.add_block(id, block);
         }
-        checkpoints.add_pause(id, pause);
+        checkpoints.add_pause(id, pause.max(step_started.elapsed().as_micros() as u64));
         if remaining == 0 && self.lazy.as_ref().is_some_and(|l| l.refs.is_empty()) {
             self.lazy = None;
             checkpoints.close_log(id);
@@ -742,7 +763,7 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
         if op.lazy.is_none() {
             return Ok(progressed);
         }
-        Ok(op.continue_snapshot(KEY_GROUPS_PER_STEP)? || progressed)
+        Ok(op.continue_snapshot()? || progressed)
     }
 
     fn has_snapshot_work(&self) -> bool {
