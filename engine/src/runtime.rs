@@ -775,10 +775,11 @@ impl Supervisor {
 
 /// Counts the subtask as done when dropped (the coordinator stops once every
 /// subtask's step loop has ended).
-struct DoneGuard(Arc<JobEnv>);
+struct DoneGuard(Arc<JobEnv>, usize);
 
 impl Drop for DoneGuard {
     fn drop(&mut self) {
+        self.0.coordinator.subtask_finished(self.1);
         self.0.done.fetch_add(1, Ordering::SeqCst);
         self.0.coordinator_parker.notifier().notify();
     }
@@ -791,7 +792,7 @@ async fn reactor(
     slots: Arc<(OnceLock<()>, WriterSlots)>,
     coordinator_ends: Option<CoordinatorEnds>,
 ) -> SubtaskReport {
-    let done = DoneGuard(env.clone());
+    let done = DoneGuard(env.clone(), subtask);
     let built = catch_unwind(AssertUnwindSafe(|| {
         Worker::build(env.clone(), subtask, &*build)
     }));

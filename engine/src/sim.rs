@@ -279,6 +279,7 @@ impl Simulation {
             clock.advance(rng.below(3));
             match catch_unwind(AssertUnwindSafe(|| worker.step())) {
                 Ok(Ok(Step::Done)) => {
+                    env.coordinator.subtask_finished(subtask);
                     finished.push(worker.report.clone());
                     workers[subtask] = None;
                     idle_in_a_row = 0;

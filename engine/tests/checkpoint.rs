@@ -436,3 +436,42 @@ fn change_volume_triggers_checkpoints_without_an_interval() {
         completed.iter().map(|c| c.state_bytes).sum::<u64>()
     );
 }
+
+/// A subtask whose input ends early (no keyed exchange ties it to the
+/// others) finishes while the job goes on: checkpoints stop starting then,
+/// and one that was waiting for it is declined at once. Before, they timed
+/// out and counted as failures, so with no tolerable failures a healthy
+/// bounded job failed.
+#[test]
+fn a_finished_subtask_declines_checkpoints_instead_of_failing_the_job() {
+    let mut cfg = config(2, CheckpointMode::Aligned, 5);
+    cfg.batch_size = 16;
+    if let Some(c) = cfg.checkpoint.as_mut() {
+        c.timeout_ms = 40;
+        c.tolerable_failures = 0;
+    }
+    let seen = Arc::new(Mutex::new(0u64));
+    let s = seen.clone();
+    let report = Simulation::new(cfg, 11)
+        .run(move |df| {
+            // Subtask 0 reads 20 000 numbers in small batches; subtask 1 none.
+            let n: u64 = if df.subtask() == 0 { 20_000 } else { 0 };
+            let s = s.clone();
+            df.source(
+                "numbers",
+                spate::source::IterSource::new(move || 0..n),
+                spate::WatermarkStrategy::none(),
+            )
+            .map(|x: u64| x + 1)
+            .for_each(move |_| *s.lock().unwrap() += 1);
+        })
+        .expect("the job finishes although a subtask finished first");
+    assert_eq!(*seen.lock().unwrap(), 20_000);
+    assert!(
+        report.checkpoints.iter().all(
+            |c| !matches!(&c.status, spate::CheckpointStatus::Failed(r) if r.contains("timed out"))
+        ),
+        "{:?}",
+        report.checkpoints
+    );
+}

@@ -207,9 +207,24 @@ pub(crate) struct CoordinatorShared {
     pub latest_completed: AtomicU64,
     /// Estimated bytes of keyed state changed, per subtask (monotonic).
     pub changed_bytes: Vec<Arc<AtomicU64>>,
+    /// Subtasks whose step loop has ended: they acknowledge nothing more.
+    pub finished: Vec<AtomicBool>,
 }
 
 impl CoordinatorShared {
+    /// Subtask `subtask` finished (its step loop ended).
+    pub(crate) fn subtask_finished(&self, subtask: usize) {
+        if let Some(f) = self.finished.get(subtask) {
+            f.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn finished_subtasks(&self) -> Vec<usize> {
+        (0..self.finished.len())
+            .filter(|&i| self.finished[i].load(Ordering::SeqCst))
+            .collect()
+    }
+
     pub(crate) fn new(parallelism: usize) -> Self {
         Self {
             manual_trigger: AtomicBool::new(false),
@@ -222,6 +237,7 @@ impl CoordinatorShared {
             changed_bytes: (0..parallelism)
                 .map(|_| Arc::new(AtomicU64::new(0)))
                 .collect(),
+            finished: (0..parallelism).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
@@ -343,6 +359,7 @@ impl Coordinator {
     pub(crate) fn poll(&mut self, now_ms: u64) -> Option<CommitRequest> {
         self.collect_acks(now_ms);
         self.expire(now_ms);
+        self.decline_finished(now_ms);
         self.maybe_trigger(now_ms);
         self.ready_to_commit(now_ms)
     }
@@ -357,10 +374,59 @@ impl Coordinator {
         !self.in_progress.is_empty()
     }
 
+    /// Checkpoints still waiting for a subtask that has finished can never
+    /// complete: they end at once, as failed, without counting towards the
+    /// tolerable failures (nothing went wrong; Flink declines them the same
+    /// way when tasks have finished).
+    fn decline_finished(&mut self, now_ms: u64) {
+        if self.in_progress.is_empty() {
+            return;
+        }
+        let finished = self.shared.finished_subtasks();
+        if finished.is_empty() {
+            return;
+        }
+        let declined: Vec<(u64, Vec<usize>)> = self
+            .in_progress
+            .values()
+            .filter(|c| !c.committing)
+            .filter_map(|c| {
+                let missing: Vec<usize> = finished
+                    .iter()
+                    .copied()
+                    .filter(|&i| c.acks[i].is_none())
+                    .collect();
+                (!missing.is_empty()).then_some((c.barrier.id, missing))
+            })
+            .collect();
+        for (id, missing) in declined {
+            let reason = format!(
+                "declined: subtasks {missing:?} finished before acknowledging (no checkpoint starts once a subtask has finished)"
+            );
+            if let Some(c) = self.in_progress.remove(&id) {
+                let stats = self.stats_of(&c, CheckpointStatus::Failed(reason), now_ms);
+                self.record(stats);
+                self.last_end_ms = Some(now_ms);
+                self.shared.failed.fetch_add(1, Ordering::SeqCst);
+                self.send(Control::Abort(id));
+            }
+        }
+    }
+
     fn maybe_trigger(&mut self, now_ms: u64) {
         // The first periodic checkpoint comes one interval after the start.
         self.last_trigger_ms.get_or_insert(now_ms);
         if self.fatal.is_some() || self.in_progress.len() >= self.config.max_concurrent {
+            return;
+        }
+        if self
+            .shared
+            .finished
+            .iter()
+            .any(|f| f.load(Ordering::SeqCst))
+        {
+            // A finished subtask acknowledges nothing: a checkpoint could only
+            // time out (and count as a failure).
             return;
         }
         let manual = self.shared.manual_trigger.load(Ordering::SeqCst);
