@@ -88,8 +88,9 @@ where
     }
 }
 
-/// Most bytes of spare buffers a reactor thread keeps.
-pub(crate) const POOL_MAX_BYTES: usize = 128 << 20;
+/// Most bytes of spare buffers a reactor thread keeps (about what one
+/// incremental checkpoint of 512 MiB of state per core archives).
+pub(crate) const POOL_MAX_BYTES: usize = 256 << 20;
 
 #[derive(Default)]
 struct Pool {
@@ -101,8 +102,14 @@ thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-/// Pooled buffers looked at for one that is large enough.
-const POOL_SCAN: usize = 32;
+/// `len` rounded up to a size class: 4 KiB at least, then four classes per
+/// power of two (at most 25% slack).
+fn size_class(len: usize) -> usize {
+    let len = len.max(4096);
+    let power = len.next_power_of_two();
+    let quarter = power / 8; // classes between power/2 and power
+    len.div_ceil(quarter) * quarter
+}
 
 /// An empty buffer with room for at least `capacity` bytes: a pooled one
 /// when one is large enough (its pages are already mapped), else a new one.
@@ -110,18 +117,28 @@ const POOL_SCAN: usize = 32;
 /// every key group of about the same size (growing a buffer that is a little
 /// short would move it to fresh pages, which is what the pool avoids).
 pub(crate) fn take_buffer(capacity: usize) -> Bytes {
-    let capacity = capacity.max(4096).next_power_of_two();
+    let capacity = size_class(capacity);
     let pooled = POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let len = p.buffers.len();
-        let recent = len.saturating_sub(POOL_SCAN)..len;
-        // A buffer of this size class first, so that small archives do not
-        // take the buffers large ones need; else any large enough.
-        let found = recent
-            .clone()
-            .rev()
-            .find(|&i| (capacity..2 * capacity).contains(&p.buffers[i].capacity()))
-            .or_else(|| recent.rev().find(|&i| p.buffers[i].capacity() >= capacity))?;
+        // A buffer of this size class, else the smallest large enough one, so
+        // that small archives do not take the buffers large ones need. A
+        // linear scan: a few thousand buffers at most, a few µs, against
+        // about 10 µs per page fault saved.
+        let mut best: Option<usize> = None;
+        for (i, buf) in p.buffers.iter().enumerate().rev() {
+            let c = buf.capacity();
+            if c < capacity {
+                continue;
+            }
+            if c < capacity + capacity / 4 {
+                best = Some(i);
+                break;
+            }
+            if best.is_none_or(|b| c < p.buffers[b].capacity()) {
+                best = Some(i);
+            }
+        }
+        let found = best?;
         let buf = p.buffers.swap_remove(found);
         p.bytes -= buf.capacity();
         Some(buf)
@@ -170,6 +187,19 @@ mod tests {
         assert_eq!(direct.as_slice(), via_vec.as_slice());
         let back = rkyv::from_bytes::<Vec<(u64, String)>, rkyv::rancor::Error>(&direct).unwrap();
         assert_eq!(back, pairs);
+    }
+
+    #[test]
+    fn size_classes_leave_at_most_a_quarter_of_slack() {
+        for len in [1, 4096, 4097, 33_000, 262_144, 268_800, 1 << 20] {
+            let class = size_class(len);
+            assert!(class >= len, "{len}");
+            assert!(
+                class <= (len.max(4096) * 5).div_ceil(4) + 4096,
+                "{len}: {class}"
+            );
+            assert_eq!(size_class(class), class, "a class is its own class");
+        }
     }
 
     #[test]
