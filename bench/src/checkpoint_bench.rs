@@ -110,6 +110,11 @@ pub struct BenchConfig {
     /// for at most one key group's archiving, so more, smaller key groups
     /// mean shorter pauses.
     pub max_parallelism: u32,
+    /// Deltas a key group's chain may hold before a fresh base (incremental
+    /// variant; `None`: the engine's default). Each checkpoint renews about
+    /// 1/(n+1) of the changed key groups, so this sets the base bytes per
+    /// checkpoint.
+    pub max_delta_chain: Option<u32>,
 }
 
 /// Updates per key of a closed-loop run.
@@ -131,6 +136,7 @@ impl Default for BenchConfig {
             keep_state: false,
             seed: 0,
             max_parallelism: 4096,
+            max_delta_chain: None,
         }
     }
 }
@@ -711,11 +717,13 @@ fn run_variant(config: &BenchConfig, variant: Variant) -> anyhow::Result<Variant
                 return Err(e).with_context(|| format!("removing {}", settings.state_dir.display()))
             }
         }
-        job_config.checkpoint = Some(
-            settings
-                .engine_config(RestoreFrom::Nothing)
-                .map_err(anyhow::Error::msg)?,
-        );
+        let mut engine = settings
+            .engine_config(RestoreFrom::Nothing)
+            .map_err(anyhow::Error::msg)?;
+        if let Some(n) = config.max_delta_chain {
+            engine.max_delta_chain = n;
+        }
+        job_config.checkpoint = Some(engine);
     }
     let handle = {
         let (config, phase, counters, latency) = (

@@ -265,6 +265,11 @@ struct CheckpointsArgs {
     /// is archiving one key group [default: 4096].
     #[arg(long)]
     max_parallelism: Option<u32>,
+    /// Incremental variant: deltas a key group's chain may hold before it is
+    /// materialised again (each checkpoint renews about 1/(n+1) of the changed
+    /// key groups) [default: the engine's, 4].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_delta_chain: Option<u32>,
     #[command(flatten)]
     checkpoint: CheckpointFlags,
 }
@@ -441,6 +446,7 @@ fn checkpoints(args: CheckpointsArgs) -> anyhow::Result<()> {
     if let Some(max_parallelism) = args.max_parallelism {
         config.max_parallelism = max_parallelism;
     }
+    config.max_delta_chain = args.max_delta_chain.or(config.max_delta_chain);
     let summary = checkpoint_bench::run(&config)?;
     checkpoint_bench::write_report(&args.report, &summary)
         .with_context(|| format!("writing the report to {}", args.report.display()))?;

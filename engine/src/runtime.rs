@@ -48,6 +48,8 @@ struct ReactorIdle {
     coordinator_wake_at: Cell<Option<u64>>,
     /// Checkpoint tasks still running.
     live: Cell<usize>,
+    /// Snapshot parts handed to the writer task that it has not taken yet.
+    queued: Cell<usize>,
 }
 
 /// Counts a checkpoint task as busy while alive.
@@ -86,7 +88,11 @@ fn helpers_need_turn(
                 .get()
                 .is_some_and(|at| at <= env.clock.now_ms()));
     let io = idle.busy.get() > 0 && last_turn.elapsed() >= HELPER_TURN;
-    if coordinator || io {
+    // A snapshot part waits for the writer: give it the thread at once
+    // (glommio's own preemption would let the step loop run on for up to
+    // its time slice, tens of milliseconds of checkpoint duration).
+    let queued = idle.queued.get() > 0;
+    if coordinator || io || queued {
         *last_turn = Instant::now();
         return true;
     }
@@ -363,12 +369,17 @@ pub(crate) fn ack_for(
 }
 
 /// Hands finished snapshot parts to the reactor's writer task.
-struct ChannelWriter(glommio::channels::local_channel::LocalSender<LocalSnapshot>);
+struct ChannelWriter(
+    glommio::channels::local_channel::LocalSender<LocalSnapshot>,
+    Rc<ReactorIdle>,
+);
 
 impl SnapshotWriter for ChannelWriter {
     fn submit(&mut self, snapshot: LocalSnapshot) {
         // Unbounded: never blocks the step; at most `max_concurrent` parts wait.
-        let _ = self.0.try_send(snapshot);
+        if self.0.try_send(snapshot).is_ok() {
+            self.1.queued.set(self.1.queued.get() + 1);
+        }
     }
 }
 
@@ -406,6 +417,7 @@ async fn writer_task(
         glommio::timer::sleep(Duration::from_millis(1)).await;
     };
     while let Some(mut snapshot) = snapshots.recv().await {
+        idle.queued.set(idle.queued.get().saturating_sub(1));
         let _busy = BusyGuard::new(&idle);
         let mut handles = Vec::with_capacity(snapshot.blocks.len());
         for block in &mut snapshot.blocks {
@@ -430,6 +442,10 @@ async fn writer_task(
         }
         env.coordinator_parker.notifier().notify();
     }
+    // The step loop ended (it dropped the channel) and every part it handed
+    // over is acknowledged: nothing more will come from this subtask.
+    env.coordinator.subtask_finished(subtask);
+    env.coordinator_parker.notifier().notify();
 }
 
 /// Triggers checkpoints and commits them; runs on reactor 0, which owns the store.
@@ -484,8 +500,14 @@ async fn coordinator_task(
         let now = env.clock.now_ms();
         if let Some(request) = coordinator.poll(now) {
             let _busy = BusyGuard::new(&idle);
-            match store.commit_checkpoint(request.record).await {
-                Ok(_) => coordinator.committed(request.id, env.clock.now_ms()),
+            match store.commit_checkpoint_deferred(request.record).await {
+                Ok(report) => {
+                    coordinator.committed(request.id, env.clock.now_ms());
+                    // After the completion is out: unlinking takes milliseconds.
+                    for warning in store.remove_segment_files(&report.segments_deleted).await {
+                        eprintln!("spate: checkpoint store: {warning:?}");
+                    }
+                }
                 Err(e) => coordinator.commit_failed(request.id, e.to_string(), env.clock.now_ms()),
             }
             continue;
@@ -775,11 +797,10 @@ impl Supervisor {
 
 /// Counts the subtask as done when dropped (the coordinator stops once every
 /// subtask's step loop has ended).
-struct DoneGuard(Arc<JobEnv>, usize);
+struct DoneGuard(Arc<JobEnv>);
 
 impl Drop for DoneGuard {
     fn drop(&mut self) {
-        self.0.coordinator.subtask_finished(self.1);
         self.0.done.fetch_add(1, Ordering::SeqCst);
         self.0.coordinator_parker.notifier().notify();
     }
@@ -792,7 +813,7 @@ async fn reactor(
     slots: Arc<(OnceLock<()>, WriterSlots)>,
     coordinator_ends: Option<CoordinatorEnds>,
 ) -> SubtaskReport {
-    let done = DoneGuard(env.clone(), subtask);
+    let done = DoneGuard(env.clone());
     let built = catch_unwind(AssertUnwindSafe(|| {
         Worker::build(env.clone(), subtask, &*build)
     }));
@@ -853,7 +874,7 @@ async fn reactor(
             ))));
         }
         let (sender, receiver) = glommio::channels::local_channel::new_unbounded();
-        worker.set_writer(Box::new(ChannelWriter(sender)));
+        worker.set_writer(Box::new(ChannelWriter(sender, idle.clone())));
         let checkpoints = worker.checkpoints();
         helpers.push(spawn(Box::pin(writer_task(
             env.clone(),

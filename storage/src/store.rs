@@ -448,6 +448,25 @@ impl<I: Io> Store<I> {
     /// [`CommitError`] for what a crash right after a failed commit can reveal.
     pub async fn commit_checkpoint(
         &mut self,
+        record: CheckpointRecord,
+    ) -> Result<CommitReport, CommitError> {
+        let mut report = self.commit_checkpoint_deferred(record).await?;
+        let deleted = std::mem::take(&mut report.segments_deleted);
+        report.warnings = self.remove_segments(&deleted).await;
+        report.segments_deleted = deleted;
+        Ok(report)
+    }
+
+    /// [`commit_checkpoint`](Self::commit_checkpoint) without unlinking the
+    /// segments it releases: they are recorded as deleted in the same manifest
+    /// batch (nothing references them any more) and listed in
+    /// `segments_deleted`; the caller unlinks them with
+    /// [`remove_segment_files`](Self::remove_segment_files) once it has acted on
+    /// the commit (unlinking large files takes milliseconds that need not
+    /// delay the checkpoint's completion). Files left behind by a crash in
+    /// between are orphans, deleted when the store next opens.
+    pub async fn commit_checkpoint_deferred(
+        &mut self,
         mut record: CheckpointRecord,
     ) -> Result<CommitReport, CommitError> {
         if let Some(last) = self.state.checkpoints.last() {
@@ -521,12 +540,18 @@ impl<I: Io> Store<I> {
                 reg.segments.remove(id);
             }
         }
-        let warnings = self.remove_segments(&deletable).await;
         Ok(CommitReport {
             discarded,
             segments_deleted: deletable,
-            warnings,
+            warnings: Vec::new(),
         })
+    }
+
+    /// Unlinks segment files a deferred commit released
+    /// ([`commit_checkpoint_deferred`](Self::commit_checkpoint_deferred));
+    /// failures come back as warnings.
+    pub async fn remove_segment_files(&self, ids: &[SegmentId]) -> Vec<StoreWarning> {
+        self.remove_segments(ids).await
     }
 
     async fn write_manifest(

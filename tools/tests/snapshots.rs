@@ -157,28 +157,30 @@ fn mask_times(line: &str) -> String {
     out
 }
 
-/// Replaces the digits of every `N ms` with `#`.
+/// Replaces every `N ms` by `# ms` with a single space before it (the
+/// padding of a right-aligned column depends on the number of digits, and so
+/// would the width of a masked number).
 fn mask_durations(line: &str) -> String {
     let words: Vec<&str> = line.split(' ').collect();
-    let masked: Vec<String> = words
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            let number = !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
-            if number && words.get(i + 1) == Some(&"ms") {
-                "#".repeat(w.len())
-            } else {
-                w.to_string()
+    let mut masked: Vec<String> = Vec::with_capacity(words.len());
+    for (i, w) in words.iter().enumerate() {
+        let number = !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
+        if number && words.get(i + 1) == Some(&"ms") {
+            while masked.last().is_some_and(|m| m.is_empty()) {
+                masked.pop();
             }
-        })
-        .collect();
+            masked.push("#".to_string());
+        } else {
+            masked.push(w.to_string());
+        }
+    }
     masked.join(" ")
 }
 
 /// The measured columns of `show`'s subtasks table, by header label.
 const MEASURED: [&str; 3] = ["SYNC µs", "ASYNC µs", "ALIGN µs"];
 
-/// Masks volatile fields, keeping every column's width: times, durations, the
+/// Masks volatile fields: times, durations (to `# ms`), the
 /// measured µs columns of the `subtasks` table of `show` (right-aligned under
 /// their headers; each is replaced by `#` up to the header's width), and the
 /// size of the current manifest in `gc`.

@@ -386,6 +386,9 @@ impl Coordinator {
         if finished.is_empty() {
             return;
         }
+        // A subtask acknowledges before it is marked finished: what it sent
+        // last is in the rings now.
+        self.collect_acks(now_ms);
         let declined: Vec<(u64, Vec<usize>)> = self
             .in_progress
             .values()
