@@ -151,6 +151,14 @@ pub(crate) struct CutPlan {
     pub range_start: u32,
 }
 
+/// The share (between 1/2 and 1) of the incremental bounds at which key
+/// group `group` is materialised: spread evenly over key groups by a fixed
+/// hash, so that it is the same in every run and on every core count.
+fn materialise_share(group: u32) -> f64 {
+    let h = u64::from(group).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    0.5 + 0.5 * (h as f64 / u32::MAX as f64)
+}
+
 /// What a key group becomes in a checkpoint (empty key groups become nothing).
 #[derive(Debug)]
 pub(crate) enum Decided {
@@ -384,13 +392,15 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                 let deltas = committed.len() as u32 - 1;
                 let base = committed[0].bytes as f64;
                 let delta_bytes: u64 = committed[1..].iter().map(|l| l.bytes).sum();
-                let group = u64::from(plan.range_start) + index as u64;
-                // Materialise when the chain or its bytes reach their bounds,
-                // and otherwise spread over checkpoints: each checkpoint
-                // renews about 1/(max+1) of the key groups.
-                let materialise = deltas >= bounds.max_delta_chain
-                    || delta_bytes as f64 > base * bounds.max_delta_ratio
-                    || (deltas > 0 && (id + group) % (u64::from(bounds.max_delta_chain) + 1) == 0);
+                let group = plan.range_start + index as u32;
+                // Materialise when the chain or its bytes reach this key
+                // group's share of their bounds: between half and all of
+                // them, fixed per key group. Key groups updated alike would
+                // otherwise all reach a bound at the same checkpoint and
+                // write their bases together, a burst every few checkpoints.
+                let share = materialise_share(group);
+                let materialise = f64::from(deltas) >= f64::from(bounds.max_delta_chain) * share
+                    || delta_bytes as f64 > base * bounds.max_delta_ratio * share;
                 if !materialise {
                     self.freeze(index, id, true);
                     let state = StateRef {

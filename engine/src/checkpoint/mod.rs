@@ -109,10 +109,11 @@ pub struct CheckpointConfig {
     /// Write only what changed since the last completed checkpoint (deltas
     /// on a base), materialising fresh bases gradually.
     pub incremental: bool,
-    /// Most deltas on one base before the key group is materialised. Each
-    /// checkpoint renews about `1/(max_delta_chain + 1)` of the changed key
-    /// groups, so this sets the base bytes a checkpoint writes (default 16:
-    /// about 6% of the state); `max_delta_ratio` bounds the space either way.
+    /// Most deltas on one base before the key group is materialised (each
+    /// key group at a fixed share of this, between half and all, so that
+    /// bases spread over checkpoints). Longer chains mean fewer base bytes
+    /// per checkpoint and more blocks to read on restore (default 16);
+    /// `max_delta_ratio` bounds the space either way.
     pub max_delta_chain: u32,
     /// A key group is materialised once its deltas outweigh its base by
     /// this factor (bounds the space overhead).
