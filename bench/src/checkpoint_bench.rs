@@ -497,6 +497,29 @@ pub struct VariantSummary {
     pub async_us_p50: Option<u64>,
     /// Peak RSS of the process so far, bytes.
     pub peak_rss_bytes: Option<u64>,
+    /// Every checkpoint of the update phase, in trigger order.
+    pub each_checkpoint: Vec<CheckpointLine>,
+}
+
+/// One checkpoint of the update phase.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointLine {
+    /// Checkpoint id.
+    pub id: u64,
+    /// Trigger time, ms after the update phase started.
+    pub at_ms: u64,
+    /// `completed`, or `failed: reason`.
+    pub status: String,
+    /// End-to-end duration, ms.
+    pub duration_ms: u64,
+    /// Full bases written, bytes.
+    pub full_bytes: u64,
+    /// Deltas written, bytes.
+    pub delta_bytes: u64,
+    /// Longest synchronous pause of a core, µs.
+    pub sync_pause_us_max: u64,
+    /// Longest asynchronous part of a core, µs.
+    pub async_us_max: u64,
 }
 
 /// Whether the targets were met.
@@ -853,6 +876,22 @@ fn run_variant(config: &BenchConfig, variant: Variant) -> anyhow::Result<Variant
         delta_bytes_per_checkpoint_mean: mean(&delta),
         async_us_p50: quantile(&async_us, 0.5),
         peak_rss_bytes: peak_rss_bytes(),
+        each_checkpoint: steady
+            .iter()
+            .map(|c| CheckpointLine {
+                id: c.id,
+                at_ms: c.trigger_ms.saturating_sub(start_ms),
+                status: match &c.status {
+                    CheckpointStatus::Completed => "completed".to_string(),
+                    other => format!("{other:?}"),
+                },
+                duration_ms: c.duration_ms,
+                full_bytes: c.state_bytes - delta(c),
+                delta_bytes: delta(c),
+                sync_pause_us_max: c.subtasks.iter().map(|s| s.sync_us).max().unwrap_or(0),
+                async_us_max: c.subtasks.iter().map(|s| s.async_us).max().unwrap_or(0),
+            })
+            .collect(),
     })
 }
 
