@@ -153,6 +153,9 @@ pub(crate) struct JobEnv {
     pub run_id: u64,
     /// Subtasks whose input all ended and that wait for a final checkpoint.
     drained: AtomicUsize,
+    /// Per checkpoint: subtasks that had drained when its barrier reached
+    /// them. A checkpoint is final once every subtask had.
+    final_votes: Mutex<std::collections::BTreeMap<u64, usize>>,
     pub done: AtomicUsize,
     /// When the job started (restore duration is measured from here).
     pub started: Instant,
@@ -194,6 +197,7 @@ impl JobEnv {
             fingerprint: OnceLock::new(),
             run_id: run_id(),
             drained: AtomicUsize::new(0),
+            final_votes: Mutex::new(std::collections::BTreeMap::new()),
             done: AtomicUsize::new(0),
             config,
         });
@@ -250,9 +254,23 @@ impl JobEnv {
         }
     }
 
-    /// Whether every subtask waits for its final checkpoint.
-    pub(crate) fn all_drained(&self) -> bool {
-        self.drained.load(Ordering::SeqCst) == self.config.parallelism
+    /// A drained subtask handled checkpoint `id`'s barrier: its output is
+    /// all before it.
+    pub(crate) fn vote_final(&self, id: u64) {
+        if let Ok(mut votes) = self.final_votes.lock() {
+            *votes.entry(id).or_insert(0) += 1;
+        }
+    }
+
+    /// Whether checkpoint `id` covers every subtask's whole output: each had
+    /// drained when the barrier reached it. Asked once `id` completed, when
+    /// every subtask has handled its barrier, so all subtasks get the same
+    /// answer.
+    pub(crate) fn is_final(&self, id: u64) -> bool {
+        self.final_votes
+            .lock()
+            .map(|v| v.get(&id).copied().unwrap_or(0) == self.config.parallelism)
+            .unwrap_or(false)
     }
 
     /// Asks the coordinator for a checkpoint as soon as none is in progress.

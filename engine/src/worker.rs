@@ -188,11 +188,13 @@ impl Worker {
                     for sink in &self.sinks {
                         sink.pre_commit_if_finished(barrier.id)?;
                     }
-                    // Final once every subtask had drained before it: all
-                    // of them then agree that this checkpoint covers all.
-                    if self.final_checkpoint == FinalCheckpoint::Drained(None)
-                        && self.env.all_drained()
-                    {
+                    // Drained before this barrier: it covers all of this
+                    // subtask's output. Final if every subtask says so (asked
+                    // on completion, when all have handled the barrier; a
+                    // subtask's own view of the others when the barrier
+                    // reaches it could differ from theirs).
+                    if matches!(self.final_checkpoint, FinalCheckpoint::Drained(_)) {
+                        self.env.vote_final(barrier.id);
                         self.final_checkpoint = FinalCheckpoint::Drained(Some(barrier.id));
                     }
                     self.checkpoints.borrow_mut().check_ready(barrier.id);
@@ -219,8 +221,8 @@ impl Worker {
                     for sink in &self.sinks {
                         sink.commit(id)?;
                     }
-                    if let FinalCheckpoint::Drained(Some(last)) = self.final_checkpoint {
-                        if id >= last {
+                    if let FinalCheckpoint::Drained(Some(voted)) = self.final_checkpoint {
+                        if id == voted && self.env.is_final(id) {
                             self.final_checkpoint = FinalCheckpoint::Done;
                         }
                     }

@@ -75,22 +75,22 @@ impl<K: Key, O> KeyedContext<'_, K, O> {
     /// Fires [`on_timer`](KeyedProcessFunction::on_timer) for the current key
     /// once the watermark reaches `ts`.
     pub fn register_event_time_timer(&mut self, ts: Timestamp) {
-        self.timers.event.insert((ts, self.key.clone()));
+        self.timers.insert(self.key_group_index, 0, ts, self.key);
     }
 
     /// Fires the timer for the current key once processing time reaches `ts`.
     pub fn register_processing_time_timer(&mut self, ts: u64) {
-        self.timers.processing.insert((ts, self.key.clone()));
+        self.timers.insert(self.key_group_index, 1, ts, self.key);
     }
 
     /// Removes the current key's event-time timer at `ts`, if any.
     pub fn delete_event_time_timer(&mut self, ts: Timestamp) {
-        self.timers.event.remove(&(ts, self.key.clone()));
+        self.timers.remove(self.key_group_index, 0, ts, self.key);
     }
 
     /// Removes the current key's processing-time timer at `ts`, if any.
     pub fn delete_processing_time_timer(&mut self, ts: u64) {
-        self.timers.processing.remove(&(ts, self.key.clone()));
+        self.timers.remove(self.key_group_index, 1, ts, self.key);
     }
 }
 
@@ -196,10 +196,155 @@ impl<K, I, O, P: KeyedProcessFunction<K, I, O>> CoProcessFunction<K, I, (), O> f
     }
 }
 
-/// Pending timers of one operator.
+/// Pending timers of one operator: the firing order (by time) and, for
+/// checkpoints, the same timers per key group, which a cut archives group by
+/// group (copy-on-write, like state tables) instead of all at the barrier.
 pub(crate) struct Timers<K> {
-    pub(crate) event: BTreeSet<(Timestamp, K)>,
-    pub(crate) processing: BTreeSet<(u64, K)>,
+    event: BTreeSet<(Timestamp, K)>,
+    processing: BTreeSet<(u64, K)>,
+    /// Per key group of the range: (time, domain, key), domain 0 = event time.
+    by_group: Vec<BTreeSet<(u64, u8, K)>>,
+    /// Per key group: the checkpoint whose cut it was archived for.
+    archived_for: Vec<u64>,
+    cut: Option<TimerCut<K>>,
+}
+
+/// A cut of the timers in progress.
+struct TimerCut<K> {
+    id: u64,
+    /// Key groups not archived yet.
+    remaining: usize,
+    /// Next key group the background archives.
+    cursor: usize,
+    /// Archived key groups that have timers, by range index.
+    archived: Vec<(usize, TimerEntries<K>)>,
+}
+
+impl<K: Key> Timers<K> {
+    fn new(groups: usize) -> Self {
+        Self {
+            event: BTreeSet::new(),
+            processing: BTreeSet::new(),
+            by_group: (0..groups).map(|_| BTreeSet::new()).collect(),
+            archived_for: vec![0; groups],
+            cut: None,
+        }
+    }
+
+    /// Before a change to key group `group`: archive it first if a cut waits for it.
+    #[inline]
+    fn touch(&mut self, group: usize) {
+        if let Some(cut) = &self.cut {
+            if self.archived_for[group] != cut.id {
+                self.archive(group);
+            }
+        }
+    }
+
+    fn archive(&mut self, group: usize) {
+        let Some(cut) = &mut self.cut else {
+            return;
+        };
+        self.archived_for[group] = cut.id;
+        cut.remaining -= 1;
+        let timers = &self.by_group[group];
+        if !timers.is_empty() {
+            let entries = timers
+                .iter()
+                .map(|(ts, d, k)| (*ts, *d, k.clone()))
+                .collect();
+            cut.archived.push((group, entries));
+        }
+    }
+
+    fn domain_set(&mut self, domain: u8) -> &mut BTreeSet<(u64, K)> {
+        if domain == 0 {
+            &mut self.event
+        } else {
+            &mut self.processing
+        }
+    }
+
+    fn insert(&mut self, group: usize, domain: u8, ts: u64, key: &K) {
+        self.touch(group);
+        if self.domain_set(domain).insert((ts, key.clone())) {
+            self.by_group[group].insert((ts, domain, key.clone()));
+        }
+    }
+
+    fn remove(&mut self, group: usize, domain: u8, ts: u64, key: &K) {
+        self.touch(group);
+        if self.domain_set(domain).remove(&(ts, key.clone())) {
+            self.by_group[group].remove(&(ts, domain, key.clone()));
+        }
+    }
+
+    /// The earliest timer of `domain` if it is due at `now`, removed.
+    fn pop_due(
+        &mut self,
+        domain: u8,
+        now: u64,
+        group_of: impl Fn(&K) -> usize,
+    ) -> Option<(u64, K)> {
+        let (ts, key) = self.domain_set(domain).first()?;
+        if *ts > now {
+            return None;
+        }
+        let (ts, key) = (*ts, key.clone());
+        let group = group_of(&key);
+        self.touch(group);
+        self.domain_set(domain).remove(&(ts, key.clone()));
+        self.by_group[group].remove(&(ts, domain, key.clone()));
+        Some((ts, key))
+    }
+
+    fn next_processing(&self) -> Option<u64> {
+        self.processing.first().map(|(ts, _)| *ts)
+    }
+
+    /// Starts the cut of checkpoint `id` (a previous one still pending was aborted).
+    fn begin_cut(&mut self, id: u64) {
+        let groups = self.by_group.len();
+        self.cut = (groups > 0).then(|| TimerCut {
+            id,
+            remaining: groups,
+            cursor: 0,
+            archived: Vec::new(),
+        });
+    }
+
+    /// Archives up to `max` key groups of the cut; returns how many.
+    fn archive_pending(&mut self, max: usize) -> usize {
+        let mut done = 0;
+        while done < max {
+            let Some(cut) = &mut self.cut else {
+                break;
+            };
+            if cut.remaining == 0 || cut.cursor >= self.by_group.len() {
+                break;
+            }
+            let group = cut.cursor;
+            cut.cursor += 1;
+            if self.archived_for[group] != cut.id {
+                self.archive(group);
+                done += 1;
+            }
+        }
+        done
+    }
+
+    /// Key groups of the cut not archived yet.
+    fn pending(&self) -> usize {
+        self.cut.as_ref().map_or(0, |c| c.remaining)
+    }
+
+    /// The key groups archived for checkpoint `id` so far.
+    fn take_archived(&mut self, id: u64) -> Vec<(usize, TimerEntries<K>)> {
+        match &mut self.cut {
+            Some(cut) if cut.id == id => std::mem::take(&mut cut.archived),
+            _ => Vec::new(),
+        }
+    }
 }
 
 struct Operator<K, I1, I2, O, F> {
@@ -244,6 +389,10 @@ struct LazySnapshot {
 /// change): at least one key group, more while this lasts. The pause a
 /// snapshot adds to a step is about this plus one key group's archiving.
 const ARCHIVE_STEP_BUDGET: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Key groups of timers archived per round of a step's background work
+/// (copying a key group's timers out is cheap; rkyv comes after).
+const TIMER_GROUPS_PER_ROUND: usize = 16;
 
 /// Restored key groups a keyed operator loads per step in the background.
 const KEY_GROUPS_PER_STEP: usize = 1;
@@ -308,11 +457,12 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
     }
 
     fn fire_event_timers(&mut self, watermark: Timestamp, cx: &mut Cx) -> Result<(), JobError> {
-        while let Some((ts, _)) = self.timers.event.first() {
-            if *ts > watermark {
+        loop {
+            let (range, max_parallelism) = (self.range, self.max_parallelism);
+            let group_of = |key: &K| (key_group_for(key, max_parallelism) - range.start) as usize;
+            let Some((ts, key)) = self.timers.pop_due(0, watermark, group_of) else {
                 break;
-            }
-            let (ts, key) = self.timers.event.pop_first().expect("first() was Some");
+            };
             self.fire(ts, TimeDomain::EventTime, key, cx)?;
         }
         Ok(())
@@ -440,13 +590,9 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             table.begin_cut(plan.clone(), self.names.1[position].clone());
             undecided += table.undecided();
         }
-        let blocks = self
-            .timer_blocks()
-            .map_err(|e| self.snapshot_error(id, e))?;
+        self.timers.begin_cut(id);
+        undecided += self.timers.pending();
         let mut checkpoints = self.checkpoints.borrow_mut();
-        for block in blocks {
-            checkpoints.add_block(id, block);
-        }
         if undecided > 0 {
             self.lazy = Some(LazySnapshot {
                 id,
@@ -487,7 +633,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         // Background archiving: one key group at least, more while the step's
         // budget lasts; the whole step counts as one pause.
         loop {
-            let mut any = false;
+            let mut any = self.timers.archive_pending(TIMER_GROUPS_PER_ROUND) > 0;
             for table in tables {
                 let mut table = table.borrow_mut();
                 if table.frozen_groups() > 0 {
@@ -504,7 +650,16 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             table.take_max_pause_us(); // within this step's pause
             archived.extend(table.take_serialized().into_iter().map(|r| (position, r)));
         }
-        let progressed = !archived.is_empty() || !decided.is_empty();
+        remaining += self.timers.pending();
+        let mut timer_blocks = Vec::new();
+        for (index, entries) in self.timers.take_archived(id) {
+            timer_blocks.push(
+                self.timer_block(index, &entries)
+                    .map_err(|e| self.snapshot_error(id, e))?,
+            );
+        }
+        let progressed = !timer_blocks.is_empty();
+        let progressed = progressed || !archived.is_empty() || !decided.is_empty();
         if !decided.is_empty() {
             let lazy = self.lazy.as_mut().expect("checked above");
             let mut checkpoints = self.checkpoints.borrow_mut();
@@ -548,7 +703,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             });
         }
         let mut checkpoints = self.checkpoints.borrow_mut();
-        for block in blocks {
+        for block in blocks.into_iter().chain(timer_blocks) {
             checkpoints.add_block(id, block);
         }
         checkpoints.add_pause(id, pause.max(step_started.elapsed().as_micros() as u64));
@@ -559,45 +714,34 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         Ok(progressed)
     }
 
-    /// The timers of every key group that has some, in full (a block per key
-    /// group), for a checkpoint.
-    fn timer_blocks(&self) -> Result<Vec<SnapshotBlock>, String> {
-        let mut blocks = Vec::new();
-        // Timers are written in full for every key group that has some.
-        let mut timers: Vec<TimerEntries<K>> = (0..self.range.len()).map(|_| Vec::new()).collect();
-        for (domain, set) in [(0u8, &self.timers.event), (1u8, &self.timers.processing)] {
-            for (ts, key) in set {
-                timers[self.key_group_index(key)].push((*ts, domain, key.clone()));
-            }
-        }
-        for (index, entries) in timers.into_iter().enumerate() {
-            if entries.is_empty() {
-                continue;
-            }
-            let count = entries.len() as u64;
-            let bytes =
-                rkyv::to_bytes::<rkyv::rancor::Error>(&entries).map_err(|e| e.to_string())?;
-            blocks.push(SnapshotBlock {
-                kind: spate_storage::BlockKind::KEYED_STATE_FULL,
-                desc: BlockDesc::State {
-                    state: StateRef {
-                        key: (
-                            self.names.0.clone(),
-                            Arc::from(TIMERS_TABLE),
-                            (self.range.start as usize + index) as u32,
-                        ),
-                        prefix: Chain::default(),
-                        entries: count,
-                        type_name: crate::inspect::timers_type_name::<K>(),
-                    },
-                    delta: false,
-                    block_entries: count,
-                    bytes: bytes.len() as u64,
+    /// The block of key group `index`'s timers as a cut archived them (in
+    /// full: timers are few per key group).
+    fn timer_block(
+        &self,
+        index: usize,
+        entries: &TimerEntries<K>,
+    ) -> Result<SnapshotBlock, String> {
+        let count = entries.len() as u64;
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(entries).map_err(|e| e.to_string())?;
+        Ok(SnapshotBlock {
+            kind: spate_storage::BlockKind::KEYED_STATE_FULL,
+            desc: BlockDesc::State {
+                state: StateRef {
+                    key: (
+                        self.names.0.clone(),
+                        Arc::from(TIMERS_TABLE),
+                        (self.range.start as usize + index) as u32,
+                    ),
+                    prefix: Chain::default(),
+                    entries: count,
+                    type_name: crate::inspect::timers_type_name::<K>(),
                 },
-                bytes,
-            });
-        }
-        Ok(blocks)
+                delta: false,
+                block_entries: count,
+                bytes: bytes.len() as u64,
+            },
+            bytes,
+        })
     }
 
     /// Loads this subtask's key groups of a checkpoint: each chain's base,
@@ -636,10 +780,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                 let entries = rkyv::from_bytes::<TimerEntries<K>, rkyv::rancor::Error>(&block)
                     .map_err(|e| fail(format!("timers of key group {group}: {e}")))?;
                 for (ts, domain, key) in entries {
-                    match domain {
-                        0 => self.timers.event.insert((ts, key)),
-                        _ => self.timers.processing.insert((ts, key)),
-                    };
+                    self.timers.insert(index, domain.min(1), ts, &key);
                 }
             }
         }
@@ -702,11 +843,12 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
     fn fire_processing_timers(&self, cx: &mut Cx) -> Result<bool, JobError> {
         let mut op = self.borrow_mut();
         let mut fired = false;
-        while let Some((ts, _)) = op.timers.processing.first() {
-            if *ts > cx.now_ms {
+        loop {
+            let (range, max_parallelism) = (op.range, op.max_parallelism);
+            let group_of = |key: &K| (key_group_for(key, max_parallelism) - range.start) as usize;
+            let Some((ts, key)) = op.timers.pop_due(1, cx.now_ms, group_of) else {
                 break;
-            }
-            let (ts, key) = op.timers.processing.pop_first().expect("first() was Some");
+            };
             op.fire(ts, TimeDomain::ProcessingTime, key, cx)?;
             fired = true;
         }
@@ -718,7 +860,7 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
     }
 
     fn next_processing_timer(&self) -> Option<u64> {
-        self.borrow().timers.processing.first().map(|(ts, _)| *ts)
+        self.borrow().timers.next_processing()
     }
 
     fn checkpoint_complete(&self, id: u64) {
@@ -848,10 +990,7 @@ fn build<
         key2: second.map(|s| s.key.clone()),
         range,
         max_parallelism,
-        timers: Timers {
-            event: BTreeSet::new(),
-            processing: BTreeSet::new(),
-        },
+        timers: Timers::new(range.len()),
         out: Vec::new(),
         output: output.clone(),
         watermarks: [0, if second.is_some() { 0 } else { MAX_WATERMARK }],
