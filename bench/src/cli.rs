@@ -108,6 +108,12 @@ struct NexmarkArgs {
     /// Cores to run on, one pinned reactor each (default: all available).
     #[arg(long)]
     cores: Option<usize>,
+    /// Key groups (the engine's max parallelism): the unit of state
+    /// redistribution and of a checkpoint's pauses; a state directory keeps
+    /// the value it was created with.
+    #[arg(long, default_value_t = crate::run::DEFAULT_MAX_PARALLELISM,
+          value_parser = clap::value_parser!(u32).range(1..=32768))]
+    max_parallelism: u32,
     /// Generator seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -342,6 +348,7 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let rate_events_per_s = (args.rate > 0).then_some(args.rate);
     let mut config = RunConfig {
+        max_parallelism: args.max_parallelism,
         seed: args.seed,
         output_dir: args.output,
         at_least_once_output: args.at_least_once_output,

@@ -338,11 +338,19 @@ impl<K: Key> Timers<K> {
         self.cut.as_ref().map_or(0, |c| c.remaining)
     }
 
-    /// The key groups archived for checkpoint `id` so far.
-    fn take_archived(&mut self, id: u64) -> Vec<(usize, TimerEntries<K>)> {
+    /// One key group archived for checkpoint `id` and not serialized yet.
+    fn take_archived(&mut self, id: u64) -> Option<(usize, TimerEntries<K>)> {
         match &mut self.cut {
-            Some(cut) if cut.id == id => std::mem::take(&mut cut.archived),
-            _ => Vec::new(),
+            Some(cut) if cut.id == id => cut.archived.pop(),
+            _ => None,
+        }
+    }
+
+    /// Key groups copied out for checkpoint `id` and not serialized yet.
+    fn archived_waiting(&self, id: u64) -> usize {
+        match &self.cut {
+            Some(cut) if cut.id == id => cut.archived.len(),
+            _ => 0,
         }
     }
 }
@@ -392,7 +400,7 @@ const ARCHIVE_STEP_BUDGET: std::time::Duration = std::time::Duration::from_micro
 
 /// Key groups of timers archived per round of a step's background work
 /// (copying a key group's timers out is cheap; rkyv comes after).
-const TIMER_GROUPS_PER_ROUND: usize = 16;
+const TIMER_GROUPS_PER_ROUND: usize = 1;
 
 /// Restored key groups a keyed operator loads per step in the background.
 const KEY_GROUPS_PER_STEP: usize = 1;
@@ -632,8 +640,20 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         }
         // Background archiving: one key group at least, more while the step's
         // budget lasts; the whole step counts as one pause.
+        let mut timer_blocks = Vec::new();
         loop {
-            let mut any = self.timers.archive_pending(TIMER_GROUPS_PER_ROUND) > 0;
+            // Timers: serialize one key group copied out (before a change or
+            // in the background), else copy one out.
+            let mut any = match self.timers.take_archived(id) {
+                Some((index, entries)) => {
+                    timer_blocks.push(
+                        self.timer_block(index, &entries)
+                            .map_err(|e| self.snapshot_error(id, e))?,
+                    );
+                    true
+                }
+                None => self.timers.archive_pending(TIMER_GROUPS_PER_ROUND) > 0,
+            };
             for table in tables {
                 let mut table = table.borrow_mut();
                 if table.frozen_groups() > 0 {
@@ -650,14 +670,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             table.take_max_pause_us(); // within this step's pause
             archived.extend(table.take_serialized().into_iter().map(|r| (position, r)));
         }
-        remaining += self.timers.pending();
-        let mut timer_blocks = Vec::new();
-        for (index, entries) in self.timers.take_archived(id) {
-            timer_blocks.push(
-                self.timer_block(index, &entries)
-                    .map_err(|e| self.snapshot_error(id, e))?,
-            );
-        }
+        remaining += self.timers.pending() + self.timers.archived_waiting(id);
         let progressed = !timer_blocks.is_empty();
         let progressed = progressed || !archived.is_empty() || !decided.is_empty();
         if !decided.is_empty() {
