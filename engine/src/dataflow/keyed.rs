@@ -671,8 +671,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             archived.extend(table.take_serialized().into_iter().map(|r| (position, r)));
         }
         remaining += self.timers.pending() + self.timers.archived_waiting(id);
-        let progressed = !timer_blocks.is_empty();
-        let progressed = progressed || !archived.is_empty() || !decided.is_empty();
+        let progressed = !timer_blocks.is_empty() || !archived.is_empty() || !decided.is_empty();
         if !decided.is_empty() {
             let lazy = self.lazy.as_mut().expect("checked above");
             let mut checkpoints = self.checkpoints.borrow_mut();
