@@ -30,9 +30,9 @@ impl<K: Archive, V: Archive> Archive for EntryRef<'_, K, V> {
     type Resolver = (K::Resolver, V::Resolver);
 
     fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
-        // SAFETY: the pointer is only used to project to the two fields, as
-        // rkyv's own tuple implementation does; `out` is aligned and
-        // dereferenceable, and each field pointer points into it.
+        // The raw pointer only projects to the two fields, as rkyv's own tuple
+        // implementation does.
+        // SAFETY: `out` is aligned and dereferenceable; each field pointer points into it.
         unsafe {
             let ptr = out.ptr();
             let key = Place::from_field_unchecked(out, core::ptr::addr_of_mut!((*ptr).0));

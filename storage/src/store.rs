@@ -452,7 +452,7 @@ impl<I: Io> Store<I> {
     ) -> Result<CommitReport, CommitError> {
         let mut report = self.commit_checkpoint_deferred(record).await?;
         let deleted = std::mem::take(&mut report.segments_deleted);
-        report.warnings = self.remove_segments(&deleted).await;
+        report.warnings = self.remove_segment_files(&deleted).await;
         report.segments_deleted = deleted;
         Ok(report)
     }
@@ -547,13 +547,6 @@ impl<I: Io> Store<I> {
         })
     }
 
-    /// Unlinks segment files a deferred commit released
-    /// ([`commit_checkpoint_deferred`](Self::commit_checkpoint_deferred));
-    /// failures come back as warnings.
-    pub async fn remove_segment_files(&self, ids: &[SegmentId]) -> Vec<StoreWarning> {
-        self.remove_segments(ids).await
-    }
-
     async fn write_manifest(
         &mut self,
         batch: &[ManifestRecord],
@@ -570,7 +563,10 @@ impl<I: Io> Store<I> {
         })
     }
 
-    async fn remove_segments(&self, ids: &[SegmentId]) -> Vec<StoreWarning> {
+    /// Unlinks segment files nothing references any more (those a deferred
+    /// commit released: [`commit_checkpoint_deferred`](Self::commit_checkpoint_deferred));
+    /// failures come back as warnings.
+    pub async fn remove_segment_files(&self, ids: &[SegmentId]) -> Vec<StoreWarning> {
         let mut warnings = Vec::new();
         for id in ids {
             if let Err(e) = self.io.remove(&id.file_name()).await {
@@ -705,7 +701,7 @@ impl<I: Io> Store<I> {
         }
         self.relocated.extend(map);
         drop(w);
-        let warnings = self.remove_segments(&candidates).await;
+        let warnings = self.remove_segment_files(&candidates).await;
         Ok(CompactionReport {
             segments_compacted: candidates,
             blocks_moved: moves.len(),
