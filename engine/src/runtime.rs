@@ -10,7 +10,7 @@
 
 use crate::checkpoint::coordinator::{Ack, CheckpointSummary, Coordinator, CoordinatorShared};
 use crate::checkpoint::restore::RestoreState;
-use crate::checkpoint::subtask::LocalSnapshot;
+use crate::checkpoint::subtask::{DeferredBase, LocalSnapshot};
 use crate::checkpoint::RestoreFrom;
 use crate::checkpoint::{CheckpointStats, Control};
 use crate::dataflow::exchange::ExchangeRegistry;
@@ -161,6 +161,9 @@ pub(crate) struct JobEnv {
     pub started: Instant,
     /// Longest time a subtask took, from the start, to have its state restored.
     pub restore_us: AtomicU64,
+    /// Key groups a step archives in the background; 0: as many as fit in
+    /// a time budget (the simulator sets a count, so a seed reproduces).
+    pub archive_groups_per_step: AtomicUsize,
 }
 
 /// The coordinator's ends of the control and acknowledgement rings.
@@ -194,6 +197,7 @@ impl JobEnv {
             coordinator: Arc::new(CoordinatorShared::new(p)),
             started: Instant::now(),
             restore_us: AtomicU64::new(0),
+            archive_groups_per_step: AtomicUsize::new(0),
             fingerprint: OnceLock::new(),
             run_id: run_id(),
             drained: AtomicUsize::new(0),
@@ -386,18 +390,31 @@ pub(crate) fn ack_for(
     }
 }
 
+/// What the step loop hands its reactor's writer task.
+enum WriterJob {
+    /// A subtask's part of a checkpoint: written first, then acknowledged.
+    Part(LocalSnapshot),
+    /// Bases materialised in the background: written when no part waits.
+    Bases(Vec<DeferredBase>),
+}
+
 /// Hands finished snapshot parts to the reactor's writer task.
 struct ChannelWriter(
-    glommio::channels::local_channel::LocalSender<LocalSnapshot>,
+    glommio::channels::local_channel::LocalSender<WriterJob>,
     Rc<ReactorIdle>,
 );
 
 impl SnapshotWriter for ChannelWriter {
     fn submit(&mut self, snapshot: LocalSnapshot) {
         // Unbounded: never blocks the step; at most `max_concurrent` parts wait.
-        if self.0.try_send(snapshot).is_ok() {
+        if self.0.try_send(WriterJob::Part(snapshot)).is_ok() {
             self.1.queued.set(self.1.queued.get() + 1);
         }
+    }
+
+    fn submit_bases(&mut self, bases: Vec<DeferredBase>) {
+        // Not counted in `queued`: the step loop need not yield for them.
+        let _ = self.0.try_send(WriterJob::Bases(bases));
     }
 }
 
@@ -408,7 +425,7 @@ type WriterSlots = Mutex<Vec<Option<WriterSlot<GlommioIo>>>>;
 async fn writer_task(
     env: Arc<JobEnv>,
     subtask: usize,
-    snapshots: glommio::channels::local_channel::LocalReceiver<LocalSnapshot>,
+    snapshots: glommio::channels::local_channel::LocalReceiver<WriterJob>,
     slots: Arc<(OnceLock<()>, WriterSlots)>,
     checkpoints: std::rc::Rc<std::cell::RefCell<crate::checkpoint::subtask::SubtaskCheckpoints>>,
     idle: Rc<ReactorIdle>,
@@ -434,7 +451,44 @@ async fn writer_task(
         }
         glommio::timer::sleep(Duration::from_millis(1)).await;
     };
-    while let Some(mut snapshot) = snapshots.recv().await {
+    // Bases materialised in the background, waiting; and those appended
+    // since the last flush (published as available once it succeeds).
+    let mut bases = std::collections::VecDeque::new();
+    let mut appended_bases = Vec::new();
+    loop {
+        if !bases.is_empty() && idle.queued.get() == 0 {
+            // No part waits: write one base. A part handed over meanwhile
+            // waits for at most this block.
+            let _busy = BusyGuard::new(&idle);
+            let mut base: DeferredBase = bases.pop_front().expect("not empty");
+            let handle = writer.append(base.block.kind, &base.block.bytes);
+            appended_bases.extend(base.link(handle));
+            crate::archive::recycle(std::mem::take(&mut base.block.bytes));
+            writer.write_behind().await;
+            if bases.is_empty() {
+                writer.abort_blocks(&checkpoints.borrow_mut().take_abandoned());
+                // A failed write is the next part's failure too; these bases
+                // are simply never referenced (their chains reach their
+                // bounds and materialise on the checkpoint's path).
+                if writer.flush().await.is_ok() {
+                    checkpoints
+                        .borrow_mut()
+                        .bases_written(std::mem::take(&mut appended_bases));
+                }
+                appended_bases.clear();
+            }
+            continue;
+        }
+        let Some(job) = snapshots.recv().await else {
+            break;
+        };
+        let mut snapshot = match job {
+            WriterJob::Bases(more) => {
+                bases.extend(more);
+                continue;
+            }
+            WriterJob::Part(snapshot) => snapshot,
+        };
         idle.queued.set(idle.queued.get().saturating_sub(1));
         let _busy = BusyGuard::new(&idle);
         let mut handles = Vec::with_capacity(snapshot.blocks.len());
@@ -450,6 +504,13 @@ async fn writer_task(
             writer.write_behind().await;
         }
         let written = writer.flush().await.map_err(|e| e.to_string());
+        if written.is_ok() {
+            // Bases appended before the part are durable with it.
+            checkpoints
+                .borrow_mut()
+                .bases_written(std::mem::take(&mut appended_bases));
+        }
+        appended_bases.clear();
         let mut ack = ack_for(snapshot, subtask, handles, written, &checkpoints);
         while let Err(back) = acks.try_push(ack) {
             if env.failed() {

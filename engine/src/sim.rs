@@ -73,11 +73,38 @@ pub struct SimReport {
 }
 
 /// Writes snapshot parts synchronously into the simulated store.
+/// Bases materialised in the background are written at once, or, as drawn
+/// after each part, only after the next part (then too late for the
+/// checkpoint after their cut, as on a busy device).
 struct SimWriter {
     writer: SegmentWriter<SimIo>,
     acks: Producer<Ack>,
     subtask: usize,
     checkpoints: std::rc::Rc<std::cell::RefCell<crate::checkpoint::subtask::SubtaskCheckpoints>>,
+    bases: Vec<crate::checkpoint::subtask::DeferredBase>,
+    rng: SplitMix64,
+    /// Bases wait for the next part (drawn after each part).
+    slow_bases: bool,
+}
+
+impl SimWriter {
+    /// Writes the bases waiting, unless they wait for the next part.
+    fn write_bases(&mut self) {
+        if self.bases.is_empty() || self.slow_bases {
+            return;
+        }
+        let bases = std::mem::take(&mut self.bases);
+        let handles: Vec<_> = bases
+            .iter()
+            .map(|b| self.writer.append(b.block.kind, &b.block.bytes))
+            .collect();
+        let mut checkpoints = self.checkpoints.borrow_mut();
+        self.writer.abort_blocks(&checkpoints.take_abandoned());
+        if block_on(self.writer.flush()).is_ok() {
+            let links = bases.iter().zip(handles).filter_map(|(b, h)| b.link(h));
+            checkpoints.bases_written(links.collect());
+        }
+    }
 }
 
 impl SnapshotWriter for SimWriter {
@@ -91,6 +118,14 @@ impl SnapshotWriter for SimWriter {
         let ack = ack_for(snapshot, self.subtask, handles, written, &self.checkpoints);
         // Sized for every checkpoint the coordinator can have outstanding.
         let _ = self.acks.try_push(ack);
+        self.slow_bases = false;
+        self.write_bases();
+        self.slow_bases = self.rng.below(2) == 0;
+    }
+
+    fn submit_bases(&mut self, bases: Vec<crate::checkpoint::subtask::DeferredBase>) {
+        self.bases.extend(bases);
+        self.write_bases();
     }
 }
 
@@ -191,6 +226,12 @@ impl Simulation {
             restore,
             Arc::new(std::sync::atomic::AtomicBool::new(false)),
         );
+        // Drawn apart from `rng`, so that the seeds' interleavings stay.
+        let mut background_rng = SplitMix64::new(seed ^ 0x5EED_BA5E);
+        env.archive_groups_per_step.store(
+            8 << background_rng.below(4), // 8 to 64 rounds
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let panic_error = |subtask, panic: Box<dyn std::any::Any + Send>| JobError::Panic {
             subtask,
             message: format!("{} (seed {seed})", crate::error::panic_message(&*panic)),
@@ -228,6 +269,9 @@ impl Simulation {
                         acks,
                         subtask,
                         checkpoints,
+                        bases: Vec::new(),
+                        rng: SplitMix64::new(background_rng.next_u64()),
+                        slow_bases: false,
                     }));
                 }
             }

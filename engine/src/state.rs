@@ -10,7 +10,7 @@
 //! inserted keys, which keeps simulated runs reproducible.
 
 use crate::archive::{take_buffer, Entries, EntryRef};
-use crate::checkpoint::subtask::{Chain, StateKey, StateRef};
+use crate::checkpoint::subtask::{Chain, ChainLink, StateKey, StateRef};
 use crate::keygroup::{Key, KeyGroupRange};
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -91,6 +91,11 @@ pub(crate) trait StateTable {
     fn serialize_frozen(&mut self, max: usize) -> usize;
     /// Key groups frozen and not archived yet.
     fn frozen_groups(&self) -> usize;
+    /// Archives up to `max` bases to materialise in the background (see
+    /// [`Decided`]); returns how many.
+    fn serialize_deferred(&mut self, max: usize) -> usize;
+    /// Bases to materialise in the background not archived yet.
+    fn deferred_groups(&self) -> usize;
     /// Archives made since the last call (`Err` if one failed).
     fn take_serialized(&mut self) -> Vec<Result<Serialized, String>>;
     /// The longest single archiving pause since the last call, µs.
@@ -143,6 +148,9 @@ pub(crate) struct CutPlan {
     pub id: u64,
     /// Committed chains at the barrier (deltas build on them).
     pub committed: Rc<FxHashMap<StateKey, Chain>>,
+    /// Bases materialised in the background since, durable and not yet
+    /// committed: a key group's chain may start from one of them instead.
+    pub bases: Rc<FxHashMap<StateKey, ChainLink>>,
     /// `None` for full checkpoints.
     pub incremental: Option<IncrementalBounds>,
     /// The operator's name in checkpoint keys.
@@ -151,15 +159,32 @@ pub(crate) struct CutPlan {
     pub range_start: u32,
 }
 
-/// The share (between 1/2 and 1) of the incremental bounds at which key
-/// group `group` is materialised: spread evenly over key groups by a fixed
-/// hash, so that it is the same in every run and on every core count.
+/// The share (between 1/2 and 3/4) of the incremental bounds at which key
+/// group `group` is materialised in the background: spread evenly over key
+/// groups by a fixed hash, so that it is the same in every run and on every
+/// core count. The last quarter of the bounds leaves the background base
+/// time to arrive before the chain reaches a bound (where the checkpoint
+/// itself would write the base).
 fn materialise_share(group: u32) -> f64 {
     let h = u64::from(group).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-    0.5 + 0.5 * (h as f64 / u32::MAX as f64)
+    0.5 + 0.25 * (h as f64 / u32::MAX as f64)
 }
 
 /// What a key group becomes in a checkpoint (empty key groups become nothing).
+///
+/// In incremental mode a key group is materialised (its chain replaced by a
+/// fresh base) off the checkpoint's path, as Flink's changelog backend does:
+/// when its chain reaches its share of the bounds, the checkpoint still
+/// writes a delta, and a base of the same cut is archived in the background
+/// and written after the checkpoint's part. A later checkpoint references
+/// that base, then the committed deltas of later checkpoints
+/// ([`SubtaskCheckpoints::bases_snapshot`](crate::checkpoint::subtask::SubtaskCheckpoints::bases_snapshot)).
+/// Only a chain at the bounds themselves (its background base not written
+/// in time) gets a base on the checkpoint's path. The background base needs
+/// no copy-on-write: it may hold any state between its cut and the cut of the
+/// checkpoint that takes it up (it is archived, written and made available
+/// before that checkpoint decides), because the committed deltas after its
+/// cut hold the final values of every key changed since.
 #[derive(Debug)]
 pub(crate) enum Decided {
     /// Unchanged since the committed chain: referenced again, nothing written.
@@ -200,6 +225,8 @@ pub struct Serialized {
     pub bytes: AlignedVec,
     /// Keys in a base; upserts plus deletes in a delta.
     pub entries: u64,
+    /// A base materialised in the background, not part of checkpoint `id`.
+    pub deferred: bool,
 }
 
 /// A key group cut for a checkpoint and not archived yet.
@@ -232,6 +259,18 @@ pub(crate) struct KeyedTable<K, V> {
     cut_error: Option<String>,
     /// Keys per restored key group (for chains reused while unloaded).
     restored_entries: Vec<u64>,
+    /// Per key group: a base to materialise in the background, requested by
+    /// this checkpoint. It is archived whenever the background gets to it,
+    /// with no copy-on-write: any state between this checkpoint's cut and
+    /// the cut of the checkpoint that takes the base up will do, since the
+    /// committed deltas after this cut overwrite every key changed since.
+    deferred: Vec<Option<u64>>,
+    /// Key groups with `deferred` set, roughly in the order they were set.
+    deferred_queue: std::collections::VecDeque<usize>,
+    deferred_count: usize,
+    /// Per key group: the cut of the last base requested in the background
+    /// (none is requested again while one newer than the chain is on its way).
+    base_requested: Vec<u64>,
 }
 
 impl<K: Key, V> KeyedTable<K, V> {
@@ -261,6 +300,10 @@ impl<K: Key, V> KeyedTable<K, V> {
             decisions: Vec::new(),
             cut_error: None,
             restored_entries: vec![0; range.len()],
+            deferred: vec![None; range.len()],
+            deferred_queue: std::collections::VecDeque::new(),
+            deferred_count: 0,
+            base_requested: vec![0; range.len()],
         }
     }
 }
@@ -345,7 +388,22 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
         }
         self.decided_for[index] = plan.id;
         let id = plan.id;
-        let committed = plan.committed.get(&key).cloned().unwrap_or_default();
+        let mut committed = plan.committed.get(&key).cloned().unwrap_or_default();
+        if let (Some(base), Some(first)) = (plan.bases.get(&key), committed.first()) {
+            if base.checkpoint > first.checkpoint {
+                // Take up the base materialised in the background: it holds
+                // the state at its cut, the committed deltas after that cut
+                // hold every change since.
+                committed = std::iter::once(base.clone())
+                    .chain(
+                        committed
+                            .iter()
+                            .filter(|l| l.checkpoint > base.checkpoint)
+                            .cloned(),
+                    )
+                    .collect();
+            }
+        }
         let type_name = crate::inspect::table_type_name::<K, V>();
         if self.to_load[index].is_some() {
             if plan.incremental.is_some() && !committed.is_empty() {
@@ -393,16 +451,28 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                 let base = committed[0].bytes as f64;
                 let delta_bytes: u64 = committed[1..].iter().map(|l| l.bytes).sum();
                 let group = plan.range_start + index as u32;
-                // Materialise when the chain or its bytes reach this key
-                // group's share of their bounds: between half and all of
-                // them, fixed per key group. Key groups updated alike would
-                // otherwise all reach a bound at the same checkpoint and
-                // write their bases together, a burst every few checkpoints.
-                let share = materialise_share(group);
-                let materialise = f64::from(deltas) >= f64::from(bounds.max_delta_chain) * share
-                    || delta_bytes as f64 > base * bounds.max_delta_ratio * share;
-                if !materialise {
+                // Materialise in the background when the chain or its bytes
+                // reach this key group's share of their bounds: between half
+                // and all of them, fixed per key group. Key groups updated
+                // alike would otherwise all reach a bound at the same
+                // checkpoint and write their bases together, a burst every
+                // few checkpoints. At the bounds themselves (no background
+                // base arrived in time), the checkpoint writes the base.
+                let reached = |share: f64| {
+                    f64::from(deltas) >= f64::from(bounds.max_delta_chain) * share
+                        || delta_bytes as f64 > base * bounds.max_delta_ratio * share
+                };
+                if !reached(1.0) {
                     self.freeze(index, id, true);
+                    let in_progress = self.base_requested[index] > committed[0].checkpoint;
+                    if reached(materialise_share(group)) && !in_progress {
+                        // Materialise off the checkpoint's path.
+                        self.base_requested[index] = id;
+                        if self.deferred[index].replace(id).is_none() {
+                            self.deferred_count += 1;
+                            self.deferred_queue.push_back(index);
+                        }
+                    }
                     let state = StateRef {
                         prefix: committed,
                         ..state
@@ -461,6 +531,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                 delta: false,
                 entries: self.groups[index].len() as u64,
                 bytes,
+                deferred: false,
             }),
             Some(keys) => {
                 let group = &self.groups[index];
@@ -487,9 +558,29 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                     delta: true,
                     entries,
                     bytes,
+                    deferred: false,
                 })
             }
         };
+        self.max_pause_us = self.max_pause_us.max(started.elapsed().as_micros() as u64);
+        self.serialized.push(result);
+    }
+
+    /// Archives group `index`'s base to materialise in the background now.
+    fn archive_deferred(&mut self, index: usize) {
+        let Some(id) = self.deferred[index].take() else {
+            return;
+        };
+        self.deferred_count -= 1;
+        let started = std::time::Instant::now();
+        let result = self.snapshot_group(index).map(|bytes| Serialized {
+            index,
+            id,
+            delta: false,
+            entries: self.groups[index].len() as u64,
+            bytes,
+            deferred: true,
+        });
         self.max_pause_us = self.max_pause_us.max(started.elapsed().as_micros() as u64);
         self.serialized.push(result);
     }
@@ -604,6 +695,24 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
 
     fn frozen_groups(&self) -> usize {
         self.frozen_count
+    }
+
+    fn serialize_deferred(&mut self, max: usize) -> usize {
+        let mut done = 0;
+        while done < max && self.deferred_count > 0 {
+            let Some(index) = self.deferred_queue.pop_front() else {
+                break; // unreachable while the count is right
+            };
+            if self.deferred[index].is_some() {
+                self.archive_deferred(index);
+                done += 1;
+            }
+        }
+        done
+    }
+
+    fn deferred_groups(&self) -> usize {
+        self.deferred_count
     }
 
     fn take_serialized(&mut self) -> Vec<Result<Serialized, String>> {

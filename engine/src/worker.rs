@@ -7,7 +7,7 @@
 //! loop on a pinned reactor; the simulator calls it for every subtask on one
 //! thread in a seeded order. Nothing here blocks.
 
-use crate::checkpoint::subtask::{LocalSnapshot, SubtaskCheckpoints};
+use crate::checkpoint::subtask::{DeferredBase, LocalSnapshot, SubtaskCheckpoints};
 use crate::checkpoint::Control;
 use crate::dataflow::{
     Cx, Dataflow, InputSlot, InputState, OutputBuffer, ProcessingTimers, SinkCheckpoints,
@@ -23,6 +23,9 @@ use std::sync::Arc;
 /// (asynchronous, io_uring) or the simulator's inline writer.
 pub(crate) trait SnapshotWriter {
     fn submit(&mut self, snapshot: LocalSnapshot);
+    /// Bases materialised in the background: written after the parts
+    /// handed over before them, and behind any part handed over later.
+    fn submit_bases(&mut self, bases: Vec<DeferredBase>);
 }
 
 /// What one step achieved.
@@ -279,6 +282,12 @@ impl Worker {
                 writer.submit(snapshot);
             }
         }
+        let bases = self.checkpoints.borrow_mut().take_deferred();
+        if !bases.is_empty() {
+            if let Some(writer) = &mut self.writer {
+                writer.submit_bases(bases);
+            }
+        }
         if all_finished
             && !self.buffers.iter().any(|b| b.has_pending())
             && !self.timer_operators.iter().any(|o| o.has_snapshot_work())
@@ -305,7 +314,10 @@ impl Worker {
             return true;
         }
         if self.buffers.iter().any(|b| b.can_drain())
-            || self.timer_operators.iter().any(|o| o.has_snapshot_work())
+            || self
+                .timer_operators
+                .iter()
+                .any(|o| o.has_snapshot_work() || o.has_background_work())
         {
             return true;
         }

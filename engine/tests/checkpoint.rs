@@ -59,18 +59,19 @@ fn last_totals(emitted: &[(u64, u64, u64)]) -> BTreeMap<u64, (u64, u64)> {
 fn crash_and_restore(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>) {
     let mut rng = SplitMix64::new(seed ^ 0xC0FFEE);
     let parallelism = 1 + rng.below(3) as usize;
-    let crash_after = 1 + rng.below(3);
+    let crash_after = 1 + rng.below(5);
     let interval_ms = 5 + rng.below(40);
     let io = SimIo::new();
     let totals: Totals = Default::default();
     let windows: Windows = Default::default();
     let mut cfg = config(parallelism, mode, interval_ms);
     // Half the seeds checkpoint incrementally, with short chains so that
-    // deltas, materialisation and restore of base + deltas all happen.
+    // deltas, materialisation (on the checkpoint's path and in the
+    // background) and restore of base + deltas all happen.
     let incremental = seed % 2 == 0;
     if let Some(c) = cfg.checkpoint.as_mut() {
         c.incremental = incremental;
-        c.max_delta_chain = 1 + rng.below(3) as u32;
+        c.max_delta_chain = 1 + rng.below(5) as u32;
     }
     let (d, t, w) = (data.clone(), totals.clone(), windows.clone());
     let first = Simulation::new(cfg.clone(), seed)
@@ -315,7 +316,7 @@ fn incremental_chains_stay_bounded_and_restore_exact_state() {
 
     let ops = Arc::new(random_ops(99, 40_000, 10_000));
     let replaced = replaced_values(&ops);
-    let max_chain = 3;
+    let max_chain = 6;
     let cfg = |incremental: bool, restore: spate::RestoreFrom| {
         let mut cfg = config(2, CheckpointMode::Aligned, 3);
         cfg.batch_size = 32;
@@ -368,9 +369,54 @@ fn incremental_chains_stay_bounded_and_restore_exact_state() {
 
     let reader = StoreReader::from_source(Arc::new(io.clone())).unwrap();
     let mut deltas_seen = 0;
+    // Handles each checkpoint wrote or referenced, to tell the bases a
+    // checkpoint wrote from those materialised in the background (written
+    // after their cut's checkpoint, referenced first by a later one).
+    let referenced: std::collections::HashMap<u64, std::collections::HashSet<_>> = reader
+        .checkpoints()
+        .iter()
+        .map(|r| (r.id, r.handles.iter().copied().collect()))
+        .collect();
+    let mut background_bases = 0;
+    let mut late_bases = 0;
     for record in reader.checkpoints() {
         let metadata = CheckpointMetadata::decode(&record.metadata).unwrap();
         for state in &metadata.state {
+            let base = &state.chain[0];
+            let handle = record.handles[base.handle as usize];
+            if base.checkpoint < metadata.id
+                && referenced
+                    .keys()
+                    .min()
+                    .is_some_and(|&oldest| base.checkpoint >= oldest)
+                && !referenced
+                    .get(&base.checkpoint)
+                    .is_some_and(|h| h.contains(&handle))
+            {
+                background_bases += 1;
+                let previous = referenced
+                    .iter()
+                    .filter(|(&id, _)| id < metadata.id)
+                    .max_by_key(|(&id, _)| id)
+                    .map(|(_, h)| h);
+                let first_taken_up = !previous.is_some_and(|h| h.contains(&handle));
+                if first_taken_up
+                    && state
+                        .chain
+                        .iter()
+                        .any(|d| d.checkpoint < metadata.id && d.delta)
+                {
+                    // Written too late for the checkpoint after its cut:
+                    // taken up with the committed deltas since.
+                    late_bases += 1;
+                }
+                assert!(
+                    state.chain[1..]
+                        .iter()
+                        .all(|d| d.delta && d.checkpoint > base.checkpoint),
+                    "a background base is followed by the deltas after its cut: {state:?}"
+                );
+            }
             let deltas = state.chain.iter().filter(|b| b.delta).count() as u32;
             deltas_seen += deltas;
             assert!(
@@ -384,11 +430,12 @@ fn incremental_chains_stay_bounded_and_restore_exact_state() {
         }
     }
     assert!(deltas_seen > 0, "deltas were written");
+    eprintln!("bases materialised in the background: {background_bases}, of which taken up late: {late_bases}");
 
     // Resume from several retained checkpoints: every op after each cut sees
     // exactly the value the uninterrupted run had.
     let ids: Vec<u64> = reader.checkpoints().iter().map(|r| r.id).collect();
-    for &id in ids.iter().step_by((ids.len() / 4).max(1)) {
+    for &id in ids.iter().step_by((ids.len() / 16).max(1)) {
         let out: Replaced = Default::default();
         let (o, r) = (ops.clone(), out.clone());
         let report = Simulation::new(cfg(true, spate::RestoreFrom::Checkpoint(id)), id)
@@ -399,6 +446,10 @@ fn incremental_chains_stay_bounded_and_restore_exact_state() {
         assert_eq!(report.restored_from, Some(id));
         check(&out, &format!("resumed from checkpoint {id}"));
     }
+    assert!(
+        background_bases > 0 && late_bases > 0,
+        "chains took up bases materialised in the background, some late"
+    );
 }
 
 #[test]

@@ -172,6 +172,8 @@ pub(crate) struct ManifestLog<I: Io> {
     generation: u64,
     file: Option<I::File>,
     end: u64,
+    /// Length of the generation as rewritten (the retained state alone).
+    rewritten_len: u64,
     next_seq: u64,
     poisoned: bool,
 }
@@ -184,6 +186,7 @@ impl<I: Io> ManifestLog<I> {
             generation: previous_generation,
             file: None,
             end: 0,
+            rewritten_len: 0,
             next_seq: 0,
             poisoned: true,
         }
@@ -197,9 +200,13 @@ impl<I: Io> ManifestLog<I> {
         format::manifest_file_name(self.generation)
     }
 
-    /// Whether the next commit must write a new generation.
+    /// Whether the next commit must write a new generation: past
+    /// `max_bytes` and at least twice the retained state, so that rewrites
+    /// stay amortised when the retained records alone are larger than
+    /// `max_bytes` (large checkpoints' metadata): otherwise every commit
+    /// would rewrite them all.
     pub fn needs_rewrite(&self, max_bytes: u64) -> bool {
-        self.poisoned || self.file.is_none() || self.end >= max_bytes
+        self.poisoned || self.file.is_none() || self.end >= max_bytes.max(2 * self.rewritten_len)
     }
 
     /// Appends one batch and syncs it: the commit point of its records.
@@ -282,6 +289,7 @@ impl<I: Io> ManifestLog<I> {
         self.generation = new_gen;
         self.file = Some(file);
         self.end = len;
+        self.rewritten_len = len;
         self.next_seq = records.len() as u64;
         self.poisoned = false;
         Ok(())

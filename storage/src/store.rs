@@ -34,7 +34,8 @@ pub struct StoreOptions {
     pub compaction_live_fraction: f64,
     /// Size of each DMA write buffer of a segment writer (a multiple of 4 KiB).
     pub write_buffer_bytes: usize,
-    /// The manifest is rewritten into a new generation when it grows past this size.
+    /// The manifest is rewritten into a new generation when it grows past this
+    /// size and past twice its size as last rewritten.
     pub manifest_max_bytes: u64,
 }
 
@@ -407,12 +408,7 @@ impl<I: Io> Store<I> {
     /// Declares flushed blocks dead without committing them (for example those of an
     /// aborted checkpoint), so their segments can be collected.
     pub fn abort_blocks(&self, handles: &[BlockHandle]) {
-        let mut reg = writer::lock(&self.registry);
-        for h in handles {
-            if let Some(s) = reg.segments.get_mut(&h.segment) {
-                s.unresolved.remove(&h.offset);
-            }
-        }
+        writer::lock(&self.registry).abort(handles);
     }
 
     /// Declares every flushed, uncommitted block dead. Only call this when no

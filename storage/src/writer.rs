@@ -69,6 +69,18 @@ pub(crate) struct Registry {
 
 pub(crate) type SharedRegistry = Arc<Mutex<Registry>>;
 
+impl Registry {
+    /// Declares flushed blocks dead without a commit: their segments can be
+    /// collected once nothing else holds them.
+    pub(crate) fn abort(&mut self, handles: &[BlockHandle]) {
+        for h in handles {
+            if let Some(s) = self.segments.get_mut(&h.segment) {
+                s.unresolved.remove(&h.offset);
+            }
+        }
+    }
+}
+
 pub(crate) fn lock(reg: &SharedRegistry) -> MutexGuard<'_, Registry> {
     reg.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -252,6 +264,13 @@ impl<I: Io> SegmentWriter<I> {
     /// Number of blocks appended since the last successful flush.
     pub fn unflushed_blocks(&self) -> usize {
         self.unflushed.len()
+    }
+
+    /// Declares flushed blocks of this writer dead without committing them
+    /// (blocks written ahead of a checkpoint that will never reference them),
+    /// as [`Store::abort_blocks`](crate::Store::abort_blocks) does.
+    pub fn abort_blocks(&self, handles: &[BlockHandle]) {
+        lock(&self.registry).abort(handles);
     }
 
     /// Buffers a copy of `payload` as one block; durable after the next [`flush`](Self::flush).

@@ -15,7 +15,9 @@ pub struct ChainBlock {
     pub handle: u32,
     /// A delta (upserts and deletes) rather than a full base.
     pub delta: bool,
-    /// The checkpoint that wrote the block.
+    /// The checkpoint whose cut the block holds: the one that wrote it, or
+    /// for a base materialised in the background, the one that requested it
+    /// (the deltas after it in the chain are of later checkpoints).
     pub checkpoint: u64,
     /// Entries in the block (keys; upserts plus deletes for a delta).
     pub entries: u64,
@@ -93,7 +95,9 @@ pub struct SubtaskStats {
     pub async_us: u64,
     /// From the first barrier to the last, at the slowest input (µs).
     pub alignment_us: u64,
-    /// Bytes of state written (full bases and deltas).
+    /// Bytes of state written (full bases and deltas), counting the bases
+    /// materialised in the background that this checkpoint is the first to
+    /// reference (they were written for it, after the previous one).
     pub state_bytes: u64,
     /// Of which deltas.
     pub delta_bytes: u64,
@@ -166,15 +170,11 @@ impl CheckpointMetadata {
         self.state.iter().map(StateBlock::bytes).sum::<u64>() + self.in_flight_bytes()
     }
 
-    /// Bytes this checkpoint wrote itself (new bases and deltas, in-flight).
+    /// Bytes this checkpoint added to the store (its new bases and deltas,
+    /// the bases materialised in the background that it is the first to
+    /// reference, its in-flight records): the subtasks' statistics.
     pub fn written_bytes(&self) -> u64 {
-        self.state
-            .iter()
-            .flat_map(|s| &s.chain)
-            .filter(|b| b.checkpoint == self.id)
-            .map(|b| b.bytes)
-            .sum::<u64>()
-            + self.in_flight_bytes()
+        self.subtasks.iter().map(|s| s.state_bytes).sum::<u64>() + self.in_flight_bytes()
     }
 
     /// Bytes of in-flight blocks.

@@ -70,6 +70,39 @@ pub(crate) struct SnapshotBlock {
     pub desc: BlockDesc,
 }
 
+/// A key group's base materialised off a checkpoint's path: archived in the
+/// background after the cut of `checkpoint`, written after that checkpoint's
+/// part, and referenced by a later checkpoint in place of the chain up to the
+/// cut (see [`SubtaskCheckpoints::bases_snapshot`]).
+pub(crate) struct DeferredBase {
+    pub checkpoint: u64,
+    pub block: SnapshotBlock,
+}
+
+impl DeferredBase {
+    /// The chain link of this base once written at `handle`.
+    pub(crate) fn link(&self, handle: BlockHandle) -> Option<(StateKey, ChainLink)> {
+        match &self.block.desc {
+            BlockDesc::State {
+                state,
+                block_entries,
+                bytes,
+                ..
+            } => Some((
+                state.key.clone(),
+                ChainLink {
+                    handle,
+                    delta: false,
+                    checkpoint: self.checkpoint,
+                    entries: *block_entries,
+                    bytes: *bytes,
+                },
+            )),
+            BlockDesc::InFlight(_) => None,
+        }
+    }
+}
+
 /// A subtask's complete part of one checkpoint.
 pub(crate) struct LocalSnapshot {
     pub barrier: Barrier,
@@ -139,6 +172,16 @@ pub(crate) struct SubtaskCheckpoints {
     committed: Rc<FxHashMap<StateKey, Chain>>,
     /// The chains of checkpoints written here but not yet completed.
     written: BTreeMap<u64, HashMap<StateKey, Chain>>,
+    /// Bases archived in the background, waiting for the writer.
+    deferred: Vec<DeferredBase>,
+    /// Bases materialised in the background, durable and not yet part of a
+    /// committed chain (at most one per key group: the newest).
+    bases: Rc<FxHashMap<StateKey, ChainLink>>,
+    /// Bases that no committed chain took up (superseded by a newer base);
+    /// abandoned once no checkpoint in progress can reference them.
+    retired: Vec<ChainLink>,
+    /// Retired bases to declare dead in the store (by the writer).
+    abandoned: Vec<BlockHandle>,
 }
 
 impl SubtaskCheckpoints {
@@ -152,6 +195,10 @@ impl SubtaskCheckpoints {
             ready: Vec::new(),
             committed: Rc::default(),
             written: BTreeMap::new(),
+            deferred: Vec::new(),
+            bases: Rc::default(),
+            retired: Vec::new(),
+            abandoned: Vec::new(),
         }
     }
 
@@ -250,10 +297,14 @@ impl SubtaskCheckpoints {
     }
 
     pub(crate) fn add_block(&mut self, id: u64, block: SnapshotBlock) {
+        let taken_up = match &block.desc {
+            BlockDesc::State { state, .. } => self.base_taken_up(state),
+            BlockDesc::InFlight(_) => 0,
+        };
         if let Some(p) = self.pending.get_mut(&id) {
             match &block.desc {
                 BlockDesc::State { delta, bytes, .. } => {
-                    p.stats.state_bytes += bytes;
+                    p.stats.state_bytes += bytes + taken_up;
                     if *delta {
                         p.stats.delta_bytes += bytes;
                     }
@@ -266,9 +317,77 @@ impl SubtaskCheckpoints {
 
     /// A key group unchanged since the last completed checkpoint.
     pub(crate) fn add_reused(&mut self, id: u64, state: StateRef) {
+        let taken_up = self.base_taken_up(&state);
         if let Some(p) = self.pending.get_mut(&id) {
+            p.stats.state_bytes += taken_up;
             p.reused.push(state);
         }
+    }
+
+    /// Bytes of a base materialised in the background that `state`'s chain
+    /// takes up in place of its committed prefix: the checkpoint that first
+    /// references such a base counts it as written (it was written for it).
+    fn base_taken_up(&self, state: &StateRef) -> u64 {
+        match state.prefix.first() {
+            Some(link) if self.committed.get(&state.key).and_then(|c| c.first()) != Some(link) => {
+                link.bytes
+            }
+            _ => 0,
+        }
+    }
+
+    /// A key group's base archived in the background, for the writer.
+    pub(crate) fn add_deferred_base(&mut self, checkpoint: u64, block: SnapshotBlock) {
+        self.deferred.push(DeferredBase { checkpoint, block });
+    }
+
+    /// Takes the bases archived in the background since the last call.
+    pub(crate) fn take_deferred(&mut self) -> Vec<DeferredBase> {
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// The writer made bases materialised in the background durable. A base
+    /// already overtaken by its key group's committed chain (a newer base,
+    /// or no chain any more) is retired at once.
+    pub(crate) fn bases_written(&mut self, written: Vec<(StateKey, ChainLink)>) {
+        let bases = Rc::make_mut(&mut self.bases);
+        for (key, link) in written {
+            let stale = self
+                .committed
+                .get(&key)
+                .and_then(|c| c.first())
+                .map_or(true, |first| first.checkpoint >= link.checkpoint);
+            if stale {
+                self.retired.push(link);
+                continue;
+            }
+            match bases.get(&key) {
+                Some(old) if old.checkpoint >= link.checkpoint => self.retired.push(link),
+                _ => {
+                    if let Some(old) = bases.insert(key, link) {
+                        self.retired.push(old);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bases materialised in the background, durable and not part of a
+    /// committed chain yet. A key group whose committed chain starts with an
+    /// older base than one of these (`base.checkpoint`) may take it up in its
+    /// next checkpoint: its chain becomes that base, then the committed deltas
+    /// of later checkpoints. This is exact because a delta holds the final
+    /// values of every key changed since the checkpoint before it that
+    /// completed, so the committed deltas after the base's cut cover every
+    /// change since (an aborted checkpoint's changes return to the next delta).
+    pub(crate) fn bases_snapshot(&self) -> Rc<FxHashMap<StateKey, ChainLink>> {
+        self.bases.clone()
+    }
+
+    /// Blocks of bases no checkpoint will reference, for the writer to
+    /// declare dead in the store (so their segments can be collected).
+    pub(crate) fn take_abandoned(&mut self) -> Vec<BlockHandle> {
+        std::mem::take(&mut self.abandoned)
     }
 
     /// The committed chains as of now (a cut keeps them: a completion
@@ -293,6 +412,39 @@ impl SubtaskCheckpoints {
             self.committed = Rc::new(chains.into_iter().collect());
         }
         self.written.retain(|&k, _| k > id);
+        if self.bases.is_empty() && self.retired.is_empty() {
+            return;
+        }
+        // Bases now committed are the store's to keep; those a newer
+        // committed base overtook (or whose key group has no chain) retire.
+        let committed = &self.committed;
+        let mut retired = Vec::new();
+        Rc::make_mut(&mut self.bases).retain(|key, link| {
+            let first = committed.get(key).and_then(|c| c.first());
+            if first == Some(link) {
+                return false;
+            }
+            let overtaken = first.map_or(true, |f| f.checkpoint >= link.checkpoint);
+            if overtaken {
+                retired.push(link.clone());
+            }
+            !overtaken
+        });
+        self.retired.extend(retired);
+        // No checkpoint in progress can reference a retired base any more
+        // (the next cut only sees `bases`).
+        if self.pending.is_empty() && self.written.is_empty() {
+            let committed_firsts: BTreeSet<(u64, u64)> = committed
+                .values()
+                .filter_map(|c| c.first())
+                .map(|l| (l.handle.segment.0, l.handle.offset))
+                .collect();
+            for link in self.retired.drain(..) {
+                if !committed_firsts.contains(&(link.handle.segment.0, link.handle.offset)) {
+                    self.abandoned.push(link.handle);
+                }
+            }
+        }
     }
 
     pub(crate) fn add_source_offset(&mut self, id: u64, offset: SourceOffset) {

@@ -18,7 +18,7 @@ use crate::checkpoint::subtask::{BlockDesc, Chain, SnapshotBlock, StateRef, Subt
 use crate::checkpoint::Barrier;
 use crate::error::ProcessError;
 use crate::keygroup::{key_group_for, Key, KeyGroupRange};
-use crate::state::{CutPlan, Decided, IncrementalBounds, KeyScope, StateRegistry};
+use crate::state::{CutPlan, Decided, IncrementalBounds, KeyScope, Serialized, StateRegistry};
 use crate::time::{TimeDomain, Timestamp, MAX_WATERMARK};
 use crate::JobError;
 use std::cell::RefCell;
@@ -383,6 +383,11 @@ struct Operator<K, I1, I2, O, F> {
     /// The operator's and its tables' names, shared into checkpoint keys
     /// (no allocation per key group at a cut).
     names: (Arc<str>, Vec<Arc<str>>),
+    /// The longest pause archiving bases in the background while no
+    /// snapshot was in progress (µs): counted in the next checkpoint's.
+    background_pause_us: u64,
+    /// How much a step archives in the background.
+    budget: StepBudget,
 }
 
 /// A snapshot cut and not fully archived: what each frozen key group of
@@ -397,6 +402,26 @@ struct LazySnapshot {
 /// change): at least one key group, more while this lasts. The pause a
 /// snapshot adds to a step is about this plus one key group's archiving.
 const ARCHIVE_STEP_BUDGET: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// How much a step archives in the background: at least one key group, then
+/// more while the budget lasts.
+#[derive(Clone, Copy, Debug)]
+enum StepBudget {
+    /// A time ([`ARCHIVE_STEP_BUDGET`]).
+    Time(std::time::Duration),
+    /// A number of rounds (one key group per table and the timers each): the
+    /// simulator's, so that a seed reproduces whatever the machine's speed.
+    Rounds(usize),
+}
+
+impl StepBudget {
+    fn exhausted(self, started: std::time::Instant, rounds: usize) -> bool {
+        match self {
+            StepBudget::Time(budget) => started.elapsed() >= budget,
+            StepBudget::Rounds(max) => rounds >= max,
+        }
+    }
+}
 
 /// Key groups of timers archived per round of a step's background work
 /// (copying a key group's timers out is cheap; rkyv comes after).
@@ -588,6 +613,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         let plan = Rc::new(CutPlan {
             id,
             committed: self.checkpoints.borrow().committed_snapshot(),
+            bases: self.checkpoints.borrow().bases_snapshot(),
             incremental: self.incremental,
             operator: self.names.0.clone(),
             range_start: u32::from(self.range.start),
@@ -601,6 +627,8 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         self.timers.begin_cut(id);
         undecided += self.timers.pending();
         let mut checkpoints = self.checkpoints.borrow_mut();
+        // Background archiving since the last cut paused this reactor too.
+        checkpoints.add_pause(id, std::mem::take(&mut self.background_pause_us));
         if undecided > 0 {
             self.lazy = Some(LazySnapshot {
                 id,
@@ -641,7 +669,9 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         // Background archiving: one key group at least, more while the step's
         // budget lasts; the whole step counts as one pause.
         let mut timer_blocks = Vec::new();
+        let mut rounds = 0;
         loop {
+            rounds += 1;
             // Timers: serialize one key group copied out (before a change or
             // in the background), else copy one out.
             let mut any = match self.timers.take_archived(id) {
@@ -660,7 +690,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                     any |= table.serialize_frozen(1) > 0;
                 }
             }
-            if !any || step_started.elapsed() >= ARCHIVE_STEP_BUDGET {
+            if !any || self.budget.exhausted(step_started, rounds) {
                 break;
             }
         }
@@ -686,12 +716,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         }
         let mut blocks = Vec::with_capacity(archived.len());
         for (position, result) in archived {
-            let serialized = result.map_err(|e| {
-                JobError::Checkpoint(format!(
-                    "operator `{}` on subtask {}: snapshot of checkpoint {id} failed: {e}",
-                    self.name, self.subtask
-                ))
-            })?;
+            let serialized = result.map_err(|e| self.snapshot_error(id, e))?;
             let lazy = self.lazy.as_mut().expect("checked above");
             if serialized.id != id {
                 continue; // an aborted checkpoint's leftover
@@ -699,20 +724,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             let Some(state) = lazy.refs.remove(&(position, serialized.index)) else {
                 continue;
             };
-            blocks.push(SnapshotBlock {
-                kind: if serialized.delta {
-                    spate_storage::BlockKind::KEYED_STATE_DELTA
-                } else {
-                    spate_storage::BlockKind::KEYED_STATE_FULL
-                },
-                desc: BlockDesc::State {
-                    state,
-                    delta: serialized.delta,
-                    block_entries: serialized.entries,
-                    bytes: serialized.bytes.len() as u64,
-                },
-                bytes: serialized.bytes,
-            });
+            blocks.push(state_block(state, serialized));
         }
         let mut checkpoints = self.checkpoints.borrow_mut();
         for block in blocks.into_iter().chain(timer_blocks) {
@@ -724,6 +736,67 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             checkpoints.close_log(id);
         }
         Ok(progressed)
+    }
+
+    /// Archives bases to materialise in the background (see
+    /// [`crate::state::Decided`]) while no snapshot is in progress: at least
+    /// one key group, more while the step's budget lasts, and hands them to
+    /// the writer. Returns whether it did anything.
+    fn continue_deferred(&mut self) -> Result<bool, JobError> {
+        let started = std::time::Instant::now();
+        let tables = self.state.tables();
+        let mut worked = false;
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let mut any = false;
+            for table in tables {
+                let mut table = table.borrow_mut();
+                if table.deferred_groups() > 0 {
+                    any |= table.serialize_deferred(1) > 0;
+                }
+            }
+            worked |= any;
+            if !any || self.budget.exhausted(started, rounds) {
+                break;
+            }
+        }
+        let mut pause = if worked {
+            started.elapsed().as_micros() as u64
+        } else {
+            0
+        };
+        let mut archived = Vec::new();
+        for (position, table) in tables.iter().enumerate() {
+            let mut table = table.borrow_mut();
+            // Archives made before writes since the last step.
+            pause = pause.max(table.take_max_pause_us());
+            archived.extend(table.take_serialized().into_iter().map(|r| (position, r)));
+        }
+        self.background_pause_us = self.background_pause_us.max(pause);
+        let progressed = !archived.is_empty();
+        for (position, result) in archived {
+            let serialized = result.map_err(|e| self.snapshot_error(self.snapshotted, e))?;
+            if serialized.deferred {
+                self.defer_base(position, serialized);
+            }
+        }
+        Ok(progressed)
+    }
+
+    /// Hands a base archived in the background to the writer.
+    fn defer_base(&self, position: usize, serialized: Serialized) {
+        let group = (self.range.start as usize + serialized.index) as u32;
+        let state = StateRef {
+            key: (self.names.0.clone(), self.names.1[position].clone(), group),
+            prefix: Chain::default(),
+            entries: serialized.entries,
+            type_name: self.state.tables()[position].borrow().type_name(),
+        };
+        let checkpoint = serialized.id;
+        self.checkpoints
+            .borrow_mut()
+            .add_deferred_base(checkpoint, state_block(state, serialized));
     }
 
     /// The block of key group `index`'s timers as a cut archived them (in
@@ -797,6 +870,24 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             }
         }
         Ok(())
+    }
+}
+
+/// The block of a key group archived for `state`.
+fn state_block(state: StateRef, serialized: Serialized) -> SnapshotBlock {
+    SnapshotBlock {
+        kind: if serialized.delta {
+            spate_storage::BlockKind::KEYED_STATE_DELTA
+        } else {
+            spate_storage::BlockKind::KEYED_STATE_FULL
+        },
+        desc: BlockDesc::State {
+            state,
+            delta: serialized.delta,
+            block_entries: serialized.entries,
+            bytes: serialized.bytes.len() as u64,
+        },
+        bytes: serialized.bytes,
     }
 }
 
@@ -915,9 +1006,17 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
             progressed |= loaded > 0;
         }
         if op.lazy.is_none() {
-            return Ok(progressed);
+            return Ok(op.continue_deferred()? || progressed);
         }
         Ok(op.continue_snapshot()? || progressed)
+    }
+
+    fn has_background_work(&self) -> bool {
+        self.borrow()
+            .state
+            .tables()
+            .iter()
+            .any(|t| t.borrow().deferred_groups() > 0)
     }
 
     fn has_snapshot_work(&self) -> bool {
@@ -970,6 +1069,15 @@ fn build<
             volume.then(|| g.env.coordinator.changed_bytes[g.subtask].clone()),
         )
     };
+    let budget = match df
+        .graph()
+        .env
+        .archive_groups_per_step
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        0 => StepBudget::Time(ARCHIVE_STEP_BUDGET),
+        rounds => StepBudget::Rounds(rounds),
+    };
     let mut registry = StateRegistry::new(range, track_changes, changed_bytes);
     let function = factory(&mut registry);
     df.sign(format!(
@@ -1015,6 +1123,8 @@ fn build<
         snapshotted: 0,
         incremental,
         lazy: None,
+        background_pause_us: 0,
+        budget,
         names,
     }));
     if let Some(restore) = df.restore_state() {

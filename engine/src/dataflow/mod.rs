@@ -214,6 +214,9 @@ pub(crate) trait ProcessingTimers {
     fn continue_snapshot(&self) -> Result<bool, JobError>;
     /// Whether a snapshot is still being archived.
     fn has_snapshot_work(&self) -> bool;
+    /// Whether bases wait to be materialised in the background (work that
+    /// does not hold up the end of the job).
+    fn has_background_work(&self) -> bool;
     /// Checkpoint `id` is committed: changes it captured need no tracking.
     fn checkpoint_complete(&self, id: u64);
     /// Checkpoint `id` failed: changes it captured go to the next one.
