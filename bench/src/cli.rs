@@ -271,9 +271,9 @@ struct CheckpointsArgs {
     /// is archiving one key group [default: 4096].
     #[arg(long)]
     max_parallelism: Option<u32>,
-    /// Incremental variant: deltas a key group's chain may hold before it is
-    /// materialised again (each checkpoint renews about 1/(n+1) of the changed
-    /// key groups) [default: the engine's, 4].
+    /// Incremental variant: deltas a key group's chain may hold (a key group
+    /// is materialised in the background from half to three quarters of it)
+    /// [default: the engine's, 16].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_delta_chain: Option<u32>,
     #[command(flatten)]

@@ -529,3 +529,82 @@ impl SubtaskCheckpoints {
         std::mem::take(&mut self.ready)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spate_storage::SegmentId;
+
+    fn link(checkpoint: u64, offset: u64) -> ChainLink {
+        ChainLink {
+            handle: BlockHandle {
+                segment: SegmentId(1),
+                offset,
+                len: 16,
+                kind: BlockKind::KEYED_STATE_FULL,
+            },
+            delta: false,
+            checkpoint,
+            entries: 1,
+            bytes: 16,
+        }
+    }
+
+    fn key(group: u32) -> StateKey {
+        (Arc::from("op"), Arc::from("table"), group)
+    }
+
+    /// Completes checkpoint `id` with these chains.
+    fn complete(c: &mut SubtaskCheckpoints, id: u64, chains: Vec<(StateKey, Vec<ChainLink>)>) {
+        let chains = chains.into_iter().map(|(k, l)| (k, l.into())).collect();
+        c.written(id, chains);
+        c.complete(id);
+    }
+
+    /// A background base is available until a committed chain takes it up;
+    /// one overtaken by a newer committed base is abandoned in the store,
+    /// but only once no checkpoint in progress could still reference it.
+    #[test]
+    fn background_bases_are_taken_up_or_abandoned() {
+        let mut c = SubtaskCheckpoints::new(0);
+        c.set_groups(vec![0]);
+        complete(
+            &mut c,
+            1,
+            vec![(key(0), vec![link(1, 0)]), (key(1), vec![link(1, 64)])],
+        );
+        // Bases of both key groups, cut at checkpoint 2.
+        c.bases_written(vec![(key(0), link(2, 128)), (key(1), link(2, 192))]);
+        assert_eq!(c.bases_snapshot().len(), 2);
+        // A base older than the committed one is retired at once.
+        c.bases_written(vec![(key(0), link(1, 256))]);
+        // Checkpoint 3 takes up key group 0's base; key group 1 got a base
+        // on the checkpoint's path instead (at the bounds).
+        c.begin(Barrier {
+            id: 4,
+            trigger_ms: 0,
+            mode: crate::checkpoint::CheckpointMode::Aligned,
+        });
+        complete(
+            &mut c,
+            3,
+            vec![(key(0), vec![link(2, 128)]), (key(1), vec![link(3, 320)])],
+        );
+        assert!(c.bases_snapshot().is_empty(), "taken up or overtaken");
+        // Checkpoint 4 is in progress: nothing is abandoned yet.
+        assert!(c.take_abandoned().is_empty());
+        c.abort(4);
+        complete(
+            &mut c,
+            5,
+            vec![(key(0), vec![link(2, 128)]), (key(1), vec![link(3, 320)])],
+        );
+        let mut abandoned: Vec<u64> = c.take_abandoned().iter().map(|h| h.offset).collect();
+        abandoned.sort_unstable();
+        assert_eq!(
+            abandoned,
+            vec![192, 256],
+            "the overtaken and the stale base"
+        );
+    }
+}
