@@ -1,9 +1,13 @@
 //! Job configuration.
 
-use crate::checkpoint::CheckpointConfig;
+use crate::checkpoint::{CheckpointConfig, CheckpointMode};
 use crate::keygroup::MAX_MAX_PARALLELISM;
 use crate::restart::RestartStrategy;
 use crate::JobError;
+
+/// Most checkpoints that may be in progress at once (the control and
+/// acknowledgement rings hold a few messages per checkpoint).
+pub const MAX_CONCURRENT_CHECKPOINTS: usize = 16;
 
 /// How a job runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,10 +84,21 @@ impl JobConfig {
             .validate()
             .map_err(|e| JobError::Config(format!("restart strategy: {e}")))?;
         if let Some(c) = &self.checkpoint {
-            if c.max_concurrent != 1 {
-                return Err(JobError::Config(
-                    "checkpoint max_concurrent must be 1 (concurrent checkpoints are not supported yet)".into(),
-                ));
+            if c.max_concurrent == 0 || c.max_concurrent > MAX_CONCURRENT_CHECKPOINTS {
+                return Err(JobError::Config(format!(
+                    "checkpoint max_concurrent must be between 1 and {MAX_CONCURRENT_CHECKPOINTS}, not {}",
+                    c.max_concurrent
+                )));
+            }
+            if c.max_concurrent > 1 && c.mode != CheckpointMode::Aligned {
+                // As in Flink: an unaligned barrier overtakes the in-flight
+                // records of the checkpoint before it, and at-least-once
+                // inputs would have to count several barriers at once.
+                return Err(JobError::Config(format!(
+                    "checkpoint max_concurrent {} needs the aligned mode, not {}",
+                    c.max_concurrent,
+                    c.mode.name()
+                )));
             }
             if c.timeout_ms == 0 {
                 return Err(JobError::Config(
@@ -97,5 +112,37 @@ impl JobConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(max_concurrent: usize, mode: CheckpointMode) -> JobConfig {
+        JobConfig {
+            checkpoint: Some(CheckpointConfig {
+                max_concurrent,
+                mode,
+                ..CheckpointConfig::new("/unused", 100)
+            }),
+            ..JobConfig::default()
+        }
+    }
+
+    #[test]
+    fn concurrent_checkpoints_need_the_aligned_mode_and_a_bound() {
+        assert!(with(1, CheckpointMode::Unaligned).validate().is_ok());
+        assert!(with(3, CheckpointMode::Aligned).validate().is_ok());
+        for (n, mode) in [
+            (0, CheckpointMode::Aligned),
+            (MAX_CONCURRENT_CHECKPOINTS + 1, CheckpointMode::Aligned),
+            (2, CheckpointMode::Unaligned),
+            (2, CheckpointMode::AtLeastOnce),
+            (2, CheckpointMode::AlignedWithTimeout { timeout_ms: 5 }),
+        ] {
+            let err = with(n, mode).validate().unwrap_err().to_string();
+            assert!(err.contains("max_concurrent"), "{n} {mode:?}: {err}");
+        }
     }
 }

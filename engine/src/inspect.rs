@@ -291,7 +291,7 @@ mod tests {
         let table = registry.tables()[0].clone();
         let archive = |id: u64, delta: bool| {
             let mut t = table.borrow_mut();
-            t.freeze(0, id, delta);
+            t.freeze(0, id, id - 1, delta);
             assert_eq!(t.serialize_frozen(1), 1);
             let s = t.take_serialized().pop().unwrap().unwrap();
             t.checkpoint_complete(id);

@@ -306,7 +306,7 @@ impl JobEnv {
         first_id: u64,
     ) -> Option<Coordinator> {
         let config = self.config.checkpoint.clone()?;
-        Some(Coordinator::new(
+        let mut coordinator = Coordinator::new(
             config,
             self.config.parallelism,
             self.config.max_parallelism,
@@ -316,7 +316,11 @@ impl JobEnv {
             ends.acks,
             self.parkers.iter().map(|p| p.notifier()).collect(),
             self.coordinator.clone(),
-        ))
+        );
+        if let Some(restore) = &self.restore {
+            coordinator.restored(restore.metadata.id);
+        }
+        Some(coordinator)
     }
 }
 
@@ -579,6 +583,7 @@ async fn coordinator_task(
         let now = env.clock.now_ms();
         if let Some(request) = coordinator.poll(now) {
             let _busy = BusyGuard::new(&idle);
+            store.keep_from(request.keep_from);
             match store.commit_checkpoint_deferred(request.record).await {
                 Ok(report) => {
                     coordinator.committed(request.id, env.clock.now_ms());

@@ -294,6 +294,7 @@ impl Simulation {
             if let (Some(c), Some(store)) = (&mut coordinator, &mut store) {
                 let now = clock.now_ms();
                 if let Some(request) = c.poll(now) {
+                    store.keep_from(request.keep_from);
                     match block_on(store.commit_checkpoint(request.record)) {
                         Ok(_) => c.committed(request.id, now),
                         Err(e) => c.commit_failed(request.id, e.to_string(), now),

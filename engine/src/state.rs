@@ -86,7 +86,9 @@ pub(crate) trait StateTable {
     /// base, or a delta of the captured keys) by
     /// [`serialize_frozen`](Self::serialize_frozen), or at once before the
     /// next write to it, whichever comes first (copy-on-write per key group).
-    fn freeze(&mut self, index: usize, id: u64, delta: bool);
+    /// `since` is the last completed checkpoint the cut builds on: keys
+    /// captured by later checkpoints still in progress belong to a delta too.
+    fn freeze(&mut self, index: usize, id: u64, since: u64, delta: bool);
     /// Archives up to `max` frozen key groups; returns how many.
     fn serialize_frozen(&mut self, max: usize) -> usize;
     /// Key groups frozen and not archived yet.
@@ -148,6 +150,8 @@ pub(crate) struct CutPlan {
     pub id: u64,
     /// Committed chains at the barrier (deltas build on them).
     pub committed: Rc<FxHashMap<StateKey, Chain>>,
+    /// The checkpoint those chains are of (0: none, or restored).
+    pub committed_id: u64,
     /// Bases materialised in the background since, durable and not yet
     /// committed: a key group's chain may start from one of them instead.
     pub bases: Rc<FxHashMap<StateKey, ChainLink>>,
@@ -211,6 +215,9 @@ pub type FxHashSet<K> = std::collections::HashSet<K, BuildHasherDefault<rustc_ha
 struct Changes<K> {
     dirty: Vec<FxHashSet<K>>,
     in_flight: Vec<(u64, Vec<FxHashSet<K>>)>,
+    /// A checkpoint that completed while a cut building on older chains was
+    /// in progress: its keys are forgotten when that cut ends.
+    completed_during_cut: u64,
 }
 
 /// A key group archived for a checkpoint.
@@ -287,6 +294,7 @@ impl<K: Key, V> KeyedTable<K, V> {
             changes: track_changes.then(|| Changes {
                 dirty: (0..range.len()).map(|_| FxHashSet::default()).collect(),
                 in_flight: Vec::new(),
+                completed_during_cut: 0,
             }),
             frozen: (0..range.len()).map(|_| None).collect(),
             frozen_count: 0,
@@ -383,10 +391,18 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
             plan.range_start + index as u32,
         );
         cut.undecided -= 1;
-        if cut.undecided == 0 {
-            self.cut = None;
-        }
+        let last = cut.undecided == 0;
         self.decided_for[index] = plan.id;
+        self.decide_group(index, &plan, key);
+        if last {
+            // After the last group's capture: completions held back until
+            // the cut ended may drop the keys it needed only now.
+            self.end_cut();
+        }
+    }
+
+    /// [`decide`](Self::decide) for one key group, named `key` in the plan.
+    fn decide_group(&mut self, index: usize, plan: &CutPlan, key: StateKey) {
         let id = plan.id;
         let mut committed = plan.committed.get(&key).cloned().unwrap_or_default();
         if let (Some(base), Some(first)) = (plan.bases.get(&key), committed.first()) {
@@ -432,14 +448,13 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
         };
         if entries == 0 {
             // Empty: no block and no chain (absence restores empty).
-            let keys = self.capture(index);
+            let keys = self.capture(index, plan.committed_id);
             self.hold_captured(index, id, keys);
             return;
         }
         if let Some(bounds) = plan.incremental {
             if !committed.is_empty() {
-                let changed = self.changes.as_ref().map_or(0, |c| c.dirty[index].len());
-                if changed == 0 {
+                if !self.changed_since(index, plan.committed_id) {
                     let state = StateRef {
                         prefix: committed,
                         ..state
@@ -463,7 +478,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                         || delta_bytes as f64 > base * bounds.max_delta_ratio * share
                 };
                 if !reached(1.0) {
-                    self.freeze(index, id, true);
+                    self.freeze(index, id, plan.committed_id, true);
                     let in_progress = self.base_requested[index] > committed[0].checkpoint;
                     if reached(materialise_share(group)) && !in_progress {
                         // Materialise off the checkpoint's path.
@@ -482,15 +497,42 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                 }
             }
         }
-        self.freeze(index, id, false);
+        self.freeze(index, id, plan.committed_id, false);
         self.decisions.push((index, Decided::Frozen(state)));
     }
 
-    /// Takes group `index`'s changed keys (they belong to checkpoint `id` now).
-    fn capture(&mut self, index: usize) -> FxHashSet<K> {
-        match &mut self.changes {
-            Some(changes) => std::mem::take(&mut changes.dirty[index]),
-            None => FxHashSet::default(),
+    /// Takes group `index`'s keys changed since checkpoint `since` completed:
+    /// those changed since the last cut, and (concurrent checkpoints) copies
+    /// of those captured by checkpoints after `since` still in progress.
+    fn capture(&mut self, index: usize, since: u64) -> FxHashSet<K> {
+        let Some(changes) = &mut self.changes else {
+            return FxHashSet::default();
+        };
+        let mut keys = std::mem::take(&mut changes.dirty[index]);
+        for (id, groups) in &changes.in_flight {
+            if *id > since {
+                keys.extend(groups[index].iter().cloned());
+            }
+        }
+        keys
+    }
+
+    /// Whether group `index` changed since checkpoint `since` completed.
+    fn changed_since(&self, index: usize, since: u64) -> bool {
+        self.changes.as_ref().is_some_and(|c| {
+            !c.dirty[index].is_empty()
+                || c.in_flight
+                    .iter()
+                    .any(|(id, groups)| *id > since && !groups[index].is_empty())
+        })
+    }
+
+    /// The cut in progress ended: completions it held back take effect.
+    fn end_cut(&mut self) {
+        self.cut = None;
+        if let Some(changes) = &mut self.changes {
+            let completed = std::mem::take(&mut changes.completed_during_cut);
+            changes.in_flight.retain(|(i, _)| *i > completed);
         }
     }
 
@@ -638,8 +680,8 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         Ok(())
     }
 
-    fn freeze(&mut self, index: usize, id: u64, delta: bool) {
-        let keys = self.capture(index);
+    fn freeze(&mut self, index: usize, id: u64, since: u64, delta: bool) {
+        let keys = self.capture(index, since);
         let frozen = if delta {
             Frozen {
                 id,
@@ -735,6 +777,7 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
     }
 
     fn begin_cut(&mut self, plan: Rc<CutPlan>, table: Arc<str>) {
+        self.end_cut();
         self.decisions.clear();
         self.cut_error = None;
         let undecided = self.groups.len();
@@ -781,15 +824,22 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
     }
 
     fn checkpoint_complete(&mut self, id: u64) {
+        let building_on_older = self.cut.as_ref().is_some_and(|c| c.plan.committed_id < id);
         if let Some(changes) = &mut self.changes {
-            changes.in_flight.retain(|(i, _)| *i > id);
+            if building_on_older {
+                // Concurrent checkpoints: the cut in progress builds on the
+                // chains before `id` and still needs the keys `id` captured.
+                changes.completed_during_cut = changes.completed_during_cut.max(id);
+            } else {
+                changes.in_flight.retain(|(i, _)| *i > id);
+            }
         }
     }
 
     fn checkpoint_aborted(&mut self, id: u64) {
         if self.cut.as_ref().is_some_and(|c| c.plan.id == id) {
             // Undecided key groups captured nothing: their changes stay dirty.
-            self.cut = None;
+            self.end_cut();
             self.decisions.clear();
         }
         for index in 0..self.frozen.len() {

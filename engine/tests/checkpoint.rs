@@ -72,6 +72,11 @@ fn crash_and_restore(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>) {
     if let Some(c) = cfg.checkpoint.as_mut() {
         c.incremental = incremental;
         c.max_delta_chain = 1 + rng.below(5) as u32;
+        // Aligned checkpoints may overlap (up to 3 in progress).
+        let concurrent = 1 + rng.below(3) as usize;
+        if mode == CheckpointMode::Aligned {
+            c.max_concurrent = concurrent;
+        }
     }
     let (d, t, w) = (data.clone(), totals.clone(), windows.clone());
     let first = Simulation::new(cfg.clone(), seed)
@@ -450,6 +455,93 @@ fn incremental_chains_stay_bounded_and_restore_exact_state() {
         background_bases > 0 && late_bases > 0,
         "chains took up bases materialised in the background, some late"
     );
+}
+
+/// Concurrent aligned checkpoints (`max_concurrent` 3, a slow subtask so
+/// that they overlap) complete in order and each restores exactly the state
+/// of its cut, full and incremental (a delta built while an earlier
+/// checkpoint is in progress holds that one's keys too).
+#[test]
+fn concurrent_checkpoints_overlap_complete_in_order_and_restore_exactly() {
+    use spate_storage::StoreReader;
+
+    let ops = Arc::new(random_ops(7, 20_000, 3_000));
+    let replaced = replaced_values(&ops);
+    for incremental in [false, true] {
+        let cfg = |restore: spate::RestoreFrom| {
+            let mut cfg = config(2, CheckpointMode::Aligned, 2);
+            cfg.batch_size = 16;
+            cfg.ring_capacity = 4;
+            if let Some(c) = cfg.checkpoint.as_mut() {
+                c.incremental = incremental;
+                c.max_delta_chain = 4;
+                c.max_concurrent = 3;
+                c.retained = 100;
+                c.timeout_ms = 1_000_000;
+                c.restore = restore;
+            }
+            cfg
+        };
+        let check = |out: &Replaced, what: &str| {
+            let out = out.lock().unwrap();
+            assert!(!out.is_empty(), "{what}: ops processed");
+            for (seq, got) in out.iter() {
+                assert_eq!(
+                    *got, replaced[*seq as usize],
+                    "{what}: op {seq} replaced the wrong value"
+                );
+            }
+        };
+        let io = SimIo::new();
+        let out: Replaced = Default::default();
+        let (o, r) = (ops.clone(), out.clone());
+        let report = Simulation::new(cfg(spate::RestoreFrom::Latest), 11)
+            .keep_buffers()
+            .slow_subtask(1, 3)
+            .storage(io.clone())
+            .run(move |df| kv_job(df, &o, &r))
+            .unwrap();
+        check(&out, "uninterrupted");
+        let completed: Vec<&spate::CheckpointStats> = report
+            .checkpoints
+            .iter()
+            .filter(|c| c.status == spate::CheckpointStatus::Completed)
+            .collect();
+        assert!(
+            completed.len() > 5,
+            "checkpoints completed: {}",
+            completed.len()
+        );
+        let overlapping = report
+            .checkpoints
+            .windows(2)
+            .filter(|w| w[1].trigger_ms < w[0].trigger_ms + w[0].duration_ms)
+            .count();
+        assert!(
+            overlapping > 0,
+            "incremental {incremental}: some checkpoint started before the previous one ended"
+        );
+        let reader = StoreReader::from_source(Arc::new(io.clone())).unwrap();
+        let ids: Vec<u64> = reader.checkpoints().iter().map(|r| r.id).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "committed in order: {ids:?}"
+        );
+        for &id in ids.iter().step_by((ids.len() / 8).max(1)) {
+            let out: Replaced = Default::default();
+            let (o, r) = (ops.clone(), out.clone());
+            let report = Simulation::new(cfg(spate::RestoreFrom::Checkpoint(id)), id)
+                .keep_buffers()
+                .storage(io.crash_image())
+                .run(move |df| kv_job(df, &o, &r))
+                .unwrap();
+            assert_eq!(report.restored_from, Some(id));
+            check(
+                &out,
+                &format!("incremental {incremental}: resumed from checkpoint {id}"),
+            );
+        }
+    }
 }
 
 #[test]

@@ -136,6 +136,8 @@ pub struct Store<I: Io> {
     state: ManifestState,
     relocated: HashMap<BlockHandle, BlockHandle>,
     report: OpenReport,
+    /// Checkpoints from this id on are kept beyond the retention count.
+    keep_from: Option<u64>,
 }
 
 impl<I: Io> std::fmt::Debug for Store<I> {
@@ -336,6 +338,7 @@ impl<I: Io> Store<I> {
             state,
             relocated: HashMap::new(),
             report,
+            keep_from: None,
         })
     }
 
@@ -403,6 +406,15 @@ impl<I: Io> Store<I> {
             self.options.segment_size_bytes,
             self.options.write_buffer_bytes,
         )
+    }
+
+    /// Keeps every checkpoint from `id` on at the next commits, beyond
+    /// `retained_checkpoints` (`None`: the count alone). For concurrent
+    /// checkpoints: one in progress may build on the blocks of the last
+    /// checkpoint completed when it started, which a commit in between must
+    /// not collect.
+    pub fn keep_from(&mut self, id: Option<u64>) {
+        self.keep_from = id;
     }
 
     /// Declares flushed blocks dead without committing them (for example those of an
@@ -481,8 +493,13 @@ impl<I: Io> Store<I> {
         let mut new_state = self.state.clone();
         new_state.checkpoints.push(record.clone());
         let k = self.options.retained_checkpoints;
+        let kept = |id: u64| self.keep_from.is_some_and(|from| id >= from);
         let discarded: Vec<u64> = if new_state.checkpoints.len() > k {
             let n = new_state.checkpoints.len() - k;
+            let n = new_state.checkpoints[..n]
+                .iter()
+                .position(|c| kept(c.id))
+                .unwrap_or(n);
             new_state.checkpoints.drain(..n).map(|c| c.id).collect()
         } else {
             Vec::new()

@@ -542,6 +542,32 @@ fn retention_and_gc_keep_exactly_what_is_referenced() {
     );
 }
 
+/// `keep_from` holds checkpoints (and their segments) beyond the retention
+/// count: a checkpoint in progress may still build on them.
+#[test]
+fn keep_from_retains_checkpoints_beyond_the_count() {
+    let io = SimIo::new();
+    let mut store = block_on(Store::open(io.clone(), opts())).unwrap();
+    let mut checks = Vec::new();
+    for id in 1..=3 {
+        checks.push(one_checkpoint(&mut store, id, 0));
+    }
+    assert_eq!(ids(&store), vec![2, 3], "retained_checkpoints is 2");
+    store.keep_from(Some(2));
+    for id in 4..=6 {
+        checks.push(one_checkpoint(&mut store, id, 0));
+    }
+    assert_eq!(ids(&store), vec![2, 3, 4, 5, 6]);
+    assert_readable(&io, &checks[1..]);
+    store.keep_from(None);
+    checks.push(one_checkpoint(&mut store, 7, 0));
+    assert_eq!(ids(&store), vec![6, 7]);
+}
+
+fn ids(store: &Store<SimIo>) -> Vec<u64> {
+    store.checkpoints().iter().map(|c| c.id).collect()
+}
+
 #[test]
 fn sealed_segments_with_uncommitted_blocks_survive_gc() {
     let io = SimIo::new();

@@ -112,6 +112,8 @@ struct InProgress {
     cause: TriggerCause,
     acks: Vec<Option<Ack>>,
     committing: bool,
+    /// The latest checkpoint completed when this one was triggered.
+    builds_on: Option<u64>,
 }
 
 /// Figures over every checkpoint of a run (Flink's checkpoint statistics
@@ -254,6 +256,10 @@ impl CoordinatorShared {
 pub(crate) struct CommitRequest {
     pub id: u64,
     pub record: CheckpointRecord,
+    /// The store must keep the checkpoints from this id on: the other
+    /// checkpoints in progress may build on their blocks
+    /// ([`Store::keep_from`](spate_storage::Store::keep_from)).
+    pub keep_from: Option<u64>,
 }
 
 pub(crate) struct Coordinator {
@@ -262,6 +268,9 @@ pub(crate) struct Coordinator {
     max_parallelism: u32,
     fingerprint: u64,
     next_id: u64,
+    /// The latest checkpoint completed (or restored): what a checkpoint
+    /// triggered now builds on, at the oldest.
+    last_completed: Option<u64>,
     last_trigger_ms: Option<u64>,
     last_end_ms: Option<u64>,
     in_progress: BTreeMap<u64, InProgress>,
@@ -295,6 +304,7 @@ impl Coordinator {
             max_parallelism,
             fingerprint,
             next_id: first_id,
+            last_completed: None,
             last_trigger_ms: None,
             last_end_ms: None,
             in_progress: BTreeMap::new(),
@@ -416,6 +426,11 @@ impl Coordinator {
         }
     }
 
+    /// The job restored checkpoint `id`: the first checkpoints build on it.
+    pub(crate) fn restored(&mut self, id: u64) {
+        self.last_completed = Some(id);
+    }
+
     fn maybe_trigger(&mut self, now_ms: u64) {
         // The first periodic checkpoint comes one interval after the start.
         self.last_trigger_ms.get_or_insert(now_ms);
@@ -472,6 +487,7 @@ impl Coordinator {
                 cause,
                 acks: (0..self.parallelism).map(|_| None).collect(),
                 committing: false,
+                builds_on: self.last_completed,
             },
         );
         self.send(Control::Trigger(barrier));
@@ -526,10 +542,22 @@ impl Coordinator {
     }
 
     fn ready_to_commit(&mut self, now_ms: u64) -> Option<CommitRequest> {
-        let (&id, c) = self
+        // In order: a later checkpoint waits for the earlier ones (the store
+        // takes strictly increasing ids, and subtasks build on the chains of
+        // the completions they were told of, in order).
+        let id = *self
             .in_progress
-            .iter_mut()
-            .find(|(_, c)| !c.committing && c.acks.iter().all(Option::is_some))?;
+            .iter()
+            .next()
+            .filter(|(_, c)| !c.committing && c.acks.iter().all(Option::is_some))?
+            .0;
+        let keep_from = self
+            .in_progress
+            .iter()
+            .filter(|(&other, _)| other != id)
+            .filter_map(|(_, c)| c.builds_on)
+            .min();
+        let c = self.in_progress.get_mut(&id).expect("found above");
         c.committing = true;
         let mut handles = Vec::new();
         let mut state = Vec::new();
@@ -626,6 +654,7 @@ impl Coordinator {
         };
         Some(CommitRequest {
             id,
+            keep_from,
             record: CheckpointRecord {
                 id,
                 timestamp_ms: c.barrier.trigger_ms,
@@ -678,6 +707,7 @@ impl Coordinator {
             self.last_end_ms = Some(now_ms);
             self.shared.completed.fetch_add(1, Ordering::SeqCst);
             self.shared.latest_completed.store(id, Ordering::SeqCst);
+            self.last_completed = Some(id);
             self.send(Control::Complete(id));
         }
     }

@@ -96,7 +96,9 @@ pub struct CheckpointConfig {
     pub min_pause_ms: u64,
     /// A checkpoint not complete after this long is declared failed.
     pub timeout_ms: u64,
-    /// Checkpoints that may be in progress at once.
+    /// Checkpoints that may be in progress at once (1 to 16; above 1 only
+    /// in the aligned mode, as in Flink). They complete in order: a later
+    /// one that is ready waits for the earlier ones to complete or fail.
     pub max_concurrent: usize,
     /// Consecutive failed checkpoints tolerated; one more fails the job.
     pub tolerable_failures: u32,

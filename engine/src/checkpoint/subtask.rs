@@ -170,6 +170,8 @@ pub(crate) struct SubtaskCheckpoints {
     /// The chains of the last completed checkpoint (what deltas build on);
     /// shared with the cuts in progress, replaced whole on completion.
     committed: Rc<FxHashMap<StateKey, Chain>>,
+    /// The checkpoint `committed` is of (0: none yet, or restored).
+    committed_id: u64,
     /// The chains of checkpoints written here but not yet completed.
     written: BTreeMap<u64, HashMap<StateKey, Chain>>,
     /// Bases archived in the background, waiting for the writer.
@@ -194,6 +196,7 @@ impl SubtaskCheckpoints {
             done: BTreeSet::new(),
             ready: Vec::new(),
             committed: Rc::default(),
+            committed_id: 0,
             written: BTreeMap::new(),
             deferred: Vec::new(),
             bases: Rc::default(),
@@ -329,9 +332,7 @@ impl SubtaskCheckpoints {
     /// references such a base counts it as written (it was written for it).
     fn base_taken_up(&self, state: &StateRef) -> u64 {
         match state.prefix.first() {
-            Some(link) if self.committed.get(&state.key).and_then(|c| c.first()) != Some(link) => {
-                link.bytes
-            }
+            Some(link) if self.bases.get(&state.key) == Some(link) => link.bytes,
             _ => 0,
         }
     }
@@ -396,6 +397,11 @@ impl SubtaskCheckpoints {
         self.committed.clone()
     }
 
+    /// The checkpoint the committed chains are of (0: none yet, or restored).
+    pub(crate) fn committed_id(&self) -> u64 {
+        self.committed_id
+    }
+
     /// Installs a restored chain as committed (deltas build on it).
     pub(crate) fn set_committed(&mut self, key: StateKey, chain: Vec<ChainLink>) {
         Rc::make_mut(&mut self.committed).insert(key, chain.into());
@@ -410,6 +416,7 @@ impl SubtaskCheckpoints {
     pub(crate) fn complete(&mut self, id: u64) {
         if let Some(chains) = self.written.remove(&id) {
             self.committed = Rc::new(chains.into_iter().collect());
+            self.committed_id = id;
         }
         self.written.retain(|&k, _| k > id);
         if self.bases.is_empty() && self.retired.is_empty() {

@@ -412,6 +412,8 @@ enum StepBudget {
     /// A number of rounds (one key group per table and the timers each): the
     /// simulator's, so that a seed reproduces whatever the machine's speed.
     Rounds(usize),
+    /// Until nothing is left (a snapshot finished before the next cut).
+    Unbounded,
 }
 
 impl StepBudget {
@@ -419,6 +421,7 @@ impl StepBudget {
         match self {
             StepBudget::Time(budget) => started.elapsed() >= budget,
             StepBudget::Rounds(max) => rounds >= max,
+            StepBudget::Unbounded => false,
         }
     }
 }
@@ -608,11 +611,15 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
     /// [`continue_snapshot`](Self::continue_snapshot), a few per step, or
     /// before their next change (copy-on-write).
     fn cut(&mut self, id: u64) -> Result<(), JobError> {
+        // Concurrent checkpoints: the previous snapshot is archived first
+        // (a key group is frozen for one checkpoint at a time).
+        self.finish_snapshot()?;
         self.snapshotted = id;
         let started = std::time::Instant::now();
         let plan = Rc::new(CutPlan {
             id,
             committed: self.checkpoints.borrow().committed_snapshot(),
+            committed_id: self.checkpoints.borrow().committed_id(),
             bases: self.checkpoints.borrow().bases_snapshot(),
             incremental: self.incremental,
             operator: self.names.0.clone(),
@@ -642,10 +649,24 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         Ok(())
     }
 
+    /// Finishes the snapshot in progress, if any, at once: decides and
+    /// archives what is left (a pause counted in its checkpoint's).
+    fn finish_snapshot(&mut self) -> Result<(), JobError> {
+        while let Some(id) = self.lazy.as_ref().map(|l| l.id) {
+            if !self.continue_snapshot(StepBudget::Unbounded)? && self.lazy.is_some() {
+                return Err(self.snapshot_error(
+                    id,
+                    "the snapshot in progress could not be finished before the next one".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Archives up to `groups` frozen key groups (and collects those archived
     /// on demand); closes the snapshot when nothing is left. Returns whether
     /// it did anything.
-    fn continue_snapshot(&mut self) -> Result<bool, JobError> {
+    fn continue_snapshot(&mut self, budget: StepBudget) -> Result<bool, JobError> {
         let Some(lazy) = &mut self.lazy else {
             return Ok(false);
         };
@@ -660,7 +681,10 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         for (position, table) in tables.iter().enumerate() {
             let mut table = table.borrow_mut();
             pause = pause.max(table.take_max_pause_us());
-            table.decide_pending(DECISIONS_PER_STEP);
+            table.decide_pending(match budget {
+                StepBudget::Unbounded => usize::MAX,
+                _ => DECISIONS_PER_STEP,
+            });
             let decisions = table
                 .take_decided()
                 .map_err(|e| self.snapshot_error(id, e))?;
@@ -690,7 +714,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                     any |= table.serialize_frozen(1) > 0;
                 }
             }
-            if !any || self.budget.exhausted(step_started, rounds) {
+            if !any || budget.exhausted(step_started, rounds) {
                 break;
             }
         }
@@ -1008,7 +1032,8 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
         if op.lazy.is_none() {
             return Ok(op.continue_deferred()? || progressed);
         }
-        Ok(op.continue_snapshot()? || progressed)
+        let budget = op.budget;
+        Ok(op.continue_snapshot(budget)? || progressed)
     }
 
     fn has_background_work(&self) -> bool {
