@@ -250,7 +250,7 @@ struct CheckpointsArgs {
     #[arg(long)]
     seconds: Option<f64>,
     /// Update rate over all cores, events/s; 0: as fast as possible (then 2
-    /// updates per key) [default: 1000000].
+    /// updates per key) [default: 200000].
     #[arg(long)]
     rate: Option<u64>,
     /// Cores to run on (default: all available).

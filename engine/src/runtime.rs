@@ -10,7 +10,7 @@
 
 use crate::checkpoint::coordinator::{Ack, CheckpointSummary, Coordinator, CoordinatorShared};
 use crate::checkpoint::restore::RestoreState;
-use crate::checkpoint::subtask::{DeferredBase, LocalSnapshot};
+use crate::checkpoint::subtask::{BackgroundBase, LocalSnapshot};
 use crate::checkpoint::RestoreFrom;
 use crate::checkpoint::{CheckpointStats, Control};
 use crate::dataflow::exchange::ExchangeRegistry;
@@ -399,7 +399,7 @@ enum WriterJob {
     /// A subtask's part of a checkpoint: written first, then acknowledged.
     Part(LocalSnapshot),
     /// Bases materialised in the background: written when no part waits.
-    Bases(Vec<DeferredBase>),
+    Bases(Vec<BackgroundBase>),
 }
 
 /// Hands finished snapshot parts to the reactor's writer task.
@@ -416,7 +416,7 @@ impl SnapshotWriter for ChannelWriter {
         }
     }
 
-    fn submit_bases(&mut self, bases: Vec<DeferredBase>) {
+    fn submit_bases(&mut self, bases: Vec<BackgroundBase>) {
         // Not counted in `queued`: the step loop need not yield for them.
         let _ = self.0.try_send(WriterJob::Bases(bases));
     }
@@ -464,16 +464,15 @@ async fn writer_task(
             // No part waits: write one base. A part handed over meanwhile
             // waits for at most this block.
             let _busy = BusyGuard::new(&idle);
-            let mut base: DeferredBase = bases.pop_front().expect("not empty");
+            let mut base: BackgroundBase = bases.pop_front().expect("not empty");
             let handle = writer.append(base.block.kind, &base.block.bytes);
             appended_bases.extend(base.link(handle));
             crate::archive::recycle(std::mem::take(&mut base.block.bytes));
             writer.write_behind().await;
             if bases.is_empty() {
-                writer.abort_blocks(&checkpoints.borrow_mut().take_abandoned());
-                // A failed write is the next part's failure too; these bases
-                // are simply never referenced (their chains reach their
-                // bounds and materialise on the checkpoint's path).
+                // On a failed write these bases are never referenced (their
+                // chains reach their bounds and materialise on the
+                // checkpoint's path); the writer moves to a new segment.
                 if writer.flush().await.is_ok() {
                     checkpoints
                         .borrow_mut()
@@ -515,6 +514,7 @@ async fn writer_task(
                 .bases_written(std::mem::take(&mut appended_bases));
         }
         appended_bases.clear();
+        writer.abort_blocks(&checkpoints.borrow_mut().take_abandoned());
         let mut ack = ack_for(snapshot, subtask, handles, written, &checkpoints);
         while let Err(back) = acks.try_push(ack) {
             if env.failed() {

@@ -81,7 +81,7 @@ struct SimWriter {
     acks: Producer<Ack>,
     subtask: usize,
     checkpoints: std::rc::Rc<std::cell::RefCell<crate::checkpoint::subtask::SubtaskCheckpoints>>,
-    bases: Vec<crate::checkpoint::subtask::DeferredBase>,
+    bases: Vec<crate::checkpoint::subtask::BackgroundBase>,
     rng: SplitMix64,
     /// Bases wait for the next part (drawn after each part).
     slow_bases: bool,
@@ -99,7 +99,6 @@ impl SimWriter {
             .map(|b| self.writer.append(b.block.kind, &b.block.bytes))
             .collect();
         let mut checkpoints = self.checkpoints.borrow_mut();
-        self.writer.abort_blocks(&checkpoints.take_abandoned());
         if block_on(self.writer.flush()).is_ok() {
             let links = bases.iter().zip(handles).filter_map(|(b, h)| b.link(h));
             checkpoints.bases_written(links.collect());
@@ -118,12 +117,14 @@ impl SnapshotWriter for SimWriter {
         let ack = ack_for(snapshot, self.subtask, handles, written, &self.checkpoints);
         // Sized for every checkpoint the coordinator can have outstanding.
         let _ = self.acks.try_push(ack);
+        self.writer
+            .abort_blocks(&self.checkpoints.borrow_mut().take_abandoned());
         self.slow_bases = false;
         self.write_bases();
         self.slow_bases = self.rng.below(2) == 0;
     }
 
-    fn submit_bases(&mut self, bases: Vec<crate::checkpoint::subtask::DeferredBase>) {
+    fn submit_bases(&mut self, bases: Vec<crate::checkpoint::subtask::BackgroundBase>) {
         self.bases.extend(bases);
         self.write_bases();
     }

@@ -95,9 +95,9 @@ pub(crate) trait StateTable {
     fn frozen_groups(&self) -> usize;
     /// Archives up to `max` bases to materialise in the background (see
     /// [`Decided`]); returns how many.
-    fn serialize_deferred(&mut self, max: usize) -> usize;
+    fn serialize_requested_bases(&mut self, max: usize) -> usize;
     /// Bases to materialise in the background not archived yet.
-    fn deferred_groups(&self) -> usize;
+    fn requested_bases(&self) -> usize;
     /// Archives made since the last call (`Err` if one failed).
     fn take_serialized(&mut self) -> Vec<Result<Serialized, String>>;
     /// The longest single archiving pause since the last call, µs.
@@ -220,6 +220,16 @@ struct Changes<K> {
     completed_during_cut: u64,
 }
 
+impl<K> Changes<K> {
+    /// Group `index`'s keys held by checkpoints after `since`.
+    fn held_after(&self, since: u64, index: usize) -> impl Iterator<Item = &FxHashSet<K>> {
+        self.in_flight
+            .iter()
+            .filter(move |(id, _)| *id > since)
+            .map(move |(_, groups)| &groups[index])
+    }
+}
+
 /// A key group archived for a checkpoint.
 pub struct Serialized {
     /// Index of the key group in the subtask's range.
@@ -233,7 +243,7 @@ pub struct Serialized {
     /// Keys in a base; upserts plus deletes in a delta.
     pub entries: u64,
     /// A base materialised in the background, not part of checkpoint `id`.
-    pub deferred: bool,
+    pub background: bool,
 }
 
 /// A key group cut for a checkpoint and not archived yet.
@@ -271,10 +281,10 @@ pub(crate) struct KeyedTable<K, V> {
     /// with no copy-on-write: any state between this checkpoint's cut and
     /// the cut of the checkpoint that takes the base up will do, since the
     /// committed deltas after this cut overwrite every key changed since.
-    deferred: Vec<Option<u64>>,
-    /// Key groups with `deferred` set, roughly in the order they were set.
-    deferred_queue: std::collections::VecDeque<usize>,
-    deferred_count: usize,
+    base_requests: Vec<Option<u64>>,
+    /// Key groups with `base_requests` set, roughly in the order they were set.
+    base_request_queue: std::collections::VecDeque<usize>,
+    base_request_count: usize,
     /// Per key group: the cut of the last base requested in the background
     /// (none is requested again while one newer than the chain is on its way).
     base_requested: Vec<u64>,
@@ -308,9 +318,9 @@ impl<K: Key, V> KeyedTable<K, V> {
             decisions: Vec::new(),
             cut_error: None,
             restored_entries: vec![0; range.len()],
-            deferred: vec![None; range.len()],
-            deferred_queue: std::collections::VecDeque::new(),
-            deferred_count: 0,
+            base_requests: vec![None; range.len()],
+            base_request_queue: std::collections::VecDeque::new(),
+            base_request_count: 0,
             base_requested: vec![0; range.len()],
         }
     }
@@ -483,9 +493,9 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                     if reached(materialise_share(group)) && !in_progress {
                         // Materialise off the checkpoint's path.
                         self.base_requested[index] = id;
-                        if self.deferred[index].replace(id).is_none() {
-                            self.deferred_count += 1;
-                            self.deferred_queue.push_back(index);
+                        if self.base_requests[index].replace(id).is_none() {
+                            self.base_request_count += 1;
+                            self.base_request_queue.push_back(index);
                         }
                     }
                     let state = StateRef {
@@ -509,10 +519,8 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
             return FxHashSet::default();
         };
         let mut keys = std::mem::take(&mut changes.dirty[index]);
-        for (id, groups) in &changes.in_flight {
-            if *id > since {
-                keys.extend(groups[index].iter().cloned());
-            }
+        for held in changes.held_after(since, index) {
+            keys.extend(held.iter().cloned());
         }
         keys
     }
@@ -520,10 +528,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
     /// Whether group `index` changed since checkpoint `since` completed.
     fn changed_since(&self, index: usize, since: u64) -> bool {
         self.changes.as_ref().is_some_and(|c| {
-            !c.dirty[index].is_empty()
-                || c.in_flight
-                    .iter()
-                    .any(|(id, groups)| *id > since && !groups[index].is_empty())
+            !c.dirty[index].is_empty() || c.held_after(since, index).any(|h| !h.is_empty())
         })
     }
 
@@ -567,14 +572,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
         self.frozen_count -= 1;
         let started = std::time::Instant::now();
         let result = match frozen.delta {
-            None => self.snapshot_group(index).map(|bytes| Serialized {
-                index,
-                id: frozen.id,
-                delta: false,
-                entries: self.groups[index].len() as u64,
-                bytes,
-                deferred: false,
-            }),
+            None => self.archive_base(index, frozen.id, false),
             Some(keys) => {
                 let group = &self.groups[index];
                 let mut upserts: Vec<(&K, &V)> = Vec::with_capacity(keys.len());
@@ -600,7 +598,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                     delta: true,
                     entries,
                     bytes,
-                    deferred: false,
+                    background: false,
                 })
             }
         };
@@ -609,22 +607,27 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
     }
 
     /// Archives group `index`'s base to materialise in the background now.
-    fn archive_deferred(&mut self, index: usize) {
-        let Some(id) = self.deferred[index].take() else {
+    fn archive_requested_base(&mut self, index: usize) {
+        let Some(id) = self.base_requests[index].take() else {
             return;
         };
-        self.deferred_count -= 1;
+        self.base_request_count -= 1;
         let started = std::time::Instant::now();
-        let result = self.snapshot_group(index).map(|bytes| Serialized {
+        let result = self.archive_base(index, id, true);
+        self.max_pause_us = self.max_pause_us.max(started.elapsed().as_micros() as u64);
+        self.serialized.push(result);
+    }
+
+    /// Group `index` archived as a full base for checkpoint `id`.
+    fn archive_base(&self, index: usize, id: u64, background: bool) -> Result<Serialized, String> {
+        self.snapshot_group(index).map(|bytes| Serialized {
             index,
             id,
             delta: false,
             entries: self.groups[index].len() as u64,
             bytes,
-            deferred: true,
-        });
-        self.max_pause_us = self.max_pause_us.max(started.elapsed().as_micros() as u64);
-        self.serialized.push(result);
+            background,
+        })
     }
 }
 
@@ -739,22 +742,22 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         self.frozen_count
     }
 
-    fn serialize_deferred(&mut self, max: usize) -> usize {
+    fn serialize_requested_bases(&mut self, max: usize) -> usize {
         let mut done = 0;
-        while done < max && self.deferred_count > 0 {
-            let Some(index) = self.deferred_queue.pop_front() else {
+        while done < max && self.base_request_count > 0 {
+            let Some(index) = self.base_request_queue.pop_front() else {
                 break; // unreachable while the count is right
             };
-            if self.deferred[index].is_some() {
-                self.archive_deferred(index);
+            if self.base_requests[index].is_some() {
+                self.archive_requested_base(index);
                 done += 1;
             }
         }
         done
     }
 
-    fn deferred_groups(&self) -> usize {
-        self.deferred_count
+    fn requested_bases(&self) -> usize {
+        self.base_request_count
     }
 
     fn take_serialized(&mut self) -> Vec<Result<Serialized, String>> {

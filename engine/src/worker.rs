@@ -7,7 +7,7 @@
 //! loop on a pinned reactor; the simulator calls it for every subtask on one
 //! thread in a seeded order. Nothing here blocks.
 
-use crate::checkpoint::subtask::{DeferredBase, LocalSnapshot, SubtaskCheckpoints};
+use crate::checkpoint::subtask::{BackgroundBase, LocalSnapshot, SubtaskCheckpoints};
 use crate::checkpoint::Control;
 use crate::dataflow::{
     Cx, Dataflow, InputSlot, InputState, OutputBuffer, ProcessingTimers, SinkCheckpoints,
@@ -24,8 +24,8 @@ use std::sync::Arc;
 pub(crate) trait SnapshotWriter {
     fn submit(&mut self, snapshot: LocalSnapshot);
     /// Bases materialised in the background: written after the parts
-    /// handed over before them, and behind any part handed over later.
-    fn submit_bases(&mut self, bases: Vec<DeferredBase>);
+    /// handed over before them; a part handed over later goes first.
+    fn submit_bases(&mut self, bases: Vec<BackgroundBase>);
 }
 
 /// What one step achieved.
@@ -218,6 +218,7 @@ impl Worker {
                 }
                 Control::Complete(id) => {
                     self.checkpoints.borrow_mut().complete(id);
+                    self.env.coordinator.saw_completion(self.report.subtask, id);
                     for operator in &self.timer_operators {
                         operator.checkpoint_complete(id);
                     }
@@ -282,7 +283,7 @@ impl Worker {
                 writer.submit(snapshot);
             }
         }
-        let bases = self.checkpoints.borrow_mut().take_deferred();
+        let bases = self.checkpoints.borrow_mut().take_background_bases();
         if !bases.is_empty() {
             if let Some(writer) = &mut self.writer {
                 writer.submit_bases(bases);

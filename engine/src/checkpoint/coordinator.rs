@@ -112,7 +112,8 @@ struct InProgress {
     cause: TriggerCause,
     acks: Vec<Option<Ack>>,
     committing: bool,
-    /// The latest checkpoint completed when this one was triggered.
+    /// The oldest checkpoint a subtask had seen complete when this one was
+    /// triggered: its cuts build on that one's chains or a later one's.
     builds_on: Option<u64>,
 }
 
@@ -211,6 +212,10 @@ pub(crate) struct CoordinatorShared {
     pub changed_bytes: Vec<Arc<AtomicU64>>,
     /// Subtasks whose step loop has ended: they acknowledge nothing more.
     pub finished: Vec<AtomicBool>,
+    /// Per subtask: the latest completion it has processed (or the restored
+    /// checkpoint; 0: none). Its next cut builds on that checkpoint's chains
+    /// (or a later one's), so the store keeps it (see `keep_from`).
+    pub views: Vec<AtomicU64>,
 }
 
 impl CoordinatorShared {
@@ -240,7 +245,25 @@ impl CoordinatorShared {
                 .map(|_| Arc::new(AtomicU64::new(0)))
                 .collect(),
             finished: (0..parallelism).map(|_| AtomicBool::new(false)).collect(),
+            views: (0..parallelism).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    /// Subtask `subtask` processed the completion of `id`.
+    pub(crate) fn saw_completion(&self, subtask: usize, id: u64) {
+        if let Some(v) = self.views.get(subtask) {
+            v.fetch_max(id, Ordering::SeqCst);
+        }
+    }
+
+    /// The oldest checkpoint a running subtask may still build a cut on
+    /// (`None`: none, every cut starts from scratch).
+    fn oldest_view(&self) -> Option<u64> {
+        (0..self.views.len())
+            .filter(|&i| !self.finished[i].load(Ordering::SeqCst))
+            .map(|i| self.views[i].load(Ordering::SeqCst))
+            .filter(|&v| v > 0)
+            .min()
     }
 
     fn changed_bytes(&self) -> u64 {
@@ -268,9 +291,7 @@ pub(crate) struct Coordinator {
     max_parallelism: u32,
     fingerprint: u64,
     next_id: u64,
-    /// The latest checkpoint completed (or restored): what a checkpoint
-    /// triggered now builds on, at the oldest.
-    last_completed: Option<u64>,
+
     last_trigger_ms: Option<u64>,
     last_end_ms: Option<u64>,
     in_progress: BTreeMap<u64, InProgress>,
@@ -304,7 +325,6 @@ impl Coordinator {
             max_parallelism,
             fingerprint,
             next_id: first_id,
-            last_completed: None,
             last_trigger_ms: None,
             last_end_ms: None,
             in_progress: BTreeMap::new(),
@@ -428,7 +448,9 @@ impl Coordinator {
 
     /// The job restored checkpoint `id`: the first checkpoints build on it.
     pub(crate) fn restored(&mut self, id: u64) {
-        self.last_completed = Some(id);
+        for subtask in 0..self.parallelism {
+            self.shared.saw_completion(subtask, id);
+        }
     }
 
     fn maybe_trigger(&mut self, now_ms: u64) {
@@ -487,7 +509,7 @@ impl Coordinator {
                 cause,
                 acks: (0..self.parallelism).map(|_| None).collect(),
                 committing: false,
-                builds_on: self.last_completed,
+                builds_on: self.shared.oldest_view(),
             },
         );
         self.send(Control::Trigger(barrier));
@@ -551,11 +573,16 @@ impl Coordinator {
             .next()
             .filter(|(_, c)| !c.committing && c.acks.iter().all(Option::is_some))?
             .0;
+        // Checkpoints in progress build on what their subtasks had seen
+        // complete when they were cut, and running subtasks' next cuts on
+        // what they have seen since (a subtask may not have processed the
+        // latest completion yet).
         let keep_from = self
             .in_progress
             .iter()
             .filter(|(&other, _)| other != id)
             .filter_map(|(_, c)| c.builds_on)
+            .chain(self.shared.oldest_view())
             .min();
         let c = self.in_progress.get_mut(&id).expect("found above");
         c.committing = true;
@@ -707,7 +734,6 @@ impl Coordinator {
             self.last_end_ms = Some(now_ms);
             self.shared.completed.fetch_add(1, Ordering::SeqCst);
             self.shared.latest_completed.store(id, Ordering::SeqCst);
-            self.last_completed = Some(id);
             self.send(Control::Complete(id));
         }
     }

@@ -97,7 +97,7 @@ pub struct SubtaskStats {
     pub alignment_us: u64,
     /// Bytes of state written (full bases and deltas), counting the bases
     /// materialised in the background that this checkpoint is the first to
-    /// reference (they were written for it, after the previous one).
+    /// reference (they were written for it, between checkpoints).
     pub state_bytes: u64,
     /// Of which deltas.
     pub delta_bytes: u64,

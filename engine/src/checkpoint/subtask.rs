@@ -70,16 +70,17 @@ pub(crate) struct SnapshotBlock {
     pub desc: BlockDesc,
 }
 
-/// A key group's base materialised off a checkpoint's path: archived in the
-/// background after the cut of `checkpoint`, written after that checkpoint's
-/// part, and referenced by a later checkpoint in place of the chain up to the
-/// cut (see [`SubtaskCheckpoints::bases_snapshot`]).
-pub(crate) struct DeferredBase {
+/// A key group's base materialised off a checkpoint's path: requested by the
+/// cut of `checkpoint`, archived in the background once no snapshot is in
+/// progress on its operator, written when no checkpoint part waits for the
+/// writer, and referenced by a later checkpoint in place of the chain up to
+/// that cut (see [`SubtaskCheckpoints::bases_snapshot`]).
+pub(crate) struct BackgroundBase {
     pub checkpoint: u64,
     pub block: SnapshotBlock,
 }
 
-impl DeferredBase {
+impl BackgroundBase {
     /// The chain link of this base once written at `handle`.
     pub(crate) fn link(&self, handle: BlockHandle) -> Option<(StateKey, ChainLink)> {
         match &self.block.desc {
@@ -175,13 +176,17 @@ pub(crate) struct SubtaskCheckpoints {
     /// The chains of checkpoints written here but not yet completed.
     written: BTreeMap<u64, HashMap<StateKey, Chain>>,
     /// Bases archived in the background, waiting for the writer.
-    deferred: Vec<DeferredBase>,
+    bases_to_write: Vec<BackgroundBase>,
     /// Bases materialised in the background, durable and not yet part of a
     /// committed chain (at most one per key group: the newest).
     bases: Rc<FxHashMap<StateKey, ChainLink>>,
-    /// Bases that no committed chain took up (superseded by a newer base);
-    /// abandoned once no checkpoint in progress can reference them.
-    retired: Vec<ChainLink>,
+    /// Bases that no committed chain took up (overtaken or replaced), each
+    /// with the latest checkpoint begun when it retired: only checkpoints up
+    /// to that one can reference it, so it is abandoned once one of them or
+    /// a later one completes (completions are in order).
+    retired: Vec<(ChainLink, u64)>,
+    /// The latest checkpoint begun here.
+    latest_begun: u64,
     /// Retired bases to declare dead in the store (by the writer).
     abandoned: Vec<BlockHandle>,
 }
@@ -198,9 +203,10 @@ impl SubtaskCheckpoints {
             committed: Rc::default(),
             committed_id: 0,
             written: BTreeMap::new(),
-            deferred: Vec::new(),
+            bases_to_write: Vec::new(),
             bases: Rc::default(),
             retired: Vec::new(),
+            latest_begun: 0,
             abandoned: Vec::new(),
         }
     }
@@ -217,6 +223,7 @@ impl SubtaskCheckpoints {
         if self.done.contains(&barrier.id) {
             return false;
         }
+        self.latest_begun = self.latest_begun.max(barrier.id);
         let inputs = self.group_of.len();
         let finished = self.finished.clone();
         let subtask = self.subtask as u32;
@@ -330,6 +337,8 @@ impl SubtaskCheckpoints {
     /// Bytes of a base materialised in the background that `state`'s chain
     /// takes up in place of its committed prefix: the checkpoint that first
     /// references such a base counts it as written (it was written for it).
+    /// Checkpoints that take it up before one of them completes (concurrent
+    /// ones, or after an abort) each count it.
     fn base_taken_up(&self, state: &StateRef) -> u64 {
         match state.prefix.first() {
             Some(link) if self.bases.get(&state.key) == Some(link) => link.bytes,
@@ -338,13 +347,14 @@ impl SubtaskCheckpoints {
     }
 
     /// A key group's base archived in the background, for the writer.
-    pub(crate) fn add_deferred_base(&mut self, checkpoint: u64, block: SnapshotBlock) {
-        self.deferred.push(DeferredBase { checkpoint, block });
+    pub(crate) fn add_background_base(&mut self, checkpoint: u64, block: SnapshotBlock) {
+        self.bases_to_write
+            .push(BackgroundBase { checkpoint, block });
     }
 
     /// Takes the bases archived in the background since the last call.
-    pub(crate) fn take_deferred(&mut self) -> Vec<DeferredBase> {
-        std::mem::take(&mut self.deferred)
+    pub(crate) fn take_background_bases(&mut self) -> Vec<BackgroundBase> {
+        std::mem::take(&mut self.bases_to_write)
     }
 
     /// The writer made bases materialised in the background durable. A base
@@ -352,6 +362,7 @@ impl SubtaskCheckpoints {
     /// or no chain any more) is retired at once.
     pub(crate) fn bases_written(&mut self, written: Vec<(StateKey, ChainLink)>) {
         let bases = Rc::make_mut(&mut self.bases);
+        let bound = self.latest_begun;
         for (key, link) in written {
             let stale = self
                 .committed
@@ -359,14 +370,15 @@ impl SubtaskCheckpoints {
                 .and_then(|c| c.first())
                 .map_or(true, |first| first.checkpoint >= link.checkpoint);
             if stale {
-                self.retired.push(link);
+                self.retired.push((link, bound));
                 continue;
             }
             match bases.get(&key) {
-                Some(old) if old.checkpoint >= link.checkpoint => self.retired.push(link),
+                Some(old) if old.checkpoint >= link.checkpoint => self.retired.push((link, bound)),
                 _ => {
                     if let Some(old) = bases.insert(key, link) {
-                        self.retired.push(old);
+                        // A cut may have taken up the replaced base already.
+                        self.retired.push((old, bound));
                     }
                 }
             }
@@ -425,6 +437,7 @@ impl SubtaskCheckpoints {
         // Bases now committed are the store's to keep; those a newer
         // committed base overtook (or whose key group has no chain) retire.
         let committed = &self.committed;
+        let bound = self.latest_begun;
         let mut retired = Vec::new();
         Rc::make_mut(&mut self.bases).retain(|key, link| {
             let first = committed.get(key).and_then(|c| c.first());
@@ -433,25 +446,29 @@ impl SubtaskCheckpoints {
             }
             let overtaken = first.map_or(true, |f| f.checkpoint >= link.checkpoint);
             if overtaken {
-                retired.push(link.clone());
+                retired.push((link.clone(), bound));
             }
             !overtaken
         });
         self.retired.extend(retired);
-        // No checkpoint in progress can reference a retired base any more
-        // (the next cut only sees `bases`).
-        if self.pending.is_empty() && self.written.is_empty() {
-            let committed_firsts: BTreeSet<(u64, u64)> = committed
-                .values()
-                .filter_map(|c| c.first())
-                .map(|l| (l.handle.segment.0, l.handle.offset))
-                .collect();
-            for link in self.retired.drain(..) {
-                if !committed_firsts.contains(&(link.handle.segment.0, link.handle.offset)) {
-                    self.abandoned.push(link.handle);
-                }
+        // Checkpoints up to `id` are complete or failed (completions are in
+        // order): a base retired while at most `id` had begun is referenced
+        // by no checkpoint to come, unless `id` itself took it up.
+        let committed_firsts: BTreeSet<(u64, u64)> = committed
+            .values()
+            .filter_map(|c| c.first())
+            .map(|l| (l.handle.segment.0, l.handle.offset))
+            .collect();
+        let abandoned = &mut self.abandoned;
+        self.retired.retain(|(link, bound)| {
+            if *bound > id {
+                return true;
             }
-        }
+            if !committed_firsts.contains(&(link.handle.segment.0, link.handle.offset)) {
+                abandoned.push(link.handle);
+            }
+            false
+        });
     }
 
     pub(crate) fn add_source_offset(&mut self, id: u64, offset: SourceOffset) {
@@ -570,7 +587,7 @@ mod tests {
 
     /// A background base is available until a committed chain takes it up;
     /// one overtaken by a newer committed base is abandoned in the store,
-    /// but only once no checkpoint in progress could still reference it.
+    /// but only once every checkpoint that could reference it has ended.
     #[test]
     fn background_bases_are_taken_up_or_abandoned() {
         let mut c = SubtaskCheckpoints::new(0);
@@ -598,20 +615,18 @@ mod tests {
             vec![(key(0), vec![link(2, 128)]), (key(1), vec![link(3, 320)])],
         );
         assert!(c.bases_snapshot().is_empty(), "taken up or overtaken");
-        // Checkpoint 4 is in progress: nothing is abandoned yet.
-        assert!(c.take_abandoned().is_empty());
+        // The stale base retired before checkpoint 2 began; the overtaken
+        // one while checkpoint 4 had begun, which may reference it.
+        let offsets = |c: &mut SubtaskCheckpoints| -> Vec<u64> {
+            c.take_abandoned().iter().map(|h| h.offset).collect()
+        };
+        assert_eq!(offsets(&mut c), vec![256], "the stale base");
         c.abort(4);
         complete(
             &mut c,
             5,
             vec![(key(0), vec![link(2, 128)]), (key(1), vec![link(3, 320)])],
         );
-        let mut abandoned: Vec<u64> = c.take_abandoned().iter().map(|h| h.offset).collect();
-        abandoned.sort_unstable();
-        assert_eq!(
-            abandoned,
-            vec![192, 256],
-            "the overtaken and the stale base"
-        );
+        assert_eq!(offsets(&mut c), vec![192], "the overtaken base");
     }
 }

@@ -766,7 +766,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
     /// [`crate::state::Decided`]) while no snapshot is in progress: at least
     /// one key group, more while the step's budget lasts, and hands them to
     /// the writer. Returns whether it did anything.
-    fn continue_deferred(&mut self) -> Result<bool, JobError> {
+    fn continue_background_bases(&mut self) -> Result<bool, JobError> {
         let started = std::time::Instant::now();
         let tables = self.state.tables();
         let mut worked = false;
@@ -776,8 +776,8 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             let mut any = false;
             for table in tables {
                 let mut table = table.borrow_mut();
-                if table.deferred_groups() > 0 {
-                    any |= table.serialize_deferred(1) > 0;
+                if table.requested_bases() > 0 {
+                    any |= table.serialize_requested_bases(1) > 0;
                 }
             }
             worked |= any;
@@ -800,16 +800,21 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         self.background_pause_us = self.background_pause_us.max(pause);
         let progressed = !archived.is_empty();
         for (position, result) in archived {
-            let serialized = result.map_err(|e| self.snapshot_error(self.snapshotted, e))?;
-            if serialized.deferred {
-                self.defer_base(position, serialized);
-            }
+            let serialized = result.map_err(|e| {
+                JobError::Checkpoint(format!(
+                    "operator `{}` on subtask {}: a base archived in the background failed: {e}",
+                    self.name, self.subtask
+                ))
+            })?;
+            // Nothing is frozen while no snapshot is in progress.
+            debug_assert!(serialized.background);
+            self.hand_over_base(position, serialized);
         }
         Ok(progressed)
     }
 
     /// Hands a base archived in the background to the writer.
-    fn defer_base(&self, position: usize, serialized: Serialized) {
+    fn hand_over_base(&self, position: usize, serialized: Serialized) {
         let group = (self.range.start as usize + serialized.index) as u32;
         let state = StateRef {
             key: (self.names.0.clone(), self.names.1[position].clone(), group),
@@ -820,7 +825,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         let checkpoint = serialized.id;
         self.checkpoints
             .borrow_mut()
-            .add_deferred_base(checkpoint, state_block(state, serialized));
+            .add_background_base(checkpoint, state_block(state, serialized));
     }
 
     /// The block of key group `index`'s timers as a cut archived them (in
@@ -1030,7 +1035,7 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
             progressed |= loaded > 0;
         }
         if op.lazy.is_none() {
-            return Ok(op.continue_deferred()? || progressed);
+            return Ok(op.continue_background_bases()? || progressed);
         }
         let budget = op.budget;
         Ok(op.continue_snapshot(budget)? || progressed)
@@ -1041,7 +1046,7 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
             .state
             .tables()
             .iter()
-            .any(|t| t.borrow().deferred_groups() > 0)
+            .any(|t| t.borrow().requested_bases() > 0)
     }
 
     fn has_snapshot_work(&self) -> bool {
