@@ -17,9 +17,10 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 /// When and how often a failed job runs again.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub enum RestartStrategy {
     /// A failure ends the job (the default).
+    #[default]
     None,
     /// Up to `attempts` restarts, each after `delay`.
     FixedDelay {
@@ -54,12 +55,6 @@ pub enum RestartStrategy {
         /// Wait before each restart.
         delay: Duration,
     },
-}
-
-impl Default for RestartStrategy {
-    fn default() -> Self {
-        Self::None
-    }
 }
 
 impl RestartStrategy {

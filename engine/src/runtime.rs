@@ -740,7 +740,7 @@ fn launch(
     stop: &Arc<AtomicBool>,
 ) -> Result<Run, JobError> {
     let started = Instant::now();
-    let restore = load_restore(&config)?;
+    let restore = load_restore(config)?;
     let (env, ends) = JobEnv::new(config.clone(), clock.clone(), restore, stop.clone());
     env.restore_us
         .store(started.elapsed().as_micros() as u64, Ordering::SeqCst);

@@ -623,9 +623,12 @@ fn a_finished_subtask_declines_checkpoints_instead_of_failing_the_job() {
 /// the records pre-committed and not yet visible, and the visible ones.
 #[derive(Default)]
 struct Committed {
-    pending: BTreeMap<(usize, u64), Vec<(u64, u64, u64)>>,
-    visible: Vec<(u64, u64, u64)>,
+    pending: BTreeMap<(usize, u64), Vec<WindowCount>>,
+    visible: Vec<WindowCount>,
 }
+
+/// A window's output: (key, window end, count).
+type WindowCount = (u64, u64, u64);
 
 /// An exactly-once sink in memory (what `FileSink` does with files): records
 /// written since the last barrier are pre-committed with the checkpoint and

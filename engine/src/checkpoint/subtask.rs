@@ -368,7 +368,7 @@ impl SubtaskCheckpoints {
                 .committed
                 .get(&key)
                 .and_then(|c| c.first())
-                .map_or(true, |first| first.checkpoint >= link.checkpoint);
+                .is_none_or(|first| first.checkpoint >= link.checkpoint);
             if stale {
                 self.retired.push((link, bound));
                 continue;
@@ -444,7 +444,7 @@ impl SubtaskCheckpoints {
             if first == Some(link) {
                 return false;
             }
-            let overtaken = first.map_or(true, |f| f.checkpoint >= link.checkpoint);
+            let overtaken = first.is_none_or(|f| f.checkpoint >= link.checkpoint);
             if overtaken {
                 retired.push((link.clone(), bound));
             }
