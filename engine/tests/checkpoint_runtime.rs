@@ -90,22 +90,43 @@ fn fail_and_resume(mode: CheckpointMode, incremental: bool) {
 /// `to` subtasks (rescaling: key groups, in-flight records and source splits
 /// move to their new owners).
 fn fail_and_resume_on(mode: CheckpointMode, incremental: bool, from: usize, to: usize) {
+    fail_and_resume_with(mode, incremental, from, to, 2, &|_| {}, &|_| {});
+}
+
+/// [`fail_and_resume_on`], failing after `fail_after` checkpoints, with the
+/// checkpoint settings changed by `setup`; `inspect` looks at the state
+/// directory at the end.
+fn fail_and_resume_with(
+    mode: CheckpointMode,
+    incremental: bool,
+    from: usize,
+    to: usize,
+    fail_after: u64,
+    setup: &dyn Fn(&mut CheckpointConfig),
+    inspect: &dyn Fn(&PathBuf),
+) {
     let dir = temp_dir(&format!("ckpt-{}-{incremental}-{from}-{to}", mode.name()));
+    let config = |parallelism: usize| {
+        let mut config = JobConfig {
+            parallelism,
+            ..config(&dir, mode, incremental)
+        };
+        if let Some(c) = config.checkpoint.as_mut() {
+            setup(c);
+        }
+        config
+    };
     let all: Vec<Event> = (0..EVENTS).map(event).collect();
     let totals: Totals = Default::default();
     let windows: Windows = Default::default();
     let fail = Arc::new(AtomicBool::new(false));
 
     let (t, w, f) = (totals.clone(), windows.clone(), fail.clone());
-    let first_config = JobConfig {
-        parallelism: from,
-        ..config(&dir, mode, incremental)
-    };
-    let handle = Job::new(first_config)
+    let handle = Job::new(config(from))
         .start(move |df| job(df, &t, &w, &f, 20_000.0))
         .unwrap();
-    // Fail the job once two checkpoints are durable (or if it ends first).
-    while handle.completed_checkpoints() < 2 && handle.is_running() {
+    // Fail the job once enough checkpoints are durable (or if it ends first).
+    while handle.completed_checkpoints() < fail_after && handle.is_running() {
         std::thread::yield_now();
     }
     fail.store(true, Ordering::SeqCst);
@@ -116,11 +137,7 @@ fn fail_and_resume_on(mode: CheckpointMode, incremental: bool, from: usize, to: 
 
     fail.store(false, Ordering::SeqCst);
     let (t, w, f) = (totals.clone(), windows.clone(), fail.clone());
-    let second_config = JobConfig {
-        parallelism: to,
-        ..config(&dir, mode, incremental)
-    };
-    let second = Job::new(second_config)
+    let second = Job::new(config(to))
         .run(move |df| job(df, &t, &w, &f, 1_000_000.0))
         .unwrap();
     if failed_by_us {
@@ -148,6 +165,7 @@ fn fail_and_resume_on(mode: CheckpointMode, incremental: bool, from: usize, to: 
             .all(|c| c.status == spate::CheckpointStatus::Completed),
         "{mode:?}: {checkpoints:?}"
     );
+    inspect(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -174,6 +192,48 @@ fn at_least_once_job_resumes_after_a_task_failure() {
 #[test]
 fn incremental_aligned_job_resumes_after_a_task_failure() {
     fail_and_resume(CheckpointMode::Aligned, true);
+}
+
+/// Incremental and concurrent aligned checkpoints through the writer task
+/// and the io_uring store: chains take up bases materialised in the
+/// background, and a job failed after many checkpoints resumes exactly.
+#[test]
+fn background_bases_and_concurrent_checkpoints_on_the_runtime() {
+    let setup = |c: &mut CheckpointConfig| {
+        c.max_delta_chain = 4;
+        c.max_concurrent = 2;
+        c.retained = 1_000;
+    };
+    let inspect = |dir: &PathBuf| {
+        use spate::checkpoint::CheckpointMetadata;
+        let reader = spate_storage::StoreReader::open(dir).unwrap();
+        let records = reader.checkpoints();
+        let handles: std::collections::HashMap<u64, BTreeSet<_>> = records
+            .iter()
+            .map(|r| (r.id, r.handles.iter().copied().collect()))
+            .collect();
+        let taken_up = records
+            .iter()
+            .flat_map(|r| {
+                let m = CheckpointMetadata::decode(&r.metadata).unwrap();
+                m.state
+                    .into_iter()
+                    .map(|s| {
+                        let base = s.chain[0].clone();
+                        (m.id, base.checkpoint, r.handles[base.handle as usize])
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|(id, cut, handle)| {
+                cut < id && handles.get(cut).is_some_and(|h| !h.contains(handle))
+            })
+            .count();
+        assert!(
+            taken_up > 0,
+            "chains took up bases written in the background"
+        );
+    };
+    fail_and_resume_with(CheckpointMode::Aligned, true, 2, 2, 12, &setup, &inspect);
 }
 
 #[test]
