@@ -400,6 +400,8 @@ enum WriterJob {
     Part(LocalSnapshot),
     /// Bases materialised in the background: written when no part waits.
     Bases(Vec<BackgroundBase>),
+    /// The subtask finished: acknowledged after every part before it.
+    Finished(Vec<crate::checkpoint::metadata::SourceOffset>),
 }
 
 /// Hands finished snapshot parts to the reactor's writer task.
@@ -419,6 +421,10 @@ impl SnapshotWriter for ChannelWriter {
     fn submit_bases(&mut self, bases: Vec<BackgroundBase>) {
         // Not counted in `queued`: the step loop need not yield for them.
         let _ = self.0.try_send(WriterJob::Bases(bases));
+    }
+
+    fn finished(&mut self, sources: Vec<crate::checkpoint::metadata::SourceOffset>) {
+        let _ = self.0.try_send(WriterJob::Finished(sources));
     }
 }
 
@@ -490,6 +496,10 @@ async fn writer_task(
                 bases.extend(more);
                 continue;
             }
+            WriterJob::Finished(sources) => {
+                push_ack(&env, &mut acks, Ack::Finished { subtask, sources }).await;
+                continue;
+            }
             WriterJob::Part(snapshot) => snapshot,
         };
         idle.queued.set(idle.queued.get().saturating_sub(1));
@@ -515,20 +525,29 @@ async fn writer_task(
         }
         appended_bases.clear();
         writer.abort_blocks(&checkpoints.borrow_mut().take_abandoned());
-        let mut ack = ack_for(snapshot, subtask, handles, written, &checkpoints);
-        while let Err(back) = acks.try_push(ack) {
-            if env.failed() {
-                return;
-            }
-            ack = back;
-            glommio::timer::sleep(Duration::from_millis(1)).await;
+        let ack = ack_for(snapshot, subtask, handles, written, &checkpoints);
+        if !push_ack(&env, &mut acks, ack).await {
+            return;
         }
-        env.coordinator_parker.notifier().notify();
     }
     // The step loop ended (it dropped the channel) and every part it handed
     // over is acknowledged: nothing more will come from this subtask.
     env.coordinator.subtask_finished(subtask);
     env.coordinator_parker.notifier().notify();
+}
+
+/// Hands an acknowledgement to the coordinator (waiting while its ring is
+/// full); false if the job failed meanwhile.
+async fn push_ack(env: &JobEnv, acks: &mut crate::ring::Producer<Ack>, mut ack: Ack) -> bool {
+    while let Err(back) = acks.try_push(ack) {
+        if env.failed() {
+            return false;
+        }
+        ack = back;
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    env.coordinator_parker.notifier().notify();
+    true
 }
 
 /// Triggers checkpoints and commits them; runs on reactor 0, which owns the store.

@@ -124,6 +124,13 @@ impl SnapshotWriter for SimWriter {
         self.slow_bases = self.rng.below(2) == 0;
     }
 
+    fn finished(&mut self, sources: Vec<crate::checkpoint::metadata::SourceOffset>) {
+        let _ = self.acks.try_push(Ack::Finished {
+            subtask: self.subtask,
+            sources,
+        });
+    }
+
     fn submit_bases(&mut self, bases: Vec<crate::checkpoint::subtask::BackgroundBase>) {
         self.bases.extend(bases);
         self.write_bases();

@@ -7,6 +7,7 @@
 //! loop on a pinned reactor; the simulator calls it for every subtask on one
 //! thread in a seeded order. Nothing here blocks.
 
+use crate::checkpoint::metadata::SourceOffset;
 use crate::checkpoint::subtask::{BackgroundBase, LocalSnapshot, SubtaskCheckpoints};
 use crate::checkpoint::Control;
 use crate::dataflow::{
@@ -26,6 +27,9 @@ pub(crate) trait SnapshotWriter {
     /// Bases materialised in the background: written after the parts
     /// handed over before them; a part handed over later goes first.
     fn submit_bases(&mut self, bases: Vec<BackgroundBase>);
+    /// The subtask finished, after every part it handed over: the
+    /// coordinator records `sources` for it in every later checkpoint.
+    fn finished(&mut self, sources: Vec<SourceOffset>);
 }
 
 /// What one step achieved.
@@ -294,7 +298,18 @@ impl Worker {
             && !self.timer_operators.iter().any(|o| o.has_snapshot_work())
         {
             match self.final_checkpoint {
-                FinalCheckpoint::None | FinalCheckpoint::Done => return Ok(Step::Done),
+                FinalCheckpoint::None | FinalCheckpoint::Done => {
+                    // Later checkpoints record this subtask as finished,
+                    // with its sources' final offsets (Flink's FLIP-147).
+                    if let Some(writer) = &mut self.writer {
+                        let mut offsets = Vec::new();
+                        for slot in &mut self.inputs {
+                            offsets.extend(slot.input.final_offsets()?);
+                        }
+                        writer.finished(offsets);
+                    }
+                    return Ok(Step::Done);
+                }
                 FinalCheckpoint::Pending => {
                     self.final_checkpoint = FinalCheckpoint::Drained(None);
                     self.env.drained();

@@ -580,43 +580,84 @@ fn change_volume_triggers_checkpoints_without_an_interval() {
     );
 }
 
-/// A subtask whose input ends early (no keyed exchange ties it to the
-/// others) finishes while the job goes on: checkpoints stop starting then,
-/// and one that was waiting for it is declined at once. Before, they timed
-/// out and counted as failures, so with no tolerable failures a healthy
-/// bounded job failed.
+/// Subtask 0 reads 20 000 numbers in small batches; subtask 1 none, so it
+/// finishes at once (no keyed exchange ties it to the others).
+fn uneven_numbers(df: &Dataflow, seen: &Arc<Mutex<u64>>) {
+    let n: u64 = if df.subtask() == 0 { 20_000 } else { 0 };
+    let s = seen.clone();
+    df.source(
+        "numbers",
+        spate::source::IterSource::new(move || 0..n),
+        spate::WatermarkStrategy::none(),
+    )
+    .map(|x: u64| x + 1)
+    .for_each(move |_| *s.lock().unwrap() += 1);
+}
+
+/// A subtask whose input ends early finishes while the job goes on, and
+/// checkpoints go on too (Flink's FLIP-147): it reported its sources' final
+/// offsets, which every later checkpoint records for it. A restore from such
+/// a checkpoint resumes the running subtask exactly where it was and does
+/// not replay the finished one. Before, no checkpoint started once a subtask
+/// had finished (and earlier still, they timed out and failed the job).
 #[test]
-fn a_finished_subtask_declines_checkpoints_instead_of_failing_the_job() {
+fn checkpoints_go_on_after_a_subtask_finished() {
+    use spate::checkpoint::CheckpointMetadata;
+    use spate_storage::StoreReader;
+
     let mut cfg = config(2, CheckpointMode::Aligned, 5);
     cfg.batch_size = 16;
     if let Some(c) = cfg.checkpoint.as_mut() {
         c.timeout_ms = 40;
         c.tolerable_failures = 0;
+        c.retained = 100;
     }
     let seen = Arc::new(Mutex::new(0u64));
     let s = seen.clone();
-    let report = Simulation::new(cfg, 11)
-        .run(move |df| {
-            // Subtask 0 reads 20 000 numbers in small batches; subtask 1 none.
-            let n: u64 = if df.subtask() == 0 { 20_000 } else { 0 };
-            let s = s.clone();
-            df.source(
-                "numbers",
-                spate::source::IterSource::new(move || 0..n),
-                spate::WatermarkStrategy::none(),
-            )
-            .map(|x: u64| x + 1)
-            .for_each(move |_| *s.lock().unwrap() += 1);
-        })
+    let report = Simulation::new(cfg.clone(), 11)
+        .run(move |df| uneven_numbers(df, &s))
         .expect("the job finishes although a subtask finished first");
     assert_eq!(*seen.lock().unwrap(), 20_000);
+    let completed = report
+        .checkpoints
+        .iter()
+        .filter(|c| c.status == spate::CheckpointStatus::Completed)
+        .count();
     assert!(
-        report.checkpoints.iter().all(
-            |c| !matches!(&c.status, spate::CheckpointStatus::Failed(r) if r.contains("timed out"))
-        ),
-        "{:?}",
+        completed >= 3 && completed == report.checkpoints.len(),
+        "every checkpoint completed: {:?}",
         report.checkpoints
     );
+
+    // Crash after three checkpoints (all taken after subtask 1 finished)
+    // and resume from the latest.
+    let io = SimIo::new();
+    let s = Arc::new(Mutex::new(0u64));
+    let first = s.clone();
+    let _ = Simulation::new(cfg.clone(), 12)
+        .storage(io.clone())
+        .crash_after_checkpoints(3)
+        .run(move |df| uneven_numbers(df, &first));
+    let reader = StoreReader::from_source(Arc::new(io.crash_image())).unwrap();
+    let latest =
+        CheckpointMetadata::decode(&reader.checkpoints().last().unwrap().metadata).unwrap();
+    let offset = |subtask: u32| {
+        latest
+            .sources
+            .iter()
+            .find(|o| o.source == "numbers" && o.subtask == subtask)
+            .map(|o| o.offset)
+    };
+    assert_eq!(offset(1), Some(0), "the finished subtask's final offset");
+    let resumed_from = offset(0).expect("the running subtask's offset");
+    let seen = Arc::new(Mutex::new(0u64));
+    let s = seen.clone();
+    let report = Simulation::new(cfg, 13)
+        .storage(io.crash_image())
+        .run(move |df| uneven_numbers(df, &s))
+        .unwrap();
+    assert_eq!(report.restored_from, Some(latest.id));
+    assert_eq!(*seen.lock().unwrap(), 20_000 - resumed_from);
 }
 
 /// Output committed by [`TwoPhaseSink`] across runs: per (subtask, checkpoint)

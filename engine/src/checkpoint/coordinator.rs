@@ -105,6 +105,12 @@ pub(crate) enum Ack {
         subtask: usize,
         reason: String,
     },
+    /// The subtask finished (after acknowledging every part before): every
+    /// later checkpoint records it as finished, with these source offsets.
+    Finished {
+        subtask: usize,
+        sources: Vec<SourceOffset>,
+    },
 }
 
 struct InProgress {
@@ -274,6 +280,28 @@ impl CoordinatorShared {
     }
 }
 
+/// The acknowledgement of a finished subtask for `barrier`: no blocks, its
+/// final source offsets (`None` while it runs).
+fn finished_ack(
+    parts: &[Option<Vec<SourceOffset>>],
+    barrier: Barrier,
+    subtask: usize,
+) -> Option<Ack> {
+    let sources = parts.get(subtask)?.clone()?;
+    Some(Ack::Done {
+        barrier,
+        subtask,
+        handles: Vec::new(),
+        blocks: Vec::new(),
+        reused: Vec::new(),
+        sources,
+        stats: SubtaskStats {
+            subtask: subtask as u32,
+            ..SubtaskStats::default()
+        },
+    })
+}
+
 /// A commit the driver must perform, then report with
 /// [`Coordinator::committed`] or [`Coordinator::commit_failed`].
 pub(crate) struct CommitRequest {
@@ -298,6 +326,8 @@ pub(crate) struct Coordinator {
     consecutive_failures: u32,
     control: Vec<Producer<Control>>,
     acks: Vec<Consumer<Ack>>,
+    /// Per subtask that finished: its sources' final offsets.
+    finished_parts: Vec<Option<Vec<SourceOffset>>>,
     notifiers: Vec<Notifier>,
     shared: Arc<CoordinatorShared>,
     /// Set when too many checkpoints failed in a row.
@@ -331,6 +361,7 @@ impl Coordinator {
             consecutive_failures: 0,
             control,
             acks,
+            finished_parts: (0..parallelism).map(|_| None).collect(),
             notifiers,
             shared,
             fatal: None,
@@ -412,13 +443,20 @@ impl Coordinator {
         if self.in_progress.is_empty() {
             return;
         }
-        let finished = self.shared.finished_subtasks();
-        if finished.is_empty() {
-            return;
-        }
         // A subtask acknowledges before it is marked finished: what it sent
         // last is in the rings now.
         self.collect_acks(now_ms);
+        // Those that reported their final offsets are part of every
+        // checkpoint from then on.
+        let finished: Vec<usize> = self
+            .shared
+            .finished_subtasks()
+            .into_iter()
+            .filter(|&i| self.finished_parts[i].is_none())
+            .collect();
+        if finished.is_empty() {
+            return;
+        }
         let declined: Vec<(u64, Vec<usize>)> = self
             .in_progress
             .values()
@@ -459,14 +497,16 @@ impl Coordinator {
         if self.fatal.is_some() || self.in_progress.len() >= self.config.max_concurrent {
             return;
         }
+        self.collect_acks(now_ms);
         if self
             .shared
-            .finished
-            .iter()
-            .any(|f| f.load(Ordering::SeqCst))
+            .finished_subtasks()
+            .into_iter()
+            .any(|i| self.finished_parts[i].is_none())
         {
-            // A finished subtask acknowledges nothing: a checkpoint could only
-            // time out (and count as a failure).
+            // A subtask that finished without reporting its final offsets
+            // (it failed) acknowledges nothing: a checkpoint could only time
+            // out (and count as a failure).
             return;
         }
         let manual = self.shared.manual_trigger.load(Ordering::SeqCst);
@@ -507,7 +547,9 @@ impl Coordinator {
             InProgress {
                 barrier,
                 cause,
-                acks: (0..self.parallelism).map(|_| None).collect(),
+                acks: (0..self.parallelism)
+                    .map(|i| finished_ack(&self.finished_parts, barrier, i))
+                    .collect(),
                 committing: false,
                 builds_on: self.shared.oldest_view(),
             },
@@ -532,6 +574,17 @@ impl Coordinator {
                         subtask,
                         reason,
                     } => failures.push((id, format!("subtask {subtask}: {reason}"))),
+                    Ack::Finished { subtask, sources } => {
+                        if let Some(part) = self.finished_parts.get_mut(subtask) {
+                            *part = Some(sources);
+                        }
+                        let parts = &self.finished_parts;
+                        for c in self.in_progress.values_mut() {
+                            if c.acks[subtask].is_none() {
+                                c.acks[subtask] = finished_ack(parts, c.barrier, subtask);
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -14,6 +14,7 @@ pub(crate) mod exchange;
 pub(crate) mod keyed;
 pub(crate) mod operators;
 
+use crate::checkpoint::metadata::SourceOffset;
 use crate::checkpoint::restore::RestoreState;
 use crate::checkpoint::subtask::SubtaskCheckpoints;
 use crate::checkpoint::Barrier;
@@ -165,6 +166,11 @@ pub(crate) trait Input {
     /// Checkpoint `id` was aborted: drop its alignment and logs.
     fn abort(&mut self, id: u64) {
         let _ = id;
+    }
+    /// The subtask finished: a source's final offsets, which every later
+    /// checkpoint records for it (nothing for other inputs).
+    fn final_offsets(&mut self) -> Result<Vec<SourceOffset>, JobError> {
+        Ok(Vec::new())
     }
     /// Its state in one line, for `SPATE_STALL_DUMP` (see ARCHITECTURE.md).
     fn describe(&mut self) -> String {

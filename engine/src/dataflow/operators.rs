@@ -476,15 +476,9 @@ impl<T: Data, S: Source<T>> Input for SourceInput<T, S> {
         }
     }
 
-    fn trigger(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
-        if !self.checkpoints.borrow_mut().begin(barrier) {
-            return Ok(());
-        }
-        // Everything polled so far was pushed downstream within its step, so
-        // the offset is exactly the cut: records before it are in the
-        // snapshot, records after it are replayed on restore.
+    fn final_offsets(&mut self) -> Result<Vec<SourceOffset>, JobError> {
         self.ensure_open()?;
-        let offsets: Vec<SourceOffset> = match self.source.split_offsets() {
+        Ok(match self.source.split_offsets() {
             Some(splits) => splits
                 .into_iter()
                 .map(|(split, offset)| SourceOffset {
@@ -500,8 +494,17 @@ impl<T: Data, S: Source<T>> Input for SourceInput<T, S> {
                 offset: self.source.offset(),
                 split: false,
             }],
-        };
-        for offset in offsets {
+        })
+    }
+
+    fn trigger(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
+        if !self.checkpoints.borrow_mut().begin(barrier) {
+            return Ok(());
+        }
+        // Everything polled so far was pushed downstream within its step, so
+        // the offset is exactly the cut: records before it are in the
+        // snapshot, records after it are replayed on restore.
+        for offset in self.final_offsets()? {
             self.checkpoints
                 .borrow_mut()
                 .add_source_offset(barrier.id, offset);
