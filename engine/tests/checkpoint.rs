@@ -283,6 +283,18 @@ fn replaced_values(ops: &[Op]) -> Vec<Option<u64>> {
 
 type Replaced = Arc<Mutex<Vec<(u64, Option<u64>)>>>;
 
+/// Every op a run processed replaced the value an uninterrupted run saw.
+fn check_replaced(out: &Replaced, replaced: &[Option<u64>], what: &str) {
+    let out = out.lock().unwrap();
+    assert!(!out.is_empty(), "{what}: ops processed");
+    for (seq, got) in out.iter() {
+        assert_eq!(
+            *got, replaced[*seq as usize],
+            "{what}: op {seq} replaced the wrong value"
+        );
+    }
+}
+
 /// Puts and deletes in value state; emits (seq, replaced value), which
 /// reveals any difference in restored state.
 fn kv_job(df: &Dataflow, ops: &Arc<Vec<Op>>, out: &Replaced) {
@@ -334,16 +346,7 @@ fn incremental_chains_stay_bounded_and_restore_exact_state() {
         }
         cfg
     };
-    let check = |out: &Replaced, what: &str| {
-        let out = out.lock().unwrap();
-        assert!(!out.is_empty(), "{what}: ops processed");
-        for (seq, got) in out.iter() {
-            assert_eq!(
-                *got, replaced[*seq as usize],
-                "{what}: op {seq} replaced the wrong value"
-            );
-        }
-    };
+    let check = |out: &Replaced, what: &str| check_replaced(out, &replaced, what);
     let io = SimIo::new();
     let out: Replaced = Default::default();
     let (o, r) = (ops.clone(), out.clone());
@@ -482,16 +485,7 @@ fn concurrent_checkpoints_overlap_complete_in_order_and_restore_exactly() {
             }
             cfg
         };
-        let check = |out: &Replaced, what: &str| {
-            let out = out.lock().unwrap();
-            assert!(!out.is_empty(), "{what}: ops processed");
-            for (seq, got) in out.iter() {
-                assert_eq!(
-                    *got, replaced[*seq as usize],
-                    "{what}: op {seq} replaced the wrong value"
-                );
-            }
-        };
+        let check = |out: &Replaced, what: &str| check_replaced(out, &replaced, what);
         let io = SimIo::new();
         let out: Replaced = Default::default();
         let (o, r) = (ops.clone(), out.clone());

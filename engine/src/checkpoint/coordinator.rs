@@ -497,7 +497,6 @@ impl Coordinator {
         if self.fatal.is_some() || self.in_progress.len() >= self.config.max_concurrent {
             return;
         }
-        self.collect_acks(now_ms);
         if self
             .shared
             .finished_subtasks()
@@ -505,8 +504,8 @@ impl Coordinator {
             .any(|i| self.finished_parts[i].is_none())
         {
             // A subtask that finished without reporting its final offsets
-            // (it failed) acknowledges nothing: a checkpoint could only time
-            // out (and count as a failure).
+            // (it failed, or its report is not collected yet: the next poll
+            // will) acknowledges nothing: a checkpoint could only time out.
             return;
         }
         let manual = self.shared.manual_trigger.load(Ordering::SeqCst);
