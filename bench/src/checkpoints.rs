@@ -97,7 +97,10 @@ impl CheckpointSettings {
             incremental: self.incremental,
             restore,
             tolerable_failures: TOLERABLE_FAILURES,
-            timeout_ms: (self.interval_ms * 20).max(10_000),
+            timeout_ms: self
+                .interval_ms
+                .saturating_mul(20)
+                .clamp(10_000, spate::MAX_CHECKPOINT_TIME_MS),
             ..CheckpointConfig::new(&self.state_dir, self.interval_ms)
         })
     }

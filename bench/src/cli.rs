@@ -103,7 +103,7 @@ struct NexmarkArgs {
     events: u64,
     /// Open-loop rate in events/s over all cores (also the generator's event-time
     /// rate). `--rate 0` runs closed loop (as fast as possible, no latency figures).
-    #[arg(long, default_value = DEFAULT_RATE)]
+    #[arg(long, default_value = DEFAULT_RATE, value_parser = rate_parser())]
     rate: u64,
     /// Cores to run on, one pinned reactor each (default: all available).
     #[arg(long)]
@@ -155,15 +155,29 @@ struct CheckpointFlags {
     state_dir: PathBuf,
     /// Time between checkpoints, ms; 0 turns checkpointing off (`nexmark`)
     /// [default: 1000].
-    #[arg(long)]
+    #[arg(long, value_parser = time_ms_parser())]
     checkpoint_interval_ms: Option<u64>,
     /// Barrier mode [default: aligned].
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(MODE_NAMES))]
     checkpoint_mode: Option<String>,
     /// Alignment timeout after which an aligned checkpoint goes unaligned; only
     /// with --checkpoint-mode aligned-timeout [default: 100].
-    #[arg(long)]
+    #[arg(long, value_parser = time_ms_parser())]
     alignment_timeout_ms: Option<u64>,
+}
+
+/// Highest `--rate` accepted, events/s: far above what a machine generates,
+/// and low enough that the generator's exact timestamp arithmetic cannot
+/// overflow (it needs rates below 2^53).
+pub const MAX_RATE: u64 = 1_000_000_000_000;
+
+fn rate_parser() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(0..=MAX_RATE)
+}
+
+/// Checkpoint times are bounded as the engine bounds them.
+fn time_ms_parser() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(0..=spate::MAX_CHECKPOINT_TIME_MS)
 }
 
 impl CheckpointFlags {
@@ -251,7 +265,7 @@ struct CheckpointsArgs {
     seconds: Option<f64>,
     /// Update rate over all cores, events/s; 0: as fast as possible (then 2
     /// updates per key) [default: 200000].
-    #[arg(long)]
+    #[arg(long, value_parser = rate_parser())]
     rate: Option<u64>,
     /// Cores to run on (default: all available).
     #[arg(long)]
@@ -342,23 +356,72 @@ pub fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Refuses a path that exists and is not a directory, before any work.
+fn check_dir_arg(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    if path.exists() && !path.is_dir() {
+        bail!("{flag} {} is not a directory", path.display());
+    }
+    Ok(())
+}
+
+/// Checks every `nexmark` argument before anything runs or is written.
+fn check_nexmark_args(
+    args: &NexmarkArgs,
+    cores: usize,
+    checkpoint: Option<&CheckpointSettings>,
+) -> anyhow::Result<()> {
+    if cores == 0 {
+        bail!("--cores must be at least 1");
+    }
+    check_dir_arg("--report", &args.report)?;
+    if let Some(output) = &args.output {
+        check_dir_arg("--output", output)?;
+    }
+    if let Some(settings) = checkpoint {
+        check_dir_arg("--state-dir", &settings.state_dir)?;
+        if settings.mode == "at-least-once" && args.output.is_some() && !args.at_least_once_output
+        {
+            bail!(
+                "--checkpoint-mode at-least-once replays records that a checkpoint already \
+                 counted, so --output cannot be exactly once: use an exactly-once mode \
+                 (aligned, unaligned, aligned-timeout), or pass --at-least-once-output to \
+                 accept rows counted twice after a restore"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
     let cores = args
         .cores
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let rate_events_per_s = (args.rate > 0).then_some(args.rate);
+    let checkpoint = args.checkpoint.settings(args.incremental)?;
+    check_nexmark_args(&args, cores, checkpoint.as_ref())?;
+    if args.at_least_once_output {
+        eprintln!(
+            "spate-bench: warning: --at-least-once-output: rows that a restore replays are \
+             committed again, so {} may hold some rows twice",
+            args.output.as_deref().unwrap_or(std::path::Path::new("")).display()
+        );
+    }
     let mut config = RunConfig {
         max_parallelism: args.max_parallelism,
         seed: args.seed,
-        output_dir: args.output,
+        output_dir: args.output.clone(),
         at_least_once_output: args.at_least_once_output,
         base_time_ms: args.base_time_ms,
         progress: true,
-        checkpoint: args.checkpoint.settings(args.incremental)?,
+        checkpoint,
         ..RunConfig::new(args.query, args.events, rate_events_per_s, cores)
     };
+    let mut _lock = None;
     let plan = match &config.checkpoint {
         Some(settings) => {
+            // One writer per state directory: taken before the directory is
+            // read, held through the run (the engine's job shares it).
+            _lock = Some(spate_storage::DirLock::acquire(&settings.state_dir)?);
             let wanted = RunIdentity {
                 query: config.query.to_string(),
                 events: config.events,
@@ -374,6 +437,7 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
                 incremental: settings.incremental,
                 checkpoint_before: None,
                 completed: false,
+                output: args.output.clone(),
             };
             let plan = resume::plan(&settings.state_dir, &wanted, args.fresh)
                 .map_err(anyhow::Error::msg)?;
@@ -382,8 +446,8 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
                     "spate-bench: resuming the unfinished run in {} ({})",
                     settings.state_dir.display(),
                     match plan.restore {
-                        RestoreFrom::Latest => "from its latest checkpoint",
-                        _ => "it took no checkpoint: from the first event",
+                        RestoreFrom::Nothing => "it took no checkpoint: from the first event",
+                        _ => "from its latest checkpoint",
                     }
                 );
             }

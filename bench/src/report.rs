@@ -3,7 +3,7 @@
 //! of two summaries.
 //!
 //! `summary.json` keys (stable, so scripts can read any report): `query`,
-//! `events`, `cores`, `elapsed_s`, `throughput_events_per_s`,
+//! `events`, `events_processed` (fewer than `events` in a resumed run), `cores`, `elapsed_s`, `throughput_events_per_s`,
 //! `throughput_events_per_s_per_core`, `rows`, `rows_before_origin`, `latency_us` (`p50`, `p90`,
 //! `p99`, `p999`, `p9999`, `max`, `mean`, `count`; all `null` in a closed-loop
 //! run, which measures no latency), `checkpoints`, `peak_rss_bytes`,
@@ -158,13 +158,16 @@ impl From<&GeneratorConfig> for GeneratorSummary {
 pub struct Summary {
     /// Query name, `q0`…`q8`.
     pub query: String,
-    /// Events generated.
+    /// Events of the run (`--events`).
     pub events: u64,
+    /// Events this process generated and processed: `events` in a fresh
+    /// run, what the restored checkpoint left in a resumed one.
+    pub events_processed: u64,
     /// Cores (reactors).
     pub cores: usize,
     /// Wall time of the job, seconds.
     pub elapsed_s: f64,
-    /// `events / elapsed_s`.
+    /// `events_processed / elapsed_s`.
     pub throughput_events_per_s: f64,
     /// `throughput_events_per_s / cores`.
     pub throughput_events_per_s_per_core: f64,
@@ -195,10 +198,11 @@ impl Summary {
     /// The summary of a finished run.
     pub fn new(config: &RunConfig, outcome: &RunOutcome) -> Self {
         let elapsed_s = outcome.elapsed.as_secs_f64();
-        let throughput = config.events as f64 / elapsed_s.max(1e-9);
+        let throughput = outcome.events_processed as f64 / elapsed_s.max(1e-9);
         Self {
             query: config.query.to_string(),
             events: config.events,
+            events_processed: outcome.events_processed,
             cores: config.cores,
             elapsed_s,
             throughput_events_per_s: throughput,
@@ -275,7 +279,12 @@ impl Summary {
         }
         s += &self.checkpoints.human();
         if let Some(id) = self.resumed_from_checkpoint {
-            let _ = writeln!(s, "  resumed     from checkpoint {id}");
+            let _ = writeln!(
+                s,
+                "  resumed     from checkpoint {id}: this run processed {} of the {} events",
+                si(self.events_processed as f64),
+                si(self.events as f64)
+            );
         }
         if let Some(rss) = self.peak_rss_bytes {
             let _ = writeln!(s, "  peak RSS    {:.1} MiB", rss as f64 / (1 << 20) as f64);

@@ -4,15 +4,21 @@
 //! A checkpointing `spate-bench nexmark` run writes its [`RunIdentity`] with
 //! `completed: false` before the job starts and sets `completed: true` when the
 //! run has finished. Starting again on the same state directory:
-//! - no identity, a completed run, or `--fresh`: start fresh (the engine's
-//!   [`RestoreFrom::Nothing`]; existing checkpoints stay until retention drops
-//!   them), with a new generator base time;
+//! - no identity, a completed run without `--output`, or `--fresh`: start
+//!   fresh (the engine's [`RestoreFrom::Nothing`]; existing checkpoints stay
+//!   until retention drops them, and the exactly-once sink moves the output
+//!   committed earlier in `--output` aside), with a new generator base time;
+//! - a completed run with the same `--output`: an error (its output is final;
+//!   `--fresh` runs it again, never appending a second copy);
 //! - an unfinished run (crashed or killed) with the same query, events, seed and
 //!   rate: resume. The stored generator `base_time_ms` is reused, so event `i`
 //!   has the same timestamp as in the first run, and the engine restores the
-//!   latest checkpoint ([`RestoreFrom::Latest`]) — if the unfinished run took
-//!   one (`checkpoint_before` tells its checkpoints from older runs' ones);
+//!   latest intact checkpoint of that run ([`RestoreFrom::LatestFrom`] the
+//!   first id after `checkpoint_before`, so a restore never falls back into
+//!   an older run's checkpoints) — if the unfinished run took one;
 //!   otherwise it restarts from the first event with the same base time;
+//! - a store whose manifest is gone while its segments remain: an error
+//!   (damage, not a fresh start; `--fresh` discards them);
 //! - an unfinished run with another query, events, seed or rate: an error naming
 //!   the field (pass `--fresh` to discard it). A different core count resumes
 //!   (rescaling): keyed state and in-flight records move by key group, the
@@ -54,6 +60,9 @@ pub struct RunIdentity {
     pub checkpoint_before: Option<u64>,
     /// Whether the run finished.
     pub completed: bool,
+    /// Where the run commits its rows (`--output`), if anywhere.
+    #[serde(default)]
+    pub output: Option<PathBuf>,
 }
 
 /// How a run starts.
@@ -110,13 +119,25 @@ pub fn write_identity(state_dir: &Path, identity: &RunIdentity) -> std::io::Resu
 }
 
 /// The newest checkpoint id in the store of `state_dir`, if it has one.
-pub fn latest_checkpoint(state_dir: &Path) -> Option<u64> {
+///
+/// # Errors
+/// A store that cannot be read, or whose manifest is gone while its
+/// segments remain (unless `fresh`: then they count as no checkpoint).
+pub fn latest_checkpoint(state_dir: &Path, fresh: bool) -> Result<Option<u64>, String> {
     if !state_dir.is_dir() {
-        return None;
+        return Ok(None);
     }
-    spate_storage::StoreReader::open(state_dir)
-        .ok()
-        .and_then(|r| r.latest().map(|c| c.id))
+    let reader = spate_storage::StoreReader::open(state_dir)
+        .map_err(|e| format!("cannot read the checkpoints in {}: {e}", state_dir.display()))?;
+    match reader.segments_without_manifest() {
+        Some(segments) if !fresh => Err(format!(
+            "{} holds {segments} checkpoint segment file(s) but no MANIFEST-* file: its \
+             checkpoints are lost or the manifest was removed; restore the manifest, or pass \
+             --fresh to start over (the segments are deleted and committed output moved aside)",
+            state_dir.display()
+        )),
+        _ => Ok(reader.latest().map(|c| c.id)),
+    }
 }
 
 /// Decides how a run with identity `wanted` starts on `state_dir`.
@@ -124,11 +145,12 @@ pub fn latest_checkpoint(state_dir: &Path) -> Option<u64> {
 /// `checkpoint_before` and `completed` are ignored.
 ///
 /// # Errors
-/// An unfinished run of another query, events, seed or rate (without
-/// `fresh`), or an unreadable identity file. Another core count resumes:
-/// keyed state, in-flight records and the source's splits rescale.
+/// An unfinished run of another query, events, seed or rate, a completed
+/// run with the same output, a store whose manifest is gone (each without
+/// `fresh`), or an unreadable identity file or store. Another core count
+/// resumes: keyed state, in-flight records and the source's splits rescale.
 pub fn plan(state_dir: &Path, wanted: &RunIdentity, fresh: bool) -> Result<StartPlan, String> {
-    let latest = latest_checkpoint(state_dir);
+    let latest = latest_checkpoint(state_dir, fresh)?;
     let fresh_plan = || StartPlan {
         identity: RunIdentity {
             checkpoint_before: latest,
@@ -143,6 +165,16 @@ pub fn plan(state_dir: &Path, wanted: &RunIdentity, fresh: bool) -> Result<Start
     }
     let previous = match read_identity(state_dir)? {
         Some(p) if !p.completed => p,
+        Some(p) if p.output.is_some() && p.output == wanted.output => {
+            return Err(format!(
+                "{} holds a completed run that committed its rows to {}: they are final; \
+                 pass --fresh to run again (the committed files are then moved to {}/{}/)",
+                state_dir.display(),
+                wanted.output.as_deref().unwrap_or(Path::new("")).display(),
+                wanted.output.as_deref().unwrap_or(Path::new("")).display(),
+                spate::sink::ROLLED_BACK_DIR,
+            ))
+        }
         _ => return Ok(fresh_plan()),
     };
     let differs = |field: &str, was: String, now: String| {
@@ -186,7 +218,7 @@ pub fn plan(state_dir: &Path, wanted: &RunIdentity, fresh: bool) -> Result<Start
             ..wanted.clone()
         },
         restore: if own_checkpoint {
-            RestoreFrom::Latest
+            RestoreFrom::LatestFrom(previous.checkpoint_before.map_or(1, |before| before + 1))
         } else {
             RestoreFrom::Nothing
         },

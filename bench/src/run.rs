@@ -2,7 +2,8 @@
 //! runtime, with the latency sink, timed.
 //!
 //! The job is the user's view of Spate: `source → query → sink` declared in the
-//! build closure, run by [`Job`]. Throughput is `events / elapsed`, with
+//! build closure, run by [`Job`]. Throughput is `events processed / elapsed`
+//! (a resumed run processes only what its checkpoint left), with
 //! `elapsed` the job's wall time from start to the last subtask finishing
 //! (generation included: the generator runs inside the source subtasks).
 //!
@@ -106,6 +107,9 @@ pub struct RunOutcome {
     pub latency_us: Histogram<u64>,
     /// Whether latencies were recorded (open loop).
     pub latency_measured: bool,
+    /// Events this run's sources emitted (all of them in a fresh run; what
+    /// was left after the restored checkpoint in a resumed one).
+    pub events_processed: u64,
     /// Result rows produced.
     pub rows: u64,
     /// Rows that arrived before their latency origin (forced out by the end of
@@ -230,6 +234,7 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
         elapsed: report.elapsed,
         latency_us,
         latency_measured: open_loop,
+        events_processed: emitted.load(Ordering::Relaxed),
         rows: totals.rows.load(Ordering::Relaxed),
         rows_before_origin: totals.rows_before_origin.load(Ordering::Relaxed),
         generator,

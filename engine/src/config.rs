@@ -9,6 +9,12 @@ use crate::JobError;
 /// acknowledgement rings hold a few messages per checkpoint).
 pub const MAX_CONCURRENT_CHECKPOINTS: usize = 16;
 
+/// Longest checkpoint interval, minimum pause, timeout or alignment timeout
+/// accepted: a week. The coordinator adds them to epoch milliseconds, so a
+/// bound keeps that arithmetic far from overflowing; nothing longer is
+/// useful for a checkpoint.
+pub const MAX_CHECKPOINT_TIME_MS: u64 = 7 * 24 * 3600 * 1000;
+
 /// How a job runs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobConfig {
@@ -100,6 +106,22 @@ impl JobConfig {
                     c.mode.name()
                 )));
             }
+            let alignment_timeout_ms = match c.mode {
+                CheckpointMode::AlignedWithTimeout { timeout_ms } => timeout_ms,
+                _ => 0,
+            };
+            for (name, ms) in [
+                ("interval_ms", c.interval_ms),
+                ("min_pause_ms", c.min_pause_ms),
+                ("timeout_ms", c.timeout_ms),
+                ("alignment timeout_ms", alignment_timeout_ms),
+            ] {
+                if ms > MAX_CHECKPOINT_TIME_MS {
+                    return Err(JobError::Config(format!(
+                        "checkpoint {name} {ms} is longer than a week ({MAX_CHECKPOINT_TIME_MS} ms), the longest accepted"
+                    )));
+                }
+            }
             if c.timeout_ms == 0 {
                 return Err(JobError::Config(
                     "checkpoint timeout_ms must be positive".into(),
@@ -127,6 +149,29 @@ mod tests {
                 ..CheckpointConfig::new("/unused", 100)
             }),
             ..JobConfig::default()
+        }
+    }
+
+    #[test]
+    fn checkpoint_times_are_bounded() {
+        let mut config = with(1, CheckpointMode::Aligned);
+        let c = config.checkpoint.as_mut().unwrap();
+        c.interval_ms = MAX_CHECKPOINT_TIME_MS;
+        assert!(config.validate().is_ok());
+        for set in [
+            |c: &mut CheckpointConfig| c.interval_ms = u64::MAX,
+            |c: &mut CheckpointConfig| c.min_pause_ms = MAX_CHECKPOINT_TIME_MS + 1,
+            |c: &mut CheckpointConfig| c.timeout_ms = u64::MAX,
+            |c: &mut CheckpointConfig| {
+                c.mode = CheckpointMode::AlignedWithTimeout {
+                    timeout_ms: u64::MAX,
+                }
+            },
+        ] {
+            let mut config = with(1, CheckpointMode::Aligned);
+            set(config.checkpoint.as_mut().unwrap());
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains("longer than a week"), "{error}");
         }
     }
 

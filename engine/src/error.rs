@@ -54,6 +54,10 @@ pub enum JobError {
     /// The checkpoint to resume from cannot be used.
     #[error("restore: {0}")]
     Restore(String),
+    /// The state directory is locked by another process, or used by another
+    /// job of this one.
+    #[error("state directory: {0}")]
+    StateDirectory(#[from] spate_storage::LockError),
     /// The job's configuration is invalid.
     #[error("invalid job configuration: {0}")]
     Config(String),
@@ -113,6 +117,11 @@ pub enum SinkError {
     /// The consumer of an egress sink went away.
     #[error("the receiving side is gone")]
     Disconnected,
+    /// A restore needs output the sink already committed rolled back (it
+    /// belongs to checkpoints the restored one does not cover), and this
+    /// sink cannot roll it back.
+    #[error("cannot roll back committed output: {0}")]
+    CannotRollBack(String),
     /// Any other sink failure.
     #[error("{0}")]
     Other(String),

@@ -67,7 +67,7 @@ pub use checkpoint::coordinator::CheckpointSummary;
 pub use checkpoint::{
     CheckpointConfig, CheckpointMode, CheckpointStats, CheckpointStatus, RestoreFrom,
 };
-pub use config::JobConfig;
+pub use config::{JobConfig, MAX_CHECKPOINT_TIME_MS};
 pub use dataflow::{
     CoProcessFunction, ConnectedStreams, Data, Dataflow, ExchangeData, KeyedContext,
     KeyedProcessFunction, KeyedStream, Record, Stream,

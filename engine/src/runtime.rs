@@ -21,7 +21,7 @@ use crate::ring::{ring, Consumer, Producer};
 use crate::time::{Clock, SystemClock};
 use crate::worker::{SnapshotWriter, Step, SubtaskReport, Worker};
 use crate::{JobConfig, JobError};
-use spate_storage::{GlommioIo, Store, StoreOptions, WriterSlot};
+use spate_storage::{GlommioIo, Store, WriterSlot};
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -550,45 +550,49 @@ async fn push_ack(env: &JobEnv, acks: &mut crate::ring::Producer<Ack>, mut ack: 
     true
 }
 
-/// Triggers checkpoints and commits them; runs on reactor 0, which owns the store.
-async fn coordinator_task(
-    env: Arc<JobEnv>,
-    ends: CoordinatorEnds,
-    slots: Arc<(OnceLock<()>, WriterSlots)>,
-    idle: Rc<ReactorIdle>,
-) {
-    let Some(config) = env.config.checkpoint.clone() else {
-        return;
-    };
-    let options = StoreOptions {
-        retained_checkpoints: config.retained,
-        ..StoreOptions::default()
-    };
-    if let Err(e) = std::fs::create_dir_all(&config.dir) {
-        env.fail(JobError::Checkpoint(format!(
-            "cannot create {}: {e}",
-            config.dir.display()
-        )));
-        return;
-    }
-    let opening = BusyGuard::new(&idle);
-    let mut store = match Store::open_dir(&config.dir, options).await {
+/// Opens the job's store on reactor 0, before its subtask is built: a run
+/// that restored an older checkpoint than the newest discards the newer ones
+/// here, durably, before its sink rolls back their output (so that no later
+/// restore can return to them). Hands every reactor's writer its slot.
+async fn open_store(
+    env: &JobEnv,
+    slots: &(OnceLock<()>, WriterSlots),
+) -> Option<Store<spate_storage::GlommioIo>> {
+    let config = env.config.checkpoint.as_ref()?;
+    let options = config.store_options(env.restore.as_ref().map(|r| r.metadata.id));
+    let store = match Store::open_dir(&config.dir, options).await {
         Ok(store) => store,
         Err(e) => {
             env.fail(JobError::Checkpoint(format!(
                 "cannot open the store in {}: {e}",
                 config.dir.display()
             )));
-            return;
+            return None;
         }
     };
+    let discarded = &store.open_report().checkpoints_discarded;
+    if !discarded.is_empty() {
+        eprintln!(
+            "spate: checkpoint(s) {discarded:?} in {} are newer than the restored one and were discarded",
+            config.dir.display()
+        );
+    }
     if let Ok(mut s) = slots.1.lock() {
         *s = (0..env.config.parallelism)
             .map(|i| Some(store.writer_slot(i as u16)))
             .collect();
     }
     let _ = slots.0.set(());
-    drop(opening);
+    Some(store)
+}
+
+/// Triggers checkpoints and commits them; runs on reactor 0, which owns the store.
+async fn coordinator_task(
+    env: Arc<JobEnv>,
+    ends: CoordinatorEnds,
+    mut store: Store<spate_storage::GlommioIo>,
+    idle: Rc<ReactorIdle>,
+) {
     let first_id = store.latest().map_or(1, |r| r.id + 1);
     let Some(mut coordinator) = env.coordinator_for(ends, first_id) else {
         return;
@@ -720,9 +724,27 @@ impl Job {
         F: Fn(&Dataflow) + Send + Sync + 'static,
     {
         self.config.validate()?;
+        // One writer per state directory, taken before anything in it is
+        // read for a restore, held across restarts until the job ends.
+        let dir_use = match &self.config.checkpoint {
+            Some(c) => Some(spate_storage::DirLock::acquire(&c.dir)?.begin_use()?),
+            None => None,
+        };
         let build: Arc<dyn Fn(&Dataflow) + Send + Sync> = Arc::new(build);
         let stop = Arc::new(AtomicBool::new(false));
+        let newest_before = self.config.checkpoint.as_ref().and_then(|c| {
+            spate_storage::StoreReader::open(&c.dir)
+                .ok()
+                .and_then(|r| r.latest().map(|l| l.id))
+        });
         let first = launch(&self.config, &self.clock, &build, &stop)?;
+        // Restarts restore this job's own checkpoints only: the one it
+        // restored and later ones, or (a fresh start) those after the
+        // newest one the directory held before.
+        let restore_floor = match &first.env.restore {
+            Some(r) => r.metadata.id,
+            None => newest_before.map_or(1, |id| id + 1),
+        };
         let shared = Arc::new(Supervision {
             current: Mutex::new(first.env.clone()),
             stats: Mutex::new(RestartStats::default()),
@@ -736,6 +758,7 @@ impl Job {
                 build,
                 stop: stop.clone(),
                 shared: shared.clone(),
+                restore_floor,
             };
             let thread = std::thread::Builder::new()
                 .name("spate-supervisor".into())
@@ -747,6 +770,7 @@ impl Job {
             shared,
             stop,
             inner,
+            _dir_use: dir_use,
         })
     }
 }
@@ -827,6 +851,8 @@ struct Supervisor {
     build: Arc<dyn Fn(&Dataflow) + Send + Sync>,
     stop: Arc<AtomicBool>,
     shared: Arc<Supervision>,
+    /// The lowest checkpoint id a restart may restore.
+    restore_floor: u64,
 }
 
 impl Supervisor {
@@ -864,7 +890,7 @@ impl Supervisor {
             }
             let mut config = self.config.clone();
             if let Some(checkpoint) = &mut config.checkpoint {
-                checkpoint.restore = RestoreFrom::Latest;
+                checkpoint.restore = RestoreFrom::LatestFrom(self.restore_floor);
             }
             result = launch(&config, &self.clock, &self.build, &self.stop).and_then(|run| {
                 if let Ok(mut current) = self.shared.current.lock() {
@@ -917,6 +943,13 @@ async fn reactor(
     coordinator_ends: Option<CoordinatorEnds>,
 ) -> SubtaskReport {
     let done = DoneGuard(env.clone());
+    let store = match (&coordinator_ends, &env.config.checkpoint) {
+        (Some(_), Some(_)) => match open_store(&env, &slots).await {
+            Some(store) => Some(store),
+            None => return SubtaskReport::default(),
+        },
+        _ => None,
+    };
     let built = catch_unwind(AssertUnwindSafe(|| {
         Worker::build(env.clone(), subtask, &*build)
     }));
@@ -967,12 +1000,12 @@ async fn reactor(
             .expect("the task queue was just created")
             .detach()
         };
-        if let Some(ends) = coordinator_ends {
+        if let (Some(ends), Some(store)) = (coordinator_ends, store) {
             env.coordinator_parker.bind_thread();
             helpers.push(spawn(Box::pin(coordinator_task(
                 env.clone(),
                 ends,
-                slots.clone(),
+                store,
                 idle.clone(),
             ))));
         }
@@ -1070,6 +1103,8 @@ pub struct JobHandle {
     shared: Arc<Supervision>,
     stop: Arc<AtomicBool>,
     inner: Inner,
+    /// The state directory, used by this job until the handle drops.
+    _dir_use: Option<spate_storage::DirUse>,
 }
 
 enum Inner {

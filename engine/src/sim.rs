@@ -19,7 +19,7 @@ use crate::worker::SnapshotWriter;
 use crate::worker::{Step, SubtaskReport, Worker};
 use crate::{JobConfig, JobError};
 use spate_storage::sim::block_on;
-use spate_storage::{SegmentWriter, SimIo, Store, StoreOptions, StoreReader};
+use spate_storage::{SegmentWriter, SimIo, Store, StoreReader};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -244,6 +244,18 @@ impl Simulation {
             subtask,
             message: format!("{} (seed {seed})", crate::error::panic_message(&*panic)),
         };
+        // The store opens before the subtasks are built, as on the runtime
+        // (its open discards checkpoints newer than the restored one).
+        let mut store = match (&config.checkpoint, &io) {
+            (Some(checkpoint), Some(io)) => {
+                let restored = env.restore.as_ref().map(|r| r.metadata.id);
+                let options = checkpoint.store_options(restored);
+                Some(block_on(Store::open(io.clone(), options)).map_err(|e| {
+                    JobError::Checkpoint(format!("cannot open the simulated store: {e}"))
+                })?)
+            }
+            _ => None,
+        };
         let mut workers = Vec::with_capacity(config.parallelism);
         for subtask in 0..config.parallelism {
             let built = catch_unwind(AssertUnwindSafe(|| {
@@ -258,16 +270,8 @@ impl Simulation {
                 Err(panic) => return Err(panic_error(subtask, panic)),
             }
         }
-        let mut store = None;
         let mut coordinator = None;
-        if let (Some(checkpoint), Some(io)) = (&config.checkpoint, &io) {
-            let options = StoreOptions {
-                retained_checkpoints: checkpoint.retained,
-                ..StoreOptions::default()
-            };
-            let opened = block_on(Store::open(io.clone(), options)).map_err(|e| {
-                JobError::Checkpoint(format!("cannot open the simulated store: {e}"))
-            })?;
+        if let Some(opened) = &store {
             for (subtask, worker) in workers.iter_mut().enumerate() {
                 let acks = env.take_ack(subtask).expect("one ack ring per subtask");
                 if let Some(worker) = worker {
@@ -284,7 +288,6 @@ impl Simulation {
                 }
             }
             coordinator = env.coordinator_for(ends, opened.latest().map_or(1, |r| r.id + 1));
-            store = Some(opened);
         }
         let mut finished: Vec<SubtaskReport> = Vec::new();
         let mut steps = 0u64;

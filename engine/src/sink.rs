@@ -37,8 +37,11 @@ pub struct SinkContext {
     /// Whether the job checkpoints (transactional sinks commit with
     /// checkpoints; without, they commit at end of input).
     pub checkpointing: bool,
-    /// The checkpoint this run restored, if any: transactions pre-committed
-    /// up to it are committed on open, later ones discarded.
+    /// The checkpoint this run restored, if any. It alone decides the
+    /// sink's side of the restore (the rule every two-phase sink keeps, see
+    /// [`Sink::open`]): transactions pre-committed up to it are committed,
+    /// later ones discarded, and output committed for checkpoints after it
+    /// (all earlier output, when nothing was restored) is rolled back.
     pub restored_checkpoint: Option<u64>,
     /// Unique per run of the job (a restart is a new run): names the
     /// run's own transactions apart from those left by earlier runs.
@@ -48,6 +51,14 @@ pub struct SinkContext {
 /// A sink subtask.
 pub trait Sink<T>: 'static {
     /// Called once when the job is built on the subtask.
+    ///
+    /// A transactional sink reconciles its output with
+    /// [`SinkContext::restored_checkpoint`] here, and nothing else: a
+    /// restore may fall back to an older checkpoint than the newest one
+    /// (damage), or start fresh, so output committed for checkpoints the
+    /// restored one does not cover must be rolled back (or, where the sink
+    /// cannot, `open` fails with [`SinkError::CannotRollBack`] naming what
+    /// and how to override), or the job would commit it twice.
     fn open(&mut self, context: &SinkContext) -> Result<(), SinkError> {
         let _ = context;
         Ok(())
@@ -418,10 +429,13 @@ impl<T: 'static, F: FnMut(&T, &mut Vec<u8>) + 'static> Sink<T> for FileSink<T, F
 /// `DIR/.pending/part-<n>-<subtask>-<run>.jsonl` (pre-commit); when `n` is
 /// complete it renames every pre-committed file up to `n` into `DIR` and
 /// syncs the directory (commit). On open after a restore from checkpoint
-/// `r`, subtask 0 commits the pending files of checkpoints up to `r` (their
-/// commit may have been cut short) and removes every other file earlier runs
-/// left in `.pending/`. Without checkpointing, the output is committed at end
-/// of input. Committed files are `DIR/*.jsonl`; their lines, sorted, are the
+/// `r`, subtask 0 moves the committed files of checkpoints after `r` (every
+/// committed file, when nothing was restored) into
+/// `DIR/.rolled-back/<restore>/` (never deleted: a restore that fell back
+/// past damage, or a fresh start, would otherwise commit them twice), commits
+/// the pending files of checkpoints up to `r` (their commit may have been cut
+/// short) and removes every other file earlier runs left in `.pending/`.
+/// Without checkpointing, the output is committed at end of input. Committed files are `DIR/*.jsonl`; their lines, sorted, are the
 /// job's results. At least once: `DIR/part-<subtask>-<run>.jsonl`, synced at
 /// every checkpoint.
 pub struct PartFiles {
@@ -438,6 +452,10 @@ pub struct PartFiles {
 
 /// The directory of pre-committed and in-progress files.
 pub const PENDING_DIR: &str = ".pending";
+
+/// The directory that committed files a restore rolled back are moved to,
+/// one folder per restore.
+pub const ROLLED_BACK_DIR: &str = ".rolled-back";
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> SinkError {
     SinkError::Other(format!("{what} {}: {e}", path.display()))
@@ -498,9 +516,11 @@ impl PartFiles {
         Ok(())
     }
 
-    /// Subtask 0 on open: finishes the commits of checkpoints up to
+    /// Subtask 0 on open: rolls back committed output the restored
+    /// checkpoint does not cover, finishes the commits of checkpoints up to
     /// `restored` and removes everything else earlier runs left pending.
     fn recover(&self, restored: Option<u64>) -> Result<(), SinkError> {
+        self.roll_back_committed(restored)?;
         let pending = self.pending_dir();
         let entries =
             std::fs::read_dir(&pending).map_err(|e| io_error("cannot list", &pending, e))?;
@@ -528,6 +548,54 @@ impl PartFiles {
             sync_dir(&self.dir)?;
             sync_dir(&pending)?;
         }
+        Ok(())
+    }
+
+    /// Moves the committed files of checkpoints after `restored` (all
+    /// committed files when nothing was restored) into a folder of
+    /// [`ROLLED_BACK_DIR`] named after this restore.
+    fn roll_back_committed(&self, restored: Option<u64>) -> Result<(), SinkError> {
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|e| io_error("cannot list", &self.dir, e))?;
+        let mut uncovered = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error("cannot list", &self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((checkpoint, run)) = parse_part(&name) else {
+                continue;
+            };
+            debug_assert!(run != self.run, "nothing of this run is committed yet");
+            if restored.is_none_or(|r| checkpoint > r) {
+                uncovered.push(name);
+            }
+        }
+        if uncovered.is_empty() {
+            return Ok(());
+        }
+        let label = match restored {
+            Some(r) => format!("run-{:016x}-restored-{r}", self.run),
+            None => format!("run-{:016x}-fresh-start", self.run),
+        };
+        let to_dir = self.dir.join(ROLLED_BACK_DIR).join(label);
+        std::fs::create_dir_all(&to_dir).map_err(|e| io_error("cannot create", &to_dir, e))?;
+        uncovered.sort();
+        for name in &uncovered {
+            let from = self.dir.join(name);
+            std::fs::rename(&from, to_dir.join(name))
+                .map_err(|e| io_error("cannot roll back", &from, e))?;
+        }
+        sync_dir(&to_dir)?;
+        sync_dir(&self.dir)?;
+        eprintln!(
+            "spate: file sink {}: {} committed file(s) {} moved to {}",
+            self.dir.display(),
+            uncovered.len(),
+            match restored {
+                Some(r) => format!("of checkpoints after the restored checkpoint {r}"),
+                None => "of an earlier run (this one starts fresh)".to_string(),
+            },
+            to_dir.display()
+        );
         Ok(())
     }
 

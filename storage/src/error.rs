@@ -24,6 +24,17 @@ pub enum OpenError {
     /// [`StoreOptions`](crate::StoreOptions) are out of range.
     #[error("invalid store options: {0}")]
     InvalidOptions(&'static str),
+    /// Segment files exist but no manifest does: the checkpoints they held
+    /// are lost, and opening would delete them as orphans. Damage, not an
+    /// empty store (unless [`StoreOptions::start_over_lost_manifest`](crate::StoreOptions::start_over_lost_manifest)).
+    #[error("the store holds {segments} segment file(s) but no MANIFEST-* file: its checkpoints are lost or the manifest was removed; restore the manifest, or start over explicitly (the segments are then deleted)")]
+    ManifestMissing {
+        /// Segment files found.
+        segments: usize,
+    },
+    /// The directory is locked by another writer.
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
 }
 
 /// Writing or syncing a segment failed. Every handle returned since the last

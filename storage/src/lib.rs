@@ -18,6 +18,7 @@
 //! - [`manifest`]: manifest log and replay.
 //! - [`store`]: [`Store`]: open, commit, retention, GC, compaction.
 //! - [`reader`]: [`StoreReader`]: read-only, `Send + Sync`, mmap, verification.
+//! - [`lock`]: [`DirLock`], one writing process per directory.
 //! - [`gc`]: garbage collection from outside a running store (for tools): a
 //!   conservative plan from the manifest and the directory, and deleting it.
 //! - [`error`]: typed errors per operation.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod format;
 pub mod gc;
 pub mod io;
+pub mod lock;
 pub mod manifest;
 pub mod reader;
 pub mod sim;
@@ -42,6 +44,7 @@ pub use format::{
     BlockHandle, BlockKind, CheckpointRecord, FormatError, ManifestRecord, SegmentId,
 };
 pub use io::{GlommioIo, Io};
+pub use lock::{DirLock, DirUse, LockError};
 pub use reader::{BlockRef, StoreReader};
 pub use sim::SimIo;
 pub use store::{CommitReport, CompactionReport, OpenReport, Store, StoreOptions, StoreWarning};

@@ -179,6 +179,8 @@ pub struct StoreReader {
     state: ManifestState,
     discarded: Vec<CheckpointRecord>,
     damage: Option<ManifestDamage>,
+    /// Segment files found when the directory had no manifest.
+    segments_without_manifest: usize,
     maps: Mutex<HashMap<SegmentId, Arc<Mapped>>>,
     verified: Mutex<HashSet<(SegmentId, u64)>>,
 }
@@ -210,6 +212,7 @@ impl StoreReader {
             state: ManifestState::default(),
             discarded: Vec::new(),
             damage: None,
+            segments_without_manifest: 0,
             maps: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashSet::new()),
         };
@@ -231,11 +234,16 @@ impl StoreReader {
                 .iter()
                 .filter_map(|e| format::parse_manifest_name(&e.name))
                 .max();
+            self.segments_without_manifest = 0;
             let Some(generation) = newest else {
                 self.manifest_file = None;
                 self.state = ManifestState::default();
                 self.discarded = Vec::new();
                 self.damage = None;
+                self.segments_without_manifest = entries
+                    .iter()
+                    .filter(|e| SegmentId::parse_file_name(&e.name).is_some())
+                    .count();
                 return Ok(());
             };
             let name = format::manifest_file_name(generation);
@@ -252,6 +260,13 @@ impl StoreReader {
                 Err(source) => return Err(ReadError::Io { name, source }),
             }
         }
+    }
+
+    /// How many segment files the directory holds although it has no
+    /// manifest, if any: their checkpoints are lost (damage, not an empty
+    /// store; `Store::open` refuses such a directory unless told to start over).
+    pub fn segments_without_manifest(&self) -> Option<usize> {
+        (self.segments_without_manifest > 0).then_some(self.segments_without_manifest)
     }
 
     /// The manifest file read, if the store has one.

@@ -37,6 +37,15 @@ pub struct StoreOptions {
     /// The manifest is rewritten into a new generation when it grows past this
     /// size and past twice its size as last rewritten.
     pub manifest_max_bytes: u64,
+    /// Open a directory whose segment files have no manifest as an empty
+    /// store (deleting them as orphans) instead of failing with
+    /// [`OpenError::ManifestMissing`]: for an explicit fresh start only.
+    pub start_over_lost_manifest: bool,
+    /// Checkpoints with a larger id are discarded at open, in the manifest
+    /// generation the open writes (the caller restored this one, an older
+    /// one than the newest: the newer ones are a branch that no later
+    /// restore may return to).
+    pub discard_after: Option<u64>,
 }
 
 impl Default for StoreOptions {
@@ -47,6 +56,8 @@ impl Default for StoreOptions {
             compaction_live_fraction: 0.5,
             write_buffer_bytes: 1 << 20,
             manifest_max_bytes: 4 << 20,
+            start_over_lost_manifest: false,
+            discard_after: None,
         }
     }
 }
@@ -97,6 +108,9 @@ pub struct OpenReport {
     pub orphans_deleted: Vec<SegmentId>,
     /// Checkpoints dropped by retention at open.
     pub checkpoints_expired: Vec<u64>,
+    /// Checkpoints discarded at open as newer than
+    /// [`StoreOptions::discard_after`].
+    pub checkpoints_discarded: Vec<u64>,
     /// Generation of the manifest written at open.
     pub manifest_generation: u64,
 }
@@ -138,6 +152,8 @@ pub struct Store<I: Io> {
     report: OpenReport,
     /// Checkpoints from this id on are kept beyond the retention count.
     keep_from: Option<u64>,
+    /// The directory's lock (real backend), held while the store lives.
+    _lock: Option<std::sync::Arc<crate::lock::DirLock>>,
 }
 
 impl<I: Io> std::fmt::Debug for Store<I> {
@@ -164,14 +180,17 @@ fn open_io(op: &'static str, name: impl Into<String>) -> impl FnOnce(io::Error) 
 
 impl Store<crate::io::GlommioIo> {
     /// Opens (or creates) the store in `dir` with the real backend. Must run inside
-    /// a glommio executor. The directory is created if missing.
+    /// a glommio executor. The directory is created if missing, and locked
+    /// for this process while the store lives ([`DirLock`](crate::DirLock)).
     pub async fn open_dir(
         dir: impl Into<std::path::PathBuf>,
         options: StoreOptions,
     ) -> Result<Self, OpenError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(open_io("create_dir", dir.display().to_string()))?;
-        Store::open(crate::io::GlommioIo::new(dir), options).await
+        let lock = crate::lock::DirLock::acquire(&dir)?;
+        let mut store = Store::open(crate::io::GlommioIo::new(dir), options).await?;
+        store._lock = Some(lock);
+        Ok(store)
     }
 }
 
@@ -207,6 +226,15 @@ impl<I: Io> Store<I> {
             .filter_map(|e| format::parse_manifest_name(&e.name))
             .collect();
         let newest = generations.last().copied();
+        let segment_files = entries
+            .iter()
+            .filter(|e| SegmentId::parse_file_name(&e.name).is_some())
+            .count();
+        if newest.is_none() && segment_files > 0 && !options.start_over_lost_manifest {
+            return Err(OpenError::ManifestMissing {
+                segments: segment_files,
+            });
+        }
         let mut state = ManifestState::default();
         let mut later_valid = false;
         if let Some(g) = newest {
@@ -229,6 +257,10 @@ impl<I: Io> Store<I> {
                 later_valid = d.later_valid_records;
                 report.warnings.push(StoreWarning::ManifestDamaged(d));
             }
+        }
+        if let Some(after) = options.discard_after {
+            let keep = state.checkpoints.partition_point(|c| c.id <= after);
+            report.checkpoints_discarded = state.checkpoints.drain(keep..).map(|c| c.id).collect();
         }
         // Retention.
         let k = options.retained_checkpoints;
@@ -339,6 +371,7 @@ impl<I: Io> Store<I> {
             relocated: HashMap::new(),
             report,
             keep_from: None,
+            _lock: None,
         })
     }
 

@@ -54,6 +54,8 @@ fn opts() -> StoreOptions {
         compaction_live_fraction: 0.5,
         write_buffer_bytes: 16 * 1024,
         manifest_max_bytes: 64 * 1024,
+        start_over_lost_manifest: false,
+        discard_after: None,
     }
 }
 

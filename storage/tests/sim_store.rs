@@ -21,6 +21,8 @@ fn opts() -> StoreOptions {
         compaction_live_fraction: 0.5,
         write_buffer_bytes: 8 * 1024,
         manifest_max_bytes: 3 * 4096,
+        start_over_lost_manifest: false,
+        discard_after: None,
     }
 }
 

@@ -128,11 +128,18 @@ enum Command {
     ///
     /// Checks every block CRC and handle of the checkpoints (all, or `ID`), that
     /// their metadata decodes and names valid handles, and (without `ID`) scans
-    /// every segment file. Exit status 1 when anything is wrong.
+    /// every segment file. Exit status 1 when anything is wrong (segment files
+    /// without a manifest too); 2 when `DIR` does not exist or holds no store
+    /// (no manifest, no segment files). Problems are printed grouped: one line
+    /// per checkpoint, file and kind of problem, with the count of blocks and
+    /// the first offset.
     ///
     /// JSON: `{ "ok": bool, "checkpoints": [ids checked], "segments": [names
-    /// scanned], "problems": [{ "checkpoint": id or null, "file": segment or manifest file or null,
-    /// "offset": offset or null, "error": text }] }`.
+    /// scanned], "groups": [{ "checkpoint", "file", "problem": kind, "count",
+    /// "blocks": count or null, "first_offset", "first_error" }], "problems":
+    /// [{ "checkpoint": id or null, "file": segment or manifest file or null,
+    /// "offset": offset or null, "error": text }] }`, printed also when there
+    /// is no store to verify.
     Verify {
         /// The checkpoint directory.
         dir: PathBuf,
@@ -191,6 +198,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::List { dir, json } => list(&dir, json).map(|()| true),
@@ -240,13 +248,48 @@ fn main() -> ExitCode {
     }
 }
 
+/// Restores the default disposition of SIGPIPE, which the Rust runtime
+/// ignores: a write to a closed pipe (`spate-ckpt show DIR 2 | head -3`) then
+/// ends the process quietly, as it does any Unix filter, instead of making
+/// `println!` panic with "failed printing to stdout". Covers every command and
+/// every line, JSON or not (`gc --yes` prints only once its deletions are
+/// done).
+#[cfg(unix)]
+fn default_sigpipe() {
+    // SAFETY: first thing in `main`, before any other thread exists; SIG_DFL
+    // is a valid disposition for SIGPIPE and installs no handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn default_sigpipe() {}
+
+/// Opens the store in `dir`, warning on stderr when it has no manifest or a
+/// damaged one.
 fn open(dir: &Path) -> Result<StoreReader> {
-    anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
-    let reader =
-        StoreReader::open(dir).with_context(|| format!("opening store {}", dir.display()))?;
+    let reader = open_store(dir)?;
     if reader.manifest_file().is_none() {
         eprintln!("warning: {} holds no manifest", dir.display());
     }
+    warn_manifest_damage(&reader);
+    Ok(reader)
+}
+
+/// Opens the store in `dir`, which must be a directory.
+fn open_store(dir: &Path) -> Result<StoreReader> {
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("{} does not exist", dir.display())
+        }
+        Err(e) => anyhow::bail!("cannot access {}: {e}", dir.display()),
+        Ok(m) => anyhow::ensure!(m.is_dir(), "{} is not a directory", dir.display()),
+    }
+    StoreReader::open(dir).with_context(|| format!("opening store {}", dir.display()))
+}
+
+fn warn_manifest_damage(reader: &StoreReader) {
     if let Some(d) = reader.manifest_damage() {
         eprintln!(
             "warning: manifest {} is damaged at offset {}: {} ({} bytes ignored{})",
@@ -261,7 +304,6 @@ fn open(dir: &Path) -> Result<StoreReader> {
             }
         );
     }
-    Ok(reader)
 }
 
 /// One checkpoint of a store, its metadata decoded.
@@ -767,154 +809,329 @@ fn show(dir: &Path, id: u64, key_groups: bool, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// One problem `verify` found.
 struct Problem {
     checkpoint: Option<u64>,
+    /// The segment or manifest file it is in.
     file: Option<String>,
     offset: Option<u64>,
+    /// What is wrong, without what differs from block to block (offsets,
+    /// checksums): problems are grouped by checkpoint, file and kind.
+    kind: String,
+    /// Whether it is about one block (a group then counts blocks).
+    block: bool,
+    /// The whole message.
     error: String,
 }
 
-fn read_problem(checkpoint: Option<u64>, e: &spate_storage::ReadError) -> Problem {
+impl Problem {
+    /// A problem not about one block: its kind is its message.
+    fn general(
+        checkpoint: Option<u64>,
+        file: Option<String>,
+        offset: Option<u64>,
+        error: String,
+    ) -> Problem {
+        Problem {
+            checkpoint,
+            file,
+            offset,
+            kind: error.clone(),
+            block: false,
+            error,
+        }
+    }
+}
+
+/// The kind of a format error: its message without the values (checksums,
+/// lengths) that differ from block to block.
+fn format_kind(e: &spate_storage::FormatError) -> String {
+    use spate_storage::FormatError as F;
+    let kind = match e {
+        F::Truncated { .. } => "truncated block",
+        F::BadMagic { .. } => "bad block magic",
+        F::HeaderCrc { .. } => "block header CRC mismatch",
+        F::PayloadCrc { .. } => "block payload CRC mismatch",
+        F::Misaligned { .. } => "misaligned block",
+        F::HandleMismatch { .. } => "block header does not match its handle",
+        _ => return e.to_string(),
+    };
+    kind.to_string()
+}
+
+/// A read error: of the block `handle` names (of `checkpoint`), or else of a
+/// whole file.
+fn read_problem(
+    checkpoint: Option<u64>,
+    handle: Option<&spate_storage::BlockHandle>,
+    e: &spate_storage::ReadError,
+) -> Problem {
     use spate_storage::ReadError;
-    let (file, offset) = match e {
+    let (file, offset, kind) = match e {
         ReadError::Corrupt {
-            segment, offset, ..
-        } => (Some(segment.file_name()), Some(*offset)),
-        ReadError::MissingSegment { name, .. } => (Some(name.clone()), None),
-        ReadError::Io { name, .. } if !name.is_empty() => (Some(name.clone()), None),
-        _ => (None, None),
+            segment,
+            offset,
+            source,
+        } => (
+            Some(segment.file_name()),
+            Some(*offset),
+            format_kind(source),
+        ),
+        ReadError::MissingSegment { name, .. } => {
+            (Some(name.clone()), None, "segment file is missing".into())
+        }
+        ReadError::Io { name, source } if !name.is_empty() => (
+            Some(name.clone()),
+            None,
+            format!("reading failed: {source}"),
+        ),
+        _ => (None, None, e.to_string()),
     };
     Problem {
         checkpoint,
-        file,
-        offset,
+        file: file.or_else(|| handle.map(|h| h.segment.file_name())),
+        offset: offset.or(handle.map(|h| h.offset)),
+        kind,
+        block: handle.is_some(),
         error: e.to_string(),
     }
 }
 
+/// Problems of the same checkpoint, file and kind.
+struct Group<'a> {
+    /// The one at the lowest offset (or the first found).
+    first: &'a Problem,
+    count: usize,
+}
+
+/// `problems` grouped by checkpoint, file and kind, in the order first found.
+fn group_problems(problems: &[Problem]) -> Vec<Group<'_>> {
+    let mut index: BTreeMap<(Option<u64>, Option<&str>, &str), usize> = BTreeMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    for p in problems {
+        let key = (p.checkpoint, p.file.as_deref(), p.kind.as_str());
+        match index.get(&key) {
+            Some(&i) => {
+                let g = &mut groups[i];
+                g.count += 1;
+                if let (Some(o), Some(first)) = (p.offset, g.first.offset) {
+                    if o < first {
+                        g.first = p;
+                    }
+                }
+            }
+            None => {
+                index.insert(key, groups.len());
+                groups.push(Group { first: p, count: 1 });
+            }
+        }
+    }
+    groups
+}
+
+/// Whether `dir` holds a store to verify: `Err` when it holds neither a
+/// manifest nor segments; a problem when it holds segments but no manifest.
+fn store_problem(dir: &Path, reader: &StoreReader, segments: usize) -> Result<Option<Problem>> {
+    if reader.manifest_file().is_some() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        segments > 0,
+        "{} holds no checkpoint store (no MANIFEST-* file, no segment files)",
+        dir.display()
+    );
+    Ok(Some(Problem::general(
+        None,
+        None,
+        None,
+        format!(
+            "no MANIFEST-* file beside {segments} segment file(s): the manifest is missing, \
+             so the checkpoints they held cannot be restored"
+        ),
+    )))
+}
+
+/// Checks that checkpoint `id`'s metadata decodes, names only handles its
+/// record has and carries its id, and reads every block it references.
+fn verify_checkpoint(reader: &StoreReader, id: u64, problems: &mut Vec<Problem>) -> Result<()> {
+    let record = reader.checkpoint(id)?;
+    match CheckpointMetadata::decode(&record.metadata) {
+        Err(e) => problems.push(Problem::general(Some(id), None, None, e)),
+        Ok(m) => {
+            let n = record.handles.len();
+            let bad = m
+                .state
+                .iter()
+                .flat_map(|s| s.chain.iter().map(|b| b.handle))
+                .chain(m.in_flight.iter().map(|b| b.handle))
+                .filter(|&h| h as usize >= n);
+            for h in bad {
+                problems.push(Problem {
+                    kind: format!("metadata names handles the record does not have ({n})"),
+                    block: true,
+                    ..Problem::general(
+                        Some(id),
+                        None,
+                        None,
+                        format!("metadata names handle {h}; the record has {n}"),
+                    )
+                });
+            }
+            if m.id != id {
+                let e = format!("metadata says checkpoint {}", m.id);
+                problems.push(Problem::general(Some(id), None, None, e));
+            }
+        }
+    }
+    for h in &record.handles {
+        if let Err(e) = reader.block(h) {
+            problems.push(read_problem(Some(id), Some(h), &e));
+        }
+    }
+    Ok(())
+}
+
+/// Scans every segment file; returns their names.
+fn scan_segments(
+    reader: &StoreReader,
+    mut segments: Vec<spate_storage::SegmentId>,
+    problems: &mut Vec<Problem>,
+) -> Vec<String> {
+    segments.sort();
+    // Blocks already reported through a checkpoint's handle.
+    let reported: std::collections::BTreeSet<(String, u64)> = problems
+        .iter()
+        .filter_map(|p| Some((p.file.clone()?, p.offset?)))
+        .collect();
+    let mut scanned = Vec::new();
+    for segment in segments {
+        let file = segment.file_name();
+        scanned.push(file.clone());
+        let scan = match reader.verify_segment(segment) {
+            Ok(scan) => scan,
+            Err(e) => {
+                problems.push(read_problem(None, None, &e));
+                continue;
+            }
+        };
+        for (offset, e) in scan.problems {
+            if reported.contains(&(file.clone(), offset)) {
+                continue;
+            }
+            problems.push(Problem {
+                checkpoint: None,
+                file: Some(file.clone()),
+                offset: Some(offset),
+                kind: format_kind(&e),
+                block: true,
+                error: e.to_string(),
+            });
+        }
+    }
+    scanned
+}
+
 fn verify(dir: &Path, id: Option<u64>, as_json: bool) -> Result<bool> {
-    let reader = open(dir)?;
-    let mut problems = Vec::new();
+    let opened = open_store(dir).and_then(|reader| {
+        let segments: Vec<_> = reader.segments()?.into_iter().map(|(s, _)| s).collect();
+        let problem = store_problem(dir, &reader, segments.len())?;
+        Ok((reader, segments, problem))
+    });
+    let (reader, segments, problem) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            // Nothing to verify: still one document with the reason.
+            if as_json {
+                let p = Problem::general(None, None, None, format!("{e:#}"));
+                print_verify(&[], &[], &[p], true)?;
+            }
+            return Err(e);
+        }
+    };
+    warn_manifest_damage(&reader);
+    let mut problems: Vec<Problem> = problem.into_iter().collect();
     if let Some(d) = reader.manifest_damage() {
-        problems.push(Problem {
-            checkpoint: None,
-            file: Some(d.file.clone()),
-            offset: Some(d.offset),
-            error: format!(
+        problems.push(Problem::general(
+            None,
+            Some(d.file.clone()),
+            Some(d.offset),
+            format!(
                 "manifest damaged: {} ({} bytes ignored)",
                 d.error, d.dropped_bytes
             ),
-        });
+        ));
     }
     let ids: Vec<u64> = match id {
+        // Without a manifest there is no checkpoint to look up.
+        Some(_) if reader.manifest_file().is_none() => Vec::new(),
         Some(id) => vec![reader.checkpoint(id)?.id],
         None => reader.checkpoints().iter().map(|c| c.id).collect(),
     };
     for &id in &ids {
-        let record = reader.checkpoint(id)?;
-        match CheckpointMetadata::decode(&record.metadata) {
-            Err(e) => problems.push(Problem {
-                checkpoint: Some(id),
-                file: None,
-                offset: None,
-                error: e,
-            }),
-            Ok(m) => {
-                let n = record.handles.len();
-                let bad = m
-                    .state
-                    .iter()
-                    .flat_map(|s| s.chain.iter().map(|b| b.handle))
-                    .chain(m.in_flight.iter().map(|b| b.handle))
-                    .filter(|&h| h as usize >= n);
-                for h in bad {
-                    problems.push(Problem {
-                        checkpoint: Some(id),
-                        file: None,
-                        offset: None,
-                        error: format!("metadata names handle {h}; the record has {n}"),
-                    });
-                }
-                if m.id != id {
-                    problems.push(Problem {
-                        checkpoint: Some(id),
-                        file: None,
-                        offset: None,
-                        error: format!("metadata says checkpoint {}", m.id),
-                    });
-                }
-            }
-        }
-        for e in reader.verify_checkpoint(id)? {
-            problems.push(read_problem(Some(id), &e));
-        }
+        verify_checkpoint(&reader, id, &mut problems)?;
     }
-    let mut scanned = Vec::new();
-    if id.is_none() {
-        let mut segments = reader.segments()?;
-        segments.sort();
-        for (segment, _) in segments {
-            scanned.push(segment.file_name());
-            match reader.verify_segment(segment) {
-                Ok(scan) => {
-                    for (offset, e) in scan.problems {
-                        let p = Problem {
-                            checkpoint: None,
-                            file: Some(segment.file_name()),
-                            offset: Some(offset),
-                            error: e.to_string(),
-                        };
-                        // Already reported through a checkpoint's handle?
-                        if !problems
-                            .iter()
-                            .any(|q| q.file == p.file && q.offset == p.offset)
-                        {
-                            problems.push(p);
-                        }
-                    }
-                }
-                Err(e) => problems.push(read_problem(None, &e)),
-            }
-        }
-    }
-    let ok = problems.is_empty();
+    let scanned = match id {
+        None => scan_segments(&reader, segments, &mut problems),
+        Some(_) => Vec::new(),
+    };
+    print_verify(&ids, &scanned, &problems, as_json)?;
+    Ok(problems.is_empty())
+}
+
+/// Prints `verify`'s report: problems grouped by checkpoint, file and kind.
+fn print_verify(
+    ids: &[u64],
+    scanned: &[String],
+    problems: &[Problem],
+    as_json: bool,
+) -> Result<()> {
+    let groups = group_problems(problems);
     if as_json {
         let doc = json!({
-            "ok": ok,
+            "ok": problems.is_empty(),
             "checkpoints": ids,
             "segments": scanned,
+            "groups": groups.iter().map(|g| json!({
+                "checkpoint": g.first.checkpoint, "file": g.first.file,
+                "problem": g.first.kind, "count": g.count,
+                "blocks": if g.first.block { Some(g.count) } else { None },
+                "first_offset": g.first.offset, "first_error": g.first.error,
+            })).collect::<Vec<_>>(),
             "problems": problems.iter().map(|p| json!({
                 "checkpoint": p.checkpoint, "file": p.file,
                 "offset": p.offset, "error": p.error,
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        println!(
-            "checked {} checkpoint(s), {} segment file(s)",
-            ids.len(),
-            scanned.len()
-        );
-        if ok {
-            println!("ok");
-        } else {
-            let dash = |o: Option<String>| o.unwrap_or_else(|| "-".into());
-            let mut t = vec![["CHECKPOINT", "FILE", "OFFSET", "PROBLEM"]
-                .map(String::from)
-                .to_vec()];
-            for p in &problems {
-                t.push(vec![
-                    dash(p.checkpoint.map(|c| c.to_string())),
-                    dash(p.file.clone()),
-                    dash(p.offset.map(|o| o.to_string())),
-                    p.error.clone(),
-                ]);
-            }
-            print_table(&t);
-            println!("{} problem(s)", problems.len());
-        }
+        return Ok(());
     }
-    Ok(ok)
+    println!(
+        "checked {} checkpoint(s), {} segment file(s)",
+        ids.len(),
+        scanned.len()
+    );
+    if problems.is_empty() {
+        println!("ok");
+        return Ok(());
+    }
+    let dash = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+    let mut t = vec![["CHECKPOINT", "FILE", "FIRST OFFSET", "BLOCKS", "PROBLEM"]
+        .map(String::from)
+        .to_vec()];
+    for g in &groups {
+        let p = g.first;
+        t.push(vec![
+            dash(p.checkpoint.map(|c| c.to_string())),
+            dash(p.file.clone()),
+            dash(p.offset.map(|o| o.to_string())),
+            dash(p.block.then(|| g.count.to_string())),
+            // One: the whole message; more: what they have in common.
+            if g.count == 1 { &p.error } else { &p.kind }.clone(),
+        ]);
+    }
+    print_table(&t);
+    println!("{} problem(s)", problems.len());
+    Ok(())
 }
 
 fn gc(dir: &Path, yes: bool, as_json: bool) -> Result<bool> {

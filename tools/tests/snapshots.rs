@@ -6,16 +6,25 @@
 //! timestamps, durations, the measured µs of each subtask, the manifest's size)
 //! are masked before comparing with `tests/snapshots/*.txt`;
 //! `SPATE_UPDATE_SNAPSHOTS=1` rewrites those files instead.
+//!
+//! The same store serves the checks of how the tool ends when the reader of
+//! its output goes away (a closed pipe), and of `verify` on what is not a
+//! whole store: no store at all, segments without their manifest, a store
+//! with a deleted segment file.
 
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, SystemTime};
 
 use rkyv::{Archive, Deserialize, Serialize};
+use serde_json::Value;
 use spate::sim::Simulation;
 use spate::window::{Count, WindowAssigner};
 use spate::{CheckpointConfig, CheckpointMode, JobConfig, KeyedContext, WatermarkStrategy};
-use spate_storage::SimIo;
+use spate_storage::{SimIo, StoreReader};
 
 mod common;
 use common::Numbers;
@@ -363,6 +372,251 @@ fn human_output_of_every_command_on_a_fixed_store() {
     s.check("gc", &dir, &["gc"]);
     s.check("gc-yes", &dir, &["gc", "--yes"]);
     s.check("gc-after", &dir, &["gc"]);
+    s.finish();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_spate-ckpt"))
+}
+
+/// Whether the process ended well for a reader that went away: exit 0, or
+/// killed by SIGPIPE (as any Unix filter). Not a panic (exit 101).
+fn ended_quietly(status: ExitStatus, stderr: &str) -> bool {
+    let by_sigpipe = status.signal() == Some(libc::SIGPIPE);
+    (status.success() || by_sigpipe) && !stderr.contains("panicked") && !stderr.contains("error")
+}
+
+/// The commands that print, on the fixed store (retained checkpoints 3 to 5).
+const PRINTING: [&[&str]; 7] = [
+    &["list"],
+    &["show", "5", "--key-groups"],
+    &["dump", "5", "--operator", "counts"],
+    &["dump", "5", "--operator", "readings"],
+    &["verify"],
+    &["diff", "3", "5"],
+    &["gc"],
+];
+
+/// `spate-ckpt show DIR 2 | head -3` made it panic ("failed printing to
+/// stdout", exit 101). Every command, with and without `--json`, writing into
+/// a pipe whose read end is already closed (so the first write fails with
+/// EPIPE, deterministically), and into one that is closed after a few bytes.
+#[test]
+fn every_command_ends_quietly_when_the_reader_of_its_output_goes_away() {
+    let dir = temp_dir("epipe");
+    build_store(&dir);
+    let d = dir.to_str().unwrap();
+    let mut failures = Vec::new();
+    for args in PRINTING {
+        for json in [false, true] {
+            let mut args: Vec<&str> = args.to_vec();
+            args.insert(1, d);
+            if json {
+                args.push("--json");
+            }
+            // A real pipe with no reader: the write end of `true`'s stdin,
+            // once `true` has exited.
+            let mut reader = Command::new("true").stdin(Stdio::piped()).spawn().unwrap();
+            let write_end = reader.stdin.take().unwrap();
+            reader.wait().unwrap();
+            let out = bin()
+                .args(&args)
+                .stdout(Stdio::from(write_end))
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !ended_quietly(out.status, &stderr) {
+                failures.push(format!(
+                    "{args:?} into a closed pipe: {}\n{stderr}",
+                    out.status
+                ));
+            }
+
+            // As `| head -c 16`: read a few bytes, then close the pipe.
+            let mut child = bin()
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut first = [0u8; 16];
+            child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !ended_quietly(out.status, &stderr) {
+                failures.push(format!("{args:?} | head -c 16: {}\n{stderr}", out.status));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn verify(dir: &Path, id: Option<&str>) -> (String, String, Option<i32>, Value) {
+    let d = dir.to_str().unwrap();
+    let mut args = vec!["verify", d];
+    args.extend(id);
+    let (stdout, stderr, code) = run(&args);
+    args.push("--json");
+    let (json, _, json_code) = run(&args);
+    assert_eq!(
+        code, json_code,
+        "{args:?}: the same exit status with --json"
+    );
+    let doc: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    (stdout, stderr, code, doc)
+}
+
+/// The problems of `verify --json` that contain `text`.
+fn problems_with<'a>(doc: &'a Value, text: &str) -> Vec<&'a Value> {
+    doc["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["error"].as_str().unwrap().contains(text))
+        .collect()
+}
+
+/// `verify` said "ok", exit 0, where there is nothing to verify.
+#[test]
+fn verify_fails_on_a_directory_without_a_store() {
+    const NO_STORE: &str = "holds no checkpoint store (no MANIFEST-* file, no segment files)";
+    let empty = temp_dir("empty");
+    let unrelated = temp_dir("unrelated");
+    std::fs::write(unrelated.join("notes.txt"), "not a checkpoint").unwrap();
+    std::fs::write(unrelated.join("MANIFEST.json"), "{}").unwrap();
+    std::fs::write(unrelated.join("seg-1.spseg"), [0u8; 64]).unwrap();
+    std::fs::create_dir(unrelated.join("sub")).unwrap();
+    for dir in [&empty, &unrelated] {
+        let (stdout, stderr, code, doc) = verify(dir, None);
+        assert_eq!(code, Some(2), "{}: {stdout}{stderr}", dir.display());
+        assert!(!stdout.contains("ok"), "{stdout}");
+        assert!(
+            stderr.contains(&format!("{} {NO_STORE}", dir.display())),
+            "{stderr}"
+        );
+        assert_eq!(doc["ok"], false, "{doc}");
+        assert_eq!(problems_with(&doc, NO_STORE).len(), 1, "{doc}");
+        let (_, stderr, code, _) = verify(dir, Some("1"));
+        assert_eq!(code, Some(2));
+        assert!(stderr.contains(NO_STORE), "{stderr}");
+    }
+
+    let missing = empty.join("nope");
+    let (stdout, stderr, code, doc) = verify(&missing, None);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("{} does not exist", missing.display())),
+        "{stderr}"
+    );
+    assert_eq!(doc["ok"], false, "{doc}");
+    assert_eq!(problems_with(&doc, "does not exist").len(), 1, "{doc}");
+    std::fs::remove_dir_all(&empty).unwrap();
+    std::fs::remove_dir_all(&unrelated).unwrap();
+}
+
+/// A store whose manifest was deleted while its segment files remain: its
+/// checkpoints are lost, which `verify` reported as "ok".
+#[test]
+fn verify_fails_on_segments_without_their_manifest() {
+    let dir = temp_dir("no-manifest");
+    build_store(&dir);
+    let mut segments = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if name.starts_with("MANIFEST-") {
+            std::fs::remove_file(dir.join(&name)).unwrap();
+        } else if name.ends_with(".spseg") {
+            segments += 1;
+        }
+    }
+    assert!(segments > 0);
+    let lost = format!(
+        "no MANIFEST-* file beside {segments} segment file(s): the manifest is missing, \
+         so the checkpoints they held cannot be restored"
+    );
+    let (stdout, stderr, code, doc) = verify(&dir, None);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains(&lost), "{stdout}");
+    assert!(!stdout.lines().any(|l| l == "ok"), "{stdout}");
+    assert_eq!(doc["ok"], false, "{doc}");
+    assert_eq!(problems_with(&doc, &lost).len(), 1, "{doc}");
+    assert_eq!(doc["segments"].as_array().unwrap().len(), segments);
+    let (stdout, stderr, code, doc) = verify(&dir, Some("5"));
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains(&lost), "{stdout}");
+    assert_eq!(doc["ok"], false, "{doc}");
+
+    let mut s = Snapshots::new();
+    s.check("verify-no-manifest", &dir, &["verify"]);
+    s.finish();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With a segment file deleted, `verify` printed one line per block of it.
+/// Now one line per checkpoint, file and kind of problem, with the count of
+/// blocks and the first offset; the JSON keeps every problem and adds the
+/// groups.
+#[test]
+fn verify_groups_the_blocks_of_a_missing_segment() {
+    let dir = temp_dir("missing-segment");
+    build_store(&dir);
+    // The segment the retained checkpoints reference most.
+    let reader = StoreReader::open(&dir).unwrap();
+    let mut blocks: BTreeMap<String, BTreeMap<u64, Vec<u64>>> = BTreeMap::new();
+    for c in reader.checkpoints() {
+        for h in &c.handles {
+            let offsets = blocks.entry(h.segment.file_name()).or_default();
+            offsets.entry(c.id).or_default().push(h.offset);
+        }
+    }
+    drop(reader);
+    let (segment, per_checkpoint) = blocks
+        .into_iter()
+        .max_by_key(|(_, c)| c.values().map(Vec::len).sum::<usize>())
+        .unwrap();
+    assert!(
+        per_checkpoint.values().any(|o| o.len() > 1),
+        "a checkpoint has several blocks in {segment}"
+    );
+    std::fs::remove_file(dir.join(&segment)).unwrap();
+
+    let (stdout, stderr, code, doc) = verify(&dir, None);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.contains(&segment)).collect();
+    assert_eq!(
+        lines.len(),
+        per_checkpoint.len(),
+        "one line per checkpoint:\n{stdout}"
+    );
+    for (line, (id, offsets)) in lines.iter().zip(&per_checkpoint) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[0], id.to_string(), "{line}");
+        assert_eq!(cells[1], segment, "{line}");
+        let first = offsets.iter().min().unwrap().to_string();
+        assert_eq!(cells[2], first, "first offset: {line}");
+        assert_eq!(cells[3], offsets.len().to_string(), "blocks: {line}");
+        assert!(line.contains("missing"), "{line}");
+    }
+    let total: usize = per_checkpoint.values().map(Vec::len).sum();
+    assert!(stdout.contains(&format!("{total} problem(s)")), "{stdout}");
+
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["problems"].as_array().unwrap().len(), total, "complete");
+    let groups = doc["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), per_checkpoint.len(), "{doc:#}");
+    for (g, (id, offsets)) in groups.iter().zip(&per_checkpoint) {
+        assert_eq!(g["checkpoint"], *id, "{g}");
+        assert_eq!(g["file"], segment.as_str(), "{g}");
+        assert_eq!(g["problem"], "segment file is missing", "{g}");
+        assert_eq!(g["count"], offsets.len(), "{g}");
+        assert_eq!(g["blocks"], offsets.len(), "{g}");
+        assert_eq!(g["first_offset"], *offsets.iter().min().unwrap(), "{g}");
+    }
+
+    let mut s = Snapshots::new();
+    s.check("verify-missing-segment", &dir, &["verify"]);
     s.finish();
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -79,6 +79,12 @@ pub enum RestoreFrom {
     Latest,
     /// A given checkpoint id.
     Checkpoint(u64),
+    /// The latest completed checkpoint with an id of at least this one that
+    /// reads back intact; nothing if there is none, an error if there are
+    /// some and none reads back. Checkpoints below it belong to an earlier
+    /// job on the same directory, which a restore must not fall back into
+    /// (the supervisor's restarts and a resumed benchmark use it).
+    LatestFrom(u64),
     /// Ignore existing checkpoints and start fresh (they are kept until
     /// retention removes them).
     Nothing,
@@ -145,6 +151,22 @@ impl CheckpointConfig {
             max_delta_chain: 16,
             max_delta_ratio: 1.0,
             trigger_after_changed_bytes: None,
+        }
+    }
+}
+
+impl CheckpointConfig {
+    /// How a run opens its store, having restored checkpoint `restored`:
+    /// the newer checkpoints are discarded at open (a restore that fell back
+    /// past damage, or to an older id on purpose, starts a branch, and its
+    /// sinks roll back their output: no later restore may return to them);
+    /// segments without a manifest are discarded only by a fresh start.
+    pub(crate) fn store_options(&self, restored: Option<u64>) -> spate_storage::StoreOptions {
+        spate_storage::StoreOptions {
+            retained_checkpoints: self.retained,
+            start_over_lost_manifest: self.restore == RestoreFrom::Nothing,
+            discard_after: restored,
+            ..spate_storage::StoreOptions::default()
         }
     }
 }

@@ -37,6 +37,15 @@ impl RestoreState {
         }
         let reader = StoreReader::open(&config.dir)
             .map_err(|e| JobError::Restore(format!("cannot open {}: {e}", config.dir.display())))?;
+        if let Some(segments) = reader.segments_without_manifest() {
+            return Err(JobError::Restore(format!(
+                "{} holds {segments} segment file(s) but no MANIFEST-* file: the checkpoints \
+                 are lost or the manifest was removed, which is damage, not a fresh start; \
+                 restore the manifest, or start fresh explicitly (RestoreFrom::Nothing, \
+                 `--fresh`), which deletes the segments",
+                config.dir.display()
+            )));
+        }
         Self::load(reader, config, None)
     }
 
@@ -46,66 +55,47 @@ impl RestoreState {
         config: &CheckpointConfig,
         fingerprint: Option<u64>,
     ) -> Result<Option<Self>, JobError> {
-        if config.restore == RestoreFrom::Nothing {
-            return Ok(None);
-        }
-        let candidates: Vec<u64> = match &config.restore {
-            RestoreFrom::Checkpoint(id) => vec![*id],
-            _ => reader.checkpoints().iter().rev().map(|r| r.id).collect(),
+        let newest_first = reader.checkpoints().iter().rev().map(|r| r.id);
+        let candidates: Vec<u64> = match config.restore {
+            RestoreFrom::Nothing => return Ok(None),
+            RestoreFrom::Checkpoint(id) => vec![id],
+            RestoreFrom::Latest => newest_first.collect(),
+            RestoreFrom::LatestFrom(floor) => newest_first.filter(|&id| id >= floor).collect(),
         };
         let mut warnings = Vec::new();
-        if let Some(damage) = reader.manifest_damage() {
-            warnings.push(format!("manifest damage ignored: {damage:?}"));
+        if let Some(d) = reader.manifest_damage() {
+            warnings.push(format!(
+                "the manifest {} in {} is damaged at offset {} ({}): the {} byte(s) from there are ignored{}, and checkpoints recorded in them are lost",
+                d.file,
+                config.dir.display(),
+                d.offset,
+                d.error,
+                d.dropped_bytes,
+                if d.later_valid_records { " although valid records follow (damage in the middle of the log)" } else { "" }
+            ));
         }
-        for id in candidates {
-            let record = match reader.checkpoint(id) {
-                Ok(r) => r.clone(),
-                Err(e) => {
-                    warnings.push(format!("checkpoint {id}: {e}"));
-                    continue;
-                }
+        for &id in &candidates {
+            let Some(restored) = Self::try_one(&reader, id, config, fingerprint, &mut warnings)?
+            else {
+                continue;
             };
-            let metadata = match CheckpointMetadata::decode(&record.metadata) {
-                Ok(m) => m,
-                Err(e) => {
-                    warnings.push(format!("checkpoint {id}: {e}"));
-                    continue;
-                }
-            };
-            match reader.verify_checkpoint(id) {
-                Ok(problems) if problems.is_empty() => {}
-                Ok(problems) => {
-                    warnings.push(format!(
-                        "checkpoint {id} is damaged ({} problems, first: {}); trying an older one",
-                        problems.len(),
-                        problems[0]
-                    ));
-                    continue;
-                }
-                Err(e) => {
-                    warnings.push(format!("checkpoint {id}: {e}"));
-                    continue;
-                }
+            if id != candidates[0] {
+                warnings.push(format!(
+                    "restoring checkpoint {id} instead of the newest, {}; output committed for later checkpoints is rolled back",
+                    candidates[0]
+                ));
             }
-            if let Some(fp) = fingerprint {
-                if metadata.fingerprint != fp {
-                    return Err(JobError::Restore(format!(
-                        "checkpoint {id} in {} was taken by an incompatible job (fingerprint {:016x}, this job {fp:016x}): start fresh or use another state directory",
-                        config.dir.display(),
-                        metadata.fingerprint
-                    )));
-                }
-            }
-            let state = metadata
+            let state = restored
+                .0
                 .state
                 .iter()
                 .enumerate()
                 .map(|(i, b)| ((b.operator.clone(), b.table.clone(), b.key_group), i))
                 .collect();
             return Ok(Some(Self {
-                metadata,
+                metadata: restored.0,
                 reader,
-                handles: record.handles.clone(),
+                handles: restored.1,
                 state,
                 warnings,
             }));
@@ -116,7 +106,7 @@ impl RestoreState {
                 warnings.join("; ")
             )));
         }
-        if !warnings.is_empty() && !reader.checkpoints().is_empty() {
+        if !candidates.is_empty() {
             return Err(JobError::Restore(format!(
                 "no checkpoint in {} can be restored: {}",
                 config.dir.display(),
@@ -124,6 +114,61 @@ impl RestoreState {
             )));
         }
         Ok(None)
+    }
+
+    /// Checkpoint `id` if it reads back intact (its metadata and every
+    /// block); otherwise `None` with the reason in `warnings`. An
+    /// incompatible job is an error.
+    fn try_one(
+        reader: &StoreReader,
+        id: u64,
+        config: &CheckpointConfig,
+        fingerprint: Option<u64>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<(CheckpointMetadata, Vec<BlockHandle>)>, JobError> {
+        let record = match reader.checkpoint(id) {
+            Ok(r) => r.clone(),
+            Err(e) => {
+                warnings.push(format!("checkpoint {id} cannot be read: {e}"));
+                return Ok(None);
+            }
+        };
+        let metadata = match CheckpointMetadata::decode(&record.metadata) {
+            Ok(m) => m,
+            Err(e) => {
+                warnings.push(format!("checkpoint {id} has unreadable metadata: {e}"));
+                return Ok(None);
+            }
+        };
+        match reader.verify_checkpoint(id) {
+            Ok(problems) if problems.is_empty() => {}
+            Ok(problems) => {
+                warnings.push(format!(
+                    "checkpoint {id} in {} is damaged: {}{}",
+                    config.dir.display(),
+                    problems[0],
+                    match problems.len() - 1 {
+                        0 => String::new(),
+                        n => format!(" (and {n} more damaged block(s))"),
+                    }
+                ));
+                return Ok(None);
+            }
+            Err(e) => {
+                warnings.push(format!("checkpoint {id} cannot be checked: {e}"));
+                return Ok(None);
+            }
+        }
+        if let Some(fp) = fingerprint {
+            if metadata.fingerprint != fp {
+                return Err(JobError::Restore(format!(
+                    "checkpoint {id} in {} was taken by an incompatible job (fingerprint {:016x}, this job {fp:016x}): start fresh or use another state directory",
+                    config.dir.display(),
+                    metadata.fingerprint
+                )));
+            }
+        }
+        Ok(Some((metadata, record.handles.clone())))
     }
 
     fn block(&self, handle_index: u32) -> Result<BlockRef, JobError> {

@@ -17,7 +17,7 @@ pub(crate) mod operators;
 use crate::checkpoint::metadata::SourceOffset;
 use crate::checkpoint::restore::RestoreState;
 use crate::checkpoint::subtask::SubtaskCheckpoints;
-use crate::checkpoint::Barrier;
+use crate::checkpoint::{Barrier, CheckpointMode};
 use crate::keygroup::{Key, KeyGroupRange};
 use crate::runtime::JobEnv;
 use crate::sink::Sink;
@@ -337,6 +337,12 @@ impl Dataflow {
         g.names.push(name.to_string());
     }
 
+    /// The job's checkpoint mode, if it checkpoints.
+    pub(crate) fn checkpoint_mode(&self) -> Option<CheckpointMode> {
+        let g = self.0.borrow();
+        g.env.config.checkpoint.as_ref().map(|c| c.mode)
+    }
+
     pub(crate) fn sink_context(&self) -> crate::sink::SinkContext {
         let g = self.0.borrow();
         crate::sink::SinkContext {
@@ -521,6 +527,16 @@ impl<T: Data> Stream<T> {
             Ok(op) => Rc::new(op),
             Err(error) => return self.df.fail_build(error),
         };
+        if op.is_transactional() && self.df.checkpoint_mode() == Some(CheckpointMode::AtLeastOnce) {
+            // Its two-phase commit would make replayed records permanent
+            // twice: exactly-once output needs exactly-once state.
+            return self.df.fail_build(JobError::Config(format!(
+                "sink `{name}` commits exactly once with the checkpoints, but the at-least-once \
+                 checkpoint mode replays records a checkpoint already counted, so its committed \
+                 output would hold them twice: use an exactly-once mode (aligned, unaligned, \
+                 aligned with timeout) or an at-least-once sink"
+            )));
+        }
         self.df.add_buffer(&self.chains, op.clone());
         self.df.graph().sinks.push(op.clone());
         self.output.attach(Box::new(operators::SinkPush(op)));
