@@ -379,8 +379,7 @@ fn check_nexmark_args(
     }
     if let Some(settings) = checkpoint {
         check_dir_arg("--state-dir", &settings.state_dir)?;
-        if settings.mode == "at-least-once" && args.output.is_some() && !args.at_least_once_output
-        {
+        if settings.mode == "at-least-once" && args.output.is_some() && !args.at_least_once_output {
             bail!(
                 "--checkpoint-mode at-least-once replays records that a checkpoint already \
                  counted, so --output cannot be exactly once: use an exactly-once mode \
@@ -403,7 +402,10 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         eprintln!(
             "spate-bench: warning: --at-least-once-output: rows that a restore replays are \
              committed again, so {} may hold some rows twice",
-            args.output.as_deref().unwrap_or(std::path::Path::new("")).display()
+            args.output
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display()
         );
     }
     let mut config = RunConfig {

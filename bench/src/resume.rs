@@ -127,8 +127,12 @@ pub fn latest_checkpoint(state_dir: &Path, fresh: bool) -> Result<Option<u64>, S
     if !state_dir.is_dir() {
         return Ok(None);
     }
-    let reader = spate_storage::StoreReader::open(state_dir)
-        .map_err(|e| format!("cannot read the checkpoints in {}: {e}", state_dir.display()))?;
+    let reader = spate_storage::StoreReader::open(state_dir).map_err(|e| {
+        format!(
+            "cannot read the checkpoints in {}: {e}",
+            state_dir.display()
+        )
+    })?;
     match reader.segments_without_manifest() {
         Some(segments) if !fresh => Err(format!(
             "{} holds {segments} checkpoint segment file(s) but no MANIFEST-* file: its \

@@ -440,6 +440,15 @@ fn a_killed_run_resumes_from_its_latest_checkpoint() {
         summary["generator"]["base_time_ms"], identity.base_time_ms,
         "a resumed run keeps the first run's event times"
     );
+    // Its throughput counts what it processed, not the whole run's events.
+    let processed = summary["events_processed"].as_u64().unwrap();
+    assert!(
+        processed > 0 && processed < events,
+        "a resumed run processed {processed} of {events} events"
+    );
+    let elapsed = summary["elapsed_s"].as_f64().unwrap();
+    let throughput = summary["throughput_events_per_s"].as_f64().unwrap();
+    assert!((throughput - processed as f64 / elapsed).abs() <= 1e-6 * throughput);
     // The sink is at-least-once until the exactly-once sink exists: rows after
     // the restored checkpoint may be written twice, so compare the sets.
     let config = spate_bench::run::generator_config(Some(rate), identity.base_time_ms);
@@ -522,4 +531,65 @@ fn checkpoint_benchmark_quick_run() {
     );
     // The variants' checkpoint directories are removed afterwards.
     assert!(!dir.join("state/checkpoints-full").exists());
+}
+
+/// Runs `spate-bench` with `args` on state and report directories in `dir`;
+/// it must fail before writing anything, with `expected` in its message.
+fn refused_before_any_write(dir: &Path, args: &[&str], expected: &str) {
+    let state = dir.join("state");
+    let out = bin()
+        .args(args)
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(if stderr.contains("error: invalid value") {
+            2
+        } else {
+            1
+        }),
+        "{args:?}: {stderr}"
+    );
+    assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    assert!(!state.exists(), "{args:?} wrote into the state directory");
+}
+
+#[test]
+fn bad_arguments_are_refused_before_any_work() {
+    let dir = scratch("bad-arguments");
+    let report_file = dir.join("a-file");
+    std::fs::write(&report_file, "not a directory").unwrap();
+    let report_file = report_file.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["nexmark", "--rate", "9007199254740993"], "--rate"),
+        (
+            &[
+                "nexmark",
+                "--checkpoint-interval-ms",
+                "18446744073709551615",
+            ],
+            "--checkpoint-interval-ms",
+        ),
+        (
+            &["nexmark", "--alignment-timeout-ms", "18446744073709551615"],
+            "--alignment-timeout-ms",
+        ),
+        (&["nexmark", "--cores", "0"], "--cores must be at least 1"),
+        (
+            &["nexmark", "--events", "1000", "--report", report_file],
+            "is not a directory",
+        ),
+        (
+            &["nexmark", "--events", "1000", "--output", report_file],
+            "is not a directory",
+        ),
+        (&["checkpoints", "--rate", "9007199254740993"], "--rate"),
+    ];
+    for (args, expected) in cases {
+        refused_before_any_write(&dir, args, expected);
+    }
 }

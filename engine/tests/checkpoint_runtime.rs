@@ -680,3 +680,73 @@ fn a_failure_during_restore_is_restarted_again() {
         Fault::Restore,
     );
 }
+
+#[test]
+fn an_exactly_once_sink_is_refused_with_at_least_once_checkpoints() {
+    use spate::sink::{FileSink, FileSinkMode};
+    let dir = temp_dir("at-least-once-refused");
+    let out = temp_dir("at-least-once-refused-out");
+    let o = out.clone();
+    let error = Job::new(config(&dir, CheckpointMode::AtLeastOnce, false))
+        .run(move |df| {
+            df.source(
+                "events",
+                SequenceSource::new(100, event),
+                WatermarkStrategy::monotonous(|e: &Event| e.ts),
+            )
+            .sink(
+                "files",
+                FileSink::new(&o, FileSinkMode::ExactlyOnce, |e: &Event, line| {
+                    line.extend_from_slice(e.key.to_string().as_bytes())
+                }),
+            );
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&error, JobError::Config(m) if m.contains("at-least-once")),
+        "{error}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn two_jobs_of_one_process_cannot_share_a_state_directory() {
+    let dir = temp_dir("two-jobs-one-dir");
+    let first = Job::new(config(&dir, CheckpointMode::Aligned, false))
+        .start(|df| {
+            df.source(
+                "events",
+                SequenceSource::new(u64::MAX, event),
+                WatermarkStrategy::monotonous(|e: &Event| e.ts),
+            )
+            .sink("discard", spate::sink::DiscardSink::new());
+        })
+        .unwrap();
+    let second = Job::new(config(&dir, CheckpointMode::Aligned, false)).start(|df| {
+        df.source(
+            "events",
+            SequenceSource::new(10, event),
+            WatermarkStrategy::monotonous(|e: &Event| e.ts),
+        )
+        .sink("discard", spate::sink::DiscardSink::new());
+    });
+    let Err(error) = second else {
+        panic!("a second job started on a directory in use")
+    };
+    assert!(matches!(error, JobError::StateDirectory(_)), "{error}");
+    first.stop();
+    first.join().unwrap();
+    // Free again once the first job ended.
+    Job::new(config(&dir, CheckpointMode::Aligned, false))
+        .run(|df| {
+            df.source(
+                "events",
+                SequenceSource::new(10, event),
+                WatermarkStrategy::monotonous(|e: &Event| e.ts),
+            )
+            .sink("discard", spate::sink::DiscardSink::new());
+        })
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

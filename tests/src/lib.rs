@@ -63,7 +63,7 @@ pub fn checkpoint_count(state_dir: &Path) -> usize {
 /// it is dead).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Damage {
-    /// Flip 16 bytes inside a block only the newest checkpoint references.
+    /// Overwrite 16 bytes inside a block only the newest checkpoint references.
     FlipBlock,
     /// Cut the manifest in the middle of the newest checkpoint's record.
     TruncateManifest,
@@ -120,14 +120,20 @@ pub fn damage_newest(dir: &Path, damage: Damage) -> Option<(u64, String)> {
         Damage::TruncateManifest | Damage::ZeroManifestPage => {
             let bytes = std::fs::read(&manifest).ok()?;
             let scan = format::decode_manifest(&bytes);
-            let at = scan.records.iter().zip(&scan.record_offsets).rev().find_map(
-                |(record, &offset)| match record {
+            let at = scan
+                .records
+                .iter()
+                .zip(&scan.record_offsets)
+                .rev()
+                .find_map(|(record, &offset)| match record {
                     ManifestRecord::CheckpointCompleted(c) if c.id == newest.id => Some(offset),
                     _ => None,
-                },
-            )?;
+                })?;
             if damage == Damage::TruncateManifest {
-                let file = std::fs::OpenOptions::new().write(true).open(&manifest).ok()?;
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&manifest)
+                    .ok()?;
                 file.set_len(at + 40).ok()?;
                 file.sync_all().ok()?;
                 format!("cut {} at {}", manifest.display(), at + 40)
@@ -144,7 +150,8 @@ pub fn damage_newest(dir: &Path, damage: Damage) -> Option<(u64, String)> {
     Some((newest.id, what))
 }
 
-/// Flips 16 payload bytes of the first of `handles` with a payload that long.
+/// Overwrites 16 payload bytes of the first of `handles` with a payload
+/// that long.
 fn flip_block(dir: &Path, handles: &[BlockHandle]) -> Option<String> {
     use std::os::unix::fs::FileExt;
     let h = handles.iter().find(|h| h.len >= 32)?;
@@ -155,12 +162,15 @@ fn flip_block(dir: &Path, handles: &[BlockHandle]) -> Option<String> {
         .open(&path)
         .ok()?;
     let at = h.offset + 32 + u64::from(h.len) / 2 - 8;
+    // A fixed pattern rather than inverted bytes: damaging twice must not
+    // repair. A payload that already holds it there is left alone.
+    let pattern = [0x5a_u8; 16];
     let mut bytes = [0u8; 16];
     file.read_exact_at(&mut bytes, at).ok()?;
-    for b in &mut bytes {
-        *b = !*b;
+    if bytes == pattern {
+        return None;
     }
-    file.write_all_at(&bytes, at).ok()?;
+    file.write_all_at(&pattern, at).ok()?;
     file.sync_all().ok()?;
-    Some(format!("flipped 16 bytes of {} at {at}", path.display()))
+    Some(format!("overwrote 16 bytes of {} at {at}", path.display()))
 }

@@ -193,8 +193,13 @@ fn crash_and_compare(s: &Scenario, kills: u32, rng: &mut SplitMix64) -> u32 {
                     child.wait().unwrap();
                     killed += 1;
                     if s.damage {
-                        let damage = Damage::ALL[killed as usize % Damage::ALL.len()];
-                        if let Some((id, what)) = damage_newest(&dir.join("state"), damage) {
+                        // The kill's damage, or the next kind that applies
+                        // (a stateless query's checkpoints have no blocks).
+                        let first = killed as usize;
+                        let damaged = (first..first + Damage::ALL.len()).find_map(|k| {
+                            damage_newest(&dir.join("state"), Damage::ALL[k % Damage::ALL.len()])
+                        });
+                        if let Some((id, what)) = damaged {
                             eprintln!("crash harness: {}: checkpoint {id}: {what}", s.name);
                         }
                     }

@@ -69,7 +69,10 @@ fn run_ok(cmd: Command, what: &str) -> String {
 fn run_fails(cmd: Command, what: &str) -> String {
     let out = output_of(cmd);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{what} should have been refused\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "{what} should have been refused\n{stderr}"
+    );
     stderr
 }
 
@@ -186,8 +189,15 @@ fn a_second_process_cannot_write_a_locked_state_directory() {
     let pid = first.id();
     // The first holds the lock once its pid is in the lock file.
     let lock = dir.join("state").join(spate_storage::lock::LOCK_FILE);
-    while std::fs::read_to_string(&lock).map(|t| t.trim().to_string()).ok() != Some(pid.to_string()) {
-        assert!(first.try_wait().unwrap().is_none(), "the first run ended early");
+    while std::fs::read_to_string(&lock)
+        .map(|t| t.trim().to_string())
+        .ok()
+        != Some(pid.to_string())
+    {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended early"
+        );
         std::thread::yield_now();
     }
     let stderr = run_fails(
@@ -255,8 +265,14 @@ fn a_completed_run_is_not_appended_to() {
     let base = base_time_ms();
     let expected = reference(&dir, base, "rerun");
     run_ok(job(&dir, base, "state", "out"), "the first run");
-    let stderr = run_fails(job(&dir, base, "state", "out"), "a rerun of a completed run");
-    assert!(stderr.contains("completed run") && stderr.contains("--fresh"), "{stderr}");
+    let stderr = run_fails(
+        job(&dir, base, "state", "out"),
+        "a rerun of a completed run",
+    );
+    assert!(
+        stderr.contains("completed run") && stderr.contains("--fresh"),
+        "{stderr}"
+    );
     if let Some(diff) = diff_rows(&committed(&dir.join("out")), &expected) {
         panic!("after the refused rerun: {diff}");
     }
@@ -276,7 +292,11 @@ fn a_completed_run_is_not_appended_to() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    assert_eq!(moved.len(), expected.len(), "the first copy was moved aside whole");
+    assert_eq!(
+        moved.len(),
+        expected.len(),
+        "the first copy was moved aside whole"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -290,7 +310,11 @@ fn at_least_once_checkpoints_cannot_give_exactly_once_output() {
     assert!(stderr.contains("--at-least-once-output"), "{stderr}");
     assert!(!dir.join("state").exists(), "refused before any write");
     let mut cmd = job(&dir, base, "state", "out");
-    cmd.args(["--checkpoint-mode", "at-least-once", "--at-least-once-output"]);
+    cmd.args([
+        "--checkpoint-mode",
+        "at-least-once",
+        "--at-least-once-output",
+    ]);
     let stderr = run_ok(cmd, "explicitly at-least-once output");
     assert!(stderr.contains("warning"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
