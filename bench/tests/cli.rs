@@ -575,8 +575,14 @@ fn bad_arguments_are_refused_before_any_work() {
             "--checkpoint-interval-ms",
         ),
         (
-            &["nexmark", "--alignment-timeout-ms", "18446744073709551615"],
-            "--alignment-timeout-ms",
+            &[
+                "nexmark",
+                "--checkpoint-mode",
+                "aligned-timeout",
+                "--alignment-timeout-ms",
+                "18446744073709551615",
+            ],
+            "invalid value '18446744073709551615' for '--alignment-timeout-ms",
         ),
         (&["nexmark", "--cores", "0"], "--cores must be at least 1"),
         (
