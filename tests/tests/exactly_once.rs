@@ -99,20 +99,31 @@ fn newest_committed_part(output: &Path) -> Option<u64> {
         .max()
 }
 
+/// The newest checkpoint of the store in `state`.
+fn newest_checkpoint(state: &Path) -> Option<u64> {
+    spate_storage::StoreReader::open(state)
+        .ok()
+        .and_then(|r| r.latest().map(|c| c.id))
+}
+
 /// Waits (polling the child's files; the events are the input) until the
-/// store holds at least `checkpoints` checkpoints and the output of the
-/// newest is committed, then kills the child. Returns false if it finished
-/// first.
-fn kill_after_commits(child: &mut Child, state: &Path, output: &Path, checkpoints: usize) -> bool {
+/// store holds at least `checkpoints` checkpoints, the newest after `after`,
+/// and the output of the newest is committed, then kills the child. Returns
+/// false if it finished first.
+fn kill_after_commits(
+    child: &mut Child,
+    state: &Path,
+    output: &Path,
+    checkpoints: usize,
+    after: Option<u64>,
+) -> bool {
     loop {
         if child.try_wait().unwrap().is_some() {
             return false;
         }
-        let newest = spate_storage::StoreReader::open(state)
-            .ok()
-            .and_then(|r| r.latest().map(|c| c.id));
+        let newest = newest_checkpoint(state);
         if checkpoint_count(state) >= checkpoints
-            && newest.is_some()
+            && newest > after
             && newest_committed_part(output) == newest
         {
             child.kill().expect("SIGKILL");
@@ -149,14 +160,30 @@ fn a_restore_that_falls_back_rolls_back_the_newer_output() {
         let base = base_time_ms();
         let name = format!("{damage:?}");
         let (state, output) = (format!("state-{name}"), format!("out-{name}"));
-        let mut child = job(&dir, base, &state, &output)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let killed = kill_after_commits(&mut child, &dir.join(&state), &dir.join(&output), 3);
-        assert!(killed, "{name}: the run outlived its checkpoints");
+        // A resumed run writes new segments: killed once more after its
+        // first own checkpoint, the newest checkpoint has a segment of its
+        // own to delete.
+        let kills = if damage == Damage::DeleteSegment {
+            2
+        } else {
+            1
+        };
+        let mut after = None;
+        for _ in 0..kills {
+            let mut child = job(&dir, base, &state, &output)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let (s, o) = (dir.join(&state), dir.join(&output));
+            let killed = kill_after_commits(&mut child, &s, &o, 3, after);
+            assert!(killed, "{name}: the run outlived its checkpoints");
+            after = newest_checkpoint(&s);
+        }
         let (newest, what) = damage_newest(&dir.join(&state), damage)
             .unwrap_or_else(|| panic!("{name}: nothing to damage"));
+        if damage == Damage::DeleteSegment {
+            assert!(what.starts_with("deleted"), "{name}: {what}");
+        }
         let stderr = run_ok(job(&dir, base, &state, &output), &name);
         let expected = reference(&dir, base, &name);
         let got = committed(&dir.join(&output));
@@ -222,7 +249,13 @@ fn a_lost_manifest_is_damage_and_fresh_starts_over_explicitly() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(kill_after_commits(&mut child, &state, &dir.join("out"), 2));
+    assert!(kill_after_commits(
+        &mut child,
+        &state,
+        &dir.join("out"),
+        2,
+        None
+    ));
     let segments_before = walk(&state)
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "spseg"))
@@ -304,6 +337,7 @@ fn at_least_once_checkpoints_cannot_give_exactly_once_output() {
     let stderr = run_fails(cmd, "--checkpoint-mode at-least-once with --output");
     assert!(stderr.contains("--at-least-once-output"), "{stderr}");
     assert!(!dir.join("state").exists(), "refused before any write");
+    assert!(!dir.join("out").exists(), "no row committed");
     let mut cmd = job(&dir, base, "state", "out");
     cmd.args([
         "--checkpoint-mode",
