@@ -14,7 +14,7 @@
 //! block into its I/O buffers ([`recycle`]). The pool holds at most
 //! [`POOL_MAX_BYTES`] per reactor thread.
 
-use crate::checkpoint::subtask::Bytes;
+use crate::data::Bytes;
 use rkyv::rancor::Fallible;
 use rkyv::ser::{Allocator, Writer};
 use rkyv::tuple::ArchivedTuple2;
@@ -169,7 +169,7 @@ pub(crate) fn recycle(buf: Bytes) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::FxHashMap;
+    use crate::data::FxHashMap;
 
     #[test]
     fn entries_archive_like_a_vec_of_pairs() {

@@ -22,25 +22,13 @@
 //! Must not write to a store or know any concrete user type.
 
 use crate::checkpoint::metadata::StateBlock;
-use crate::dataflow::keyed::{self, TimerEntries};
+use crate::checkpoint::metadata::TimerEntries;
 use crate::keygroup::Key;
 use crate::state::{KeyedTable, StateData};
 use crate::time::{TimeDomain, Timestamp};
 use spate_storage::{BlockHandle, BlockRef, CheckpointRecord, ReadError, StoreReader};
 
-/// Name of the pseudo-table holding an operator's timers in checkpoints.
-pub const TIMERS_TABLE: &str = keyed::TIMERS_TABLE;
-
-/// The type name the engine records for a table of values `V` per key `K`
-/// (`std::any::type_name::<(K, V)>()`).
-pub fn table_type_name<K: 'static, V: 'static>() -> &'static str {
-    std::any::type_name::<(K, V)>()
-}
-
-/// The type name the engine records for the timers of an operator keyed by `K`.
-pub fn timers_type_name<K: 'static>() -> &'static str {
-    std::any::type_name::<TimerEntries<K>>()
-}
+pub use crate::checkpoint::metadata::{table_type_name, timers_type_name, TIMERS_TABLE};
 
 /// A pending timer as checkpointed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

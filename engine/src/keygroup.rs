@@ -108,7 +108,7 @@ impl StableHasher {
 
 /// A type usable as a key of `key_by`: hashed with the stable hash, compared,
 /// and stored in keyed state.
-pub trait Key: Clone + Eq + Hash + Ord + crate::state::StateData {
+pub trait Key: Clone + Eq + Hash + Ord + crate::data::StateData {
     /// Feeds the key's canonical bytes to the stable hasher.
     fn stable_hash_into(&self, hasher: &mut StableHasher);
 

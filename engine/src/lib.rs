@@ -46,7 +46,9 @@
 mod archive;
 pub mod checkpoint;
 mod config;
+mod data;
 pub mod dataflow;
+mod env;
 mod error;
 pub mod inspect;
 pub mod keygroup;

@@ -16,7 +16,7 @@
 //! transactional sink takes a final checkpoint once all its input has ended
 //! and finishes when that is complete, so its last output is committed too.
 
-use crate::dataflow::Record;
+use crate::data::Record;
 use crate::park::Notifier;
 use crate::ring::{ring, Consumer, Producer};
 use crate::SinkError;

@@ -12,13 +12,9 @@
 use crate::archive::{take_buffer, Entries, EntryRef};
 use crate::checkpoint::subtask::{Chain, ChainLink, StateKey, StateRef};
 use crate::keygroup::{Key, KeyGroupRange};
-use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
-use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor::Error as RkyvError;
-use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,33 +26,7 @@ fn archive_estimate<K, V>(n: usize) -> usize {
     n * std::mem::size_of::<(K, V)>() + 64
 }
 
-/// Hash map with the engine's fixed hasher.
-pub type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<rustc_hash::FxHasher>>;
-
-/// A value that can live in keyed state: cloneable and archivable with rkyv,
-/// its archive checkable and deserializable. Implemented for every type that
-/// derives rkyv's `Archive`, `Serialize` and `Deserialize` (with `bytecheck`).
-pub trait StateData:
-    Clone
-    + 'static
-    + rkyv::Archive<
-        Archived: for<'a> CheckBytes<HighValidator<'a, RkyvError>>
-                      + rkyv::Deserialize<Self, HighDeserializer<RkyvError>>,
-    >
-    + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, RkyvError>>
-{
-}
-
-impl<T> StateData for T where
-    T: Clone
-        + 'static
-        + rkyv::Archive<
-            Archived: for<'a> CheckBytes<HighValidator<'a, RkyvError>>
-                          + rkyv::Deserialize<T, HighDeserializer<RkyvError>>,
-        >
-        + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, RkyvError>>
-{
-}
+pub use crate::data::{FxHashMap, StateData};
 
 /// The current key of a keyed function call, as state handles see it.
 pub trait KeyScope<K> {
@@ -430,7 +400,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                     .collect();
             }
         }
-        let type_name = crate::inspect::table_type_name::<K, V>();
+        let type_name = crate::checkpoint::metadata::table_type_name::<K, V>();
         if self.to_load[index].is_some() {
             if plan.incremental.is_some() && !committed.is_empty() {
                 // Restored and untouched since: the chain stands as is.
@@ -663,7 +633,7 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
     }
 
     fn type_name(&self) -> &'static str {
-        crate::inspect::table_type_name::<K, V>()
+        crate::checkpoint::metadata::table_type_name::<K, V>()
     }
 
     fn snapshot_group(&self, index: usize) -> Result<AlignedVec, String> {

@@ -18,6 +18,19 @@ use crate::keygroup::Key;
 use crate::state::{MapState, StateData};
 use crate::time::{TimeDomain, Timestamp};
 
+impl<K: Key, T: ExchangeData> KeyedStream<K, T> {
+    /// Groups the keyed stream into event-time windows.
+    pub fn window(&self, assigner: WindowAssigner) -> WindowedStream<K, T> {
+        WindowedStream {
+            keyed: KeyedStream {
+                stream: self.stream.clone(),
+                key: self.key.clone(),
+            },
+            assigner,
+        }
+    }
+}
+
 /// How records are assigned to windows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WindowAssigner {

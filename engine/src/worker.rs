@@ -13,8 +13,8 @@ use crate::checkpoint::Control;
 use crate::dataflow::{
     Cx, Dataflow, InputSlot, InputState, OutputBuffer, ProcessingTimers, SinkCheckpoints,
 };
+use crate::env::JobEnv;
 use crate::ring::Consumer;
-use crate::runtime::JobEnv;
 use crate::JobError;
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -8,6 +8,24 @@ use rkyv::{Archive, Deserialize, Serialize};
 /// Version of this layout; bumped with any change to these types.
 pub const METADATA_VERSION: u32 = 1;
 
+/// Name of the pseudo-table holding an operator's timers in checkpoints.
+pub const TIMERS_TABLE: &str = "__timers";
+
+/// Timers of one key group as archived: (timestamp, domain, key), domain 0 =
+/// event time, 1 = processing time.
+pub type TimerEntries<K> = Vec<(crate::time::Timestamp, u8, K)>;
+
+/// The type name the engine records for a table of values `V` per key `K`
+/// (`std::any::type_name::<(K, V)>()`).
+pub fn table_type_name<K: 'static, V: 'static>() -> &'static str {
+    std::any::type_name::<(K, V)>()
+}
+
+/// The type name the engine records for the timers of an operator keyed by `K`.
+pub fn timers_type_name<K: 'static>() -> &'static str {
+    std::any::type_name::<TimerEntries<K>>()
+}
+
 /// One block of a key group's chain: a full base or a delta on what precedes it.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ChainBlock {

@@ -14,7 +14,7 @@
 
 use super::metadata::{InFlightBlock, SourceOffset, SubtaskStats};
 use super::Barrier;
-use crate::state::FxHashMap;
+use crate::data::FxHashMap;
 use spate_storage::{BlockHandle, BlockKind};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
@@ -47,8 +47,7 @@ pub(crate) struct StateRef {
     pub type_name: &'static str,
 }
 
-/// Archived bytes of a block, aligned for rkyv.
-pub(crate) type Bytes = rkyv::util::AlignedVec<16>;
+pub(crate) use crate::data::Bytes;
 
 /// What a block holds (its handle is assigned when it is written).
 #[derive(Clone, Debug)]

@@ -31,14 +31,12 @@ use crate::checkpoint::subtask::{BlockDesc, SnapshotBlock, SubtaskCheckpoints};
 use crate::checkpoint::{Barrier, CheckpointMode};
 use crate::keygroup::{key_group_for, subtask_for_key_group, Key, KeyGroupRange};
 use crate::park::Notifier;
-use crate::ring::{channel, ChannelReceiver, ChannelSender, Notice};
+use crate::ring::{ChannelReceiver, ChannelSender, Notice};
 use crate::time::{Timestamp, MAX_WATERMARK};
 use crate::JobError;
-use std::any::Any;
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::Mutex;
 
 /// Messages a receiver takes from one channel in one step before moving on to
 /// the next channel (fairness between senders).
@@ -46,73 +44,6 @@ const MESSAGES_PER_CHANNEL_STEP: usize = 8;
 
 /// Records as persisted in flight: (timestamp, value).
 type InFlightRecords<T> = Vec<(Timestamp, T)>;
-
-/// The rings of every exchange of a job, created by whichever subtask asks
-/// first and handed out to the others (each takes its row of senders and its
-/// column of receivers).
-pub(crate) struct ExchangeRegistry {
-    meshes: Mutex<HashMap<usize, Box<dyn Any + Send>>>,
-    parallelism: usize,
-    ring_capacity: usize,
-}
-
-struct Mesh<T> {
-    senders: Vec<Option<Vec<ChannelSender<Message<T>>>>>,
-    receivers: Vec<Vec<Option<ChannelReceiver<Message<T>>>>>,
-}
-
-impl ExchangeRegistry {
-    pub(crate) fn new(parallelism: usize, ring_capacity: usize) -> Self {
-        Self {
-            meshes: Mutex::new(HashMap::new()),
-            parallelism,
-            ring_capacity,
-        }
-    }
-
-    /// The channels of exchange `id` for `subtask`: to every receiver, and
-    /// from every sender (indexed by the peer subtask).
-    #[allow(clippy::type_complexity)]
-    fn endpoints<T: Send + 'static>(
-        &self,
-        id: usize,
-        subtask: usize,
-    ) -> (
-        Vec<ChannelSender<Message<T>>>,
-        Vec<ChannelReceiver<Message<T>>>,
-    ) {
-        let mut meshes = self.meshes.lock().expect("exchange registry lock");
-        let p = self.parallelism;
-        let entry = meshes.entry(id).or_insert_with(|| {
-            let mut senders: Vec<Vec<ChannelSender<Message<T>>>> =
-                (0..p).map(|_| Vec::new()).collect();
-            let mut receivers: Vec<Vec<Option<ChannelReceiver<Message<T>>>>> =
-                (0..p).map(|_| (0..p).map(|_| None).collect()).collect();
-            for (from, row) in senders.iter_mut().enumerate() {
-                for column in receivers.iter_mut() {
-                    let (tx, rx) = channel(self.ring_capacity);
-                    row.push(tx);
-                    column[from] = Some(rx);
-                }
-            }
-            Box::new(Mesh {
-                senders: senders.into_iter().map(Some).collect(),
-                receivers,
-            })
-        });
-        let mesh = entry.downcast_mut::<Mesh<T>>().expect(
-            "exchange types differ between subtasks: the build closure must build the same dataflow on every subtask",
-        );
-        let senders = mesh.senders[subtask]
-            .take()
-            .expect("exchange endpoints taken twice");
-        let receivers = mesh.receivers[subtask]
-            .iter_mut()
-            .map(|r| r.take().expect("exchange endpoints taken twice"))
-            .collect();
-        (senders, receivers)
-    }
-}
 
 fn archive<T: ExchangeData>(
     records: &InFlightRecords<T>,

@@ -14,6 +14,7 @@ use super::{
     exchange, ConnectedStreams, Cx, Data, ExchangeData, KeyFn, KeyedStream, Output,
     ProcessingTimers, Push, Record, Stream,
 };
+use crate::checkpoint::metadata::{timers_type_name, TimerEntries, TIMERS_TABLE};
 use crate::checkpoint::subtask::{BlockDesc, Chain, SnapshotBlock, StateRef, SubtaskCheckpoints};
 use crate::checkpoint::Barrier;
 use crate::error::ProcessError;
@@ -394,7 +395,7 @@ struct Operator<K, I1, I2, O, F> {
 /// each table (by position) becomes in the checkpoint.
 struct LazySnapshot {
     id: u64,
-    refs: crate::state::FxHashMap<(usize, usize), StateRef>,
+    refs: crate::data::FxHashMap<(usize, usize), StateRef>,
 }
 
 /// How long a step archives frozen key groups in the background while a
@@ -437,13 +438,6 @@ const KEY_GROUPS_PER_STEP: usize = 1;
 /// (besides those decided before their next write): a decision is a few
 /// lookups, no copy.
 const DECISIONS_PER_STEP: usize = 64;
-
-/// Name of the pseudo-table holding an operator's timers in checkpoints.
-pub(crate) const TIMERS_TABLE: &str = "__timers";
-
-/// Timers of one key group as archived: (timestamp, domain, key), domain 0 =
-/// event time, 1 = processing time.
-pub(crate) type TimerEntries<K> = Vec<(Timestamp, u8, K)>;
 
 impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1, I2, O, F> {
     fn error(&self, source: ProcessError) -> JobError {
@@ -639,7 +633,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         if undecided > 0 {
             self.lazy = Some(LazySnapshot {
                 id,
-                refs: crate::state::FxHashMap::default(),
+                refs: crate::data::FxHashMap::default(),
             });
             checkpoints.open_log(id);
         } else {
@@ -852,7 +846,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                     ),
                     prefix: Chain::default(),
                     entries: count,
-                    type_name: crate::inspect::timers_type_name::<K>(),
+                    type_name: timers_type_name::<K>(),
                 },
                 delta: false,
                 block_entries: count,

@@ -12,14 +12,15 @@
 
 pub(crate) mod exchange;
 pub(crate) mod keyed;
+pub(crate) mod mesh;
 pub(crate) mod operators;
 
 use crate::checkpoint::metadata::SourceOffset;
 use crate::checkpoint::restore::RestoreState;
 use crate::checkpoint::subtask::SubtaskCheckpoints;
 use crate::checkpoint::{Barrier, CheckpointMode};
+use crate::env::JobEnv;
 use crate::keygroup::{Key, KeyGroupRange};
-use crate::runtime::JobEnv;
 use crate::sink::Sink;
 use crate::source::Source;
 use crate::time::{Timestamp, WatermarkStrategy};
@@ -33,36 +34,8 @@ pub use keyed::{CoProcessFunction, KeyedContext, KeyedProcessFunction};
 /// Extracts a record's key.
 pub(crate) type KeyFn<T, K> = Rc<dyn Fn(&T) -> K>;
 
-/// Data that flows on a stream: cloned when a stream fans out.
-pub trait Data: Clone + 'static {}
-impl<T: Clone + 'static> Data for T {}
-
-/// Data that may cross cores at a `key_by` exchange: sendable, and
-/// archivable, since unaligned checkpoints persist records in flight.
-pub trait ExchangeData: Data + Send + crate::state::StateData {}
-impl<T: Data + Send + crate::state::StateData> ExchangeData for T {}
-
-/// A record with its event timestamp (Flink's `StreamRecord`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record<T> {
-    /// Event time in epoch milliseconds (0 when the job has no event time).
-    pub ts: Timestamp,
-    /// The payload.
-    pub value: T,
-}
-
-/// What travels through an exchange ring.
-pub(crate) enum Message<T> {
-    /// A batch of records.
-    Records(Vec<Record<T>>),
-    /// The sender's watermark advanced.
-    Watermark(Timestamp),
-    /// A checkpoint barrier, in-band: everything before it belongs to the
-    /// checkpoint's cut, everything after to the next.
-    Barrier(Barrier),
-    /// The sender's input ended; nothing follows.
-    End,
-}
+pub use crate::data::{Data, ExchangeData, Record};
+pub(crate) use mesh::Message;
 
 /// Per-step context handed down the operator chain.
 pub(crate) struct Cx {
@@ -580,20 +553,6 @@ impl<K: Key, T: ExchangeData> KeyedStream<K, T> {
                 stream: other.stream.clone(),
                 key: other.key.clone(),
             },
-        }
-    }
-
-    /// Groups the keyed stream into event-time windows.
-    pub fn window(
-        &self,
-        assigner: crate::window::WindowAssigner,
-    ) -> crate::window::WindowedStream<K, T> {
-        crate::window::WindowedStream {
-            keyed: KeyedStream {
-                stream: self.stream.clone(),
-                key: self.key.clone(),
-            },
-            assigner,
         }
     }
 }

@@ -1,0 +1,94 @@
+//! The rings of a job's exchanges ([`ExchangeRegistry`]) and what travels
+//! through them ([`Message`]).
+//!
+//! Shared by every subtask through the job's environment, so it depends on
+//! nothing of the dataflow but the record type: the exchange operators in
+//! [`super::exchange`] take their endpoints from here.
+
+use crate::checkpoint::Barrier;
+use crate::data::Record;
+use crate::ring::{channel, ChannelReceiver, ChannelSender};
+use crate::time::Timestamp;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// What travels through an exchange ring.
+pub(crate) enum Message<T> {
+    /// A batch of records.
+    Records(Vec<Record<T>>),
+    /// The sender's watermark advanced.
+    Watermark(Timestamp),
+    /// A checkpoint barrier, in-band: everything before it belongs to the
+    /// checkpoint's cut, everything after to the next.
+    Barrier(Barrier),
+    /// The sender's input ended; nothing follows.
+    End,
+}
+
+/// The rings of every exchange of a job, created by whichever subtask asks
+/// first and handed out to the others (each takes its row of senders and its
+/// column of receivers).
+pub(crate) struct ExchangeRegistry {
+    meshes: Mutex<HashMap<usize, Box<dyn Any + Send>>>,
+    parallelism: usize,
+    ring_capacity: usize,
+}
+
+struct Mesh<T> {
+    senders: Vec<Option<Vec<ChannelSender<Message<T>>>>>,
+    receivers: Vec<Vec<Option<ChannelReceiver<Message<T>>>>>,
+}
+
+impl ExchangeRegistry {
+    pub(crate) fn new(parallelism: usize, ring_capacity: usize) -> Self {
+        Self {
+            meshes: Mutex::new(HashMap::new()),
+            parallelism,
+            ring_capacity,
+        }
+    }
+
+    /// The channels of exchange `id` for `subtask`: to every receiver, and
+    /// from every sender (indexed by the peer subtask).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn endpoints<T: Send + 'static>(
+        &self,
+        id: usize,
+        subtask: usize,
+    ) -> (
+        Vec<ChannelSender<Message<T>>>,
+        Vec<ChannelReceiver<Message<T>>>,
+    ) {
+        let mut meshes = self.meshes.lock().expect("exchange registry lock");
+        let p = self.parallelism;
+        let entry = meshes.entry(id).or_insert_with(|| {
+            let mut senders: Vec<Vec<ChannelSender<Message<T>>>> =
+                (0..p).map(|_| Vec::new()).collect();
+            let mut receivers: Vec<Vec<Option<ChannelReceiver<Message<T>>>>> =
+                (0..p).map(|_| (0..p).map(|_| None).collect()).collect();
+            for (from, row) in senders.iter_mut().enumerate() {
+                for column in receivers.iter_mut() {
+                    let (tx, rx) = channel(self.ring_capacity);
+                    row.push(tx);
+                    column[from] = Some(rx);
+                }
+            }
+            Box::new(Mesh {
+                senders: senders.into_iter().map(Some).collect(),
+                receivers,
+            })
+        });
+        let mesh = entry.downcast_mut::<Mesh<T>>().expect(
+            "exchange types differ between subtasks: the build closure must build the same dataflow on every subtask",
+        );
+        let senders = mesh.senders[subtask]
+            .take()
+            .expect("exchange endpoints taken twice");
+        let receivers = mesh.receivers[subtask]
+            .iter_mut()
+            .map(|r| r.take().expect("exchange endpoints taken twice"))
+            .collect();
+        (senders, receivers)
+    }
+}

@@ -1,0 +1,283 @@
+//! [`JobEnv`]: the state every subtask of a running job shares (exchange
+//! rings, parkers, stop and failure flags, the coordinator's rings, the
+//! checkpoint restored), and the glommio-free helpers around it: loading the
+//! checkpoint to restore, building a written snapshot's acknowledgement.
+//!
+//! Used by the step logic (`worker.rs`, `dataflow/`), the real runtime and
+//! the simulator alike, so it must not name glommio (a test checks it).
+
+use crate::checkpoint::coordinator::{Ack, Coordinator, CoordinatorShared};
+use crate::checkpoint::restore::RestoreState;
+use crate::checkpoint::subtask::LocalSnapshot;
+use crate::checkpoint::Control;
+use crate::dataflow::mesh::ExchangeRegistry;
+use crate::park::Parker;
+use crate::ring::{ring, Consumer, Producer};
+use crate::time::Clock;
+use crate::{JobConfig, JobError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Capacity of the coordinator's control and acknowledgement rings.
+const CONTROL_CAPACITY: usize = 64;
+
+/// State shared by every subtask of a running job.
+pub(crate) struct JobEnv {
+    pub config: JobConfig,
+    pub exchanges: ExchangeRegistry,
+    pub parkers: Vec<Arc<Parker>>,
+    pub stop: Arc<AtomicBool>,
+    pub failed: AtomicBool,
+    pub error: Mutex<Option<JobError>>,
+    pub clock: Arc<dyn Clock>,
+    pub restore: Option<Arc<RestoreState>>,
+    controls: Mutex<Vec<Option<Consumer<Control>>>>,
+    acks: Mutex<Vec<Option<Producer<Ack>>>>,
+    pub coordinator_parker: Arc<Parker>,
+    pub coordinator: Arc<CoordinatorShared>,
+    pub fingerprint: OnceLock<u64>,
+    /// Unique per run (a restart is a new run); names a run's sink files.
+    pub run_id: u64,
+    /// Subtasks whose input all ended and that wait for a final checkpoint.
+    drained: AtomicUsize,
+    /// Per checkpoint: subtasks that had drained when its barrier reached
+    /// them. A checkpoint is final once every subtask had.
+    final_votes: Mutex<std::collections::BTreeMap<u64, usize>>,
+    pub done: AtomicUsize,
+    /// When the job started (restore duration is measured from here).
+    pub started: Instant,
+    /// Longest time a subtask took, from the start, to have its state restored.
+    pub restore_us: AtomicU64,
+    /// Key groups a step archives in the background; 0: as many as fit in
+    /// a time budget (the simulator sets a count, so a seed reproduces).
+    pub archive_groups_per_step: AtomicUsize,
+}
+
+/// The coordinator's ends of the control and acknowledgement rings.
+pub(crate) struct CoordinatorEnds {
+    pub control: Vec<Producer<Control>>,
+    pub acks: Vec<Consumer<Ack>>,
+}
+
+impl JobEnv {
+    pub(crate) fn new(
+        config: JobConfig,
+        clock: Arc<dyn Clock>,
+        restore: Option<Arc<RestoreState>>,
+        stop: Arc<AtomicBool>,
+    ) -> (Arc<Self>, CoordinatorEnds) {
+        let p = config.parallelism;
+        let (control_tx, control_rx): (Vec<_>, Vec<_>) =
+            (0..p).map(|_| ring(CONTROL_CAPACITY)).unzip();
+        let (ack_tx, ack_rx): (Vec<_>, Vec<_>) = (0..p).map(|_| ring(CONTROL_CAPACITY)).unzip();
+        let env = Arc::new(Self {
+            exchanges: ExchangeRegistry::new(p, config.ring_capacity),
+            parkers: (0..p).map(|_| Arc::new(Parker::default())).collect(),
+            stop,
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
+            clock,
+            restore,
+            controls: Mutex::new(control_rx.into_iter().map(Some).collect()),
+            acks: Mutex::new(ack_tx.into_iter().map(Some).collect()),
+            coordinator_parker: Arc::new(Parker::default()),
+            coordinator: Arc::new(CoordinatorShared::new(p)),
+            started: Instant::now(),
+            restore_us: AtomicU64::new(0),
+            archive_groups_per_step: AtomicUsize::new(0),
+            fingerprint: OnceLock::new(),
+            run_id: run_id(),
+            drained: AtomicUsize::new(0),
+            final_votes: Mutex::new(std::collections::BTreeMap::new()),
+            done: AtomicUsize::new(0),
+            config,
+        });
+        (
+            env,
+            CoordinatorEnds {
+                control: control_tx,
+                acks: ack_rx,
+            },
+        )
+    }
+
+    /// A subtask finished building (and restoring) its graph.
+    pub(crate) fn built(&self) {
+        if self.restore.is_some() {
+            self.restore_us
+                .fetch_max(self.started.elapsed().as_micros() as u64, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn restore_duration(&self) -> Option<Duration> {
+        self.restore
+            .as_ref()
+            .map(|_| Duration::from_micros(self.restore_us.load(Ordering::SeqCst)))
+    }
+
+    /// The control ring of `subtask`, when the job checkpoints.
+    pub(crate) fn take_control(&self, subtask: usize) -> Option<Consumer<Control>> {
+        self.config.checkpoint.as_ref()?;
+        self.controls.lock().ok()?.get_mut(subtask)?.take()
+    }
+
+    /// The acknowledgement ring of `subtask`.
+    pub(crate) fn take_ack(&self, subtask: usize) -> Option<Producer<Ack>> {
+        self.acks.lock().ok()?.get_mut(subtask)?.take()
+    }
+
+    /// Records the first failure and wakes every subtask so all of them stop.
+    pub(crate) fn fail(&self, error: JobError) {
+        if let Ok(mut slot) = self.error.lock() {
+            if slot.is_none() {
+                *slot = Some(error);
+            }
+        }
+        self.failed.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    /// A subtask's input all ended and it waits for a final checkpoint;
+    /// the last one to get there asks for it.
+    pub(crate) fn drained(&self) {
+        if self.drained.fetch_add(1, Ordering::SeqCst) + 1 == self.config.parallelism {
+            self.request_checkpoint();
+        }
+    }
+
+    /// A drained subtask handled checkpoint `id`'s barrier: its output is
+    /// all before it.
+    pub(crate) fn vote_final(&self, id: u64) {
+        if let Ok(mut votes) = self.final_votes.lock() {
+            *votes.entry(id).or_insert(0) += 1;
+        }
+    }
+
+    /// Whether checkpoint `id` covers every subtask's whole output: each had
+    /// drained when the barrier reached it. Asked once `id` completed, when
+    /// every subtask has handled its barrier, so all subtasks get the same
+    /// answer.
+    pub(crate) fn is_final(&self, id: u64) -> bool {
+        self.final_votes
+            .lock()
+            .map(|v| v.get(&id).copied().unwrap_or(0) == self.config.parallelism)
+            .unwrap_or(false)
+    }
+
+    /// Asks the coordinator for a checkpoint as soon as none is in progress.
+    pub(crate) fn request_checkpoint(&self) {
+        self.coordinator
+            .manual_trigger
+            .store(true, Ordering::SeqCst);
+        self.coordinator_parker.notifier().notify();
+    }
+
+    pub(crate) fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn wake_all(&self) {
+        for parker in &self.parkers {
+            parker.notifier().notify();
+        }
+        self.coordinator_parker.notifier().notify();
+    }
+
+    pub(crate) fn take_error(&self) -> Option<JobError> {
+        self.error.lock().ok().and_then(|mut e| e.take())
+    }
+
+    pub(crate) fn coordinator_for(
+        &self,
+        ends: CoordinatorEnds,
+        first_id: u64,
+    ) -> Option<Coordinator> {
+        let config = self.config.checkpoint.clone()?;
+        let mut coordinator = Coordinator::new(
+            config,
+            self.config.parallelism,
+            self.config.max_parallelism,
+            self.fingerprint.get().copied().unwrap_or(0),
+            first_id,
+            ends.control,
+            ends.acks,
+            self.parkers.iter().map(|p| p.notifier()).collect(),
+            self.coordinator.clone(),
+        );
+        if let Some(restore) = &self.restore {
+            coordinator.restored(restore.metadata.id);
+        }
+        Some(coordinator)
+    }
+}
+
+/// A run identifier unlikely to repeat: the start time and the process id.
+fn run_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    nanos ^ (u64::from(std::process::id()) << 40) ^ RUNS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Loads the checkpoint to restore, if the job checkpoints and one exists.
+pub(crate) fn load_restore(config: &JobConfig) -> Result<Option<Arc<RestoreState>>, JobError> {
+    let Some(checkpoint) = &config.checkpoint else {
+        return Ok(None);
+    };
+    check_restored(RestoreState::load_dir(checkpoint)?, config)
+}
+
+/// Reports a restored checkpoint's warnings and refuses a changed max parallelism.
+pub(crate) fn check_restored(
+    restored: Option<RestoreState>,
+    config: &JobConfig,
+) -> Result<Option<Arc<RestoreState>>, JobError> {
+    if let Some(r) = &restored {
+        for warning in &r.warnings {
+            eprintln!("spate: {warning}");
+        }
+        if r.metadata.max_parallelism != config.max_parallelism {
+            return Err(JobError::Restore(format!(
+                "checkpoint {} has max parallelism {} and the job {}: max parallelism cannot change",
+                r.metadata.id, r.metadata.max_parallelism, config.max_parallelism
+            )));
+        }
+    }
+    Ok(restored.map(Arc::new))
+}
+
+/// Builds the acknowledgement of a written snapshot.
+pub(crate) fn ack_for(
+    snapshot: LocalSnapshot,
+    subtask: usize,
+    handles: Vec<spate_storage::BlockHandle>,
+    written: Result<(), String>,
+    checkpoints: &std::cell::RefCell<crate::checkpoint::subtask::SubtaskCheckpoints>,
+) -> Ack {
+    let async_us = snapshot.ready_at.elapsed().as_micros() as u64;
+    match written {
+        Ok(()) => {
+            checkpoints
+                .borrow_mut()
+                .written(snapshot.barrier.id, snapshot.chains(&handles));
+            let mut stats = snapshot.stats;
+            stats.async_us = async_us;
+            Ack::Done {
+                barrier: snapshot.barrier,
+                subtask,
+                handles,
+                blocks: snapshot.blocks.into_iter().map(|b| b.desc).collect(),
+                reused: snapshot.reused,
+                sources: snapshot.sources,
+                stats,
+            }
+        }
+        Err(reason) => Ack::Failed {
+            id: snapshot.barrier.id,
+            subtask,
+            reason,
+        },
+    }
+}
