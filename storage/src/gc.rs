@@ -38,6 +38,7 @@ use std::time::SystemTime;
 
 use crate::error::ReadError;
 use crate::format::{self, SegmentId};
+use crate::manifest::ManifestState;
 use crate::reader::StoreReader;
 
 /// Why a file is kept.
@@ -231,11 +232,22 @@ pub fn plan(dir: &Path) -> Result<GcPlan, ReadError> {
     });
     let reader = StoreReader::open(dir)?;
     let files = list(dir)?;
-    let state = reader.manifest_state();
     let damaged_mid_log = reader
         .manifest_damage()
         .is_some_and(|d| d.later_valid_records);
-    let referenced = state.referenced_segments();
+    let segments = segment_verdicts(&reader, &files, manifest_modified, damaged_mid_log);
+    let current = reader.manifest_file().and_then(format::parse_manifest_name);
+    let manifests = manifest_verdicts(&files, current);
+    Ok(GcPlan {
+        manifest_file: reader.manifest_file().map(str::to_owned),
+        segments,
+        manifests,
+        orphan_cleanup_skipped: damaged_mid_log,
+    })
+}
+
+/// Blocks retained checkpoints reference, and their bytes, per segment.
+fn live_blocks(state: &ManifestState) -> HashMap<SegmentId, (u64, u64)> {
     let mut live: HashMap<SegmentId, (u64, u64)> = HashMap::new();
     for c in &state.checkpoints {
         for h in &c.handles {
@@ -244,6 +256,20 @@ pub fn plan(dir: &Path) -> Result<GcPlan, ReadError> {
             e.1 += h.footprint();
         }
     }
+    live
+}
+
+/// The verdict on every segment file in `files` (rules 1 to 3 of the module doc).
+/// `manifest_modified`: when the newest manifest was last written, read before it was.
+fn segment_verdicts(
+    reader: &StoreReader,
+    files: &BTreeMap<String, FileInfo>,
+    manifest_modified: Option<SystemTime>,
+    damaged_mid_log: bool,
+) -> Vec<SegmentGc> {
+    let state = reader.manifest_state();
+    let referenced = state.referenced_segments();
+    let live = live_blocks(state);
     let segments_on_disk: Vec<(SegmentId, &FileInfo)> = files
         .iter()
         .filter_map(|(n, f)| SegmentId::parse_file_name(n).map(|s| (s, f)))
@@ -253,7 +279,7 @@ pub fn plan(dir: &Path) -> Result<GcPlan, ReadError> {
         let e = newest_of_writer.entry(s.writer_id()).or_insert(*s);
         *e = (*e).max(*s);
     }
-    let segments = segments_on_disk
+    segments_on_disk
         .iter()
         .map(|&(segment, file)| {
             let recorded_deleted = state
@@ -284,9 +310,16 @@ pub fn plan(dir: &Path) -> Result<GcPlan, ReadError> {
                 keep,
             }
         })
-        .collect();
-    let current = reader.manifest_file().and_then(format::parse_manifest_name);
-    let manifests = files
+        .collect()
+}
+
+/// The verdict on every manifest generation and temporary in `files`, `current`
+/// being the generation in use.
+fn manifest_verdicts(
+    files: &BTreeMap<String, FileInfo>,
+    current: Option<u64>,
+) -> Vec<ManifestFileGc> {
+    files
         .iter()
         .filter_map(|(name, file)| {
             let keep = if let Some(g) = format::parse_manifest_name(name) {
@@ -311,13 +344,7 @@ pub fn plan(dir: &Path) -> Result<GcPlan, ReadError> {
                 keep,
             })
         })
-        .collect();
-    Ok(GcPlan {
-        manifest_file: reader.manifest_file().map(str::to_owned),
-        segments,
-        manifests,
-        orphan_cleanup_skipped: damaged_mid_log,
-    })
+        .collect()
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -10,17 +10,23 @@
 //! writer is appending to it, and none of its flushed blocks is still waiting for a
 //! commit (see [`crate::writer`]). The store knows nothing about operators, key
 //! groups or what metadata means.
+//!
+//! Opening (recovery of the directory at start, in the order the crash analysis
+//! relies on) is in the submodule `open`; this file holds the store's types and
+//! what it does once open.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
 
-use crate::error::{CommitError, CompactError, OpenError, ReadError};
-use crate::format::{self, BlockHandle, CheckpointRecord, ManifestRecord, SegmentId, PAGE_SIZE};
+use crate::error::{CommitError, CompactError, ReadError};
+use crate::format::{self, BlockHandle, CheckpointRecord, ManifestRecord, SegmentId};
 use crate::io::Io;
-use crate::manifest::{self, ManifestDamage, ManifestLog, ManifestState};
+use crate::manifest::{ManifestDamage, ManifestLog, ManifestState};
 use crate::writer::{
     self, SegmentState, SegmentWriter, SharedRegistry, WriterSlot, COMPACTION_WRITER_ID,
 };
+
+mod open;
 
 /// Tuning of a [`Store`].
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +45,8 @@ pub struct StoreOptions {
     pub manifest_max_bytes: u64,
     /// Open a directory whose segment files have no manifest as an empty
     /// store (deleting them as orphans) instead of failing with
-    /// [`OpenError::ManifestMissing`]: for an explicit fresh start only.
+    /// [`OpenError::ManifestMissing`](crate::OpenError::ManifestMissing): for an
+    /// explicit fresh start only.
     pub start_over_lost_manifest: bool,
     /// Checkpoints with a larger id are discarded at open, in the manifest
     /// generation the open writes (the caller restored this one, an older
@@ -173,208 +180,18 @@ impl<I: Io> std::fmt::Debug for Store<I> {
     }
 }
 
-fn open_io(op: &'static str, name: impl Into<String>) -> impl FnOnce(io::Error) -> OpenError {
-    let name = name.into();
-    move |source| OpenError::Io { op, name, source }
-}
-
-impl Store<crate::io::GlommioIo> {
-    /// Opens (or creates) the store in `dir` with the real backend. Must run inside
-    /// a glommio executor. The directory is created if missing, and locked
-    /// for this process while the store lives ([`DirLock`](crate::DirLock)).
-    pub async fn open_dir(
-        dir: impl Into<std::path::PathBuf>,
-        options: StoreOptions,
-    ) -> Result<Self, OpenError> {
-        let dir = dir.into();
-        let lock = crate::lock::DirLock::acquire(&dir)?;
-        let mut store = Store::open(crate::io::GlommioIo::new(dir), options).await?;
-        store._lock = Some(lock);
-        Ok(store)
+/// Unlinks `name`; a failure other than "not found" comes back as a warning.
+async fn remove_file<I: Io>(io: &I, name: &str) -> Option<StoreWarning> {
+    match io.remove(name).await {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Some(StoreWarning::RemoveFailed {
+            name: name.to_owned(),
+            error: err.to_string(),
+        }),
+        _ => None,
     }
 }
 
 impl<I: Io> Store<I> {
-    /// Opens (or creates) the store on `io`: replays the newest manifest (dropping a
-    /// torn or corrupt tail), keeps the last `k` completed checkpoints, writes a fresh
-    /// manifest generation, and deletes orphan segments.
-    pub async fn open(io: I, options: StoreOptions) -> Result<Self, OpenError> {
-        if options.retained_checkpoints == 0 {
-            return Err(OpenError::InvalidOptions(
-                "retained_checkpoints must be at least 1",
-            ));
-        }
-        if options.segment_size_bytes < PAGE_SIZE as u64 {
-            return Err(OpenError::InvalidOptions(
-                "segment_size_bytes must be at least 4096",
-            ));
-        }
-        if options.write_buffer_bytes == 0 || options.write_buffer_bytes % PAGE_SIZE != 0 {
-            return Err(OpenError::InvalidOptions(
-                "write_buffer_bytes must be a non-zero multiple of 4096",
-            ));
-        }
-        if !(0.0..=1.0).contains(&options.compaction_live_fraction) {
-            return Err(OpenError::InvalidOptions(
-                "compaction_live_fraction must be within 0..=1",
-            ));
-        }
-        let mut report = OpenReport::default();
-        let entries = io.list().await.map_err(open_io("list", ""))?;
-        let generations: BTreeSet<u64> = entries
-            .iter()
-            .filter_map(|e| format::parse_manifest_name(&e.name))
-            .collect();
-        let newest = generations.last().copied();
-        let segment_files = entries
-            .iter()
-            .filter(|e| SegmentId::parse_file_name(&e.name).is_some())
-            .count();
-        if newest.is_none() && segment_files > 0 && !options.start_over_lost_manifest {
-            return Err(OpenError::ManifestMissing {
-                segments: segment_files,
-            });
-        }
-        let mut state = ManifestState::default();
-        let mut later_valid = false;
-        if let Some(g) = newest {
-            let name = format::manifest_file_name(g);
-            let bytes = io
-                .read(&name)
-                .await
-                .map_err(open_io("read", name.clone()))?;
-            let (s, damage) = manifest::replay(&name, &bytes);
-            state = s;
-            if let Some(d) = damage {
-                eprintln!(
-                    "spate-storage: warning: manifest {} damaged at offset {}: {}; {} bytes ignored{}",
-                    d.file,
-                    d.offset,
-                    d.error,
-                    d.dropped_bytes,
-                    if d.later_valid_records { " (valid records follow: mid-log corruption)" } else { "" }
-                );
-                later_valid = d.later_valid_records;
-                report.warnings.push(StoreWarning::ManifestDamaged(d));
-            }
-        }
-        if let Some(after) = options.discard_after {
-            let keep = state.checkpoints.partition_point(|c| c.id <= after);
-            report.checkpoints_discarded = state.checkpoints.drain(keep..).map(|c| c.id).collect();
-        }
-        // Retention.
-        let k = options.retained_checkpoints;
-        if state.checkpoints.len() > k {
-            let drop_n = state.checkpoints.len() - k;
-            report.checkpoints_expired = state.checkpoints.drain(..drop_n).map(|c| c.id).collect();
-        }
-        // Segments on disk, and what the retained checkpoints need.
-        let on_disk: BTreeMap<SegmentId, u64> = entries
-            .iter()
-            .filter_map(|e| SegmentId::parse_file_name(&e.name).map(|s| (s, e.len)))
-            .collect();
-        let referenced = state.referenced_segments();
-        for c in &state.checkpoints {
-            for h in &c.handles {
-                match on_disk.get(&h.segment) {
-                    None => report.warnings.push(StoreWarning::SegmentMissing {
-                        checkpoint: c.id,
-                        segment: h.segment,
-                    }),
-                    Some(&len) if len < h.offset + h.footprint() => {
-                        report.warnings.push(StoreWarning::SegmentTooShort {
-                            checkpoint: c.id,
-                            segment: h.segment,
-                            needed: h.offset + h.footprint(),
-                            len,
-                        })
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-        report.warnings.dedup();
-        let mut reg = writer::Registry::default();
-        let all_ids = on_disk
-            .keys()
-            .chain(referenced.iter())
-            .chain(state.deleted_high.values());
-        for id in all_ids {
-            let next = reg.next_seq.entry(id.writer_id()).or_insert(0);
-            *next = (*next).max(id.sequence() + 1);
-        }
-        // Unreferenced segments are deleted below; if that is skipped (mid-log manifest
-        // damage), they stay out of the registry so no commit ever collects them either.
-        for (&id, &len) in on_disk
-            .iter()
-            .filter(|(id, _)| referenced.contains(*id) || !later_valid)
-        {
-            reg.segments.insert(
-                id,
-                SegmentState {
-                    active: false,
-                    file_created: true,
-                    durable_len: len,
-                    unresolved: HashSet::new(),
-                },
-            );
-        }
-        // A fresh manifest generation: the dropped tail and expired records are gone for good.
-        let mut log = ManifestLog::unopened(io.clone(), newest.unwrap_or(0));
-        log.rewrite(&state.snapshot_records())
-            .await
-            .map_err(open_io("rewrite manifest", log.file_name()))?;
-        report.manifest_generation = log.generation();
-        for e in &entries {
-            let stale_gen =
-                format::parse_manifest_name(&e.name).is_some_and(|g| g != log.generation());
-            if stale_gen || format::is_manifest_tmp(&e.name) {
-                if let Err(err) = io.remove(&e.name).await {
-                    if err.kind() != io::ErrorKind::NotFound {
-                        report.warnings.push(StoreWarning::RemoveFailed {
-                            name: e.name.clone(),
-                            error: err.to_string(),
-                        });
-                    }
-                }
-            }
-        }
-        // Orphans: segments no retained checkpoint references. No writer runs yet.
-        if later_valid {
-            report.warnings.push(StoreWarning::OrphanCleanupSkipped);
-        } else {
-            for &id in on_disk.keys() {
-                if referenced.contains(&id) {
-                    continue;
-                }
-                match io.remove(&id.file_name()).await {
-                    Ok(()) => {
-                        reg.segments.remove(&id);
-                        report.orphans_deleted.push(id);
-                    }
-                    Err(err) => report.warnings.push(StoreWarning::RemoveFailed {
-                        name: id.file_name(),
-                        error: err.to_string(),
-                    }),
-                }
-            }
-            if !report.orphans_deleted.is_empty() {
-                io.sync_dir().await.map_err(open_io("sync_dir", ""))?;
-            }
-        }
-        Ok(Store {
-            io,
-            options,
-            registry: std::sync::Arc::new(std::sync::Mutex::new(reg)),
-            log,
-            state,
-            relocated: HashMap::new(),
-            report,
-            keep_from: None,
-            _lock: None,
-        })
-    }
-
     /// What [`Store::open`] found and did.
     pub fn open_report(&self) -> &OpenReport {
         &self.report
@@ -615,14 +432,7 @@ impl<I: Io> Store<I> {
     pub async fn remove_segment_files(&self, ids: &[SegmentId]) -> Vec<StoreWarning> {
         let mut warnings = Vec::new();
         for id in ids {
-            if let Err(e) = self.io.remove(&id.file_name()).await {
-                if e.kind() != io::ErrorKind::NotFound {
-                    warnings.push(StoreWarning::RemoveFailed {
-                        name: id.file_name(),
-                        error: e.to_string(),
-                    });
-                }
-            }
+            warnings.extend(remove_file(&self.io, &id.file_name()).await);
         }
         warnings
     }
