@@ -51,6 +51,7 @@ pub mod dataflow;
 mod env;
 mod error;
 pub mod inspect;
+mod job;
 pub mod keygroup;
 mod park;
 pub mod restart;
@@ -75,10 +76,10 @@ pub use dataflow::{
     KeyedProcessFunction, KeyedStream, Record, Stream,
 };
 pub use error::{JobError, ProcessError, SinkError, SourceError};
+pub use job::{Job, JobHandle, JobReport};
 pub use keygroup::Key;
 pub use park::Notifier;
 pub use restart::{RestartStats, RestartStrategy};
-pub use runtime::{Job, JobHandle, JobReport};
 pub use state::{KeyScope, ListState, MapState, StateData, StateRegistry, ValueState};
 pub use time::{TimeDomain, Timestamp, WatermarkStrategy};
 pub use worker::SubtaskReport;

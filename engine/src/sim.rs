@@ -204,6 +204,27 @@ impl Simulation {
     where
         F: Fn(&Dataflow) + Send + Sync + 'static,
     {
+        let mut run = self.start(&build)?;
+        while run.workers.iter().any(Option::is_some) {
+            if run.steps >= self.max_steps {
+                return Err(JobError::Stalled {
+                    steps: run.steps,
+                    seed: self.seed,
+                });
+            }
+            if run.coordinate(self.stop_after_checkpoints)? == Round::Crash {
+                break;
+            }
+            run.step_one(self.slow)?;
+        }
+        Ok(run.report())
+    }
+
+    /// Prepares a run: buffers drawn from the seed, the checkpoint to
+    /// restore, the store (opened before the subtasks are built, as on the
+    /// runtime: its open discards checkpoints newer than the restored one),
+    /// every subtask's worker and the coordinator.
+    fn start(&self, build: &(dyn Fn(&Dataflow) + Send + Sync)) -> Result<SimRun, JobError> {
         let mut rng = SplitMix64::new(self.seed);
         let mut config = self.config.clone();
         if self.randomize_buffers {
@@ -211,8 +232,7 @@ impl Simulation {
             config.batch_size = 1 + rng.below(64) as usize;
         }
         config.validate()?;
-        let start_ms = 1_000_000;
-        let clock = ManualClock::new(start_ms);
+        let clock = ManualClock::new(SIM_START_MS);
         let seed = self.seed;
         let io = match (&config.checkpoint, &self.storage) {
             (Some(_), Some(io)) => Some(io.clone()),
@@ -240,16 +260,9 @@ impl Simulation {
             8 << background_rng.below(4), // 8 to 64 rounds
             std::sync::atomic::Ordering::Relaxed,
         );
-        let panic_error = |subtask, panic: Box<dyn std::any::Any + Send>| JobError::Panic {
-            subtask,
-            message: format!("{} (seed {seed})", crate::error::panic_message(&*panic)),
-        };
-        // The store opens before the subtasks are built, as on the runtime
-        // (its open discards checkpoints newer than the restored one).
-        let mut store = match (&config.checkpoint, &io) {
+        let store = match (&config.checkpoint, &io) {
             (Some(checkpoint), Some(io)) => {
-                let restored = env.restore.as_ref().map(|r| r.metadata.id);
-                let options = checkpoint.store_options(restored);
+                let options = checkpoint.store_options(restored_from);
                 Some(block_on(Store::open(io.clone(), options)).map_err(|e| {
                     JobError::Checkpoint(format!("cannot open the simulated store: {e}"))
                 })?)
@@ -259,7 +272,7 @@ impl Simulation {
         let mut workers = Vec::with_capacity(config.parallelism);
         for subtask in 0..config.parallelism {
             let built = catch_unwind(AssertUnwindSafe(|| {
-                Worker::build(env.clone(), subtask, &build)
+                Worker::build(env.clone(), subtask, build)
             }));
             match built {
                 Ok(Ok(worker)) => {
@@ -267,7 +280,7 @@ impl Simulation {
                     workers.push(Some(worker))
                 }
                 Ok(Err(e)) => return Err(e),
-                Err(panic) => return Err(panic_error(subtask, panic)),
+                Err(panic) => return Err(panic_error(seed, subtask, panic)),
             }
         }
         let mut coordinator = None;
@@ -289,107 +302,178 @@ impl Simulation {
             }
             coordinator = env.coordinator_for(ends, opened.latest().map_or(1, |r| r.id + 1));
         }
-        let mut finished: Vec<SubtaskReport> = Vec::new();
-        let mut steps = 0u64;
-        let mut idle_in_a_row = 0usize;
-        loop {
-            let live: Vec<usize> = (0..workers.len())
-                .filter(|&i| workers[i].is_some())
-                .collect();
-            if live.is_empty() {
-                break;
-            }
-            if steps >= self.max_steps {
-                return Err(JobError::Stalled { steps, seed });
-            }
-            if let (Some(c), Some(store)) = (&mut coordinator, &mut store) {
-                let now = clock.now_ms();
-                if let Some(request) = c.poll(now) {
-                    store.keep_from(request.keep_from);
-                    match block_on(store.commit_checkpoint(request.record)) {
-                        Ok(_) => c.committed(request.id, now),
-                        Err(e) => c.commit_failed(request.id, e.to_string(), now),
-                    }
-                }
-                if let Some(reason) = c.fatal.take() {
-                    return Err(JobError::Checkpoint(format!("{reason} (seed {seed})")));
-                }
-                if self.stop_after_checkpoints.is_some_and(|n| {
-                    env.coordinator
-                        .completed
-                        .load(std::sync::atomic::Ordering::SeqCst)
-                        >= n
-                }) {
-                    break;
-                }
-            }
-            let subtask = live[rng.below(live.len() as u64) as usize];
-            if let Some((slow, factor)) = self.slow {
-                if subtask == slow && live.len() > 1 && rng.below(factor) != 0 {
-                    clock.advance(rng.below(3));
-                    continue;
-                }
-            }
-            let worker = workers[subtask].as_mut().expect("live");
-            steps += 1;
-            clock.advance(rng.below(3));
-            match catch_unwind(AssertUnwindSafe(|| worker.step())) {
-                Ok(Ok(Step::Done)) => {
-                    env.coordinator.subtask_finished(subtask);
-                    finished.push(worker.report.clone());
-                    workers[subtask] = None;
-                    idle_in_a_row = 0;
-                }
-                Ok(Ok(Step::Busy)) => idle_in_a_row = 0,
-                Ok(Ok(Step::Idle)) => {
-                    idle_in_a_row += 1;
-                    if idle_in_a_row > 4 * live.len() + 16 {
-                        // Everyone looks idle: jump the clock to the next timer
-                        // or source schedule; if there is none, nothing can ever
-                        // happen again.
-                        let any_work = workers.iter_mut().flatten().any(|w| w.has_work())
-                            || coordinator.as_mut().is_some_and(|c| c.has_acks());
-                        if !any_work {
-                            let now = clock.now_ms();
-                            let next = workers
-                                .iter()
-                                .flatten()
-                                .filter_map(|w| w.wake_at())
-                                .chain(coordinator.as_ref().and_then(|c| c.next_deadline(now)))
-                                .min();
-                            match next {
-                                Some(at) => clock.advance_to(at),
-                                None => return Err(JobError::Stalled { steps, seed }),
-                            }
-                        }
-                        idle_in_a_row = 0;
-                    }
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(panic) => return Err(panic_error(subtask, panic)),
+        Ok(SimRun {
+            seed,
+            rng,
+            clock,
+            config,
+            env,
+            store,
+            coordinator,
+            workers,
+            finished: Vec::new(),
+            steps: 0,
+            idle_in_a_row: 0,
+            restored_from,
+        })
+    }
+}
+
+/// Virtual time at which every simulated run starts (epoch ms).
+const SIM_START_MS: u64 = 1_000_000;
+
+fn panic_error(seed: u64, subtask: usize, panic: Box<dyn std::any::Any + Send>) -> JobError {
+    JobError::Panic {
+        subtask,
+        message: format!("{} (seed {seed})", crate::error::panic_message(&*panic)),
+    }
+}
+
+/// Whether a simulated run goes on after the coordinator's turn.
+#[derive(PartialEq, Eq)]
+enum Round {
+    Continue,
+    /// The crash point was reached: the run ends where it stands.
+    Crash,
+}
+
+/// One simulated run in progress.
+struct SimRun {
+    seed: u64,
+    rng: SplitMix64,
+    clock: ManualClock,
+    config: JobConfig,
+    env: Arc<JobEnv>,
+    store: Option<Store<SimIo>>,
+    coordinator: Option<crate::checkpoint::coordinator::Coordinator>,
+    /// `None` once the subtask finished.
+    workers: Vec<Option<Worker>>,
+    finished: Vec<SubtaskReport>,
+    steps: u64,
+    idle_in_a_row: usize,
+    restored_from: Option<u64>,
+}
+
+impl SimRun {
+    /// The coordinator's turn: a commit if one is ready; a checkpoint
+    /// failure beyond tolerance fails the run.
+    fn coordinate(&mut self, crash_after: Option<u64>) -> Result<Round, JobError> {
+        let (Some(c), Some(store)) = (&mut self.coordinator, &mut self.store) else {
+            return Ok(Round::Continue);
+        };
+        let now = self.clock.now_ms();
+        if let Some(request) = c.poll(now) {
+            store.keep_from(request.keep_from);
+            match block_on(store.commit_checkpoint(request.record)) {
+                Ok(_) => c.committed(request.id, now),
+                Err(e) => c.commit_failed(request.id, e.to_string(), now),
             }
         }
-        finished.sort_by_key(|r| r.subtask);
-        Ok(SimReport {
-            seed,
-            steps,
-            ring_capacity: config.ring_capacity,
-            batch_size: config.batch_size,
-            virtual_ms: clock.now_ms() - start_ms,
-            subtasks: finished,
-            checkpoints: env
+        if let Some(reason) = c.fatal.take() {
+            let seed = self.seed;
+            return Err(JobError::Checkpoint(format!("{reason} (seed {seed})")));
+        }
+        let completed = || {
+            self.env
+                .coordinator
+                .completed
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        Ok(match crash_after {
+            Some(n) if completed() >= n => Round::Crash,
+            _ => Round::Continue,
+        })
+    }
+
+    /// Steps one live subtask chosen by the seed (a slow one only now and
+    /// then), advancing the virtual clock a little.
+    fn step_one(&mut self, slow: Option<(usize, u64)>) -> Result<(), JobError> {
+        let live: Vec<usize> = (0..self.workers.len())
+            .filter(|&i| self.workers[i].is_some())
+            .collect();
+        let subtask = live[self.rng.below(live.len() as u64) as usize];
+        if let Some((slow, factor)) = slow {
+            if subtask == slow && live.len() > 1 && self.rng.below(factor) != 0 {
+                self.clock.advance(self.rng.below(3));
+                return Ok(());
+            }
+        }
+        let worker = self.workers[subtask].as_mut().expect("live");
+        self.steps += 1;
+        self.clock.advance(self.rng.below(3));
+        match catch_unwind(AssertUnwindSafe(|| worker.step())) {
+            Ok(Ok(Step::Done)) => {
+                self.env.coordinator.subtask_finished(subtask);
+                self.finished.push(worker.report.clone());
+                self.workers[subtask] = None;
+                self.idle_in_a_row = 0;
+            }
+            Ok(Ok(Step::Busy)) => self.idle_in_a_row = 0,
+            Ok(Ok(Step::Idle)) => {
+                self.idle_in_a_row += 1;
+                if self.idle_in_a_row > 4 * live.len() + 16 {
+                    self.jump_clock()?;
+                    self.idle_in_a_row = 0;
+                }
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(panic) => return Err(panic_error(self.seed, subtask, panic)),
+        }
+        Ok(())
+    }
+
+    /// Everyone looks idle: jumps the clock to the next timer or source
+    /// schedule; if there is none, nothing can ever happen again (a stall).
+    fn jump_clock(&mut self) -> Result<(), JobError> {
+        let any_work = self.workers.iter_mut().flatten().any(|w| w.has_work())
+            || self.coordinator.as_mut().is_some_and(|c| c.has_acks());
+        if any_work {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let next = self
+            .workers
+            .iter()
+            .flatten()
+            .filter_map(|w| w.wake_at())
+            .chain(self.coordinator.as_ref().and_then(|c| c.next_deadline(now)))
+            .min();
+        match next {
+            Some(at) => {
+                self.clock.advance_to(at);
+                Ok(())
+            }
+            None => Err(JobError::Stalled {
+                steps: self.steps,
+                seed: self.seed,
+            }),
+        }
+    }
+
+    fn report(mut self) -> SimReport {
+        self.finished.sort_by_key(|r| r.subtask);
+        SimReport {
+            seed: self.seed,
+            steps: self.steps,
+            ring_capacity: self.config.ring_capacity,
+            batch_size: self.config.batch_size,
+            virtual_ms: self.clock.now_ms() - SIM_START_MS,
+            subtasks: self.finished,
+            checkpoints: self
+                .env
                 .coordinator
                 .history
                 .lock()
                 .map(|h| h.iter().cloned().collect())
                 .unwrap_or_default(),
-            restored_from,
-            checkpoint_summary: env
+            restored_from: self.restored_from,
+            checkpoint_summary: self
+                .env
                 .coordinator
                 .summary
                 .lock()
                 .map(|s| s.clone())
                 .unwrap_or_default(),
-        })
+        }
     }
 }

@@ -1,0 +1,187 @@
+//! `key_by` exchanges: the only place records cross cores, and where
+//! checkpoint barriers are aligned or overtake.
+//!
+//! Every exchange has one channel ([`crate::ring::channel`]) per (sender
+//! subtask, receiver subtask) pair. The sender routes each record by its key
+//! group to the owning subtask, fills one batch per destination and moves full
+//! batches into the ring; at the end of every step it also sends partly filled
+//! batches and the latest watermark, so latency stays low when traffic is
+//! light. When a ring is full the batch waits in the sender's pending queue
+//! and the sender reports itself blocked: the subtask stops pulling the inputs
+//! of that chain until the receiver catches up (backpressure; nothing is
+//! dropped, memory is bounded by ring capacity plus one step's output).
+//!
+//! Barriers. The sender puts a barrier in-band (a [`Message::Barrier`] at ring
+//! position `P`) and announces it out-of-band (a [`Notice`] carrying `P`).
+//! Aligned: the marker follows everything sent before it; the receiver stops
+//! reading a channel once its marker arrived and delivers the barrier when
+//! every channel has. Unaligned: the marker goes in front of the sender's
+//! pending batches, which the sender persists as in-flight output; the
+//! receiver delivers the barrier on the first notice or marker and persists,
+//! per channel, the records at positions from its read position to `P`
+//! (peeked in the ring without consuming, or logged as consumed until `P` is
+//! known). Aligned with timeout switches from the first to the second.
+//! At-least-once: counted like aligned, never blocking.
+
+use super::{
+    Cx, Dataflow, ExchangeData, Input, InputState, Message, Output, OutputBuffer, Push, Record,
+};
+use crate::checkpoint::metadata::InFlightBlock;
+use crate::checkpoint::subtask::{BlockDesc, SnapshotBlock, SubtaskCheckpoints};
+use crate::checkpoint::{Barrier, CheckpointMode};
+use crate::keygroup::{key_group_for, subtask_for_key_group, Key, KeyGroupRange};
+use crate::park::Notifier;
+use crate::ring::{ChannelReceiver, ChannelSender, Notice};
+use crate::time::{Timestamp, MAX_WATERMARK};
+use crate::JobError;
+
+mod receiver;
+mod sender;
+
+use receiver::{ChannelState, ExchangeReceiver};
+use sender::{ExchangeSender, SenderPush, SenderState, Target};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+/// Messages a receiver takes from one channel in one step before moving on to
+/// the next channel (fairness between senders).
+const MESSAGES_PER_CHANNEL_STEP: usize = 8;
+
+/// Records as persisted in flight: (timestamp, value).
+type InFlightRecords<T> = Vec<(Timestamp, T)>;
+
+fn archive<T: ExchangeData>(
+    records: &InFlightRecords<T>,
+) -> Result<rkyv::util::AlignedVec<16>, JobError> {
+    rkyv::to_bytes::<rkyv::rancor::Error>(records)
+        .map_err(|e| JobError::Checkpoint(format!("in-flight records do not archive: {e}")))
+}
+
+/// Builds the exchange for a keyed operator: attaches the sender to `stream`
+/// and registers the receiver as a new input of the subtask. Returns the
+/// receiver's output and its chain (= input index).
+pub(crate) fn exchange<K: Key, T: ExchangeData>(
+    df: &Dataflow,
+    upstream: &Output<T>,
+    upstream_chains: &[usize],
+    key: Rc<dyn Fn(&T) -> K>,
+    target: (&str, u32),
+) -> (Output<T>, usize) {
+    let id = df.next_exchange_id();
+    let (subtask, parallelism, max_parallelism, batch_size, range, env) = {
+        let g = df.graph();
+        (
+            g.subtask,
+            g.parallelism,
+            g.max_parallelism,
+            g.batch_size,
+            g.range,
+            g.env.clone(),
+        )
+    };
+    let (senders, receivers) = env.exchanges.endpoints::<T>(id, subtask);
+    let owner = (0..max_parallelism)
+        .map(|kg| subtask_for_key_group(max_parallelism, parallelism as u32, kg as u16))
+        .collect();
+    let checkpoints = df.checkpoints();
+    let operator = (target.0.to_string(), target.1);
+    let sender = Rc::new(ExchangeSender(RefCell::new(SenderState {
+        key: key.clone(),
+        owner,
+        max_parallelism,
+        targets: senders
+            .into_iter()
+            .enumerate()
+            .map(|(to, channel)| Target {
+                channel,
+                batch: Vec::with_capacity(batch_size),
+                pending: VecDeque::new(),
+                notices: VecDeque::new(),
+                notifier: env.parkers[to].notifier(),
+            })
+            .collect(),
+        batch_size,
+        watermark: 0,
+        sent_watermark: 0,
+        ended: false,
+        subtask,
+        operator: operator.clone(),
+        checkpoints: checkpoints.clone(),
+    })));
+    df.add_buffer(upstream_chains, sender.clone());
+    upstream.attach(Box::new(SenderPush(sender)));
+
+    let replay = match df.restore_state() {
+        Some(restore) => {
+            match restored_in_flight(&restore, &operator, &*key, max_parallelism, range) {
+                Ok(records) => records,
+                Err(e) => {
+                    df.fail_build(e);
+                    Vec::new()
+                }
+            }
+        }
+        None => Vec::new(),
+    };
+    let output = Output::new();
+    let chain = df.new_chain();
+    let receiver = ExchangeReceiver {
+        senders: (0..parallelism)
+            .map(|from| env.parkers[from].notifier())
+            .collect(),
+        watermarks: vec![0; receivers.len()],
+        state: (0..receivers.len())
+            .map(|_| ChannelState {
+                ended: false,
+                has_marker: false,
+                blocked: false,
+                notice: None,
+                log: None,
+            })
+            .collect(),
+        open_channels: receivers.len(),
+        channels: receivers,
+        watermark: 0,
+        output: output.clone(),
+        first: subtask,
+        subtask,
+        input: chain,
+        operator,
+        mode: env.config.checkpoint.as_ref().map(|c| c.mode),
+        checkpoints,
+        alignment: None,
+        delivered: 0,
+        replay,
+    };
+    df.add_input(Box::new(receiver), chain);
+    (output, chain)
+}
+
+/// The in-flight records of a restored checkpoint that belong to this
+/// subtask's key groups (whoever persisted them, whatever the old parallelism).
+fn restored_in_flight<K: Key, T: ExchangeData>(
+    restore: &crate::checkpoint::restore::RestoreState,
+    operator: &(String, u32),
+    key: &dyn Fn(&T) -> K,
+    max_parallelism: u32,
+    range: KeyGroupRange,
+) -> Result<Vec<Record<T>>, JobError> {
+    let mut out = Vec::new();
+    for (block, bytes) in restore.in_flight(&operator.0, operator.1)? {
+        let records =
+            rkyv::from_bytes::<InFlightRecords<T>, rkyv::rancor::Error>(&bytes).map_err(|e| {
+                JobError::Restore(format!(
+                    "in-flight records of `{}` input {} from subtask {} to {}: {e}",
+                    operator.0, operator.1, block.from, block.to
+                ))
+            })?;
+        out.extend(
+            records
+                .into_iter()
+                .filter(|(_, v)| range.contains(key_group_for(&key(v), max_parallelism)))
+                .map(|(ts, value)| Record { ts, value }),
+        );
+    }
+    Ok(out)
+}

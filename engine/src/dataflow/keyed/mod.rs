@@ -1,0 +1,362 @@
+//! Keyed operators: process functions with keyed state and timers, on one or
+//! two inputs.
+//!
+//! One implementation serves both shapes: a single-input
+//! [`KeyedProcessFunction`] runs as a two-input operator whose second input
+//! never exists. Records arrive through exchanges, so every key seen here
+//! belongs to this subtask's key-group range (asserted). Event-time timers
+//! fire in timestamp order when the operator's input watermark (the minimum
+//! over its inputs) passes them; processing-time timers fire when the
+//! subtask's clock does. Timers are deduplicated per (timestamp, key) as in
+//! Flink.
+
+mod build;
+mod operator;
+
+pub(crate) use build::{build_connected, build_single};
+
+use super::{
+    exchange, ConnectedStreams, Cx, Data, ExchangeData, KeyFn, KeyedStream, Output,
+    ProcessingTimers, Push, Record, Stream,
+};
+use crate::checkpoint::metadata::{timers_type_name, TimerEntries, TIMERS_TABLE};
+use crate::checkpoint::subtask::{BlockDesc, Chain, SnapshotBlock, StateRef, SubtaskCheckpoints};
+use crate::checkpoint::Barrier;
+use crate::error::ProcessError;
+use crate::keygroup::{key_group_for, Key, KeyGroupRange};
+use crate::state::{CutPlan, Decided, IncrementalBounds, KeyScope, Serialized, StateRegistry};
+use crate::time::{TimeDomain, Timestamp, MAX_WATERMARK};
+use crate::JobError;
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// The context of one keyed function call: the current key (which scopes
+/// state handles), the record's or timer's timestamp, timers and output.
+pub struct KeyedContext<'a, K, O> {
+    key: &'a K,
+    key_group_index: usize,
+    timestamp: Timestamp,
+    watermark: Timestamp,
+    now_ms: u64,
+    out: &'a mut Vec<Record<O>>,
+    timers: &'a mut Timers<K>,
+}
+
+impl<K: Key, O> KeyedContext<'_, K, O> {
+    /// The current key.
+    pub fn key(&self) -> &K {
+        self.key
+    }
+
+    /// Timestamp of the current record, or of the firing timer.
+    pub fn timestamp(&self) -> Timestamp {
+        self.timestamp
+    }
+
+    /// The operator's current input watermark.
+    pub fn watermark(&self) -> Timestamp {
+        self.watermark
+    }
+
+    /// The subtask's processing time (epoch ms) at the start of this step.
+    pub fn processing_time(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Emits `value` with the current timestamp.
+    pub fn emit(&mut self, value: O) {
+        self.out.push(Record {
+            ts: self.timestamp,
+            value,
+        });
+    }
+
+    /// Emits `value` with timestamp `ts`.
+    pub fn emit_at(&mut self, ts: Timestamp, value: O) {
+        self.out.push(Record { ts, value });
+    }
+
+    /// Fires [`on_timer`](KeyedProcessFunction::on_timer) for the current key
+    /// once the watermark reaches `ts`.
+    pub fn register_event_time_timer(&mut self, ts: Timestamp) {
+        self.timers.insert(self.key_group_index, 0, ts, self.key);
+    }
+
+    /// Fires the timer for the current key once processing time reaches `ts`.
+    pub fn register_processing_time_timer(&mut self, ts: u64) {
+        self.timers.insert(self.key_group_index, 1, ts, self.key);
+    }
+
+    /// Removes the current key's event-time timer at `ts`, if any.
+    pub fn delete_event_time_timer(&mut self, ts: Timestamp) {
+        self.timers.remove(self.key_group_index, 0, ts, self.key);
+    }
+
+    /// Removes the current key's processing-time timer at `ts`, if any.
+    pub fn delete_processing_time_timer(&mut self, ts: u64) {
+        self.timers.remove(self.key_group_index, 1, ts, self.key);
+    }
+}
+
+impl<K: Key, O> KeyScope<K> for KeyedContext<'_, K, O> {
+    fn current_key(&self) -> &K {
+        self.key
+    }
+    fn key_group_index(&self) -> usize {
+        self.key_group_index
+    }
+}
+
+/// A function over a keyed stream (Flink's `KeyedProcessFunction`). Closures
+/// `FnMut(I, &mut KeyedContext<K, O>) -> Result<(), ProcessError>` implement it.
+pub trait KeyedProcessFunction<K, I, O>: 'static {
+    /// Called for every record.
+    fn process_element(
+        &mut self,
+        value: I,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError>;
+
+    /// Called when a timer of the current key fires.
+    fn on_timer(
+        &mut self,
+        timestamp: Timestamp,
+        domain: TimeDomain,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError> {
+        let _ = (timestamp, domain, ctx);
+        Ok(())
+    }
+}
+
+impl<K, I, O, F> KeyedProcessFunction<K, I, O> for F
+where
+    F: FnMut(I, &mut KeyedContext<'_, K, O>) -> Result<(), ProcessError> + 'static,
+{
+    fn process_element(
+        &mut self,
+        value: I,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError> {
+        self(value, ctx)
+    }
+}
+
+/// A function over two connected keyed streams (Flink's
+/// `KeyedCoProcessFunction`): both inputs share keyed state and timers.
+pub trait CoProcessFunction<K, I1, I2, O>: 'static {
+    /// Called for every record of the first input.
+    fn process_element1(
+        &mut self,
+        value: I1,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError>;
+
+    /// Called for every record of the second input.
+    fn process_element2(
+        &mut self,
+        value: I2,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError>;
+
+    /// Called when a timer of the current key fires.
+    fn on_timer(
+        &mut self,
+        timestamp: Timestamp,
+        domain: TimeDomain,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError> {
+        let _ = (timestamp, domain, ctx);
+        Ok(())
+    }
+}
+
+/// Runs a single-input function as a two-input one without a second input
+/// (whose type is `()`; no record ever arrives on it).
+struct Single<P>(P);
+
+impl<K, I, O, P: KeyedProcessFunction<K, I, O>> CoProcessFunction<K, I, (), O> for Single<P> {
+    fn process_element1(
+        &mut self,
+        value: I,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError> {
+        self.0.process_element(value, ctx)
+    }
+    fn process_element2(
+        &mut self,
+        _value: (),
+        _ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError> {
+        unreachable!("a single-input operator has no second input")
+    }
+    fn on_timer(
+        &mut self,
+        timestamp: Timestamp,
+        domain: TimeDomain,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Result<(), ProcessError> {
+        self.0.on_timer(timestamp, domain, ctx)
+    }
+}
+
+/// Pending timers of one operator: the firing order (by time) and, for
+/// checkpoints, the same timers per key group, which a cut archives group by
+/// group (copy-on-write, like state tables) instead of all at the barrier.
+pub(crate) struct Timers<K> {
+    event: BTreeSet<(Timestamp, K)>,
+    processing: BTreeSet<(u64, K)>,
+    /// Per key group of the range: (time, domain, key), domain 0 = event time.
+    by_group: Vec<BTreeSet<(u64, u8, K)>>,
+    /// Per key group: the checkpoint whose cut it was archived for.
+    archived_for: Vec<u64>,
+    cut: Option<TimerCut<K>>,
+}
+
+/// A cut of the timers in progress.
+struct TimerCut<K> {
+    id: u64,
+    /// Key groups not archived yet.
+    remaining: usize,
+    /// Next key group the background archives.
+    cursor: usize,
+    /// Archived key groups that have timers, by range index.
+    archived: Vec<(usize, TimerEntries<K>)>,
+}
+
+impl<K: Key> Timers<K> {
+    fn new(groups: usize) -> Self {
+        Self {
+            event: BTreeSet::new(),
+            processing: BTreeSet::new(),
+            by_group: (0..groups).map(|_| BTreeSet::new()).collect(),
+            archived_for: vec![0; groups],
+            cut: None,
+        }
+    }
+
+    /// Before a change to key group `group`: archive it first if a cut waits for it.
+    #[inline]
+    fn touch(&mut self, group: usize) {
+        if let Some(cut) = &self.cut {
+            if self.archived_for[group] != cut.id {
+                self.archive(group);
+            }
+        }
+    }
+
+    fn archive(&mut self, group: usize) {
+        let Some(cut) = &mut self.cut else {
+            return;
+        };
+        self.archived_for[group] = cut.id;
+        cut.remaining -= 1;
+        let timers = &self.by_group[group];
+        if !timers.is_empty() {
+            let entries = timers
+                .iter()
+                .map(|(ts, d, k)| (*ts, *d, k.clone()))
+                .collect();
+            cut.archived.push((group, entries));
+        }
+    }
+
+    fn domain_set(&mut self, domain: u8) -> &mut BTreeSet<(u64, K)> {
+        if domain == 0 {
+            &mut self.event
+        } else {
+            &mut self.processing
+        }
+    }
+
+    fn insert(&mut self, group: usize, domain: u8, ts: u64, key: &K) {
+        self.touch(group);
+        if self.domain_set(domain).insert((ts, key.clone())) {
+            self.by_group[group].insert((ts, domain, key.clone()));
+        }
+    }
+
+    fn remove(&mut self, group: usize, domain: u8, ts: u64, key: &K) {
+        self.touch(group);
+        if self.domain_set(domain).remove(&(ts, key.clone())) {
+            self.by_group[group].remove(&(ts, domain, key.clone()));
+        }
+    }
+
+    /// The earliest timer of `domain` if it is due at `now`, removed.
+    fn pop_due(
+        &mut self,
+        domain: u8,
+        now: u64,
+        group_of: impl Fn(&K) -> usize,
+    ) -> Option<(u64, K)> {
+        let (ts, key) = self.domain_set(domain).first()?;
+        if *ts > now {
+            return None;
+        }
+        let (ts, key) = (*ts, key.clone());
+        let group = group_of(&key);
+        self.touch(group);
+        self.domain_set(domain).remove(&(ts, key.clone()));
+        self.by_group[group].remove(&(ts, domain, key.clone()));
+        Some((ts, key))
+    }
+
+    fn next_processing(&self) -> Option<u64> {
+        self.processing.first().map(|(ts, _)| *ts)
+    }
+
+    /// Starts the cut of checkpoint `id` (a previous one still pending was aborted).
+    fn begin_cut(&mut self, id: u64) {
+        let groups = self.by_group.len();
+        self.cut = (groups > 0).then(|| TimerCut {
+            id,
+            remaining: groups,
+            cursor: 0,
+            archived: Vec::new(),
+        });
+    }
+
+    /// Archives up to `max` key groups of the cut; returns how many.
+    fn archive_pending(&mut self, max: usize) -> usize {
+        let mut done = 0;
+        while done < max {
+            let Some(cut) = &mut self.cut else {
+                break;
+            };
+            if cut.remaining == 0 || cut.cursor >= self.by_group.len() {
+                break;
+            }
+            let group = cut.cursor;
+            cut.cursor += 1;
+            if self.archived_for[group] != cut.id {
+                self.archive(group);
+                done += 1;
+            }
+        }
+        done
+    }
+
+    /// Key groups of the cut not archived yet.
+    fn pending(&self) -> usize {
+        self.cut.as_ref().map_or(0, |c| c.remaining)
+    }
+
+    /// One key group archived for checkpoint `id` and not serialized yet.
+    fn take_archived(&mut self, id: u64) -> Option<(usize, TimerEntries<K>)> {
+        match &mut self.cut {
+            Some(cut) if cut.id == id => cut.archived.pop(),
+            _ => None,
+        }
+    }
+
+    /// Key groups copied out for checkpoint `id` and not serialized yet.
+    fn archived_waiting(&self, id: u64) -> usize {
+        match &self.cut {
+            Some(cut) if cut.id == id => cut.archived.len(),
+            _ => 0,
+        }
+    }
+}

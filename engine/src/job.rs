@@ -1,0 +1,422 @@
+//! The job API: [`Job`] starts a job's runs on the runtime's reactors,
+//! [`JobHandle`] watches and stops it, a supervisor thread restarts failed
+//! runs from the latest checkpoint of the job ([`RestartStrategy`]), and
+//! [`JobReport`] is what a finished job reports.
+
+use crate::checkpoint::coordinator::CheckpointSummary;
+use crate::checkpoint::{CheckpointStats, RestoreFrom};
+use crate::dataflow::Dataflow;
+use crate::env::{load_restore, JobEnv};
+use crate::restart::{RestartStats, RestartStrategy, RestartTracker};
+use crate::runtime::{reactor, WriterSlots};
+use crate::time::{Clock, SystemClock};
+use crate::worker::SubtaskReport;
+use crate::{JobConfig, JobError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct JobReport {
+    /// Wall time from start to the last subtask finishing.
+    pub elapsed: Duration,
+    /// Per-subtask counters.
+    pub subtasks: Vec<SubtaskReport>,
+    /// Statistics of every checkpoint of the run (bounded history).
+    pub checkpoints: Vec<CheckpointStats>,
+    /// The checkpoint the run restored, if any.
+    pub restored_from: Option<u64>,
+    /// Counts, histograms and rates over every checkpoint of the run.
+    pub checkpoint_summary: CheckpointSummary,
+    /// Time from the start of the run until every subtask had restored its
+    /// state (reading the manifest, verifying and loading blocks).
+    pub restore_duration: Option<Duration>,
+    /// Restarts before this (last) run, and the last failure.
+    pub restarts: RestartStats,
+}
+
+/// A job ready to run: its configuration and its processing-time clock.
+pub struct Job {
+    config: JobConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl Job {
+    /// A job with the given configuration and the system clock.
+    pub fn new(config: JobConfig) -> Self {
+        Self {
+            config,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Uses `clock` for processing time.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Runs the job to completion: `build` runs once on every subtask to
+    /// declare its dataflow. Returns when every source has ended and every
+    /// record and timer has drained, or with the first error.
+    pub fn run<F>(self, build: F) -> Result<JobReport, JobError>
+    where
+        F: Fn(&Dataflow) + Send + Sync + 'static,
+    {
+        self.start(build)?.join()
+    }
+
+    /// Starts the job and returns at once; [`JobHandle::stop`] ends an
+    /// unbounded job, [`JobHandle::join`] waits for it. With a
+    /// [`RestartStrategy`] other than `None`, a failed run is restarted from
+    /// the latest completed checkpoint by a supervisor thread.
+    pub fn start<F>(self, build: F) -> Result<JobHandle, JobError>
+    where
+        F: Fn(&Dataflow) + Send + Sync + 'static,
+    {
+        self.config.validate()?;
+        // One writer per state directory, taken before anything in it is
+        // read for a restore, held across restarts until the job ends.
+        let dir_use = match &self.config.checkpoint {
+            Some(c) => Some(spate_storage::DirLock::acquire(&c.dir)?.begin_use()?),
+            None => None,
+        };
+        let build: Arc<dyn Fn(&Dataflow) + Send + Sync> = Arc::new(build);
+        let stop = Arc::new(AtomicBool::new(false));
+        let newest_before = self.config.checkpoint.as_ref().and_then(|c| {
+            spate_storage::StoreReader::open(&c.dir)
+                .ok()
+                .and_then(|r| r.latest().map(|l| l.id))
+        });
+        let first = launch(&self.config, &self.clock, &build, &stop)?;
+        // Restarts restore this job's own checkpoints only: the one it
+        // restored and later ones, or (a fresh start) those after the
+        // newest one the directory held before.
+        let restore_floor = match &first.env.restore {
+            Some(r) => r.metadata.id,
+            None => newest_before.map_or(1, |id| id + 1),
+        };
+        let shared = Arc::new(Supervision {
+            current: Mutex::new(first.env.clone()),
+            stats: Mutex::new(RestartStats::default()),
+        });
+        let inner = if self.config.restart == RestartStrategy::None {
+            Inner::Direct(first)
+        } else {
+            let supervisor = Supervisor {
+                config: self.config,
+                clock: self.clock,
+                build,
+                stop: stop.clone(),
+                shared: shared.clone(),
+                restore_floor,
+            };
+            let thread = std::thread::Builder::new()
+                .name("spate-supervisor".into())
+                .spawn(move || supervisor.run(first))
+                .map_err(|e| JobError::Runtime(format!("cannot start the supervisor: {e}")))?;
+            Inner::Supervised(thread)
+        };
+        Ok(JobHandle {
+            shared,
+            stop,
+            inner,
+            _dir_use: dir_use,
+        })
+    }
+}
+
+/// Starts one run of a job: its reactors, restoring what the configuration says.
+fn launch(
+    config: &JobConfig,
+    clock: &Arc<dyn Clock>,
+    build: &Arc<dyn Fn(&Dataflow) + Send + Sync>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Run, JobError> {
+    let started = Instant::now();
+    let restore = load_restore(config)?;
+    let (env, ends) = JobEnv::new(config.clone(), clock.clone(), restore, stop.clone());
+    env.restore_us
+        .store(started.elapsed().as_micros() as u64, Ordering::SeqCst);
+    let slots: Arc<(OnceLock<()>, WriterSlots)> =
+        Arc::new((OnceLock::new(), Mutex::new(Vec::new())));
+    let mut ends = Some(ends);
+    let cpus = core_affinity::get_core_ids()
+        .map(|c| c.len())
+        .unwrap_or(1)
+        .max(1);
+    let started = Instant::now();
+    let mut reactors = Vec::with_capacity(config.parallelism);
+    for subtask in 0..config.parallelism {
+        let placement = if config.pin_cores {
+            glommio::Placement::Fixed(subtask % cpus)
+        } else {
+            glommio::Placement::Unbound
+        };
+        let reactor_env = env.clone();
+        let build = build.clone();
+        let slots = slots.clone();
+        let coordinator_ends = if subtask == 0 { ends.take() } else { None };
+        // Never park inside glommio (see `idle_wait` and park.rs): the
+        // reactor idles by blocking its thread in its own idle loop.
+        let spawned = glommio::LocalExecutorBuilder::new(placement)
+            .name(&format!("spate-{subtask}"))
+            .spin_before_park(Duration::MAX)
+            .spawn(move || async move {
+                reactor(reactor_env, subtask, build, slots, coordinator_ends).await
+            });
+        match spawned {
+            Ok(handle) => reactors.push(handle),
+            Err(e) => {
+                env.fail(JobError::Runtime(format!(
+                    "cannot start reactor {subtask}: {e}"
+                )));
+                break;
+            }
+        }
+    }
+    Ok(Run {
+        env,
+        reactors,
+        started,
+    })
+}
+
+/// One run of a job.
+struct Run {
+    env: Arc<JobEnv>,
+    reactors: Vec<glommio::ExecutorJoinHandle<SubtaskReport>>,
+    started: Instant,
+}
+
+/// What the handle sees of a supervised job: the current run and the restarts.
+struct Supervision {
+    current: Mutex<Arc<JobEnv>>,
+    stats: Mutex<RestartStats>,
+}
+
+/// Restarts failed runs as the job's [`RestartStrategy`] allows.
+struct Supervisor {
+    config: JobConfig,
+    clock: Arc<dyn Clock>,
+    build: Arc<dyn Fn(&Dataflow) + Send + Sync>,
+    stop: Arc<AtomicBool>,
+    shared: Arc<Supervision>,
+    /// The lowest checkpoint id a restart may restore.
+    restore_floor: u64,
+}
+
+impl Supervisor {
+    fn run(self, first: Run) -> Result<JobReport, JobError> {
+        let mut tracker = RestartTracker::new(self.config.restart.clone(), self.clock.now_ms());
+        let mut result = first.join();
+        loop {
+            let error = match result {
+                Ok(mut report) => {
+                    report.restarts = self.stats();
+                    return Ok(report);
+                }
+                Err(error) => error,
+            };
+            if self.stop.load(Ordering::SeqCst) || matches!(error, JobError::Config(_)) {
+                return Err(error);
+            }
+            let now = self.clock.now_ms();
+            if let Ok(mut stats) = self.shared.stats.lock() {
+                stats.last_failure = Some(error.to_string());
+                stats.last_failure_ms = Some(now);
+            }
+            let Some(delay) = tracker.on_failure(now) else {
+                return Err(error);
+            };
+            eprintln!(
+                "spate: the job failed ({error}); restart {} in {delay:?} from the latest checkpoint",
+                tracker.restarts()
+            );
+            if !self.wait(delay) {
+                return Err(error);
+            }
+            if let Ok(mut stats) = self.shared.stats.lock() {
+                stats.restarts = tracker.restarts();
+            }
+            let mut config = self.config.clone();
+            if let Some(checkpoint) = &mut config.checkpoint {
+                checkpoint.restore = RestoreFrom::LatestFrom(self.restore_floor);
+            }
+            result = launch(&config, &self.clock, &self.build, &self.stop).and_then(|run| {
+                if let Ok(mut current) = self.shared.current.lock() {
+                    *current = run.env.clone();
+                }
+                run.join()
+            });
+        }
+    }
+
+    /// Waits `delay` unless the job is stopped first; returns whether to go on.
+    fn wait(&self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        while !self.stop.load(Ordering::SeqCst) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            // Bounded slices so that a stop request ends the wait.
+            std::thread::park_timeout(left.min(Duration::from_millis(10)));
+        }
+        false
+    }
+
+    fn stats(&self) -> RestartStats {
+        self.shared
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A running job.
+pub struct JobHandle {
+    shared: Arc<Supervision>,
+    stop: Arc<AtomicBool>,
+    inner: Inner,
+    /// The state directory, used by this job until the handle drops.
+    _dir_use: Option<spate_storage::DirUse>,
+}
+
+enum Inner {
+    /// No restart strategy: the one run.
+    Direct(Run),
+    /// Runs (and restarts) on the supervisor thread.
+    Supervised(std::thread::JoinHandle<Result<JobReport, JobError>>),
+}
+
+impl JobHandle {
+    /// The current run's shared state.
+    fn env(&self) -> Arc<JobEnv> {
+        match &self.inner {
+            Inner::Direct(run) => run.env.clone(),
+            Inner::Supervised(_) => self
+                .shared
+                .current
+                .lock()
+                .map(|env| env.clone())
+                .expect("the supervision lock is never poisoned"),
+        }
+    }
+
+    /// Asks every source to end; the job then drains and finishes (and is
+    /// not restarted).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.env().wake_all();
+    }
+
+    /// Restarts so far, and the last failure.
+    pub fn restart_stats(&self) -> RestartStats {
+        self.shared
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Asks the coordinator for a checkpoint now (Flink's manual trigger); it
+    /// starts as soon as no other checkpoint is in progress.
+    pub fn trigger_checkpoint(&self) {
+        self.env().request_checkpoint();
+    }
+
+    /// Statistics of the checkpoints so far (bounded history, oldest first).
+    pub fn checkpoint_stats(&self) -> Vec<CheckpointStats> {
+        self.env()
+            .coordinator
+            .history
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether some subtask is still running.
+    pub fn is_running(&self) -> bool {
+        self.env().done.load(Ordering::SeqCst) < self.env().config.parallelism
+            && !self.env().failed()
+    }
+
+    /// Counts, histograms and rates over the checkpoints so far.
+    pub fn checkpoint_summary(&self) -> CheckpointSummary {
+        self.env()
+            .coordinator
+            .summary
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether a checkpoint is in progress.
+    pub fn checkpoint_in_progress(&self) -> bool {
+        self.env().coordinator.in_progress.load(Ordering::SeqCst)
+    }
+
+    /// Number of failed checkpoints so far.
+    pub fn failed_checkpoints(&self) -> u64 {
+        self.env().coordinator.failed.load(Ordering::SeqCst)
+    }
+
+    /// Number of completed checkpoints so far.
+    pub fn completed_checkpoints(&self) -> u64 {
+        self.env().coordinator.completed.load(Ordering::SeqCst)
+    }
+
+    /// Waits for the job (every run, with restarts); returns the report or
+    /// the error that ended it.
+    pub fn join(self) -> Result<JobReport, JobError> {
+        match self.inner {
+            Inner::Direct(run) => run.join(),
+            Inner::Supervised(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(JobError::Runtime("the supervisor panicked".into()))),
+        }
+    }
+}
+
+impl Run {
+    /// Waits for every subtask; returns the report or the first error.
+    fn join(self) -> Result<JobReport, JobError> {
+        let mut subtasks = Vec::new();
+        for (subtask, reactor) in self.reactors.into_iter().enumerate() {
+            match reactor.join() {
+                Ok(report) => subtasks.push(report),
+                Err(e) => self
+                    .env
+                    .fail(JobError::Runtime(format!("reactor {subtask} failed: {e}"))),
+            }
+        }
+        if let Some(error) = self.env.take_error() {
+            return Err(error);
+        }
+        Ok(JobReport {
+            elapsed: self.started.elapsed(),
+            subtasks,
+            checkpoints: {
+                self.env
+                    .coordinator
+                    .history
+                    .lock()
+                    .map(|h| h.iter().cloned().collect())
+                    .unwrap_or_default()
+            },
+            restored_from: self.env.restore.as_ref().map(|r| r.metadata.id),
+            checkpoint_summary: self
+                .env
+                .coordinator
+                .summary
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default(),
+            restore_duration: self.env.restore_duration(),
+            restarts: RestartStats::default(),
+        })
+    }
+}
