@@ -1,4 +1,4 @@
-//! Keyed count over all cores: workload W1 of `BENCHMARKS.md`.
+//! Keyed count over all cores: the W1 workload of `bench/README.md`.
 //!
 //! Synthetic bids (SplitMix64 of the event index: auction uniform in
 //! 1..=10 000, bidder in 1..=100 000, price in 1..=1 000 000), keyed by

@@ -11,7 +11,7 @@ use crate::checkpoint::metadata::SourceOffset;
 use crate::checkpoint::subtask::{BackgroundBase, LocalSnapshot, SubtaskCheckpoints};
 use crate::checkpoint::Control;
 use crate::dataflow::{
-    Cx, Dataflow, InputSlot, InputState, OutputBuffer, ProcessingTimers, SinkCheckpoints,
+    Cx, Dataflow, InputSlot, InputState, OutputBuffer, SinkCheckpoints, StatefulOperator,
 };
 use crate::env::JobEnv;
 use crate::ring::Consumer;
@@ -59,7 +59,7 @@ pub(crate) struct Worker {
     inputs: Vec<InputSlot>,
     chains: Vec<Vec<Rc<dyn OutputBuffer>>>,
     buffers: Vec<Rc<dyn OutputBuffer>>,
-    timer_operators: Vec<Rc<dyn ProcessingTimers>>,
+    stateful_operators: Vec<Rc<dyn StatefulOperator>>,
     sinks: Vec<Rc<dyn SinkCheckpoints>>,
     /// A sink commits with checkpoints: the subtask ends only after a
     /// checkpoint triggered once all its input ended has completed.
@@ -147,7 +147,7 @@ impl Worker {
             inputs: std::mem::take(&mut g.inputs),
             chains: std::mem::take(&mut g.chains),
             buffers: std::mem::take(&mut g.buffers),
-            timer_operators: std::mem::take(&mut g.timer_operators),
+            stateful_operators: std::mem::take(&mut g.stateful_operators),
             sinks: std::mem::take(&mut g.sinks),
             final_checkpoint: if transactional {
                 FinalCheckpoint::Pending
@@ -189,7 +189,7 @@ impl Worker {
                     for slot in &mut self.inputs {
                         slot.input.trigger(barrier, cx)?;
                     }
-                    for operator in &self.timer_operators {
+                    for operator in &self.stateful_operators {
                         operator.snapshot_if_finished(barrier, cx)?;
                     }
                     for sink in &self.sinks {
@@ -211,7 +211,7 @@ impl Worker {
                     for slot in &mut self.inputs {
                         slot.input.abort(id);
                     }
-                    for operator in &self.timer_operators {
+                    for operator in &self.stateful_operators {
                         operator.checkpoint_aborted(id);
                     }
                     if self.final_checkpoint == FinalCheckpoint::Drained(Some(id)) {
@@ -223,7 +223,7 @@ impl Worker {
                 Control::Complete(id) => {
                     self.checkpoints.borrow_mut().complete(id);
                     self.env.coordinator.saw_completion(self.report.subtask, id);
-                    for operator in &self.timer_operators {
+                    for operator in &self.stateful_operators {
                         operator.checkpoint_complete(id);
                     }
                     for sink in &self.sinks {
@@ -253,7 +253,7 @@ impl Worker {
         for buffer in &self.buffers {
             busy |= buffer.drain(&mut cx)?;
         }
-        for operator in &self.timer_operators {
+        for operator in &self.stateful_operators {
             busy |= operator.fire_processing_timers(&mut cx)?;
             busy |= operator.continue_snapshot()?;
         }
@@ -295,7 +295,10 @@ impl Worker {
         }
         if all_finished
             && !self.buffers.iter().any(|b| b.has_pending())
-            && !self.timer_operators.iter().any(|o| o.has_snapshot_work())
+            && !self
+                .stateful_operators
+                .iter()
+                .any(|o| o.has_snapshot_work())
         {
             match self.final_checkpoint {
                 FinalCheckpoint::None | FinalCheckpoint::Done => {
@@ -331,14 +334,14 @@ impl Worker {
         }
         if self.buffers.iter().any(|b| b.can_drain())
             || self
-                .timer_operators
+                .stateful_operators
                 .iter()
                 .any(|o| o.has_snapshot_work() || o.has_background_work())
         {
             return true;
         }
         if self
-            .timer_operators
+            .stateful_operators
             .iter()
             .any(|t| t.next_processing_timer().is_some_and(|at| at <= now))
         {
@@ -381,7 +384,9 @@ impl Worker {
         out += &format!("  checkpoints: {}\n", checkpoints.borrow().describe());
         out += &format!(
             "  snapshot work: {}\n",
-            self.timer_operators.iter().any(|o| o.has_snapshot_work())
+            self.stateful_operators
+                .iter()
+                .any(|o| o.has_snapshot_work())
         );
         out
     }
@@ -394,7 +399,7 @@ impl Worker {
             .filter(|s| !s.finished)
             .filter_map(|s| s.input.wake_at());
         let timers = self
-            .timer_operators
+            .stateful_operators
             .iter()
             .filter_map(|t| t.next_processing_timer());
         inputs.chain(timers).min()

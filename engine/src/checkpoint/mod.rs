@@ -1,6 +1,6 @@
 //! Checkpoints: barriers, snapshots, the coordinator and restore.
 //!
-//! Owns the checkpoint protocol of DESIGN.md: a [`coordinator`] triggers
+//! Owns the checkpoint protocol (`docs/checkpoints.md`): a [`coordinator`] triggers
 //! checkpoint `n` at every subtask; sources record their offsets and push a
 //! barrier down their chains; barriers cross exchanges in-band (a marker at
 //! ring position `P`) and out-of-band (a [`crate::ring::Notice`] carrying `P`);

@@ -181,9 +181,11 @@ pub(crate) trait SinkCheckpoints {
     fn commit(&self, checkpoint_id: u64) -> Result<(), JobError>;
 }
 
-/// A keyed operator, as the subtask sees it: processing-time timers, and
-/// snapshots once its inputs have ended (no barrier reaches it any more).
-pub(crate) trait ProcessingTimers {
+/// A keyed operator (state and timers), as the subtask drives it between
+/// records: its processing-time timers, and its part of checkpoints (a
+/// snapshot once its inputs have ended, since no barrier reaches it any more;
+/// archiving in the background; completions and aborts).
+pub(crate) trait StatefulOperator {
     fn fire_processing_timers(&self, cx: &mut Cx) -> Result<bool, JobError>;
     fn next_processing_timer(&self) -> Option<u64>;
     /// At a trigger: an operator whose inputs all ended snapshots its final
@@ -219,7 +221,7 @@ pub(crate) struct Graph {
     pub inputs: Vec<InputSlot>,
     pub chains: Vec<Vec<Rc<dyn OutputBuffer>>>,
     pub buffers: Vec<Rc<dyn OutputBuffer>>,
-    pub timer_operators: Vec<Rc<dyn ProcessingTimers>>,
+    pub stateful_operators: Vec<Rc<dyn StatefulOperator>>,
     /// Sinks, told about checkpoints (two-phase commit).
     pub sinks: Vec<Rc<dyn SinkCheckpoints>>,
     pub names: Vec<String>,
@@ -254,7 +256,7 @@ impl Dataflow {
             inputs: Vec::new(),
             chains: Vec::new(),
             buffers: Vec::new(),
-            timer_operators: Vec::new(),
+            stateful_operators: Vec::new(),
             sinks: Vec::new(),
             names: Vec::new(),
             build_error: None,

@@ -55,7 +55,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Push<I2>
     }
 }
 
-impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, O>> ProcessingTimers
+impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, O>> StatefulOperator
     for RefCell<Operator<K, I1, I2, O, F>>
 {
     fn fire_processing_timers(&self, cx: &mut Cx) -> Result<bool, JobError> {
@@ -251,7 +251,7 @@ where
         df.link_inputs(chain1, chain2);
         chains.push(chain2);
     }
-    df.graph().timer_operators.push(op);
+    df.graph().stateful_operators.push(op);
     Stream {
         df: df.clone(),
         output,

@@ -16,8 +16,8 @@ mod operator;
 pub(crate) use build::{build_connected, build_single};
 
 use super::{
-    exchange, ConnectedStreams, Cx, Data, ExchangeData, KeyFn, KeyedStream, Output,
-    ProcessingTimers, Push, Record, Stream,
+    exchange, ConnectedStreams, Cx, Data, ExchangeData, KeyFn, KeyedStream, Output, Push, Record,
+    StatefulOperator, Stream,
 };
 use crate::checkpoint::metadata::{timers_type_name, TimerEntries, TIMERS_TABLE};
 use crate::checkpoint::subtask::{BlockDesc, Chain, SnapshotBlock, StateRef, SubtaskCheckpoints};
