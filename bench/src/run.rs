@@ -22,7 +22,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use spate::sink::FileSinkMode;
-use spate::{CheckpointStats, Dataflow, Job, JobConfig, JobError, RestoreFrom, Stream};
+use spate::{CheckpointStats, ConfigError, Dataflow, Job, JobConfig, JobError, RestoreFrom, Stream};
 
 use crate::checkpoints::CheckpointSettings;
 
@@ -163,10 +163,10 @@ pub fn build_query(df: &Dataflow, query: Query, source: NexmarkSource, sink: Ben
 /// (an operator, source or sink error, or a reactor that cannot start).
 pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
     if config.cores == 0 {
-        return Err(JobError::Config("--cores must be at least 1".into()));
+        return Err(ConfigError::invalid("--cores", "must be at least 1").into());
     }
     if config.rate_events_per_s == Some(0) {
-        return Err(JobError::Config("--rate must be positive".into()));
+        return Err(ConfigError::invalid("--rate", "must be positive").into());
     }
     let clock: Arc<dyn spate::time::Clock> = Arc::new(spate::time::SystemClock);
     let started_ms = clock.now_ms();
@@ -211,7 +211,7 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
         job_config.checkpoint = Some(
             settings
                 .engine_config(config.restore.clone())
-                .map_err(JobError::Config)?,
+                .map_err(|e| ConfigError::invalid("--checkpoint-mode", e))?,
         );
     }
     let handle = Job::new(job_config).with_clock(clock).start(build)?;

@@ -3,7 +3,7 @@
 use crate::checkpoint::{CheckpointConfig, CheckpointMode};
 use crate::keygroup::MAX_MAX_PARALLELISM;
 use crate::restart::RestartStrategy;
-use crate::JobError;
+use crate::{ConfigError, JobError};
 
 /// Most checkpoints that may be in progress at once (the control and
 /// acknowledgement rings hold a few messages per checkpoint).
@@ -66,71 +66,81 @@ impl JobConfig {
     /// Checks the configuration, naming the first bad setting.
     pub fn validate(&self) -> Result<(), JobError> {
         if self.parallelism == 0 {
-            return Err(JobError::Config("parallelism must be at least 1".into()));
+            return Err(ConfigError::invalid("parallelism", "must be at least 1").into());
         }
         if self.max_parallelism == 0 || self.max_parallelism > MAX_MAX_PARALLELISM {
-            return Err(JobError::Config(format!(
-                "max_parallelism must be in 1..={MAX_MAX_PARALLELISM}, got {}",
-                self.max_parallelism
-            )));
+            return Err(ConfigError::invalid(
+                "max_parallelism",
+                format!(
+                    "must be in 1..={MAX_MAX_PARALLELISM}, got {}",
+                    self.max_parallelism
+                ),
+            )
+            .into());
         }
         if self.parallelism as u64 > self.max_parallelism as u64 {
-            return Err(JobError::Config(format!(
+            return Err(ConfigError::Conflict(format!(
                 "parallelism {} exceeds max_parallelism {}",
                 self.parallelism, self.max_parallelism
-            )));
+            ))
+            .into());
         }
         if self.batch_size == 0 {
-            return Err(JobError::Config("batch_size must be at least 1".into()));
+            return Err(ConfigError::invalid("batch_size", "must be at least 1").into());
         }
         if self.ring_capacity < 2 {
-            return Err(JobError::Config("ring_capacity must be at least 2".into()));
+            return Err(ConfigError::invalid("ring_capacity", "must be at least 2").into());
         }
-        self.restart
-            .validate()
-            .map_err(|e| JobError::Config(format!("restart strategy: {e}")))?;
+        self.restart.validate()?;
         if let Some(c) = &self.checkpoint {
             if c.max_concurrent == 0 || c.max_concurrent > MAX_CONCURRENT_CHECKPOINTS {
-                return Err(JobError::Config(format!(
-                    "checkpoint max_concurrent must be between 1 and {MAX_CONCURRENT_CHECKPOINTS}, not {}",
-                    c.max_concurrent
-                )));
+                return Err(ConfigError::invalid(
+                    "checkpoint max_concurrent",
+                    format!(
+                        "must be between 1 and {MAX_CONCURRENT_CHECKPOINTS}, not {}",
+                        c.max_concurrent
+                    ),
+                )
+                .into());
             }
             if c.max_concurrent > 1 && c.mode != CheckpointMode::Aligned {
                 // As in Flink: an unaligned barrier overtakes the in-flight
                 // records of the checkpoint before it, and at-least-once
                 // inputs would have to count several barriers at once.
-                return Err(JobError::Config(format!(
+                return Err(ConfigError::Conflict(format!(
                     "checkpoint max_concurrent {} needs the aligned mode, not {}",
                     c.max_concurrent,
                     c.mode.name()
-                )));
+                ))
+                .into());
             }
             let alignment_timeout_ms = match c.mode {
                 CheckpointMode::AlignedWithTimeout { timeout_ms } => timeout_ms,
                 _ => 0,
             };
             for (name, ms) in [
-                ("interval_ms", c.interval_ms),
-                ("min_pause_ms", c.min_pause_ms),
-                ("timeout_ms", c.timeout_ms),
-                ("alignment timeout_ms", alignment_timeout_ms),
+                ("checkpoint interval_ms", c.interval_ms),
+                ("checkpoint min_pause_ms", c.min_pause_ms),
+                ("checkpoint timeout_ms", c.timeout_ms),
+                ("checkpoint alignment timeout_ms", alignment_timeout_ms),
             ] {
                 if ms > MAX_CHECKPOINT_TIME_MS {
-                    return Err(JobError::Config(format!(
-                        "checkpoint {name} {ms} is longer than a week ({MAX_CHECKPOINT_TIME_MS} ms), the longest accepted"
-                    )));
+                    return Err(ConfigError::invalid(
+                        name,
+                        format!("{ms} is longer than a week ({MAX_CHECKPOINT_TIME_MS} ms), the longest accepted"),
+                    )
+                    .into());
                 }
             }
             if c.timeout_ms == 0 {
-                return Err(JobError::Config(
-                    "checkpoint timeout_ms must be positive".into(),
-                ));
+                return Err(
+                    ConfigError::invalid("checkpoint timeout_ms", "must be positive").into(),
+                );
             }
             if c.retained == 0 {
-                return Err(JobError::Config(
-                    "checkpoint retained must be at least 1".into(),
-                ));
+                return Err(
+                    ConfigError::invalid("checkpoint retained", "must be at least 1").into(),
+                );
             }
         }
         Ok(())

@@ -239,10 +239,12 @@ pub(crate) fn check_restored(
             eprintln!("spate: {warning}");
         }
         if r.metadata.max_parallelism != config.max_parallelism {
-            return Err(JobError::Restore(format!(
-                "checkpoint {} has max parallelism {} and the job {}: max parallelism cannot change",
-                r.metadata.id, r.metadata.max_parallelism, config.max_parallelism
-            )));
+            return Err(crate::RestoreError::MaxParallelismChanged {
+                id: r.metadata.id,
+                checkpoint: r.metadata.max_parallelism,
+                job: config.max_parallelism,
+            }
+            .into());
         }
     }
     Ok(restored.map(Arc::new))

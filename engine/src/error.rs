@@ -50,17 +50,17 @@ pub enum JobError {
     },
     /// Checkpointing failed beyond what the job tolerates.
     #[error("checkpointing: {0}")]
-    Checkpoint(String),
+    Checkpoint(#[from] CheckpointError),
     /// The checkpoint to resume from cannot be used.
     #[error("restore: {0}")]
-    Restore(String),
+    Restore(#[from] RestoreError),
     /// The state directory is locked by another process, or used by another
     /// job of this one.
     #[error("state directory: {0}")]
     StateDirectory(#[from] spate_storage::LockError),
     /// The job's configuration is invalid.
     #[error("invalid job configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     /// The runtime could not start or run a reactor.
     #[error("runtime: {0}")]
     Runtime(String),
@@ -72,6 +72,141 @@ pub enum JobError {
         /// The seed of the run, to reproduce it.
         seed: u64,
     },
+}
+
+/// Checkpointing failed beyond what the job tolerates.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// The store could not be opened.
+    #[error("cannot open the store in {}: {source}", dir.display())]
+    OpenStore {
+        /// The state directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: spate_storage::OpenError,
+    },
+    /// Checkpoints failed more often in a row than `tolerable_failures`.
+    #[error("{reason}")]
+    TooManyFailures {
+        /// The coordinator's account of the failures.
+        reason: String,
+    },
+    /// State, timers or in-flight records could not be archived.
+    #[error("{what}: {reason}")]
+    Archive {
+        /// What: operator, subtask, checkpoint.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The checkpoint to resume from cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// The state directory cannot be read.
+    #[error("cannot open {}: {source}", dir.display())]
+    Open {
+        /// The state directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: spate_storage::ReadError,
+    },
+    /// Segment files exist but no manifest does.
+    #[error("{} holds {segments} segment file(s) but no MANIFEST-* file: the checkpoints are lost or the manifest was removed, which is damage, not a fresh start; restore the manifest, or start fresh explicitly (RestoreFrom::Nothing, `--fresh`), which deletes the segments", dir.display())]
+    ManifestMissing {
+        /// The state directory.
+        dir: std::path::PathBuf,
+        /// Segment files found.
+        segments: usize,
+    },
+    /// The checkpoint asked for (`RestoreFrom::Checkpoint`) does not read back.
+    #[error("checkpoint {id} cannot be restored: {}", problems.join("; "))]
+    CheckpointUnusable {
+        /// The checkpoint.
+        id: u64,
+        /// What is wrong with it.
+        problems: Vec<String>,
+    },
+    /// Checkpoints exist and none of them reads back.
+    #[error("no checkpoint in {} can be restored: {}", dir.display(), problems.join("; "))]
+    NoneIntact {
+        /// The state directory.
+        dir: std::path::PathBuf,
+        /// What is wrong with each.
+        problems: Vec<String>,
+    },
+    /// The checkpoint was taken by another job (other operators or types).
+    #[error("checkpoint {id} was taken by an incompatible job (fingerprint {found:016x}, this job {expected:016x}): start fresh or use another state directory")]
+    IncompatibleJob {
+        /// The checkpoint.
+        id: u64,
+        /// Its job fingerprint.
+        found: u64,
+        /// This job's.
+        expected: u64,
+    },
+    /// The job's max parallelism differs from the checkpoint's.
+    #[error("checkpoint {id} has max parallelism {checkpoint} and the job {job}: max parallelism cannot change")]
+    MaxParallelismChanged {
+        /// The checkpoint.
+        id: u64,
+        /// The checkpoint's max parallelism.
+        checkpoint: u32,
+        /// The job's.
+        job: u32,
+    },
+    /// A source without splits cannot restore on another parallelism.
+    #[error("checkpoint {id} was taken with {checkpoint} subtasks and source `{source_name}` has one offset per subtask (it has no splits): it cannot restore on {job}")]
+    SourceNotRescalable {
+        /// The checkpoint.
+        id: u64,
+        /// The source.
+        source_name: String,
+        /// The checkpoint's parallelism.
+        checkpoint: u32,
+        /// The job's.
+        job: usize,
+    },
+    /// Part of the checkpoint is damaged or does not decode.
+    #[error("{what}: {reason}")]
+    Damaged {
+        /// What: checkpoint, operator, state, block.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The job's configuration is invalid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A setting is out of its range.
+    #[error("{setting} {reason}")]
+    Invalid {
+        /// The setting, as the API or the command line names it.
+        setting: &'static str,
+        /// What it must be, and what it is.
+        reason: String,
+    },
+    /// Settings that do not go together.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl ConfigError {
+    /// An invalid `setting`.
+    pub fn invalid(setting: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            setting,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// An error from a [`Source`](crate::source::Source).

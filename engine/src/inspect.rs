@@ -215,7 +215,7 @@ impl KeyGroupChain {
         let map = KeyedTable::<K, V>::load_detached(blocks).map_err(|(position, e)| {
             self.error(
                 Some(self.parts[position].handle),
-                InspectErrorKind::Archive(e),
+                InspectErrorKind::Archive(e.to_string()),
             )
         })?;
         let mut entries: Vec<(K, V)> = map.into_iter().collect();

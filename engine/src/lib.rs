@@ -75,7 +75,9 @@ pub use dataflow::{
     CoProcessFunction, ConnectedStreams, Data, Dataflow, ExchangeData, KeyedContext,
     KeyedProcessFunction, KeyedStream, Record, Stream,
 };
-pub use error::{JobError, ProcessError, SinkError, SourceError};
+pub use error::{
+    CheckpointError, ConfigError, JobError, ProcessError, RestoreError, SinkError, SourceError,
+};
 pub use job::{Job, JobHandle, JobReport};
 pub use keygroup::Key;
 pub use park::Notifier;

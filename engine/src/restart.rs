@@ -59,7 +59,8 @@ pub enum RestartStrategy {
 
 impl RestartStrategy {
     /// Checks the parameters, naming the first bad one.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+        let invalid = |reason: String| Err(crate::ConfigError::invalid("restart strategy", reason));
         match self {
             Self::ExponentialDelay {
                 initial,
@@ -69,24 +70,24 @@ impl RestartStrategy {
                 ..
             } => {
                 if initial > max {
-                    return Err(format!(
+                    return invalid(format!(
                         "exponential delay: initial {initial:?} exceeds max {max:?}"
                     ));
                 }
                 if !(*multiplier >= 1.0 && multiplier.is_finite()) {
-                    return Err(format!(
+                    return invalid(format!(
                         "exponential delay: multiplier must be a finite number >= 1.0, got {multiplier}"
                     ));
                 }
                 if !(0.0..=1.0).contains(jitter) {
-                    return Err(format!(
+                    return invalid(format!(
                         "exponential delay: jitter must be in 0.0..=1.0, got {jitter}"
                     ));
                 }
                 Ok(())
             }
             Self::FailureRate { interval, .. } if interval.is_zero() => {
-                Err("failure rate: interval must be positive".into())
+                invalid("failure rate: interval must be positive".into())
             }
             _ => Ok(()),
         }
@@ -300,7 +301,7 @@ mod tests {
             reset_after: MS,
             jitter: 0.0,
         };
-        assert!(bad.validate().unwrap_err().contains("initial"));
+        assert!(bad.validate().unwrap_err().to_string().contains("initial"));
         let bad = RestartStrategy::ExponentialDelay {
             initial: MS,
             max: MS,
@@ -308,6 +309,6 @@ mod tests {
             reset_after: MS,
             jitter: 0.0,
         };
-        assert!(bad.validate().unwrap_err().contains("multiplier"));
+        assert!(bad.validate().unwrap_err().to_string().contains("multiplier"));
     }
 }

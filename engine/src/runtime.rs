@@ -306,10 +306,13 @@ async fn open_store(
     let store = match Store::open_dir(&config.dir, options).await {
         Ok(store) => store,
         Err(e) => {
-            env.fail(JobError::Checkpoint(format!(
-                "cannot open the store in {}: {e}",
-                config.dir.display()
-            )));
+            env.fail(
+                crate::CheckpointError::OpenStore {
+                    dir: config.dir.clone(),
+                    source: e,
+                }
+                .into(),
+            );
             return None;
         }
     };
@@ -363,7 +366,7 @@ async fn coordinator_task(
             continue;
         }
         if let Some(reason) = coordinator.fatal.take() {
-            env.fail(JobError::Checkpoint(reason));
+            env.fail(crate::CheckpointError::TooManyFailures { reason }.into());
             break;
         }
         env.coordinator

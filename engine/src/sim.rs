@@ -241,8 +241,12 @@ impl Simulation {
         };
         let restore = match (&config.checkpoint, &io) {
             (Some(checkpoint), Some(io)) => {
-                let reader = StoreReader::from_source(Arc::new(io.clone()))
-                    .map_err(|e| JobError::Restore(e.to_string()))?;
+                let reader = StoreReader::from_source(Arc::new(io.clone())).map_err(|source| {
+                    crate::RestoreError::Open {
+                        dir: "(simulated storage)".into(),
+                        source,
+                    }
+                })?;
                 check_restored(RestoreState::load(reader, checkpoint, None)?, &config)?
             }
             _ => None,
@@ -263,9 +267,14 @@ impl Simulation {
         let store = match (&config.checkpoint, &io) {
             (Some(checkpoint), Some(io)) => {
                 let options = checkpoint.store_options(restored_from);
-                Some(block_on(Store::open(io.clone(), options)).map_err(|e| {
-                    JobError::Checkpoint(format!("cannot open the simulated store: {e}"))
-                })?)
+                Some(
+                    block_on(Store::open(io.clone(), options)).map_err(|source| {
+                        crate::CheckpointError::OpenStore {
+                            dir: "(simulated storage)".into(),
+                            source,
+                        }
+                    })?,
+                )
             }
             _ => None,
         };
@@ -371,7 +380,10 @@ impl SimRun {
         }
         if let Some(reason) = c.fatal.take() {
             let seed = self.seed;
-            return Err(JobError::Checkpoint(format!("{reason} (seed {seed})")));
+            return Err(crate::CheckpointError::TooManyFailures {
+                reason: format!("{reason} (seed {seed})"),
+            }
+            .into());
         }
         let completed = || {
             self.env

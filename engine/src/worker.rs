@@ -128,10 +128,12 @@ impl Worker {
         let fingerprint = fingerprint(&g.signature);
         if let Some(restore) = &g.restore {
             if restore.metadata.fingerprint != fingerprint {
-                return Err(JobError::Restore(format!(
-                    "checkpoint {} was taken by an incompatible job (fingerprint {:016x}, this job {fingerprint:016x}): start fresh or use another state directory",
-                    restore.metadata.id, restore.metadata.fingerprint
-                )));
+                return Err(crate::RestoreError::IncompatibleJob {
+                    id: restore.metadata.id,
+                    found: restore.metadata.fingerprint,
+                    expected: fingerprint,
+                }
+                .into());
             }
         }
         if let Some(error) = g.build_error.take() {

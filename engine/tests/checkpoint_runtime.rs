@@ -300,8 +300,10 @@ fn an_incompatible_job_is_refused() {
         .for_each(|_| {});
     });
     match result {
-        Err(JobError::Restore(message)) => {
-            assert!(message.contains("incompatible job"), "{message}")
+        Err(JobError::Restore(spate::RestoreError::IncompatibleJob {
+            found, expected, ..
+        })) => {
+            assert_ne!(found, expected)
         }
         other => panic!("expected an incompatible-job error, got {other:?}"),
     }
@@ -703,7 +705,7 @@ fn an_exactly_once_sink_is_refused_with_at_least_once_checkpoints() {
         })
         .unwrap_err();
     assert!(
-        matches!(&error, JobError::Config(m) if m.contains("at-least-once")),
+        matches!(&error, JobError::Config(spate::ConfigError::Conflict(m)) if m.contains("at-least-once")),
         "{error}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -473,7 +473,13 @@ fn invalid_configuration_is_rejected() {
     cfg.max_parallelism = 40_000;
     let err = Job::new(cfg).run(|_| {}).unwrap_err();
     assert!(
-        matches!(err, JobError::Config(ref m) if m.contains("max_parallelism")),
+        matches!(
+            err,
+            JobError::Config(spate::ConfigError::Invalid {
+                setting: "max_parallelism",
+                ..
+            })
+        ),
         "{err}"
     );
 }

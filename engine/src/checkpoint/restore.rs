@@ -16,7 +16,7 @@ pub(crate) enum SourceRestore {
 }
 use super::subtask::ChainLink;
 use super::{CheckpointConfig, RestoreFrom};
-use crate::JobError;
+use crate::{JobError, RestoreError};
 use spate_storage::{BlockHandle, BlockRef, StoreReader};
 use std::collections::HashMap;
 
@@ -35,16 +35,16 @@ impl RestoreState {
         if config.restore == RestoreFrom::Nothing || !config.dir.exists() {
             return Ok(None);
         }
-        let reader = StoreReader::open(&config.dir)
-            .map_err(|e| JobError::Restore(format!("cannot open {}: {e}", config.dir.display())))?;
+        let reader = StoreReader::open(&config.dir).map_err(|source| RestoreError::Open {
+            dir: config.dir.clone(),
+            source,
+        })?;
         if let Some(segments) = reader.segments_without_manifest() {
-            return Err(JobError::Restore(format!(
-                "{} holds {segments} segment file(s) but no MANIFEST-* file: the checkpoints \
-                 are lost or the manifest was removed, which is damage, not a fresh start; \
-                 restore the manifest, or start fresh explicitly (RestoreFrom::Nothing, \
-                 `--fresh`), which deletes the segments",
-                config.dir.display()
-            )));
+            return Err(RestoreError::ManifestMissing {
+                dir: config.dir.clone(),
+                segments,
+            }
+            .into());
         }
         Self::load(reader, config, None)
     }
@@ -101,17 +101,18 @@ impl RestoreState {
             }));
         }
         if let RestoreFrom::Checkpoint(id) = config.restore {
-            return Err(JobError::Restore(format!(
-                "checkpoint {id} cannot be restored: {}",
-                warnings.join("; ")
-            )));
+            return Err(RestoreError::CheckpointUnusable {
+                id,
+                problems: warnings,
+            }
+            .into());
         }
         if !candidates.is_empty() {
-            return Err(JobError::Restore(format!(
-                "no checkpoint in {} can be restored: {}",
-                config.dir.display(),
-                warnings.join("; ")
-            )));
+            return Err(RestoreError::NoneIntact {
+                dir: config.dir.clone(),
+                problems: warnings,
+            }
+            .into());
         }
         Ok(None)
     }
@@ -161,23 +162,36 @@ impl RestoreState {
         }
         if let Some(fp) = fingerprint {
             if metadata.fingerprint != fp {
-                return Err(JobError::Restore(format!(
-                    "checkpoint {id} in {} was taken by an incompatible job (fingerprint {:016x}, this job {fp:016x}): start fresh or use another state directory",
-                    config.dir.display(),
-                    metadata.fingerprint
-                )));
+                return Err(RestoreError::IncompatibleJob {
+                    id,
+                    found: metadata.fingerprint,
+                    expected: fp,
+                }
+                .into());
             }
         }
         Ok(Some((metadata, record.handles.clone())))
     }
 
+    /// Damage found in `what` of the restored checkpoint.
+    fn damaged(&self, what: &str, reason: String) -> JobError {
+        RestoreError::Damaged {
+            what: format!("checkpoint {}, {what}", self.metadata.id),
+            reason,
+        }
+        .into()
+    }
+
     fn block(&self, handle_index: u32) -> Result<BlockRef, JobError> {
         let handle = self.handles.get(handle_index as usize).ok_or_else(|| {
-            JobError::Restore(format!("handle index {handle_index} out of range"))
+            self.damaged(
+                "its metadata",
+                format!("handle index {handle_index} out of range"),
+            )
         })?;
         self.reader
             .block(handle)
-            .map_err(|e| JobError::Restore(format!("checkpoint {}: {e}", self.metadata.id)))
+            .map_err(|e| self.damaged("a block", e.to_string()))
     }
 
     /// The chain of one table's key group, if it had entries: every block
@@ -200,7 +214,10 @@ impl RestoreState {
         for b in &self.metadata.state[i].chain {
             blocks.push((b.delta, self.block(b.handle)?));
             let handle = *self.handles.get(b.handle as usize).ok_or_else(|| {
-                JobError::Restore(format!("handle index {} out of range", b.handle))
+                self.damaged(
+                    "its metadata",
+                    format!("handle index {} out of range", b.handle),
+                )
             })?;
             links.push(ChainLink {
                 handle,
@@ -237,10 +254,13 @@ impl RestoreState {
             )));
         }
         if self.metadata.parallelism as usize != parallelism {
-            return Err(JobError::Restore(format!(
-                "checkpoint {} was taken with {} subtasks and source `{source}` has one offset per subtask (it has no splits): it cannot restore on {parallelism}",
-                self.metadata.id, self.metadata.parallelism
-            )));
+            return Err(RestoreError::SourceNotRescalable {
+                id: self.metadata.id,
+                source_name: source.to_string(),
+                checkpoint: self.metadata.parallelism,
+                job: parallelism,
+            }
+            .into());
         }
         Ok(entries
             .iter()

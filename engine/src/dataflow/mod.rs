@@ -505,12 +505,14 @@ impl<T: Data> Stream<T> {
         if op.is_transactional() && self.df.checkpoint_mode() == Some(CheckpointMode::AtLeastOnce) {
             // Its two-phase commit would make replayed records permanent
             // twice: exactly-once output needs exactly-once state.
-            return self.df.fail_build(JobError::Config(format!(
+            return self
+                .df
+                .fail_build(JobError::from(crate::ConfigError::Conflict(format!(
                 "sink `{name}` commits exactly once with the checkpoints, but the at-least-once \
                  checkpoint mode replays records a checkpoint already counted, so its committed \
                  output would hold them twice: use an exactly-once mode (aligned, unaligned, \
                  aligned with timeout) or an at-least-once sink"
-            )));
+            ))));
         }
         self.df.add_buffer(&self.chains, op.clone());
         self.df.graph().sinks.push(op.clone());

@@ -31,6 +31,35 @@ mod handles;
 mod tests;
 
 pub use crate::data::{FxHashMap, StateData};
+
+/// A key group of a state table does not archive, or a block of its chain
+/// does not read back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum StateError {
+    /// Archiving a key group failed.
+    #[error("state `{table}`, key group {group}: does not archive: {source}")]
+    Archive {
+        /// The state's name.
+        table: String,
+        /// The key group.
+        group: u32,
+        /// What rkyv said.
+        #[source]
+        source: RkyvError,
+    },
+    /// A block of a restored chain does not check or decode.
+    #[error("state `{table}`, block {} offset {}: {source}", block.segment.file_name(), block.offset)]
+    Load {
+        /// The state's name.
+        table: String,
+        /// The block.
+        block: spate_storage::BlockHandle,
+        /// What rkyv said.
+        #[source]
+        source: RkyvError,
+    },
+}
 use cut::{materialise_share, Cut};
 pub(crate) use cut::{CutPlan, Decided, IncrementalBounds};
 pub use handles::{ListState, MapState, StateRegistry, ValueState};
@@ -54,10 +83,10 @@ pub(crate) trait StateTable {
     /// The Rust type of the table's entries, recorded for inspection tools.
     fn type_name(&self) -> &'static str;
     /// Archives the key group at `index` (rkyv, a `Vec<(key, value)>`).
-    fn snapshot_group(&self, index: usize) -> Result<AlignedVec, String>;
+    fn snapshot_group(&self, index: usize) -> Result<AlignedVec, RkyvError>;
     /// Loads an archive made by [`snapshot_group`](Self::snapshot_group)
     /// into the key group at `index`; an error for bytes that do not check.
-    fn restore_group(&mut self, index: usize, archive: &[u8]) -> Result<(), String>;
+    fn restore_group(&mut self, index: usize, archive: &[u8]) -> Result<(), RkyvError>;
     /// Cuts the key group for checkpoint `id` without copying anything: its
     /// changes count as captured by `id`, and it is archived later (a full
     /// base, or a delta of the captured keys) by
@@ -76,18 +105,18 @@ pub(crate) trait StateTable {
     /// Bases to materialise in the background not archived yet.
     fn requested_bases(&self) -> usize;
     /// Archives made since the last call (`Err` if one failed).
-    fn take_serialized(&mut self) -> Vec<Result<Serialized, String>>;
+    fn take_serialized(&mut self) -> Vec<Result<Serialized, StateError>>;
     /// The longest single archiving pause since the last call, µs.
     fn take_max_pause_us(&mut self) -> u64;
     /// Applies a delta archived from a frozen key group.
-    fn restore_delta(&mut self, index: usize, archive: &[u8]) -> Result<(), String>;
+    fn restore_delta(&mut self, index: usize, archive: &[u8]) -> Result<(), RkyvError>;
     /// Restores the key group from its chain (base, then deltas, mapped
     /// zero-copy) on first access or in the background: a restored job runs
     /// before every key group is deserialised.
     fn restore_lazily(&mut self, index: usize, chain: Vec<(bool, spate_storage::BlockRef)>);
     /// Loads up to `max` key groups still waiting; returns how many, or the
     /// first error met (also on loads made on access).
-    fn load_pending(&mut self, max: usize) -> Result<usize, String>;
+    fn load_pending(&mut self, max: usize) -> Result<usize, StateError>;
     /// Key groups still waiting to be loaded.
     fn pending_loads(&self) -> usize;
     /// Starts the cut of `plan.id` in O(1): every key group decides what it
@@ -104,7 +133,7 @@ pub(crate) trait StateTable {
     fn undecided(&self) -> usize;
     /// Decisions made since the last call (on writes or in the background),
     /// by key group index; the first error met, if any.
-    fn take_decided(&mut self) -> Result<Vec<(usize, Decided)>, String>;
+    fn take_decided(&mut self) -> Result<Vec<(usize, Decided)>, StateError>;
     /// Keys of a restored key group (reported while it is still unloaded).
     fn set_restored_entries(&mut self, index: usize, entries: u64);
     /// Forgets the changes captured by `id` (it completed).
@@ -170,8 +199,8 @@ pub(crate) struct KeyedTable<K, V> {
     /// Chains of a restored checkpoint not loaded yet, per key group.
     to_load: Vec<Option<Vec<(bool, spate_storage::BlockRef)>>>,
     to_load_count: usize,
-    load_error: Option<String>,
-    serialized: Vec<Result<Serialized, String>>,
+    load_error: Option<StateError>,
+    serialized: Vec<Result<Serialized, StateError>>,
     max_pause_us: u64,
     /// Estimated changed bytes of the subtask (change-volume trigger).
     changed_bytes: Option<Arc<AtomicU64>>,
@@ -180,7 +209,7 @@ pub(crate) struct KeyedTable<K, V> {
     /// Per key group: the checkpoint it last decided for.
     decided_for: Vec<u64>,
     decisions: Vec<(usize, Decided)>,
-    cut_error: Option<String>,
+    cut_error: Option<StateError>,
     /// Keys per restored key group (for chains reused while unloaded).
     restored_entries: Vec<u64>,
     /// Per key group: a base to materialise in the background, requested by
@@ -195,6 +224,8 @@ pub(crate) struct KeyedTable<K, V> {
     /// Per key group: the cut of the last base requested in the background
     /// (none is requested again while one newer than the chain is on its way).
     base_requested: Vec<u64>,
+    /// The first key group of the subtask's range (for error messages).
+    first_group: u32,
 }
 
 impl<K: Key, V> KeyedTable<K, V> {
@@ -205,6 +236,7 @@ impl<K: Key, V> KeyedTable<K, V> {
         changed_bytes: Option<Arc<AtomicU64>>,
     ) -> Self {
         Self {
+            first_group: u32::from(range.start),
             changed_bytes,
             name: name.to_string(),
             groups: (0..range.len()).map(|_| FxHashMap::default()).collect(),
@@ -258,11 +290,11 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                 self.restore_group(index, &block)
             };
             if let Err(e) = applied {
-                self.load_error.get_or_insert(format!(
-                    "state `{}` block {:?}: {e}",
-                    self.name,
-                    block.handle()
-                ));
+                self.load_error.get_or_insert(StateError::Load {
+                    table: self.name.clone(),
+                    block: block.handle(),
+                    source: e,
+                });
             }
         }
     }
@@ -499,14 +531,16 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                 );
                 let archived = rkyv::api::high::to_bytes_in::<_, RkyvError>(&delta, buffer);
                 self.hold_captured(index, frozen.id, keys);
-                archived.map_err(|e| e.to_string()).map(|bytes| Serialized {
-                    index,
-                    id: frozen.id,
-                    delta: true,
-                    entries,
-                    bytes,
-                    background: false,
-                })
+                archived
+                    .map_err(|e| self.archive_error(index, e))
+                    .map(|bytes| Serialized {
+                        index,
+                        id: frozen.id,
+                        delta: true,
+                        entries,
+                        bytes,
+                        background: false,
+                    })
             }
         };
         self.max_pause_us = self.max_pause_us.max(started.elapsed().as_micros() as u64);
@@ -525,16 +559,33 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
         self.serialized.push(result);
     }
 
+    /// Archiving group `index` failed.
+    fn archive_error(&self, index: usize, source: RkyvError) -> StateError {
+        StateError::Archive {
+            table: self.name.clone(),
+            group: self.first_group + index as u32,
+            source,
+        }
+    }
+
     /// Group `index` archived as a full base for checkpoint `id`.
-    fn archive_base(&self, index: usize, id: u64, background: bool) -> Result<Serialized, String> {
-        self.snapshot_group(index).map(|bytes| Serialized {
-            index,
-            id,
-            delta: false,
-            entries: self.groups[index].len() as u64,
-            bytes,
-            background,
-        })
+    fn archive_base(
+        &self,
+        index: usize,
+        id: u64,
+        background: bool,
+    ) -> Result<Serialized, StateError> {
+        let archived = self.snapshot_group(index);
+        archived
+            .map_err(|e| self.archive_error(index, e))
+            .map(|bytes| Serialized {
+                index,
+                id,
+                delta: false,
+                entries: self.groups[index].len() as u64,
+                bytes,
+                background,
+            })
     }
 }
 
@@ -545,7 +596,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
     /// that does not check, and why.
     pub(crate) fn load_detached<'a>(
         chain: impl IntoIterator<Item = (bool, &'a [u8])>,
-    ) -> Result<FxHashMap<K, V>, (usize, String)> {
+    ) -> Result<FxHashMap<K, V>, (usize, RkyvError)> {
         let mut table = Self::new("inspect", KeyGroupRange { start: 0, end: 1 }, false, None);
         for (position, (delta, bytes)) in chain.into_iter().enumerate() {
             let applied = if delta {
@@ -573,16 +624,15 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         crate::checkpoint::metadata::table_type_name::<K, V>()
     }
 
-    fn snapshot_group(&self, index: usize) -> Result<AlignedVec, String> {
+    fn snapshot_group(&self, index: usize) -> Result<AlignedVec, RkyvError> {
         let group = &self.groups[index];
         let entries = Entries(group.iter().map(|(k, v)| EntryRef(k, v)));
         let buffer = take_buffer(archive_estimate::<K, V>(group.len()));
-        rkyv::api::high::to_bytes_in::<_, RkyvError>(&entries, buffer).map_err(|e| e.to_string())
+        rkyv::api::high::to_bytes_in::<_, RkyvError>(&entries, buffer)
     }
 
-    fn restore_group(&mut self, index: usize, archive: &[u8]) -> Result<(), String> {
-        let entries =
-            rkyv::from_bytes::<Vec<(K, V)>, RkyvError>(archive).map_err(|e| e.to_string())?;
+    fn restore_group(&mut self, index: usize, archive: &[u8]) -> Result<(), RkyvError> {
+        let entries = rkyv::from_bytes::<Vec<(K, V)>, RkyvError>(archive)?;
         let group = &mut self.groups[index];
         group.clear();
         group.reserve(entries.len());
@@ -612,7 +662,7 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         }
     }
 
-    fn load_pending(&mut self, max: usize) -> Result<usize, String> {
+    fn load_pending(&mut self, max: usize) -> Result<usize, StateError> {
         let mut loaded = 0;
         let mut index = 0;
         while loaded < max && self.to_load_count > 0 && index < self.to_load.len() {
@@ -667,7 +717,7 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         self.base_request_count
     }
 
-    fn take_serialized(&mut self) -> Vec<Result<Serialized, String>> {
+    fn take_serialized(&mut self) -> Vec<Result<Serialized, StateError>> {
         std::mem::take(&mut self.serialized)
     }
 
@@ -675,9 +725,8 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         std::mem::take(&mut self.max_pause_us)
     }
 
-    fn restore_delta(&mut self, index: usize, archive: &[u8]) -> Result<(), String> {
-        let (upserts, deletes) = rkyv::from_bytes::<(Vec<(K, V)>, Vec<K>), RkyvError>(archive)
-            .map_err(|e| e.to_string())?;
+    fn restore_delta(&mut self, index: usize, archive: &[u8]) -> Result<(), RkyvError> {
+        let (upserts, deletes) = rkyv::from_bytes::<(Vec<(K, V)>, Vec<K>), RkyvError>(archive)?;
         let group = &mut self.groups[index];
         for key in deletes {
             group.remove(&key);
@@ -722,7 +771,7 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         self.cut.as_ref().map_or(0, |c| c.undecided)
     }
 
-    fn take_decided(&mut self) -> Result<Vec<(usize, Decided)>, String> {
+    fn take_decided(&mut self) -> Result<Vec<(usize, Decided)>, StateError> {
         match self.cut_error.take() {
             Some(e) => Err(e),
             None => Ok(std::mem::take(&mut self.decisions)),

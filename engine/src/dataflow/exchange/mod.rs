@@ -54,8 +54,13 @@ type InFlightRecords<T> = Vec<(Timestamp, T)>;
 fn archive<T: ExchangeData>(
     records: &InFlightRecords<T>,
 ) -> Result<rkyv::util::AlignedVec<16>, JobError> {
-    rkyv::to_bytes::<rkyv::rancor::Error>(records)
-        .map_err(|e| JobError::Checkpoint(format!("in-flight records do not archive: {e}")))
+    rkyv::to_bytes::<rkyv::rancor::Error>(records).map_err(|e| {
+        crate::CheckpointError::Archive {
+            what: "in-flight records".into(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
 }
 
 /// Builds the exchange for a keyed operator: attaches the sender to `stream`
@@ -171,10 +176,13 @@ fn restored_in_flight<K: Key, T: ExchangeData>(
     for (block, bytes) in restore.in_flight(&operator.0, operator.1)? {
         let records =
             rkyv::from_bytes::<InFlightRecords<T>, rkyv::rancor::Error>(&bytes).map_err(|e| {
-                JobError::Restore(format!(
-                    "in-flight records of `{}` input {} from subtask {} to {}: {e}",
-                    operator.0, operator.1, block.from, block.to
-                ))
+                JobError::from(crate::RestoreError::Damaged {
+                    what: format!(
+                        "in-flight records of `{}` input {} from subtask {} to {}",
+                        operator.0, operator.1, block.from, block.to
+                    ),
+                    reason: e.to_string(),
+                })
             })?;
         out.extend(
             records

@@ -113,10 +113,12 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
         // load that failed on access is reported here too.
         let mut budget = KEY_GROUPS_PER_STEP;
         for table in op.state.tables() {
-            let loaded = table
-                .borrow_mut()
-                .load_pending(budget)
-                .map_err(|e| JobError::Restore(format!("operator `{}`: {e}", op.name)))?;
+            let loaded = table.borrow_mut().load_pending(budget).map_err(|reason| {
+                crate::RestoreError::Damaged {
+                    what: format!("operator `{}`", op.name),
+                    reason: reason.to_string(),
+                }
+            })?;
             budget -= loaded;
             progressed |= loaded > 0;
         }

@@ -247,11 +247,14 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         self.output.barrier(barrier, cx)
     }
 
-    pub(super) fn snapshot_error(&self, id: u64, e: String) -> JobError {
-        JobError::Checkpoint(format!(
-            "operator `{}` on subtask {}: snapshot of checkpoint {id} failed: {e}",
-            self.name, self.subtask
-        ))
+    pub(super) fn snapshot_error(&self, id: u64, e: impl std::fmt::Display) -> JobError {
+        JobError::from(crate::CheckpointError::Archive {
+            what: format!(
+                "operator `{}` on subtask {}: snapshot of checkpoint {id}",
+                self.name, self.subtask
+            ),
+            reason: e.to_string(),
+        })
     }
 
     /// The synchronous part of a snapshot, O(1) in the key groups: start
@@ -306,7 +309,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             if !self.continue_snapshot(StepBudget::Unbounded)? && self.lazy.is_some() {
                 return Err(self.snapshot_error(
                     id,
-                    "the snapshot in progress could not be finished before the next one".into(),
+                    "the snapshot in progress could not be finished before the next one",
                 ));
             }
         }
@@ -455,10 +458,13 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         let progressed = !archived.is_empty();
         for (position, result) in archived {
             let serialized = result.map_err(|e| {
-                JobError::Checkpoint(format!(
-                    "operator `{}` on subtask {}: a base archived in the background failed: {e}",
-                    self.name, self.subtask
-                ))
+                JobError::from(crate::CheckpointError::Archive {
+                    what: format!(
+                        "operator `{}` on subtask {}: a base archived in the background",
+                        self.name, self.subtask
+                    ),
+                    reason: e.to_string(),
+                })
             })?;
             // Nothing is frozen while no snapshot is in progress.
             debug_assert!(serialized.background);
@@ -519,7 +525,12 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         &mut self,
         restore: &crate::checkpoint::restore::RestoreState,
     ) -> Result<(), JobError> {
-        let fail = |what: String| JobError::Restore(format!("operator `{}`: {what}", self.name));
+        let fail = |reason: String| {
+            JobError::from(crate::RestoreError::Damaged {
+                what: format!("operator `{}`", self.name),
+                reason,
+            })
+        };
         for (position, table) in self.state.tables().iter().enumerate() {
             let mut table = table.borrow_mut();
             for index in 0..self.range.len() {
