@@ -11,6 +11,21 @@
 //! aligned modes an input that delivered `n` pauses until its whole group has,
 //! so the operator never sees records from after `n` on one input before `n`
 //! arrived on the other.
+//!
+//! Invariants (asserted where they are established or relied on):
+//! 1. Checkpoint ids only grow: a checkpoint begun here is newer than the
+//!    last one completed here, and completions come in increasing order.
+//! 2. A checkpoint is pending or done here, never both; a done one is never
+//!    begun again.
+//! 3. A pending checkpoint has one delivery flag per input, and its
+//!    in-flight logs open before they close (the count never goes below 0).
+//! 4. A part is ready only when every input delivered its barrier and
+//!    every in-flight log of it closed.
+//! 5. Chains are written for a checkpoint after it was begun here and before
+//!    it completes; once it completes, they are the committed chains, and
+//!    every link of them was written by that checkpoint or an earlier one
+//!    (committed chains reference only committed blocks).
+//! 6. Restored chains are installed before any checkpoint completes here.
 
 use super::metadata::{InFlightBlock, SourceOffset, SubtaskStats};
 use super::Barrier;
@@ -222,6 +237,13 @@ impl SubtaskCheckpoints {
         if self.done.contains(&barrier.id) {
             return false;
         }
+        assert!(
+            barrier.id > self.committed_id,
+            "subtask {}: checkpoint {} begun after checkpoint {} completed",
+            self.subtask,
+            barrier.id,
+            self.committed_id
+        );
         self.latest_begun = self.latest_begun.max(barrier.id);
         let inputs = self.group_of.len();
         let finished = self.finished.clone();
@@ -240,6 +262,7 @@ impl SubtaskCheckpoints {
             },
         });
         debug_assert_eq!(self.pending[&barrier.id].delivered.len(), inputs);
+        debug_assert!(!self.done.contains(&barrier.id), "pending and done");
         true
     }
 
@@ -268,7 +291,13 @@ impl SubtaskCheckpoints {
 
     /// Input `input` has delivered barrier `id` downstream.
     pub(crate) fn delivered(&mut self, id: u64, input: usize, alignment_us: u64) {
+        assert!(
+            input < self.group_of.len(),
+            "input {input} of {}",
+            self.group_of.len()
+        );
         if let Some(p) = self.pending.get_mut(&id) {
+            debug_assert_eq!(p.delivered.len(), self.group_of.len());
             p.delivered[input] = true;
             p.stats.alignment_us = p.stats.alignment_us.max(alignment_us);
         }
@@ -277,9 +306,11 @@ impl SubtaskCheckpoints {
 
     /// Input `input` ended: it delivers every barrier from now on.
     pub(crate) fn input_finished(&mut self, input: usize) {
-        if let Some(f) = self.finished.get_mut(input) {
-            *f = true;
-        }
+        assert!(
+            input < self.finished.len(),
+            "input {input} finished twice or unknown"
+        );
+        self.finished[input] = true;
         let ids: Vec<u64> = self.pending.keys().copied().collect();
         for id in ids {
             self.delivered(id, input, 0);
@@ -415,21 +446,55 @@ impl SubtaskCheckpoints {
 
     /// Installs a restored chain as committed (deltas build on it).
     pub(crate) fn set_committed(&mut self, key: StateKey, chain: Vec<ChainLink>) {
+        assert!(
+            self.committed_id == 0 && self.written.is_empty(),
+            "restored chains are installed before any checkpoint completes"
+        );
+        assert!(!chain.is_empty(), "a restored chain has a block");
         Rc::make_mut(&mut self.committed).insert(key, chain.into());
     }
 
     /// The writer made checkpoint `id`'s blocks durable: these are its chains.
     pub(crate) fn written(&mut self, id: u64, chains: HashMap<StateKey, Chain>) {
-        self.written.insert(id, chains);
+        assert!(
+            id > self.committed_id && id <= self.latest_begun,
+            "checkpoint {id} written (latest begun {}, committed {})",
+            self.latest_begun,
+            self.committed_id
+        );
+        debug_assert!(
+            chains
+                .values()
+                .flat_map(|c| c.iter())
+                .all(|link| link.checkpoint <= id),
+            "checkpoint {id}'s chains reference a later checkpoint's block"
+        );
+        let previous = self.written.insert(id, chains);
+        assert!(previous.is_none(), "checkpoint {id} written twice");
     }
 
     /// Checkpoint `id` is committed: its chains become the base of deltas.
     pub(crate) fn complete(&mut self, id: u64) {
+        assert!(
+            id >= self.committed_id,
+            "subtask {}: checkpoint {id} completed after checkpoint {}",
+            self.subtask,
+            self.committed_id
+        );
         if let Some(chains) = self.written.remove(&id) {
             self.committed = Rc::new(chains.into_iter().collect());
             self.committed_id = id;
         }
         self.written.retain(|&k, _| k > id);
+        debug_assert!(
+            self.committed_id != id
+                || self
+                    .committed
+                    .values()
+                    .flat_map(|c| c.iter())
+                    .all(|l| l.checkpoint <= id),
+            "committed chains reference only committed blocks"
+        );
         if self.bases.is_empty() && self.retired.is_empty() {
             return;
         }
@@ -494,6 +559,10 @@ impl SubtaskCheckpoints {
     /// An in-flight log of `id` closed.
     pub(crate) fn close_log(&mut self, id: u64) {
         if let Some(p) = self.pending.get_mut(&id) {
+            assert!(
+                p.open_logs > 0,
+                "checkpoint {id}: a log closed that never opened"
+            );
             p.open_logs -= 1;
         }
         self.check_ready(id);
@@ -501,9 +570,14 @@ impl SubtaskCheckpoints {
 
     /// Drops everything pending for `id`.
     pub(crate) fn abort(&mut self, id: u64) {
+        assert!(
+            id > self.committed_id,
+            "checkpoint {id} aborted after it completed"
+        );
         self.pending.remove(&id);
         self.written.remove(&id);
         self.done.insert(id);
+        debug_assert!(!self.pending.contains_key(&id) && !self.written.contains_key(&id));
     }
 
     /// Moves `id` to the ready list if every input delivered it and no log is open.
@@ -514,7 +588,9 @@ impl SubtaskCheckpoints {
             .is_some_and(|p| p.open_logs == 0 && p.delivered.iter().all(|&d| d));
         if ready {
             let p = self.pending.remove(&id).expect("checked above");
-            self.done.insert(id);
+            let first_time = self.done.insert(id);
+            assert!(first_time, "checkpoint {id} ready twice");
+            debug_assert!(p.delivered.iter().all(|&d| d) && p.open_logs == 0);
             self.ready.push(LocalSnapshot {
                 barrier: p.barrier,
                 blocks: p.blocks,
@@ -580,6 +656,11 @@ mod tests {
     /// Completes checkpoint `id` with these chains.
     fn complete(c: &mut SubtaskCheckpoints, id: u64, chains: Vec<(StateKey, Vec<ChainLink>)>) {
         let chains = chains.into_iter().map(|(k, l)| (k, l.into())).collect();
+        c.begin(Barrier {
+            id,
+            trigger_ms: 0,
+            mode: crate::checkpoint::CheckpointMode::Aligned,
+        });
         c.written(id, chains);
         c.complete(id);
     }

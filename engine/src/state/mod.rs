@@ -8,6 +8,20 @@
 //!
 //! Maps use a fixed hasher (FxHash): iteration order depends only on the
 //! inserted keys, which keeps simulated runs reproducible.
+//!
+//! Invariants (asserted in the tables below):
+//! 1. A key group is decided at most once per cut, before its first write
+//!    after the barrier or in the background, and the cut ends exactly when
+//!    its last key group is decided (the count of undecided groups is exact).
+//! 2. A cut's checkpoint is newer than the completion it builds on, and cuts
+//!    of one table come in increasing checkpoint order.
+//! 3. A frozen key group is archived before its next write (copy-on-write):
+//!    the count of frozen groups is the number of `Some` slots.
+//! 4. A key group restored lazily is loaded before it is read or written,
+//!    and loaded once (a cut may reuse its restored chain unloaded).
+//! 5. Keys captured by a checkpoint in progress stay held until it completes
+//!    (and any cut building on an older completion ended) or it fails; they
+//!    then return to the dirty set.
 
 use crate::archive::{take_buffer, Entries, EntryRef};
 use crate::checkpoint::subtask::{Chain, StateKey, StateRef};
@@ -282,7 +296,9 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
         let Some(chain) = self.to_load[index].take() else {
             return;
         };
+        assert!(self.to_load_count > 0, "state `{}`: load count", self.name);
         self.to_load_count -= 1;
+        debug_assert!(self.to_load_count < self.to_load.len(), "loads pending");
         for (delta, block) in chain {
             let applied = if delta {
                 self.restore_delta(index, &block)
@@ -338,6 +354,12 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
             plan.operator.clone(),
             cut.table.clone(),
             plan.range_start + index as u32,
+        );
+        assert!(
+            cut.undecided > 0 && self.decided_for[index] != plan.id,
+            "state `{}`: key group {index} decided twice for checkpoint {}",
+            self.name,
+            plan.id
         );
         cut.undecided -= 1;
         let last = cut.undecided == 0;
@@ -508,6 +530,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
         let Some(frozen) = self.frozen[index].take() else {
             return;
         };
+        assert!(self.frozen_count > 0, "state `{}`: frozen count", self.name);
         self.frozen_count -= 1;
         let started = std::time::Instant::now();
         let result = match frozen.delta {
@@ -641,6 +664,11 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
     }
 
     fn freeze(&mut self, index: usize, id: u64, since: u64, delta: bool) {
+        assert!(
+            id > since,
+            "state `{}`: checkpoint {id} cut on checkpoint {since}",
+            self.name
+        );
         let keys = self.capture(index, since);
         let frozen = if delta {
             Frozen {
@@ -654,6 +682,10 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         if self.frozen[index].replace(frozen).is_none() {
             self.frozen_count += 1;
         }
+        debug_assert!(
+            self.frozen_count <= self.frozen.len() && self.frozen[index].is_some(),
+            "frozen groups"
+        );
     }
 
     fn restore_lazily(&mut self, index: usize, chain: Vec<(bool, spate_storage::BlockRef)>) {
@@ -736,6 +768,19 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
     }
 
     fn begin_cut(&mut self, plan: Rc<CutPlan>, table: Arc<str>) {
+        assert!(
+            plan.id > plan.committed_id,
+            "state `{}`: checkpoint {} cut on checkpoint {}",
+            self.name,
+            plan.id,
+            plan.committed_id
+        );
+        debug_assert!(
+            self.decided_for.iter().all(|&d| d < plan.id),
+            "state `{}`: checkpoint {} cut after a later one",
+            self.name,
+            plan.id
+        );
         self.end_cut();
         self.decisions.clear();
         self.cut_error = None;
@@ -783,6 +828,11 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
     }
 
     fn checkpoint_complete(&mut self, id: u64) {
+        debug_assert!(
+            self.cut.as_ref().is_none_or(|c| c.plan.id != id),
+            "state `{}`: checkpoint {id} completed while it is being cut",
+            self.name
+        );
         let building_on_older = self.cut.as_ref().is_some_and(|c| c.plan.committed_id < id);
         if let Some(changes) = &mut self.changes {
             if building_on_older {

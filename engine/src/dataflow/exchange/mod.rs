@@ -22,6 +22,19 @@
 //! (peeked in the ring without consuming, or logged as consumed until `P` is
 //! known). Aligned with timeout switches from the first to the second.
 //! At-least-once: counted like aligned, never blocking.
+//!
+//! Invariants (asserted in the sender and the receiver):
+//! 1. Barrier ids a sender sends on its channels strictly increase, and no
+//!    barrier follows the end of its input.
+//! 2. A sender's in-band marker is at the position its notice announces: the
+//!    ring's write position plus what waits before it (aligned: everything
+//!    already sent; unaligned: nothing, the marker goes first).
+//! 3. Barrier ids a receiver delivers downstream strictly increase.
+//! 4. A consumed marker's position is behind the read position; a notice
+//!    for a channel whose in-flight log is open is never behind what that log
+//!    already holds (the log covers `[read position at the snapshot, P)`).
+//! 5. An in-flight log only grows and never holds a record at or after its
+//!    channel's barrier position.
 
 use super::{
     Cx, Dataflow, ExchangeData, Input, InputState, Message, Output, OutputBuffer, Push, Record,
@@ -113,6 +126,7 @@ pub(crate) fn exchange<K: Key, T: ExchangeData>(
         subtask,
         operator: operator.clone(),
         checkpoints: checkpoints.clone(),
+        last_barrier: 0,
     })));
     df.add_buffer(upstream_chains, sender.clone());
     upstream.attach(Box::new(SenderPush(sender)));

@@ -86,6 +86,14 @@ impl<T: ExchangeData> ExchangeReceiver<T> {
 
     /// Sends the barrier downstream (operators snapshot) and resumes reading.
     fn deliver(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
+        assert!(
+            barrier.id > self.delivered,
+            "input {} of `{}`: barrier {} delivered after barrier {}",
+            self.operator.1,
+            self.operator.0,
+            barrier.id,
+            self.delivered
+        );
         let alignment_us = self
             .alignment
             .take()
@@ -144,6 +152,7 @@ impl<T: ExchangeData> ExchangeReceiver<T> {
             return Ok(());
         };
         let from = log.logged_until.max(self.channels[j].data.read_position());
+        let logged_before = log.logged_until;
         let records = &mut log.records;
         let mut last = from;
         self.channels[j].data.peek_until(until, |pos, message| {
@@ -154,7 +163,9 @@ impl<T: ExchangeData> ExchangeReceiver<T> {
                 last = pos + 1;
             }
         });
+        debug_assert!(last <= until.max(from), "logged at or after the barrier");
         log.logged_until = log.logged_until.max(last);
+        debug_assert!(log.logged_until >= logged_before, "a log only grows");
         if log.logged_until >= until {
             self.close_log(j)?;
         }
@@ -196,6 +207,13 @@ impl<T: ExchangeData> ExchangeReceiver<T> {
         self.state[j].notice = Some(notice);
         if let Some(log) = &mut self.state[j].log {
             if log.id == notice.checkpoint_id {
+                debug_assert!(
+                    notice.position >= log.logged_until,
+                    "checkpoint {}: barrier at {} behind the log at {}",
+                    log.id,
+                    notice.position,
+                    log.logged_until
+                );
                 log.until = Some(notice.position);
             }
         }
@@ -215,6 +233,10 @@ impl<T: ExchangeData> ExchangeReceiver<T> {
         position: u64,
         cx: &mut Cx,
     ) -> Result<bool, JobError> {
+        debug_assert!(
+            position < self.channels[j].data.read_position(),
+            "a marker is handled once consumed"
+        );
         if barrier.id <= self.delivered {
             // Delivered already (unaligned): this channel's range is complete.
             if let Some(log) = &mut self.state[j].log {

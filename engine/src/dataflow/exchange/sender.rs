@@ -82,6 +82,8 @@ pub(super) struct SenderState<K, T> {
     /// The keyed operator and input the exchange feeds.
     pub(super) operator: (String, u32),
     pub(super) checkpoints: Rc<RefCell<SubtaskCheckpoints>>,
+    /// The last barrier sent.
+    pub(super) last_barrier: u64,
 }
 
 /// The sending half of an exchange on one subtask.
@@ -142,6 +144,15 @@ impl<K: Key, T: ExchangeData> Push<T> for SenderPush<K, T> {
     fn barrier(&mut self, barrier: Barrier, _cx: &mut Cx) -> Result<(), JobError> {
         let mut guard = self.0 .0.borrow_mut();
         let state = &mut *guard;
+        assert!(
+            barrier.id > state.last_barrier && !state.ended,
+            "exchange to `{}`: barrier {} after barrier {} (input ended: {})",
+            state.operator.0,
+            barrier.id,
+            state.last_barrier,
+            state.ended
+        );
+        state.last_barrier = barrier.id;
         let unaligned = state.checkpoints.borrow().is_unaligned(barrier.id);
         let batch_size = state.batch_size;
         for (to, target) in state.targets.iter_mut().enumerate() {
@@ -175,6 +186,13 @@ impl<K: Key, T: ExchangeData> Push<T> for SenderPush<K, T> {
                     );
                 }
                 let position = target.send_first(Message::Barrier(barrier));
+                debug_assert!(
+                    target
+                        .pending
+                        .front()
+                        .is_none_or(|m| matches!(m, Message::Barrier(_))),
+                    "an unaligned marker goes before what waits"
+                );
                 if !target.batch.is_empty() {
                     let batch =
                         std::mem::replace(&mut target.batch, Vec::with_capacity(batch_size));
@@ -189,6 +207,11 @@ impl<K: Key, T: ExchangeData> Push<T> for SenderPush<K, T> {
                 }
                 let position = target.channel.data.position() + target.pending.len() as u64;
                 target.send(Message::Barrier(barrier));
+                debug_assert_eq!(
+                    target.channel.data.position() + target.pending.len() as u64,
+                    position + 1,
+                    "an aligned marker goes after everything sent"
+                );
                 position
             };
             target.notice(Notice {
