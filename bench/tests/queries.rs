@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
-use spate::sim::Simulation;
+use spate::internals::sim::Simulation;
 use spate::sink::Collector;
 use spate::{Dataflow, Job, JobConfig, Stream};
 use spate_bench::nexmark::model::Event;

@@ -9,7 +9,7 @@
 //! cargo run --release -p spate --example keyed_count -- [events] [parallelism]
 //! ```
 
-use spate::sim::SplitMix64;
+use spate::internals::sim::SplitMix64;
 use spate::sink::DiscardSink;
 use spate::source::SequenceSource;
 use spate::{Job, JobConfig, KeyedContext, WatermarkStrategy};

@@ -37,11 +37,17 @@
 //! assert!(finals.contains(&("a".to_string(), 3)));
 //! ```
 //!
-//! Crate map (see `ARCHITECTURE.md`): [`ring`] (the SPSC ring), [`keygroup`]
-//! (stable hash and key-group ranges), [`state`] (keyed state), [`dataflow`]
-//! (the API and operators), [`window`], [`source`], [`sink`], [`sim`] (the
-//! deterministic simulator), [`inspect`] (checkpointed state read back for
-//! tools); the glommio runtime is [`Job`].
+//! The user API: [`Job`] and [`JobConfig`] run a job, [`Dataflow`] and
+//! [`Stream`] declare it, [`state`] holds keyed state handles, [`window`]
+//! event-time windows, [`source`] and [`sink`] the ways in and out
+//! (including exactly-once files and the embedding service's ingress and
+//! egress), [`checkpoint`] and [`restart`] the fault tolerance settings,
+//! [`time`] clocks and watermarks.
+//!
+//! [`internals`] exposes, for the project's own tools, tests and benchmarks,
+//! what is not a stable API: the deterministic simulator, checkpointed state
+//! read back for inspection, key-group arithmetic. `ARCHITECTURE.md` maps
+//! the modules behind all of it.
 
 mod archive;
 pub mod checkpoint;
@@ -50,14 +56,14 @@ mod data;
 pub mod dataflow;
 mod env;
 mod error;
-pub mod inspect;
+mod inspect;
 mod job;
-pub mod keygroup;
+mod keygroup;
 mod park;
 pub mod restart;
-pub mod ring;
+mod ring;
 mod runtime;
-pub mod sim;
+mod sim;
 pub mod sink;
 pub mod source;
 pub mod state;
@@ -85,3 +91,29 @@ pub use restart::{RestartStats, RestartStrategy};
 pub use state::{KeyScope, ListState, MapState, StateData, StateRegistry, ValueState};
 pub use time::{TimeDomain, Timestamp, WatermarkStrategy};
 pub use worker::SubtaskReport;
+
+/// Internals for the project's own tools (`spate-ckpt`), tests and
+/// benchmarks: not a stable API, and not needed to write or run a job.
+pub mod internals {
+    /// The deterministic simulator: every subtask of a job on one thread,
+    /// stepped in a seeded order with a virtual clock and simulated storage.
+    pub mod sim {
+        pub use crate::sim::{SimReport, Simulation, SplitMix64};
+    }
+
+    /// Checkpointed keyed state read back and decoded as a restore does.
+    pub mod inspect {
+        pub use crate::inspect::*;
+    }
+
+    /// The stable key hash and key-group arithmetic (Flink's
+    /// `KeyGroupRangeAssignment`).
+    pub mod keygroup {
+        pub use crate::keygroup::*;
+    }
+
+    /// The single-producer single-consumer ring between cores.
+    pub mod ring {
+        pub use crate::ring::*;
+    }
+}

@@ -309,6 +309,10 @@ mod tests {
             reset_after: MS,
             jitter: 0.0,
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("multiplier"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("multiplier"));
     }
 }

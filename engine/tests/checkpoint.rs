@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use spate::sim::{Simulation, SplitMix64};
+use spate::internals::sim::{Simulation, SplitMix64};
 use spate::window::{WindowAssigner, WindowResult};
 use spate::{CheckpointConfig, CheckpointMode, Dataflow, JobConfig, RestoreFrom};
 use spate_storage::SimIo;

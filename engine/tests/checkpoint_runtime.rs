@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use spate::sim::SplitMix64;
+use spate::internals::sim::SplitMix64;
 use spate::source::SequenceSource;
 use spate::window::{WindowAssigner, WindowResult};
 use spate::{

@@ -1,6 +1,6 @@
 //! The SPSC ring through its public API (the loom model is in `loom_ring.rs`).
 
-use spate::ring::{channel, ring, Notice};
+use spate::internals::ring::{channel, ring, Notice};
 
 #[test]
 fn fifo_and_full() {

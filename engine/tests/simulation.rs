@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use spate::sim::Simulation;
+use spate::internals::sim::Simulation;
 use spate::sink::Collector;
 use spate::source::SequenceSource;
 use spate::time::{Clock, TimeDomain};

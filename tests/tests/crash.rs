@@ -23,7 +23,7 @@
 //! `SPATE_CRASH_ONLY=text` runs the scenarios whose name contains it;
 //! `SPATE_CRASH_SEED=S` the seed (default: from the clock; printed either way).
 
-use spate::sim::SplitMix64;
+use spate::internals::sim::SplitMix64;
 use spate_tests::{committed, damage_newest, diff_rows, Damage};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -13,12 +13,13 @@ use std::collections::{BTreeMap, HashSet};
 use anyhow::Result;
 use serde_json::{json, Value};
 use spate::checkpoint::metadata::StateBlock;
-use spate::inspect::{InspectError, KeyGroupChain};
+use spate::internals::inspect::{InspectError, KeyGroupChain};
 use spate_storage::BlockHandle;
 
 use crate::dump::error_json;
+use crate::output::{human_bytes, items, print_table, print_table_or_none, with_header};
 use crate::registry::Registry;
-use crate::{human_bytes, print_table, Checkpoint};
+use crate::store::Checkpoint;
 
 /// Entries added, removed, changed and unchanged (`Option<Counts>`: `None`
 /// when the entries were not compared).
@@ -128,10 +129,15 @@ fn bytes_json(b: &Bytes) -> Value {
     json!({"bytes_a": b.a, "bytes_b": b.b, "new_bytes": b.new})
 }
 
-/// Runs `diff`; returns whether every key group read and decoded.
-pub fn diff(a: &Checkpoint, b: &Checkpoint, registry: &Registry, as_json: bool) -> Result<bool> {
-    type Side<'a> = (Option<&'a StateBlock>, Option<&'a StateBlock>);
-    let mut pairs: BTreeMap<(&str, &str, u32), Side> = BTreeMap::new();
+/// A key group's state in A and in B (`None` where that checkpoint has none).
+type Pair<'a> = (Option<&'a StateBlock>, Option<&'a StateBlock>);
+
+/// Every key group with state in A or in B, by operator, table and key group.
+fn pair_key_groups<'a>(
+    a: &'a Checkpoint,
+    b: &'a Checkpoint,
+) -> BTreeMap<(&'a str, &'a str, u32), Pair<'a>> {
+    let mut pairs: BTreeMap<(&str, &str, u32), Pair> = BTreeMap::new();
     for s in &a.metadata.state {
         pairs
             .entry((&s.operator, &s.table, s.key_group))
@@ -144,129 +150,159 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, registry: &Registry, as_json: bool) 
             .or_default()
             .1 = Some(s);
     }
-    let mut errors = Vec::new();
-    // Per operator and table: sums over its key groups, and their rows.
-    struct Table {
-        type_name: String,
-        compared: bool,
-        counts: Counts,
-        bytes: Bytes,
-        groups: Vec<Value>,
-        differing: u64,
-        compared_groups: u64,
+    pairs
+}
+
+/// One key group compared.
+struct KeyGroupDiff {
+    /// `None` when the entries were not compared (a type the registry does not
+    /// know, or a chain that does not read or decode).
+    counts: Option<Counts>,
+    bytes: Bytes,
+    /// The chain is the same blocks in both checkpoints.
+    same_blocks: bool,
+}
+
+/// Compares one key group: by its blocks, and unless they are the same by its
+/// entries; errors reading or decoding it go to `errors`.
+fn diff_key_group(
+    a: &Checkpoint,
+    b: &Checkpoint,
+    registry: &Registry,
+    (sa, sb): Pair,
+    errors: &mut Vec<InspectError>,
+) -> KeyGroupDiff {
+    let ha = sa.map(|s| handles(a, s)).unwrap_or_default();
+    let hb = sb.map(|s| handles(b, s)).unwrap_or_default();
+    let in_a: HashSet<BlockHandle> = ha.iter().filter_map(|h| h.0).collect();
+    let bytes = Bytes {
+        a: sa.map_or(0, StateBlock::bytes),
+        b: sb.map_or(0, StateBlock::bytes),
+        new: sb.map_or(0, |s| {
+            s.chain
+                .iter()
+                .zip(&hb)
+                .filter(|(_, h)| h.0.is_none_or(|h| !in_a.contains(&h)))
+                .map(|(l, _)| l.bytes)
+                .sum()
+        }),
+    };
+    let same_blocks = sa.is_some() && sb.is_some() && ha == hb && ha.iter().all(|h| h.0.is_some());
+    let counts = if same_blocks {
+        Some(Counts {
+            unchanged: sb.map_or(0, |s| s.entries),
+            ..Counts::default()
+        })
+    } else {
+        match (entries(a, registry, sa), entries(b, registry, sb)) {
+            (Ok(Some(ea)), Ok(Some(eb))) => Some(compare(&ea, &eb)),
+            (ra, rb) => {
+                errors.extend(ra.err());
+                errors.extend(rb.err());
+                None
+            }
+        }
+    };
+    KeyGroupDiff {
+        counts,
+        bytes,
+        same_blocks,
     }
-    let mut tables: BTreeMap<&str, BTreeMap<&str, Table>> = BTreeMap::new();
-    for (&(operator, table, key_group), &(sa, sb)) in &pairs {
-        let ha = sa.map(|s| handles(a, s)).unwrap_or_default();
-        let hb = sb.map(|s| handles(b, s)).unwrap_or_default();
-        let in_a: HashSet<BlockHandle> = ha.iter().filter_map(|h| h.0).collect();
-        let bytes = Bytes {
-            a: sa.map_or(0, StateBlock::bytes),
-            b: sb.map_or(0, StateBlock::bytes),
-            new: sb.map_or(0, |s| {
-                s.chain
-                    .iter()
-                    .zip(&hb)
-                    .filter(|(_, h)| h.0.is_none_or(|h| !in_a.contains(&h)))
-                    .map(|(l, _)| l.bytes)
-                    .sum()
-            }),
-        };
-        let same_blocks =
-            sa.is_some() && sb.is_some() && ha == hb && ha.iter().all(|h| h.0.is_some());
-        let counts = if same_blocks {
-            Some(Counts {
-                unchanged: sb.map_or(0, |s| s.entries),
-                ..Counts::default()
-            })
-        } else {
-            match (entries(a, registry, sa), entries(b, registry, sb)) {
-                (Ok(Some(ea)), Ok(Some(eb))) => Some(compare(&ea, &eb)),
-                (ra, rb) => {
-                    errors.extend(ra.err());
-                    errors.extend(rb.err());
-                    None
-                }
-            }
-        };
-        let type_name = sb.or(sa).map_or(String::new(), |s| s.type_name.clone());
-        let t = tables
-            .entry(operator)
-            .or_default()
-            .entry(table)
-            .or_insert_with(|| Table {
-                type_name: type_name.clone(),
-                compared: true,
-                counts: Counts::default(),
-                bytes: Bytes::default(),
-                groups: Vec::new(),
-                differing: 0,
-                compared_groups: 0,
-            });
-        t.bytes.add(&bytes);
-        match &counts {
+}
+
+/// One table compared: its key groups' rows and their sums.
+struct TableDiff {
+    type_name: String,
+    /// Every key group's entries were compared.
+    compared: bool,
+    counts: Counts,
+    bytes: Bytes,
+    groups: Vec<Value>,
+    differing: u64,
+    compared_groups: u64,
+}
+
+impl TableDiff {
+    fn new(type_name: String) -> Self {
+        TableDiff {
+            type_name,
+            compared: true,
+            counts: Counts::default(),
+            bytes: Bytes::default(),
+            groups: Vec::new(),
+            differing: 0,
+            compared_groups: 0,
+        }
+    }
+
+    /// Adds key group `key_group` (`d`, its comparison of `sa` and `sb`): its
+    /// row and its sums.
+    fn add(&mut self, key_group: u32, (sa, sb): Pair, d: &KeyGroupDiff) {
+        self.bytes.add(&d.bytes);
+        match &d.counts {
             Some(c) => {
-                t.counts.add(c);
-                t.compared_groups += 1;
+                self.counts.add(c);
+                self.compared_groups += 1;
             }
-            None => t.compared = false,
+            None => self.compared = false,
         }
-        let differs = counts.as_ref().is_none_or(Counts::differs) && !same_blocks;
-        if differs {
-            t.differing += 1;
+        if d.counts.as_ref().is_none_or(Counts::differs) && !d.same_blocks {
+            self.differing += 1;
         }
-        t.groups.push(merge(
+        self.groups.push(merge(
             merge(
                 json!({
                     "key_group": key_group,
                     "entries_a": sa.map(|s| s.entries),
                     "entries_b": sb.map(|s| s.entries),
-                    "same_blocks": same_blocks,
-                    "compared": counts.is_some(),
+                    "same_blocks": d.same_blocks,
+                    "compared": d.counts.is_some(),
                 }),
-                counts_json(counts.as_ref()),
+                counts_json(d.counts.as_ref()),
             ),
-            bytes_json(&bytes),
+            bytes_json(&d.bytes),
         ));
     }
-    let mut total_counts = Counts::default();
-    let mut total_bytes = Bytes::default();
-    let operators: Vec<Value> = tables
-        .iter()
-        .map(|(op, ts)| {
-            let mut counts = Counts::default();
-            let mut bytes = Bytes::default();
-            let tables: Vec<Value> = ts
-                .iter()
-                .map(|(name, t)| {
-                    counts.add(&t.counts);
-                    bytes.add(&t.bytes);
-                    merge(
-                        merge(
-                            json!({
-                                "table": name,
-                                "type_name": t.type_name,
-                                "compared": t.compared,
-                                "differing_key_groups": t.differing,
-                                "key_groups": t.groups,
-                            }),
-                            counts_json((t.compared_groups > 0).then_some(&t.counts)),
-                        ),
-                        bytes_json(&t.bytes),
-                    )
-                })
-                .collect();
-            total_counts.add(&counts);
-            total_bytes.add(&bytes);
+
+    /// This table, named `name`, as JSON.
+    fn to_json(&self, name: &str) -> Value {
+        merge(
             merge(
-                merge(
-                    json!({"operator": op, "tables": tables}),
-                    counts_json(Some(&counts)),
-                ),
-                bytes_json(&bytes),
-            )
-        })
-        .collect();
+                json!({
+                    "table": name,
+                    "type_name": self.type_name,
+                    "compared": self.compared,
+                    "differing_key_groups": self.differing,
+                    "key_groups": self.groups,
+                }),
+                counts_json((self.compared_groups > 0).then_some(&self.counts)),
+            ),
+            bytes_json(&self.bytes),
+        )
+    }
+}
+
+/// Per operator, its tables compared.
+type Operators<'a> = BTreeMap<&'a str, BTreeMap<&'a str, TableDiff>>;
+
+/// Runs `diff`; returns whether every key group read and decoded.
+pub fn diff(a: &Checkpoint, b: &Checkpoint, registry: &Registry, as_json: bool) -> Result<bool> {
+    let mut errors = Vec::new();
+    let mut tables: Operators = BTreeMap::new();
+    for (&(operator, table, key_group), &pair) in &pair_key_groups(a, b) {
+        let d = diff_key_group(a, b, registry, pair, &mut errors);
+        let type_name = pair
+            .1
+            .or(pair.0)
+            .map_or(String::new(), |s| s.type_name.clone());
+        tables
+            .entry(operator)
+            .or_default()
+            .entry(table)
+            .or_insert_with(|| TableDiff::new(type_name))
+            .add(key_group, pair, &d);
+    }
+    let (operators, total_counts, total_bytes) = operators_json(&tables);
     let doc = json!({
         "a": a.metadata.id,
         "b": b.metadata.id,
@@ -285,19 +321,82 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, registry: &Registry, as_json: bool) 
     Ok(errors.is_empty())
 }
 
+/// Every operator as JSON with its tables and their sums; and the sums over
+/// all operators.
+fn operators_json(tables: &Operators) -> (Vec<Value>, Counts, Bytes) {
+    let mut total_counts = Counts::default();
+    let mut total_bytes = Bytes::default();
+    let operators = tables
+        .iter()
+        .map(|(op, ts)| {
+            let mut counts = Counts::default();
+            let mut bytes = Bytes::default();
+            let tables: Vec<Value> = ts
+                .iter()
+                .map(|(name, t)| {
+                    counts.add(&t.counts);
+                    bytes.add(&t.bytes);
+                    t.to_json(name)
+                })
+                .collect();
+            total_counts.add(&counts);
+            total_bytes.add(&bytes);
+            merge(
+                merge(
+                    json!({"operator": op, "tables": tables}),
+                    counts_json(Some(&counts)),
+                ),
+                bytes_json(&bytes),
+            )
+        })
+        .collect();
+    (operators, total_counts, total_bytes)
+}
+
+/// A count cell: the number, or `-` for null.
+fn count_cell(v: &Value) -> String {
+    v.as_u64().map_or("-".to_string(), |n| n.to_string())
+}
+
+/// A bytes cell: the bytes shown, or `-` for null.
+fn bytes_cell(v: &Value) -> String {
+    v.as_u64().map_or("-".to_string(), human_bytes)
+}
+
+/// A text cell: the string, or empty.
+fn text_cell(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+/// Prints `diff`'s JSON document `doc` as tables: per table, then the key
+/// groups that differ.
 fn print_diff(doc: &Value) {
-    let n = |v: &Value| v.as_u64().map_or("-".to_string(), |n| n.to_string());
-    let b = |v: &Value| v.as_u64().map_or("-".to_string(), human_bytes);
-    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
     println!("diff checkpoint {} -> {}", doc["a"], doc["b"]);
-    let empty = Vec::new();
-    let operators = doc["operators"].as_array().unwrap_or(&empty);
+    let operators = items(&doc["operators"]);
     if operators.is_empty() {
         println!("(no keyed state in either checkpoint)");
         return;
     }
     println!();
-    let mut rows = vec![[
+    print_table(&table_rows(operators));
+    let t = &doc["totals"];
+    println!(
+        "\ntotal: {} added, {} removed, {} changed, {} unchanged; {} -> {} ({} new)",
+        count_cell(&t["added"]),
+        count_cell(&t["removed"]),
+        count_cell(&t["changed"]),
+        count_cell(&t["unchanged"]),
+        bytes_cell(&t["bytes_a"]),
+        bytes_cell(&t["bytes_b"]),
+        bytes_cell(&t["new_bytes"]),
+    );
+    println!("\nkey groups that differ");
+    print_table_or_none(&differing_rows(operators));
+}
+
+/// One row per operator and table.
+fn table_rows(operators: &[Value]) -> Vec<Vec<String>> {
+    let mut rows = with_header(&[
         "OPERATOR",
         "STATE",
         "KEY GROUPS",
@@ -310,10 +409,39 @@ fn print_diff(doc: &Value) {
         "BYTES B",
         "NEW BYTES",
         "TYPE",
-    ]
-    .map(String::from)
-    .to_vec()];
-    let mut differing = vec![[
+    ]);
+    for op in operators {
+        for t in items(&op["tables"]) {
+            let compared = t["compared"] == true;
+            // Partly compared (some key groups of an unknown type): a lower bound.
+            let count = |k: &str| match &t[k] {
+                Value::Null => "-".to_string(),
+                v if compared => count_cell(v),
+                v => format!("{}+?", count_cell(v)),
+            };
+            rows.push(vec![
+                text_cell(&op["operator"]),
+                text_cell(&t["table"]),
+                items(&t["key_groups"]).len().to_string(),
+                count_cell(&t["differing_key_groups"]),
+                count("added"),
+                count("removed"),
+                count("changed"),
+                count("unchanged"),
+                bytes_cell(&t["bytes_a"]),
+                bytes_cell(&t["bytes_b"]),
+                bytes_cell(&t["new_bytes"]),
+                text_cell(&t["type_name"]),
+            ]);
+        }
+    }
+    rows
+}
+
+/// One row per key group that differs (not the same blocks, and entries
+/// added, removed or changed or not compared).
+fn differing_rows(operators: &[Value]) -> Vec<Vec<String>> {
+    let mut rows = with_header(&[
         "OPERATOR",
         "STATE",
         "KEY GROUP",
@@ -325,73 +453,32 @@ fn print_diff(doc: &Value) {
         "BYTES A",
         "BYTES B",
         "NEW BYTES",
-    ]
-    .map(String::from)
-    .to_vec()];
+    ]);
     for op in operators {
-        for t in op["tables"].as_array().unwrap_or(&empty) {
-            let groups = t["key_groups"].as_array().unwrap_or(&empty);
-            let compared = t["compared"] == true;
-            // Partly compared (some key groups of an unknown type): a lower bound.
-            let count = |k: &str| match &t[k] {
-                Value::Null => "-".to_string(),
-                v if compared => n(v),
-                v => format!("{}+?", n(v)),
-            };
-            rows.push(vec![
-                s(&op["operator"]),
-                s(&t["table"]),
-                groups.len().to_string(),
-                n(&t["differing_key_groups"]),
-                count("added"),
-                count("removed"),
-                count("changed"),
-                count("unchanged"),
-                b(&t["bytes_a"]),
-                b(&t["bytes_b"]),
-                b(&t["new_bytes"]),
-                s(&t["type_name"]),
-            ]);
-            for g in groups {
+        for t in items(&op["tables"]) {
+            for g in items(&t["key_groups"]) {
                 let differs = g["same_blocks"] != true
                     && (g["compared"] != true
                         || ["added", "removed", "changed"]
                             .iter()
                             .any(|k| g[*k].as_u64().unwrap_or(0) > 0));
                 if differs {
-                    differing.push(vec![
-                        s(&op["operator"]),
-                        s(&t["table"]),
-                        n(&g["key_group"]),
-                        n(&g["entries_a"]),
-                        n(&g["entries_b"]),
-                        n(&g["added"]),
-                        n(&g["removed"]),
-                        n(&g["changed"]),
-                        b(&g["bytes_a"]),
-                        b(&g["bytes_b"]),
-                        b(&g["new_bytes"]),
+                    rows.push(vec![
+                        text_cell(&op["operator"]),
+                        text_cell(&t["table"]),
+                        count_cell(&g["key_group"]),
+                        count_cell(&g["entries_a"]),
+                        count_cell(&g["entries_b"]),
+                        count_cell(&g["added"]),
+                        count_cell(&g["removed"]),
+                        count_cell(&g["changed"]),
+                        bytes_cell(&g["bytes_a"]),
+                        bytes_cell(&g["bytes_b"]),
+                        bytes_cell(&g["new_bytes"]),
                     ]);
                 }
             }
         }
     }
-    print_table(&rows);
-    let t = &doc["totals"];
-    println!(
-        "\ntotal: {} added, {} removed, {} changed, {} unchanged; {} -> {} ({} new)",
-        n(&t["added"]),
-        n(&t["removed"]),
-        n(&t["changed"]),
-        n(&t["unchanged"]),
-        b(&t["bytes_a"]),
-        b(&t["bytes_b"]),
-        b(&t["new_bytes"]),
-    );
-    println!("\nkey groups that differ");
-    if differing.len() == 1 {
-        println!("(none)");
-    } else {
-        print_table(&differing);
-    }
+    rows
 }

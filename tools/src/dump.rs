@@ -1,6 +1,6 @@
 //! `spate-ckpt dump`: the state entries of one operator in one checkpoint.
 //!
-//! Each key group's chain is read and decoded through [`spate::inspect`] (the
+//! Each key group's chain is read and decoded through [`spate::internals::inspect`] (the
 //! base, then the deltas, as a restore loads them) with the decoder the
 //! [`Registry`] holds for the type name the engine recorded. A type the registry
 //! does not know is shown as its raw blocks (hex and a UTF-8 preview of the
@@ -10,10 +10,12 @@
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 use spate::checkpoint::metadata::StateBlock;
-use spate::inspect::{InspectError, KeyGroupChain, TIMERS_TABLE};
+use spate::checkpoint::CheckpointMetadata;
+use spate::internals::inspect::{InspectError, KeyGroupChain, TIMERS_TABLE};
 
-use crate::registry::{hex_string, Registry};
-use crate::{human_bytes, print_table, Checkpoint};
+use crate::output::{human_bytes, items, print_table_or_none, with_header};
+use crate::registry::{hex_string, Entry, Registry};
+use crate::store::Checkpoint;
 
 /// What `dump` prints.
 pub struct DumpArgs {
@@ -111,6 +113,55 @@ pub fn dump(
     as_json: bool,
 ) -> Result<bool> {
     let m = &checkpoint.metadata;
+    let tables = selected_tables(m, args)?;
+    let mut tally = Tally {
+        remaining: args.limit.unwrap_or(usize::MAX),
+        ..Tally::default()
+    };
+    let table_docs: Vec<Value> = tables
+        .iter()
+        .map(|(name, groups)| dump_table(checkpoint, registry, args, name, groups, &mut tally))
+        .collect();
+    let Tally {
+        matched,
+        shown,
+        truncated,
+        errors,
+        ..
+    } = tally;
+    if as_json {
+        let doc = json!({
+            "checkpoint": m.id,
+            "retained": checkpoint.retained,
+            "operator": args.operator,
+            "tables": table_docs,
+            "matched": matched,
+            "shown": shown,
+            "truncated": truncated,
+            "errors": errors.iter().map(error_json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print_dump(checkpoint, args, &table_docs);
+        println!(
+            "\n{shown} row(s) shown; {matched} entr{} matched{}",
+            if matched == 1 { "y" } else { "ies" },
+            if truncated { " (limited)" } else { "" }
+        );
+    }
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    Ok(errors.is_empty())
+}
+
+/// The tables `args` selects (`--table`) of operator `--operator`, with their
+/// key groups; an error when the operator has no state, the key group is out of
+/// range or the table does not exist.
+fn selected_tables<'a>(
+    m: &'a CheckpointMetadata,
+    args: &DumpArgs,
+) -> Result<Vec<(&'a str, Vec<&'a StateBlock>)>> {
     if !m.state.iter().any(|s| s.operator == args.operator) {
         let mut names: Vec<&str> = m.state.iter().map(|s| s.operator.as_str()).collect();
         names.sort_unstable();
@@ -148,115 +199,154 @@ pub fn dump(
             );
         }
     }
-    let mut remaining = args.limit.unwrap_or(usize::MAX);
-    let (mut matched_all, mut shown_all) = (0u64, 0u64);
-    let mut truncated = false;
-    let mut errors: Vec<InspectError> = Vec::new();
-    let mut table_docs = Vec::new();
-    for (name, groups) in &tables {
-        let groups: Vec<&StateBlock> = groups
-            .iter()
-            .copied()
-            .filter(|s| args.key_group.is_none_or(|g| s.key_group == g))
-            .collect();
-        let type_name = groups
-            .first()
-            .map_or(String::new(), |s| s.type_name.clone());
-        let decoder = registry.get(&type_name);
-        let mut rows = Vec::new();
-        let mut raw = Vec::new();
-        let mut matched = 0u64;
-        for s in &groups {
-            let chain = match KeyGroupChain::read(checkpoint.reader, checkpoint.record, s) {
-                Ok(c) => c,
-                Err(e) => {
-                    errors.push(e);
-                    continue;
-                }
-            };
-            match decoder {
-                Some(d) => match (d.decode)(&chain) {
-                    Ok(entries) => {
-                        for e in entries {
-                            if args.key.as_deref().is_some_and(|k| !key_matches(&e.key, k)) {
-                                continue;
-                            }
-                            matched += 1;
-                            if remaining == 0 {
-                                truncated = true;
-                                continue;
-                            }
-                            remaining -= 1;
-                            rows.push(json!({
-                                "key_group": s.key_group, "key": e.key, "value": e.value,
-                            }));
-                        }
-                    }
-                    Err(e) => errors.push(e),
-                },
-                None => {
-                    matched += s.entries;
-                    for part in &chain.parts {
-                        if remaining == 0 {
-                            truncated = true;
-                            break;
-                        }
-                        remaining -= 1;
-                        let bytes = part.bytes.as_bytes();
-                        let head = &bytes[..bytes.len().min(args.raw_bytes)];
-                        raw.push(json!({
-                            "key_group": s.key_group,
-                            "checkpoint": part.checkpoint,
-                            "delta": part.delta,
-                            "segment": part.handle.segment.file_name(),
-                            "offset": part.handle.offset,
-                            "bytes": bytes.len(),
-                            "hex": hex_string(head),
-                            "utf8": utf8_preview(head),
-                            "truncated": head.len() < bytes.len(),
-                        }));
-                    }
-                }
-            }
-        }
-        matched_all += matched;
-        shown_all += (rows.len() + raw.len()) as u64;
-        table_docs.push(json!({
-            "table": name,
-            "type_name": type_name,
-            "decoded": decoder.is_some(),
-            "key_groups": groups.len(),
-            "matched": matched,
-            "entries": rows,
-            "raw": raw,
-        }));
-    }
-    if as_json {
-        let doc = json!({
-            "checkpoint": m.id,
-            "retained": checkpoint.retained,
-            "operator": args.operator,
-            "tables": table_docs,
-            "matched": matched_all,
-            "shown": shown_all,
-            "truncated": truncated,
-            "errors": errors.iter().map(error_json).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        print_dump(checkpoint, args, &table_docs);
-        println!(
-            "\n{shown_all} row(s) shown; {matched_all} entr{} matched{}",
-            if matched_all == 1 { "y" } else { "ies" },
-            if truncated { " (limited)" } else { "" }
-        );
-    }
-    for e in &errors {
-        eprintln!("error: {e}");
-    }
-    Ok(errors.is_empty())
+    Ok(tables)
 }
 
+/// What the dump has gathered over the tables so far.
+#[derive(Default)]
+struct Tally {
+    /// Rows (entries or raw blocks) still to show (`--limit`).
+    remaining: usize,
+    /// Rows shown.
+    shown: u64,
+    /// Entries matched (shown or not).
+    matched: u64,
+    /// Whether rows were left out for `--limit`.
+    truncated: bool,
+    /// Key groups that did not read or decode.
+    errors: Vec<InspectError>,
+}
+
+impl Tally {
+    /// Takes one row from what `--limit` leaves; false (the output is then
+    /// truncated) when nothing is left.
+    fn take_row(&mut self) -> bool {
+        if self.remaining == 0 {
+            self.truncated = true;
+            return false;
+        }
+        self.remaining -= 1;
+        true
+    }
+}
+
+/// One table of the operator as a JSON object: its selected key groups read
+/// and decoded into `entries`, or shown as `raw` blocks when its type is
+/// unknown.
+fn dump_table(
+    checkpoint: &Checkpoint,
+    registry: &Registry,
+    args: &DumpArgs,
+    name: &str,
+    groups: &[&StateBlock],
+    tally: &mut Tally,
+) -> Value {
+    let groups: Vec<&StateBlock> = groups
+        .iter()
+        .copied()
+        .filter(|s| args.key_group.is_none_or(|g| s.key_group == g))
+        .collect();
+    let type_name = groups
+        .first()
+        .map_or(String::new(), |s| s.type_name.clone());
+    let decoder = registry.get(&type_name);
+    let mut rows = Vec::new();
+    let mut raw = Vec::new();
+    let mut matched = 0u64;
+    for s in &groups {
+        let chain = match KeyGroupChain::read(checkpoint.reader, checkpoint.record, s) {
+            Ok(c) => c,
+            Err(e) => {
+                tally.errors.push(e);
+                continue;
+            }
+        };
+        match decoder {
+            Some(d) => match (d.decode)(&chain) {
+                Ok(entries) => matched += push_entries(s, entries, args, tally, &mut rows),
+                Err(e) => tally.errors.push(e),
+            },
+            None => {
+                matched += s.entries;
+                push_raw_blocks(s, &chain, args, tally, &mut raw);
+            }
+        }
+    }
+    tally.matched += matched;
+    tally.shown += (rows.len() + raw.len()) as u64;
+    json!({
+        "table": name,
+        "type_name": type_name,
+        "decoded": decoder.is_some(),
+        "key_groups": groups.len(),
+        "matched": matched,
+        "entries": rows,
+        "raw": raw,
+    })
+}
+
+/// Appends to `rows` the decoded entries of key group `s` that match `--key`,
+/// as far as `--limit` allows; returns how many matched.
+fn push_entries(
+    s: &StateBlock,
+    entries: Vec<Entry>,
+    args: &DumpArgs,
+    tally: &mut Tally,
+    rows: &mut Vec<Value>,
+) -> u64 {
+    let mut matched = 0;
+    for e in entries {
+        if args.key.as_deref().is_some_and(|k| !key_matches(&e.key, k)) {
+            continue;
+        }
+        matched += 1;
+        if tally.take_row() {
+            rows.push(json!({
+                "key_group": s.key_group, "key": e.key, "value": e.value,
+            }));
+        }
+    }
+    matched
+}
+
+/// Appends to `raw` the blocks of key group `s`'s chain (hex and UTF-8 preview
+/// of their first `--raw-bytes`), as far as `--limit` allows.
+fn push_raw_blocks(
+    s: &StateBlock,
+    chain: &KeyGroupChain,
+    args: &DumpArgs,
+    tally: &mut Tally,
+    raw: &mut Vec<Value>,
+) {
+    for part in &chain.parts {
+        if !tally.take_row() {
+            break;
+        }
+        let bytes = part.bytes.as_bytes();
+        let head = &bytes[..bytes.len().min(args.raw_bytes)];
+        raw.push(json!({
+            "key_group": s.key_group,
+            "checkpoint": part.checkpoint,
+            "delta": part.delta,
+            "segment": part.handle.segment.file_name(),
+            "offset": part.handle.offset,
+            "bytes": bytes.len(),
+            "hex": hex_string(head),
+            "utf8": utf8_preview(head),
+            "truncated": head.len() < bytes.len(),
+        }));
+    }
+}
+
+/// A JSON value as text: a string without its quotes, anything else as JSON.
+fn unquoted(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
+/// Prints the tables of a dump: the decoded entries, or the raw blocks.
 fn print_dump(checkpoint: &Checkpoint, args: &DumpArgs, tables: &[Value]) {
     println!(
         "checkpoint {}{}  operator {}",
@@ -268,15 +358,11 @@ fn print_dump(checkpoint: &Checkpoint, args: &DumpArgs, tables: &[Value]) {
         },
         args.operator
     );
-    let text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        v => v.to_string(),
-    };
     for t in tables {
         println!(
             "\nstate {}  type {}  key groups {}  entries {}{}",
-            text(&t["table"]),
-            text(&t["type_name"]),
+            unquoted(&t["table"]),
+            unquoted(&t["type_name"]),
             t["key_groups"],
             t["matched"],
             if t["decoded"] == true {
@@ -286,55 +372,53 @@ fn print_dump(checkpoint: &Checkpoint, args: &DumpArgs, tables: &[Value]) {
             }
         );
         if t["decoded"] == true {
-            let entries = t["entries"].as_array().map_or(&[][..], |v| v);
-            if entries.is_empty() {
-                println!("(none)");
-                continue;
-            }
-            let mut rows = vec![["KEY GROUP", "KEY", "VALUE"].map(String::from).to_vec()];
-            for e in entries {
-                rows.push(vec![
-                    e["key_group"].to_string(),
-                    e["key"].to_string(),
-                    e["value"].to_string(),
-                ]);
-            }
-            print_table(&rows);
+            print_table_or_none(&entries_table(items(&t["entries"])));
         } else {
-            let raw = t["raw"].as_array().map_or(&[][..], |v| v);
-            if raw.is_empty() {
-                println!("(none)");
-                continue;
-            }
-            let mut rows = vec![[
-                "KEY GROUP",
-                "CHECKPOINT",
-                "BLOCK",
-                "OFFSET",
-                "KIND",
-                "BYTES",
-                "HEX",
-                "UTF-8",
-            ]
-            .map(String::from)
-            .to_vec()];
-            for r in raw {
-                rows.push(vec![
-                    r["key_group"].to_string(),
-                    r["checkpoint"].to_string(),
-                    text(&r["segment"]),
-                    r["offset"].to_string(),
-                    if r["delta"] == true { "delta" } else { "base" }.into(),
-                    human_bytes(r["bytes"].as_u64().unwrap_or(0)),
-                    format!(
-                        "{}{}",
-                        text(&r["hex"]),
-                        if r["truncated"] == true { "…" } else { "" }
-                    ),
-                    text(&r["utf8"]),
-                ]);
-            }
-            print_table(&rows);
+            print_table_or_none(&raw_blocks_table(items(&t["raw"])));
         }
     }
+}
+
+/// The table of decoded entries.
+fn entries_table(entries: &[Value]) -> Vec<Vec<String>> {
+    let mut rows = with_header(&["KEY GROUP", "KEY", "VALUE"]);
+    for e in entries {
+        rows.push(vec![
+            e["key_group"].to_string(),
+            e["key"].to_string(),
+            e["value"].to_string(),
+        ]);
+    }
+    rows
+}
+
+/// The table of raw blocks.
+fn raw_blocks_table(raw: &[Value]) -> Vec<Vec<String>> {
+    let mut rows = with_header(&[
+        "KEY GROUP",
+        "CHECKPOINT",
+        "BLOCK",
+        "OFFSET",
+        "KIND",
+        "BYTES",
+        "HEX",
+        "UTF-8",
+    ]);
+    for r in raw {
+        rows.push(vec![
+            r["key_group"].to_string(),
+            r["checkpoint"].to_string(),
+            unquoted(&r["segment"]),
+            r["offset"].to_string(),
+            if r["delta"] == true { "delta" } else { "base" }.into(),
+            human_bytes(r["bytes"].as_u64().unwrap_or(0)),
+            format!(
+                "{}{}",
+                unquoted(&r["hex"]),
+                if r["truncated"] == true { "…" } else { "" }
+            ),
+            unquoted(&r["utf8"]),
+        ]);
+    }
+    rows
 }

@@ -1,7 +1,7 @@
 //! The decoders of `dump` and `diff`: a registry from the type name the engine
-//! recorded for a table ([`spate::inspect::table_type_name`], or
-//! [`spate::inspect::timers_type_name`] for timers) to a function that decodes
-//! one key group's chain through [`spate::inspect`] and shows its entries as JSON
+//! recorded for a table ([`spate::internals::inspect::table_type_name`], or
+//! [`spate::internals::inspect::timers_type_name`] for timers) to a function that decodes
+//! one key group's chain through [`spate::internals::inspect`] and shows its entries as JSON
 //! values.
 //!
 //! Owns only which types are known and how they are shown ([`Show`]): the
@@ -17,7 +17,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
-use spate::inspect::{table_type_name, timers_type_name, InspectError, KeyGroupChain, Timer};
+use spate::internals::inspect::{
+    table_type_name, timers_type_name, InspectError, KeyGroupChain, Timer,
+};
 use spate::state::FxHashMap;
 use spate::time::TimeDomain;
 use spate::window::WindowResult;

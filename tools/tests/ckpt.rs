@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
-use spate::keygroup::key_group_for;
+use spate::internals::keygroup::key_group_for;
 use spate::{
     CheckpointConfig, CheckpointMode, CheckpointStatus, Job, JobConfig, JobHandle, KeyedContext,
     RestoreFrom, WatermarkStrategy,

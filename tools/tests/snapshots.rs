@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use rkyv::{Archive, Deserialize, Serialize};
 use serde_json::Value;
-use spate::sim::Simulation;
+use spate::internals::sim::Simulation;
 use spate::window::{Count, WindowAssigner};
 use spate::{CheckpointConfig, CheckpointMode, JobConfig, KeyedContext, WatermarkStrategy};
 use spate_storage::{SimIo, StoreReader};

@@ -4,7 +4,7 @@
 //! Each query is a function from the stream of [`Event`]s to a stream of result
 //! rows ([`rows`](crate::nexmark::rows)); it declares operators only, so the same
 //! function runs under the glommio [`Job`](spate::Job) runtime and the
-//! deterministic [`Simulation`](spate::sim::Simulation). The semantics are those
+//! deterministic [`Simulation`](spate::internals::sim::Simulation). The semantics are those
 //! of [`reference`](crate::nexmark::reference), which the tests hold them to.
 //!
 //! Shapes (`→` is a chained call on one core, `⇒ key` an exchange by key):

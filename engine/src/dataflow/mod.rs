@@ -3,8 +3,8 @@
 //! A job is built by a closure that runs once on every subtask (Timely's
 //! worker model): it receives a [`Dataflow`] for that subtask and declares
 //! sources, transformations and sinks on typed [`Stream`]s. Operators on one
-//! subtask are chained by direct calls ([`Push`]); only `key_by` exchanges
-//! cross cores, through the rings of [`exchange`].
+//! subtask are chained by direct calls (`Push`); only `key_by` exchanges
+//! cross cores, through the rings of `exchange.rs`.
 //!
 //! Owns: the per-subtask graph (inputs, output buffers, timer operators) and
 //! the typed builder. Must not touch glommio: the same graph is driven by the

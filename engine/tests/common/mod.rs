@@ -1,7 +1,7 @@
 //! Shared inputs and reference implementations for the engine tests.
 #![allow(dead_code)]
 
-use spate::sim::SplitMix64;
+use spate::internals::sim::SplitMix64;
 use spate::source::VecSource;
 use spate::window::{Aggregate, WindowAssigner, WindowResult};
 use spate::{Dataflow, KeyedContext, Stream, WatermarkStrategy};
