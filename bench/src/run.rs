@@ -22,7 +22,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use spate::sink::FileSinkMode;
-use spate::{CheckpointStats, ConfigError, Dataflow, Job, JobConfig, JobError, RestoreFrom, Stream};
+use spate::{
+    CheckpointStats, ConfigError, Dataflow, Job, JobConfig, JobError, RestoreFrom, Stream,
+};
 
 use crate::checkpoints::CheckpointSettings;
 

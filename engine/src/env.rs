@@ -255,7 +255,7 @@ pub(crate) fn ack_for(
     snapshot: LocalSnapshot,
     subtask: usize,
     handles: Vec<spate_storage::BlockHandle>,
-    written: Result<(), String>,
+    written: Result<(), spate_storage::WriteError>,
     checkpoints: &std::cell::RefCell<crate::checkpoint::subtask::SubtaskCheckpoints>,
 ) -> Ack {
     let async_us = snapshot.ready_at.elapsed().as_micros() as u64;
@@ -276,10 +276,11 @@ pub(crate) fn ack_for(
                 stats,
             }
         }
-        Err(reason) => Ack::Failed {
+        Err(error) => Ack::Failed {
             id: snapshot.barrier.id,
             subtask,
-            reason,
+            // Crosses to the coordinator as text: its statistics keep it.
+            reason: error.to_string(),
         },
     }
 }

@@ -236,7 +236,7 @@ async fn writer_task(
             // Full buffers go to the device while the next blocks are copied.
             writer.write_behind().await;
         }
-        let written = writer.flush().await.map_err(|e| e.to_string());
+        let written = writer.flush().await;
         if written.is_ok() {
             // Bases appended before the part are durable with it.
             checkpoints

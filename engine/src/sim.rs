@@ -113,7 +113,7 @@ impl SnapshotWriter for SimWriter {
             .iter()
             .map(|b| self.writer.append(b.kind, &b.bytes))
             .collect();
-        let written = block_on(self.writer.flush()).map_err(|e| e.to_string());
+        let written = block_on(self.writer.flush());
         let ack = ack_for(snapshot, self.subtask, handles, written, &self.checkpoints);
         // Sized for every checkpoint the coordinator can have outstanding.
         let _ = self.acks.try_push(ack);

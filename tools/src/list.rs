@@ -18,7 +18,7 @@ use crate::store::open;
 pub fn summary(
     record: &CheckpointRecord,
     retained: bool,
-    metadata: &Result<CheckpointMetadata, String>,
+    metadata: &Result<CheckpointMetadata, spate::checkpoint::metadata::MetadataError>,
 ) -> Value {
     let base = json!({
         "id": record.id,
@@ -50,7 +50,7 @@ pub fn summary(
             "mode": null, "incremental": null, "trigger_ms": null, "completed_ms": null,
             "duration_ms": null, "bytes": null, "written_bytes": null,
             "in_flight_bytes": null, "fingerprint": null, "cores": null,
-            "max_parallelism": null, "cause": null, "error": e,
+            "max_parallelism": null, "cause": null, "error": e.to_string(),
         }),
     };
     if let Value::Object(extra) = extra {

@@ -160,7 +160,7 @@ fn store_problem(dir: &Path, reader: &StoreReader, segments: usize) -> Result<Op
 fn verify_checkpoint(reader: &StoreReader, id: u64, problems: &mut Vec<Problem>) -> Result<()> {
     let record = reader.checkpoint(id)?;
     match CheckpointMetadata::decode(&record.metadata) {
-        Err(e) => problems.push(Problem::general(Some(id), None, None, e)),
+        Err(e) => problems.push(Problem::general(Some(id), None, None, e.to_string())),
         Ok(m) => {
             let n = record.handles.len();
             let bad = m

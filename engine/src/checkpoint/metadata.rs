@@ -8,6 +8,21 @@ use rkyv::{Archive, Deserialize, Serialize};
 /// Version of this layout; bumped with any change to these types.
 pub const METADATA_VERSION: u32 = 1;
 
+/// A checkpoint's metadata cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetadataError {
+    /// The bytes are not a valid archive of [`CheckpointMetadata`].
+    #[error("checkpoint metadata does not decode: {0}")]
+    Decode(rkyv::rancor::Error),
+    /// Another version of the layout.
+    #[error("checkpoint metadata version {found} is not {METADATA_VERSION}")]
+    Version {
+        /// The version found.
+        found: u32,
+    },
+}
+
 /// Name of the pseudo-table holding an operator's timers in checkpoints.
 pub const TIMERS_TABLE: &str = "__timers";
 
@@ -169,16 +184,15 @@ impl CheckpointMetadata {
 
     /// Decodes metadata read from a manifest record; an error (never a panic)
     /// for anything that is not a valid archive of this version.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Self, MetadataError> {
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
         let metadata = rkyv::from_bytes::<CheckpointMetadata, rkyv::rancor::Error>(&aligned)
-            .map_err(|e| format!("checkpoint metadata does not decode: {e}"))?;
+            .map_err(MetadataError::Decode)?;
         if metadata.version != METADATA_VERSION {
-            return Err(format!(
-                "checkpoint metadata version {} is not {METADATA_VERSION}",
-                metadata.version
-            ));
+            return Err(MetadataError::Version {
+                found: metadata.version,
+            });
         }
         Ok(metadata)
     }

@@ -494,9 +494,9 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         &self,
         index: usize,
         entries: &TimerEntries<K>,
-    ) -> Result<SnapshotBlock, String> {
+    ) -> Result<SnapshotBlock, rkyv::rancor::Error> {
         let count = entries.len() as u64;
-        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(entries).map_err(|e| e.to_string())?;
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(entries)?;
         Ok(SnapshotBlock {
             kind: spate_storage::BlockKind::KEYED_STATE_FULL,
             desc: BlockDesc::State {
