@@ -4,114 +4,58 @@
 //! which owns the store) or by the simulator: it decides when to trigger
 //! (interval, minimum pause, maximum concurrent, manual requests, change
 //! volume), sends the trigger to every subtask's control ring, gathers the
-//! subtasks' acknowledgements, builds the checkpoint's metadata and hands the
-//! record to its driver to commit; it fails checkpoints that time out and
-//! fails the job after too many consecutive failures. It keeps the
-//! statistics of every checkpoint.
+//! subtasks' acknowledgements, builds the checkpoint's metadata (assembled
+//! by `assemble.rs`) and hands the record to its driver to commit; it
+//! fails checkpoints that time out and fails the job after too many
+//! consecutive failures. It keeps the statistics of every checkpoint
+//! (`stats.rs`).
+//!
+//! Invariants (asserted where they could break; the seeded simulation runs
+//! them through thousands of crash/restore interleavings):
+//!
+//! 1. Checkpoint ids strictly increase: a trigger takes `next_id`, which only
+//!    grows; every pending checkpoint's id is below it.
+//! 2. At most `max_concurrent` (at least 1) checkpoints are pending, and none
+//!    is triggered once the job has failed (`fatal`).
+//! 3. Checkpoints complete in order: only the oldest pending checkpoint
+//!    commits, once every subtask acknowledged it, so a later one never
+//!    commits before every earlier one has completed or failed; completed
+//!    ids strictly increase.
+//! 4. At most one commit is outstanding, for the oldest pending checkpoint:
+//!    the driver reports it (`committed` / `commit_failed`) before it polls
+//!    again, and nothing else ends a checkpoint while it commits. A
+//!    completion or commit failure is never for an unknown or already-ended
+//!    checkpoint.
+//! 5. An acknowledgement arrives on its subtask's ring, is for a checkpoint
+//!    that was triggered and is counted once per subtask and checkpoint;
+//!    those of checkpoints that already ended are dropped. A subtask
+//!    finishes once. Only the id identifies the checkpoint: a subtask that
+//!    met a barrier at an exchange before its trigger acknowledges a barrier
+//!    it rebuilt from the id, with its own trigger time.
+//! 6. A checkpoint ends once (completed, failed or declined): it leaves the
+//!    pending set, is recorded once in the statistics, and only then is
+//!    announced to the subtasks (`Complete` / `Abort`).
+//! 7. Consecutive failures reset on a completion and declined checkpoints do
+//!    not count; the job fails (`fatal`) exactly when they reach
+//!    `tolerable_failures + 1` (its driver stops once it takes `fatal`).
+//! 8. A restored id is below every id triggered after; a checkpoint builds
+//!    only on earlier ones (`builds_on < id`), and a commit tells the store to
+//!    keep only checkpoints before it (`keep_from < id`).
 
-use super::metadata::{
-    ChainBlock, CheckpointMetadata, InFlightBlock, SourceOffset, StateBlock, SubtaskStats,
-    METADATA_VERSION,
-};
-use super::subtask::{BlockDesc, ChainLink, StateRef};
+use super::assemble::{finished_ack, Assembly};
+use super::metadata::{CheckpointMetadata, SourceOffset, SubtaskStats, METADATA_VERSION};
+use super::schedule::Schedule;
 use super::{Barrier, CheckpointConfig, Control};
 use crate::park::Notifier;
 use crate::ring::{Consumer, Producer};
-use hdrhistogram::Histogram;
-use spate_storage::{BlockHandle, CheckpointRecord};
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use spate_storage::CheckpointRecord;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-/// Checkpoint statistics kept in the history.
-const HISTORY: usize = 256;
-
-/// How often the coordinator looks at the change volume, ms.
-const CHANGE_VOLUME_POLL_MS: u64 = 10;
-
-/// Why a checkpoint was triggered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TriggerCause {
-    /// The periodic interval.
-    Interval,
-    /// A request through the API.
-    Manual,
-    /// Enough state changed since the last trigger.
-    ChangeVolume,
-}
-
-impl TriggerCause {
-    /// The cause as stored in metadata.
-    pub fn name(self) -> &'static str {
-        match self {
-            TriggerCause::Interval => "interval",
-            TriggerCause::Manual => "manual",
-            TriggerCause::ChangeVolume => "change-volume",
-        }
-    }
-}
-
-/// Where a checkpoint stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CheckpointStatus {
-    /// Triggered, not complete.
-    InProgress,
-    /// Durable in the manifest.
-    Completed,
-    /// Failed, with the reason.
-    Failed(String),
-}
-
-/// Statistics of one checkpoint.
-#[derive(Clone, Debug)]
-pub struct CheckpointStats {
-    /// Checkpoint id.
-    pub id: u64,
-    /// Trigger time (epoch ms, processing time).
-    pub trigger_ms: u64,
-    /// Why it was triggered.
-    pub cause: TriggerCause,
-    /// Barrier mode.
-    pub mode: &'static str,
-    /// Status.
-    pub status: CheckpointStatus,
-    /// Trigger to commit (or failure), ms.
-    pub duration_ms: u64,
-    /// Bytes of state written.
-    pub state_bytes: u64,
-    /// Bytes of in-flight records written.
-    pub in_flight_bytes: u64,
-    /// Per-subtask figures (synchronous pause, asynchronous write, alignment).
-    pub subtasks: Vec<SubtaskStats>,
-}
-
-/// A subtask's acknowledgement of its part of a checkpoint.
-pub(crate) enum Ack {
-    /// Written and durable.
-    Done {
-        barrier: Barrier,
-        subtask: usize,
-        handles: Vec<BlockHandle>,
-        /// One per handle, same order.
-        blocks: Vec<BlockDesc>,
-        /// Unchanged key groups: committed chains referenced again.
-        reused: Vec<StateRef>,
-        sources: Vec<SourceOffset>,
-        stats: SubtaskStats,
-    },
-    /// Could not be written.
-    Failed {
-        id: u64,
-        subtask: usize,
-        reason: String,
-    },
-    /// The subtask finished (after acknowledging every part before): every
-    /// later checkpoint records it as finished, with these source offsets.
-    Finished {
-        subtask: usize,
-        sources: Vec<SourceOffset>,
-    },
-}
+pub(crate) use super::assemble::Ack;
+pub(crate) use super::shared::CoordinatorShared;
+pub use super::stats::{CheckpointStats, CheckpointStatus, CheckpointSummary, TriggerCause};
 
 struct InProgress {
     barrier: Barrier,
@@ -121,185 +65,6 @@ struct InProgress {
     /// The oldest checkpoint a subtask had seen complete when this one was
     /// triggered: its cuts build on that one's chains or a later one's.
     builds_on: Option<u64>,
-}
-
-/// Figures over every checkpoint of a run (Flink's checkpoint statistics
-/// summary): counts, HDR histograms of durations, bytes, rates.
-#[derive(Clone, Debug)]
-pub struct CheckpointSummary {
-    /// Completed checkpoints.
-    pub completed: u64,
-    /// Failed checkpoints.
-    pub failed: u64,
-    /// End-to-end duration of completed checkpoints, ms.
-    pub duration_ms: Histogram<u64>,
-    /// Synchronous pause per subtask and checkpoint, µs.
-    pub sync_pause_us: Histogram<u64>,
-    /// Asynchronous write per subtask and checkpoint, µs.
-    pub async_us: Histogram<u64>,
-    /// Alignment per subtask and checkpoint, µs.
-    pub alignment_us: Histogram<u64>,
-    /// State bytes written (bases and deltas).
-    pub state_bytes: u64,
-    /// Of which deltas.
-    pub delta_bytes: u64,
-    /// In-flight bytes written.
-    pub in_flight_bytes: u64,
-    /// Processing time of the first trigger (epoch ms).
-    pub first_trigger_ms: Option<u64>,
-    /// Processing time of the last completion or failure (epoch ms).
-    pub last_end_ms: Option<u64>,
-}
-
-impl Default for CheckpointSummary {
-    fn default() -> Self {
-        let histogram = || Histogram::new(3).expect("3 significant digits is valid");
-        Self {
-            completed: 0,
-            failed: 0,
-            duration_ms: histogram(),
-            sync_pause_us: histogram(),
-            async_us: histogram(),
-            alignment_us: histogram(),
-            state_bytes: 0,
-            delta_bytes: 0,
-            in_flight_bytes: 0,
-            first_trigger_ms: None,
-            last_end_ms: None,
-        }
-    }
-}
-
-impl CheckpointSummary {
-    /// Completed checkpoints per minute between the first trigger and the
-    /// last completion.
-    pub fn completed_per_minute(&self) -> f64 {
-        match (self.first_trigger_ms, self.last_end_ms) {
-            (Some(a), Some(b)) if b > a => self.completed as f64 * 60_000.0 / (b - a) as f64,
-            _ => 0.0,
-        }
-    }
-
-    fn add(&mut self, stats: &CheckpointStats) {
-        self.first_trigger_ms = Some(
-            self.first_trigger_ms
-                .map_or(stats.trigger_ms, |t| t.min(stats.trigger_ms)),
-        );
-        self.last_end_ms = Some(stats.trigger_ms + stats.duration_ms);
-        match stats.status {
-            CheckpointStatus::Completed => {
-                self.completed += 1;
-                let _ = self.duration_ms.record(stats.duration_ms);
-                for s in &stats.subtasks {
-                    let _ = self.sync_pause_us.record(s.sync_us);
-                    let _ = self.async_us.record(s.async_us);
-                    let _ = self.alignment_us.record(s.alignment_us);
-                    self.delta_bytes += s.delta_bytes;
-                }
-                self.state_bytes += stats.state_bytes;
-                self.in_flight_bytes += stats.in_flight_bytes;
-            }
-            CheckpointStatus::Failed(_) => self.failed += 1,
-            CheckpointStatus::InProgress => {}
-        }
-    }
-}
-
-/// What the coordinator shares with the job handle.
-pub(crate) struct CoordinatorShared {
-    pub manual_trigger: AtomicBool,
-    pub in_progress: AtomicBool,
-    pub history: Mutex<VecDeque<CheckpointStats>>,
-    pub summary: Mutex<CheckpointSummary>,
-    pub completed: AtomicU64,
-    pub failed: AtomicU64,
-    pub latest_completed: AtomicU64,
-    /// Estimated bytes of keyed state changed, per subtask (monotonic).
-    pub changed_bytes: Vec<Arc<AtomicU64>>,
-    /// Subtasks whose step loop has ended: they acknowledge nothing more.
-    pub finished: Vec<AtomicBool>,
-    /// Per subtask: the latest completion it has processed (or the restored
-    /// checkpoint; 0: none). Its next cut builds on that checkpoint's chains
-    /// (or a later one's), so the store keeps it (see `keep_from`).
-    pub views: Vec<AtomicU64>,
-}
-
-impl CoordinatorShared {
-    /// Subtask `subtask` finished (its step loop ended).
-    pub(crate) fn subtask_finished(&self, subtask: usize) {
-        if let Some(f) = self.finished.get(subtask) {
-            f.store(true, Ordering::SeqCst);
-        }
-    }
-
-    fn finished_subtasks(&self) -> Vec<usize> {
-        (0..self.finished.len())
-            .filter(|&i| self.finished[i].load(Ordering::SeqCst))
-            .collect()
-    }
-
-    pub(crate) fn new(parallelism: usize) -> Self {
-        Self {
-            manual_trigger: AtomicBool::new(false),
-            in_progress: AtomicBool::new(false),
-            history: Mutex::new(VecDeque::new()),
-            summary: Mutex::new(CheckpointSummary::default()),
-            completed: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            latest_completed: AtomicU64::new(0),
-            changed_bytes: (0..parallelism)
-                .map(|_| Arc::new(AtomicU64::new(0)))
-                .collect(),
-            finished: (0..parallelism).map(|_| AtomicBool::new(false)).collect(),
-            views: (0..parallelism).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    /// Subtask `subtask` processed the completion of `id`.
-    pub(crate) fn saw_completion(&self, subtask: usize, id: u64) {
-        if let Some(v) = self.views.get(subtask) {
-            v.fetch_max(id, Ordering::SeqCst);
-        }
-    }
-
-    /// The oldest checkpoint a running subtask may still build a cut on
-    /// (`None`: none, every cut starts from scratch).
-    fn oldest_view(&self) -> Option<u64> {
-        (0..self.views.len())
-            .filter(|&i| !self.finished[i].load(Ordering::SeqCst))
-            .map(|i| self.views[i].load(Ordering::SeqCst))
-            .filter(|&v| v > 0)
-            .min()
-    }
-
-    fn changed_bytes(&self) -> u64 {
-        self.changed_bytes
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
-    }
-}
-
-/// The acknowledgement of a finished subtask for `barrier`: no blocks, its
-/// final source offsets (`None` while it runs).
-fn finished_ack(
-    parts: &[Option<Vec<SourceOffset>>],
-    barrier: Barrier,
-    subtask: usize,
-) -> Option<Ack> {
-    let sources = parts.get(subtask)?.clone()?;
-    Some(Ack::Done {
-        barrier,
-        subtask,
-        handles: Vec::new(),
-        blocks: Vec::new(),
-        reused: Vec::new(),
-        sources,
-        stats: SubtaskStats {
-            subtask: subtask as u32,
-            ..SubtaskStats::default()
-        },
-    })
 }
 
 /// A commit the driver must perform, then report with
@@ -319,9 +84,7 @@ pub(crate) struct Coordinator {
     max_parallelism: u32,
     fingerprint: u64,
     next_id: u64,
-
-    last_trigger_ms: Option<u64>,
-    last_end_ms: Option<u64>,
+    schedule: Schedule,
     in_progress: BTreeMap<u64, InProgress>,
     consecutive_failures: u32,
     control: Vec<Producer<Control>>,
@@ -332,8 +95,8 @@ pub(crate) struct Coordinator {
     shared: Arc<CoordinatorShared>,
     /// Set when too many checkpoints failed in a row.
     pub(crate) fatal: Option<String>,
-    /// Changed-state estimate at the last trigger.
-    changed_at_trigger: u64,
+    /// The checkpoint the job restored, if any (for the invariants only).
+    restored: Option<u64>,
 }
 
 impl Coordinator {
@@ -349,14 +112,26 @@ impl Coordinator {
         notifiers: Vec<Notifier>,
         shared: Arc<CoordinatorShared>,
     ) -> Self {
+        assert!(
+            config.max_concurrent >= 1,
+            "at least one checkpoint may be in progress"
+        );
+        assert!(first_id >= 1, "checkpoint ids start at 1 (0 means none)");
+        assert!(
+            control.len() == parallelism
+                && acks.len() == parallelism
+                && notifiers.len() == parallelism
+                && shared.finished.len() == parallelism
+                && shared.views.len() == parallelism,
+            "one control ring, acknowledgement ring, notifier and view per subtask"
+        );
         Self {
+            schedule: Schedule::new(&config),
             config,
             parallelism,
             max_parallelism,
             fingerprint,
             next_id: first_id,
-            last_trigger_ms: None,
-            last_end_ms: None,
             in_progress: BTreeMap::new(),
             consecutive_failures: 0,
             control,
@@ -365,11 +140,22 @@ impl Coordinator {
             notifiers,
             shared,
             fatal: None,
-            changed_at_trigger: 0,
+            restored: None,
         }
     }
 
     fn send(&mut self, message: Control) {
+        match message {
+            Control::Trigger(barrier) => assert!(
+                barrier.id + 1 == self.next_id && self.in_progress.contains_key(&barrier.id),
+                "checkpoint {}: triggered as the newest pending checkpoint",
+                barrier.id
+            ),
+            Control::Abort(id) | Control::Complete(id) => assert!(
+                id < self.next_id && !self.in_progress.contains_key(&id),
+                "checkpoint {id}: announced as ended only once triggered and ended"
+            ),
+        }
         for (producer, notifier) in self.control.iter_mut().zip(&self.notifiers) {
             // The control ring is sized for every message the coordinator can
             // have outstanding; a full ring means a subtask stopped reading.
@@ -391,38 +177,46 @@ impl Coordinator {
             .values()
             .map(|c| c.barrier.trigger_ms + self.config.timeout_ms)
             .min();
-        if !self.can_trigger() {
-            // Nothing can start before one ends: only timeouts are deadlines
-            // (an overdue interval here would make the driver spin).
-            return timeout;
-        }
-        let trigger = if self.config.interval_ms > 0 {
-            let after_interval = self
-                .last_trigger_ms
-                .map_or(now_ms + self.config.interval_ms, |t| {
-                    t + self.config.interval_ms
-                });
-            let after_pause = self.last_end_ms.map_or(0, |t| t + self.config.min_pause_ms);
-            Some(after_interval.max(after_pause))
+        // Nothing can start before one ends: only timeouts are deadlines
+        // (an overdue interval here would make the driver spin).
+        let deadline = if self.can_trigger() {
+            [timeout, self.schedule.next_trigger(now_ms)]
+                .into_iter()
+                .flatten()
+                .min()
         } else {
-            None
+            timeout
         };
-        // The change-volume trigger is polled.
-        let volume = self
-            .config
-            .trigger_after_changed_bytes
-            .map(|_| now_ms + CHANGE_VOLUME_POLL_MS);
-        [timeout, trigger, volume].into_iter().flatten().min()
+        assert!(
+            self.in_progress.is_empty() || deadline.is_some(),
+            "a pending checkpoint always has a deadline: its timeout"
+        );
+        assert!(
+            timeout.is_none_or(|t| deadline.is_some_and(|d| d <= t)),
+            "the next deadline is never after the next timeout"
+        );
+        deadline
     }
 
     /// Triggers, gathers acknowledgements, fails late checkpoints; returns a
     /// checkpoint ready to commit, if any.
     pub(crate) fn poll(&mut self, now_ms: u64) -> Option<CommitRequest> {
+        assert!(
+            !self.committing(),
+            "polled with a commit outstanding: the driver reports every commit before it polls again"
+        );
+        self.debug_check_pending();
         self.collect_acks(now_ms);
         self.expire(now_ms);
         self.decline_finished(now_ms);
         self.maybe_trigger(now_ms);
-        self.ready_to_commit(now_ms)
+        let request = self.ready_to_commit(now_ms);
+        self.debug_check_pending();
+        assert!(
+            request.is_some() == self.committing(),
+            "a poll hands out a commit exactly when one is outstanding"
+        );
+        request
     }
 
     /// Whether a new checkpoint may start now (capacity and no fatal error).
@@ -433,6 +227,56 @@ impl Coordinator {
     /// Whether a checkpoint is in progress.
     pub(crate) fn in_progress(&self) -> bool {
         !self.in_progress.is_empty()
+    }
+
+    /// Whether a commit is outstanding (only the oldest pending checkpoint
+    /// can be committing).
+    fn committing(&self) -> bool {
+        self.in_progress
+            .first_key_value()
+            .is_some_and(|(_, c)| c.committing)
+    }
+
+    /// Whether `id` is the commit outstanding.
+    fn commits(&self, id: u64) -> bool {
+        self.in_progress
+            .first_key_value()
+            .is_some_and(|(&oldest, c)| oldest == id && c.committing)
+    }
+
+    /// Invariants 1 to 5 and 8 over every pending checkpoint (debug builds:
+    /// O(pending × parallelism)).
+    fn debug_check_pending(&self) {
+        debug_assert!(
+            self.in_progress.len() <= self.config.max_concurrent,
+            "at most max_concurrent checkpoints are pending"
+        );
+        debug_assert!(
+            self.in_progress.values().skip(1).all(|c| !c.committing),
+            "only the oldest pending checkpoint commits"
+        );
+        debug_assert!(
+            self.in_progress.iter().all(|(&id, c)| {
+                id == c.barrier.id
+                    && id < self.next_id
+                    && c.builds_on.is_none_or(|b| b < id)
+                    && self.restored.is_none_or(|r| r < id)
+            }),
+            "pending checkpoints are triggered, after the restored one, and build on earlier ones"
+        );
+        debug_assert!(
+            self.in_progress.values().all(|c| {
+                c.acks.len() == self.parallelism
+                    && c.acks.iter().enumerate().all(|(i, a)| match a {
+                        Some(Ack::Done {
+                            barrier, subtask, ..
+                        }) => barrier.id == c.barrier.id && *subtask == i,
+                        Some(_) => false,
+                        None => true,
+                    })
+            }),
+            "a pending checkpoint holds at most one acknowledgement per subtask, its own"
+        );
     }
 
     /// Checkpoints still waiting for a subtask that has finished can never
@@ -457,6 +301,11 @@ impl Coordinator {
         if finished.is_empty() {
             return;
         }
+        assert!(
+            !self.committing(),
+            "nothing declines a checkpoint that commits"
+        );
+        let failures_before = self.consecutive_failures;
         let declined: Vec<(u64, Vec<usize>)> = self
             .in_progress
             .values()
@@ -474,73 +323,110 @@ impl Coordinator {
             let reason = format!(
                 "declined: subtasks {missing:?} finished before acknowledging (no checkpoint starts once a subtask has finished)"
             );
-            if let Some(c) = self.in_progress.remove(&id) {
-                let stats = self.stats_of(&c, CheckpointStatus::Failed(reason), now_ms);
-                self.record(stats);
-                self.last_end_ms = Some(now_ms);
-                self.shared.failed.fetch_add(1, Ordering::SeqCst);
-                self.send(Control::Abort(id));
-            }
+            let c = self
+                .in_progress
+                .remove(&id)
+                .expect("declined while pending");
+            self.end_failed(c, reason, now_ms);
         }
+        assert_eq!(
+            self.consecutive_failures, failures_before,
+            "declined checkpoints do not count as failures"
+        );
+        debug_assert!(
+            self.in_progress
+                .values()
+                .all(|c| finished.iter().all(|&i| c.acks[i].is_some())),
+            "no pending checkpoint waits for a subtask that finished"
+        );
     }
 
     /// The job restored checkpoint `id`: the first checkpoints build on it.
     pub(crate) fn restored(&mut self, id: u64) {
+        assert!(
+            id >= 1 && id < self.next_id,
+            "restored checkpoint {id} is not below the first id {}",
+            self.next_id
+        );
+        assert!(
+            self.restored.is_none() && !self.schedule.started() && self.in_progress.is_empty(),
+            "a job restores once, before the coordinator's first poll"
+        );
+        self.restored = Some(id);
         for subtask in 0..self.parallelism {
             self.shared.saw_completion(subtask, id);
         }
+        debug_assert!(
+            self.shared
+                .views
+                .iter()
+                .all(|v| v.load(Ordering::SeqCst) >= id),
+            "every subtask builds on the restored checkpoint"
+        );
     }
 
     fn maybe_trigger(&mut self, now_ms: u64) {
-        // The first periodic checkpoint comes one interval after the start.
-        self.last_trigger_ms.get_or_insert(now_ms);
-        if self.fatal.is_some() || self.in_progress.len() >= self.config.max_concurrent {
-            return;
-        }
-        if self
-            .shared
-            .finished_subtasks()
-            .into_iter()
-            .any(|i| self.finished_parts[i].is_none())
-        {
-            // A subtask that finished without reporting its final offsets
-            // (it failed, or its report is not collected yet: the next poll
-            // will) acknowledges nothing: a checkpoint could only time out.
+        assert!(
+            !self.committing(),
+            "nothing triggers while a commit is outstanding"
+        );
+        self.schedule.start(now_ms);
+        if !self.can_trigger() || self.awaiting_final_offsets() {
             return;
         }
         let manual = self.shared.manual_trigger.load(Ordering::SeqCst);
-        let paused = self
-            .last_end_ms
-            .is_some_and(|t| now_ms < t + self.config.min_pause_ms);
-        let interval_due = self.config.interval_ms > 0
-            && self
-                .last_trigger_ms
-                .is_none_or(|t| now_ms >= t + self.config.interval_ms);
         let changed = self.shared.changed_bytes();
-        let volume_due = self
-            .config
-            .trigger_after_changed_bytes
-            .is_some_and(|limit| changed.saturating_sub(self.changed_at_trigger) >= limit);
-        let cause = if manual {
-            TriggerCause::Manual
-        } else if interval_due && !paused {
-            TriggerCause::Interval
-        } else if volume_due && !paused {
-            TriggerCause::ChangeVolume
-        } else {
+        let Some(cause) = self.schedule.due(now_ms, manual, changed) else {
             return;
         };
-        self.changed_at_trigger = changed;
         if manual {
             self.shared.manual_trigger.store(false, Ordering::SeqCst);
         }
+        let next_id = self.next_id;
+        self.trigger(cause, now_ms, changed);
+        assert!(
+            self.next_id == next_id + 1 && self.in_progress.contains_key(&next_id),
+            "checkpoint {next_id}: a due checkpoint is triggered with the next id"
+        );
+    }
+
+    /// Whether a subtask finished without reporting its final offsets (it
+    /// failed, or its report is not collected yet: the next poll will): it
+    /// acknowledges nothing, so a checkpoint could only time out.
+    fn awaiting_final_offsets(&self) -> bool {
+        self.shared
+            .finished_subtasks()
+            .into_iter()
+            .any(|i| self.finished_parts[i].is_none())
+    }
+
+    /// Starts the next checkpoint and sends its barrier to every subtask.
+    fn trigger(&mut self, cause: TriggerCause, now_ms: u64, changed: u64) {
+        assert!(
+            self.can_trigger(),
+            "a checkpoint starts only below max_concurrent and while the job has not failed"
+        );
+        assert!(
+            self.in_progress
+                .last_key_value()
+                .is_none_or(|(&last, _)| last < self.next_id),
+            "checkpoint ids strictly increase"
+        );
         let barrier = Barrier {
             id: self.next_id,
             trigger_ms: now_ms,
             mode: self.config.mode,
         };
         self.next_id += 1;
-        self.last_trigger_ms = Some(now_ms);
+        self.schedule.triggered(now_ms, changed);
+        let builds_on = self.shared.oldest_view();
+        assert!(
+            builds_on.is_none_or(|b| b < barrier.id)
+                && self.restored.is_none_or(|r| r < barrier.id),
+            "checkpoint {}: builds only on earlier checkpoints (views {builds_on:?}, restored {:?})",
+            barrier.id,
+            self.restored
+        );
         self.in_progress.insert(
             barrier.id,
             InProgress {
@@ -550,40 +436,41 @@ impl Coordinator {
                     .map(|i| finished_ack(&self.finished_parts, barrier, i))
                     .collect(),
                 committing: false,
-                builds_on: self.shared.oldest_view(),
+                builds_on,
             },
+        );
+        assert!(
+            self.in_progress.len() <= self.config.max_concurrent,
+            "at most max_concurrent checkpoints are pending"
         );
         self.send(Control::Trigger(barrier));
     }
 
     fn collect_acks(&mut self, now_ms: u64) {
+        assert!(
+            !self.committing(),
+            "acknowledgements are collected only while no commit is outstanding"
+        );
         let mut failures = Vec::new();
-        for consumer in &mut self.acks {
-            while let Some(ack) = consumer.pop() {
+        for ring in 0..self.acks.len() {
+            while let Some(ack) = self.acks[ring].pop() {
                 match ack {
                     Ack::Done {
                         barrier, subtask, ..
-                    } => {
-                        if let Some(c) = self.in_progress.get_mut(&barrier.id) {
-                            c.acks[subtask] = Some(ack);
-                        }
-                    }
+                    } => self.ack_done(ring, barrier, subtask, ack),
                     Ack::Failed {
                         id,
                         subtask,
                         reason,
-                    } => failures.push((id, format!("subtask {subtask}: {reason}"))),
-                    Ack::Finished { subtask, sources } => {
-                        if let Some(part) = self.finished_parts.get_mut(subtask) {
-                            *part = Some(sources);
-                        }
-                        let parts = &self.finished_parts;
-                        for c in self.in_progress.values_mut() {
-                            if c.acks[subtask].is_none() {
-                                c.acks[subtask] = finished_ack(parts, c.barrier, subtask);
-                            }
-                        }
+                    } => {
+                        assert!(
+                            subtask == ring && id < self.next_id,
+                            "subtask {subtask}'s failure of checkpoint {id} (ring {ring}, next id {})",
+                            self.next_id
+                        );
+                        failures.push((id, format!("subtask {subtask}: {reason}")))
                     }
+                    Ack::Finished { subtask, sources } => self.ack_finished(ring, subtask, sources),
                 }
             }
         }
@@ -592,7 +479,57 @@ impl Coordinator {
         }
     }
 
+    /// Subtask `subtask` acknowledged its part of `barrier` (dropped when the
+    /// checkpoint already ended).
+    fn ack_done(&mut self, ring: usize, barrier: Barrier, subtask: usize, ack: Ack) {
+        assert!(
+            subtask == ring && barrier.id < self.next_id,
+            "subtask {subtask}'s acknowledgement of checkpoint {} (ring {ring}, next id {})",
+            barrier.id,
+            self.next_id
+        );
+        if let Some(c) = self.in_progress.get_mut(&barrier.id) {
+            assert!(
+                c.barrier.id == barrier.id && !c.committing,
+                "checkpoint {}: acknowledged before it commits",
+                barrier.id
+            );
+            assert!(
+                c.acks[subtask].is_none(),
+                "checkpoint {}: subtask {subtask} acknowledged twice",
+                barrier.id
+            );
+            c.acks[subtask] = Some(ack);
+        }
+    }
+
+    /// Subtask `subtask` finished, with these final source offsets: it
+    /// acknowledges every pending and later checkpoint without blocks.
+    fn ack_finished(&mut self, ring: usize, subtask: usize, sources: Vec<SourceOffset>) {
+        assert!(
+            subtask == ring && self.finished_parts[subtask].is_none(),
+            "subtask {subtask} finishes once, on its own ring ({ring})"
+        );
+        if let Some(part) = self.finished_parts.get_mut(subtask) {
+            *part = Some(sources);
+        }
+        let parts = &self.finished_parts;
+        for c in self.in_progress.values_mut() {
+            if c.acks[subtask].is_none() {
+                c.acks[subtask] = finished_ack(parts, c.barrier, subtask);
+            }
+        }
+        debug_assert!(
+            self.in_progress.values().all(|c| c.acks[subtask].is_some()),
+            "a finished subtask has acknowledged every pending checkpoint"
+        );
+    }
+
     fn expire(&mut self, now_ms: u64) {
+        assert!(
+            !self.committing(),
+            "nothing expires a checkpoint that commits"
+        );
         let late: Vec<u64> = self
             .in_progress
             .values()
@@ -613,22 +550,49 @@ impl Coordinator {
             );
             self.fail(id, reason, now_ms);
         }
+        debug_assert!(
+            self.in_progress
+                .values()
+                .all(|c| now_ms < c.barrier.trigger_ms + self.config.timeout_ms),
+            "no pending checkpoint is past its timeout"
+        );
     }
 
+    /// The oldest pending checkpoint, if every subtask acknowledged it, as a
+    /// commit for the driver. In order: a later checkpoint waits for the
+    /// earlier ones (the store takes strictly increasing ids, and subtasks
+    /// build on the chains of the completions they were told of, in order).
     fn ready_to_commit(&mut self, now_ms: u64) -> Option<CommitRequest> {
-        // In order: a later checkpoint waits for the earlier ones (the store
-        // takes strictly increasing ids, and subtasks build on the chains of
-        // the completions they were told of, in order).
-        let id = *self
-            .in_progress
-            .iter()
-            .next()
-            .filter(|(_, c)| !c.committing && c.acks.iter().all(Option::is_some))?
-            .0;
-        // Checkpoints in progress build on what their subtasks had seen
-        // complete when they were cut, and running subtasks' next cuts on
-        // what they have seen since (a subtask may not have processed the
-        // latest completion yet).
+        assert!(!self.committing(), "at most one commit is outstanding");
+        let id = self.oldest_ready()?;
+        let keep_from = self.keep_from(id);
+        let c = self.in_progress.get_mut(&id).expect("found above");
+        c.committing = true;
+        let request = self.commit_request(id, keep_from, now_ms);
+        assert!(
+            request.id == id && request.record.id == id && self.committing(),
+            "checkpoint {id}: the commit handed out is the oldest pending checkpoint's"
+        );
+        Some(request)
+    }
+
+    /// The oldest pending checkpoint, if every subtask acknowledged it.
+    fn oldest_ready(&self) -> Option<u64> {
+        let (&id, c) = self.in_progress.first_key_value()?;
+        (!c.committing && c.acks.iter().all(Option::is_some)).then_some(id)
+    }
+
+    /// What the store must keep once `id` commits. Checkpoints in progress
+    /// build on what their subtasks had seen complete when they were cut,
+    /// and running subtasks' next cuts on what they have seen since (a
+    /// subtask may not have processed the latest completion yet).
+    fn keep_from(&self, id: u64) -> Option<u64> {
+        assert!(
+            self.in_progress
+                .first_key_value()
+                .is_some_and(|(&oldest, _)| oldest == id),
+            "checkpoint {id}: only the oldest pending checkpoint commits"
+        );
         let keep_from = self
             .in_progress
             .iter()
@@ -636,85 +600,19 @@ impl Coordinator {
             .filter_map(|(_, c)| c.builds_on)
             .chain(self.shared.oldest_view())
             .min();
-        let c = self.in_progress.get_mut(&id).expect("found above");
-        c.committing = true;
-        let mut handles = Vec::new();
-        let mut state = Vec::new();
-        let mut in_flight = Vec::new();
-        let mut sources = Vec::new();
-        let mut subtasks = Vec::new();
-        let push = |link: &ChainLink, handles: &mut Vec<BlockHandle>| {
-            handles.push(link.handle);
-            ChainBlock {
-                handle: handles.len() as u32 - 1,
-                delta: link.delta,
-                checkpoint: link.checkpoint,
-                entries: link.entries,
-                bytes: link.bytes,
-            }
-        };
-        let state_block = |s: &StateRef, chain: Vec<ChainBlock>| StateBlock {
-            operator: s.key.0.to_string(),
-            table: s.key.1.to_string(),
-            key_group: s.key.2,
-            chain,
-            entries: s.entries,
-            type_name: s.type_name.to_string(),
-        };
-        let mut incremental = false;
-        for ack in c.acks.iter() {
-            let Some(Ack::Done {
-                handles: h,
-                blocks,
-                reused,
-                sources: s,
-                stats,
-                ..
-            }) = ack
-            else {
-                unreachable!("only Done acks are stored");
-            };
-            for (handle, desc) in h.iter().zip(blocks) {
-                match desc {
-                    BlockDesc::State {
-                        state: s,
-                        delta,
-                        block_entries,
-                        bytes,
-                    } => {
-                        incremental |= *delta;
-                        let mut chain: Vec<ChainBlock> =
-                            s.prefix.iter().map(|l| push(l, &mut handles)).collect();
-                        let link = ChainLink {
-                            handle: *handle,
-                            delta: *delta,
-                            checkpoint: id,
-                            entries: *block_entries,
-                            bytes: *bytes,
-                        };
-                        chain.push(push(&link, &mut handles));
-                        state.push(state_block(s, chain));
-                    }
-                    BlockDesc::InFlight(b) => {
-                        handles.push(*handle);
-                        in_flight.push(InFlightBlock {
-                            handle: handles.len() as u32 - 1,
-                            ..b.clone()
-                        });
-                    }
-                }
-            }
-            for r in reused {
-                incremental = true;
-                let chain = r.prefix.iter().map(|l| push(l, &mut handles)).collect();
-                state.push(state_block(r, chain));
-            }
-            sources.extend(s.iter().cloned());
-            subtasks.push(stats.clone());
-        }
-        state.sort_by(|a, b| {
-            (&a.operator, &a.table, a.key_group).cmp(&(&b.operator, &b.table, b.key_group))
-        });
+        assert!(
+            keep_from.is_none_or(|k| k < id),
+            "checkpoint {id}: the store keeps only checkpoints before it (from {keep_from:?})"
+        );
+        keep_from
+    }
+
+    /// The commit of checkpoint `id`: its metadata, assembled from its
+    /// subtasks' acknowledgements, and the blocks it refers to.
+    fn commit_request(&self, id: u64, keep_from: Option<u64>, now_ms: u64) -> CommitRequest {
+        let c = &self.in_progress[&id];
+        assert!(c.committing, "checkpoint {id}: assembled once it commits");
+        let parts = Assembly::of(id, &c.acks);
         let metadata = CheckpointMetadata {
             version: METADATA_VERSION,
             id,
@@ -722,28 +620,38 @@ impl Coordinator {
             completed_ms: now_ms,
             cause: c.cause.name().to_string(),
             mode: c.barrier.mode.name().to_string(),
-            incremental,
+            incremental: parts.incremental,
             parallelism: self.parallelism as u32,
             max_parallelism: self.max_parallelism,
             fingerprint: self.fingerprint,
-            state,
-            in_flight,
-            sources,
-            subtasks,
+            state: parts.state,
+            in_flight: parts.in_flight,
+            sources: parts.sources,
+            subtasks: parts.subtasks,
         };
-        Some(CommitRequest {
+        assert_eq!(
+            metadata.subtasks.len(),
+            self.parallelism,
+            "checkpoint {id}: one figure per subtask"
+        );
+        CommitRequest {
             id,
             keep_from,
             record: CheckpointRecord {
                 id,
                 timestamp_ms: c.barrier.trigger_ms,
                 metadata: metadata.encode(),
-                handles,
+                handles: parts.handles,
             },
-        })
+        }
     }
 
     fn stats_of(&self, c: &InProgress, status: CheckpointStatus, now_ms: u64) -> CheckpointStats {
+        assert!(
+            status != CheckpointStatus::InProgress,
+            "checkpoint {}: statistics are taken when it ends",
+            c.barrier.id
+        );
         let subtasks: Vec<SubtaskStats> = c
             .acks
             .iter()
@@ -752,6 +660,11 @@ impl Coordinator {
                 _ => None,
             })
             .collect();
+        assert!(
+            subtasks.len() <= self.parallelism,
+            "checkpoint {}: at most one figure per subtask",
+            c.barrier.id
+        );
         CheckpointStats {
             id: c.barrier.id,
             trigger_ms: c.barrier.trigger_ms,
@@ -765,50 +678,92 @@ impl Coordinator {
         }
     }
 
-    fn record(&self, stats: CheckpointStats) {
-        if let Ok(mut summary) = self.shared.summary.lock() {
-            summary.add(&stats);
-        }
-        if let Ok(mut history) = self.shared.history.lock() {
-            if history.len() == HISTORY {
-                history.pop_front();
-            }
-            history.push_back(stats);
-        }
-    }
-
     /// The driver committed `id`.
     pub(crate) fn committed(&mut self, id: u64, now_ms: u64) {
-        if let Some(c) = self.in_progress.remove(&id) {
-            let stats = self.stats_of(&c, CheckpointStatus::Completed, now_ms);
-            self.record(stats);
-            self.consecutive_failures = 0;
-            self.last_end_ms = Some(now_ms);
-            self.shared.completed.fetch_add(1, Ordering::SeqCst);
-            self.shared.latest_completed.store(id, Ordering::SeqCst);
-            self.send(Control::Complete(id));
-        }
+        assert!(
+            self.commits(id),
+            "checkpoint {id}: completed, but it is not the commit outstanding"
+        );
+        assert!(
+            id > self.shared.latest_completed.load(Ordering::SeqCst),
+            "checkpoint {id}: completed ids strictly increase"
+        );
+        let c = self.in_progress.remove(&id).expect("asserted above");
+        let stats = self.stats_of(&c, CheckpointStatus::Completed, now_ms);
+        self.shared.record(stats);
+        self.consecutive_failures = 0;
+        self.schedule.ended(now_ms);
+        self.shared.completed.fetch_add(1, Ordering::SeqCst);
+        self.shared.latest_completed.store(id, Ordering::SeqCst);
+        self.send(Control::Complete(id));
+        assert!(
+            self.in_progress
+                .first_key_value()
+                .is_none_or(|(&next, _)| next > id),
+            "checkpoint {id}: completed before every later one"
+        );
     }
 
     /// The driver could not commit `id`.
     pub(crate) fn commit_failed(&mut self, id: u64, reason: String, now_ms: u64) {
+        assert!(
+            self.commits(id),
+            "checkpoint {id}: its commit failed, but it is not the commit outstanding"
+        );
         self.fail(id, format!("commit failed: {reason}"), now_ms);
+        assert!(
+            !self.in_progress.contains_key(&id) && !self.committing(),
+            "checkpoint {id}: a failed commit ends it"
+        );
     }
 
+    /// Checkpoint `id` failed (nothing if it already ended: a late failure):
+    /// it ends, and counts towards the tolerable failures.
     fn fail(&mut self, id: u64, reason: String, now_ms: u64) {
-        if let Some(c) = self.in_progress.remove(&id) {
-            let stats = self.stats_of(&c, CheckpointStatus::Failed(reason.clone()), now_ms);
-            self.record(stats);
-            self.last_end_ms = Some(now_ms);
-            self.shared.failed.fetch_add(1, Ordering::SeqCst);
-            self.send(Control::Abort(id));
-            self.consecutive_failures += 1;
-            if self.consecutive_failures > self.config.tolerable_failures && self.fatal.is_none() {
-                self.fatal = Some(format!(
-                    "{} consecutive checkpoint failures (tolerable: {}); last: checkpoint {id} {reason}",
-                    self.consecutive_failures, self.config.tolerable_failures
-                ));
-            }
+        let Some(c) = self.in_progress.remove(&id) else {
+            return;
+        };
+        let failures_before = self.consecutive_failures;
+        let fatal_before = self.fatal.is_some();
+        self.end_failed(c, reason.clone(), now_ms);
+        self.consecutive_failures += 1;
+        if self.consecutive_failures > self.config.tolerable_failures && self.fatal.is_none() {
+            self.fatal = Some(format!(
+                "{} consecutive checkpoint failures (tolerable: {}); last: checkpoint {id} {reason}",
+                self.consecutive_failures, self.config.tolerable_failures
+            ));
         }
+        assert_eq!(
+            self.consecutive_failures,
+            failures_before + 1,
+            "checkpoint {id}: a failure counts once"
+        );
+        assert!(
+            fatal_before
+                || self.fatal.is_some()
+                    == (self.consecutive_failures == self.config.tolerable_failures + 1),
+            "the job fails exactly at tolerable_failures + 1 consecutive failures ({} after checkpoint {id})",
+            self.consecutive_failures
+        );
+    }
+
+    /// Ends `c`, taken out of the pending set, as failed (or declined): its
+    /// statistics, and the abort to every subtask.
+    fn end_failed(&mut self, c: InProgress, reason: String, now_ms: u64) {
+        let id = c.barrier.id;
+        assert!(
+            !self.in_progress.contains_key(&id),
+            "checkpoint {id}: leaves the pending set before it ends"
+        );
+        let stats = self.stats_of(&c, CheckpointStatus::Failed(reason), now_ms);
+        self.shared.record(stats);
+        self.schedule.ended(now_ms);
+        let failed_before = self.shared.failed.fetch_add(1, Ordering::SeqCst);
+        self.send(Control::Abort(id));
+        assert_eq!(
+            self.shared.failed.load(Ordering::SeqCst),
+            failed_before + 1,
+            "checkpoint {id}: a failed checkpoint counts once (only the coordinator counts)"
+        );
     }
 }

@@ -8,21 +8,25 @@
 //! trigger the snapshot and persist the channels' in-flight records
 //! ([`CheckpointMode::Unaligned`]), switch from the first to the second after a
 //! timeout, or never block ([`CheckpointMode::AtLeastOnce`]). Operators archive
-//! their keyed state per key group with rkyv ([`subtask`]); the blocks go to the
+//! their keyed state per key group with rkyv (`subtask.rs`); the blocks go to the
 //! store asynchronously and the coordinator commits the checkpoint's metadata
-//! ([`metadata`]) to the manifest. [`restore`] reads it back.
+//! ([`metadata`]) to the manifest; `restore.rs` reads it back.
 //!
 //! Must not touch glommio: the runtime and the simulator drive the same code.
 
+mod assemble;
 pub mod coordinator;
 pub mod metadata;
 pub(crate) mod restore;
+mod schedule;
+mod shared;
+mod stats;
 pub(crate) mod subtask;
 
 use std::path::PathBuf;
 
-pub use coordinator::{CheckpointStats, CheckpointStatus, TriggerCause};
 pub use metadata::CheckpointMetadata;
+pub use stats::{CheckpointStats, CheckpointStatus, TriggerCause};
 
 /// How barriers are handled at inputs with several channels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -828,11 +828,6 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
     }
 
     fn checkpoint_complete(&mut self, id: u64) {
-        debug_assert!(
-            self.cut.as_ref().is_none_or(|c| c.plan.id != id),
-            "state `{}`: checkpoint {id} completed while it is being cut",
-            self.name
-        );
         let building_on_older = self.cut.as_ref().is_some_and(|c| c.plan.committed_id < id);
         if let Some(changes) = &mut self.changes {
             if building_on_older {
