@@ -294,21 +294,7 @@ impl Simulation {
         }
         let mut coordinator = None;
         if let Some(opened) = &store {
-            for (subtask, worker) in workers.iter_mut().enumerate() {
-                let acks = env.take_ack(subtask).expect("one ack ring per subtask");
-                if let Some(worker) = worker {
-                    let checkpoints = worker.checkpoints();
-                    worker.set_writer(Box::new(SimWriter {
-                        writer: opened.segment_writer(subtask as u16),
-                        acks,
-                        subtask,
-                        checkpoints,
-                        bases: Vec::new(),
-                        rng: SplitMix64::new(background_rng.next_u64()),
-                        slow_bases: false,
-                    }));
-                }
-            }
+            attach_writers(&env, opened, &mut workers, &mut background_rng);
             coordinator = env.coordinator_for(ends, opened.latest().map_or(1, |r| r.id + 1));
         }
         Ok(SimRun {
@@ -325,6 +311,31 @@ impl Simulation {
             idle_in_a_row: 0,
             restored_from,
         })
+    }
+}
+
+/// Gives every subtask a simulated snapshot writer on `store`, each with a
+/// generator of its own for when background bases are written.
+fn attach_writers(
+    env: &JobEnv,
+    store: &Store<SimIo>,
+    workers: &mut [Option<Worker>],
+    background_rng: &mut SplitMix64,
+) {
+    for (subtask, worker) in workers.iter_mut().enumerate() {
+        let acks = env.take_ack(subtask).expect("one ack ring per subtask");
+        if let Some(worker) = worker {
+            let checkpoints = worker.checkpoints();
+            worker.set_writer(Box::new(SimWriter {
+                writer: store.segment_writer(subtask as u16),
+                acks,
+                subtask,
+                checkpoints,
+                bases: Vec::new(),
+                rng: SplitMix64::new(background_rng.next_u64()),
+                slow_bases: false,
+            }));
+        }
     }
 }
 

@@ -41,42 +41,17 @@ fn archive_estimate<K, V>(n: usize) -> usize {
 
 mod cut;
 mod handles;
+mod table;
 #[cfg(test)]
 mod tests;
 
 pub use crate::data::{FxHashMap, StateData};
 
-/// A key group of a state table does not archive, or a block of its chain
-/// does not read back.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub(crate) enum StateError {
-    /// Archiving a key group failed.
-    #[error("state `{table}`, key group {group}: does not archive: {source}")]
-    Archive {
-        /// The state's name.
-        table: String,
-        /// The key group.
-        group: u32,
-        /// What rkyv said.
-        #[source]
-        source: RkyvError,
-    },
-    /// A block of a restored chain does not check or decode.
-    #[error("state `{table}`, block {} offset {}: {source}", block.segment.file_name(), block.offset)]
-    Load {
-        /// The state's name.
-        table: String,
-        /// The block.
-        block: spate_storage::BlockHandle,
-        /// What rkyv said.
-        #[source]
-        source: RkyvError,
-    },
-}
 use cut::{materialise_share, Cut};
 pub(crate) use cut::{CutPlan, Decided, IncrementalBounds};
 pub use handles::{ListState, MapState, StateRegistry, ValueState};
+pub use table::Serialized;
+pub(crate) use table::{StateError, StateTable};
 
 /// The current key of a keyed function call, as state handles see it.
 pub trait KeyScope<K> {
@@ -84,76 +59,6 @@ pub trait KeyScope<K> {
     fn current_key(&self) -> &K;
     /// Index of the key's group within the subtask's key-group range.
     fn key_group_index(&self) -> usize;
-}
-
-/// What the checkpoint layer needs from any keyed state table, whatever its
-/// types: a name, sizes, and archiving one key group at a time.
-pub(crate) trait StateTable {
-    /// The state's name, unique within its operator.
-    fn name(&self) -> &str;
-    /// Number of keys with state in the key group at `index` of the range.
-    #[cfg(test)]
-    fn keys_in_group(&self, index: usize) -> usize;
-    /// The Rust type of the table's entries, recorded for inspection tools.
-    fn type_name(&self) -> &'static str;
-    /// Archives the key group at `index` (rkyv, a `Vec<(key, value)>`).
-    fn snapshot_group(&self, index: usize) -> Result<AlignedVec, RkyvError>;
-    /// Loads an archive made by [`snapshot_group`](Self::snapshot_group)
-    /// into the key group at `index`; an error for bytes that do not check.
-    fn restore_group(&mut self, index: usize, archive: &[u8]) -> Result<(), RkyvError>;
-    /// Cuts the key group for checkpoint `id` without copying anything: its
-    /// changes count as captured by `id`, and it is archived later (a full
-    /// base, or a delta of the captured keys) by
-    /// [`serialize_frozen`](Self::serialize_frozen), or at once before the
-    /// next write to it, whichever comes first (copy-on-write per key group).
-    /// `since` is the last completed checkpoint the cut builds on: keys
-    /// captured by later checkpoints still in progress belong to a delta too.
-    fn freeze(&mut self, index: usize, id: u64, since: u64, delta: bool);
-    /// Archives up to `max` frozen key groups; returns how many.
-    fn serialize_frozen(&mut self, max: usize) -> usize;
-    /// Key groups frozen and not archived yet.
-    fn frozen_groups(&self) -> usize;
-    /// Archives up to `max` bases to materialise in the background (see
-    /// [`Decided`]); returns how many.
-    fn serialize_requested_bases(&mut self, max: usize) -> usize;
-    /// Bases to materialise in the background not archived yet.
-    fn requested_bases(&self) -> usize;
-    /// Archives made since the last call (`Err` if one failed).
-    fn take_serialized(&mut self) -> Vec<Result<Serialized, StateError>>;
-    /// The longest single archiving pause since the last call, µs.
-    fn take_max_pause_us(&mut self) -> u64;
-    /// Applies a delta archived from a frozen key group.
-    fn restore_delta(&mut self, index: usize, archive: &[u8]) -> Result<(), RkyvError>;
-    /// Restores the key group from its chain (base, then deltas, mapped
-    /// zero-copy) on first access or in the background: a restored job runs
-    /// before every key group is deserialised.
-    fn restore_lazily(&mut self, index: usize, chain: Vec<(bool, spate_storage::BlockRef)>);
-    /// Loads up to `max` key groups still waiting; returns how many, or the
-    /// first error met (also on loads made on access).
-    fn load_pending(&mut self, max: usize) -> Result<usize, StateError>;
-    /// Key groups still waiting to be loaded.
-    fn pending_loads(&self) -> usize;
-    /// Starts the cut of `plan.id` in O(1): every key group decides what it
-    /// becomes in the checkpoint (see [`Decided`]) before its next write, or
-    /// in the background ([`decide_pending`](Self::decide_pending)). Until
-    /// then a key group is unchanged, so the decision is the one a walk over
-    /// every key group at the barrier would have made. `table` is the
-    /// table's name in checkpoint keys. A previous cut still undecided (its
-    /// checkpoint was aborted) is dropped.
-    fn begin_cut(&mut self, plan: Rc<CutPlan>, table: Arc<str>);
-    /// Decides up to `max` key groups of the current cut; returns how many.
-    fn decide_pending(&mut self, max: usize) -> usize;
-    /// Key groups of the current cut not decided yet.
-    fn undecided(&self) -> usize;
-    /// Decisions made since the last call (on writes or in the background),
-    /// by key group index; the first error met, if any.
-    fn take_decided(&mut self) -> Result<Vec<(usize, Decided)>, StateError>;
-    /// Keys of a restored key group (reported while it is still unloaded).
-    fn set_restored_entries(&mut self, index: usize, entries: u64);
-    /// Forgets the changes captured by `id` (it completed).
-    fn checkpoint_complete(&mut self, id: u64);
-    /// Returns the changes captured by `id` to the next checkpoint (it failed).
-    fn checkpoint_aborted(&mut self, id: u64);
 }
 
 /// Hash set with the engine's fixed hasher.
@@ -178,22 +83,6 @@ impl<K> Changes<K> {
             .filter(move |(id, _)| *id > since)
             .map(move |(_, groups)| &groups[index])
     }
-}
-
-/// A key group archived for a checkpoint.
-pub struct Serialized {
-    /// Index of the key group in the subtask's range.
-    pub index: usize,
-    /// The checkpoint.
-    pub id: u64,
-    /// A delta rather than a full base.
-    pub delta: bool,
-    /// The archive.
-    pub bytes: AlignedVec,
-    /// Keys in a base; upserts plus deletes in a delta.
-    pub entries: u64,
-    /// A base materialised in the background, not part of checkpoint `id`.
-    pub background: bool,
 }
 
 /// A key group cut for a checkpoint and not archived yet.
