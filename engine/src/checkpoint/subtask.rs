@@ -394,6 +394,10 @@ impl SubtaskCheckpoints {
         let bases = Rc::make_mut(&mut self.bases);
         let bound = self.latest_begun;
         for (key, link) in written {
+            assert!(
+                link.checkpoint <= bound && !link.delta,
+                "a background base is a base, cut for a checkpoint begun here"
+            );
             let stale = self
                 .committed
                 .get(&key)
@@ -413,6 +417,14 @@ impl SubtaskCheckpoints {
                 }
             }
         }
+        debug_assert!(
+            self.bases.iter().all(|(key, link)| self
+                .committed
+                .get(key)
+                .and_then(|c| c.first())
+                .is_some_and(|first| first.checkpoint < link.checkpoint)),
+            "an available base is newer than its key group's committed base"
+        );
     }
 
     /// Bases materialised in the background, durable and not part of a
@@ -625,6 +637,13 @@ impl SubtaskCheckpoints {
 
     /// Takes the subtask's finished parts of checkpoints.
     pub(crate) fn take_ready(&mut self) -> Vec<LocalSnapshot> {
+        debug_assert!(
+            self.ready
+                .iter()
+                .all(|r| self.done.contains(&r.barrier.id)
+                    && !self.pending.contains_key(&r.barrier.id)),
+            "a ready part is done and no longer pending"
+        );
         std::mem::take(&mut self.ready)
     }
 }
@@ -678,6 +697,11 @@ mod tests {
             vec![(key(0), vec![link(1, 0)]), (key(1), vec![link(1, 64)])],
         );
         // Bases of both key groups, cut at checkpoint 2.
+        c.begin(Barrier {
+            id: 2,
+            trigger_ms: 0,
+            mode: crate::checkpoint::CheckpointMode::Aligned,
+        });
         c.bases_written(vec![(key(0), link(2, 128)), (key(1), link(2, 192))]);
         assert_eq!(c.bases_snapshot().len(), 2);
         // A base older than the committed one is retired at once.

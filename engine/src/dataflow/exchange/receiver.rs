@@ -326,6 +326,10 @@ impl<T: ExchangeData> ExchangeReceiver<T> {
     }
 
     fn log_consumed(&mut self, j: usize, position: u64, batch: &[Record<T>]) {
+        debug_assert!(
+            position < self.channels[j].data.read_position(),
+            "logged once consumed"
+        );
         if let Some(log) = &mut self.state[j].log {
             if position >= log.logged_until && log.until.is_none_or(|u| position < u) {
                 log.records
