@@ -263,8 +263,8 @@ fn main() -> ExitCode {
 /// done).
 #[cfg(unix)]
 fn default_sigpipe() {
-    // SAFETY: first thing in `main`, before any other thread exists; SIG_DFL
-    // is a valid disposition for SIGPIPE and installs no handler.
+    // SIG_DFL is a valid disposition for SIGPIPE and installs no handler.
+    // SAFETY: first thing in `main`, before any other thread exists.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }

@@ -119,27 +119,35 @@ impl<T: ExchangeData> ExchangeReceiver<T> {
         self.checkpoints
             .borrow_mut()
             .switch_to_unaligned(barrier.id);
-        for j in 0..self.channels.len() {
-            let s = &mut self.state[j];
-            if s.ended || s.has_marker {
-                continue; // no records before its barrier remain
-            }
-            s.log = Some(Log {
-                id: barrier.id,
-                until: s
-                    .notice
-                    .filter(|n| n.checkpoint_id == barrier.id)
-                    .map(|n| n.position),
-                logged_until: self.channels[j].data.read_position(),
-                records: Vec::new(),
-            });
-            self.checkpoints.borrow_mut().open_log(barrier.id);
-        }
+        self.open_logs(barrier.id);
         self.deliver(barrier, cx)?;
         for j in 0..self.channels.len() {
             self.peek_log(j)?;
         }
         Ok(())
+    }
+
+    /// Opens the in-flight log of checkpoint `id` on every channel that may
+    /// still hold records before its barrier (not ended, marker not consumed):
+    /// from the read position to the barrier's position, once known.
+    fn open_logs(&mut self, id: u64) {
+        for j in 0..self.channels.len() {
+            let s = &mut self.state[j];
+            if s.ended || s.has_marker {
+                continue; // no records before its barrier remain
+            }
+            debug_assert!(s.log.is_none(), "one in-flight log per channel");
+            s.log = Some(Log {
+                id,
+                until: s
+                    .notice
+                    .filter(|n| n.checkpoint_id == id)
+                    .map(|n| n.position),
+                logged_until: self.channels[j].data.read_position(),
+                records: Vec::new(),
+            });
+            self.checkpoints.borrow_mut().open_log(id);
+        }
     }
 
     /// Logs what can be peeked of channel `j`'s in-flight range; closes the
@@ -298,22 +306,7 @@ impl<T: ExchangeData> ExchangeReceiver<T> {
                     // Channels that delivered their marker are complete; the
                     // others persist their records up to it.
                     let started = self.alignment.take();
-                    for j in 0..self.channels.len() {
-                        let s = &mut self.state[j];
-                        if s.ended || s.has_marker {
-                            continue;
-                        }
-                        s.log = Some(Log {
-                            id: barrier.id,
-                            until: s
-                                .notice
-                                .filter(|n| n.checkpoint_id == barrier.id)
-                                .map(|n| n.position),
-                            logged_until: self.channels[j].data.read_position(),
-                            records: Vec::new(),
-                        });
-                        self.checkpoints.borrow_mut().open_log(barrier.id);
-                    }
+                    self.open_logs(barrier.id);
                     self.alignment = started;
                     self.deliver(barrier, cx)?;
                     for j in 0..self.channels.len() {
