@@ -330,12 +330,7 @@ impl JobHandle {
 
     /// Statistics of the checkpoints so far (bounded history, oldest first).
     pub fn checkpoint_stats(&self) -> Vec<CheckpointStats> {
-        self.env()
-            .coordinator
-            .history
-            .lock()
-            .map(|h| h.iter().cloned().collect())
-            .unwrap_or_default()
+        self.env().coordinator.history()
     }
 
     /// Whether some subtask is still running.
@@ -346,12 +341,7 @@ impl JobHandle {
 
     /// Counts, histograms and rates over the checkpoints so far.
     pub fn checkpoint_summary(&self) -> CheckpointSummary {
-        self.env()
-            .coordinator
-            .summary
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default()
+        self.env().coordinator.summary()
     }
 
     /// Whether a checkpoint is in progress.
@@ -399,22 +389,9 @@ impl Run {
         Ok(JobReport {
             elapsed: self.started.elapsed(),
             subtasks,
-            checkpoints: {
-                self.env
-                    .coordinator
-                    .history
-                    .lock()
-                    .map(|h| h.iter().cloned().collect())
-                    .unwrap_or_default()
-            },
+            checkpoints: self.env.coordinator.history(),
             restored_from: self.env.restore.as_ref().map(|r| r.metadata.id),
-            checkpoint_summary: self
-                .env
-                .coordinator
-                .summary
-                .lock()
-                .map(|s| s.clone())
-                .unwrap_or_default(),
+            checkpoint_summary: self.env.coordinator.summary(),
             restore_duration: self.env.restore_duration(),
             restarts: RestartStats::default(),
         })

@@ -482,21 +482,9 @@ impl SimRun {
             batch_size: self.config.batch_size,
             virtual_ms: self.clock.now_ms() - SIM_START_MS,
             subtasks: self.finished,
-            checkpoints: self
-                .env
-                .coordinator
-                .history
-                .lock()
-                .map(|h| h.iter().cloned().collect())
-                .unwrap_or_default(),
+            checkpoints: self.env.coordinator.history(),
             restored_from: self.restored_from,
-            checkpoint_summary: self
-                .env
-                .coordinator
-                .summary
-                .lock()
-                .map(|s| s.clone())
-                .unwrap_or_default(),
+            checkpoint_summary: self.env.coordinator.summary(),
         }
     }
 }

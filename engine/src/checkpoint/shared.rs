@@ -34,6 +34,19 @@ pub(crate) struct CoordinatorShared {
 }
 
 impl CoordinatorShared {
+    /// The statistics of the checkpoints so far (bounded history, oldest first).
+    pub(crate) fn history(&self) -> Vec<CheckpointStats> {
+        self.history
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Counts, histograms and rates over the checkpoints so far.
+    pub(crate) fn summary(&self) -> CheckpointSummary {
+        self.summary.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
     /// Subtask `subtask` finished (its step loop ended).
     pub(crate) fn subtask_finished(&self, subtask: usize) {
         if let Some(f) = self.finished.get(subtask) {
