@@ -187,12 +187,18 @@ impl Worker {
                     if !self.checkpoints.borrow_mut().begin(barrier) {
                         continue;
                     }
+                    // An operator whose inputs all ended cuts its final
+                    // state first: its snapshot keeps the part open until it
+                    // is archived. (After the inputs' triggers, the part of
+                    // a subtask whose inputs all ended was ready, and
+                    // acknowledged, before the cut began, without that
+                    // state.)
+                    for operator in &self.stateful_operators {
+                        operator.snapshot_if_finished(barrier, cx)?;
+                    }
                     // Finished sources still record their final offset.
                     for slot in &mut self.inputs {
                         slot.input.trigger(barrier, cx)?;
-                    }
-                    for operator in &self.stateful_operators {
-                        operator.snapshot_if_finished(barrier, cx)?;
                     }
                     for sink in &self.sinks {
                         sink.pre_commit_if_finished(barrier.id)?;

@@ -793,3 +793,47 @@ fn timers_restore_exactly_with_a_two_phase_sink() {
         }
     }
 }
+
+/// The final checkpoint of a job whose keyed operator's inputs all ended
+/// holds that operator's whole state: the operator cuts its final state
+/// before the subtask's inputs report the barrier, so the subtask's part
+/// waits for the cut. (When the inputs went first, the part of a drained
+/// subtask was ready before the cut began, and the final checkpoint lacked
+/// every key group the cut decided after that.)
+#[test]
+fn the_final_checkpoint_holds_a_drained_operators_state() {
+    let data = Arc::new(events(5, 3_000, 200, 3));
+    let keys = data.iter().map(|e| e.key).collect::<BTreeSet<_>>().len() as u64;
+    for seed in 0..8u64 {
+        let io = SimIo::new();
+        let out: Arc<Mutex<Committed>> = Default::default();
+        let (d, o) = (data.clone(), out.clone());
+        Simulation::new(config(2, CheckpointMode::Aligned, 1_000_000), seed)
+            .storage(io.clone())
+            .run(move |df| {
+                running_totals(&event_source(df, &d)).sink(
+                    "committed",
+                    TwoPhaseSink {
+                        shared: o.clone(),
+                        subtask: 0,
+                        open: Vec::new(),
+                    },
+                )
+            })
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let reader = spate_storage::StoreReader::from_source(Arc::new(io)).unwrap();
+        let last = reader.latest().expect("a final checkpoint");
+        let metadata = spate::checkpoint::CheckpointMetadata::decode(&last.metadata).unwrap();
+        let entries: u64 = metadata
+            .state
+            .iter()
+            .filter(|b| b.operator == "totals" && b.table == "totals")
+            .map(|b| b.entries)
+            .sum();
+        assert_eq!(
+            entries, keys,
+            "seed {seed}: the final checkpoint {} holds every key's state",
+            last.id
+        );
+    }
+}

@@ -20,7 +20,8 @@
 //! 3. A pending checkpoint has one delivery flag per input, and its
 //!    in-flight logs open before they close (the count never goes below 0).
 //! 4. A part is ready only when every input delivered its barrier and
-//!    every in-flight log of it closed.
+//!    every in-flight log of it closed; no log opens for it afterwards (an
+//!    operator whose inputs ended cuts before the inputs report the barrier).
 //! 5. Chains are written for a checkpoint after it was begun here and before
 //!    it completes; once it completes, they are the committed chains, and
 //!    every link of them was written by that checkpoint or an earlier one
@@ -563,6 +564,10 @@ impl SubtaskCheckpoints {
 
     /// An in-flight log of `id` opened (it must close before `id` is ready).
     pub(crate) fn open_log(&mut self, id: u64) {
+        debug_assert!(
+            self.pending.contains_key(&id) || !self.ready.iter().any(|r| r.barrier.id == id),
+            "checkpoint {id}: a log opens after its part was ready (what it logs is lost)"
+        );
         if let Some(p) = self.pending.get_mut(&id) {
             p.open_logs += 1;
         }
