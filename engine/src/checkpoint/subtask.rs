@@ -338,6 +338,10 @@ impl SubtaskCheckpoints {
     }
 
     pub(crate) fn add_block(&mut self, id: u64, block: SnapshotBlock) {
+        debug_assert!(
+            !self.ready.iter().any(|r| r.barrier.id == id),
+            "checkpoint {id}: a block added after its part was ready"
+        );
         let taken_up = match &block.desc {
             BlockDesc::State { state, .. } => self.base_taken_up(state),
             BlockDesc::InFlight(_) => 0,
@@ -358,6 +362,11 @@ impl SubtaskCheckpoints {
 
     /// A key group unchanged since the last completed checkpoint.
     pub(crate) fn add_reused(&mut self, id: u64, state: StateRef) {
+        debug_assert!(
+            !self.ready.iter().any(|r| r.barrier.id == id),
+            "checkpoint {id}: a reused chain added after its part was ready"
+        );
+        debug_assert!(!state.prefix.is_empty(), "a reused key group has a chain");
         let taken_up = self.base_taken_up(&state);
         if let Some(p) = self.pending.get_mut(&id) {
             p.stats.state_bytes += taken_up;
