@@ -140,11 +140,6 @@ impl DirLock {
         Ok(lock)
     }
 
-    /// The locked directory (canonical).
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Marks the directory as used by one job of this process until the
     /// returned guard drops.
     ///
@@ -164,13 +159,6 @@ impl DirLock {
 /// keeps the lock held.
 #[derive(Debug)]
 pub struct DirUse(Arc<DirLock>);
-
-impl DirUse {
-    /// The lock.
-    pub fn lock(&self) -> &Arc<DirLock> {
-        &self.0
-    }
-}
 
 impl Drop for DirUse {
     fn drop(&mut self) {
