@@ -40,8 +40,8 @@
 //! The user API: [`Job`] and [`JobConfig`] run a job, [`Dataflow`] and
 //! [`Stream`] declare it, [`state`] holds keyed state handles, [`window`]
 //! event-time windows, [`source`] and [`sink`] the ways in and out
-//! (including exactly-once files and the embedding service's ingress and
-//! egress), [`checkpoint`] and [`restart`] the fault tolerance settings,
+//! (including exactly-once files), [`embed`] the embedding service's
+//! acknowledged ingress and committed egress, [`checkpoint`] and [`restart`] the fault tolerance settings,
 //! [`time`] clocks and watermarks.
 //!
 //! [`internals`] exposes, for the project's own tools, tests and benchmarks,
@@ -54,6 +54,7 @@ pub mod checkpoint;
 mod config;
 mod data;
 pub mod dataflow;
+pub mod embed;
 mod env;
 mod error;
 mod inspect;

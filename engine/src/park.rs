@@ -119,3 +119,48 @@ impl Notifier {
         self.0.notify();
     }
 }
+
+/// Parks a thread of the embedding service (the ingress handle waiting for
+/// ring space or durability, an egress receiver waiting for records) until a
+/// reactor signals progress. The same handshake as [`Parker`]: the waiter
+/// publishes `waiting`, re-checks its condition, then parks; a reactor
+/// publishes its progress, fences, and unparks the waiter only if it waits.
+/// So a service thread never spins, and a reactor pays one fence and one
+/// load per signal when nobody waits.
+#[derive(Debug, Default)]
+pub(crate) struct ThreadWaiter {
+    waiting: AtomicBool,
+    thread: std::sync::Mutex<Option<Thread>>,
+}
+
+impl ThreadWaiter {
+    /// Blocks the calling thread until `ready()` holds, re-checking it after
+    /// every signal (and, as a safety net against a lost signal, every
+    /// `recheck`). Returns the value `ready` produced.
+    pub(crate) fn wait_for<R>(&self, recheck: Duration, mut ready: impl FnMut() -> Option<R>) -> R {
+        loop {
+            if let Some(r) = ready() {
+                return r;
+            }
+            *self.thread.lock().expect("waiter lock") = Some(std::thread::current());
+            self.waiting.store(true, Ordering::SeqCst);
+            handshake_fence();
+            if let Some(r) = ready() {
+                self.waiting.store(false, Ordering::SeqCst);
+                return r;
+            }
+            std::thread::park_timeout(recheck);
+            self.waiting.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Wakes the waiting thread, if any (after the caller published progress).
+    pub(crate) fn wake(&self) {
+        handshake_fence();
+        if self.waiting.load(Ordering::SeqCst) {
+            if let Some(thread) = &*self.thread.lock().expect("waiter lock") {
+                thread.unpark();
+            }
+        }
+    }
+}

@@ -5,8 +5,9 @@
 //! itself blocked: the subtask then stops pulling the inputs that feed it
 //! (backpressure), so nothing is dropped and memory stays bounded.
 //! Built-ins: [`DiscardSink`], [`CollectSink`] (gathers values for the caller
-//! at end of input), [`egress`] (a bounded ring per subtask to a consumer
-//! thread) and [`FileSink`] (JSON-lines files, exactly once by two-phase
+//! at end of input), the embedding service's egress (in `embed`: a bounded
+//! ring per subtask to a thread of the service, at least once or committed
+//! with the checkpoints) and [`FileSink`] (JSON-lines files, exactly once by two-phase
 //! commit with the checkpoints, or at least once).
 //!
 //! Transactional sinks (Flink's `TwoPhaseCommitSinkFunction`): when a
@@ -18,9 +19,7 @@
 
 use crate::data::Record;
 use crate::park::Notifier;
-use crate::ring::{ring, Consumer, Producer};
 use crate::SinkError;
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,6 +100,17 @@ pub trait Sink<T>: 'static {
     fn pre_commit(&mut self, checkpoint_id: u64) -> Result<(), SinkError> {
         let _ = checkpoint_id;
         Ok(())
+    }
+
+    /// Whether phase one of `checkpoint_id` has finished. A sink whose
+    /// pre-commit waits on someone else (the committed egress waits for the
+    /// service to acknowledge what it received) returns false until then:
+    /// the subtask's part of the checkpoint stays open, and the sink wakes
+    /// the subtask through its [`Notifier`] when the answer changes. The
+    /// default: pre-commit finishes within [`Sink::pre_commit`].
+    fn is_pre_committed(&mut self, checkpoint_id: u64) -> bool {
+        let _ = checkpoint_id;
+        true
     }
 
     /// Phase two: checkpoint `checkpoint_id` is complete; everything
@@ -197,160 +207,6 @@ impl<T: Send + 'static> Sink<T> for CollectSink<T> {
             .map_err(|_| SinkError::Other("collector lock poisoned".into()))?
             .append(&mut self.local);
         Ok(())
-    }
-}
-
-/// Per-subtask ring producers, taken once each.
-type Slots<T> = Mutex<Vec<Option<Producer<Vec<Record<T>>>>>>;
-
-struct EgressShared<T> {
-    consumers: Slots<T>,
-    notifiers: Vec<std::sync::OnceLock<Notifier>>,
-}
-
-/// Creates an egress: each of `parallelism` sink subtasks sends batches to
-/// one consumer thread through a ring of `capacity` batches. When the
-/// consumer falls behind, the sinks block and the job slows down to its pace.
-pub fn egress<T: Send + 'static>(
-    parallelism: usize,
-    capacity: usize,
-) -> (EgressSinks<T>, EgressReceiver<T>) {
-    let (producers, consumers): (Vec<_>, Vec<_>) = (0..parallelism).map(|_| ring(capacity)).unzip();
-    let shared = Arc::new(EgressShared {
-        consumers: Mutex::new(producers.into_iter().map(Some).collect()),
-        notifiers: (0..parallelism)
-            .map(|_| std::sync::OnceLock::new())
-            .collect(),
-    });
-    (
-        EgressSinks {
-            shared: shared.clone(),
-        },
-        EgressReceiver {
-            consumers,
-            shared,
-            next: 0,
-            current: VecDeque::new(),
-        },
-    )
-}
-
-/// The sink side of an [`egress`]; `Send + Sync` for the build closure.
-pub struct EgressSinks<T> {
-    shared: Arc<EgressShared<T>>,
-}
-
-impl<T: Send + 'static> EgressSinks<T> {
-    /// The sink of subtask `subtask`. Panics if taken twice.
-    pub fn take(&self, subtask: usize) -> EgressSink<T> {
-        let producer = self.shared.consumers.lock().expect("egress lock")[subtask]
-            .take()
-            .expect("each egress subtask sink is taken once");
-        EgressSink {
-            producer,
-            pending: VecDeque::new(),
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-/// One subtask's egress sink.
-pub struct EgressSink<T> {
-    producer: Producer<Vec<Record<T>>>,
-    pending: VecDeque<Vec<Record<T>>>,
-    shared: Arc<EgressShared<T>>,
-}
-
-impl<T: Send + 'static> Sink<T> for EgressSink<T> {
-    fn open(&mut self, context: &SinkContext) -> Result<(), SinkError> {
-        // The receiver wakes this subtask through it after freeing space.
-        let _ = self.shared.notifiers[context.subtask].set(context.notifier.clone());
-        Ok(())
-    }
-
-    fn write(&mut self, batch: &mut Vec<Record<T>>) -> Result<(), SinkError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(batch);
-        if self.pending.is_empty() {
-            if let Err(batch) = self.producer.try_push(batch) {
-                self.pending.push_back(batch);
-            }
-        } else {
-            self.pending.push_back(batch);
-        }
-        Ok(())
-    }
-
-    fn is_blocked(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
-    fn can_drain(&mut self) -> bool {
-        !self.pending.is_empty() && self.producer.free_slots() > 0
-    }
-
-    fn drain(&mut self) -> Result<bool, SinkError> {
-        let mut moved = false;
-        while let Some(batch) = self.pending.pop_front() {
-            if let Err(batch) = self.producer.try_push(batch) {
-                self.pending.push_front(batch);
-                break;
-            }
-            moved = true;
-        }
-        Ok(moved)
-    }
-}
-
-/// The consumer of an [`egress`], on a thread of the embedding service.
-pub struct EgressReceiver<T> {
-    consumers: Vec<Consumer<Vec<Record<T>>>>,
-    shared: Arc<EgressShared<T>>,
-    next: usize,
-    current: VecDeque<Record<T>>,
-}
-
-impl<T: Send + 'static> EgressReceiver<T> {
-    /// Takes a record if one is ready.
-    pub fn try_recv(&mut self) -> Option<Record<T>> {
-        if let Some(r) = self.current.pop_front() {
-            return Some(r);
-        }
-        for _ in 0..self.consumers.len() {
-            let i = self.next;
-            self.next = (self.next + 1) % self.consumers.len();
-            if let Some(batch) = self.consumers[i].pop() {
-                if let Some(n) = self.shared.notifiers[i].get() {
-                    n.notify();
-                }
-                self.current.extend(batch);
-                return self.current.pop_front();
-            }
-        }
-        None
-    }
-
-    /// Waits (yielding this thread) for the next record; `None` once every
-    /// sink subtask is gone and everything was received.
-    pub fn recv(&mut self) -> Option<Record<T>> {
-        loop {
-            if let Some(r) = self.try_recv() {
-                return Some(r);
-            }
-            if self.consumers.iter().all(|c| c.is_closed()) {
-                return self.try_recv();
-            }
-            std::thread::yield_now();
-        }
-    }
-}
-
-impl<T: Send + 'static> Iterator for EgressReceiver<T> {
-    type Item = Record<T>;
-    fn next(&mut self) -> Option<Record<T>> {
-        self.recv()
     }
 }
 

@@ -6,17 +6,17 @@
 //! re-created to seek), [`VecSource`] (a shared vector, striped over
 //! subtasks), [`SequenceSource`] (a function of the event index, optionally
 //! rate-limited: the benchmark's generator shape), [`FileLineSource`] (a text
-//! file split by byte ranges, one record per line) and [`ingress`] (records
-//! pushed by other threads of an embedding service).
+//! file split by byte ranges, one record per line) and
+//! the embedding service's ingress (in `embed`: records pushed by other
+//! threads of the service).
 //!
 //! A source never blocks its reactor: when it has nothing, it returns
 //! [`SourcePoll::Pending`] (and wakes the subtask through its [`Notifier`]) or
 //! [`SourcePoll::PendingUntil`] a processing time.
 
 use crate::park::Notifier;
-use crate::ring::{ring, Consumer, Producer};
 use crate::SourceError;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// What a source subtask knows about itself.
 #[derive(Clone, Debug)]
@@ -32,6 +32,11 @@ pub struct SourceContext {
     pub split_count: u32,
     /// The splits this subtask owns (contiguous, like key groups).
     pub splits: std::ops::Range<u32>,
+    /// Unique per run of the job (a restart is a new run).
+    pub run: u64,
+    /// The checkpoint this run restored, if any (its positions are handed to
+    /// [`Source::seek`] or [`Source::seek_splits`] after `open`).
+    pub restored_checkpoint: Option<u64>,
 }
 
 /// The result of one [`Source::poll`].
@@ -91,6 +96,24 @@ pub trait Source<T>: 'static {
         Err(SourceError::Other(
             "this source has no splits and cannot be restored on another parallelism".into(),
         ))
+    }
+
+    /// Checkpoint `checkpoint_id` is complete (Flink's
+    /// `notifyCheckpointComplete`): `positions` are what this subtask
+    /// recorded in it, pairs of split and position (for a source without
+    /// splits, one pair of subtask and [`Source::offset`]). Everything
+    /// before them is now durable: a restore never replays it. Sources that
+    /// tell a producer what it may forget (the embedding service's ingress,
+    /// a broker's committed offsets) act here; the default does nothing.
+    /// Not called for a checkpoint that was aborted; a later completion
+    /// covers it.
+    fn checkpoint_complete(
+        &mut self,
+        checkpoint_id: u64,
+        positions: &[(u32, u64)],
+    ) -> Result<(), SourceError> {
+        let _ = (checkpoint_id, positions);
+        Ok(())
     }
 }
 
@@ -499,163 +522,6 @@ impl<T, F: FnMut(&str) -> Result<T, String> + 'static> Source<T> for FileLineSou
     }
 }
 
-struct IngressShared<T> {
-    consumers: Mutex<Vec<Option<Consumer<T>>>>,
-    notifiers: Vec<std::sync::OnceLock<Notifier>>,
-}
-
-/// Creates an ingress for `parallelism` source subtasks, each with a ring of
-/// `capacity` records: the [`IngressHandle`] lets one thread of an embedding
-/// service push records into the running job; [`IngressSources::take`] gives
-/// each subtask its source. Dropping the handle ends the input.
-///
-/// Ingress data is not replayable: after a restore it resumes with new
-/// records only (`seek` accepts any offset and re-reads nothing).
-pub fn ingress<T: Send + 'static>(
-    parallelism: usize,
-    capacity: usize,
-) -> (IngressHandle<T>, IngressSources<T>) {
-    let (producers, consumers): (Vec<_>, Vec<_>) = (0..parallelism).map(|_| ring(capacity)).unzip();
-    let shared = Arc::new(IngressShared {
-        consumers: Mutex::new(consumers.into_iter().map(Some).collect()),
-        notifiers: (0..parallelism)
-            .map(|_| std::sync::OnceLock::new())
-            .collect(),
-    });
-    (
-        IngressHandle {
-            producers,
-            shared: shared.clone(),
-            next: 0,
-        },
-        IngressSources { shared },
-    )
-}
-
-/// Pushes records into a running job from outside (one thread at a time).
-pub struct IngressHandle<T> {
-    producers: Vec<Producer<T>>,
-    shared: Arc<IngressShared<T>>,
-    next: usize,
-}
-
-impl<T: Send + 'static> IngressHandle<T> {
-    /// Offers `value` to the subtasks round-robin; gives it back if every
-    /// subtask's ring is full (backpressure).
-    pub fn try_push(&mut self, mut value: T) -> Result<(), T> {
-        for _ in 0..self.producers.len() {
-            let i = self.next;
-            self.next = (self.next + 1) % self.producers.len();
-            match self.producers[i].try_push(value) {
-                Ok(()) => {
-                    if let Some(n) = self.shared.notifiers[i].get() {
-                        n.notify();
-                    }
-                    return Ok(());
-                }
-                Err(v) => value = v,
-            }
-        }
-        Err(value)
-    }
-
-    /// Pushes `value`, waiting (by yielding this thread) while every ring is
-    /// full. Call it from a service thread, never from a reactor.
-    pub fn push(&mut self, mut value: T) {
-        loop {
-            match self.try_push(value) {
-                Ok(()) => return,
-                Err(v) => {
-                    value = v;
-                    std::thread::yield_now();
-                }
-            }
-        }
-    }
-}
-
-impl<T> Drop for IngressHandle<T> {
-    fn drop(&mut self) {
-        self.producers.clear();
-        for n in self.shared.notifiers.iter().filter_map(|n| n.get()) {
-            n.notify();
-        }
-    }
-}
-
-/// The source side of an [`ingress`]; `Send + Sync`, so the job's build
-/// closure can hold it.
-pub struct IngressSources<T> {
-    shared: Arc<IngressShared<T>>,
-}
-
-impl<T: Send + 'static> IngressSources<T> {
-    /// The source of subtask `subtask`. Panics if taken twice.
-    pub fn take(&self, subtask: usize) -> IngressSource<T> {
-        let consumer = self.shared.consumers.lock().expect("ingress lock")[subtask]
-            .take()
-            .expect("each ingress subtask source is taken once");
-        IngressSource {
-            consumer,
-            shared: self.shared.clone(),
-            subtask,
-            offset: 0,
-        }
-    }
-}
-
-/// One subtask's ingress source.
-pub struct IngressSource<T> {
-    consumer: Consumer<T>,
-    shared: Arc<IngressShared<T>>,
-    subtask: usize,
-    offset: u64,
-}
-
-impl<T: Send + 'static> Source<T> for IngressSource<T> {
-    fn open(&mut self, context: &SourceContext) -> Result<(), SourceError> {
-        let _ = self.shared.notifiers[self.subtask].set(context.notifier.clone());
-        Ok(())
-    }
-
-    fn poll(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourcePoll, SourceError> {
-        for _ in 0..max {
-            match self.consumer.pop() {
-                Some(v) => {
-                    out.push(v);
-                    self.offset += 1;
-                }
-                None if self.consumer.is_closed() => {
-                    // The producer is gone; anything it pushed before closing is
-                    // visible now (close is a Release store, checked by Acquire).
-                    match self.consumer.pop() {
-                        Some(v) => {
-                            out.push(v);
-                            self.offset += 1;
-                        }
-                        None => return Ok(SourcePoll::Finished),
-                    }
-                }
-                None => return Ok(SourcePoll::Pending),
-            }
-        }
-        Ok(SourcePoll::Ready)
-    }
-
-    fn is_ready(&mut self) -> bool {
-        self.consumer.has_message() || self.consumer.is_closed()
-    }
-
-    fn offset(&self) -> u64 {
-        self.offset
-    }
-
-    fn seek(&mut self, offset: u64) -> Result<(), SourceError> {
-        self.offset = offset;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,6 +536,8 @@ mod tests {
             notifier: Arc::new(Parker::default()).notifier(),
             split_count,
             splits: u32::from(range.start)..u32::from(range.end),
+            run: 1,
+            restored_checkpoint: None,
         }
     }
 

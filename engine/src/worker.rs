@@ -222,6 +222,9 @@ impl Worker {
                     for operator in &self.stateful_operators {
                         operator.checkpoint_aborted(id);
                     }
+                    for sink in &self.sinks {
+                        sink.abort(id);
+                    }
                     if self.final_checkpoint == FinalCheckpoint::Drained(Some(id)) {
                         // Ask for another final checkpoint.
                         self.final_checkpoint = FinalCheckpoint::Drained(None);
@@ -236,6 +239,9 @@ impl Worker {
                     }
                     for sink in &self.sinks {
                         sink.commit(id)?;
+                    }
+                    for slot in &mut self.inputs {
+                        slot.input.checkpoint_complete(id)?;
                     }
                     if let FinalCheckpoint::Drained(Some(voted)) = self.final_checkpoint {
                         if id == voted && self.env.is_final(id) {

@@ -6,8 +6,9 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use spate::sink::{egress, Collector, DiscardSink};
-use spate::source::{ingress, FileLineSource, Source, SourcePoll};
+use spate::embed::{egress, ingress};
+use spate::sink::{Collector, DiscardSink};
+use spate::source::{FileLineSource, Source, SourcePoll};
 use spate::window::WindowAssigner;
 use spate::{
     CoProcessFunction, Job, JobConfig, JobError, KeyedContext, ProcessError, SourceError,
@@ -371,7 +372,7 @@ fn ingress_and_egress_connect_a_service_to_a_running_job() {
         .unwrap();
     let reader = std::thread::spawn(move || receiver.map(|r| r.value).collect::<Vec<_>>());
     for x in 0..10_000u64 {
-        input.push(x);
+        input.push(x).unwrap();
     }
     drop(input); // ends the input: the job drains and finishes
     handle.join().unwrap();
@@ -400,7 +401,7 @@ fn an_unbounded_job_stops_on_request() {
         })
         .unwrap();
     for x in 0..100 {
-        input.push(x);
+        input.push(x).unwrap();
     }
     handle.stop();
     // The handle stays alive: only the stop request ends the job.

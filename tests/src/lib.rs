@@ -174,3 +174,4 @@ fn flip_block(dir: &Path, handles: &[BlockHandle]) -> Option<String> {
     file.sync_all().ok()?;
     Some(format!("overwrote 16 bytes of {} at {at}", path.display()))
 }
+pub mod embed;

@@ -140,6 +140,12 @@ pub(crate) trait Input {
     fn abort(&mut self, id: u64) {
         let _ = id;
     }
+    /// Checkpoint `id` completed: a source learns which of its positions
+    /// are now durable.
+    fn checkpoint_complete(&mut self, id: u64) -> Result<(), JobError> {
+        let _ = id;
+        Ok(())
+    }
     /// The subtask finished: a source's final offsets, which every later
     /// checkpoint records for it (nothing for other inputs).
     fn final_offsets(&mut self) -> Result<Vec<SourceOffset>, JobError> {
@@ -179,6 +185,8 @@ pub(crate) trait SinkCheckpoints {
     fn pre_commit_if_finished(&self, checkpoint_id: u64) -> Result<(), JobError>;
     /// Checkpoint `checkpoint_id` is complete: commit.
     fn commit(&self, checkpoint_id: u64) -> Result<(), JobError>;
+    /// Checkpoint `checkpoint_id` was aborted: stop holding its part.
+    fn abort(&self, checkpoint_id: u64);
 }
 
 /// A keyed operator (state and timers), as the subtask drives it between
@@ -498,7 +506,7 @@ impl<T: Data> Stream<T> {
         self.df
             .sign(format!("sink {name}: {}", std::any::type_name::<T>()));
         let context = self.df.sink_context();
-        let op = match operators::SinkOp::new(name, sink, &context) {
+        let op = match operators::SinkOp::new(name, sink, &context, self.df.checkpoints()) {
             Ok(op) => Rc::new(op),
             Err(error) => return self.df.fail_build(error),
         };

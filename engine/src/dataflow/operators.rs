@@ -177,11 +177,20 @@ pub(crate) struct SinkOp<S, T> {
     ended: std::cell::Cell<bool>,
     /// The last checkpoint it pre-committed.
     pre_committed: std::cell::Cell<u64>,
+    /// Checkpoints whose pre-commit has not finished: each holds the
+    /// subtask's part open (as an open log does) until it has.
+    holding: RefCell<Vec<u64>>,
+    checkpoints: Rc<RefCell<SubtaskCheckpoints>>,
     _in: std::marker::PhantomData<fn(T)>,
 }
 
 impl<T, S: Sink<T>> SinkOp<S, T> {
-    pub(crate) fn new(name: &str, mut sink: S, context: &SinkContext) -> Result<Self, JobError> {
+    pub(crate) fn new(
+        name: &str,
+        mut sink: S,
+        context: &SinkContext,
+        checkpoints: Rc<RefCell<SubtaskCheckpoints>>,
+    ) -> Result<Self, JobError> {
         let error = |error| JobError::Sink {
             sink: name.to_string(),
             subtask: context.subtask,
@@ -194,6 +203,8 @@ impl<T, S: Sink<T>> SinkOp<S, T> {
             sink: RefCell::new(sink),
             ended: std::cell::Cell::new(false),
             pre_committed: std::cell::Cell::new(0),
+            holding: RefCell::new(Vec::new()),
+            checkpoints,
             _in: std::marker::PhantomData,
         })
     }
@@ -211,8 +222,29 @@ impl<T, S: Sink<T>> SinkOp<S, T> {
             return Ok(());
         }
         self.pre_committed.set(checkpoint_id);
-        let result = self.sink.borrow_mut().pre_commit(checkpoint_id);
-        result.map_err(|e| self.error(e))
+        let mut sink = self.sink.borrow_mut();
+        sink.pre_commit(checkpoint_id).map_err(|e| self.error(e))?;
+        if !sink.is_pre_committed(checkpoint_id) {
+            self.checkpoints.borrow_mut().open_log(checkpoint_id);
+            self.holding.borrow_mut().push(checkpoint_id);
+        }
+        Ok(())
+    }
+
+    /// Lets go of the parts whose pre-commit has finished since; returns
+    /// whether any.
+    fn release_finished(&self) -> bool {
+        let mut sink = self.sink.borrow_mut();
+        let mut holding = self.holding.borrow_mut();
+        let before = holding.len();
+        holding.retain(|&id| {
+            let finished = sink.is_pre_committed(id);
+            if finished {
+                self.checkpoints.borrow_mut().close_log(id);
+            }
+            !finished
+        });
+        holding.len() != before
     }
 }
 
@@ -231,6 +263,10 @@ impl<T, S: Sink<T>> super::SinkCheckpoints for SinkOp<S, T> {
     fn commit(&self, checkpoint_id: u64) -> Result<(), JobError> {
         let result = self.sink.borrow_mut().commit(checkpoint_id);
         result.map_err(|e| self.error(e))
+    }
+
+    fn abort(&self, checkpoint_id: u64) {
+        self.holding.borrow_mut().retain(|&id| id != checkpoint_id);
     }
 }
 
@@ -263,17 +299,19 @@ impl<T, S: Sink<T>> OutputBuffer for SinkOp<S, T> {
         self.sink.borrow().is_blocked()
     }
     fn drain(&self, _cx: &mut Cx) -> Result<bool, JobError> {
+        let released = !self.holding.borrow().is_empty() && self.release_finished();
         let result = self.sink.borrow_mut().drain();
-        result.map_err(|e| self.error(e))
+        Ok(result.map_err(|e| self.error(e))? || released)
     }
     fn flush(&self, _cx: &mut Cx) -> Result<(), JobError> {
         Ok(())
     }
     fn can_drain(&self) -> bool {
-        self.sink.borrow_mut().can_drain()
+        let mut sink = self.sink.borrow_mut();
+        sink.can_drain() || self.holding.borrow().iter().any(|&id| sink.is_pre_committed(id))
     }
     fn has_pending(&self) -> bool {
-        self.sink.borrow().is_blocked()
+        self.sink.borrow().is_blocked() || !self.holding.borrow().is_empty()
     }
 }
 
@@ -304,6 +342,9 @@ pub(crate) struct SourceInput<T, S> {
     input: usize,
     restore: Option<SourceRestore>,
     finished: bool,
+    /// The positions recorded for each checkpoint not yet complete here,
+    /// oldest first (handed to the source when one completes).
+    recorded: Vec<(u64, Vec<(u32, u64)>)>,
 }
 
 impl<T: Data, S: Source<T>> SourceInput<T, S> {
@@ -340,6 +381,8 @@ impl<T: Data, S: Source<T>> SourceInput<T, S> {
             notifier: g.env.parkers[g.subtask].notifier(),
             split_count: g.max_parallelism,
             splits: u32::from(splits.start)..u32::from(splits.end),
+            run: g.env.run_id,
+            restored_checkpoint: g.restore.as_ref().map(|r| r.metadata.id),
         };
         Self {
             name: name.to_string(),
@@ -360,6 +403,7 @@ impl<T: Data, S: Source<T>> SourceInput<T, S> {
             input,
             restore,
             finished: false,
+            recorded: Vec::new(),
         }
     }
 
@@ -497,6 +541,22 @@ impl<T: Data, S: Source<T>> Input for SourceInput<T, S> {
         })
     }
 
+    fn abort(&mut self, id: u64) {
+        self.recorded.retain(|(recorded, _)| *recorded != id);
+    }
+
+    fn checkpoint_complete(&mut self, id: u64) -> Result<(), JobError> {
+        // Completions arrive in order; a checkpoint aborted here is covered
+        // by the next one that completes.
+        let Some(newest) = self.recorded.iter().rposition(|(r, _)| *r <= id) else {
+            return Ok(());
+        };
+        let positions = self.recorded.drain(..=newest).next_back().map(|(_, p)| p);
+        let positions = positions.expect("drained at least the newest");
+        let result = self.source.checkpoint_complete(id, &positions);
+        result.map_err(|e| self.error(e))
+    }
+
     fn trigger(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
         if !self.checkpoints.borrow_mut().begin(barrier) {
             return Ok(());
@@ -504,7 +564,12 @@ impl<T: Data, S: Source<T>> Input for SourceInput<T, S> {
         // Everything polled so far was pushed downstream within its step, so
         // the offset is exactly the cut: records before it are in the
         // snapshot, records after it are replayed on restore.
-        for offset in self.final_offsets()? {
+        let offsets = self.final_offsets()?;
+        self.recorded.push((
+            barrier.id,
+            offsets.iter().map(|o| (o.subtask, o.offset)).collect(),
+        ));
+        for offset in offsets {
             self.checkpoints
                 .borrow_mut()
                 .add_source_offset(barrier.id, offset);
