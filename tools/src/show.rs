@@ -72,7 +72,9 @@ fn operator_stats(m: &CheckpointMetadata) -> BTreeMap<&str, OperatorStats<'_>> {
         let op = operators.entry(&s.operator).or_default();
         op.key_groups.insert(s.key_group);
         let t = op.tables.entry(&s.table).or_default();
-        t.type_name.clone_from(&s.type_name);
+        if t.type_name.is_empty() {
+            t.type_name = crate::entries::type_name(m, s.schema);
+        }
         t.key_groups += 1;
         t.entries += s.entries;
         t.bytes += s.bytes();
@@ -139,6 +141,7 @@ fn show_json(
             json!({
                 "operator": b.operator, "input": b.input, "from": b.from, "to": b.to,
                 "records": b.records, "bytes": b.bytes,
+                "type_name": crate::entries::type_name(m, b.schema),
             })
         })
         .collect();

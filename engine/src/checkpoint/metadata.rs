@@ -1,12 +1,16 @@
 //! The engine's checkpoint metadata: what every block of a checkpoint holds,
 //! source offsets and statistics. Archived with rkyv into the manifest
 //! record's opaque payload; blocks are named by index into the record's
-//! handle list (never by raw handle: compaction rewrites handles).
+//! handle list (never by raw handle: compaction rewrites handles). The
+//! schemas of the archived blocks ([`BlockSchema`]) are interned once per
+//! record and named by index from each block's entry.
 
+use crate::schema::BlockSchema;
 use rkyv::{Archive, Deserialize, Serialize};
 
-/// Version of this layout; bumped with any change to these types.
-pub const METADATA_VERSION: u32 = 1;
+/// Version of this layout; bumped with any change to these types (2: block
+/// schemas instead of Rust type names; `docs/storage-format.md` §6).
+pub const METADATA_VERSION: u32 = 2;
 
 /// A checkpoint's metadata cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -29,17 +33,6 @@ pub const TIMERS_TABLE: &str = "__timers";
 /// Timers of one key group as archived: (timestamp, domain, key), domain 0 =
 /// event time, 1 = processing time.
 pub type TimerEntries<K> = Vec<(crate::time::Timestamp, u8, K)>;
-
-/// The type name the engine records for a table of values `V` per key `K`
-/// (`std::any::type_name::<(K, V)>()`).
-pub fn table_type_name<K: 'static, V: 'static>() -> &'static str {
-    std::any::type_name::<(K, V)>()
-}
-
-/// The type name the engine records for the timers of an operator keyed by `K`.
-pub fn timers_type_name<K: 'static>() -> &'static str {
-    std::any::type_name::<TimerEntries<K>>()
-}
 
 /// One block of a key group's chain: a full base or a delta on what precedes it.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -72,8 +65,8 @@ pub struct StateBlock {
     pub chain: Vec<ChainBlock>,
     /// Keys (or timers) after applying the chain.
     pub entries: u64,
-    /// Rust type of the entries, for inspection tools.
-    pub type_name: String,
+    /// What the blocks archive: index into [`CheckpointMetadata::schemas`].
+    pub schema: u32,
 }
 
 impl StateBlock {
@@ -101,6 +94,8 @@ pub struct InFlightBlock {
     pub records: u64,
     /// Payload bytes.
     pub bytes: u64,
+    /// What the block archives: index into [`CheckpointMetadata::schemas`].
+    pub schema: u32,
 }
 
 /// A source subtask's position, or one split's.
@@ -161,8 +156,9 @@ pub struct CheckpointMetadata {
     pub parallelism: u32,
     /// Key groups.
     pub max_parallelism: u32,
-    /// Operator names and types of the job, hashed: a job with another
-    /// fingerprint cannot restore this checkpoint.
+    /// The names of the job's sources, sinks, operators and states, hashed:
+    /// a job with another fingerprint cannot restore this checkpoint (the
+    /// states' types are checked by their schemas).
     pub fingerprint: u64,
     /// Keyed state blocks.
     pub state: Vec<StateBlock>,
@@ -172,6 +168,8 @@ pub struct CheckpointMetadata {
     pub sources: Vec<SourceOffset>,
     /// Per-subtask statistics.
     pub subtasks: Vec<SubtaskStats>,
+    /// The schemas of the blocks, each once.
+    pub schemas: Vec<BlockSchema>,
 }
 
 impl CheckpointMetadata {
@@ -212,5 +210,10 @@ impl CheckpointMetadata {
     /// Bytes of in-flight blocks.
     pub fn in_flight_bytes(&self) -> u64 {
         self.in_flight.iter().map(|b| b.bytes).sum()
+    }
+
+    /// Schema `index`, if the metadata has it.
+    pub fn schema(&self, index: u32) -> Option<&BlockSchema> {
+        self.schemas.get(index as usize)
     }
 }
