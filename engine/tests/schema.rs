@@ -112,12 +112,8 @@ fn config(mode: CheckpointMode) -> JobConfig {
 /// A job keyed by user whose state `sessions` of operator `track` holds `S`
 /// made by `make` from the user and its click count; records are made by
 /// `record` from their index.
-fn job<R, S>(
-    df: &Dataflow,
-    record: fn(u64) -> R,
-    user_of: fn(&R) -> u64,
-    make: fn(u64, u64) -> S,
-) where
+fn job<R, S>(df: &Dataflow, record: fn(u64) -> R, user_of: fn(&R) -> u64, make: fn(u64, u64) -> S)
+where
     R: spate::ExchangeData,
     S: spate::StateData,
 {
@@ -129,10 +125,14 @@ fn job<R, S>(
             let sessions = state.value_state::<S>("sessions");
             let counts = state.value_state::<u64>("counts");
             move |_: R, ctx: &mut KeyedContext<u64, u64>| {
-                let n = counts.update(ctx, || 0, |c| {
-                    *c += 1;
-                    *c
-                });
+                let n = counts.update(
+                    ctx,
+                    || 0,
+                    |c| {
+                        *c += 1;
+                        *c
+                    },
+                );
                 sessions.set(ctx, make(*ctx.key(), n));
                 ctx.emit(n);
                 Ok(())
@@ -203,16 +203,20 @@ where
 #[test]
 fn a_changed_state_type_fails_the_restore_naming_operator_state_and_field() {
     let (image, _) = first_run(CheckpointMode::Aligned);
-    let e = refused(restore(image.clone(), CheckpointMode::Aligned, click, |c| c.user, |user, n| {
-        retyped::Session {
+    let e = refused(restore(
+        image.clone(),
+        CheckpointMode::Aligned,
+        click,
+        |c| c.user,
+        |user, n| retyped::Session {
             user: format!("user-{user}"),
             clicks: n,
             address: retyped::Address {
                 city: "Oslo".into(),
                 zip: (1000 + user).to_string(),
             },
-        }
-    }));
+        },
+    ));
     let text = e.to_string();
     match &e {
         JobError::Restore(RestoreError::IncompatibleState {
@@ -228,15 +232,24 @@ fn a_changed_state_type_fails_the_restore_naming_operator_state_and_field() {
         other => panic!("not an incompatible state: {other}"),
     }
     assert!(
-        text.contains("`track`") && text.contains("`sessions`") && text.contains("value.address.zip"),
+        text.contains("`track`")
+            && text.contains("`sessions`")
+            && text.contains("value.address.zip"),
         "{text}"
     );
-    assert!(text.contains("`u32`") && text.contains("`String`"), "{text}");
+    assert!(
+        text.contains("`u32`") && text.contains("`String`"),
+        "{text}"
+    );
 
     // An added optional field is named too (and refused: see
     // docs/checkpoints.md, "State evolution").
-    let e = refused(restore(image.clone(), CheckpointMode::Aligned, click, |c| c.user, |user, n| {
-        extended::Session {
+    let e = refused(restore(
+        image.clone(),
+        CheckpointMode::Aligned,
+        click,
+        |c| c.user,
+        |user, n| extended::Session {
             user: format!("user-{user}"),
             clicks: n,
             address: extended::Address {
@@ -244,24 +257,28 @@ fn a_changed_state_type_fails_the_restore_naming_operator_state_and_field() {
                 zip: 1000 + user as u32,
             },
             referrer: None,
-        }
-    }));
+        },
+    ));
     assert!(
         matches!(&e, JobError::Restore(RestoreError::IncompatibleState { field, .. }) if field == "value.referrer"),
         "{e}"
     );
 
     // Renamed types with the same layout restore, and go on from the state.
-    let report = restore(image, CheckpointMode::Aligned, click, |c| c.user, |user, n| {
-        renamed::Visit {
+    let report = restore(
+        image,
+        CheckpointMode::Aligned,
+        click,
+        |c| c.user,
+        |user, n| renamed::Visit {
             user: format!("user-{user}"),
             clicks: n,
             address: renamed::Place {
                 city: "Oslo".into(),
                 zip: 1000 + user as u32,
             },
-        }
-    })
+        },
+    )
     .unwrap();
     assert!(report.restored_from.is_some());
 }
@@ -275,7 +292,10 @@ fn a_changed_record_type_in_flight_fails_the_restore_naming_the_input_and_field(
         .filter(|c| c.status == spate::CheckpointStatus::Completed)
         .next_back()
         .expect("a completed checkpoint");
-    assert!(last.in_flight_bytes > 0, "the checkpoint holds in-flight records");
+    assert!(
+        last.in_flight_bytes > 0,
+        "the checkpoint holds in-flight records"
+    );
     let e = refused(restore(
         image.clone(),
         CheckpointMode::Unaligned,

@@ -76,7 +76,10 @@ impl<'a> Decoder<'a> {
         let size = self.def(ty)?.size as usize;
         match self.archive.len().checked_sub(size) {
             Some(pos) => Ok(pos),
-            None => fail(0, format!("{} bytes cannot hold a root of {size}", self.archive.len())),
+            None => fail(
+                0,
+                format!("{} bytes cannot hold a root of {size}", self.archive.len()),
+            ),
         }
     }
 
@@ -86,7 +89,10 @@ impl<'a> Decoder<'a> {
             Some(end) if end <= self.archive.len() => Ok(&self.archive[pos..end]),
             _ => fail(
                 pos,
-                format!("{len} bytes past the end of the block ({} bytes)", self.archive.len()),
+                format!(
+                    "{len} bytes past the end of the block ({} bytes)",
+                    self.archive.len()
+                ),
             ),
         }
     }
@@ -111,7 +117,9 @@ impl<'a> Decoder<'a> {
     fn sint(&self, pos: usize, width: usize) -> Result<i128, DecodeError> {
         let v = self.uint(pos, width)?;
         let bits = (width * 8) as u32;
-        Ok(if bits >= 128 {
+        Ok(if bits == 0 {
+            0
+        } else if bits >= 128 {
             v as i128
         } else {
             ((v << (128 - bits)) as i128) >> (128 - bits)
@@ -167,7 +175,13 @@ impl<'a> Decoder<'a> {
         self.value_at(pos, ty, 0, false)
     }
 
-    fn value_at(&self, pos: usize, ty: u32, depth: usize, shown: bool) -> Result<Value, DecodeError> {
+    fn value_at(
+        &self,
+        pos: usize,
+        ty: u32,
+        depth: usize,
+        shown: bool,
+    ) -> Result<Value, DecodeError> {
         if depth > MAX_DEPTH {
             return fail(pos, "values nest too deeply");
         }
@@ -189,7 +203,13 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    fn shape(&self, pos: usize, def: &TypeDef, depth: usize, shown: bool) -> Result<Value, DecodeError> {
+    fn shape(
+        &self,
+        pos: usize,
+        def: &TypeDef,
+        depth: usize,
+        shown: bool,
+    ) -> Result<Value, DecodeError> {
         let size = def.size as usize;
         let next = depth + 1;
         match &def.shape {
@@ -219,7 +239,9 @@ impl<'a> Decoder<'a> {
                 let at = self.rel_ptr(pos, w)?;
                 self.value_at(at, *target, next, shown)
             }
-            Shape::Array { element, len } => self.elements(pos, *len as usize, *element, next, shown),
+            Shape::Array { element, len } => {
+                self.elements(pos, *len as usize, *element, next, shown)
+            }
             Shape::Option { some, offset } => match self.bytes(pos, 1)?[0] {
                 0 => Ok(Value::Null),
                 1 => self.value_at(pos + *offset as usize, *some, next, shown),
@@ -243,7 +265,12 @@ impl<'a> Decoder<'a> {
                 let inner = self.fields(pos, v.tuple, &v.fields, next, shown)?;
                 Ok(json!({ v.name.clone(): inner }))
             }
-            Shape::Map { key, value, entry_size, value_offset } => {
+            Shape::Map {
+                key,
+                value,
+                entry_size,
+                value_offset,
+            } => {
                 let entries = self.map_entries(pos, def, *entry_size)?;
                 self.map(entries, (*key, *value, *value_offset as usize), next, shown)
             }
@@ -306,7 +333,12 @@ impl<'a> Decoder<'a> {
     }
 
     /// A sequence's first element and length, checked to lie in the block.
-    pub fn seq(&self, pos: usize, def: &TypeDef, element: u32) -> Result<(usize, usize), DecodeError> {
+    pub fn seq(
+        &self,
+        pos: usize,
+        def: &TypeDef,
+        element: u32,
+    ) -> Result<(usize, usize), DecodeError> {
         let w = self.width(pos, def, 2)?;
         let len = self.uint(pos + w, w)?;
         let size = self.def(element)?.size as u128;
@@ -314,14 +346,28 @@ impl<'a> Decoder<'a> {
             return Ok((pos, 0));
         }
         let start = self.rel_ptr(pos, w)?;
-        let bound = if size == 0 { 1u128 << 20 } else { (self.archive.len() - start) as u128 / size };
+        let bound = if size == 0 {
+            1u128 << 20
+        } else {
+            (self.archive.len() - start) as u128 / size
+        };
         if len > bound {
-            return fail(pos, format!("a sequence of {len} elements of {size} bytes past the end of the block"));
+            return fail(
+                pos,
+                format!("a sequence of {len} elements of {size} bytes past the end of the block"),
+            );
         }
         Ok((start, len as usize))
     }
 
-    fn elements(&self, start: usize, len: usize, element: u32, depth: usize, shown: bool) -> Result<Value, DecodeError> {
+    fn elements(
+        &self,
+        start: usize,
+        len: usize,
+        element: u32,
+        depth: usize,
+        shown: bool,
+    ) -> Result<Value, DecodeError> {
         let def = self.def(element)?;
         let size = def.size as usize;
         if matches!(def.shape, Shape::UInt) && size == 1 {
@@ -337,17 +383,31 @@ impl<'a> Decoder<'a> {
 
     /// Fields as an object (named) or an array (positional; one positional
     /// field shows as its value, as serde shows a newtype).
-    fn fields(&self, pos: usize, tuple: bool, fields: &[Field], depth: usize, shown: bool) -> Result<Value, DecodeError> {
+    fn fields(
+        &self,
+        pos: usize,
+        tuple: bool,
+        fields: &[Field],
+        depth: usize,
+        shown: bool,
+    ) -> Result<Value, DecodeError> {
         if tuple {
             let mut values: Vec<Value> = fields
                 .iter()
                 .map(|f| self.value_at(pos + f.offset as usize, f.ty, depth, shown))
                 .collect::<Result<_, _>>()?;
-            return Ok(if values.len() == 1 { values.remove(0) } else { Value::Array(values) });
+            return Ok(if values.len() == 1 {
+                values.remove(0)
+            } else {
+                Value::Array(values)
+            });
         }
         let mut object = Map::new();
         for f in fields {
-            object.insert(f.name.clone(), self.value_at(pos + f.offset as usize, f.ty, depth, shown)?);
+            object.insert(
+                f.name.clone(),
+                self.value_at(pos + f.offset as usize, f.ty, depth, shown)?,
+            );
         }
         Ok(Value::Object(object))
     }
@@ -355,7 +415,12 @@ impl<'a> Decoder<'a> {
     /// The positions of a swiss table's entries: control bytes at the
     /// pointer, entry `i` at `control - (i + 1) · entry_size` when control
     /// byte `i` has its top bit clear; as many as the length says.
-    fn map_entries(&self, pos: usize, def: &TypeDef, entry_size: u32) -> Result<Vec<usize>, DecodeError> {
+    fn map_entries(
+        &self,
+        pos: usize,
+        def: &TypeDef,
+        entry_size: u32,
+    ) -> Result<Vec<usize>, DecodeError> {
         let w = self.width(pos, def, 3)?;
         let len = self.uint(pos + w, w)?;
         let cap = self.uint(pos + 2 * w, w)?;
@@ -379,19 +444,32 @@ impl<'a> Decoder<'a> {
             }
         }
         if entries.len() as u128 != len {
-            return fail(pos, format!("a hash map of {len} entries has {} present", entries.len()));
+            return fail(
+                pos,
+                format!("a hash map of {len} entries has {} present", entries.len()),
+            );
         }
         Ok(entries)
     }
 
     /// A map as an object sorted by key (string keys as they are, others as
     /// their JSON text), a set (values `()`) as an array sorted by key.
-    fn map(&self, entries: Vec<usize>, (key, value, value_offset): (u32, u32, usize), depth: usize, shown: bool) -> Result<Value, DecodeError> {
+    fn map(
+        &self,
+        entries: Vec<usize>,
+        (key, value, value_offset): (u32, u32, usize),
+        depth: usize,
+        shown: bool,
+    ) -> Result<Value, DecodeError> {
         let set = matches!(self.def(value)?.shape, Shape::Unit);
         let mut pairs = Vec::with_capacity(entries.len());
         for at in entries {
             let k = self.value_at(at, key, depth, shown)?;
-            let v = if set { Value::Null } else { self.value_at(at + value_offset, value, depth, shown)? };
+            let v = if set {
+                Value::Null
+            } else {
+                self.value_at(at + value_offset, value, depth, shown)?
+            };
             pairs.push((k, v));
         }
         pairs.sort_by(|a, b| compare_values(&a.0, &b.0));
@@ -401,7 +479,15 @@ impl<'a> Decoder<'a> {
         Ok(Value::Object(
             pairs
                 .into_iter()
-                .map(|(k, v)| (match k { Value::String(s) => s, k => k.to_string() }, v))
+                .map(|(k, v)| {
+                    (
+                        match k {
+                            Value::String(s) => s,
+                            k => k.to_string(),
+                        },
+                        v,
+                    )
+                })
                 .collect(),
         ))
     }
@@ -422,11 +508,16 @@ pub fn compare_values(a: &Value, b: &Value) -> Ordering {
         }
     }
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
-            (Some(x), Some(y), _, _) => x.cmp(&y),
-            (_, _, Some(x), Some(y)) => x.cmp(&y),
-            _ => x.as_f64().partial_cmp(&y.as_f64()).unwrap_or(Ordering::Equal),
-        },
+        (Value::Number(x), Value::Number(y)) => {
+            match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+                (Some(x), Some(y), _, _) => x.cmp(&y),
+                (_, _, Some(x), Some(y)) => x.cmp(&y),
+                _ => x
+                    .as_f64()
+                    .partial_cmp(&y.as_f64())
+                    .unwrap_or(Ordering::Equal),
+            }
+        }
         (Value::String(x), Value::String(y)) => x.cmp(y),
         (Value::Array(x), Value::Array(y)) => x
             .iter()
@@ -434,6 +525,8 @@ pub fn compare_values(a: &Value, b: &Value) -> Ordering {
             .map(|(x, y)| compare_values(x, y))
             .find(|o| o.is_ne())
             .unwrap_or_else(|| x.len().cmp(&y.len())),
-        _ => rank(a).cmp(&rank(b)).then_with(|| a.to_string().cmp(&b.to_string())),
+        _ => rank(a)
+            .cmp(&rank(b))
+            .then_with(|| a.to_string().cmp(&b.to_string())),
     }
 }

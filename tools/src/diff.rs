@@ -93,7 +93,10 @@ fn entries(
         .into_iter()
         .map(|e| {
             if timers {
-                (json!([e.key, e.value]).to_string(), (Value::Null, Value::Null))
+                (
+                    json!([e.key, e.value]).to_string(),
+                    (Value::Null, Value::Null),
+                )
             } else {
                 (e.key.to_string(), (e.key, e.value))
             }
@@ -231,7 +234,12 @@ fn diff_key_group(
                 let timers = s.table == TIMERS_TABLE;
                 let mut none = Listed::none();
                 let listed = if timers { &mut none } else { listed };
-                Some(compare(&ea, &eb, listed, (&s.operator, &s.table, s.key_group)))
+                Some(compare(
+                    &ea,
+                    &eb,
+                    listed,
+                    (&s.operator, &s.table, s.key_group),
+                ))
             }
             (ra, rb) => {
                 errors.extend(ra.err());

@@ -54,7 +54,8 @@ impl Displays {
         type_name: &str,
         display: impl Fn(&Shown) -> Value + Send + Sync + 'static,
     ) -> Self {
-        self.by_name.insert(type_name.to_string(), Box::new(display));
+        self.by_name
+            .insert(type_name.to_string(), Box::new(display));
         self
     }
 

@@ -16,7 +16,9 @@ use spate::checkpoint::CheckpointMetadata;
 use spate::internals::inspect::{KeyGroupChain, TIMERS_TABLE};
 
 use crate::display::Displays;
-use crate::entries::{in_flight_records, key_group_entries, type_name, BlockError, Entry, IN_FLIGHT_TABLE};
+use crate::entries::{
+    in_flight_records, key_group_entries, type_name, BlockError, Entry, IN_FLIGHT_TABLE,
+};
 use crate::output::{hex_string, human_bytes, items, print_table_or_none, with_header};
 use crate::store::Checkpoint;
 
@@ -171,7 +173,11 @@ pub fn dump(
 
 /// The in-flight blocks into `operator`, by input, sender and receiver.
 fn in_flight_of<'a>(m: &'a CheckpointMetadata, operator: &str) -> Vec<&'a InFlightBlock> {
-    let mut blocks: Vec<&InFlightBlock> = m.in_flight.iter().filter(|b| b.operator == operator).collect();
+    let mut blocks: Vec<&InFlightBlock> = m
+        .in_flight
+        .iter()
+        .filter(|b| b.operator == operator)
+        .collect();
     blocks.sort_by_key(|b| (b.input, b.from, b.to, b.handle));
     blocks
 }
@@ -451,7 +457,9 @@ fn print_in_flight(blocks: &[Value]) {
         let records: u64 = of_input.iter().filter_map(|b| b["records"].as_u64()).sum();
         println!(
             "\nin-flight records into input {input}  type {}  blocks {}  records {records}",
-            of_input.first().map_or(String::new(), |b| unquoted(&b["type_name"])),
+            of_input
+                .first()
+                .map_or(String::new(), |b| unquoted(&b["type_name"])),
             of_input.len(),
         );
         let mut rows = with_header(&["FROM", "TO", "TIMESTAMP", "VALUE"]);

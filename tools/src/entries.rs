@@ -114,7 +114,11 @@ fn wrong_root(what: &str) -> DecodeError {
 
 /// The elements of the sequence of tuples at the root of `archive`: per
 /// element, the position of each of its `arity` fields and their types.
-fn root_tuples(d: &Decoder, root: u32, arity: usize) -> Result<Vec<Vec<(usize, u32)>>, DecodeError> {
+fn root_tuples(
+    d: &Decoder,
+    root: u32,
+    arity: usize,
+) -> Result<Vec<Vec<(usize, u32)>>, DecodeError> {
     let def = d.def(root)?;
     let Shape::Seq { element } = def.shape else {
         return Err(wrong_root("a sequence"));
@@ -141,23 +145,42 @@ fn tuples_at(
     Ok((0..len)
         .map(|i| {
             let at = start + i * size;
-            fields.iter().map(|f| (at + f.offset as usize, f.ty)).collect()
+            fields
+                .iter()
+                .map(|f| (at + f.offset as usize, f.ty))
+                .collect()
         })
         .collect())
 }
 
 /// A key's identity (its default JSON text) with its shown value.
-fn key_of(d: &Decoder, pos: usize, ty: u32, displays: &Displays) -> Result<(String, Value), DecodeError> {
+fn key_of(
+    d: &Decoder,
+    pos: usize,
+    ty: u32,
+    displays: &Displays,
+) -> Result<(String, Value), DecodeError> {
     let plain = d.plain_value(pos, ty)?;
-    let shown = if displays.is_empty() { plain.clone() } else { d.value(pos, ty)? };
+    let shown = if displays.is_empty() {
+        plain.clone()
+    } else {
+        d.value(pos, ty)?
+    };
     Ok((plain.to_string(), shown))
 }
 
 /// A key group's keyed state (`Roots::Keyed`) or timers (`Roots::Timers`),
 /// sorted by key (then time).
-pub fn key_group_entries(chain: &KeyGroupChain, displays: &Displays) -> Result<Vec<Entry>, BlockError> {
+pub fn key_group_entries(
+    chain: &KeyGroupChain,
+    displays: &Displays,
+) -> Result<Vec<Entry>, BlockError> {
     let Some(schema) = &chain.schema else {
-        return Err(chain_error(chain, None, "the metadata names no schema for it".into()));
+        return Err(chain_error(
+            chain,
+            None,
+            "the metadata names no schema for it".into(),
+        ));
     };
     let mut map: BTreeMap<String, (Value, Value)> = BTreeMap::new();
     let mut timers = Vec::new();
@@ -176,11 +199,15 @@ pub fn key_group_entries(chain: &KeyGroupChain, displays: &Displays) -> Result<V
     }
     if matches!(schema.roots, Roots::Timers { .. }) {
         timers.sort_by(|a: &Entry, b: &Entry| {
-            compare_values(&a.key, &b.key).then_with(|| compare_values(&a.value["timestamp"], &b.value["timestamp"]))
+            compare_values(&a.key, &b.key)
+                .then_with(|| compare_values(&a.value["timestamp"], &b.value["timestamp"]))
         });
         return Ok(timers);
     }
-    let mut entries: Vec<Entry> = map.into_values().map(|(key, value)| Entry { key, value }).collect();
+    let mut entries: Vec<Entry> = map
+        .into_values()
+        .map(|(key, value)| Entry { key, value })
+        .collect();
     entries.sort_by(|a, b| compare_values(&a.key, &b.key));
     Ok(entries)
 }
@@ -269,13 +296,20 @@ pub fn in_flight_records(
         table: IN_FLIGHT_TABLE.to_string(),
         key_group: None,
         handle,
-        error: format!("input {} from subtask {} to {}: {error}", block.input, block.from, block.to),
+        error: format!(
+            "input {} from subtask {} to {}: {error}",
+            block.input, block.from, block.to
+        ),
     };
-    let schema = schema_of(&checkpoint.metadata, block.schema).ok_or_else(|| error(None, "the metadata names no schema for it".into()))?;
+    let schema = schema_of(&checkpoint.metadata, block.schema)
+        .ok_or_else(|| error(None, "the metadata names no schema for it".into()))?;
     let (handle, bytes) = read_block(checkpoint.reader, checkpoint.record, block.handle)
         .map_err(|(h, kind)| error(h, kind.to_string()))?;
     let Roots::InFlight { block: root, .. } = schema.roots else {
-        return Err(error(Some(handle), "its schema is not one of in-flight records".into()));
+        return Err(error(
+            Some(handle),
+            "its schema is not one of in-flight records".into(),
+        ));
     };
     let d = Decoder::new(schema, bytes.as_bytes(), displays);
     let records = root_tuples(&d, root, 2).and_then(|records| {
@@ -294,5 +328,8 @@ pub fn schema_of(metadata: &CheckpointMetadata, index: u32) -> Option<&BlockSche
 
 /// The name shown for the type of a state or in-flight block's schema.
 pub fn type_name(metadata: &CheckpointMetadata, index: u32) -> String {
-    schema_of(metadata, index).map_or_else(|| format!("<schema {index} missing>"), BlockSchema::entry_name)
+    schema_of(metadata, index).map_or_else(
+        || format!("<schema {index} missing>"),
+        BlockSchema::entry_name,
+    )
 }

@@ -286,7 +286,11 @@ fn check_dump(d: &str, id: u64, in_state: &BTreeMap<u64, Vec<u64>>) -> Value {
         .filter(|(_, c)| !c.is_empty())
         .map(|(&u, c)| (u, session_json(u, c)["per_page"].clone()))
         .collect();
-    assert_eq!(entries(&doc, "page_views"), views, "checkpoint {id}: page_views");
+    assert_eq!(
+        entries(&doc, "page_views"),
+        views,
+        "checkpoint {id}: page_views"
+    );
     let visits: BTreeMap<u64, Value> = in_state
         .iter()
         .filter(|(_, c)| !c.is_empty())
@@ -295,7 +299,11 @@ fn check_dump(d: &str, id: u64, in_state: &BTreeMap<u64, Vec<u64>>) -> Value {
             (u, json!([{ "city": a.city, "zip": a.zip }]))
         })
         .collect();
-    assert_eq!(entries(&doc, "first_visit"), visits, "checkpoint {id}: first_visit");
+    assert_eq!(
+        entries(&doc, "first_visit"),
+        visits,
+        "checkpoint {id}: first_visit"
+    );
     let types: Vec<&Value> = doc["tables"]
         .as_array()
         .unwrap()
@@ -303,7 +311,10 @@ fn check_dump(d: &str, id: u64, in_state: &BTreeMap<u64, Vec<u64>>) -> Value {
         .map(|t| &t["type_name"])
         .collect();
     assert!(types.contains(&&json!("(u64, Session)")), "{types:?}");
-    assert!(types.contains(&&json!("(u64, HashMap<String, u64>)")), "{types:?}");
+    assert!(
+        types.contains(&&json!("(u64, HashMap<String, u64>)")),
+        "{types:?}"
+    );
     assert!(types.contains(&&json!("(u64, Vec<Address>)")), "{types:?}");
     doc
 }
@@ -353,7 +364,8 @@ fn an_incremental_checkpoint_dumps_and_diff_names_the_changed_fields() {
         .find(|t| t["table"] == "sessions")
         .unwrap();
     assert!(
-        sessions["delta_bytes"].as_u64().unwrap() > 0 && sessions["max_chain_len"].as_u64().unwrap() > 1,
+        sessions["delta_bytes"].as_u64().unwrap() > 0
+            && sessions["max_chain_len"].as_u64().unwrap() > 1,
         "chains with deltas: {sessions}"
     );
     for &id in &ids {
@@ -364,7 +376,15 @@ fn an_incremental_checkpoint_dumps_and_diff_names_the_changed_fields() {
     // with the values of both checkpoints.
     let (a, b) = (ids[ids.len() - 2], last);
     let (before, after) = (clicks_before(d, a), clicks_before(d, b));
-    let doc = json_of(&["diff", d, &a.to_string(), &b.to_string(), "--entries", "1000", "--json"]);
+    let doc = json_of(&[
+        "diff",
+        d,
+        &a.to_string(),
+        &b.to_string(),
+        "--entries",
+        "1000",
+        "--json",
+    ]);
     assert_eq!(doc["errors"], json!([]), "{doc}");
     assert_eq!(doc["entries_truncated"], false);
     let mut changed = 0;
@@ -373,7 +393,10 @@ fn an_incremental_checkpoint_dumps_and_diff_names_the_changed_fields() {
             continue;
         }
         let user = e["key"].as_u64().unwrap();
-        let (va, vb) = (session_json(user, &before[&user]), session_json(user, &after[&user]));
+        let (va, vb) = (
+            session_json(user, &before[&user]),
+            session_json(user, &after[&user]),
+        );
         assert_eq!(e["change"], "changed", "{e}");
         assert_eq!((&e["a"], &e["b"]), (&va, &vb), "{e}");
         let fields: BTreeMap<&str, (&Value, &Value)> = e["fields"]
@@ -383,13 +406,24 @@ fn an_incremental_checkpoint_dumps_and_diff_names_the_changed_fields() {
             .map(|f| (f["field"].as_str().unwrap(), (&f["a"], &f["b"])))
             .collect();
         assert_eq!(fields["clicks"], (&va["clicks"], &vb["clicks"]), "{e}");
-        assert_eq!(fields["last_seen"], (&va["last_seen"], &vb["last_seen"]), "{e}");
-        assert!(!fields.contains_key("user") && !fields.contains_key("address.city"), "{e}");
+        assert_eq!(
+            fields["last_seen"],
+            (&va["last_seen"], &vb["last_seen"]),
+            "{e}"
+        );
+        assert!(
+            !fields.contains_key("user") && !fields.contains_key("address.city"),
+            "{e}"
+        );
         changed += 1;
     }
     let expected_changed = after
         .iter()
-        .filter(|(u, c)| before.get(*u).is_some_and(|p| p.len() != c.len() && !p.is_empty()))
+        .filter(|(u, c)| {
+            before
+                .get(*u)
+                .is_some_and(|p| p.len() != c.len() && !p.is_empty())
+        })
         .count();
     assert!(changed > 0);
     assert_eq!(changed, expected_changed);
@@ -444,6 +478,9 @@ fn in_flight_records_of_an_unaligned_checkpoint_dump_field_by_field() {
             .collect();
         check_dump(d, id, &in_state);
     }
-    assert!(with_records > 0, "some checkpoint persisted records in flight");
+    assert!(
+        with_records > 0,
+        "some checkpoint persisted records in flight"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

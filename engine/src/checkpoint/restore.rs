@@ -196,10 +196,7 @@ impl RestoreState {
     /// Recorded schema `index`, or damage.
     fn recorded_schema(&self, index: u32) -> Result<&BlockSchema, JobError> {
         self.metadata.schema(index).ok_or_else(|| {
-            self.damaged(
-                "its metadata",
-                format!("schema index {index} out of range"),
-            )
+            self.damaged("its metadata", format!("schema index {index} out of range"))
         })
     }
 

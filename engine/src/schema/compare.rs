@@ -62,15 +62,16 @@ pub(super) fn check(recorded: &BlockSchema, job: &BlockSchema) -> Result<(), Inc
         (Roots::Timers { key, block }, Roots::Timers { key: k, block: b }) => {
             vec![("key", *key, *k), ("timers block", *block, *b)]
         }
-        (Roots::InFlight { record, block }, Roots::InFlight { record: r, block: b }) => {
+        (
+            Roots::InFlight { record, block },
+            Roots::InFlight {
+                record: r,
+                block: b,
+            },
+        ) => {
             vec![("record", *record, *r), ("in-flight block", *block, *b)]
         }
-        _ => {
-            return Err(walk.differ(
-                "block",
-                "the checkpoint holds another kind of state".into(),
-            ))
-        }
+        _ => return Err(walk.differ("block", "the checkpoint holds another kind of state".into())),
     };
     for (path, r, j) in pairs {
         walk.types(path.to_string(), r, j)?;
@@ -103,18 +104,17 @@ impl Walk<'_> {
         };
         let (rn, jn) = (self.recorded.type_name(r), self.job.type_name(j));
         if std::mem::discriminant(&rd.shape) != std::mem::discriminant(&jd.shape) {
-            return Err(self.differ(
-                &path,
-                format!("the checkpoint has `{rn}`, the job `{jn}`"),
-            ));
+            return Err(self.differ(&path, format!("the checkpoint has `{rn}`, the job `{jn}`")));
         }
         let size_differs = (rd.size, rd.align) != (jd.size, jd.align);
-        let size_error = || Incompatibility {
+        let size_error = || {
+            Incompatibility {
             path: path.clone(),
             reason: format!(
                 "the checkpoint has `{rn}` of {} bytes aligned to {}, the job `{jn}` of {} aligned to {}",
                 rd.size, rd.align, jd.size, jd.align
             ),
+        }
         };
         // Fields first: an added or changed field is named even when it
         // changes the size of the type that holds it.
@@ -147,13 +147,17 @@ impl Walk<'_> {
             }
             (Shape::Array { element: r, len }, Shape::Array { element: j, len: l }) => {
                 if len != l {
-                    return Err(self.differ(&path, format!("the checkpoint has `{rn}`, the job `{jn}`")));
+                    return Err(
+                        self.differ(&path, format!("the checkpoint has `{rn}`, the job `{jn}`"))
+                    );
                 }
                 self.types(format!("{path}[]"), *r, *j)
             }
             (Shape::Option { some: r, offset }, Shape::Option { some: j, offset: o }) => {
                 if offset != o {
-                    return Err(self.differ(&path, format!("the checkpoint has `{rn}`, the job `{jn}`")));
+                    return Err(
+                        self.differ(&path, format!("the checkpoint has `{rn}`, the job `{jn}`"))
+                    );
                 }
                 self.types(format!("{path}?"), *r, *j)
             }
@@ -194,15 +198,16 @@ impl Walk<'_> {
                 },
             ) => {
                 if (entry_size, value_offset) != (es, vo) {
-                    return Err(self.differ(&path, format!("the checkpoint has `{rn}`, the job `{jn}`")));
+                    return Err(
+                        self.differ(&path, format!("the checkpoint has `{rn}`, the job `{jn}`"))
+                    );
                 }
                 self.types(format!("{path}{{key}}"), *key, *k)?;
                 self.types(format!("{path}{{value}}"), *value, *v)
             }
-            (Shape::Opaque { name }, Shape::Opaque { name: n }) if name != n => Err(self.differ(
-                &path,
-                format!("the checkpoint has `{name}`, the job `{n}`"),
-            )),
+            (Shape::Opaque { name }, Shape::Opaque { name: n }) if name != n => {
+                Err(self.differ(&path, format!("the checkpoint has `{name}`, the job `{n}`")))
+            }
             (Shape::UInt, Shape::UInt)
             | (Shape::SInt, Shape::SInt)
             | (Shape::Float, Shape::Float)
@@ -227,7 +232,10 @@ impl Walk<'_> {
             if rf.name != jf.name {
                 return Err(self.differ(
                     &at,
-                    format!("field {i} is `{}` in the checkpoint, `{}` in the job", rf.name, jf.name),
+                    format!(
+                        "field {i} is `{}` in the checkpoint, `{}` in the job",
+                        rf.name, jf.name
+                    ),
                 ));
             }
             if rf.offset != jf.offset {
@@ -259,7 +267,10 @@ impl Walk<'_> {
         for (i, rv) in r.iter().enumerate() {
             let at = format!("{path}::{}", rv.name);
             let Some(jv) = j.get(i) else {
-                return Err(self.differ(&at, "the variant is in the checkpoint, not in the job".into()));
+                return Err(self.differ(
+                    &at,
+                    "the variant is in the checkpoint, not in the job".into(),
+                ));
             };
             if (&rv.name, rv.tag, rv.tuple) != (&jv.name, jv.tag, jv.tuple) {
                 return Err(self.differ(
@@ -293,7 +304,10 @@ mod tests {
         let b = BlockSchema::keyed::<u64, (String, Vec<u64>)>();
         let e = a.check_restorable_by(&b).unwrap_err();
         assert_eq!(e.path, "value.1[]");
-        assert!(e.reason.contains("`u32`") && e.reason.contains("`u64`"), "{e}");
+        assert!(
+            e.reason.contains("`u32`") && e.reason.contains("`u64`"),
+            "{e}"
+        );
         let c = BlockSchema::keyed::<u32, (String, Vec<u32>)>();
         assert_eq!(a.check_restorable_by(&c).unwrap_err().path, "key");
         let e = a
@@ -303,7 +317,10 @@ mod tests {
         let d = BlockSchema::keyed::<u64, (String, Vec<u32>, u8)>();
         let e = a.check_restorable_by(&d).unwrap_err();
         assert_eq!(e.path, "value.2");
-        assert!(e.reason.contains("in the job, not in the checkpoint"), "{e}");
+        assert!(
+            e.reason.contains("in the job, not in the checkpoint"),
+            "{e}"
+        );
         let o = BlockSchema::keyed::<u64, Option<(String, Vec<u32>)>>();
         assert_eq!(a.check_restorable_by(&o).unwrap_err().path, "value");
     }

@@ -145,11 +145,7 @@ impl<K: Schema + rkyv::Archive, S: 'static> Schema for HashSet<K, S> {
 impl<K: Schema + rkyv::Archive, V: Schema + rkyv::Archive> Schema for BTreeMap<K, V> {
     fn describe(b: &mut SchemaBuilder) -> TypeDef {
         let (key, value) = (b.add::<K>(), b.add::<V>());
-        let name = format!(
-            "BTreeMap<{}, {}>",
-            b.type_name(key),
-            b.type_name(value)
-        );
+        let name = format!("BTreeMap<{}, {}>", b.type_name(key), b.type_name(value));
         TypeDef::of::<rkyv::collections::btree_map::ArchivedBTreeMap<K::Archived, V::Archived>>(
             Shape::Opaque { name },
         )
@@ -214,7 +210,9 @@ mod tests {
             >,
         >,
     {
-        rkyv::to_bytes::<rkyv::rancor::Error>(value).unwrap().to_vec()
+        rkyv::to_bytes::<rkyv::rancor::Error>(value)
+            .unwrap()
+            .to_vec()
     }
 
     #[test]
@@ -231,7 +229,10 @@ mod tests {
         assert_eq!(&bytes[o..o + 8], &0x0102_0304_0506_0708u64.to_le_bytes());
         // Some(u8) right after the tag.
         let (types, root) = schema_of::<Option<u8>>();
-        assert!(matches!(types[root as usize].shape, Shape::Option { offset: 1, .. }));
+        assert!(matches!(
+            types[root as usize].shape,
+            Shape::Option { offset: 1, .. }
+        ));
         let bytes = archive(&None::<u8>);
         assert_eq!(bytes[bytes.len() - 2], 0);
     }

@@ -494,7 +494,10 @@ fn write_name(types: &[TypeDef], index: u32, depth: usize, out: &mut String) {
             out.push_str(name);
         }
         Shape::Map { key, value, .. } => {
-            if matches!(types.get(*value as usize).map(|d| &d.shape), Some(Shape::Unit)) {
+            if matches!(
+                types.get(*value as usize).map(|d| &d.shape),
+                Some(Shape::Unit)
+            ) {
                 out.push_str("HashSet<");
                 write_name(types, *key, depth + 1, out);
             } else {

@@ -137,8 +137,23 @@ pub(super) fn print(doc: &Value) {
             String::new()
         }
     );
-    let mut rows = with_header(&["OPERATOR", "STATE", "KEY GROUP", "KEY", "CHANGE", "FIELD", "A", "B"]);
-    let text = |v: &Value| if v.is_null() { "-".to_string() } else { v.to_string() };
+    let mut rows = with_header(&[
+        "OPERATOR",
+        "STATE",
+        "KEY GROUP",
+        "KEY",
+        "CHANGE",
+        "FIELD",
+        "A",
+        "B",
+    ]);
+    let text = |v: &Value| {
+        if v.is_null() {
+            "-".to_string()
+        } else {
+            v.to_string()
+        }
+    };
     for e in listed {
         let cells = |field: String, a: &Value, b: &Value| {
             vec![
@@ -179,7 +194,11 @@ mod tests {
         let c = Change::changed(&json!(1), &json!(4), &json!(5));
         assert_eq!(c.fields, vec![(String::new(), json!(4), json!(5))]);
         // Another enum variant: the value as a whole.
-        let c = Change::changed(&json!(1), &json!({"Active": {"since": 1}}), &json!("Closed"));
+        let c = Change::changed(
+            &json!(1),
+            &json!({"Active": {"since": 1}}),
+            &json!("Closed"),
+        );
         assert_eq!(c.fields.len(), 1);
     }
 
