@@ -323,13 +323,7 @@ fn dump_in_flight(
     tally: &mut Tally,
 ) -> Value {
     let m = &checkpoint.metadata;
-    let record_type = m.schema(block.schema).map_or_else(
-        || format!("<schema {} missing>", block.schema),
-        |s| match s.roots {
-            spate::schema::Roots::InFlight { record, .. } => s.type_name(record),
-            _ => s.entry_name(),
-        },
-    );
+    let record_type = type_name(m, block.schema);
     let mut rows = Vec::new();
     match in_flight_records(checkpoint, block, displays) {
         Ok(records) => {

@@ -329,3 +329,31 @@ fn damaged_schemas_give_errors_never_a_panic() {
         let _ = s.type_name(ty);
     }
 }
+
+/// A generic struct, a field archived through a wrapper (opaque unless
+/// described), and the same wrapper described with `#[schema(as = ..)]`.
+#[derive(Archive, Serialize, Deserialize, spate::Schema)]
+struct Wrapped<T> {
+    value: T,
+    #[rkyv(with = rkyv::with::AsBox)]
+    hidden: u64,
+    #[rkyv(with = rkyv::with::AsBox)]
+    #[schema(as = Box<u64>)]
+    shown: u64,
+}
+
+#[test]
+fn generic_types_and_wrapped_fields_are_described() {
+    let value = Wrapped {
+        value: vec![Pair(1, "one".into())],
+        hidden: 7,
+        shown: 9,
+    };
+    let (schema, ty) = schema_of::<Wrapped<Vec<Pair>>>();
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&value).unwrap();
+    let got = decode(&schema, ty, &bytes, &Displays::new()).unwrap();
+    assert_eq!(got["value"], json!([[1, "one"]]));
+    assert_eq!(got["shown"], 9);
+    assert_eq!(got["hidden"]["opaque"], "u64", "{got}");
+    assert_eq!(schema.type_name(ty), "Wrapped");
+}

@@ -415,13 +415,15 @@ impl BlockSchema {
     }
 
     /// The name of what a block holds: `(K, V)` for keyed state, the block's
-    /// type for timers and in-flight records.
+    /// type for timers (`Vec<(u64, u8, K)>`), the record's type for in-flight
+    /// records.
     pub fn entry_name(&self) -> String {
         match self.roots {
             Roots::Keyed { key, value, .. } => {
                 format!("({}, {})", self.type_name(key), self.type_name(value))
             }
-            Roots::Timers { block, .. } | Roots::InFlight { block, .. } => self.type_name(block),
+            Roots::Timers { block, .. } => self.type_name(block),
+            Roots::InFlight { record, .. } => self.type_name(record),
         }
     }
 
