@@ -151,6 +151,8 @@ fn show_json(
         .map(|s| json!({"source": s.source, "subtask": s.subtask, "offset": s.offset, "split": s.split}))
         .collect();
     if let Value::Object(obj) = &mut doc {
+        obj.insert("schemas".into(), json!(m.schemas.len()));
+        obj.insert("schema_bytes".into(), json!(schema_bytes(m)));
         obj.insert("subtasks".into(), Value::Array(subtasks));
         obj.insert("operators".into(), Value::Array(operators));
         obj.insert("in_flight".into(), Value::Array(in_flight));
@@ -199,6 +201,20 @@ fn print_overview(checkpoint: &Checkpoint) {
         m.fingerprint,
         record.handles.len()
     );
+    println!(
+        "metadata {}  schemas {} ({})",
+        human_bytes(record.metadata.len() as u64),
+        m.schemas.len(),
+        human_bytes(schema_bytes(m) as u64)
+    );
+}
+
+/// Bytes the schemas take in the metadata: its archive with them less its
+/// archive without them.
+fn schema_bytes(m: &CheckpointMetadata) -> usize {
+    let mut without = m.clone();
+    without.schemas.clear();
+    m.encode().len().saturating_sub(without.encode().len())
 }
 
 /// Per subtask: its checkpoint times and bytes.

@@ -172,6 +172,19 @@ pub struct CheckpointMetadata {
     pub schemas: Vec<BlockSchema>,
 }
 
+/// Whether undecodable metadata looks like version 1's, to say so rather
+/// than "does not decode": version 1 had every field of version 2 but the
+/// last (`schemas`, 8 bytes archived), so its root starts 8 bytes later and
+/// begins with the version. Only the error's wording depends on it.
+fn version_1(bytes: &[u8]) -> bool {
+    let v1_root = std::mem::size_of::<ArchivedCheckpointMetadata>() - 8;
+    bytes
+        .len()
+        .checked_sub(v1_root)
+        .and_then(|at| bytes.get(at..at + 4))
+        .is_some_and(|v| v == 1u32.to_le_bytes())
+}
+
 impl CheckpointMetadata {
     /// Archives the metadata.
     pub fn encode(&self) -> Vec<u8> {
@@ -186,7 +199,10 @@ impl CheckpointMetadata {
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
         let metadata = rkyv::from_bytes::<CheckpointMetadata, rkyv::rancor::Error>(&aligned)
-            .map_err(MetadataError::Decode)?;
+            .map_err(|e| match version_1(bytes) {
+                true => MetadataError::Version { found: 1 },
+                false => MetadataError::Decode(e),
+            })?;
         if metadata.version != METADATA_VERSION {
             return Err(MetadataError::Version {
                 found: metadata.version,
@@ -215,5 +231,57 @@ impl CheckpointMetadata {
     /// Schema `index`, if the metadata has it.
     pub fn schema(&self, index: u32) -> Option<&BlockSchema> {
         self.schemas.get(index as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Version 1's layout (its vectors empty: their element types do not
+    /// matter to the root's size).
+    #[derive(Archive, Serialize)]
+    struct MetadataV1 {
+        version: u32,
+        id: u64,
+        trigger_ms: u64,
+        completed_ms: u64,
+        cause: String,
+        mode: String,
+        incremental: bool,
+        parallelism: u32,
+        max_parallelism: u32,
+        fingerprint: u64,
+        state: Vec<u64>,
+        in_flight: Vec<u64>,
+        sources: Vec<u64>,
+        subtasks: Vec<u64>,
+    }
+
+    #[test]
+    fn version_1_metadata_is_named_as_such() {
+        let v1 = MetadataV1 {
+            version: 1,
+            id: 3,
+            trigger_ms: 1,
+            completed_ms: 2,
+            cause: "interval".into(),
+            mode: "aligned".into(),
+            incremental: false,
+            parallelism: 2,
+            max_parallelism: 128,
+            fingerprint: 9,
+            state: Vec::new(),
+            in_flight: Vec::new(),
+            sources: Vec::new(),
+            subtasks: Vec::new(),
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&v1).unwrap();
+        let e = CheckpointMetadata::decode(&bytes).unwrap_err();
+        assert!(matches!(e, MetadataError::Version { found: 1 }), "{e}");
+        assert!(matches!(
+            CheckpointMetadata::decode(&[0u8; 7]),
+            Err(MetadataError::Decode(_))
+        ));
     }
 }
