@@ -268,19 +268,19 @@ pub fn read_block(
     reader: &StoreReader,
     record: &CheckpointRecord,
     index: u32,
-) -> Result<(BlockHandle, BlockRef), (Option<BlockHandle>, InspectErrorKind)> {
+) -> Result<(BlockHandle, BlockRef), (Option<BlockHandle>, Box<InspectErrorKind>)> {
     let Some(&handle) = record.handles.get(index as usize) else {
         return Err((
             None,
-            InspectErrorKind::HandleOutOfRange {
+            Box::new(InspectErrorKind::HandleOutOfRange {
                 index,
                 handles: record.handles.len(),
-            },
+            }),
         ));
     };
     let bytes = reader
         .block(&handle)
-        .map_err(|e| (Some(handle), InspectErrorKind::Read(e)))?;
+        .map_err(|e| (Some(handle), Box::new(InspectErrorKind::Read(e))))?;
     Ok((handle, bytes))
 }
 

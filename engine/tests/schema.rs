@@ -289,8 +289,7 @@ fn a_changed_record_type_in_flight_fails_the_restore_naming_the_input_and_field(
     let last = report
         .checkpoints
         .iter()
-        .filter(|c| c.status == spate::CheckpointStatus::Completed)
-        .next_back()
+        .rfind(|c| c.status == spate::CheckpointStatus::Completed)
         .expect("a completed checkpoint");
     assert!(
         last.in_flight_bytes > 0,

@@ -346,11 +346,10 @@ impl<'a> Decoder<'a> {
             return Ok((pos, 0));
         }
         let start = self.rel_ptr(pos, w)?;
-        let bound = if size == 0 {
-            1u128 << 20
-        } else {
-            (self.archive.len() - start) as u128 / size
-        };
+        // Zero-sized elements take no bytes: a bound of their own.
+        let bound = ((self.archive.len() - start) as u128)
+            .checked_div(size)
+            .unwrap_or(1 << 20);
         if len > bound {
             return fail(
                 pos,
