@@ -114,7 +114,7 @@ enum Command {
     /// Checks checkpoints and segments; exit status 1 on any problem.
     ///
     /// Checks every block CRC and handle of the checkpoints (all, or `ID`), that
-    /// their metadata decodes and names valid handles, and (without `ID`) scans
+    /// their metadata decodes and names valid handles and schemas, and (without `ID`) scans
     /// every segment file. Exit status 1 when anything is wrong (segment files
     /// without a manifest too); 2 when `DIR` does not exist or holds no store
     /// (no manifest, no segment files). Problems are printed grouped: one line
