@@ -174,7 +174,7 @@ impl BenchConfig {
 
 /// One update: `index` is the update's number (its due time), [`FILL`] in
 /// the fill phase.
-#[derive(Clone, Copy, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, spate::Schema)]
 pub struct Update {
     /// The key.
     pub key: u64,

@@ -14,7 +14,7 @@ use spate::sink::DiscardSink;
 use spate::source::SequenceSource;
 use spate::{Job, JobConfig, KeyedContext, WatermarkStrategy};
 
-#[derive(Clone, Copy, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, spate::Schema)]
 struct Bid {
     auction: u64,
     #[allow(dead_code)]

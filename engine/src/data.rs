@@ -3,10 +3,12 @@
 //! state ([`StateData`]), a [`Record`] with its timestamp, the engine's hash
 //! map ([`FxHashMap`]) and archive buffers ([`Bytes`]).
 //!
-//! A leaf: it imports nothing else of the crate but [`crate::time`], so that
+//! A leaf: it imports nothing else of the crate but [`crate::time`] and
+//! [`crate::schema`], so that
 //! state, checkpoints and the dataflow can all depend on it without depending
 //! on each other.
 
+use crate::schema::Schema;
 use crate::time::Timestamp;
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -41,11 +43,14 @@ pub type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<rustc_hash::FxHasher
 pub(crate) type Bytes = rkyv::util::AlignedVec<16>;
 
 /// A value that can live in keyed state: cloneable and archivable with rkyv,
-/// its archive checkable and deserializable. Implemented for every type that
-/// derives rkyv's `Archive`, `Serialize` and `Deserialize` (with `bytecheck`).
+/// its archive checkable and deserializable, its archived layout described
+/// ([`Schema`]: checkpoints record it). Implemented for every type that
+/// derives rkyv's `Archive`, `Serialize` and `Deserialize` (with `bytecheck`)
+/// and `spate::Schema`.
 pub trait StateData:
     Clone
     + 'static
+    + Schema
     + rkyv::Archive<
         Archived: for<'a> CheckBytes<HighValidator<'a, RkyvError>>
                       + rkyv::Deserialize<Self, HighDeserializer<RkyvError>>,
@@ -57,6 +62,7 @@ pub trait StateData:
 impl<T> StateData for T where
     T: Clone
         + 'static
+        + Schema
         + rkyv::Archive<
             Archived: for<'a> CheckBytes<HighValidator<'a, RkyvError>>
                           + rkyv::Deserialize<T, HighDeserializer<RkyvError>>,

@@ -140,7 +140,38 @@ pub enum RestoreError {
         /// What is wrong with each.
         problems: Vec<String>,
     },
-    /// The checkpoint was taken by another job (other operators or types).
+    /// A state's type changed since the checkpoint in a way the job cannot
+    /// restore (its archived layout differs; `docs/checkpoints.md`, "State
+    /// evolution"). Names the operator, the state and the field.
+    #[error("checkpoint {id} cannot be restored: the type of state `{state}` of operator `{operator}` changed at field `{field}`: {reason}; a changed layout cannot be restored (see \"State evolution\" in docs/checkpoints.md): start fresh, use another state directory, or keep the old type")]
+    IncompatibleState {
+        /// The checkpoint.
+        id: u64,
+        /// The operator.
+        operator: String,
+        /// The state (`__timers` for the operator's timers).
+        state: String,
+        /// The field that differs, from the state's key or value (`value.address.city`).
+        field: String,
+        /// How it differs.
+        reason: String,
+    },
+    /// The type of the records in flight into an operator's input changed
+    /// since an unaligned checkpoint persisted some of them.
+    #[error("checkpoint {id} cannot be restored: the records in flight into input {input} of operator `{operator}` changed type at field `{field}`: {reason}; start fresh, or restore with the old record type")]
+    IncompatibleRecords {
+        /// The checkpoint.
+        id: u64,
+        /// The operator.
+        operator: String,
+        /// Its input (0 or 1).
+        input: u32,
+        /// The field that differs, from the record (`record.price`).
+        field: String,
+        /// How it differs.
+        reason: String,
+    },
+    /// The checkpoint was taken by another job (other operators or states).
     #[error("checkpoint {id} was taken by an incompatible job (fingerprint {found:016x}, this job {expected:016x}): start fresh or use another state directory")]
     IncompatibleJob {
         /// The checkpoint.

@@ -11,24 +11,25 @@
 //! [`InspectError`] naming checkpoint, operator, state, key group and block,
 //! never a panic.
 //!
-//! The engine records each table's Rust type in the checkpoint
-//! ([`StateBlock::type_name`]): [`table_type_name`] for keyed state,
-//! [`timers_type_name`] for an operator's timers ([`TIMERS_TABLE`]). A tool keeps
-//! a registry from those names to [`KeyGroupChain::decode`] or
-//! [`KeyGroupChain::decode_timers`] instantiated with the same types; a type it
-//! does not know it can only show as bytes. Type names come from
-//! `std::any::type_name`, so they match only between builds of one compiler.
+//! The engine records the schema of every block in the checkpoint
+//! ([`StateBlock::schema`], [`crate::schema`]): a tool without the job's
+//! types decodes from it alone (`spate-ckpt`); code that has the types reads
+//! them typed with [`KeyGroupChain::decode`] and
+//! [`KeyGroupChain::decode_timers`], which first check that the recorded
+//! schema is the one of those types. [`read_block`] reads any block the
+//! metadata names (in-flight records).
 //!
 //! Must not write to a store or know any concrete user type.
 
-use crate::checkpoint::metadata::StateBlock;
 use crate::checkpoint::metadata::TimerEntries;
+use crate::checkpoint::metadata::{CheckpointMetadata, StateBlock};
 use crate::keygroup::Key;
+use crate::schema::BlockSchema;
 use crate::state::{KeyedTable, StateData};
 use crate::time::{TimeDomain, Timestamp};
 use spate_storage::{BlockHandle, BlockRef, CheckpointRecord, ReadError, StoreReader};
 
-pub use crate::checkpoint::metadata::{table_type_name, timers_type_name, TIMERS_TABLE};
+pub use crate::checkpoint::metadata::TIMERS_TABLE;
 
 /// A pending timer as checkpointed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -66,8 +67,10 @@ pub struct KeyGroupChain {
     pub table: String,
     /// Key group.
     pub key_group: u32,
-    /// The Rust type the engine recorded for the table's entries.
-    pub type_name: String,
+    /// What the blocks archive, as the engine recorded it (`None` when the
+    /// metadata names a schema it does not hold: damage; the blocks still
+    /// read, for a raw display).
+    pub schema: Option<BlockSchema>,
     /// Entries after applying the chain, as recorded.
     pub entries: u64,
     /// Base first, then deltas.
@@ -126,22 +129,28 @@ pub enum InspectErrorKind {
     /// The block's bytes are not a valid archive of the recorded type.
     #[error("archive does not check: {0}")]
     Archive(String),
-    /// The decoder asked for is not the one of the recorded type.
-    #[error("recorded type `{recorded}` is not `{expected}`")]
+    /// The types asked for are not the recorded ones.
+    #[error("recorded type `{recorded}` is not `{expected}` ({at})")]
     TypeMismatch {
         /// What the engine recorded.
         recorded: String,
         /// What the caller decodes.
-        expected: &'static str,
+        expected: String,
+        /// Where they differ.
+        at: crate::schema::Incompatibility,
     },
+    /// The metadata names a schema it does not hold (damage).
+    #[error("the metadata holds no schema for it")]
+    MissingSchema,
 }
 
 impl KeyGroupChain {
-    /// Reads the blocks of `state` (one entry of the checkpoint's metadata)
-    /// through `reader`; each block's CRC is checked on this first access.
+    /// Reads the blocks of `state` (one entry of `metadata`) through
+    /// `reader`; each block's CRC is checked on this first access.
     pub fn read(
         reader: &StoreReader,
         record: &CheckpointRecord,
+        metadata: &CheckpointMetadata,
         state: &StateBlock,
     ) -> Result<Self, InspectError> {
         let mut chain = KeyGroupChain {
@@ -149,10 +158,11 @@ impl KeyGroupChain {
             operator: state.operator.clone(),
             table: state.table.clone(),
             key_group: state.key_group,
-            type_name: state.type_name.clone(),
+            schema: metadata.schema(state.schema).cloned(),
             entries: state.entries,
             parts: Vec::with_capacity(state.chain.len()),
         };
+
         for link in &state.chain {
             let Some(&handle) = record.handles.get(link.handle as usize) else {
                 return Err(chain.error(
@@ -192,25 +202,29 @@ impl KeyGroupChain {
         }
     }
 
-    fn check_type(&self, expected: &'static str) -> Result<(), InspectError> {
-        if self.type_name == expected {
-            Ok(())
-        } else {
-            Err(self.error(
+    /// Checks that the recorded schema is `expected`'s layout (as a restore
+    /// checks it).
+    fn check_schema(&self, expected: &BlockSchema) -> Result<(), InspectError> {
+        let Some(recorded) = &self.schema else {
+            return Err(self.error(None, InspectErrorKind::MissingSchema));
+        };
+        recorded.check_restorable_by(expected).map_err(|at| {
+            self.error(
                 None,
                 InspectErrorKind::TypeMismatch {
-                    recorded: self.type_name.clone(),
-                    expected,
+                    recorded: recorded.entry_name(),
+                    expected: expected.entry_name(),
+                    at,
                 },
-            ))
-        }
+            )
+        })
     }
 
     /// The key group's entries (base, then deltas applied, as a restore loads
-    /// them), sorted by key. The recorded type must be
-    /// [`table_type_name::<K, V>()`](table_type_name).
+    /// them), sorted by key. The recorded schema must be the layout of keyed
+    /// state of `V` per `K`.
     pub fn decode<K: Key, V: StateData>(&self) -> Result<Vec<(K, V)>, InspectError> {
-        self.check_type(table_type_name::<K, V>())?;
+        self.check_schema(&BlockSchema::keyed::<K, V>())?;
         let blocks = self.parts.iter().map(|p| (p.delta, p.bytes.as_bytes()));
         let map = KeyedTable::<K, V>::load_detached(blocks).map_err(|(position, e)| {
             self.error(
@@ -223,10 +237,10 @@ impl KeyGroupChain {
         Ok(entries)
     }
 
-    /// The key group's timers, sorted by key, then time. The recorded type must
-    /// be [`timers_type_name::<K>()`](timers_type_name).
+    /// The key group's timers, sorted by key, then time. The recorded schema
+    /// must be the layout of timers keyed by `K`.
     pub fn decode_timers<K: Key>(&self) -> Result<Vec<Timer<K>>, InspectError> {
-        self.check_type(timers_type_name::<K>())?;
+        self.check_schema(&BlockSchema::timers::<K>())?;
         let mut timers = Vec::new();
         for part in &self.parts {
             let entries = rkyv::from_bytes::<TimerEntries<K>, rkyv::rancor::Error>(&part.bytes)
@@ -245,6 +259,29 @@ impl KeyGroupChain {
         timers.sort();
         Ok(timers)
     }
+}
+
+/// Block `index` of `record`'s handles, read through `reader` (its CRC
+/// checked on this first access): for blocks outside a key group's chain,
+/// such as in-flight records ([`crate::checkpoint::metadata::InFlightBlock`]).
+pub fn read_block(
+    reader: &StoreReader,
+    record: &CheckpointRecord,
+    index: u32,
+) -> Result<(BlockHandle, BlockRef), (Option<BlockHandle>, Box<InspectErrorKind>)> {
+    let Some(&handle) = record.handles.get(index as usize) else {
+        return Err((
+            None,
+            Box::new(InspectErrorKind::HandleOutOfRange {
+                index,
+                handles: record.handles.len(),
+            }),
+        ));
+    };
+    let bytes = reader
+        .block(&handle)
+        .map_err(|e| (Some(handle), Box::new(InspectErrorKind::Read(e))))?;
+    Ok((handle, bytes))
 }
 
 #[cfg(test)]
@@ -269,7 +306,7 @@ mod tests {
 
     /// A base of checkpoint 1 and a delta of checkpoint 2, archived by the
     /// engine's own snapshot code, written to a simulated store.
-    fn store_with_a_chain() -> (SimIo, CheckpointRecord, StateBlock) {
+    fn store_with_a_chain() -> (SimIo, CheckpointRecord, CheckpointMetadata, StateBlock) {
         let mut registry =
             StateRegistry::<u64>::new(KeyGroupRange { start: 3, end: 4 }, true, None);
         let counts = registry.value_state::<String>("counts");
@@ -322,17 +359,34 @@ mod tests {
                 link(1, true, 2, delta_entries, delta.len()),
             ],
             entries: 4,
-            type_name: table.borrow().type_name().into(),
+            schema: 0,
         };
-        (io, record, state)
+        let metadata = CheckpointMetadata {
+            version: crate::checkpoint::metadata::METADATA_VERSION,
+            id: 2,
+            trigger_ms: 0,
+            completed_ms: 0,
+            cause: "manual".into(),
+            mode: "aligned".into(),
+            incremental: true,
+            parallelism: 1,
+            max_parallelism: 8,
+            fingerprint: 0,
+            state: vec![state.clone()],
+            in_flight: Vec::new(),
+            sources: Vec::new(),
+            subtasks: Vec::new(),
+            schemas: vec![BlockSchema::clone(table.borrow().schema())],
+        };
+        (io, record, metadata, state)
     }
 
     #[test]
     fn a_chain_decodes_as_restore_loads_it() {
-        let (io, record, state) = store_with_a_chain();
-        assert_eq!(state.type_name, table_type_name::<u64, String>());
+        let (io, record, metadata, state) = store_with_a_chain();
+        assert_eq!(metadata.schemas[0].entry_name(), "(u64, String)");
         let reader = StoreReader::from_source(Arc::new(io)).unwrap();
-        let chain = KeyGroupChain::read(&reader, &record, &state).unwrap();
+        let chain = KeyGroupChain::read(&reader, &record, &metadata, &state).unwrap();
         assert_eq!(chain.parts.len(), 2);
         assert_eq!(chain.bytes(), state.bytes());
         let entries = chain.decode::<u64, String>().unwrap();
@@ -343,7 +397,7 @@ mod tests {
             (9, "new".into()),
         ];
         assert_eq!(entries, expected);
-        // Another type: refused by name, never reinterpreted.
+        // Another type: refused by its schema, never reinterpreted.
         let e = chain.decode::<u64, u64>().unwrap_err();
         assert!(
             matches!(*e.kind, InspectErrorKind::TypeMismatch { .. }),
@@ -358,12 +412,12 @@ mod tests {
 
     #[test]
     fn bad_bytes_are_errors_naming_the_block() {
-        let (io, record, mut state) = store_with_a_chain();
+        let (io, record, metadata, mut state) = store_with_a_chain();
         // A block whose CRC is fine but whose bytes are not an archive of the
         // recorded type: the delta read as a base.
         state.chain[1].delta = false;
         let reader = StoreReader::from_source(Arc::new(io.clone())).unwrap();
-        let chain = KeyGroupChain::read(&reader, &record, &state).unwrap();
+        let chain = KeyGroupChain::read(&reader, &record, &metadata, &state).unwrap();
         let e = chain.decode::<u64, String>().unwrap_err();
         assert!(matches!(*e.kind, InspectErrorKind::Archive(_)), "{e}");
         assert_eq!(e.handle, Some(record.handles[1]));
@@ -381,17 +435,27 @@ mod tests {
         let h = record.handles[0];
         assert!(io.corrupt(&h.segment.file_name(), h.offset as usize + 40, 0x10));
         let reader = StoreReader::from_source(Arc::new(io)).unwrap();
-        let e = KeyGroupChain::read(&reader, &record, &state).unwrap_err();
+        let e = KeyGroupChain::read(&reader, &record, &metadata, &state).unwrap_err();
         assert!(matches!(*e.kind, InspectErrorKind::Read(_)), "{e}");
         assert_eq!(e.handle, Some(h));
 
         // A handle index past the record's handles.
         state.chain[0].handle = 7;
-        let e = KeyGroupChain::read(&reader, &record, &state).unwrap_err();
+        let e = KeyGroupChain::read(&reader, &record, &metadata, &state).unwrap_err();
         assert!(
             matches!(*e.kind, InspectErrorKind::HandleOutOfRange { index: 7, .. }),
             "{e}"
         );
+
+        // A schema index past the metadata's schemas: the blocks read, the
+        // entries do not decode.
+        let (io, record, metadata, mut state) = store_with_a_chain();
+        state.schema = 3;
+        let reader = StoreReader::from_source(Arc::new(io)).unwrap();
+        let chain = KeyGroupChain::read(&reader, &record, &metadata, &state).unwrap();
+        assert!(chain.schema.is_none());
+        let e = chain.decode::<u64, String>().unwrap_err();
+        assert!(matches!(*e.kind, InspectErrorKind::MissingSchema), "{e}");
     }
 
     #[test]

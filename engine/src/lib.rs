@@ -41,13 +41,19 @@
 //! [`Stream`] declare it, [`state`] holds keyed state handles, [`window`]
 //! event-time windows, [`source`] and [`sink`] the ways in and out
 //! (including exactly-once files), [`embed`] the embedding service's
-//! acknowledged ingress and committed egress, [`checkpoint`] and [`restart`] the fault tolerance settings,
-//! [`time`] clocks and watermarks.
+//! acknowledged ingress and committed egress, [`checkpoint`] and
+//! [`restart`] the fault tolerance settings, [`time`] clocks and
+//! watermarks, [`schema`] the self-description of state types that
+//! checkpoints record (`#[derive(Schema)]` beside rkyv's derives).
 //!
 //! [`internals`] exposes, for the project's own tools, tests and benchmarks,
 //! what is not a stable API: the deterministic simulator, checkpointed state
 //! read back for inspection, key-group arithmetic. `ARCHITECTURE.md` maps
 //! the modules behind all of it.
+
+// The code `#[derive(Schema)]` generates names the engine `::spate`, also
+// for the derives of the engine's own types (`window::WindowResult`).
+extern crate self as spate;
 
 mod archive;
 pub mod checkpoint;
@@ -64,6 +70,7 @@ mod park;
 pub mod restart;
 mod ring;
 mod runtime;
+pub mod schema;
 mod sim;
 pub mod sink;
 pub mod source;
@@ -89,6 +96,10 @@ pub use job::{Job, JobHandle, JobReport};
 pub use keygroup::Key;
 pub use park::Notifier;
 pub use restart::{RestartStats, RestartStrategy};
+pub use schema::Schema;
+/// `#[derive(Schema)]`: describes a struct's or enum's archived layout
+/// (see [`schema`]); use it beside rkyv's `Archive` derive.
+pub use spate_derive::Schema;
 pub use state::{KeyScope, ListState, MapState, StateData, StateRegistry, ValueState};
 pub use time::{TimeDomain, Timestamp, WatermarkStrategy};
 pub use worker::SubtaskReport;

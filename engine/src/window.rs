@@ -161,6 +161,7 @@ impl<T> AggregateFunction<T> for Count {
     rkyv::Archive,
     rkyv::Serialize,
     rkyv::Deserialize,
+    crate::Schema,
 )]
 pub struct WindowResult<K, R> {
     /// The key.

@@ -67,7 +67,7 @@ pub(crate) struct Worker {
     checkpoints: Rc<RefCell<SubtaskCheckpoints>>,
     control: Option<Consumer<Control>>,
     writer: Option<Box<dyn SnapshotWriter>>,
-    /// Hash of the job's operators and state types.
+    /// Hash of the job's source, sink, operator and state names.
     pub(crate) fingerprint: u64,
     pub(crate) report: SubtaskReport,
 }

@@ -249,7 +249,7 @@ fn under_backpressure_unaligned_overtakes_and_aligned_waits() {
     );
 }
 
-#[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, spate::Schema)]
 struct Op {
     seq: u64,
     key: u64,

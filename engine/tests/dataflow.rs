@@ -92,13 +92,13 @@ proptest! {
     }
 }
 
-#[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, spate::Schema)]
 struct Person {
     id: u64,
     name: String,
 }
 
-#[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, spate::Schema)]
 struct Auction {
     id: u64,
     seller: u64,

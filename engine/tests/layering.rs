@@ -199,6 +199,7 @@ fn the_step_logic_never_names_glommio_or_the_runtime() {
         "checkpoint",
         "env",
         "data",
+        "schema",
         "archive",
         "window",
         "sink",

@@ -4,22 +4,30 @@
 //!
 //! A key group whose chain is the same blocks in both checkpoints (an
 //! incremental checkpoint reusing it) is unchanged without decoding anything.
-//! Otherwise both chains are decoded ([`crate::dump`]'s registry) and compared
-//! entry by entry on their shown values; timers are compared as sets. A type the
-//! registry does not know is compared only by its metadata (entries, bytes).
+//! Otherwise both chains are decoded from their recorded schemas
+//! ([`crate::entries`]) and compared entry by entry on their shown values;
+//! timers are compared as sets. The first `--entries` entries that differ are
+//! listed with their keys, and for a changed entry the fields that differ
+//! (`clicks`, `address.city`) with both values. A key group that does not read
+//! or decode is compared only by its metadata (entries, bytes).
 
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Result;
 use serde_json::{json, Value};
 use spate::checkpoint::metadata::StateBlock;
-use spate::internals::inspect::{InspectError, KeyGroupChain};
+use spate::internals::inspect::{KeyGroupChain, TIMERS_TABLE};
 use spate_storage::BlockHandle;
 
-use crate::dump::error_json;
+use crate::decode::compare_values;
+use crate::display::Displays;
+use crate::entries::{key_group_entries, type_name, BlockError};
 use crate::output::{human_bytes, items, print_table, print_table_or_none, with_header};
-use crate::registry::Registry;
 use crate::store::Checkpoint;
+
+mod changes;
+
+use changes::{Change, Listed};
 
 /// Entries added, removed, changed and unchanged (`Option<Counts>`: `None`
 /// when the entries were not compared).
@@ -67,45 +75,71 @@ fn handles(c: &Checkpoint, s: &StateBlock) -> Vec<(Option<BlockHandle>, bool)> {
         .collect()
 }
 
-/// Shown entries of one side: key text -> value (tables), or the set of
-/// `[key, value]` texts (timers, whose value is `Null`).
+/// Shown entries of one side: key text -> (key, value) (tables), or the set
+/// of `[key, value]` texts (timers, whose value is `Null`). An empty map for
+/// a key group without state on that side.
 fn entries(
     c: &Checkpoint,
-    registry: &Registry,
+    displays: &Displays,
     s: Option<&StateBlock>,
-) -> Result<Option<BTreeMap<String, Value>>, InspectError> {
+) -> Result<BTreeMap<String, (Value, Value)>, BlockError> {
     let Some(s) = s else {
-        return Ok(Some(BTreeMap::new()));
+        return Ok(BTreeMap::new());
     };
-    let Some(decoder) = registry.get(&s.type_name) else {
-        return Ok(None);
-    };
-    let chain = KeyGroupChain::read(c.reader, c.record, s)?;
-    let decoded = (decoder.decode)(&chain)?;
-    Ok(Some(
-        decoded
-            .into_iter()
-            .map(|e| {
-                if decoder.timers {
-                    (json!([e.key, e.value]).to_string(), Value::Null)
-                } else {
-                    (e.key.to_string(), e.value)
-                }
-            })
-            .collect(),
-    ))
+    let chain = KeyGroupChain::read(c.reader, c.record, &c.metadata, s)?;
+    let decoded = key_group_entries(&chain, displays)?;
+    let timers = s.table == TIMERS_TABLE;
+    Ok(decoded
+        .into_iter()
+        .map(|e| {
+            if timers {
+                (
+                    json!([e.key, e.value]).to_string(),
+                    (Value::Null, Value::Null),
+                )
+            } else {
+                (e.key.to_string(), (e.key, e.value))
+            }
+        })
+        .collect())
 }
 
-fn compare(a: &BTreeMap<String, Value>, b: &BTreeMap<String, Value>) -> Counts {
+/// The entries of `m` in key order (as `dump` sorts them), not in the order
+/// of their key texts.
+fn sorted(m: &BTreeMap<String, (Value, Value)>) -> Vec<(&String, &Value, &Value)> {
+    let mut v: Vec<(&String, &Value, &Value)> = m.iter().map(|(k, (key, v))| (k, key, v)).collect();
+    v.sort_by(|x, y| compare_values(x.1, y.1));
+    v
+}
+
+/// Counts the entries added, removed, changed and unchanged from `a` to `b`,
+/// and lists those that differ in `listed` (as far as it takes them).
+fn compare(
+    a: &BTreeMap<String, (Value, Value)>,
+    b: &BTreeMap<String, (Value, Value)>,
+    listed: &mut Listed,
+    at: (&str, &str, u32),
+) -> Counts {
     let mut counts = Counts::default();
-    for (k, va) in a {
+    for (k, key, va) in sorted(a) {
         match b.get(k) {
-            None => counts.removed += 1,
-            Some(vb) if vb == va => counts.unchanged += 1,
-            Some(_) => counts.changed += 1,
+            None => {
+                counts.removed += 1;
+                listed.push(at, Change::removed(key, va));
+            }
+            Some((_, vb)) if vb == va => counts.unchanged += 1,
+            Some((_, vb)) => {
+                counts.changed += 1;
+                listed.push(at, Change::changed(key, va, vb));
+            }
         }
     }
-    counts.added = b.keys().filter(|k| !a.contains_key(*k)).count() as u64;
+    for (k, key, vb) in sorted(b) {
+        if !a.contains_key(k) {
+            counts.added += 1;
+            listed.push(at, Change::added(key, vb));
+        }
+    }
     counts
 }
 
@@ -155,8 +189,8 @@ fn pair_key_groups<'a>(
 
 /// One key group compared.
 struct KeyGroupDiff {
-    /// `None` when the entries were not compared (a type the registry does not
-    /// know, or a chain that does not read or decode).
+    /// `None` when the entries were not compared (a chain that does not read
+    /// or decode).
     counts: Option<Counts>,
     bytes: Bytes,
     /// The chain is the same blocks in both checkpoints.
@@ -166,11 +200,11 @@ struct KeyGroupDiff {
 /// Compares one key group: by its blocks, and unless they are the same by its
 /// entries; errors reading or decoding it go to `errors`.
 fn diff_key_group(
-    a: &Checkpoint,
-    b: &Checkpoint,
-    registry: &Registry,
+    (a, b): (&Checkpoint, &Checkpoint),
+    displays: &Displays,
     (sa, sb): Pair,
-    errors: &mut Vec<InspectError>,
+    listed: &mut Listed,
+    errors: &mut Vec<BlockError>,
 ) -> KeyGroupDiff {
     let ha = sa.map(|s| handles(a, s)).unwrap_or_default();
     let hb = sb.map(|s| handles(b, s)).unwrap_or_default();
@@ -194,8 +228,19 @@ fn diff_key_group(
             ..Counts::default()
         })
     } else {
-        match (entries(a, registry, sa), entries(b, registry, sb)) {
-            (Ok(Some(ea)), Ok(Some(eb))) => Some(compare(&ea, &eb)),
+        match (entries(a, displays, sa), entries(b, displays, sb)) {
+            (Ok(ea), Ok(eb)) => {
+                let s = sa.or(sb).expect("a key group with state on one side");
+                let timers = s.table == TIMERS_TABLE;
+                let mut none = Listed::none();
+                let listed = if timers { &mut none } else { listed };
+                Some(compare(
+                    &ea,
+                    &eb,
+                    listed,
+                    (&s.operator, &s.table, s.key_group),
+                ))
+            }
             (ra, rb) => {
                 errors.extend(ra.err());
                 errors.extend(rb.err());
@@ -285,16 +330,25 @@ impl TableDiff {
 /// Per operator, its tables compared.
 type Operators<'a> = BTreeMap<&'a str, BTreeMap<&'a str, TableDiff>>;
 
-/// Runs `diff`; returns whether every key group read and decoded.
-pub fn diff(a: &Checkpoint, b: &Checkpoint, registry: &Registry, as_json: bool) -> Result<bool> {
+/// Runs `diff`; returns whether every key group read and decoded. At most
+/// `entries` entries that differ are listed.
+pub fn diff(
+    a: &Checkpoint,
+    b: &Checkpoint,
+    displays: &Displays,
+    entries: usize,
+    as_json: bool,
+) -> Result<bool> {
     let mut errors = Vec::new();
+    let mut listed = Listed::new(entries);
     let mut tables: Operators = BTreeMap::new();
     for (&(operator, table, key_group), &pair) in &pair_key_groups(a, b) {
-        let d = diff_key_group(a, b, registry, pair, &mut errors);
-        let type_name = pair
-            .1
-            .or(pair.0)
-            .map_or(String::new(), |s| s.type_name.clone());
+        let d = diff_key_group((a, b), displays, pair, &mut listed, &mut errors);
+        let type_name = match (pair.1, pair.0) {
+            (Some(s), _) => type_name(&b.metadata, s.schema),
+            (None, Some(s)) => type_name(&a.metadata, s.schema),
+            (None, None) => String::new(),
+        };
         tables
             .entry(operator)
             .or_default()
@@ -308,12 +362,15 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, registry: &Registry, as_json: bool) 
         "b": b.metadata.id,
         "operators": operators,
         "totals": merge(counts_json(Some(&total_counts)), bytes_json(&total_bytes)),
-        "errors": errors.iter().map(error_json).collect::<Vec<_>>(),
+        "entries": listed.json(),
+        "entries_truncated": listed.truncated(),
+        "errors": errors.iter().map(BlockError::json).collect::<Vec<_>>(),
     });
     if as_json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print_diff(&doc);
+        changes::print(&doc);
     }
     for e in &errors {
         eprintln!("error: {e}");

@@ -1,20 +1,25 @@
-//! `spate-ckpt dump`: the state entries of one operator in one checkpoint.
+//! `spate-ckpt dump`: the state entries of one operator in one checkpoint,
+//! and the records in flight into it.
 //!
-//! Each key group's chain is read and decoded through [`spate::internals::inspect`] (the
-//! base, then the deltas, as a restore loads them) with the decoder the
-//! [`Registry`] holds for the type name the engine recorded. A type the registry
-//! does not know is shown as its raw blocks (hex and a UTF-8 preview of the
-//! first bytes). A block that does not read or decode is reported with
-//! checkpoint, operator, state, key group and block, and the dump goes on.
+//! Each key group's chain is read through [`spate::internals::inspect`] and
+//! decoded from the schema the checkpoint recorded ([`crate::entries`]: the
+//! base, then the deltas, as a restore applies them). With `--raw` (or when
+//! the metadata holds no schema for a table) its blocks are shown raw (hex
+//! and a UTF-8 preview of the first bytes). A block that does not read or
+//! decode is reported with checkpoint, operator, state, key group and block,
+//! and the dump goes on.
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
-use spate::checkpoint::metadata::StateBlock;
+use spate::checkpoint::metadata::{InFlightBlock, StateBlock};
 use spate::checkpoint::CheckpointMetadata;
-use spate::internals::inspect::{InspectError, KeyGroupChain, TIMERS_TABLE};
+use spate::internals::inspect::{KeyGroupChain, TIMERS_TABLE};
 
-use crate::output::{human_bytes, items, print_table_or_none, with_header};
-use crate::registry::{hex_string, Entry, Registry};
+use crate::display::Displays;
+use crate::entries::{
+    in_flight_records, key_group_entries, type_name, BlockError, Entry, IN_FLIGHT_TABLE,
+};
+use crate::output::{hex_string, human_bytes, items, print_table_or_none, with_header};
 use crate::store::Checkpoint;
 
 /// What `dump` prints.
@@ -31,6 +36,19 @@ pub struct DumpArgs {
     pub limit: Option<usize>,
     /// Bytes of each raw block shown.
     pub raw_bytes: usize,
+    /// Show raw blocks instead of decoded entries.
+    pub raw: bool,
+}
+
+impl DumpArgs {
+    /// Whether the in-flight records are shown: they have no key group the
+    /// tool could know (the job's key function decides), so not with
+    /// `--key` or `--key-group`, and not when `--table` names a state.
+    fn in_flight(&self) -> bool {
+        self.key.is_none()
+            && self.key_group.is_none()
+            && self.table.as_deref().is_none_or(|t| t == IN_FLIGHT_TABLE)
+    }
 }
 
 /// The tables of `operator` in `state`, timers last, each with its key groups
@@ -54,19 +72,6 @@ pub fn tables_of<'a>(
             (name, groups)
         })
         .collect()
-}
-
-/// An inspection error as a JSON object.
-pub fn error_json(e: &InspectError) -> Value {
-    json!({
-        "checkpoint": e.checkpoint,
-        "operator": e.operator,
-        "table": e.table,
-        "key_group": e.key_group,
-        "segment": e.handle.map(|h| h.segment.file_name()),
-        "offset": e.handle.map(|h| h.offset),
-        "error": e.to_string(),
-    })
 }
 
 /// Whether a shown key matches the `--key` text: its compact JSON, or the
@@ -105,10 +110,11 @@ fn utf8_preview(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Runs `dump`; returns whether every key group read and decoded.
+/// Runs `dump`; returns whether every key group and in-flight block read and
+/// decoded.
 pub fn dump(
     checkpoint: &Checkpoint,
-    registry: &Registry,
+    displays: &Displays,
     args: &DumpArgs,
     as_json: bool,
 ) -> Result<bool> {
@@ -120,8 +126,16 @@ pub fn dump(
     };
     let table_docs: Vec<Value> = tables
         .iter()
-        .map(|(name, groups)| dump_table(checkpoint, registry, args, name, groups, &mut tally))
+        .map(|(name, groups)| dump_table(checkpoint, displays, args, name, groups, &mut tally))
         .collect();
+    let in_flight: Vec<Value> = if args.in_flight() {
+        in_flight_of(m, &args.operator)
+            .into_iter()
+            .map(|b| dump_in_flight(checkpoint, displays, b, &mut tally))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let Tally {
         matched,
         shown,
@@ -135,14 +149,16 @@ pub fn dump(
             "retained": checkpoint.retained,
             "operator": args.operator,
             "tables": table_docs,
+            "in_flight": in_flight,
             "matched": matched,
             "shown": shown,
             "truncated": truncated,
-            "errors": errors.iter().map(error_json).collect::<Vec<_>>(),
+            "errors": errors.iter().map(BlockError::json).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print_dump(checkpoint, args, &table_docs);
+        print_in_flight(&in_flight);
         println!(
             "\n{shown} row(s) shown; {matched} entr{} matched{}",
             if matched == 1 { "y" } else { "ies" },
@@ -155,6 +171,17 @@ pub fn dump(
     Ok(errors.is_empty())
 }
 
+/// The in-flight blocks into `operator`, by input, sender and receiver.
+fn in_flight_of<'a>(m: &'a CheckpointMetadata, operator: &str) -> Vec<&'a InFlightBlock> {
+    let mut blocks: Vec<&InFlightBlock> = m
+        .in_flight
+        .iter()
+        .filter(|b| b.operator == operator)
+        .collect();
+    blocks.sort_by_key(|b| (b.input, b.from, b.to, b.handle));
+    blocks
+}
+
 /// The tables `args` selects (`--table`) of operator `--operator`, with their
 /// key groups; an error when the operator has no state, the key group is out of
 /// range or the table does not exist.
@@ -162,7 +189,8 @@ fn selected_tables<'a>(
     m: &'a CheckpointMetadata,
     args: &DumpArgs,
 ) -> Result<Vec<(&'a str, Vec<&'a StateBlock>)>> {
-    if !m.state.iter().any(|s| s.operator == args.operator) {
+    let has_in_flight = m.in_flight.iter().any(|b| b.operator == args.operator);
+    if !m.state.iter().any(|s| s.operator == args.operator) && !has_in_flight {
         let mut names: Vec<&str> = m.state.iter().map(|s| s.operator.as_str()).collect();
         names.sort_unstable();
         names.dedup();
@@ -188,9 +216,12 @@ fn selected_tables<'a>(
     }
     let mut tables = tables_of(&m.state, &args.operator);
     if let Some(t) = &args.table {
-        let names: Vec<&str> = tables.iter().map(|(n, _)| *n).collect();
+        let mut names: Vec<&str> = tables.iter().map(|(n, _)| *n).collect();
         tables.retain(|(name, _)| name == t);
-        if tables.is_empty() {
+        if has_in_flight {
+            names.push(IN_FLIGHT_TABLE);
+        }
+        if tables.is_empty() && !(t == IN_FLIGHT_TABLE && has_in_flight) {
             bail!(
                 "operator `{}` has no state `{t}` in checkpoint {} (states: {})",
                 args.operator,
@@ -213,8 +244,8 @@ struct Tally {
     matched: u64,
     /// Whether rows were left out for `--limit`.
     truncated: bool,
-    /// Key groups that did not read or decode.
-    errors: Vec<InspectError>,
+    /// Key groups and in-flight blocks that did not read or decode.
+    errors: Vec<BlockError>,
 }
 
 impl Tally {
@@ -231,57 +262,89 @@ impl Tally {
 }
 
 /// One table of the operator as a JSON object: its selected key groups read
-/// and decoded into `entries`, or shown as `raw` blocks when its type is
-/// unknown.
+/// and decoded into `entries`, or shown as `raw` blocks (`--raw`, or no
+/// schema recorded for it).
 fn dump_table(
     checkpoint: &Checkpoint,
-    registry: &Registry,
+    displays: &Displays,
     args: &DumpArgs,
     name: &str,
     groups: &[&StateBlock],
     tally: &mut Tally,
 ) -> Value {
+    let m = &checkpoint.metadata;
     let groups: Vec<&StateBlock> = groups
         .iter()
         .copied()
         .filter(|s| args.key_group.is_none_or(|g| s.key_group == g))
         .collect();
-    let type_name = groups
-        .first()
-        .map_or(String::new(), |s| s.type_name.clone());
-    let decoder = registry.get(&type_name);
+    let schema = groups.first().map(|s| s.schema);
+    let decoded = !args.raw && schema.is_some_and(|i| m.schema(i).is_some());
     let mut rows = Vec::new();
     let mut raw = Vec::new();
     let mut matched = 0u64;
     for s in &groups {
-        let chain = match KeyGroupChain::read(checkpoint.reader, checkpoint.record, s) {
+        let chain = match KeyGroupChain::read(checkpoint.reader, checkpoint.record, m, s) {
             Ok(c) => c,
             Err(e) => {
-                tally.errors.push(e);
+                tally.errors.push(e.into());
                 continue;
             }
         };
-        match decoder {
-            Some(d) => match (d.decode)(&chain) {
+        if decoded {
+            match key_group_entries(&chain, displays) {
                 Ok(entries) => matched += push_entries(s, entries, args, tally, &mut rows),
                 Err(e) => tally.errors.push(e),
-            },
-            None => {
-                matched += s.entries;
-                push_raw_blocks(s, &chain, args, tally, &mut raw);
             }
+        } else {
+            matched += s.entries;
+            push_raw_blocks(s, &chain, args, tally, &mut raw);
         }
     }
     tally.matched += matched;
     tally.shown += (rows.len() + raw.len()) as u64;
     json!({
         "table": name,
-        "type_name": type_name,
-        "decoded": decoder.is_some(),
+        "type_name": schema.map_or_else(String::new, |i| type_name(m, i)),
+        "decoded": decoded,
         "key_groups": groups.len(),
         "matched": matched,
         "entries": rows,
         "raw": raw,
+    })
+}
+
+/// The records of one in-flight block as a JSON object, as far as `--limit`
+/// allows.
+fn dump_in_flight(
+    checkpoint: &Checkpoint,
+    displays: &Displays,
+    block: &InFlightBlock,
+    tally: &mut Tally,
+) -> Value {
+    let m = &checkpoint.metadata;
+    let record_type = type_name(m, block.schema);
+    let mut rows = Vec::new();
+    match in_flight_records(checkpoint, block, displays) {
+        Ok(records) => {
+            for (timestamp, value) in records {
+                if !tally.take_row() {
+                    break;
+                }
+                rows.push(json!({ "timestamp": timestamp, "value": value }));
+            }
+        }
+        Err(e) => tally.errors.push(e),
+    }
+    tally.shown += rows.len() as u64;
+    json!({
+        "input": block.input,
+        "from": block.from,
+        "to": block.to,
+        "type_name": record_type,
+        "records": block.records,
+        "bytes": block.bytes,
+        "entries": rows,
     })
 }
 
@@ -368,7 +431,7 @@ fn print_dump(checkpoint: &Checkpoint, args: &DumpArgs, tables: &[Value]) {
             if t["decoded"] == true {
                 ""
             } else {
-                "  (type unknown to spate-ckpt: raw blocks)"
+                "  (raw blocks)"
             }
         );
         if t["decoded"] == true {
@@ -376,6 +439,35 @@ fn print_dump(checkpoint: &Checkpoint, args: &DumpArgs, tables: &[Value]) {
         } else {
             print_table_or_none(&raw_blocks_table(items(&t["raw"])));
         }
+    }
+}
+
+/// Prints the in-flight records, per input.
+fn print_in_flight(blocks: &[Value]) {
+    let mut inputs: Vec<u64> = blocks.iter().filter_map(|b| b["input"].as_u64()).collect();
+    inputs.dedup();
+    for input in inputs {
+        let of_input: Vec<&Value> = blocks.iter().filter(|b| b["input"] == input).collect();
+        let records: u64 = of_input.iter().filter_map(|b| b["records"].as_u64()).sum();
+        println!(
+            "\nin-flight records into input {input}  type {}  blocks {}  records {records}",
+            of_input
+                .first()
+                .map_or(String::new(), |b| unquoted(&b["type_name"])),
+            of_input.len(),
+        );
+        let mut rows = with_header(&["FROM", "TO", "TIMESTAMP", "VALUE"]);
+        for b in &of_input {
+            for r in items(&b["entries"]) {
+                rows.push(vec![
+                    b["from"].to_string(),
+                    b["to"].to_string(),
+                    r["timestamp"].to_string(),
+                    r["value"].to_string(),
+                ]);
+            }
+        }
+        print_table_or_none(&rows);
     }
 }
 

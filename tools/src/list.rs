@@ -26,6 +26,7 @@ pub fn summary(
         "retained": retained,
         "timestamp_ms": record.timestamp_ms,
         "handles": record.handles.len(),
+        "metadata_bytes": record.metadata.len(),
     });
     let Value::Object(mut obj) = base else {
         unreachable!()

@@ -32,7 +32,11 @@ pub fn print_table(rows: &[Vec<String>]) {
                                 '.' | ' ' | 'K' | 'M' | 'G' | 'T' | 'i' | 'B' | 'm' | 's' | '-'
                             )
                     })
-                    && cell.chars().next().is_some_and(|c| c.is_ascii_digit());
+                    && cell
+                        .trim_start_matches('-')
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_digit());
             if numeric {
                 line.push_str(&format!("{cell:>w$}"));
             } else {
@@ -93,4 +97,14 @@ pub fn utc(ms: u64) -> String {
         rem % 60,
         ms % 1000
     )
+}
+
+/// `0x` and lower-case hex digits.
+pub fn hex_string(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(2 + 2 * bytes.len());
+    s.push_str("0x");
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }

@@ -72,7 +72,9 @@ fn operator_stats(m: &CheckpointMetadata) -> BTreeMap<&str, OperatorStats<'_>> {
         let op = operators.entry(&s.operator).or_default();
         op.key_groups.insert(s.key_group);
         let t = op.tables.entry(&s.table).or_default();
-        t.type_name.clone_from(&s.type_name);
+        if t.type_name.is_empty() {
+            t.type_name = crate::entries::type_name(m, s.schema);
+        }
         t.key_groups += 1;
         t.entries += s.entries;
         t.bytes += s.bytes();
@@ -139,6 +141,7 @@ fn show_json(
             json!({
                 "operator": b.operator, "input": b.input, "from": b.from, "to": b.to,
                 "records": b.records, "bytes": b.bytes,
+                "type_name": crate::entries::type_name(m, b.schema),
             })
         })
         .collect();
@@ -148,6 +151,8 @@ fn show_json(
         .map(|s| json!({"source": s.source, "subtask": s.subtask, "offset": s.offset, "split": s.split}))
         .collect();
     if let Value::Object(obj) = &mut doc {
+        obj.insert("schemas".into(), json!(m.schemas.len()));
+        obj.insert("schema_bytes".into(), json!(schema_bytes(m)));
         obj.insert("subtasks".into(), Value::Array(subtasks));
         obj.insert("operators".into(), Value::Array(operators));
         obj.insert("in_flight".into(), Value::Array(in_flight));
@@ -196,6 +201,20 @@ fn print_overview(checkpoint: &Checkpoint) {
         m.fingerprint,
         record.handles.len()
     );
+    println!(
+        "metadata {}  schemas {} ({})",
+        human_bytes(record.metadata.len() as u64),
+        m.schemas.len(),
+        human_bytes(schema_bytes(m) as u64)
+    );
+}
+
+/// Bytes the schemas take in the metadata: its archive with them less its
+/// archive without them.
+fn schema_bytes(m: &CheckpointMetadata) -> usize {
+    let mut without = m.clone();
+    without.schemas.clear();
+    m.encode().len().saturating_sub(without.encode().len())
 }
 
 /// Per subtask: its checkpoint times and bytes.

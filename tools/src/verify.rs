@@ -156,7 +156,8 @@ fn store_problem(dir: &Path, reader: &StoreReader, segments: usize) -> Result<Op
 }
 
 /// Checks that checkpoint `id`'s metadata decodes, names only handles its
-/// record has and carries its id, and reads every block it references.
+/// record has and schemas it holds, and carries its id, and reads every
+/// block it references.
 fn verify_checkpoint(reader: &StoreReader, id: u64, problems: &mut Vec<Problem>) -> Result<()> {
     let record = reader.checkpoint(id)?;
     match CheckpointMetadata::decode(&record.metadata) {
@@ -180,6 +181,18 @@ fn verify_checkpoint(reader: &StoreReader, id: u64, problems: &mut Vec<Problem>)
                         format!("metadata names handle {h}; the record has {n}"),
                     )
                 });
+            }
+            let schemas = m.schemas.len();
+            let missing: std::collections::BTreeSet<u32> = m
+                .state
+                .iter()
+                .map(|s| s.schema)
+                .chain(m.in_flight.iter().map(|b| b.schema))
+                .filter(|&i| i as usize >= schemas)
+                .collect();
+            for i in missing {
+                let e = format!("metadata names schema {i}; it holds {schemas}");
+                problems.push(Problem::general(Some(id), None, None, e));
             }
             if m.id != id {
                 let e = format!("metadata says checkpoint {}", m.id);

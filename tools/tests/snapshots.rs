@@ -29,8 +29,10 @@ use spate_storage::{SimIo, StoreReader};
 mod common;
 use common::Numbers;
 
-/// A state type `spate-ckpt` does not know: dumped as raw blocks.
-#[derive(Archive, Serialize, Deserialize, Clone, Debug)]
+/// A state type of the test's own, which `spate-ckpt` decodes from the
+/// schema the checkpoint recorded (`dump-raw` shows it decoded; `--raw`
+/// shows its blocks).
+#[derive(Archive, Serialize, Deserialize, spate::Schema, Clone, Debug)]
 struct Reading {
     sensor: u32,
     celsius: i32,
@@ -335,6 +337,11 @@ fn human_output_of_every_command_on_a_fixed_store() {
         &["dump", "5", "--operator", "counts", "--key-group", "3"],
     );
     s.check("dump-raw", &dir, &["dump", "5", "--operator", "readings"]);
+    s.check(
+        "dump-raw-blocks",
+        &dir,
+        &["dump", "5", "--operator", "readings", "--raw"],
+    );
     s.check(
         "dump-unknown-operator",
         &dir,

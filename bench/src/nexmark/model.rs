@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
     rkyv::Archive,
     rkyv::Serialize,
     rkyv::Deserialize,
+    spate::Schema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
@@ -57,6 +58,7 @@ pub enum EventKind {
     rkyv::Archive,
     rkyv::Serialize,
     rkyv::Deserialize,
+    spate::Schema,
 )]
 pub struct Person {
     /// Person id, unique; the generator's first person is 1000.
@@ -91,6 +93,7 @@ pub struct Person {
     rkyv::Archive,
     rkyv::Serialize,
     rkyv::Deserialize,
+    spate::Schema,
 )]
 pub struct Auction {
     /// Auction id, unique; the generator's first auction is 1000.
@@ -129,6 +132,7 @@ pub struct Auction {
     rkyv::Archive,
     rkyv::Serialize,
     rkyv::Deserialize,
+    spate::Schema,
 )]
 pub struct Bid {
     /// The [`Auction::id`] bid on. May name an auction that does not exist (yet):
@@ -166,6 +170,7 @@ pub struct Bid {
     rkyv::Archive,
     rkyv::Serialize,
     rkyv::Deserialize,
+    spate::Schema,
 )]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Event {

@@ -49,6 +49,7 @@ macro_rules! row {
             rkyv::Archive,
             rkyv::Serialize,
             rkyv::Deserialize,
+            spate::Schema,
         )]
         pub struct $name {
             $($(#[$fmeta])* pub $field: $ty,)*

@@ -6,7 +6,10 @@
 //! subtask for checkpoint `id` into the parts of its metadata: the block
 //! handles the metadata refers to (by index), each key group's chain (its
 //! committed prefix, then this checkpoint's block), the in-flight blocks,
-//! the source offsets and the per-subtask figures. Pure data: must not touch
+//! the source offsets, the per-subtask figures, and the schemas of the
+//! blocks, each once (interned: a table's schema is one shared value per
+//! subtask, so each is compared by value at most once per subtask and
+//! checkpoint). Pure data: must not touch
 //! the coordinator's bookkeeping (checkpoints in progress, ids, failure
 //! counts, shared counters), the control rings or the store, and decides
 //! nothing about when a checkpoint commits.
@@ -14,7 +17,10 @@
 use super::metadata::{ChainBlock, InFlightBlock, SourceOffset, StateBlock, SubtaskStats};
 use super::subtask::{BlockDesc, ChainLink, StateRef};
 use super::Barrier;
+use crate::schema::BlockSchema;
 use spate_storage::BlockHandle;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A subtask's acknowledgement of its part of a checkpoint.
 pub(crate) enum Ack {
@@ -80,6 +86,10 @@ pub(super) struct Assembly {
     pub subtasks: Vec<SubtaskStats>,
     /// Whether a chain holds a delta or a key group was reused.
     pub incremental: bool,
+    /// The blocks' schemas, each once; blocks name them by index.
+    pub schemas: Vec<BlockSchema>,
+    /// Index in `schemas` by the address of a subtask's shared schema.
+    interned: HashMap<usize, u32>,
 }
 
 impl Assembly {
@@ -97,6 +107,8 @@ impl Assembly {
             sources: Vec::new(),
             subtasks: Vec::new(),
             incremental: false,
+            schemas: Vec::new(),
+            interned: HashMap::new(),
         };
         for ack in acks.iter().flatten() {
             assembly.add_ack(ack);
@@ -182,11 +194,13 @@ impl Assembly {
                 };
                 self.add_chain(state, Some(&link));
             }
-            BlockDesc::InFlight(b) => {
+            BlockDesc::InFlight { block, schema } => {
                 self.handles.push(handle);
+                let schema = self.intern(schema);
                 self.in_flight.push(InFlightBlock {
                     handle: self.handles.len() as u32 - 1,
-                    ..b.clone()
+                    schema,
+                    ..block.clone()
                 });
             }
         }
@@ -220,14 +234,34 @@ impl Assembly {
             self.id,
             state.key
         );
+        let schema = self.intern(&state.schema);
         self.state.push(StateBlock {
             operator: state.key.0.to_string(),
             table: state.key.1.to_string(),
             key_group: state.key.2,
             chain,
             entries: state.entries,
-            type_name: state.type_name.to_string(),
+            schema,
         });
+    }
+
+    /// The index of `schema` in the metadata's schemas, added if new. The
+    /// acknowledgements hold every `Arc` while the assembly lives, so an
+    /// address names one schema throughout.
+    fn intern(&mut self, schema: &Arc<BlockSchema>) -> u32 {
+        let address = Arc::as_ptr(schema) as usize;
+        if let Some(&index) = self.interned.get(&address) {
+            return index;
+        }
+        let index = match self.schemas.iter().position(|s| s == schema.as_ref()) {
+            Some(i) => i as u32,
+            None => {
+                self.schemas.push(BlockSchema::clone(schema));
+                self.schemas.len() as u32 - 1
+            }
+        };
+        self.interned.insert(address, index);
+        index
     }
 
     /// Adds `link`'s handle; the chain block referring to it.
@@ -257,6 +291,16 @@ impl Assembly {
                 .chain(self.in_flight.iter().map(|b| b.handle))
                 .all(|h| (h as usize) < handles),
             "checkpoint {}: the metadata refers to a handle it does not hold",
+            self.id
+        );
+        let schemas = self.schemas.len();
+        debug_assert!(
+            self.state
+                .iter()
+                .map(|s| s.schema)
+                .chain(self.in_flight.iter().map(|b| b.schema))
+                .all(|i| (i as usize) < schemas),
+            "checkpoint {}: the metadata refers to a schema it does not hold",
             self.id
         );
         debug_assert!(

@@ -628,6 +628,7 @@ impl Coordinator {
             in_flight: parts.in_flight,
             sources: parts.sources,
             subtasks: parts.subtasks,
+            schemas: parts.schemas,
         };
         assert_eq!(
             metadata.subtasks.len(),

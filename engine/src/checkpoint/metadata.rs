@@ -1,12 +1,16 @@
 //! The engine's checkpoint metadata: what every block of a checkpoint holds,
 //! source offsets and statistics. Archived with rkyv into the manifest
 //! record's opaque payload; blocks are named by index into the record's
-//! handle list (never by raw handle: compaction rewrites handles).
+//! handle list (never by raw handle: compaction rewrites handles). The
+//! schemas of the archived blocks ([`BlockSchema`]) are interned once per
+//! record and named by index from each block's entry.
 
+use crate::schema::BlockSchema;
 use rkyv::{Archive, Deserialize, Serialize};
 
-/// Version of this layout; bumped with any change to these types.
-pub const METADATA_VERSION: u32 = 1;
+/// Version of this layout; bumped with any change to these types (2: block
+/// schemas instead of Rust type names; `docs/storage-format.md` §6).
+pub const METADATA_VERSION: u32 = 2;
 
 /// A checkpoint's metadata cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -29,17 +33,6 @@ pub const TIMERS_TABLE: &str = "__timers";
 /// Timers of one key group as archived: (timestamp, domain, key), domain 0 =
 /// event time, 1 = processing time.
 pub type TimerEntries<K> = Vec<(crate::time::Timestamp, u8, K)>;
-
-/// The type name the engine records for a table of values `V` per key `K`
-/// (`std::any::type_name::<(K, V)>()`).
-pub fn table_type_name<K: 'static, V: 'static>() -> &'static str {
-    std::any::type_name::<(K, V)>()
-}
-
-/// The type name the engine records for the timers of an operator keyed by `K`.
-pub fn timers_type_name<K: 'static>() -> &'static str {
-    std::any::type_name::<TimerEntries<K>>()
-}
 
 /// One block of a key group's chain: a full base or a delta on what precedes it.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -72,8 +65,8 @@ pub struct StateBlock {
     pub chain: Vec<ChainBlock>,
     /// Keys (or timers) after applying the chain.
     pub entries: u64,
-    /// Rust type of the entries, for inspection tools.
-    pub type_name: String,
+    /// What the blocks archive: index into [`CheckpointMetadata::schemas`].
+    pub schema: u32,
 }
 
 impl StateBlock {
@@ -101,6 +94,8 @@ pub struct InFlightBlock {
     pub records: u64,
     /// Payload bytes.
     pub bytes: u64,
+    /// What the block archives: index into [`CheckpointMetadata::schemas`].
+    pub schema: u32,
 }
 
 /// A source subtask's position, or one split's.
@@ -161,8 +156,9 @@ pub struct CheckpointMetadata {
     pub parallelism: u32,
     /// Key groups.
     pub max_parallelism: u32,
-    /// Operator names and types of the job, hashed: a job with another
-    /// fingerprint cannot restore this checkpoint.
+    /// The names of the job's sources, sinks, operators and states, hashed:
+    /// a job with another fingerprint cannot restore this checkpoint (the
+    /// states' types are checked by their schemas).
     pub fingerprint: u64,
     /// Keyed state blocks.
     pub state: Vec<StateBlock>,
@@ -172,6 +168,21 @@ pub struct CheckpointMetadata {
     pub sources: Vec<SourceOffset>,
     /// Per-subtask statistics.
     pub subtasks: Vec<SubtaskStats>,
+    /// The schemas of the blocks, each once.
+    pub schemas: Vec<BlockSchema>,
+}
+
+/// Whether undecodable metadata looks like version 1's, to say so rather
+/// than "does not decode": version 1 had every field of version 2 but the
+/// last (`schemas`, 8 bytes archived), so its root starts 8 bytes later and
+/// begins with the version. Only the error's wording depends on it.
+fn version_1(bytes: &[u8]) -> bool {
+    let v1_root = std::mem::size_of::<ArchivedCheckpointMetadata>() - 8;
+    bytes
+        .len()
+        .checked_sub(v1_root)
+        .and_then(|at| bytes.get(at..at + 4))
+        .is_some_and(|v| v == 1u32.to_le_bytes())
 }
 
 impl CheckpointMetadata {
@@ -188,7 +199,10 @@ impl CheckpointMetadata {
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
         let metadata = rkyv::from_bytes::<CheckpointMetadata, rkyv::rancor::Error>(&aligned)
-            .map_err(MetadataError::Decode)?;
+            .map_err(|e| match version_1(bytes) {
+                true => MetadataError::Version { found: 1 },
+                false => MetadataError::Decode(e),
+            })?;
         if metadata.version != METADATA_VERSION {
             return Err(MetadataError::Version {
                 found: metadata.version,
@@ -212,5 +226,62 @@ impl CheckpointMetadata {
     /// Bytes of in-flight blocks.
     pub fn in_flight_bytes(&self) -> u64 {
         self.in_flight.iter().map(|b| b.bytes).sum()
+    }
+
+    /// Schema `index`, if the metadata has it.
+    pub fn schema(&self, index: u32) -> Option<&BlockSchema> {
+        self.schemas.get(index as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Version 1's layout (its vectors empty: their element types do not
+    /// matter to the root's size).
+    #[derive(Archive, Serialize)]
+    struct MetadataV1 {
+        version: u32,
+        id: u64,
+        trigger_ms: u64,
+        completed_ms: u64,
+        cause: String,
+        mode: String,
+        incremental: bool,
+        parallelism: u32,
+        max_parallelism: u32,
+        fingerprint: u64,
+        state: Vec<u64>,
+        in_flight: Vec<u64>,
+        sources: Vec<u64>,
+        subtasks: Vec<u64>,
+    }
+
+    #[test]
+    fn version_1_metadata_is_named_as_such() {
+        let v1 = MetadataV1 {
+            version: 1,
+            id: 3,
+            trigger_ms: 1,
+            completed_ms: 2,
+            cause: "interval".into(),
+            mode: "aligned".into(),
+            incremental: false,
+            parallelism: 2,
+            max_parallelism: 128,
+            fingerprint: 9,
+            state: Vec::new(),
+            in_flight: Vec::new(),
+            sources: Vec::new(),
+            subtasks: Vec::new(),
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&v1).unwrap();
+        let e = CheckpointMetadata::decode(&bytes).unwrap_err();
+        assert!(matches!(e, MetadataError::Version { found: 1 }), "{e}");
+        assert!(matches!(
+            CheckpointMetadata::decode(&[0u8; 7]),
+            Err(MetadataError::Decode(_))
+        ));
     }
 }

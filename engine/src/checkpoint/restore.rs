@@ -16,15 +16,18 @@ pub(crate) enum SourceRestore {
 }
 use super::subtask::ChainLink;
 use super::{CheckpointConfig, RestoreFrom};
+use crate::schema::BlockSchema;
 use crate::{JobError, RestoreError};
 use spate_storage::{BlockHandle, BlockRef, StoreReader};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 pub(crate) struct RestoreState {
     pub metadata: CheckpointMetadata,
     reader: StoreReader,
     handles: Vec<BlockHandle>,
     state: HashMap<(String, String, u32), usize>,
+    /// The schemas recorded for each (operator, state), by index.
+    state_schemas: HashMap<(String, String), BTreeSet<u32>>,
     /// Problems met while choosing the checkpoint (a damaged latest one).
     pub warnings: Vec<String>,
 }
@@ -92,11 +95,19 @@ impl RestoreState {
                 .enumerate()
                 .map(|(i, b)| ((b.operator.clone(), b.table.clone(), b.key_group), i))
                 .collect();
+            let mut state_schemas: HashMap<(String, String), BTreeSet<u32>> = HashMap::new();
+            for b in &restored.0.state {
+                state_schemas
+                    .entry((b.operator.clone(), b.table.clone()))
+                    .or_default()
+                    .insert(b.schema);
+            }
             return Ok(Some(Self {
                 metadata: restored.0,
                 reader,
                 handles: restored.1,
                 state,
+                state_schemas,
                 warnings,
             }));
         }
@@ -180,6 +191,39 @@ impl RestoreState {
             reason,
         }
         .into()
+    }
+
+    /// Recorded schema `index`, or damage.
+    fn recorded_schema(&self, index: u32) -> Result<&BlockSchema, JobError> {
+        self.metadata.schema(index).ok_or_else(|| {
+            self.damaged("its metadata", format!("schema index {index} out of range"))
+        })
+    }
+
+    /// Checks that a job whose `table` of `operator` archives as `job` can
+    /// restore every block the checkpoint holds for it (the schema is part
+    /// of what a restore checks: a changed layout is an error naming the
+    /// operator, the state and the field, never a misread).
+    pub(crate) fn check_state_schema(
+        &self,
+        operator: &str,
+        table: &str,
+        job: &BlockSchema,
+    ) -> Result<(), JobError> {
+        let key = (operator.to_string(), table.to_string());
+        for &index in self.state_schemas.get(&key).into_iter().flatten() {
+            let recorded = self.recorded_schema(index)?;
+            recorded.check_restorable_by(job).map_err(|e| {
+                JobError::from(RestoreError::IncompatibleState {
+                    id: self.metadata.id,
+                    operator: operator.to_string(),
+                    state: table.to_string(),
+                    field: e.path,
+                    reason: e.reason,
+                })
+            })?;
+        }
+        Ok(())
     }
 
     fn block(&self, handle_index: u32) -> Result<BlockRef, JobError> {
@@ -268,16 +312,37 @@ impl RestoreState {
             .map(|s| SourceRestore::Offset(s.offset)))
     }
 
-    /// Every in-flight block of one operator input, with its bytes.
+    /// Every in-flight block of one operator input, with its bytes; each
+    /// block's recorded schema must be restorable by `job` (the schema of
+    /// the input's records).
     pub(crate) fn in_flight(
         &self,
         operator: &str,
         input: u32,
+        job: &BlockSchema,
     ) -> Result<Vec<(InFlightBlock, BlockRef)>, JobError> {
-        self.metadata
+        let blocks: Vec<&InFlightBlock> = self
+            .metadata
             .in_flight
             .iter()
             .filter(|b| b.operator == operator && b.input == input)
+            .collect();
+        let schemas: BTreeSet<u32> = blocks.iter().map(|b| b.schema).collect();
+        for index in schemas {
+            self.recorded_schema(index)?
+                .check_restorable_by(job)
+                .map_err(|e| {
+                    JobError::from(RestoreError::IncompatibleRecords {
+                        id: self.metadata.id,
+                        operator: operator.to_string(),
+                        input,
+                        field: e.path,
+                        reason: e.reason,
+                    })
+                })?;
+        }
+        blocks
+            .into_iter()
             .map(|b| Ok((b.clone(), self.block(b.handle)?)))
             .collect()
     }

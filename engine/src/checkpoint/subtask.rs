@@ -31,6 +31,7 @@
 use super::metadata::{InFlightBlock, SourceOffset, SubtaskStats};
 use super::Barrier;
 use crate::data::FxHashMap;
+use crate::schema::BlockSchema;
 use spate_storage::{BlockHandle, BlockKind};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
@@ -60,7 +61,8 @@ pub(crate) struct StateRef {
     pub key: StateKey,
     pub prefix: Chain,
     pub entries: u64,
-    pub type_name: &'static str,
+    /// What the table's blocks archive (one per table, shared).
+    pub schema: Arc<BlockSchema>,
 }
 
 pub(crate) use crate::data::Bytes;
@@ -75,7 +77,12 @@ pub(crate) enum BlockDesc {
         block_entries: u64,
         bytes: u64,
     },
-    InFlight(InFlightBlock),
+    /// In-flight records (`block.schema` is set when the metadata is
+    /// assembled, from `schema`).
+    InFlight {
+        block: InFlightBlock,
+        schema: Arc<BlockSchema>,
+    },
 }
 
 /// A block waiting to be written.
@@ -114,7 +121,7 @@ impl BackgroundBase {
                     bytes: *bytes,
                 },
             )),
-            BlockDesc::InFlight(_) => None,
+            BlockDesc::InFlight { .. } => None,
         }
     }
 }
@@ -344,7 +351,7 @@ impl SubtaskCheckpoints {
         );
         let taken_up = match &block.desc {
             BlockDesc::State { state, .. } => self.base_taken_up(state),
-            BlockDesc::InFlight(_) => 0,
+            BlockDesc::InFlight { .. } => 0,
         };
         if let Some(p) = self.pending.get_mut(&id) {
             match &block.desc {
@@ -354,7 +361,7 @@ impl SubtaskCheckpoints {
                         p.stats.delta_bytes += bytes;
                     }
                 }
-                BlockDesc::InFlight(f) => p.stats.in_flight_bytes += f.bytes,
+                BlockDesc::InFlight { block, .. } => p.stats.in_flight_bytes += block.bytes,
             }
             p.blocks.push(block);
         }

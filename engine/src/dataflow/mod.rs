@@ -238,7 +238,8 @@ pub(crate) struct Graph {
     pub restore: Option<Arc<RestoreState>>,
     /// Pairs of inputs that feed one multi-input operator.
     pub links: Vec<(usize, usize)>,
-    /// Operator names and state types, hashed into the job fingerprint.
+    /// Source, sink, operator and state names, hashed into the job
+    /// fingerprint (types are checked by their schemas, not by name).
     pub signature: Vec<String>,
     next_exchange: usize,
 }
@@ -410,7 +411,7 @@ impl Dataflow {
         watermarks: WatermarkStrategy<T>,
     ) -> Stream<T> {
         self.claim_name(name);
-        self.sign(format!("source {name}: {}", std::any::type_name::<T>()));
+        self.sign(format!("source {name}"));
         let chain = self.new_chain();
         let output = Output::new();
         let input = operators::SourceInput::new(name, source, watermarks, output.clone(), self);
@@ -503,8 +504,7 @@ impl<T: Data> Stream<T> {
     /// Writes the stream to `sink`. `name` must be unique in the job.
     pub fn sink<S: Sink<T>>(&self, name: &str, sink: S) {
         self.df.claim_name(name);
-        self.df
-            .sign(format!("sink {name}: {}", std::any::type_name::<T>()));
+        self.df.sign(format!("sink {name}"));
         let context = self.df.sink_context();
         let op = match operators::SinkOp::new(name, sink, &context, self.df.checkpoints()) {
             Ok(op) => Rc::new(op),

@@ -26,6 +26,7 @@
 use crate::archive::{take_buffer, Entries, EntryRef};
 use crate::checkpoint::subtask::{Chain, StateKey, StateRef};
 use crate::keygroup::{Key, KeyGroupRange};
+use crate::schema::BlockSchema;
 use rkyv::rancor::Error as RkyvError;
 use rkyv::util::AlignedVec;
 use std::hash::BuildHasherDefault;
@@ -129,9 +130,11 @@ pub(crate) struct KeyedTable<K, V> {
     base_requested: Vec<u64>,
     /// The first key group of the subtask's range (for error messages).
     first_group: u32,
+    /// What the table's blocks archive (recorded with them).
+    schema: Arc<BlockSchema>,
 }
 
-impl<K: Key, V> KeyedTable<K, V> {
+impl<K: Key, V: StateData> KeyedTable<K, V> {
     fn new(
         name: &str,
         range: KeyGroupRange,
@@ -164,6 +167,7 @@ impl<K: Key, V> KeyedTable<K, V> {
             base_request_queue: std::collections::VecDeque::new(),
             base_request_count: 0,
             base_requested: vec![0; range.len()],
+            schema: Arc::new(BlockSchema::keyed::<K, V>()),
         }
     }
 }
@@ -280,7 +284,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                     .collect();
             }
         }
-        let type_name = crate::checkpoint::metadata::table_type_name::<K, V>();
+        let schema = self.schema.clone();
         if self.to_load[index].is_some() {
             if plan.incremental.is_some() && !committed.is_empty() {
                 // Restored and untouched since: the chain stands as is.
@@ -288,7 +292,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                     key,
                     prefix: committed,
                     entries: self.restored_entries[index],
-                    type_name,
+                    schema,
                 };
                 self.decisions.push((index, Decided::Reused(state)));
                 return;
@@ -304,7 +308,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
             key,
             prefix: Chain::default(),
             entries,
-            type_name,
+            schema,
         };
         if entries == 0 {
             // Empty: no block and no chain (absence restores empty).
@@ -532,8 +536,8 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         self.groups[index].len()
     }
 
-    fn type_name(&self) -> &'static str {
-        crate::checkpoint::metadata::table_type_name::<K, V>()
+    fn schema(&self) -> &Arc<BlockSchema> {
+        &self.schema
     }
 
     fn snapshot_group(&self, index: usize) -> Result<AlignedVec, RkyvError> {

@@ -4,6 +4,7 @@
 //! are the parent module's.
 
 use super::{CutPlan, Decided};
+use crate::schema::BlockSchema;
 use rkyv::rancor::Error as RkyvError;
 use rkyv::util::AlignedVec;
 use std::rc::Rc;
@@ -46,8 +47,9 @@ pub(crate) trait StateTable {
     /// Number of keys with state in the key group at `index` of the range.
     #[cfg(test)]
     fn keys_in_group(&self, index: usize) -> usize;
-    /// The Rust type of the table's entries, recorded for inspection tools.
-    fn type_name(&self) -> &'static str;
+    /// What the table's blocks archive: recorded in checkpoints (for
+    /// inspection tools), compared on restore.
+    fn schema(&self) -> &Arc<BlockSchema>;
     /// Archives the key group at `index` (rkyv, a `Vec<(key, value)>`).
     fn snapshot_group(&self, index: usize) -> Result<AlignedVec, RkyvError>;
     /// Loads an archive made by [`snapshot_group`](Self::snapshot_group)

@@ -10,7 +10,16 @@ use std::sync::Arc;
 
 /// A test event: key, event time, value.
 #[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    spate::Schema,
 )]
 pub struct Event {
     pub key: u64,

@@ -45,6 +45,7 @@ use crate::checkpoint::{Barrier, CheckpointMode};
 use crate::keygroup::{key_group_for, subtask_for_key_group, Key, KeyGroupRange};
 use crate::park::Notifier;
 use crate::ring::{ChannelReceiver, ChannelSender, Notice};
+use crate::schema::BlockSchema;
 use crate::time::{Timestamp, MAX_WATERMARK};
 use crate::JobError;
 
@@ -56,6 +57,7 @@ use sender::{ExchangeSender, SenderPush, SenderState, Target};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// Messages a receiver takes from one channel in one step before moving on to
 /// the next channel (fairness between senders).
@@ -104,6 +106,7 @@ pub(crate) fn exchange<K: Key, T: ExchangeData>(
         .collect();
     let checkpoints = df.checkpoints();
     let operator = (target.0.to_string(), target.1);
+    let schema = Arc::new(BlockSchema::in_flight::<T>());
     let sender = Rc::new(ExchangeSender(RefCell::new(SenderState {
         key: key.clone(),
         owner,
@@ -127,13 +130,14 @@ pub(crate) fn exchange<K: Key, T: ExchangeData>(
         operator: operator.clone(),
         checkpoints: checkpoints.clone(),
         last_barrier: 0,
+        schema: schema.clone(),
     })));
     df.add_buffer(upstream_chains, sender.clone());
     upstream.attach(Box::new(SenderPush(sender)));
 
     let replay = match df.restore_state() {
         Some(restore) => {
-            match restored_in_flight(&restore, &operator, &*key, max_parallelism, range) {
+            match restored_in_flight(&restore, &operator, &*key, max_parallelism, range, &schema) {
                 Ok(records) => records,
                 Err(e) => {
                     df.fail_build(e);
@@ -172,6 +176,7 @@ pub(crate) fn exchange<K: Key, T: ExchangeData>(
         alignment: None,
         delivered: 0,
         replay,
+        schema,
     };
     df.add_input(Box::new(receiver), chain);
     (output, chain)
@@ -185,9 +190,10 @@ fn restored_in_flight<K: Key, T: ExchangeData>(
     key: &dyn Fn(&T) -> K,
     max_parallelism: u32,
     range: KeyGroupRange,
+    schema: &BlockSchema,
 ) -> Result<Vec<Record<T>>, JobError> {
     let mut out = Vec::new();
-    for (block, bytes) in restore.in_flight(&operator.0, operator.1)? {
+    for (block, bytes) in restore.in_flight(&operator.0, operator.1, schema)? {
         let records =
             rkyv::from_bytes::<InFlightRecords<T>, rkyv::rancor::Error>(&bytes).map_err(|e| {
                 JobError::from(crate::RestoreError::Damaged {

@@ -55,6 +55,8 @@ pub(crate) struct ExchangeReceiver<T> {
     pub(super) delivered: u64,
     /// Restored in-flight records, replayed before anything else.
     pub(super) replay: Vec<Record<T>>,
+    /// What this exchange's in-flight blocks archive.
+    pub(super) schema: Arc<BlockSchema>,
 }
 
 impl<T: ExchangeData> ExchangeReceiver<T> {
@@ -191,15 +193,19 @@ impl<T: ExchangeData> ExchangeReceiver<T> {
                 log.id,
                 SnapshotBlock {
                     kind: spate_storage::BlockKind::IN_FLIGHT,
-                    desc: BlockDesc::InFlight(InFlightBlock {
-                        operator: self.operator.0.clone(),
-                        input: self.operator.1,
-                        from: j as u32,
-                        to: self.subtask as u32,
-                        handle: 0,
-                        records: log.records.len() as u64,
-                        bytes: bytes.len() as u64,
-                    }),
+                    desc: BlockDesc::InFlight {
+                        block: InFlightBlock {
+                            operator: self.operator.0.clone(),
+                            input: self.operator.1,
+                            from: j as u32,
+                            to: self.subtask as u32,
+                            handle: 0,
+                            records: log.records.len() as u64,
+                            bytes: bytes.len() as u64,
+                            schema: 0,
+                        },
+                        schema: self.schema.clone(),
+                    },
                     bytes,
                 },
             );

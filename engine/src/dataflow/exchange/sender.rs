@@ -82,6 +82,8 @@ pub(super) struct SenderState<K, T> {
     /// The keyed operator and input the exchange feeds.
     pub(super) operator: (String, u32),
     pub(super) checkpoints: Rc<RefCell<SubtaskCheckpoints>>,
+    /// What this exchange's in-flight blocks archive.
+    pub(super) schema: Arc<BlockSchema>,
     /// The last barrier sent.
     pub(super) last_barrier: u64,
 }
@@ -172,15 +174,19 @@ impl<K: Key, T: ExchangeData> Push<T> for SenderPush<K, T> {
                         barrier.id,
                         SnapshotBlock {
                             kind: spate_storage::BlockKind::IN_FLIGHT,
-                            desc: BlockDesc::InFlight(InFlightBlock {
-                                operator: state.operator.0.clone(),
-                                input: state.operator.1,
-                                from: state.subtask as u32,
-                                to: to as u32,
-                                handle: 0,
-                                records: records.len() as u64,
-                                bytes: bytes.len() as u64,
-                            }),
+                            desc: BlockDesc::InFlight {
+                                block: InFlightBlock {
+                                    operator: state.operator.0.clone(),
+                                    input: state.operator.1,
+                                    from: state.subtask as u32,
+                                    to: to as u32,
+                                    handle: 0,
+                                    records: records.len() as u64,
+                                    bytes: bytes.len() as u64,
+                                    schema: 0,
+                                },
+                                schema: state.schema.clone(),
+                            },
                             bytes,
                         },
                     );

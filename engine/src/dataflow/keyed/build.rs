@@ -209,6 +209,7 @@ pub(super) fn build<
         background_pause_us: 0,
         budget,
         names,
+        timers_schema: Arc::new(BlockSchema::timers::<K>()),
     }));
     if let Some(restore) = df.restore_state() {
         let restored = op.borrow_mut().restore(&restore);
@@ -325,18 +326,17 @@ impl StateSettings {
     }
 }
 
-/// Adds the operator's key and state types to the job's fingerprint.
+/// Adds the operator's name and its states' names to the job's fingerprint.
+/// Their types are not in it: a restore compares them field by field with
+/// the schemas the checkpoint recorded (an error naming the state and the
+/// field), and the names of Rust types are not stable across compilers.
 fn sign<K: Key>(df: &Dataflow, name: &str, registry: &StateRegistry<K>) {
     df.sign(format!(
-        "keyed {name}: {} [{}]",
-        std::any::type_name::<K>(),
+        "keyed {name} [{}]",
         registry
             .tables()
             .iter()
-            .map(|t| {
-                let t = t.borrow();
-                format!("{}: {}", t.name(), t.type_name())
-            })
+            .map(|t| t.borrow().name().to_string())
             .collect::<Vec<_>>()
             .join(", ")
     ));

@@ -19,11 +19,12 @@ use super::{
     exchange, ConnectedStreams, Cx, Data, ExchangeData, KeyFn, KeyedStream, Output, Push, Record,
     StatefulOperator, Stream,
 };
-use crate::checkpoint::metadata::{timers_type_name, TimerEntries, TIMERS_TABLE};
+use crate::checkpoint::metadata::{TimerEntries, TIMERS_TABLE};
 use crate::checkpoint::subtask::{BlockDesc, Chain, SnapshotBlock, StateRef, SubtaskCheckpoints};
 use crate::checkpoint::Barrier;
 use crate::error::ProcessError;
 use crate::keygroup::{key_group_for, Key, KeyGroupRange};
+use crate::schema::BlockSchema;
 use crate::state::{CutPlan, Decided, IncrementalBounds, KeyScope, Serialized, StateRegistry};
 use crate::time::{TimeDomain, Timestamp, MAX_WATERMARK};
 use crate::JobError;

@@ -32,6 +32,8 @@ pub(super) struct Operator<K, I1, I2, O, F> {
     /// The operator's and its tables' names, shared into checkpoint keys
     /// (no allocation per key group at a cut).
     pub(super) names: (Arc<str>, Vec<Arc<str>>),
+    /// What the operator's timer blocks archive.
+    pub(super) timers_schema: Arc<BlockSchema>,
     /// The longest pause archiving bases in the background while no
     /// snapshot was in progress (µs): counted in the next checkpoint's.
     pub(super) background_pause_us: u64,
@@ -480,7 +482,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             key: (self.names.0.clone(), self.names.1[position].clone(), group),
             prefix: Chain::default(),
             entries: serialized.entries,
-            type_name: self.state.tables()[position].borrow().type_name(),
+            schema: self.state.tables()[position].borrow().schema().clone(),
         };
         let checkpoint = serialized.id;
         self.checkpoints
@@ -508,7 +510,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                     ),
                     prefix: Chain::default(),
                     entries: count,
-                    type_name: timers_type_name::<K>(),
+                    schema: self.timers_schema.clone(),
                 },
                 delta: false,
                 block_entries: count,
@@ -531,6 +533,13 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                 reason,
             })
         };
+        // The types first: a changed layout is an error naming the state
+        // and the field, before any block is attached.
+        for table in self.state.tables() {
+            let table = table.borrow();
+            restore.check_state_schema(&self.name, table.name(), table.schema())?;
+        }
+        restore.check_state_schema(&self.name, TIMERS_TABLE, &self.timers_schema)?;
         for (position, table) in self.state.tables().iter().enumerate() {
             let mut table = table.borrow_mut();
             for index in 0..self.range.len() {
