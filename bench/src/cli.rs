@@ -69,6 +69,14 @@ enum Command {
     /// first processed record and to full throughput
     /// (recovery-summary.json in --report, a table on stdout).
     Recovery(RecoveryArgs),
+    /// The embedding benchmark: a service pushes records through an ingress
+    /// (paced open loop on a monotonic clock) into a keyed count and reads
+    /// the results from an egress; reports round-trip latency percentiles in
+    /// microseconds for immediate (at-least-once) and committed
+    /// (exactly-once) egress, for every combination of the rates, subtask
+    /// counts and checkpoint intervals given (embed-summary.json in
+    /// --report, a table on stdout).
+    Embed(EmbedArgs),
     /// One measured run of the recovery benchmark (started by `recovery`).
     #[command(hide = true)]
     RecoveryChild(RecoveryChildArgs),
@@ -294,12 +302,62 @@ struct CheckpointsArgs {
     checkpoint: CheckpointFlags,
 }
 
+#[derive(clap::Args, Debug)]
+struct EmbedArgs {
+    /// Records per second pushed, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000u64, 1_000_000])]
+    rates: Vec<u64>,
+    /// Subtask counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
+    parallelism: Vec<usize>,
+    /// Checkpoint intervals in ms, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [100u64, 1000])]
+    intervals_ms: Vec<u64>,
+    /// Measured seconds per configuration (after 1.5 s of warm-up).
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Where the runs checkpoint (a directory of their own is made and
+    /// removed below it).
+    #[arg(long, default_value = "spate-state")]
+    state_dir: PathBuf,
+    /// Report directory (embed-summary.json).
+    #[arg(long, default_value = "spate-report")]
+    report: PathBuf,
+}
+
+fn embed(args: EmbedArgs) -> anyhow::Result<()> {
+    if args.rates.iter().any(|&r| r == 0 || r > 100_000_000) {
+        bail!("--rates must be between 1 and 100000000 records/s");
+    }
+    if args.parallelism.iter().any(|&p| p == 0) || args.intervals_ms.iter().any(|&i| i == 0) {
+        bail!("--parallelism and --intervals-ms must be positive");
+    }
+    if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
+        bail!("--seconds must be in (0, 3600]");
+    }
+    let results = crate::embed_bench::run_all(
+        &args.rates,
+        &args.parallelism,
+        &args.intervals_ms,
+        args.seconds,
+        &args.state_dir,
+    )?;
+    std::fs::create_dir_all(&args.report)
+        .with_context(|| format!("creating {}", args.report.display()))?;
+    let path = args.report.join(crate::embed_bench::SUMMARY_FILE);
+    std::fs::write(&path, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("  report      {}", path.display());
+    Ok(())
+}
+
 /// Parses the command line and runs the command.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Nexmark(args) => nexmark(args),
         Command::Checkpoints(args) => checkpoints(args),
+        Command::Embed(args) => embed(args),
         Command::Recovery(args) => {
             let config = RecoveryConfig {
                 cores: args

@@ -11,11 +11,14 @@
 //! [`resume`] decides whether a run resumes an unfinished one, and
 //! [`checkpoint_bench`] is the checkpoint benchmark (`spate-bench checkpoints`);
 //! [`recovery_bench`] measures how fast a job with large state is back after a
-//! restart (`spate-bench recovery`); [`cli`] is the command line.
+//! restart (`spate-bench recovery`); [`embed_bench`] the round trip of an
+//! embedding service, immediate against exactly once (`spate-bench embed`);
+//! [`cli`] is the command line.
 
 pub mod checkpoint_bench;
 pub mod checkpoints;
 pub mod cli;
+pub mod embed_bench;
 pub mod nexmark;
 pub mod queries;
 pub mod recovery_bench;
