@@ -136,7 +136,13 @@ fn launch(
 ) -> Result<Run, JobError> {
     let started = Instant::now();
     let restore = load_restore(config)?;
-    let (env, ends) = JobEnv::new(config.clone(), clock.clone(), restore, stop.clone());
+    let (env, ends) = JobEnv::new(
+        config.clone(),
+        clock.clone(),
+        restore,
+        stop.clone(),
+        Arc::default(),
+    );
     env.restore_us
         .store(started.elapsed().as_micros() as u64, Ordering::SeqCst);
     let slots: Arc<(OnceLock<()>, WriterSlots)> =

@@ -66,6 +66,7 @@ mod error;
 mod inspect;
 mod job;
 mod keygroup;
+mod metrics;
 mod park;
 pub mod restart;
 mod ring;
