@@ -4,7 +4,7 @@
 //! Free text (failure reasons) goes through [`redact`].
 
 use super::redact::redact;
-use super::sampler::{exchange_name, Sampler, Series};
+use super::sampler::{exchange_name, Sample, Sampler, Series};
 use crate::checkpoint::{CheckpointStats, CheckpointStatus};
 use crate::watch::{JobView, RunCheckpoint, Supervision};
 use hdrhistogram::Histogram;
@@ -370,15 +370,7 @@ pub(super) fn checkpoints(view: &JobView) -> Checkpoints {
     }
 }
 
-pub(super) fn operators(sampler: &Sampler, now_ms: u64) -> Operators {
-    let Some(latest) = sampler.latest() else {
-        return Operators {
-            timestamp_ms: now_ms,
-            operators: Vec::new(),
-            exchanges: Vec::new(),
-            series: Series::default(),
-        };
-    };
+pub(super) fn operators(latest: &Sample, sampler: &Sampler) -> Operators {
     let rates = sampler.rates();
     let held = sampler.backpressure();
     let operators = latest

@@ -72,11 +72,17 @@ impl Service {
     }
 
     fn sample(&mut self) {
-        let at_ms = self.job.env().clock.now_ms();
-        self.sampler.add(Sample {
-            at_ms,
+        let now = self.current();
+        self.sampler.add(now);
+    }
+
+    /// The figures now (counters and gauges are served fresh; rates and
+    /// series come from the samples).
+    fn current(&self) -> Sample {
+        Sample {
+            at_ms: self.now_ms(),
             figures: self.job.metrics.snapshot(),
-        });
+        }
     }
 
     fn handle(&mut self, request: Request) {
@@ -101,8 +107,13 @@ impl Service {
             "/assets/monitor.css" => body(MONITOR_CSS, "text/css; charset=utf-8"),
             "/metrics" => {
                 let view = self.job.view();
-                let text =
-                    prometheus::encode(&self.config.job_name, &view, &self.sampler, self.store());
+                let now = self.current();
+                let text = prometheus::encode(
+                    &self.config.job_name,
+                    &view,
+                    (&now, &self.sampler),
+                    self.store(),
+                );
                 body(&text, prometheus::CONTENT_TYPE)
             }
             "/api/job" => json(&self.job_document()),
@@ -111,13 +122,13 @@ impl Service {
                 Some(config) => json(&config),
                 None => text(404, "the job does not checkpoint\n"),
             },
-            "/api/operators" => json(&api::operators(&self.sampler, self.now_ms())),
+            "/api/operators" => json(&api::operators(&self.current(), &self.sampler)),
             "/api/overview" => {
                 let view = self.job.view();
                 json(&api::Overview {
                     job: self.job_document(),
                     checkpoints: api::checkpoints(&view),
-                    operators: api::operators(&self.sampler, view.now_ms),
+                    operators: api::operators(&self.current(), &self.sampler),
                 })
             }
             _ => match path.strip_prefix("/api/checkpoints/details/") {

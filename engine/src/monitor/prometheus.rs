@@ -5,7 +5,7 @@
 //! adds); every metric has a `job` label, operator figures `operator` and
 //! `subtask`. Each metric is documented in `docs/monitoring.md`.
 
-use super::sampler::{watermark_lags, Sampler};
+use super::sampler::{watermark_lags, Sample, Sampler};
 use crate::watch::JobView;
 use hdrhistogram::Histogram;
 use prometheus_client::collector::Collector;
@@ -115,12 +115,17 @@ fn byte_bounds() -> Vec<f64> {
 }
 
 /// The exposition of one scrape.
-pub(super) fn encode(job: &str, view: &JobView, sampler: &Sampler, store: (u64, u64)) -> String {
+pub(super) fn encode(
+    job: &str,
+    view: &JobView,
+    (now, sampler): (&Sample, &Sampler),
+    store: (u64, u64),
+) -> String {
     let mut e = Exposition::default();
     let base = || -> Labels { vec![("job", job.to_string())] };
     job_families(&mut e, &base(), view, store);
     checkpoint_families(&mut e, &base(), view);
-    operator_families(&mut e, job, sampler);
+    operator_families(&mut e, job, now, sampler);
     let mut registry = Registry::default();
     registry.register_collector(Box::new(e));
     let mut out = String::new();
@@ -201,10 +206,7 @@ fn checkpoint_families(e: &mut Exposition, base: &Labels, view: &JobView) {
     }
 }
 
-fn operator_families(e: &mut Exposition, job: &str, sampler: &Sampler) {
-    let Some(latest) = sampler.latest() else {
-        return;
-    };
+fn operator_families(e: &mut Exposition, job: &str, latest: &Sample, sampler: &Sampler) {
     let rates = sampler.rates();
     let held = sampler.backpressure();
     let ops = &latest.figures.operators;

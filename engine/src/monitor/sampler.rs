@@ -60,10 +60,6 @@ impl Sampler {
         self.samples.push_back(sample);
     }
 
-    pub(super) fn latest(&self) -> Option<&Sample> {
-        self.samples.back()
-    }
-
     /// Rates per (operator, subtask) between the last two samples.
     pub(super) fn rates(&self) -> BTreeMap<(String, usize), Rates> {
         let mut out = BTreeMap::new();
