@@ -74,7 +74,8 @@ function drawKpis(o) {
   set("k-restore", ms(c.rates.mean_restore_duration_ms));
   set("k-restarts", job.restarts.count);
   const last = c.latest.completed;
-  set("k-last", last ? `${ms(last.end_to_end_duration_ms)} · ${bytes(last.state_size_bytes)}` : "–");
+  set("k-last", last ? ms(last.end_to_end_duration_ms) : "–");
+  set("k-last-size", last ? "last · " + bytes(last.state_size_bytes) : "last checkpoint");
   const failure = job.restarts.last_failure || (c.latest.failed && c.latest.failed.failure_message);
   set("k-failure", failure || "none");
 }
