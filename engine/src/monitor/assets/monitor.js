@@ -144,7 +144,7 @@ function drawSeries(id, series, format, maxFloor) {
   const svg = document.getElementById(id);
   const { w, h } = clear(svg);
   const names = Object.keys(series || {});
-  const left = 44, top = 14, bottom = 14;
+  const left = 44, top = 14 + 12 * Math.max(0, Math.ceil(names.length / 3) - 1), bottom = 14;
   const ph = h - top - bottom, pw = w - left - 6;
   el("line", { x1: left, y1: top + ph, x2: left + pw, y2: top + ph, class: "axis" }, svg);
   const points = names.flatMap((n) => series[n]);
@@ -159,8 +159,9 @@ function drawSeries(id, series, format, maxFloor) {
       (j ? "L" : "M") + (left + ((p.t - t0) / (t1 - t0)) * pw).toFixed(1) + "," + (top + ph - (p.v / max) * ph).toFixed(1)).join(" ");
     el("path", { d, fill: "none", stroke: color, "stroke-width": 1.5 }, svg);
     const last = series[name][series[name].length - 1];
-    el("rect", { x: left + 4 + (i % 3) * (pw / 3), y: 2 + Math.floor(i / 3) * 0, width: 8, height: 8, fill: color }, svg);
-    text(svg, left + 15 + (i % 3) * (pw / 3), 10, `${name} ${format(last.v)}`);
+    const row = 12 * Math.floor(i / 3);
+    el("rect", { x: left + 4 + (i % 3) * (pw / 3), y: 2 + row, width: 8, height: 8, fill: color }, svg);
+    text(svg, left + 15 + (i % 3) * (pw / 3), 10 + row, `${name} ${format(last.v)}`);
   });
 }
 
