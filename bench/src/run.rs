@@ -213,7 +213,9 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
     };
     let mut job_config = JobConfig::with_parallelism(config.cores);
     job_config.max_parallelism = config.max_parallelism;
-    job_config.monitor = config.monitor.map(|a| spate::MonitorConfig::new(a).with_job_name("nexmark"));
+    job_config.monitor = config
+        .monitor
+        .map(|a| spate::MonitorConfig::new(a).with_job_name("nexmark"));
     if let Some(settings) = &config.checkpoint {
         job_config.checkpoint = Some(
             settings

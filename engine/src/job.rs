@@ -7,11 +7,11 @@ use crate::checkpoint::coordinator::CheckpointSummary;
 use crate::checkpoint::{CheckpointStats, RestoreFrom};
 use crate::dataflow::Dataflow;
 use crate::env::{load_restore, JobEnv};
+use crate::metrics::MetricsRegistry;
+use crate::monitor::Monitor;
 use crate::restart::{RestartStats, RestartStrategy, RestartTracker};
 use crate::runtime::{reactor, WriterSlots};
 use crate::time::{Clock, SystemClock};
-use crate::metrics::MetricsRegistry;
-use crate::monitor::Monitor;
 use crate::watch::{JobStatus, Supervision};
 use crate::worker::SubtaskReport;
 use crate::{JobConfig, JobError};
@@ -260,10 +260,11 @@ impl Supervisor {
                 checkpoint.restore = RestoreFrom::LatestFrom(self.restore_floor);
             }
             let metrics = &self.shared.metrics;
-            result = launch(&config, &self.clock, &self.build, &self.stop, metrics).and_then(|run| {
-                self.shared.next_run(run.env.clone());
-                run.join()
-            });
+            result =
+                launch(&config, &self.clock, &self.build, &self.stop, metrics).and_then(|run| {
+                    self.shared.next_run(run.env.clone());
+                    run.join()
+                });
         }
     }
 

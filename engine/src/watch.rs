@@ -101,7 +101,11 @@ pub(crate) struct JobView {
 }
 
 impl Supervision {
-    pub(crate) fn new(first: Arc<JobEnv>, config: JobConfig, metrics: Arc<MetricsRegistry>) -> Self {
+    pub(crate) fn new(
+        first: Arc<JobEnv>,
+        config: JobConfig,
+        metrics: Arc<MetricsRegistry>,
+    ) -> Self {
         let started_ms = first.clock.now_ms();
         Self {
             current: Mutex::new(first),
@@ -179,7 +183,11 @@ impl Supervision {
         let keep = JOB_HISTORY.saturating_sub(current.len());
         let skip = past.history.len().saturating_sub(keep);
         let mut history: Vec<RunCheckpoint> = past.history.iter().skip(skip).cloned().collect();
-        history.extend(current.into_iter().map(|stats| RunCheckpoint { attempt, stats }));
+        history.extend(
+            current
+                .into_iter()
+                .map(|stats| RunCheckpoint { attempt, stats }),
+        );
         let mut restores = past.restores.clone();
         restores.extend(restore_of(&env, attempt));
         JobView {
@@ -201,7 +209,10 @@ fn restore_of(env: &JobEnv, attempt: u32) -> Option<Restore> {
     Some(Restore {
         attempt,
         checkpoint: restore.metadata.id,
-        at_ms: env.clock.now_ms().saturating_sub(env.started.elapsed().as_millis() as u64),
+        at_ms: env
+            .clock
+            .now_ms()
+            .saturating_sub(env.started.elapsed().as_millis() as u64),
         duration: env.restore_duration()?,
     })
 }

@@ -70,10 +70,14 @@ fn job(df: &Dataflow, switches: &Arc<Switches>) {
                     "injected task failure: password=hunter2 at postgres://app:pw@db/x".into(),
                 );
             }
-            let n = count.update(ctx, || 0, |c| {
-                *c += 1;
-                *c
-            });
+            let n = count.update(
+                ctx,
+                || 0,
+                |c| {
+                    *c += 1;
+                    *c
+                },
+            );
             ctx.emit((e.key, n));
             Ok(())
         }
@@ -132,7 +136,10 @@ fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
     let reply = get(addr, "/metrics");
     assert_eq!(reply.status, 200);
     assert!(
-        reply.header("content-type").unwrap_or("").starts_with("text/plain; version=0.0.4"),
+        reply
+            .header("content-type")
+            .unwrap_or("")
+            .starts_with("text/plain; version=0.0.4"),
         "{:?}",
         reply.header("content-type")
     );
@@ -167,7 +174,11 @@ fn metrics_parse_as_prometheus_text_and_counters_move() {
     wait_for("two checkpoints", || handle.completed_checkpoints() >= 2);
     let first = scrape(addr);
     let records = |s: &prometheus_parse::Scrape| {
-        value(s, "spate_operator_records_out_total", &[("operator", "events"), ("subtask", "0")])
+        value(
+            s,
+            "spate_operator_records_out_total",
+            &[("operator", "events"), ("subtask", "0")],
+        )
     };
     let before = records(&first).expect("records out of the source on subtask 0");
     for name in [
@@ -191,7 +202,11 @@ fn metrics_parse_as_prometheus_text_and_counters_move() {
         );
     }
     assert_eq!(
-        value(&first, "spate_job_status", &[("status", "RUNNING"), ("job", "spate")]),
+        value(
+            &first,
+            "spate_job_status",
+            &[("status", "RUNNING"), ("job", "spate")]
+        ),
         Some(1.0)
     );
     assert!(value(&first, "spate_checkpoints_completed_total", &[]).unwrap() >= 2.0);
@@ -201,10 +216,18 @@ fn metrics_parse_as_prometheus_text_and_counters_move() {
     });
     wait_for("a rate and a watermark lag", || {
         let s = scrape(addr);
-        value(&s, "spate_operator_records_out_per_second", &[("operator", "events")])
-            .is_some_and(|r| r > 0.0)
-            && value(&s, "spate_operator_watermark_lag_seconds", &[("operator", "count")])
-                .is_some()
+        value(
+            &s,
+            "spate_operator_records_out_per_second",
+            &[("operator", "events")],
+        )
+        .is_some_and(|r| r > 0.0)
+            && value(
+                &s,
+                "spate_operator_watermark_lag_seconds",
+                &[("operator", "count")],
+            )
+            .is_some()
     });
     finish(handle, dir);
 }
@@ -274,12 +297,24 @@ fn a_failed_checkpoint_and_a_restart_show_up_with_secrets_masked() {
         json(addr, "/api/job")["attempt"] == 1 && handle.completed_checkpoints() >= 1
     });
     let api = json(addr, "/api/checkpoints");
-    assert!(api["counts"]["failed"].as_u64().unwrap() >= 1, "{}", api["counts"]);
+    assert!(
+        api["counts"]["failed"].as_u64().unwrap() >= 1,
+        "{}",
+        api["counts"]
+    );
     let failed = &api["latest"]["failed"];
     assert_eq!(failed["status"], "FAILED");
-    assert!(failed["failure_message"].as_str().unwrap().contains("timed out")
-        || failed["failure_message"].as_str().unwrap().contains("timeout"),
-        "{failed}");
+    assert!(
+        failed["failure_message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out")
+            || failed["failure_message"]
+                .as_str()
+                .unwrap()
+                .contains("timeout"),
+        "{failed}"
+    );
     assert!(api["counts"]["restored"].as_u64().unwrap() >= 1);
     assert!(api["latest"]["restored"]["id"].as_u64().unwrap() >= 2);
     assert!(api["rates"]["mean_restore_duration_ms"].is_number());
@@ -289,20 +324,32 @@ fn a_failed_checkpoint_and_a_restart_show_up_with_secrets_masked() {
         .iter()
         .map(|c| c["attempt"].as_u64().unwrap())
         .collect();
-    assert!(attempts.contains(&0) && attempts.contains(&1), "{attempts:?}");
+    assert!(
+        attempts.contains(&0) && attempts.contains(&1),
+        "{attempts:?}"
+    );
     let job = json(addr, "/api/job");
     assert_eq!(job["restarts"]["count"], 1);
     let failure = job["restarts"]["last_failure"].as_str().unwrap();
     assert!(failure.contains("injected task failure"), "{failure}");
-    assert!(failure.contains("password=***") && failure.contains("postgres://***@db"), "{failure}");
+    assert!(
+        failure.contains("password=***") && failure.contains("postgres://***@db"),
+        "{failure}"
+    );
     let s = scrape(addr);
-    assert_eq!(value(&s, "spate_job_restarts_total", &[("job", "restarting")]), Some(1.0));
+    assert_eq!(
+        value(&s, "spate_job_restarts_total", &[("job", "restarting")]),
+        Some(1.0)
+    );
     assert!(value(&s, "spate_checkpoints_failed_total", &[]).unwrap() >= 1.0);
     assert!(value(&s, "spate_restores_total", &[]).unwrap() >= 1.0);
     assert!(value(&s, "spate_restore_duration_seconds", &[]).is_some());
     for path in ["/metrics", "/api/job", "/api/checkpoints", "/api/overview"] {
         let body = get(addr, path).body;
-        assert!(!body.contains("hunter2") && !body.contains("app:pw"), "{path} shows a secret");
+        assert!(
+            !body.contains("hunter2") && !body.contains("app:pw"),
+            "{path} shows a secret"
+        );
     }
     finish(handle, dir);
 }
@@ -313,7 +360,10 @@ fn the_monitor_is_read_only_without_a_token_and_serves_nothing_from_elsewhere() 
     let page = get(addr, "/");
     assert_eq!(page.status, 200);
     let csp = page.header("content-security-policy").expect("a CSP");
-    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
     assert!(!page.body.contains("http://") && !page.body.contains("https://"));
     assert_eq!(get(addr, "/assets/monitor.js").status, 200);
     assert_eq!(request(addr, "POST", "/api/checkpoints", &[]).status, 403);
@@ -326,12 +376,21 @@ fn the_monitor_is_read_only_without_a_token_and_serves_nothing_from_elsewhere() 
     wait_for("a checkpoint", || handle.completed_checkpoints() >= 1);
     assert_eq!(request(addr, "POST", "/api/checkpoints", &[]).status, 401);
     let wrong = [("Authorization", "Bearer not-the-token-at-all")];
-    assert_eq!(request(addr, "POST", "/api/checkpoints", &wrong).status, 401);
+    assert_eq!(
+        request(addr, "POST", "/api/checkpoints", &wrong).status,
+        401
+    );
     let bearer = format!("Bearer {TOKEN}");
     let right = [("Authorization", bearer.as_str())];
-    assert_eq!(request(addr, "POST", "/api/checkpoints", &right).status, 202);
+    assert_eq!(
+        request(addr, "POST", "/api/checkpoints", &right).status,
+        202
+    );
     for path in ["/api/job", "/api/overview", "/metrics"] {
-        assert!(!get(addr, path).body.contains(TOKEN), "{path} shows the token");
+        assert!(
+            !get(addr, path).body.contains(TOKEN),
+            "{path} shows the token"
+        );
     }
     assert!(!format!("{:?}", MonitorConfig::local(0).with_action_token(TOKEN)).contains(TOKEN));
     finish(handle, dir);

@@ -118,7 +118,8 @@ fn the_live_page_shows_the_checkpoints_in_a_real_browser() {
         .parent()
         .expect("target/tmp is in target/")
         .to_path_buf();
-    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("monitor-page-{}", std::process::id()));
+    let work =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("monitor-page-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let hold = Arc::new(AtomicBool::new(false));
     let config = JobConfig {
@@ -152,10 +153,14 @@ fn the_live_page_shows_the_checkpoints_in_a_real_browser() {
             .process("count", |state| {
                 let count = state.value_state::<u64>("count");
                 move |e: Event, ctx: &mut KeyedContext<u64, (u64, u64)>| {
-                    let n = count.update(ctx, || 0, |c| {
-                        *c += 1;
-                        *c
-                    });
+                    let n = count.update(
+                        ctx,
+                        || 0,
+                        |c| {
+                            *c += 1;
+                            *c
+                        },
+                    );
                     ctx.emit((e.key, n));
                     Ok(())
                 }
@@ -180,16 +185,28 @@ fn the_live_page_shows_the_checkpoints_in_a_real_browser() {
     let url = format!("http://{addr}/");
     let budget = "--virtual-time-budget=3000".to_string();
 
-    let (dom, log) = run_chromium(&chromium, &work.join("profile-dom"), &[budget.clone(), "--dump-dom".into()], &url);
+    let (dom, log) = run_chromium(
+        &chromium,
+        &work.join("profile-dom"),
+        &[budget.clone(), "--dump-dom".into()],
+        &url,
+    );
     assert!(
         attribute(&dom, "data-script-error").is_none() && !dom.contains("Page error:"),
         "the page reports a script error: {:?}",
         attribute(&dom, "data-script-error")
     );
     for line in log.lines().filter(|l| l.contains("CONSOLE")) {
-        assert!(!line.contains("Uncaught"), "a script error in the console: {line}");
+        assert!(
+            !line.contains("Uncaught"),
+            "a script error in the console: {line}"
+        );
     }
-    assert_eq!(attribute(&dom, "data-state"), Some("live"), "the page loaded the job's figures:\n{dom}");
+    assert_eq!(
+        attribute(&dom, "data-state"),
+        Some("live"),
+        "the page loaded the job's figures:\n{dom}"
+    );
     let shown: u64 = attribute(&dom, "data-completed")
         .and_then(|n| n.parse().ok())
         .expect("the timeline says how many completed checkpoints it shows");
@@ -198,14 +215,20 @@ fn the_live_page_shows_the_checkpoints_in_a_real_browser() {
         shown >= completed_before && bars >= completed_before,
         "the timeline shows {shown} ({bars} bars), {completed_before} had completed before the page loaded"
     );
-    assert!(dom.contains("data-status=\"FAILED\""), "the failed checkpoint is marked");
+    assert!(
+        dom.contains("data-status=\"FAILED\""),
+        "the failed checkpoint is marked"
+    );
 
     let screenshot = target.join("monitor-screenshot.png");
     let _ = std::fs::remove_file(&screenshot);
     let shot = format!("--screenshot={}", screenshot.display());
     run_chromium(&chromium, &work.join("profile-shot"), &[budget, shot], &url);
     let png = std::fs::read(&screenshot).expect("chromium wrote the screenshot");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot"
+    );
 
     handle.stop();
     handle.join().unwrap();

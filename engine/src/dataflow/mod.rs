@@ -516,7 +516,9 @@ impl<T: Data> Stream<T> {
         self.df.claim_name(name);
         self.df.sign(format!("sink {name}"));
         let context = self.df.sink_context();
-        let metrics = self.df.operator_metrics(name, crate::metrics::OperatorKind::Sink);
+        let metrics = self
+            .df
+            .operator_metrics(name, crate::metrics::OperatorKind::Sink);
         let op = match operators::SinkOp::new(name, sink, &context, self.df.checkpoints(), metrics)
         {
             Ok(op) => Rc::new(op),

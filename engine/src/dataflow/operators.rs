@@ -313,7 +313,12 @@ impl<T, S: Sink<T>> OutputBuffer for SinkOp<S, T> {
     }
     fn can_drain(&self) -> bool {
         let mut sink = self.sink.borrow_mut();
-        sink.can_drain() || self.holding.borrow().iter().any(|&id| sink.is_pre_committed(id))
+        sink.can_drain()
+            || self
+                .holding
+                .borrow()
+                .iter()
+                .any(|&id| sink.is_pre_committed(id))
     }
     fn has_pending(&self) -> bool {
         self.sink.borrow().is_blocked() || !self.holding.borrow().is_empty()

@@ -212,7 +212,13 @@ pub(super) struct Overview {
 }
 
 fn stat(h: &Histogram<u64>) -> Stat {
-    let q = |q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) };
+    let q = |q: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(q)
+        }
+    };
     Stat {
         count: h.len(),
         min: if h.is_empty() { 0 } else { h.min() },

@@ -153,7 +153,10 @@ impl Service {
     /// `POST /api/checkpoints`: triggers a checkpoint, with the token only.
     fn trigger(&self, request: &Request) -> Reply {
         let Some(token) = &self.config.action_token else {
-            return text(403, "actions are disabled: the monitor has no action token\n");
+            return text(
+                403,
+                "actions are disabled: the monitor has no action token\n",
+            );
         };
         let given = request
             .headers()
@@ -173,7 +176,12 @@ impl Service {
 
     fn job_document(&self) -> api::Job {
         let view = self.job.view();
-        api::job(&self.job, &view, &self.config.job_name, self.config.address.to_string())
+        api::job(
+            &self.job,
+            &view,
+            &self.config.job_name,
+            self.config.address.to_string(),
+        )
     }
 
     fn now_ms(&self) -> u64 {
@@ -223,8 +231,9 @@ fn text(status: u16, text: &str) -> Reply {
 
 fn json<T: serde::Serialize>(value: &T) -> Reply {
     match serde_json::to_vec(value) {
-        Ok(bytes) => Response::from_data(bytes)
-            .with_header(header("Content-Type", "application/json")),
+        Ok(bytes) => {
+            Response::from_data(bytes).with_header(header("Content-Type", "application/json"))
+        }
         Err(e) => text(500, &format!("cannot encode: {e}\n")),
     }
 }

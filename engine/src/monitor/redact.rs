@@ -111,9 +111,6 @@ mod tests {
         );
         assert_eq!(redact("X-Api-Key: abc123; next"), "X-Api-Key: ***; next");
         assert_eq!(redact("db_token=\"t0k\",x=1"), "db_token=***,x=1");
-        assert_eq!(
-            redact("injected task failure"),
-            "injected task failure"
-        );
+        assert_eq!(redact("injected task failure"), "injected task failure");
     }
 }

@@ -101,9 +101,10 @@ impl Sampler {
         let (a, b) = (&self.samples[n - 2], &self.samples[n - 1]);
         let us = (b.at_ms.saturating_sub(a.at_ms)).max(1) as f64 * 1000.0;
         for e in &b.figures.exchanges {
-            let before = a.figures.exchanges.iter().find(|x| {
-                x.operator == e.operator && x.input == e.input && x.subtask == e.subtask
-            });
+            let before =
+                a.figures.exchanges.iter().find(|x| {
+                    x.operator == e.operator && x.input == e.input && x.subtask == e.subtask
+                });
             let held = e
                 .backpressured_us
                 .saturating_sub(before.map_or(0, |x| x.backpressured_us));

@@ -26,9 +26,7 @@ use crate::error::ProcessError;
 use crate::keygroup::{key_group_for, Key, KeyGroupRange};
 use crate::metrics::OperatorMetrics;
 use crate::schema::BlockSchema;
-use crate::state::{
-    CutPlan, Decided, IncrementalBounds, KeyScope, Serialized, StateRegistry,
-};
+use crate::state::{CutPlan, Decided, IncrementalBounds, KeyScope, Serialized, StateRegistry};
 use crate::time::{TimeDomain, Timestamp, MAX_WATERMARK};
 use crate::JobError;
 use std::cell::RefCell;
