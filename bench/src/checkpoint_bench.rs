@@ -115,6 +115,9 @@ pub struct BenchConfig {
     /// 1/(n+1) of the changed key groups, so this sets the base bytes per
     /// checkpoint.
     pub max_delta_chain: Option<u32>,
+    /// Serve each job's monitor on this address (`JobConfig::monitor`).
+    #[serde(default)]
+    pub monitor: Option<std::net::SocketAddr>,
 }
 
 /// Updates per key of a closed-loop run.
@@ -138,6 +141,7 @@ impl Default for BenchConfig {
             seed: 0,
             max_parallelism: 4096,
             max_delta_chain: None,
+            monitor: None,
         }
     }
 }
@@ -723,6 +727,9 @@ fn run_variant(config: &BenchConfig, variant: Variant) -> anyhow::Result<Variant
     let latency = Arc::new(Mutex::new(new_histogram()));
     let mut job_config = JobConfig::with_parallelism(config.cores);
     job_config.max_parallelism = config.max_parallelism;
+    job_config.monitor = config
+        .monitor
+        .map(|a| spate::MonitorConfig::new(a).with_job_name("checkpoints"));
     let settings = (variant != Variant::None).then(|| CheckpointSettings {
         state_dir: config
             .state_dir
@@ -760,6 +767,9 @@ fn run_variant(config: &BenchConfig, variant: Variant) -> anyhow::Result<Variant
             .start(move |df| build(df, &config, &phase, &counters, &latency))
             .context("starting the job")?
     };
+    if let Some(address) = handle.monitor_address() {
+        eprintln!("spate-bench: monitor on http://{address}/ (metrics: /metrics)");
+    }
 
     // Fill phase.
     let fill_started = Instant::now();

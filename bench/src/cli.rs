@@ -143,6 +143,10 @@ struct NexmarkArgs {
     /// for byte (the crash tests do).
     #[arg(long, value_name = "MS")]
     base_time_ms: Option<u64>,
+    /// Serve the running job's metrics (/metrics), checkpoint API (/api) and
+    /// live page (/) on ADDR, e.g. 127.0.0.1:9249 (docs/monitoring.md).
+    #[arg(long, value_name = "ADDR")]
+    monitor: Option<std::net::SocketAddr>,
     #[command(flatten)]
     checkpoint: CheckpointFlags,
     /// Incremental checkpoints: write only the state changed since the last
@@ -224,6 +228,10 @@ struct RecoveryArgs {
     /// Keyed state, MiB (8-byte key + 120-byte value per key).
     #[arg(long, default_value_t = 1024)]
     state_mib: u64,
+    /// Serve the running job's metrics (/metrics), checkpoint API (/api) and
+    /// live page (/) on ADDR, e.g. 127.0.0.1:9249 (docs/monitoring.md).
+    #[arg(long, value_name = "ADDR")]
+    monitor: Option<std::net::SocketAddr>,
     /// Length of each measured run, seconds.
     #[arg(long, default_value_t = 4.0)]
     seconds: f64,
@@ -246,6 +254,8 @@ struct RecoveryArgs {
 
 #[derive(clap::Args, Debug)]
 struct RecoveryChildArgs {
+    #[arg(long)]
+    monitor: Option<std::net::SocketAddr>,
     #[arg(long)]
     variant: String,
     #[arg(long)]
@@ -298,6 +308,10 @@ struct CheckpointsArgs {
     /// [default: the engine's, 16].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_delta_chain: Option<u32>,
+    /// Serve the running job's metrics (/metrics), checkpoint API (/api) and
+    /// live page (/) on ADDR, e.g. 127.0.0.1:9249 (docs/monitoring.md).
+    #[arg(long, value_name = "ADDR")]
+    monitor: Option<std::net::SocketAddr>,
     #[command(flatten)]
     checkpoint: CheckpointFlags,
 }
@@ -368,6 +382,7 @@ pub fn main() -> anyhow::Result<()> {
                 runs: args.runs,
                 state_dir: args.state_dir,
                 max_parallelism: args.max_parallelism,
+                monitor: args.monitor,
             };
             let exe = std::env::current_exe().context("locating this program")?;
             let summary = recovery_bench::run(&config, &exe)?;
@@ -388,6 +403,7 @@ pub fn main() -> anyhow::Result<()> {
                 runs: 1,
                 state_dir: args.state_dir,
                 max_parallelism: args.max_parallelism,
+                monitor: args.monitor,
             };
             recovery_bench::child(&config, &args.variant, args.spawned_us)
         }
@@ -474,6 +490,7 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         base_time_ms: args.base_time_ms,
         progress: true,
         checkpoint,
+        monitor: args.monitor,
         ..RunConfig::new(args.query, args.events, rate_events_per_s, cores)
     };
     let mut _lock = None;
@@ -578,6 +595,7 @@ fn checkpoints(args: CheckpointsArgs) -> anyhow::Result<()> {
         config.max_parallelism = max_parallelism;
     }
     config.max_delta_chain = args.max_delta_chain.or(config.max_delta_chain);
+    config.monitor = args.monitor;
     let summary = checkpoint_bench::run(&config)?;
     checkpoint_bench::write_report(&args.report, &summary)
         .with_context(|| format!("writing the report to {}", args.report.display()))?;

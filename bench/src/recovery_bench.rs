@@ -57,6 +57,9 @@ pub struct RecoveryConfig {
     pub state_dir: PathBuf,
     /// Key groups.
     pub max_parallelism: u32,
+    /// Serve each measured run's monitor on this address (`JobConfig::monitor`).
+    #[serde(default)]
+    pub monitor: Option<std::net::SocketAddr>,
 }
 
 impl RecoveryConfig {
@@ -80,6 +83,9 @@ impl RecoveryConfig {
             timeout_ms: 600_000,
             ..CheckpointConfig::new(&self.state_dir, 0)
         });
+        job.monitor = self
+            .monitor
+            .map(|a| spate::MonitorConfig::new(a).with_job_name("recovery"));
         job
     }
 }
@@ -231,6 +237,7 @@ fn spawn_child(config: &RecoveryConfig, exe: &Path, variant: &str) -> anyhow::Re
         .args(["--state-mib", &config.state_mib.to_string()])
         .args(["--seconds", &config.seconds.to_string()])
         .args(["--max-parallelism", &config.max_parallelism.to_string()])
+        .args(config.monitor.map(|a| format!("--monitor={a}")))
         .arg("--state-dir")
         .arg(&config.state_dir)
         .output()

@@ -58,6 +58,9 @@ pub struct RunConfig {
     /// Show a progress bar on stderr (only if it is a terminal).
     #[serde(skip)]
     pub progress: bool,
+    /// Serve the job's monitor on this address (`JobConfig::monitor`).
+    #[serde(skip)]
+    pub monitor: Option<std::net::SocketAddr>,
     /// Checkpointing; `None` runs without.
     pub checkpoint: Option<CheckpointSettings>,
     /// What the engine restores when checkpointing (ignored otherwise).
@@ -92,6 +95,7 @@ impl RunConfig {
             restore: RestoreFrom::Nothing,
             base_time_ms: None,
             at_least_once_output: false,
+            monitor: None,
         }
     }
 }
@@ -209,6 +213,9 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
     };
     let mut job_config = JobConfig::with_parallelism(config.cores);
     job_config.max_parallelism = config.max_parallelism;
+    job_config.monitor = config
+        .monitor
+        .map(|a| spate::MonitorConfig::new(a).with_job_name("nexmark"));
     if let Some(settings) = &config.checkpoint {
         job_config.checkpoint = Some(
             settings
@@ -217,6 +224,9 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
         );
     }
     let handle = Job::new(job_config).with_clock(clock).start(build)?;
+    if let Some(address) = handle.monitor_address() {
+        eprintln!("spate-bench: monitor on http://{address}/ (metrics: /metrics)");
+    }
     let done = Arc::new(AtomicBool::new(false));
     let progress = (config.progress && std::io::stderr().is_terminal()).then(|| {
         let (done, emitted, events) = (done.clone(), emitted.clone(), config.events);

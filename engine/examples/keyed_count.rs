@@ -41,6 +41,14 @@ fn main() {
     if let Some(p) = args.next() {
         config.parallelism = p.parse().expect("parallelism");
     }
+    // A third argument serves the job's monitor there (the cost check of
+    // docs/monitoring.md compares runs with and without it).
+    if let Some(address) = args.next() {
+        let address = address
+            .parse()
+            .expect("monitor address, e.g. 127.0.0.1:9249");
+        config.monitor = Some(spate::MonitorConfig::new(address));
+    }
     let parallelism = config.parallelism;
     let sink = DiscardSink::new();
     let emitted = sink.counter();

@@ -2,6 +2,7 @@
 
 use crate::checkpoint::{CheckpointConfig, CheckpointMode};
 use crate::keygroup::MAX_MAX_PARALLELISM;
+use crate::monitor::MonitorConfig;
 use crate::restart::RestartStrategy;
 use crate::{ConfigError, JobError};
 
@@ -35,6 +36,9 @@ pub struct JobConfig {
     pub checkpoint: Option<CheckpointConfig>,
     /// What happens when a run fails. Default: [`RestartStrategy::None`].
     pub restart: RestartStrategy,
+    /// Serve the job's metrics, checkpoint API and live page over HTTP from
+    /// a thread of its own ([`crate::monitor`]). Default `None`: off.
+    pub monitor: Option<MonitorConfig>,
 }
 
 impl Default for JobConfig {
@@ -50,6 +54,7 @@ impl Default for JobConfig {
             pin_cores: true,
             checkpoint: None,
             restart: RestartStrategy::None,
+            monitor: None,
         }
     }
 }
@@ -92,6 +97,9 @@ impl JobConfig {
             return Err(ConfigError::invalid("ring_capacity", "must be at least 2").into());
         }
         self.restart.validate()?;
+        if let Some(monitor) = &self.monitor {
+            monitor.validate()?;
+        }
         if let Some(c) = &self.checkpoint {
             if c.max_concurrent == 0 || c.max_concurrent > MAX_CONCURRENT_CHECKPOINTS {
                 return Err(ConfigError::invalid(

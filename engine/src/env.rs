@@ -11,6 +11,7 @@ use crate::checkpoint::restore::RestoreState;
 use crate::checkpoint::subtask::LocalSnapshot;
 use crate::checkpoint::Control;
 use crate::dataflow::mesh::ExchangeRegistry;
+use crate::metrics::MetricsRegistry;
 use crate::park::Parker;
 use crate::ring::{ring, Consumer, Producer};
 use crate::time::Clock;
@@ -36,6 +37,8 @@ pub(crate) struct JobEnv {
     acks: Mutex<Vec<Option<Producer<Ack>>>>,
     pub coordinator_parker: Arc<Parker>,
     pub coordinator: Arc<CoordinatorShared>,
+    /// The job's live figures (shared by every run of the job).
+    pub metrics: Arc<MetricsRegistry>,
     pub fingerprint: OnceLock<u64>,
     /// Unique per run (a restart is a new run); names a run's sink files.
     pub run_id: u64,
@@ -66,6 +69,7 @@ impl JobEnv {
         clock: Arc<dyn Clock>,
         restore: Option<Arc<RestoreState>>,
         stop: Arc<AtomicBool>,
+        metrics: Arc<MetricsRegistry>,
     ) -> (Arc<Self>, CoordinatorEnds) {
         let p = config.parallelism;
         let (control_tx, control_rx): (Vec<_>, Vec<_>) =
@@ -83,6 +87,7 @@ impl JobEnv {
             acks: Mutex::new(ack_tx.into_iter().map(Some).collect()),
             coordinator_parker: Arc::new(Parker::default()),
             coordinator: Arc::new(CoordinatorShared::new(p)),
+            metrics,
             started: Instant::now(),
             restore_us: AtomicU64::new(0),
             archive_groups_per_step: AtomicUsize::new(0),

@@ -7,9 +7,12 @@ use crate::checkpoint::coordinator::CheckpointSummary;
 use crate::checkpoint::{CheckpointStats, RestoreFrom};
 use crate::dataflow::Dataflow;
 use crate::env::{load_restore, JobEnv};
+use crate::metrics::MetricsRegistry;
+use crate::monitor::Monitor;
 use crate::restart::{RestartStats, RestartStrategy, RestartTracker};
 use crate::runtime::{reactor, WriterSlots};
 use crate::time::{Clock, SystemClock};
+use crate::watch::{JobStatus, Supervision};
 use crate::worker::SubtaskReport;
 use crate::{JobConfig, JobError};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,7 +92,8 @@ impl Job {
                 .ok()
                 .and_then(|r| r.latest().map(|l| l.id))
         });
-        let first = launch(&self.config, &self.clock, &build, &stop)?;
+        let metrics = Arc::new(MetricsRegistry::default());
+        let first = launch(&self.config, &self.clock, &build, &stop, &metrics)?;
         // Restarts restore this job's own checkpoints only: the one it
         // restored and later ones, or (a fresh start) those after the
         // newest one the directory held before.
@@ -97,10 +101,15 @@ impl Job {
             Some(r) => r.metadata.id,
             None => newest_before.map_or(1, |id| id + 1),
         };
-        let shared = Arc::new(Supervision {
-            current: Mutex::new(first.env.clone()),
-            stats: Mutex::new(RestartStats::default()),
-        });
+        let shared = Arc::new(Supervision::new(
+            first.env.clone(),
+            self.config.clone(),
+            metrics.clone(),
+        ));
+        let monitor = match &self.config.monitor {
+            Some(monitor) => Some(Monitor::start(monitor, shared.clone())?),
+            None => None,
+        };
         let inner = if self.config.restart == RestartStrategy::None {
             Inner::Direct(first)
         } else {
@@ -122,6 +131,7 @@ impl Job {
             shared,
             stop,
             inner,
+            monitor,
             _dir_use: dir_use,
         })
     }
@@ -133,10 +143,17 @@ fn launch(
     clock: &Arc<dyn Clock>,
     build: &Arc<dyn Fn(&Dataflow) + Send + Sync>,
     stop: &Arc<AtomicBool>,
+    metrics: &Arc<MetricsRegistry>,
 ) -> Result<Run, JobError> {
     let started = Instant::now();
     let restore = load_restore(config)?;
-    let (env, ends) = JobEnv::new(config.clone(), clock.clone(), restore, stop.clone());
+    let (env, ends) = JobEnv::new(
+        config.clone(),
+        clock.clone(),
+        restore,
+        stop.clone(),
+        metrics.clone(),
+    );
     env.restore_us
         .store(started.elapsed().as_micros() as u64, Ordering::SeqCst);
     let slots: Arc<(OnceLock<()>, WriterSlots)> =
@@ -190,12 +207,6 @@ struct Run {
     started: Instant,
 }
 
-/// What the handle sees of a supervised job: the current run and the restarts.
-struct Supervision {
-    current: Mutex<Arc<JobEnv>>,
-    stats: Mutex<RestartStats>,
-}
-
 /// Restarts failed runs as the job's [`RestartStrategy`] allows.
 struct Supervisor {
     config: JobConfig,
@@ -215,11 +226,13 @@ impl Supervisor {
             let error = match result {
                 Ok(mut report) => {
                     report.restarts = self.stats();
+                    self.shared.end(JobStatus::Finished);
                     return Ok(report);
                 }
                 Err(error) => error,
             };
             if self.stop.load(Ordering::SeqCst) || matches!(error, JobError::Config(_)) {
+                self.shared.end(JobStatus::Failed);
                 return Err(error);
             }
             let now = self.clock.now_ms();
@@ -228,6 +241,7 @@ impl Supervisor {
                 stats.last_failure_ms = Some(now);
             }
             let Some(delay) = tracker.on_failure(now) else {
+                self.shared.end(JobStatus::Failed);
                 return Err(error);
             };
             eprintln!(
@@ -235,6 +249,7 @@ impl Supervisor {
                 tracker.restarts()
             );
             if !self.wait(delay) {
+                self.shared.end(JobStatus::Failed);
                 return Err(error);
             }
             if let Ok(mut stats) = self.shared.stats.lock() {
@@ -244,12 +259,12 @@ impl Supervisor {
             if let Some(checkpoint) = &mut config.checkpoint {
                 checkpoint.restore = RestoreFrom::LatestFrom(self.restore_floor);
             }
-            result = launch(&config, &self.clock, &self.build, &self.stop).and_then(|run| {
-                if let Ok(mut current) = self.shared.current.lock() {
-                    *current = run.env.clone();
-                }
-                run.join()
-            });
+            let metrics = &self.shared.metrics;
+            result =
+                launch(&config, &self.clock, &self.build, &self.stop, metrics).and_then(|run| {
+                    self.shared.next_run(run.env.clone());
+                    run.join()
+                });
         }
     }
 
@@ -281,6 +296,8 @@ pub struct JobHandle {
     shared: Arc<Supervision>,
     stop: Arc<AtomicBool>,
     inner: Inner,
+    /// Serves the job's figures while the handle lives (`JobConfig::monitor`).
+    monitor: Option<Monitor>,
     /// The state directory, used by this job until the handle drops.
     _dir_use: Option<spate_storage::DirUse>,
 }
@@ -297,13 +314,14 @@ impl JobHandle {
     fn env(&self) -> Arc<JobEnv> {
         match &self.inner {
             Inner::Direct(run) => run.env.clone(),
-            Inner::Supervised(_) => self
-                .shared
-                .current
-                .lock()
-                .map(|env| env.clone())
-                .expect("the supervision lock is never poisoned"),
+            Inner::Supervised(_) => self.shared.env(),
         }
+    }
+
+    /// The address the monitor listens on, when `JobConfig::monitor` asked
+    /// for one (with the port the system chose, if it asked for port 0).
+    pub fn monitor_address(&self) -> Option<std::net::SocketAddr> {
+        self.monitor.as_ref().map(Monitor::address)
     }
 
     /// Asks every source to end; the job then drains and finishes (and is
@@ -363,7 +381,14 @@ impl JobHandle {
     /// the error that ended it.
     pub fn join(self) -> Result<JobReport, JobError> {
         match self.inner {
-            Inner::Direct(run) => run.join(),
+            Inner::Direct(run) => {
+                let result = run.join();
+                self.shared.end(match result {
+                    Ok(_) => JobStatus::Finished,
+                    Err(_) => JobStatus::Failed,
+                });
+                result
+            }
             Inner::Supervised(thread) => thread
                 .join()
                 .unwrap_or_else(|_| Err(JobError::Runtime("the supervisor panicked".into()))),

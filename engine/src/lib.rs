@@ -66,6 +66,8 @@ mod error;
 mod inspect;
 mod job;
 mod keygroup;
+mod metrics;
+pub mod monitor;
 mod park;
 pub mod restart;
 mod ring;
@@ -77,6 +79,7 @@ pub mod source;
 pub mod state;
 mod sync;
 pub mod time;
+mod watch;
 pub mod window;
 mod worker;
 
@@ -93,6 +96,7 @@ pub use error::{
     CheckpointError, ConfigError, JobError, ProcessError, RestoreError, SinkError, SourceError,
 };
 pub use job::{Job, JobHandle, JobReport};
+pub use monitor::MonitorConfig;
 pub use keygroup::Key;
 pub use park::Notifier;
 pub use restart::{RestartStats, RestartStrategy};

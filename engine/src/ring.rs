@@ -138,6 +138,31 @@ impl<T: Send> Producer<T> {
     }
 }
 
+impl<T: Send + 'static> Producer<T> {
+    /// A read-only view of how full the ring is, for a monitor on any
+    /// thread (it keeps the ring's storage alive while it lives).
+    pub fn occupancy(&self) -> Occupancy {
+        let shared = self.shared.clone();
+        Occupancy(Box::new(move || {
+            // `head` first: it never passes `tail`, which only grows.
+            let head = shared.head.0.load(Ordering::Acquire);
+            let tail = shared.tail.0.load(Ordering::Acquire);
+            tail.saturating_sub(head)
+        }))
+    }
+}
+
+/// How many messages a ring holds, read from outside its two endpoints
+/// (neither of which it slows down: two loads, no writes).
+pub struct Occupancy(Box<dyn Fn() -> u64 + Send + Sync>);
+
+impl Occupancy {
+    /// Messages written and not yet consumed.
+    pub fn messages(&self) -> u64 {
+        (self.0)()
+    }
+}
+
 impl<T> Drop for Producer<T> {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);

@@ -257,6 +257,7 @@ impl Simulation {
             Arc::new(clock.clone()),
             restore,
             Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            Arc::default(),
         );
         // Drawn apart from `rng`, so that the seeds' interleavings stay.
         let mut background_rng = SplitMix64::new(seed ^ 0x5EED_BA5E);

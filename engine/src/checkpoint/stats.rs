@@ -95,6 +95,12 @@ pub struct CheckpointSummary {
     pub delta_bytes: u64,
     /// In-flight bytes written.
     pub in_flight_bytes: u64,
+    /// State bytes per completed checkpoint.
+    pub size_bytes: Histogram<u64>,
+    /// Delta bytes per completed checkpoint.
+    pub delta_size_bytes: Histogram<u64>,
+    /// In-flight bytes per completed checkpoint.
+    pub in_flight_size_bytes: Histogram<u64>,
     /// Processing time of the first trigger (epoch ms).
     pub first_trigger_ms: Option<u64>,
     /// Processing time of the last completion or failure (epoch ms).
@@ -114,6 +120,9 @@ impl Default for CheckpointSummary {
             state_bytes: 0,
             delta_bytes: 0,
             in_flight_bytes: 0,
+            size_bytes: histogram(),
+            delta_size_bytes: histogram(),
+            in_flight_size_bytes: histogram(),
             first_trigger_ms: None,
             last_end_ms: None,
         }
@@ -128,6 +137,32 @@ impl CheckpointSummary {
             (Some(a), Some(b)) if b > a => self.completed as f64 * 60_000.0 / (b - a) as f64,
             _ => 0.0,
         }
+    }
+
+    /// Adds the figures of another run's summary (the monitor's view of a
+    /// job across restarts).
+    pub(crate) fn merge(&mut self, other: &CheckpointSummary) {
+        self.completed += other.completed;
+        self.failed += other.failed;
+        for (to, from) in [
+            (&mut self.duration_ms, &other.duration_ms),
+            (&mut self.sync_pause_us, &other.sync_pause_us),
+            (&mut self.async_us, &other.async_us),
+            (&mut self.alignment_us, &other.alignment_us),
+            (&mut self.size_bytes, &other.size_bytes),
+            (&mut self.delta_size_bytes, &other.delta_size_bytes),
+            (&mut self.in_flight_size_bytes, &other.in_flight_size_bytes),
+        ] {
+            let _ = to.add(from);
+        }
+        self.state_bytes += other.state_bytes;
+        self.delta_bytes += other.delta_bytes;
+        self.in_flight_bytes += other.in_flight_bytes;
+        self.first_trigger_ms = match (self.first_trigger_ms, other.first_trigger_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_end_ms = self.last_end_ms.max(other.last_end_ms);
     }
 
     /// Adds a checkpoint that ended (completed or failed).
@@ -147,6 +182,10 @@ impl CheckpointSummary {
             CheckpointStatus::Completed => {
                 self.completed += 1;
                 let _ = self.duration_ms.record(stats.duration_ms);
+                let delta: u64 = stats.subtasks.iter().map(|s| s.delta_bytes).sum();
+                let _ = self.size_bytes.record(stats.state_bytes);
+                let _ = self.delta_size_bytes.record(delta);
+                let _ = self.in_flight_size_bytes.record(stats.in_flight_bytes);
                 for s in &stats.subtasks {
                     let _ = self.sync_pause_us.record(s.sync_us);
                     let _ = self.async_us.record(s.async_us);

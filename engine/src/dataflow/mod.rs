@@ -327,6 +327,16 @@ impl Dataflow {
         g.env.config.checkpoint.as_ref().map(|c| c.mode)
     }
 
+    /// The live figures of operator `name` on this subtask.
+    pub(crate) fn operator_metrics(
+        &self,
+        name: &str,
+        kind: crate::metrics::OperatorKind,
+    ) -> Arc<crate::metrics::OperatorMetrics> {
+        let g = self.0.borrow();
+        g.env.metrics.operator(name, kind, g.subtask)
+    }
+
     pub(crate) fn sink_context(&self) -> crate::sink::SinkContext {
         let g = self.0.borrow();
         crate::sink::SinkContext {
@@ -506,7 +516,11 @@ impl<T: Data> Stream<T> {
         self.df.claim_name(name);
         self.df.sign(format!("sink {name}"));
         let context = self.df.sink_context();
-        let op = match operators::SinkOp::new(name, sink, &context, self.df.checkpoints()) {
+        let metrics = self
+            .df
+            .operator_metrics(name, crate::metrics::OperatorKind::Sink);
+        let op = match operators::SinkOp::new(name, sink, &context, self.df.checkpoints(), metrics)
+        {
             Ok(op) => Rc::new(op),
             Err(error) => return self.df.fail_build(error),
         };

@@ -6,6 +6,7 @@ use crate::checkpoint::restore::SourceRestore;
 use crate::checkpoint::subtask::SubtaskCheckpoints;
 use crate::checkpoint::Barrier;
 use crate::error::{JobError, SinkError};
+use crate::metrics::{OperatorKind, OperatorMetrics};
 use crate::sink::{Sink, SinkContext};
 use crate::source::{Source, SourceContext, SourcePoll};
 use crate::time::{Timestamp, WatermarkStrategy, MAX_WATERMARK};
@@ -181,6 +182,7 @@ pub(crate) struct SinkOp<S, T> {
     /// subtask's part open (as an open log does) until it has.
     holding: RefCell<Vec<u64>>,
     checkpoints: Rc<RefCell<SubtaskCheckpoints>>,
+    metrics: Arc<OperatorMetrics>,
     _in: std::marker::PhantomData<fn(T)>,
 }
 
@@ -190,6 +192,7 @@ impl<T, S: Sink<T>> SinkOp<S, T> {
         mut sink: S,
         context: &SinkContext,
         checkpoints: Rc<RefCell<SubtaskCheckpoints>>,
+        metrics: Arc<OperatorMetrics>,
     ) -> Result<Self, JobError> {
         let error = |error| JobError::Sink {
             sink: name.to_string(),
@@ -205,6 +208,7 @@ impl<T, S: Sink<T>> SinkOp<S, T> {
             pre_committed: std::cell::Cell::new(0),
             holding: RefCell::new(Vec::new()),
             checkpoints,
+            metrics,
             _in: std::marker::PhantomData,
         })
     }
@@ -275,6 +279,7 @@ pub(crate) struct SinkPush<S, T>(pub std::rc::Rc<SinkOp<S, T>>);
 impl<T, S: Sink<T>> Push<T> for SinkPush<S, T> {
     fn push(&mut self, batch: &mut Vec<Record<T>>, _cx: &mut Cx) -> Result<(), JobError> {
         let op = &self.0;
+        op.metrics.records_in.add(batch.len() as u64);
         let result = op.sink.borrow_mut().write(batch);
         batch.clear();
         result.map_err(|e| op.error(e))
@@ -308,7 +313,12 @@ impl<T, S: Sink<T>> OutputBuffer for SinkOp<S, T> {
     }
     fn can_drain(&self) -> bool {
         let mut sink = self.sink.borrow_mut();
-        sink.can_drain() || self.holding.borrow().iter().any(|&id| sink.is_pre_committed(id))
+        sink.can_drain()
+            || self
+                .holding
+                .borrow()
+                .iter()
+                .any(|&id| sink.is_pre_committed(id))
     }
     fn has_pending(&self) -> bool {
         self.sink.borrow().is_blocked() || !self.holding.borrow().is_empty()
@@ -345,6 +355,7 @@ pub(crate) struct SourceInput<T, S> {
     /// The positions recorded for each checkpoint not yet complete here,
     /// oldest first (handed to the source when one completes).
     recorded: Vec<(u64, Vec<(u32, u64)>)>,
+    metrics: Arc<OperatorMetrics>,
 }
 
 impl<T: Data, S: Source<T>> SourceInput<T, S> {
@@ -404,6 +415,10 @@ impl<T: Data, S: Source<T>> SourceInput<T, S> {
             restore,
             finished: false,
             recorded: Vec::new(),
+            metrics: g
+                .env
+                .metrics
+                .operator(name, OperatorKind::Source, g.subtask),
         }
     }
 
@@ -470,11 +485,13 @@ impl<T: Data, S: Source<T>> Input for SourceInput<T, S> {
                     .records
                     .extend(self.values.drain(..).map(|value| Record { ts: 0, value })),
             }
+            self.metrics.records_out.add(self.records.len() as u64);
             self.output.push(&mut self.records, cx)?;
             if let Some(max) = self.max_ts {
                 let watermark = max.saturating_sub(self.out_of_orderness_ms + 1);
                 if watermark > self.watermark {
                     self.watermark = watermark;
+                    self.metrics.watermark_ms.set(watermark);
                     self.output.watermark(watermark, cx)?;
                 }
             }

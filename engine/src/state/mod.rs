@@ -531,9 +531,12 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         &self.name
     }
 
-    #[cfg(test)]
     fn keys_in_group(&self, index: usize) -> usize {
         self.groups[index].len()
+    }
+
+    fn entry_bytes(&self) -> usize {
+        std::mem::size_of::<(K, V)>()
     }
 
     fn schema(&self) -> &Arc<BlockSchema> {

@@ -44,9 +44,12 @@ pub(crate) enum StateError {
 pub(crate) trait StateTable {
     /// The state's name, unique within its operator.
     fn name(&self) -> &str;
-    /// Number of keys with state in the key group at `index` of the range.
-    #[cfg(test)]
+    /// Number of keys with state in the key group at `index` of the range
+    /// (loaded ones: a restored key group not yet loaded counts none).
     fn keys_in_group(&self, index: usize) -> usize;
+    /// In-memory size of one entry (key and value, not what they point to),
+    /// for the monitor's estimate of the state's size.
+    fn entry_bytes(&self) -> usize;
     /// What the table's blocks archive: recorded in checkpoints (for
     /// inspection tools), compared on restore.
     fn schema(&self) -> &Arc<BlockSchema>;

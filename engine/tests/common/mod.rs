@@ -149,3 +149,4 @@ pub fn reference_windows(
     out.sort();
     out
 }
+pub mod http;

@@ -43,6 +43,7 @@ use crate::checkpoint::metadata::InFlightBlock;
 use crate::checkpoint::subtask::{BlockDesc, SnapshotBlock, SubtaskCheckpoints};
 use crate::checkpoint::{Barrier, CheckpointMode};
 use crate::keygroup::{key_group_for, subtask_for_key_group, Key, KeyGroupRange};
+use crate::metrics::ExchangeMetrics;
 use crate::park::Notifier;
 use crate::ring::{ChannelReceiver, ChannelSender, Notice};
 use crate::schema::BlockSchema;
@@ -101,6 +102,13 @@ pub(crate) fn exchange<K: Key, T: ExchangeData>(
         )
     };
     let (senders, receivers) = env.exchanges.endpoints::<T>(id, subtask);
+    let metrics = env.metrics.exchange(
+        target.0,
+        target.1,
+        subtask,
+        senders.iter().map(|c| c.data.occupancy()).collect(),
+        senders.first().map_or(0, |c| c.data.capacity()),
+    );
     let owner = (0..max_parallelism)
         .map(|kg| subtask_for_key_group(max_parallelism, parallelism as u32, kg as u16))
         .collect();
@@ -131,6 +139,7 @@ pub(crate) fn exchange<K: Key, T: ExchangeData>(
         checkpoints: checkpoints.clone(),
         last_barrier: 0,
         schema: schema.clone(),
+        metrics,
     })));
     df.add_buffer(upstream_chains, sender.clone());
     upstream.attach(Box::new(SenderPush(sender)));

@@ -86,6 +86,17 @@ pub(super) struct SenderState<K, T> {
     pub(super) schema: Arc<BlockSchema>,
     /// The last barrier sent.
     pub(super) last_barrier: u64,
+    /// Live figures for the monitor: records sent, time held back.
+    pub(super) metrics: Arc<ExchangeMetrics>,
+}
+
+impl<K, T> SenderState<K, T> {
+    /// Publishes whether a full ring holds the chain back (after every
+    /// batch, flush, drain and barrier; a clock read only on a change).
+    fn publish_blocked(&self) {
+        let blocked = self.targets.iter().any(|t| !t.pending.is_empty());
+        self.metrics.blocked(blocked);
+    }
 }
 
 /// The sending half of an exchange on one subtask.
@@ -110,6 +121,7 @@ impl<K: Key, T: ExchangeData> Push<T> for SenderPush<K, T> {
         let mut guard = self.0 .0.borrow_mut();
         let state = &mut *guard;
         let batch_size = state.batch_size;
+        state.metrics.records_sent.add(batch.len() as u64);
         for record in batch.drain(..) {
             let key = (state.key)(&record.value);
             let group = key_group_for(&key, state.max_parallelism);
@@ -120,6 +132,7 @@ impl<K: Key, T: ExchangeData> Push<T> for SenderPush<K, T> {
                 target.send(Message::Records(full));
             }
         }
+        state.publish_blocked();
         Ok(())
     }
 
@@ -140,6 +153,7 @@ impl<K: Key, T: ExchangeData> Push<T> for SenderPush<K, T> {
             target.send(Message::End);
         }
         state.ended = true;
+        state.publish_blocked();
         Ok(())
     }
 
@@ -225,6 +239,7 @@ impl<K: Key, T: ExchangeData> Push<T> for SenderPush<K, T> {
                 position,
             });
         }
+        state.publish_blocked();
         Ok(())
     }
 }
@@ -244,6 +259,9 @@ impl<K: Key, T: ExchangeData> OutputBuffer for ExchangeSender<K, T> {
         for target in &mut state.targets {
             moved |= target.drain();
         }
+        if moved {
+            state.publish_blocked();
+        }
         Ok(moved)
     }
 
@@ -260,6 +278,7 @@ impl<K: Key, T: ExchangeData> OutputBuffer for ExchangeSender<K, T> {
                 target.send(Message::Watermark(watermark));
             }
         }
+        state.publish_blocked();
         Ok(())
     }
 

@@ -71,8 +71,8 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
             fired = true;
         }
         if fired {
-            let op = &mut *op;
-            op.output.push(&mut op.out, cx)?;
+            op.publish_metrics(cx.now_ms);
+            op.emit_out(cx)?;
         }
         Ok(fired)
     }
@@ -210,6 +210,8 @@ pub(super) fn build<
         budget,
         names,
         timers_schema: Arc::new(BlockSchema::timers::<K>()),
+        metrics: df.operator_metrics(name, crate::metrics::OperatorKind::Keyed),
+        next_state_sample_ms: 0,
     }));
     if let Some(restore) = df.restore_state() {
         let restored = op.borrow_mut().restore(&restore);

@@ -24,6 +24,7 @@ use crate::checkpoint::subtask::{BlockDesc, Chain, SnapshotBlock, StateRef, Subt
 use crate::checkpoint::Barrier;
 use crate::error::ProcessError;
 use crate::keygroup::{key_group_for, Key, KeyGroupRange};
+use crate::metrics::OperatorMetrics;
 use crate::schema::BlockSchema;
 use crate::state::{CutPlan, Decided, IncrementalBounds, KeyScope, Serialized, StateRegistry};
 use crate::time::{TimeDomain, Timestamp, MAX_WATERMARK};
@@ -303,6 +304,11 @@ impl<K: Key> Timers<K> {
         self.domain_set(domain).remove(&(ts, key.clone()));
         self.by_group[group].remove(&(ts, domain, key.clone()));
         Some((ts, key))
+    }
+
+    /// Timers pending, event and processing time.
+    fn len(&self) -> usize {
+        self.event.len() + self.processing.len()
     }
 
     fn next_processing(&self) -> Option<u64> {

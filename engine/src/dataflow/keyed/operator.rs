@@ -39,6 +39,10 @@ pub(super) struct Operator<K, I1, I2, O, F> {
     pub(super) background_pause_us: u64,
     /// How much a step archives in the background.
     pub(super) budget: StepBudget,
+    /// Live figures for the monitor, published per batch (keyed state
+    /// about once a second: counting keys visits every key group).
+    pub(super) metrics: Arc<OperatorMetrics>,
+    pub(super) next_state_sample_ms: u64,
 }
 
 /// A snapshot cut and not fully archived: what each frozen key group of
@@ -98,6 +102,31 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         }
     }
 
+    /// Pushes what the function emitted downstream, counting it.
+    pub(super) fn emit_out(&mut self, cx: &mut Cx) -> Result<(), JobError> {
+        self.metrics.records_out.add(self.out.len() as u64);
+        self.output.push(&mut self.out, cx)
+    }
+
+    /// Publishes the timers pending and, once a second, the keyed state's
+    /// size (after a batch or a round of timers, never per record).
+    pub(super) fn publish_metrics(&mut self, now_ms: u64) {
+        self.metrics.timers.set(self.timers.len() as u64);
+        if now_ms < self.next_state_sample_ms {
+            return;
+        }
+        self.next_state_sample_ms = now_ms + 1_000;
+        let (mut keys, mut bytes) = (0u64, 0u64);
+        for table in self.state.tables() {
+            let table = table.borrow();
+            let n: usize = (0..self.range.len()).map(|i| table.keys_in_group(i)).sum();
+            keys += n as u64;
+            bytes += (n * table.entry_bytes()) as u64;
+        }
+        self.metrics.state_keys.set(keys);
+        self.metrics.state_bytes.set(bytes);
+    }
+
     pub(super) fn key_group_index(&self, key: &K) -> usize {
         let group = key_group_for(key, self.max_parallelism);
         assert!(
@@ -117,6 +146,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         key_of: impl Fn(&Self, &I) -> K,
         call: impl Fn(&mut F, I, &mut KeyedContext<'_, K, O>) -> Result<(), ProcessError>,
     ) -> Result<(), JobError> {
+        self.metrics.records_in.add(batch.len() as u64);
         for record in batch.drain(..) {
             let key = key_of(self, &record.value);
             let key_group_index = self.key_group_index(&key);
@@ -133,7 +163,8 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                 return Err(self.error(e));
             }
         }
-        self.output.push(&mut self.out, cx)
+        self.publish_metrics(cx.now_ms);
+        self.emit_out(cx)
     }
 
     pub(super) fn fire_event_timers(
@@ -173,7 +204,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             return Err(self.error(e));
         }
         if self.out.len() >= 1024 {
-            self.output.push(&mut self.out, cx)?;
+            self.emit_out(cx)?;
         }
         Ok(())
     }
@@ -188,8 +219,11 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         let min = self.watermarks[0].min(self.watermarks[1]);
         if min > self.watermark {
             self.watermark = min;
+            if min != MAX_WATERMARK {
+                self.metrics.watermark_ms.set(min);
+            }
             self.fire_event_timers(min, cx)?;
-            self.output.push(&mut self.out, cx)?;
+            self.emit_out(cx)?;
             self.output.watermark(min, cx)?;
         }
         Ok(())
@@ -245,7 +279,7 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
     ) -> Result<(), JobError> {
         self.cut(barrier.id)?;
         // Pending output belongs before the barrier.
-        self.output.push(&mut self.out, cx)?;
+        self.emit_out(cx)?;
         self.output.barrier(barrier, cx)
     }
 
