@@ -343,7 +343,7 @@ fn embed(args: EmbedArgs) -> anyhow::Result<()> {
     if args.rates.iter().any(|&r| r == 0 || r > 100_000_000) {
         bail!("--rates must be between 1 and 100000000 records/s");
     }
-    if args.parallelism.iter().any(|&p| p == 0) || args.intervals_ms.iter().any(|&i| i == 0) {
+    if args.parallelism.contains(&0) || args.intervals_ms.contains(&0) {
         bail!("--parallelism and --intervals-ms must be positive");
     }
     if !(args.seconds > 0.0 && args.seconds <= 3600.0) {

@@ -110,8 +110,8 @@ pub fn run_one(config: &EmbedConfig) -> anyhow::Result<EmbedResult> {
     let (histogram, report) = match config.egress {
         Egress::Immediate => {
             let (sinks, receiver) = egress::<Due>(p, 256);
-            let job = Job::new(job_config)
-                .start(move |df| build(df, &sources, |d| sinks.take(d)))?;
+            let job =
+                Job::new(job_config).start(move |df| build(df, &sources, |d| sinks.take(d)))?;
             let reader = std::thread::spawn(move || measure(receiver.map(|r| r.value), start));
             push_paced(Pusher::Raw(input), records, config.rate, start)?;
             let report = job.join()?;
@@ -119,8 +119,8 @@ pub fn run_one(config: &EmbedConfig) -> anyhow::Result<EmbedResult> {
         }
         Egress::Committed => {
             let (sinks, receiver) = egress_committed::<Due>(p, 256);
-            let job = Job::new(job_config)
-                .start(move |df| build(df, &sources, |d| sinks.take(d)))?;
+            let job =
+                Job::new(job_config).start(move |df| build(df, &sources, |d| sinks.take(d)))?;
             let reader = std::thread::spawn(move || measure(receiver.map(|r| r.value), start));
             let (replay, _) = ReplayIngress::new(input, 4_000_000)?;
             push_paced(Pusher::Replay(replay), records, config.rate, start)?;
@@ -180,7 +180,8 @@ fn push_paced(mut pusher: Pusher, records: u64, rate: u64, start: Instant) -> an
             let due = (i as f64 * ns_per_record) as u64;
             match &mut pusher {
                 Pusher::Raw(h) => {
-                    h.push((i, due)).map_err(|e| anyhow::anyhow!("push: {e:?}"))?;
+                    h.push((i, due))
+                        .map_err(|e| anyhow::anyhow!("push: {e:?}"))?;
                 }
                 Pusher::Replay(r) => {
                     r.push((i, due))?;

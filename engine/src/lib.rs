@@ -96,8 +96,8 @@ pub use error::{
     CheckpointError, ConfigError, JobError, ProcessError, RestoreError, SinkError, SourceError,
 };
 pub use job::{Job, JobHandle, JobReport};
-pub use monitor::MonitorConfig;
 pub use keygroup::Key;
+pub use monitor::MonitorConfig;
 pub use park::Notifier;
 pub use restart::{RestartStats, RestartStrategy};
 pub use schema::Schema;

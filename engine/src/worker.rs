@@ -196,12 +196,15 @@ impl Worker {
                     for operator in &self.stateful_operators {
                         operator.snapshot_if_finished(barrier, cx)?;
                     }
+                    // So do sinks whose input ended: a pre-commit that
+                    // finishes later (the committed egress) holds the part
+                    // open, which it can only do before the part is ready.
+                    for sink in &self.sinks {
+                        sink.pre_commit_if_finished(barrier.id)?;
+                    }
                     // Finished sources still record their final offset.
                     for slot in &mut self.inputs {
                         slot.input.trigger(barrier, cx)?;
-                    }
-                    for sink in &self.sinks {
-                        sink.pre_commit_if_finished(barrier.id)?;
                     }
                     // Drained before this barrier: it covers all of this
                     // subtask's output. Final if every subtask says so (asked

@@ -181,7 +181,7 @@ fn the_live_page_shows_the_checkpoints_in_a_real_browser() {
             .is_some_and(|points| points.len() >= 2)
             && handle.completed_checkpoints() >= 4
     });
-    let completed_before = handle.completed_checkpoints() + 0;
+    let completed_before = handle.completed_checkpoints();
     let url = format!("http://{addr}/");
     let budget = "--virtual-time-budget=3000".to_string();
 

@@ -72,10 +72,14 @@ pub fn counting_job(
                 if let Some(faults) = &faults {
                     faults.tick()?;
                 }
-                let n = count.update(ctx, || 0, |c| {
-                    *c += 1;
-                    *c
-                });
+                let n = count.update(
+                    ctx,
+                    || 0,
+                    |c| {
+                        *c += 1;
+                        *c
+                    },
+                );
                 ctx.emit((id, id % KEYS, n));
                 Ok(())
             }

@@ -7,7 +7,7 @@
 
 use spate::checkpoint::{CheckpointConfig, CheckpointMode};
 use spate::embed::{egress_committed, ingress, ReplayIngress};
-use spate::{Job, JobConfig, RestartStrategy};
+use spate::{Job, JobConfig, RestartStrategy, WatermarkStrategy};
 use spate_tests::embed::{check_exactly_once, counting_job, summary, Faults, Row};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,7 +23,12 @@ fn scratch(name: &str) -> PathBuf {
 /// Runs the counting job in this process with a replay buffer in front and
 /// a committed egress behind; returns the rows the service received and
 /// the number of restarts.
-fn run_in_process(dir: &Path, mode: CheckpointMode, n: u64, faults: Option<Arc<Faults>>) -> (Vec<Row>, u32) {
+fn run_in_process(
+    dir: &Path,
+    mode: CheckpointMode,
+    n: u64,
+    faults: Option<Arc<Faults>>,
+) -> (Vec<Row>, u32) {
     let config = JobConfig {
         parallelism: 2,
         max_parallelism: 64,
@@ -172,4 +177,61 @@ fn kill_9_of_an_aligned_service_loses_and_duplicates_nothing() {
 #[test]
 fn kill_9_of_an_unaligned_service_loses_and_duplicates_nothing() {
     kill_9_of_the_service_process("unaligned", 4);
+}
+
+/// A job without keyed state: the sink's input has ended when the final
+/// checkpoint is triggered, so the sink pre-commits at the trigger. Its
+/// part must wait for the acknowledgement there too, or the last epoch is
+/// committed before the receiver sealed it and never released.
+#[test]
+fn a_stateless_job_commits_its_last_epoch() {
+    let dir = scratch("stateless");
+    let config = JobConfig {
+        parallelism: 2,
+        max_parallelism: 64,
+        pin_cores: false,
+        checkpoint: Some(CheckpointConfig::new(&dir, 20)),
+        ..JobConfig::default()
+    };
+    let (input, sources) = ingress::<u64>(2, 1024);
+    let (sinks, receiver) = egress_committed::<u64>(2, 64);
+    let job = Job::new(config)
+        .start(move |df| {
+            df.source("in", sources.take(df.subtask()), WatermarkStrategy::none())
+                .map(|x: u64| x * 2)
+                .sink("out", sinks.take(df.subtask()));
+        })
+        .unwrap();
+    let reader = std::thread::spawn(move || receiver.map(|r| r.value).collect::<Vec<_>>());
+    let (mut replay, _) = ReplayIngress::new(input, 100_000).unwrap();
+    for x in 0..10_000u64 {
+        replay.push(x).unwrap();
+    }
+    replay.finish().unwrap();
+    job.join().unwrap();
+    let mut got = reader.join().unwrap();
+    got.sort_unstable();
+    assert_eq!(got, (0..10_000u64).map(|x| x * 2).collect::<Vec<_>>());
+}
+
+/// A committed egress needs checkpoints: the job fails naming why, and the
+/// receiver ends instead of waiting for a run that never opens.
+#[test]
+fn a_committed_egress_without_checkpoints_fails_the_job_and_ends_the_receiver() {
+    let config = JobConfig {
+        parallelism: 1,
+        pin_cores: false,
+        ..JobConfig::default()
+    };
+    let (_input, sources) = ingress::<u64>(1, 16);
+    let (sinks, mut receiver) = egress_committed::<u64>(1, 4);
+    let result = Job::new(config)
+        .start(move |df| {
+            df.source("in", sources.take(df.subtask()), WatermarkStrategy::none())
+                .sink("out", sinks.take(df.subtask()));
+        })
+        .and_then(|job| job.join());
+    let error = result.expect_err("refused").to_string();
+    assert!(error.contains("commits with checkpoints"), "{error}");
+    assert_eq!(receiver.recv(), None);
 }

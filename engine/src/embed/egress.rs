@@ -4,15 +4,17 @@
 //! Invariants:
 //! 1. A sink subtask's ring carries, in order, its batches, a seal after the
 //!    last record before each checkpoint's barrier (epochs and committed
-//!    modes), and an end mark when its input ended normally (only the final
-//!    checkpoint's seal follows it).
+//!    modes), and an end mark when its input ended normally (only seals of
+//!    the checkpoints after that follow it).
 //! 2. The receiver reads a ring only up to its next seal until every ring
 //!    has reached a seal (or ended): so a [`Delivery::Sealed`]`(n)` follows
 //!    every record of epoch `n` of every subtask and precedes every record
-//!    after it.
+//!    after it. A seal some ring skipped (its checkpoint was aborted) and
+//!    the seals of a run that died are not delivered.
 //! 3. A sink acknowledges its part of checkpoint `n` only once the receiver
-//!    acknowledged `n`: a completed checkpoint covers only output the service
-//!    holds.
+//!    acknowledged `n` for the sink's own run: a completed checkpoint covers
+//!    only output the service holds. [`Delivery::Committed`] never runs
+//!    ahead of the seals.
 //! 4. The receiver reads one run's rings; a newer run's rings replace them
 //!    when all its sinks opened (epochs: what the old run's rings still held
 //!    belongs to epochs after the restored checkpoint and is dropped).
@@ -36,13 +38,31 @@ enum Item<T> {
     End,
 }
 
-/// The sinks of one run, as the receiver adopts them.
+/// The sinks of the run being opened.
 struct RunState<T> {
     run: Option<u64>,
     consumers: Vec<Option<Consumer<Item<T>>>>,
     notifiers: Vec<Option<Notifier>>,
     opened: usize,
     restored: Option<u64>,
+    /// The newest checkpoint of this run the receiver acknowledged (a
+    /// failed run's acknowledgements never reach the next run's sinks).
+    acked: Arc<AtomicU64>,
+}
+
+/// The newest run whose sinks all opened, until the receiver takes it (a
+/// newer run being opened does not touch it).
+struct ReadyRun<T> {
+    generation: u64,
+    consumers: Vec<Consumer<Item<T>>>,
+    notifiers: Vec<Notifier>,
+    restored: Option<u64>,
+    acked: Arc<AtomicU64>,
+}
+
+struct Runs<T> {
+    opening: RunState<T>,
+    ready: Option<ReadyRun<T>>,
 }
 
 struct EgressShared<T> {
@@ -50,12 +70,11 @@ struct EgressShared<T> {
     capacity: usize,
     /// Seals and acknowledgements (epochs and committed modes).
     epochs: bool,
-    state: Mutex<RunState<T>>,
-    /// Bumped when a run's sinks have all opened (0: none yet).
+    state: Mutex<Runs<T>>,
+    /// Bumped when a run's sinks have all opened (0: none yet); the run is
+    /// then in `Runs::ready`.
     generation: AtomicU64,
-    /// The newest checkpoint the receiver acknowledged.
-    acked: AtomicU64,
-    /// The newest completed checkpoint a sink was told of.
+    /// The newest completed checkpoint a sink of the current run was told of.
     committed: AtomicU64,
     sinks_gone: AtomicBool,
     /// The service thread receiving.
@@ -68,15 +87,18 @@ fn shared<T>(parallelism: usize, capacity: usize, epochs: bool) -> Arc<EgressSha
         parallelism,
         capacity,
         epochs,
-        state: Mutex::new(RunState {
-            run: None,
-            consumers: Vec::new(),
-            notifiers: Vec::new(),
-            opened: 0,
-            restored: None,
+        state: Mutex::new(Runs {
+            opening: RunState {
+                run: None,
+                consumers: Vec::new(),
+                notifiers: Vec::new(),
+                opened: 0,
+                restored: None,
+                acked: Arc::default(),
+            },
+            ready: None,
         }),
         generation: AtomicU64::new(0),
-        acked: AtomicU64::new(0),
         committed: AtomicU64::new(0),
         sinks_gone: AtomicBool::new(false),
         waiter: ThreadWaiter::default(),
@@ -135,10 +157,14 @@ pub struct EgressSinks<T> {
 impl<T: Send + 'static> EgressSinks<T> {
     /// The sink of subtask `subtask` for the run being built.
     pub fn take(&self, subtask: usize) -> EgressSink<T> {
-        assert!(subtask < self.shared.parallelism, "subtask {subtask} out of range");
+        assert!(
+            subtask < self.shared.parallelism,
+            "subtask {subtask} out of range"
+        );
         EgressSink {
             producer: None,
             pending: VecDeque::new(),
+            acked: Arc::default(),
             shared: self.shared.clone(),
         }
     }
@@ -156,7 +182,17 @@ impl<T> Drop for EgressSinks<T> {
 pub struct EgressSink<T> {
     producer: Option<Producer<Item<T>>>,
     pending: VecDeque<Item<T>>,
+    /// Its run's acknowledgements.
+    acked: Arc<AtomicU64>,
     shared: Arc<EgressShared<T>>,
+}
+
+impl<T> Drop for EgressSink<T> {
+    fn drop(&mut self) {
+        // Its ring closes: the receiver learns that the run ended or died.
+        self.producer = None;
+        self.shared.waiter.wake();
+    }
 }
 
 impl<T: Send + 'static> EgressSink<T> {
@@ -190,7 +226,8 @@ impl<T: Send + 'static> Sink<T> for EgressSink<T> {
             ));
         }
         let (producer, consumer) = ring(shared.capacity);
-        let mut state = shared.state.lock().expect("egress lock");
+        let mut runs = shared.state.lock().expect("egress lock");
+        let state = &mut runs.opening;
         if state.run != Some(context.run) {
             // The first sink of a new run. Its restored checkpoint decides:
             // epochs up to it are final, later ones are void.
@@ -201,15 +238,31 @@ impl<T: Send + 'static> Sink<T> for EgressSink<T> {
                 notifiers: (0..shared.parallelism).map(|_| None).collect(),
                 opened: 0,
                 restored,
+                acked: Arc::new(AtomicU64::new(restored.unwrap_or(0))),
             };
-            shared.acked.store(restored.unwrap_or(0), Ordering::Release);
-            shared.committed.store(restored.unwrap_or(0), Ordering::Release);
+            shared
+                .committed
+                .store(restored.unwrap_or(0), Ordering::Release);
         }
         state.consumers[context.subtask] = Some(consumer);
         state.notifiers[context.subtask] = Some(context.notifier.clone());
         state.opened += 1;
+        self.acked = state.acked.clone();
         if state.opened == shared.parallelism {
-            shared.generation.fetch_add(1, Ordering::AcqRel);
+            let generation = shared.generation.load(Ordering::Acquire) + 1;
+            let ready = ReadyRun {
+                generation,
+                consumers: state
+                    .consumers
+                    .iter_mut()
+                    .map(|c| c.take().expect("every sink of an opened run made its ring"))
+                    .collect(),
+                notifiers: state.notifiers.iter().flatten().cloned().collect(),
+                restored: state.restored,
+                acked: state.acked.clone(),
+            };
+            runs.ready = Some(ready);
+            shared.generation.store(generation, Ordering::Release);
             shared.waiter.wake();
         }
         self.producer = Some(producer);
@@ -266,11 +319,13 @@ impl<T: Send + 'static> Sink<T> for EgressSink<T> {
     }
 
     fn is_pre_committed(&mut self, checkpoint_id: u64) -> bool {
-        !self.shared.epochs || self.shared.acked.load(Ordering::Acquire) >= checkpoint_id
+        !self.shared.epochs || self.acked.load(Ordering::Acquire) >= checkpoint_id
     }
 
     fn commit(&mut self, checkpoint_id: u64) -> Result<(), SinkError> {
-        self.shared.committed.fetch_max(checkpoint_id, Ordering::AcqRel);
+        self.shared
+            .committed
+            .fetch_max(checkpoint_id, Ordering::AcqRel);
         self.shared.waiter.wake();
         Ok(())
     }
@@ -309,6 +364,8 @@ struct Core<T> {
     ended: Vec<bool>,
     sealed: u64,
     committed_seen: u64,
+    /// The adopted run's acknowledgements.
+    acked: Arc<AtomicU64>,
     records: VecDeque<Record<T>>,
     next: usize,
 }
@@ -331,6 +388,7 @@ impl<T: Send + 'static> Core<T> {
             ended: Vec::new(),
             sealed: 0,
             committed_seen: 0,
+            acked: Arc::default(),
             records: VecDeque::new(),
             next: 0,
         }
@@ -341,43 +399,78 @@ impl<T: Send + 'static> Core<T> {
         if generation != 0 && generation != self.generation {
             // Immediate: what the old run sent still goes out first.
             if self.shared.epochs || self.old_run_drained() {
-                return Next::Delivery(self.adopt_run(generation));
+                if let Some(restored) = self.adopt_run() {
+                    return Next::Delivery(restored);
+                }
             }
         }
         if self.shared.epochs {
-            let committed = self.shared.committed.load(Ordering::Acquire);
+            // Never ahead of the seals: a commit covers sealed epochs only.
+            let committed = self
+                .shared
+                .committed
+                .load(Ordering::Acquire)
+                .min(self.sealed);
             if committed > self.committed_seen {
                 self.committed_seen = committed;
                 return Next::Delivery(Delivery::Committed(committed));
             }
         }
-        if let Some(record) = self.records.pop_front() {
-            return Next::Delivery(Delivery::Record(record));
-        }
-        if let Some(record) = self.read_rings() {
-            return Next::Delivery(Delivery::Record(record));
-        }
-        if self.held.is_empty() || self.held.iter().any(Option::is_none) {
-            return Next::Nothing;
-        }
-        let least = self.held.iter().flatten().copied().min().unwrap_or(u64::MAX);
-        if least == u64::MAX {
-            // Every ring ended: the job finished, or this run failed and
-            // another may follow.
-            let gone = self.shared.sinks_gone.load(Ordering::Acquire);
-            return if gone || self.ended.iter().all(|&e| e) {
-                Next::Finished
-            } else {
-                Next::Nothing
-            };
-        }
-        self.sealed = least;
-        for held in &mut self.held {
-            if *held == Some(least) {
-                *held = None;
+        loop {
+            if let Some(record) = self.records.pop_front() {
+                return Next::Delivery(Delivery::Record(record));
             }
+            if let Some(record) = self.read_rings() {
+                return Next::Delivery(Delivery::Record(record));
+            }
+            let gone = self.shared.sinks_gone.load(Ordering::Acquire);
+            if self.held.is_empty() {
+                // No run has opened all its sinks; none will once they are gone.
+                return if gone { Next::Finished } else { Next::Nothing };
+            }
+            if self.held.iter().any(Option::is_none) {
+                return Next::Nothing;
+            }
+            let closed = |h: &Option<u64>| *h == Some(u64::MAX);
+            if self
+                .held
+                .iter()
+                .zip(&self.ended)
+                .any(|(h, &e)| closed(h) && !e)
+            {
+                // A ring closed without its end mark: the run died. Its
+                // seals mean nothing (a checkpoint of it cannot complete
+                // now); wait for the next run, or the end of the job.
+                return if gone { Next::Finished } else { Next::Nothing };
+            }
+            let seals = self
+                .held
+                .iter()
+                .flatten()
+                .copied()
+                .filter(|&h| h != u64::MAX);
+            let (Some(least), Some(most)) = (seals.clone().min(), seals.max()) else {
+                // Every ring ended and closed.
+                let all_ended = self.ended.iter().all(|&e| e);
+                return if gone || all_ended {
+                    Next::Finished
+                } else {
+                    Next::Nothing
+                };
+            };
+            for held in &mut self.held {
+                if *held == Some(least) {
+                    *held = None;
+                }
+            }
+            self.sealed = least;
+            if least == most {
+                return Next::Delivery(Delivery::Sealed(least));
+            }
+            // A ring went past `least` without its seal: checkpoint `least`
+            // was aborted before that subtask's sink saw it. Its epoch merges
+            // into the next one; no `Sealed` for it.
         }
-        Next::Delivery(Delivery::Sealed(least))
     }
 
     /// Pops batches from rings not held at a seal; the first record of the
@@ -428,23 +521,27 @@ impl<T: Send + 'static> Core<T> {
                 .all(|c| c.is_closed() && !c.has_message())
     }
 
-    fn adopt_run(&mut self, generation: u64) -> Delivery<T> {
-        let mut state = self.shared.state.lock().expect("egress lock");
-        self.generation = generation;
-        self.consumers = state
-            .consumers
-            .iter_mut()
-            .map(|c| c.take().expect("every sink of an opened run made its ring"))
-            .collect();
-        self.notifiers = state.notifiers.iter().flatten().cloned().collect();
+    /// Takes the rings of the newest run whose sinks all opened (`None`: no
+    /// run newer than the one it reads).
+    fn adopt_run(&mut self) -> Option<Delivery<T>> {
+        let ready = self
+            .shared
+            .state
+            .lock()
+            .expect("egress lock")
+            .ready
+            .take()?;
+        self.generation = ready.generation;
+        self.consumers = ready.consumers;
+        self.notifiers = ready.notifiers;
+        self.acked = ready.acked;
         self.held = vec![None; self.consumers.len()];
         self.ended = vec![false; self.consumers.len()];
         self.records.clear();
         self.next = 0;
-        let restored = state.restored;
-        self.sealed = restored.unwrap_or(0);
-        self.committed_seen = restored.unwrap_or(0);
-        Delivery::Restored(restored)
+        self.sealed = ready.restored.unwrap_or(0);
+        self.committed_seen = ready.restored.unwrap_or(0);
+        Some(Delivery::Restored(ready.restored))
     }
 
     /// The next delivery, waiting for it; `None` once the job has finished.
@@ -465,11 +562,12 @@ impl<T: Send + 'static> Core<T> {
     }
 
     fn acknowledge(&self, checkpoint: u64) {
-        assert!(
-            checkpoint <= self.sealed,
-            "checkpoint {checkpoint} acknowledged before it was sealed"
-        );
-        self.shared.acked.fetch_max(checkpoint, Ordering::AcqRel);
+        if checkpoint > self.sealed {
+            // A seal of a run that failed since (its checkpoints cannot
+            // complete) or not delivered at all: nothing to let go of.
+            return;
+        }
+        self.acked.fetch_max(checkpoint, Ordering::AcqRel);
         for n in &self.notifiers {
             n.notify();
         }
@@ -529,8 +627,8 @@ impl<T: Send + 'static> EpochReceiver<T> {
     }
 
     /// The service holds everything up to [`Delivery::Sealed`]`(checkpoint)`
-    /// durably: the checkpoint may complete. Panics for a checkpoint not
-    /// sealed yet.
+    /// durably: the checkpoint may complete. Ignored for a seal of a run
+    /// that has been replaced since (after [`Delivery::Restored`]).
     pub fn acknowledge(&self, checkpoint: u64) {
         self.core.acknowledge(checkpoint);
     }

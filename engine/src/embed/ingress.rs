@@ -9,8 +9,10 @@
 //! 2. `durable` only grows within a run, and every position below it was
 //!    consumed before a completed checkpoint's cut.
 //! 3. The handle pushes into the rings of one run only; when a newer run has
-//!    opened all its sources it switches to that run's rings, and rewinds to
-//!    the least position a split of that run expects if it had pushed beyond.
+//!    registered all its sources (it is then kept in `Runs::ready`, which
+//!    the opening of yet another run leaves alone) the handle takes that
+//!    run's rings, and rewinds to the least position a split of that run
+//!    expects if it had pushed beyond.
 
 use super::RECHECK;
 use crate::park::{Notifier, ThreadWaiter};
@@ -27,7 +29,7 @@ pub type Position = u64;
 /// No end of input yet.
 const OPEN: u64 = u64::MAX;
 
-/// The sources of one run, as the handle adopts them.
+/// The sources of the run being opened.
 struct RunState<T> {
     run: Option<u64>,
     /// Sources of this run that opened (and so made their ring).
@@ -41,11 +43,28 @@ struct RunState<T> {
     start: Vec<Position>,
 }
 
+/// The newest run whose sources all registered, until the handle takes it
+/// (a newer run being opened does not touch it).
+struct ReadyRun<T> {
+    generation: u64,
+    producers: Vec<Producer<(Position, T)>>,
+    notifiers: Vec<Notifier>,
+    owners: Vec<u32>,
+    /// The least position a split of the run expects.
+    from: Position,
+}
+
+struct Runs<T> {
+    opening: RunState<T>,
+    ready: Option<ReadyRun<T>>,
+}
+
 struct IngressShared<T> {
     parallelism: usize,
     capacity: usize,
-    state: Mutex<RunState<T>>,
-    /// Bumped when a run has registered every source (0: none yet).
+    state: Mutex<Runs<T>>,
+    /// Bumped when a run has registered every source (0: none yet); the
+    /// run is then in `Runs::ready`.
     generation: AtomicU64,
     /// Per split, the next position a completed checkpoint expects.
     durable_splits: Mutex<Vec<Position>>,
@@ -71,13 +90,16 @@ pub fn ingress<T: Send + 'static>(
     let shared = Arc::new(IngressShared {
         parallelism,
         capacity,
-        state: Mutex::new(RunState {
-            run: None,
-            producers: Vec::new(),
-            notifiers: Vec::new(),
-            registered: 0,
-            owners: Vec::new(),
-            start: Vec::new(),
+        state: Mutex::new(Runs {
+            opening: RunState {
+                run: None,
+                producers: Vec::new(),
+                notifiers: Vec::new(),
+                registered: 0,
+                owners: Vec::new(),
+                start: Vec::new(),
+            },
+            ready: None,
         }),
         generation: AtomicU64::new(0),
         durable_splits: Mutex::new(Vec::new()),
@@ -112,7 +134,8 @@ pub enum PushError<T> {
         /// The record that was not taken.
         value: T,
     },
-    /// Every ring of the subtasks is full ([`IngressHandle::try_push`] only).
+    /// The ring of the subtask owning this position is full, or no run has
+    /// opened its sources yet ([`IngressHandle::try_push`] only).
     Full(T),
     /// The job has ended, or the input was closed before this position.
     Closed(T),
@@ -146,13 +169,15 @@ impl<T: Send + 'static> IngressHandle<T> {
     pub fn resume_position(&mut self) -> Option<Position> {
         let shared = self.shared.clone();
         shared.waiter.wait_for(RECHECK, || {
-            (shared.generation.load(Ordering::Acquire) != 0).then_some(()).or_else(|| self.gone())
+            (shared.generation.load(Ordering::Acquire) != 0)
+                .then_some(())
+                .or_else(|| self.gone())
         });
         if self.gone().is_some() {
             return None;
         }
-        if self.run_changed() {
-            self.next = self.adopt_run();
+        if let Some(from) = self.adopt_run() {
+            self.next = from;
         }
         Some(self.next)
     }
@@ -183,8 +208,7 @@ impl<T: Send + 'static> IngressHandle<T> {
     /// Pushes `value` if its subtask's ring has room now.
     pub fn try_push(&mut self, value: T) -> Result<Position, PushError<T>> {
         if self.run_changed() {
-            let from = self.adopt_run();
-            if from != self.next {
+            if let Some(from) = self.adopt_run().filter(|&from| from != self.next) {
                 self.next = from;
                 return Err(PushError::Rewind { from, value });
             }
@@ -216,9 +240,7 @@ impl<T: Send + 'static> IngressHandle<T> {
     /// ([`wait_rewind`](Self::wait_rewind)).
     pub fn close(&mut self) {
         self.shared.end.store(self.next, Ordering::Release);
-        for n in &self.notifiers {
-            n.notify();
-        }
+        self.notify_all();
     }
 
     /// After [`close`](Self::close): waits until either a run restored a
@@ -246,10 +268,7 @@ impl<T: Send + 'static> IngressHandle<T> {
         if !self.run_changed() {
             return None;
         }
-        let from = self.adopt_run();
-        if from == self.next {
-            return None;
-        }
+        let from = self.adopt_run().filter(|&from| from != self.next)?;
         self.next = from;
         Some(from)
     }
@@ -280,35 +299,53 @@ impl<T: Send + 'static> IngressHandle<T> {
     }
 
     fn gone(&self) -> Option<()> {
-        self.shared.sources_gone.load(Ordering::Acquire).then_some(())
+        self.shared
+            .sources_gone
+            .load(Ordering::Acquire)
+            .then_some(())
     }
 
-    /// Takes the rings of the newest run; returns the least position one of
-    /// its splits expects.
-    fn adopt_run(&mut self) -> Position {
-        let mut state = self.shared.state.lock().expect("ingress lock");
-        self.generation = self.shared.generation.load(Ordering::Acquire);
-        debug_assert_eq!(state.registered, self.shared.parallelism);
-        self.producers = state
-            .producers
-            .iter_mut()
-            .map(|p| p.take().expect("every source of a registered run made its ring"))
-            .collect();
-        self.notifiers = state.notifiers.iter().flatten().cloned().collect();
-        self.owners = state.owners.clone();
-        state.start.iter().copied().min().unwrap_or(0)
+    /// Takes the rings of the newest run whose sources all registered;
+    /// returns the least position one of its splits expects (`None`: no
+    /// run newer than the one it has).
+    fn adopt_run(&mut self) -> Option<Position> {
+        let mut runs = self.shared.state.lock().expect("ingress lock");
+        let ready = runs.ready.take()?;
+        self.generation = ready.generation;
+        self.producers = ready.producers;
+        self.notifiers = ready.notifiers;
+        self.owners = ready.owners;
+        Some(ready.from)
+    }
+
+    /// Wakes every source that may wait for the end of input: the adopted
+    /// run's and the one being opened.
+    fn notify_all(&self) {
+        for n in &self.notifiers {
+            n.notify();
+        }
+        let runs = self.shared.state.lock().expect("ingress lock");
+        for n in runs.opening.notifiers.iter().flatten() {
+            n.notify();
+        }
     }
 }
 
 impl<T> Drop for IngressHandle<T> {
     fn drop(&mut self) {
-        let _ = self
-            .shared
-            .end
-            .compare_exchange(OPEN, self.next, Ordering::AcqRel, Ordering::Acquire);
+        let _ =
+            self.shared
+                .end
+                .compare_exchange(OPEN, self.next, Ordering::AcqRel, Ordering::Acquire);
         self.shared.handle_gone.store(true, Ordering::Release);
-        for n in &self.notifiers {
-            n.notify();
+        if let Ok(runs) = self.shared.state.lock() {
+            for n in self
+                .notifiers
+                .iter()
+                .chain(runs.opening.notifiers.iter().flatten())
+            {
+                n.notify();
+            }
         }
     }
 }
@@ -321,7 +358,10 @@ pub struct IngressSources<T> {
 impl<T: Send + 'static> IngressSources<T> {
     /// The source of subtask `subtask` for the run being built.
     pub fn take(&self, subtask: usize) -> IngressSource<T> {
-        assert!(subtask < self.shared.parallelism, "subtask {subtask} out of range");
+        assert!(
+            subtask < self.shared.parallelism,
+            "subtask {subtask} out of range"
+        );
         IngressSource {
             shared: self.shared.clone(),
             consumer: None,
@@ -360,18 +400,38 @@ impl<T: Send + 'static> IngressSource<T> {
     /// so makes the run the one the handle pushes to.
     fn register(&mut self) {
         let shared = &self.shared;
-        let mut state = shared.state.lock().expect("ingress lock");
+        let mut runs = shared.state.lock().expect("ingress lock");
+        let state = &mut runs.opening;
         for (i, &next) in self.next.iter().enumerate() {
             state.start[self.first_split as usize + i] = next;
         }
         if self.restored {
             // What a restore starts from was covered by a completed checkpoint.
             let mut durable = shared.durable_splits.lock().expect("ingress lock");
-            publish_durable(shared, &mut durable, self.split_count, self.first_split, &self.next);
+            publish_durable(
+                shared,
+                &mut durable,
+                self.split_count,
+                self.first_split,
+                &self.next,
+            );
         }
         state.registered += 1;
         if state.registered == shared.parallelism {
-            shared.generation.fetch_add(1, Ordering::AcqRel);
+            let generation = shared.generation.load(Ordering::Acquire) + 1;
+            let ready = ReadyRun {
+                generation,
+                producers: state
+                    .producers
+                    .iter_mut()
+                    .map(|p| p.take().expect("a registered source made its ring"))
+                    .collect(),
+                notifiers: state.notifiers.iter().flatten().cloned().collect(),
+                owners: state.owners.clone(),
+                from: state.start.iter().copied().min().unwrap_or(0),
+            };
+            runs.ready = Some(ready);
+            shared.generation.store(generation, Ordering::Release);
             shared.waiter.wake();
         }
         self.registered = true;
@@ -413,7 +473,8 @@ impl<T: Send + 'static> Source<T> for IngressSource<T> {
             )));
         }
         let (producer, consumer) = ring(shared.capacity);
-        let mut state = shared.state.lock().expect("ingress lock");
+        let mut runs = shared.state.lock().expect("ingress lock");
+        let state = &mut runs.opening;
         if state.run != Some(context.run) {
             // The first source of a new run: the old run's rings are dead.
             let splits = context.split_count as usize;
@@ -527,7 +588,9 @@ impl<T: Send + 'static> Source<T> for IngressSource<T> {
             let i = split
                 .checked_sub(self.first_split)
                 .filter(|&i| (i as usize) < self.next.len())
-                .ok_or_else(|| SourceError::Other(format!("split {split} is not this subtask's")))?;
+                .ok_or_else(|| {
+                    SourceError::Other(format!("split {split} is not this subtask's"))
+                })?;
             if position % u64::from(self.split_count) != u64::from(split) {
                 return Err(SourceError::Other(format!(
                     "checkpointed ingress position {position} is not of split {split} \

@@ -52,6 +52,61 @@
 //! Every ring is created per run when the run's sources and sinks open, so
 //! nothing of a failed run leaks into the next; service threads wait by
 //! parking, never by spinning (they share the cores with the reactors).
+//!
+//! Push and receive on different threads when the egress is epochs or
+//! committed: a full [`ReplayIngress`] waits for a checkpoint, and a
+//! checkpoint waits for the receiver's acknowledgement. A restore that falls
+//! back past a damaged newest checkpoint to an older one (`docs/checkpoints.md`
+//! §8.1) is the one case these helpers cannot hide: [`ReplayIngress`] no
+//! longer holds what the older checkpoint needs and says so
+//! ([`ReplayError::CannotReplay`]), and a [`CommittedReceiver`] has already
+//! released epochs the older checkpoint does not cover (they come again). A
+//! service with its own log and an [`EpochReceiver`] handles it by pushing
+//! from the rewind and truncating to [`Delivery::Restored`].
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use spate::checkpoint::CheckpointConfig;
+//! use spate::embed::{egress_committed, ingress, ReplayIngress};
+//! use spate::{Job, JobConfig, KeyedContext, RestartStrategy, WatermarkStrategy};
+//!
+//! let dir = std::env::temp_dir().join(format!("spate-embed-{}", std::process::id()));
+//! let config = JobConfig {
+//!     parallelism: 2,
+//!     checkpoint: Some(CheckpointConfig::new(&dir, 100)),
+//!     restart: RestartStrategy::FixedDelay { attempts: 3, delay: std::time::Duration::ZERO },
+//!     ..JobConfig::default()
+//! };
+//! let (input, sources) = ingress::<u64>(2, 1024);
+//! let (sinks, results) = egress_committed::<(u64, u64)>(2, 64);
+//! let job = Job::new(config).start(move |df| {
+//!     df.source("requests", sources.take(df.subtask()), WatermarkStrategy::none())
+//!         .key_by(|x: &u64| x % 10)
+//!         .process("count", |state| {
+//!             let count = state.value_state::<u64>("count");
+//!             move |x: u64, ctx: &mut KeyedContext<u64, (u64, u64)>| {
+//!                 let n = count.update(ctx, || 0, |c| { *c += 1; *c });
+//!                 ctx.emit((x % 10, n));
+//!                 Ok(())
+//!             }
+//!         })
+//!         .sink("results", sinks.take(df.subtask()));
+//! })?;
+//! // Each result once, when the checkpoint that covers it has completed.
+//! let reader = std::thread::spawn(move || results.map(|r| r.value).collect::<Vec<_>>());
+//! // Each record pushed once: kept until a checkpoint covers it, replayed
+//! // by itself after a restart.
+//! let (mut input, _) = ReplayIngress::new(input, 100_000)?;
+//! for x in 0..1_000 {
+//!     input.push(x)?;
+//! }
+//! input.finish()?; // ends the input; returns once all of it is durable
+//! job.join()?;
+//! assert_eq!(reader.join().unwrap().len(), 1_000);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod egress;
 mod ingress;
@@ -65,5 +120,5 @@ pub use ingress::{ingress, IngressHandle, IngressSource, IngressSources, Positio
 pub use replay::{ReplayError, ReplayIngress};
 
 /// How long a waiting service thread sleeps at most before it re-checks its
-/// condition by itself (a safety net: every change also wakes it).
+/// condition by itself (a safety net: the changes it waits for wake it).
 const RECHECK: std::time::Duration = std::time::Duration::from_millis(20);

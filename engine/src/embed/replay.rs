@@ -44,7 +44,10 @@ impl<T: Clone + Send + 'static> ReplayIngress<T> {
     /// Waits for the job's sources and starts the buffer where the job
     /// expects its next record (0 for a fresh job; after a resumed
     /// checkpoint, the position the service must push from, returned too).
-    pub fn new(mut handle: IngressHandle<T>, capacity: usize) -> Result<(Self, Position), ReplayError> {
+    pub fn new(
+        mut handle: IngressHandle<T>,
+        capacity: usize,
+    ) -> Result<(Self, Position), ReplayError> {
         assert!(capacity > 0, "a replay buffer holds at least one record");
         let base = handle.resume_position().ok_or(ReplayError::Closed)?;
         let ingress = Self {

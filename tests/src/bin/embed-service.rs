@@ -125,7 +125,10 @@ fn truncate_after(path: &Path, restored: Option<u64>) -> File {
     let mut kept = String::new();
     if let Some(r) = restored {
         let seal = format!("s {r}");
-        let lines = File::open(path).map(BufReader::new).into_iter().flat_map(|f| f.lines());
+        let lines = File::open(path)
+            .map(BufReader::new)
+            .into_iter()
+            .flat_map(|f| f.lines());
         let mut found = false;
         for line in lines {
             let line = line.expect("read results");
@@ -144,7 +147,12 @@ fn truncate_after(path: &Path, restored: Option<u64>) -> File {
     }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, kept).expect("write results");
-    File::open(&tmp).and_then(|f| f.sync_all()).expect("sync results");
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .expect("sync results");
     std::fs::rename(&tmp, path).expect("replace results");
-    OpenOptions::new().append(true).open(path).expect("results file")
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("results file")
 }
