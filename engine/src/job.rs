@@ -8,7 +8,7 @@ use crate::checkpoint::{CheckpointStats, RestoreFrom};
 use crate::dataflow::Dataflow;
 use crate::env::{load_restore, JobEnv};
 use crate::metrics::MetricsRegistry;
-use crate::monitor::Monitor;
+use crate::monitor::{Listening, Monitor};
 use crate::restart::{RestartStats, RestartStrategy, RestartTracker};
 use crate::runtime::{reactor, WriterSlots};
 use crate::time::{Clock, SystemClock};
@@ -92,6 +92,12 @@ impl Job {
                 .ok()
                 .and_then(|r| r.latest().map(|l| l.id))
         });
+        // Listens before the first run starts: a port in use fails here,
+        // with no reactor running and the directory lock still held.
+        let listening = match &self.config.monitor {
+            Some(monitor) => Some(Listening::bind(monitor)?),
+            None => None,
+        };
         let metrics = Arc::new(MetricsRegistry::default());
         let first = launch(&self.config, &self.clock, &build, &stop, &metrics)?;
         // Restarts restore this job's own checkpoints only: the one it
@@ -106,8 +112,16 @@ impl Job {
             self.config.clone(),
             metrics.clone(),
         ));
-        let monitor = match &self.config.monitor {
-            Some(monitor) => Some(Monitor::start(monitor, shared.clone())?),
+        let monitor = match listening.map(|l| l.serve(shared.clone())) {
+            Some(Ok(monitor)) => Some(monitor),
+            Some(Err(e)) => {
+                // No thread to serve from: stop the run rather than leave
+                // it running with nobody to join it.
+                stop.store(true, Ordering::SeqCst);
+                first.env.wake_all();
+                let _ = first.join();
+                return Err(e);
+            }
             None => None,
         };
         let inner = if self.config.restart == RestartStrategy::None {

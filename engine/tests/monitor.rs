@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::http::{get, request};
+use common::http::{get, raw_status, request};
 use common::Event;
 use spate::sink::Sink;
 use spate::source::SequenceSource;
@@ -393,5 +393,100 @@ fn the_monitor_is_read_only_without_a_token_and_serves_nothing_from_elsewhere() 
         );
     }
     assert!(!format!("{:?}", MonitorConfig::local(0).with_action_token(TOKEN)).contains(TOKEN));
+    finish(handle, dir);
+}
+
+#[test]
+fn bad_clients_get_errors_and_neither_stop_the_server_nor_outlive_the_job() {
+    let (handle, _switches, addr, dir) = start("limits", MonitorConfig::local(0));
+    let ok = |what: &str| assert_eq!(get(addr, "/api/job").status, 200, "after {what}");
+    let shown = json(addr, "/api/job")["config"]["monitor_address"].clone();
+    assert_eq!(shown, addr.to_string(), "the bound address, not port 0");
+
+    // Headers past the limit, with and without line ends: 431.
+    let mut big = b"GET /metrics HTTP/1.1\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 16 * 1024));
+    assert_eq!(raw_status(addr, &big), Some(431), "no line end");
+    big.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(raw_status(addr, &big), Some(431), "a long header");
+    ok("an oversized header");
+
+    // A huge announced body that never comes: refused at once, unread.
+    for method in ["POST /api/checkpoints", "GET /api/job"] {
+        let at = Instant::now();
+        let head = format!("{method} HTTP/1.1\r\nContent-Length: 1000000000000\r\n\r\n");
+        assert_eq!(raw_status(addr, head.as_bytes()), Some(413), "{method}");
+        assert!(
+            at.elapsed() < Duration::from_secs(2),
+            "{method}: {:?}",
+            at.elapsed()
+        );
+    }
+    ok("a huge Content-Length");
+    assert_eq!(
+        raw_status(
+            addr,
+            b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ),
+        Some(501)
+    );
+    assert_eq!(raw_status(addr, b"\xff\xfe\r\n\r\n"), Some(400));
+
+    // A client that connects and says nothing delays others by the read
+    // timeout at most.
+    let silent = std::net::TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let at = Instant::now();
+    ok("a silent client");
+    assert!(at.elapsed() < Duration::from_secs(8), "{:?}", at.elapsed());
+
+    // Joining ends the server promptly, even with a silent client, and
+    // frees the port.
+    let silent_again = std::net::TcpStream::connect(addr).unwrap();
+    handle.stop();
+    let at = Instant::now();
+    handle.join().expect("the job ends cleanly after stop");
+    assert!(at.elapsed() < Duration::from_secs(30), "{:?}", at.elapsed());
+    std::net::TcpListener::bind(addr).expect("the port is free after join");
+    drop((silent, silent_again));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_port_in_use_fails_the_start_and_leaves_no_job_running() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = temp_dir("taken");
+    let config = |monitor: MonitorConfig| JobConfig {
+        parallelism: 2,
+        max_parallelism: 32,
+        pin_cores: false,
+        checkpoint: Some(CheckpointConfig::new(&dir, 50)),
+        monitor: Some(monitor),
+        ..JobConfig::default()
+    };
+    let switches = Arc::new(Switches::default());
+    let s = switches.clone();
+    let error = Job::new(config(MonitorConfig::new(addr)))
+        .start(move |df| job(df, &s))
+        .err()
+        .expect("the start fails on a port in use");
+    assert!(error.to_string().contains(&addr.to_string()), "{error}");
+    // A run left behind would checkpoint every 50 ms into the directory.
+    std::thread::sleep(Duration::from_millis(500));
+    let written = std::fs::read_dir(&dir).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".spseg"))
+            .count()
+    });
+    assert_eq!(
+        written, 0,
+        "a run of the failed start is still checkpointing"
+    );
+
+    let s = switches.clone();
+    let handle = Job::new(config(MonitorConfig::local(0)))
+        .start(move |df| job(df, &s))
+        .expect("a start on a free port, same state directory");
     finish(handle, dir);
 }

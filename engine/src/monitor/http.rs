@@ -1,21 +1,22 @@
 //! The monitor's server loop and routes, on the `spate-monitor` thread.
 //!
-//! One thread serves every request in turn and takes a sample of the job's
-//! figures every second between requests (`tiny_http` parses requests on
-//! threads of its own). Every route answers `GET` (and `HEAD`); the one
+//! One thread accepts and serves every connection in turn (one request
+//! each, read and written by `server.rs` within its limits and timeouts)
+//! and takes a sample of the job's figures every second between requests.
+//! Every route answers `GET` (and `HEAD`); the one
 //! action, `POST /api/checkpoints`, needs the configured bearer token and is
 //! refused when none is configured. Every response forbids scripts, styles
 //! and connections from anywhere but the monitor itself (Content Security
 //! Policy), sniffing and caching.
 
 use super::sampler::{Sample, Sampler};
+use super::server::{self, Listener, Reply, Request};
 use super::{api, prometheus, MonitorConfig};
 use crate::watch::Supervision;
-use std::io::Cursor;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tiny_http::{Header, Method, Request, Response};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const MONITOR_JS: &str = include_str!("assets/monitor.js");
@@ -39,34 +40,33 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// The monitor's state on its thread.
 pub(super) struct Service {
     config: MonitorConfig,
+    /// Where the server listens (the port chosen, if the config said 0).
+    address: SocketAddr,
     job: Arc<Supervision>,
     sampler: Sampler,
 }
 
-type Reply = Response<Cursor<Vec<u8>>>;
-
 impl Service {
-    pub(super) fn new(config: MonitorConfig, job: Arc<Supervision>) -> Self {
+    pub(super) fn new(config: MonitorConfig, address: SocketAddr, job: Arc<Supervision>) -> Self {
         Self {
             config,
+            address,
             job,
             sampler: Sampler::default(),
         }
     }
 
-    /// Serves until `stop` is set (and the server unblocked).
-    pub(super) fn serve(mut self, server: &tiny_http::Server, stop: &AtomicBool) {
+    /// Serves until `stop` is set; sees it within one connection's
+    /// timeouts, or [`server::POLL_EVERY`] when idle.
+    pub(super) fn serve(mut self, listener: &Listener, stop: &AtomicBool) {
         let mut next_sample = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             if Instant::now() >= next_sample {
                 self.sample();
                 next_sample = Instant::now() + SAMPLE_EVERY;
             }
-            let wait = next_sample.saturating_duration_since(Instant::now());
-            match server.recv_timeout(wait) {
-                Ok(Some(request)) => self.handle(request),
-                Ok(None) => {}
-                Err(_) => break, // unblocked by the monitor's drop
+            if let Some(stream) = listener.accept() {
+                server::serve(stream, |request| self.handle(request));
             }
         }
     }
@@ -85,19 +85,17 @@ impl Service {
         }
     }
 
-    fn handle(&mut self, request: Request) {
-        let path = request.url().split('?').next().unwrap_or("").to_string();
-        let reply = match request.method() {
-            Method::Get | Method::Head => self.get(&path),
-            Method::Post if path == "/api/checkpoints" => self.trigger(&request),
+    fn handle(&mut self, request: &Request) -> Reply {
+        let path = request.path.as_str();
+        let reply = match request.method.as_str() {
+            "GET" | "HEAD" => self.get(path),
+            "POST" if path == "/api/checkpoints" => self.trigger(request),
             _ => text(405, "the monitor is read-only: GET or HEAD\n")
-                .with_header(header("Allow", "GET, HEAD")),
+                .with_header("Allow", "GET, HEAD"),
         };
-        let reply = SECURITY_HEADERS
+        SECURITY_HEADERS
             .iter()
-            .fold(reply, |r, (name, value)| r.with_header(header(name, value)));
-        // A client that went away is no concern of the job's.
-        let _ = request.respond(reply);
+            .fold(reply, |r, (name, value)| r.with_header(name, value))
     }
 
     fn get(&mut self, path: &str) -> Reply {
@@ -159,13 +157,11 @@ impl Service {
             );
         };
         let given = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Authorization"))
-            .and_then(|h| h.value.as_str().strip_prefix("Bearer "));
+            .header("Authorization")
+            .and_then(|v| v.strip_prefix("Bearer "));
         if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
             return text(401, "a valid bearer token is needed\n")
-                .with_header(header("WWW-Authenticate", "Bearer"));
+                .with_header("WWW-Authenticate", "Bearer");
         }
         if self.job.config.checkpoint.is_none() {
             return text(409, "the job does not checkpoint\n");
@@ -180,7 +176,7 @@ impl Service {
             &self.job,
             &view,
             &self.config.job_name,
-            self.config.address.to_string(),
+            self.address.to_string(),
         )
     }
 
@@ -217,23 +213,21 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
-}
-
 fn body(text: &str, content_type: &str) -> Reply {
-    Response::from_data(text.as_bytes().to_vec()).with_header(header("Content-Type", content_type))
+    Reply::new(200, content_type, text.as_bytes().to_vec())
 }
 
 fn text(status: u16, text: &str) -> Reply {
-    body(text, "text/plain; charset=utf-8").with_status_code(status)
+    Reply::new(
+        status,
+        "text/plain; charset=utf-8",
+        text.as_bytes().to_vec(),
+    )
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Reply {
     match serde_json::to_vec(value) {
-        Ok(bytes) => {
-            Response::from_data(bytes).with_header(header("Content-Type", "application/json"))
-        }
+        Ok(bytes) => Reply::new(200, "application/json", bytes),
         Err(e) => text(500, &format!("cannot encode: {e}\n")),
     }
 }

@@ -8,7 +8,8 @@
 //! lives as long as the job's handle, across the supervisor's restarts (it
 //! reads the job's [`Supervision`], which follows the current run).
 //!
-//! Owns the server thread (`spate-monitor`), the HTTP routes and their
+//! Owns the server thread (`spate-monitor`), a small HTTP/1.1 server with
+//! fixed limits and timeouts (`server.rs`), the HTTP routes and their
 //! security rules (`http.rs`), the once-a-second samples that rates and the
 //! page's charts come from (`sampler.rs`), the Prometheus exposition
 //! (`prometheus.rs`, with the `prometheus-client` crate) and the JSON
@@ -22,6 +23,7 @@ mod http;
 mod prometheus;
 mod redact;
 mod sampler;
+mod server;
 
 use crate::watch::Supervision;
 use crate::{ConfigError, JobError};
@@ -116,46 +118,63 @@ impl std::fmt::Debug for MonitorConfig {
     }
 }
 
-/// The running monitor: its server thread, stopped and joined on drop.
+/// A monitor that listens but does not serve yet: bound before the job's
+/// first run starts, so that a port in use fails `Job::start` before any
+/// reactor runs.
+pub(crate) struct Listening {
+    config: MonitorConfig,
+    listener: server::Listener,
+    address: SocketAddr,
+}
+
+impl Listening {
+    /// Checks the settings and listens on the configured address.
+    pub(crate) fn bind(config: &MonitorConfig) -> Result<Self, JobError> {
+        config.validate()?;
+        let cannot = |e: std::io::Error| {
+            JobError::from(ConfigError::invalid(
+                "monitor address",
+                format!("cannot listen on {}: {e}", config.address),
+            ))
+        };
+        let listener = server::Listener::bind(config.address).map_err(cannot)?;
+        let address = listener.local_addr().map_err(cannot)?;
+        Ok(Self {
+            config: config.clone(),
+            listener,
+            address,
+        })
+    }
+
+    /// Serves `job` from a new thread.
+    pub(crate) fn serve(self, job: Arc<Supervision>) -> Result<Monitor, JobError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let service = http::Service::new(self.config, self.address, job);
+        let listener = self.listener;
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("spate-monitor".into())
+                .spawn(move || service.serve(&listener, &stop))
+                .map_err(|e| JobError::Runtime(format!("cannot start the monitor: {e}")))?
+        };
+        Ok(Monitor {
+            address: self.address,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// The running monitor: its server thread, stopped and joined on drop
+/// (within one connection's timeouts: the thread polls its stop flag).
 pub(crate) struct Monitor {
     address: SocketAddr,
-    server: Arc<tiny_http::Server>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Monitor {
-    /// Listens on the configured address and serves `job` from a new thread.
-    pub(crate) fn start(config: &MonitorConfig, job: Arc<Supervision>) -> Result<Self, JobError> {
-        config.validate()?;
-        let server = tiny_http::Server::http(config.address).map_err(|e| {
-            JobError::from(ConfigError::invalid(
-                "monitor address",
-                format!("cannot listen on {}: {e}", config.address),
-            ))
-        })?;
-        let address = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| JobError::Runtime("the monitor listens on no IP address".into()))?;
-        let server = Arc::new(server);
-        let stop = Arc::new(AtomicBool::new(false));
-        let service = http::Service::new(config.clone(), job);
-        let thread = {
-            let (server, stop) = (server.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("spate-monitor".into())
-                .spawn(move || service.serve(&server, &stop))
-                .map_err(|e| JobError::Runtime(format!("cannot start the monitor: {e}")))?
-        };
-        Ok(Self {
-            address,
-            server,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
     pub(crate) fn address(&self) -> SocketAddr {
         self.address
     }
@@ -164,7 +183,6 @@ impl Monitor {
 impl Drop for Monitor {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.server.unblock();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -78,3 +78,22 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// Sends `raw` bytes as they are, then reads the reply's status (`None`
+/// when the connection ends without one).
+pub fn raw_status(addr: SocketAddr, raw: &[u8]) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).expect("connect to the monitor");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // The server may refuse before it has read everything.
+    let _ = stream.write_all(raw);
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    reply
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+}
