@@ -143,8 +143,42 @@ fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
         "{:?}",
         reply.header("content-type")
     );
+    infinite_buckets_hold_the_count(&reply.body);
     let lines = reply.body.lines().map(|l| Ok(l.to_string()));
     prometheus_parse::Scrape::parse(lines).expect("the exposition parses as Prometheus text")
+}
+
+/// Every histogram has an `le="+Inf"` bucket, equal to its `_count`.
+fn infinite_buckets_hold_the_count(text: &str) {
+    let value_of = |line: &str| line.rsplit(' ').next().unwrap().to_string();
+    let histograms: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" histogram"))
+        .collect();
+    assert!(!histograms.is_empty(), "histograms are exposed");
+    for name in histograms {
+        let infs: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket{{")) && l.contains("le=\"+Inf\""))
+            .collect();
+        assert!(!infs.is_empty(), "{name} has a +Inf bucket");
+        for inf in infs {
+            let labels = inf[name.len() + "_bucket".len()..]
+                .split(' ')
+                .next()
+                .unwrap()
+                .replace(",le=\"+Inf\"", "")
+                .replace("le=\"+Inf\"", "")
+                .replace("{}", "");
+            let count = format!("{name}_count{labels} ");
+            let count = text
+                .lines()
+                .find(|l| l.starts_with(&count))
+                .unwrap_or_else(|| panic!("{count} for {inf}"));
+            assert_eq!(value_of(inf), value_of(count), "{inf} against {count}");
+        }
+    }
 }
 
 /// The value of `name` whose labels include `labels`.

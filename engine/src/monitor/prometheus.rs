@@ -95,7 +95,9 @@ const PAUSE_BOUNDS_S: &[f64] = &[
 
 /// A Prometheus histogram from an HDR histogram recorded in `unit` per
 /// base unit (1000 for ms, 1e6 for µs, 1 for bytes); the sum is the HDR
-/// mean times the count (3 significant digits).
+/// mean times the count (3 significant digits). The bounds are finite: the
+/// text format 0.0.4 encoder adds the `le="+Inf"` bucket itself, with the
+/// count (`tests/monitor.rs` checks it equals `_count`).
 fn histogram(h: &Histogram<u64>, unit: f64, bounds: &[f64]) -> Value {
     let mut buckets = Vec::with_capacity(bounds.len());
     let mut below = 0u64;
