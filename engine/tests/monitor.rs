@@ -239,10 +239,15 @@ fn metrics_parse_as_prometheus_text_and_counters_move() {
         value(
             &first,
             "spate_job_status",
-            &[("status", "RUNNING"), ("job", "spate")]
+            &[("status", "RUNNING"), ("spate_job", "spate")]
         ),
         Some(1.0)
     );
+    // Not `job`: Prometheus's own target label would rename it.
+    assert!(first
+        .samples
+        .iter()
+        .all(|s| s.labels.get("job").is_none() && s.labels.get("spate_job") == Some("spate")));
     assert!(value(&first, "spate_checkpoints_completed_total", &[]).unwrap() >= 2.0);
     assert!(value(&first, "spate_checkpoint_duration_seconds", &[]).unwrap() >= 2.0);
     wait_for("the source's counter to move", || {
@@ -372,7 +377,11 @@ fn a_failed_checkpoint_and_a_restart_show_up_with_secrets_masked() {
     );
     let s = scrape(addr);
     assert_eq!(
-        value(&s, "spate_job_restarts_total", &[("job", "restarting")]),
+        value(
+            &s,
+            "spate_job_restarts_total",
+            &[("spate_job", "restarting")]
+        ),
         Some(1.0)
     );
     assert!(value(&s, "spate_checkpoints_failed_total", &[]).unwrap() >= 1.0);

@@ -41,7 +41,7 @@ pub struct MonitorConfig {
     ///
     /// [`JobHandle::monitor_address`]: crate::JobHandle::monitor_address
     pub address: SocketAddr,
-    /// The job's name: the `job` label of every metric, and the page's title.
+    /// The job's name: the `spate_job` label of every metric, and the page's title.
     pub job_name: String,
     /// Allows actions on the job (`POST /api/checkpoints` triggers a
     /// checkpoint) for requests that carry `Authorization: Bearer <token>`.

@@ -2,7 +2,8 @@
 //! encoded by the `prometheus-client` crate from families built at each
 //! scrape. Names follow Prometheus conventions (`spate_` prefix, base units
 //! last: `_seconds`, `_bytes`; counters end in `_total`, which the encoder
-//! adds); every metric has a `job` label, operator figures `operator` and
+//! adds); every metric has a `spate_job` label (not
+//! `job`, Prometheus's own target label), operator figures `operator` and
 //! `subtask`. Each metric is documented in `docs/monitoring.md`.
 
 use super::sampler::{watermark_lags, Sample, Sampler};
@@ -133,7 +134,7 @@ pub(super) fn encode(
     store: (u64, u64),
 ) -> String {
     let mut e = Exposition::default();
-    let base = || -> Labels { vec![("job", job.to_string())] };
+    let base = || -> Labels { vec![("spate_job", job.to_string())] };
     job_families(&mut e, &base(), view, store);
     checkpoint_families(&mut e, &base(), view);
     operator_families(&mut e, job, now, sampler);
@@ -320,7 +321,7 @@ fn operator_families(e: &mut Exposition, job: &str, latest: &Sample, sampler: &S
     let ops = &latest.figures.operators;
     let labels = |name: &str, subtask: usize| -> Labels {
         vec![
-            ("job", job.to_string()),
+            ("spate_job", job.to_string()),
             ("operator", name.to_string()),
             ("subtask", subtask.to_string()),
         ]
@@ -408,13 +409,13 @@ fn operator_families(e: &mut Exposition, job: &str, latest: &Sample, sampler: &S
     );
     for (name, lag) in watermark_lags(latest) {
         f.with(
-            vec![("job", job.to_string()), ("operator", name)],
+            vec![("spate_job", job.to_string()), ("operator", name)],
             Value::Float(lag),
         );
     }
     let exchange = |operator: &str, input: u32, subtask: usize| -> Labels {
         vec![
-            ("job", job.to_string()),
+            ("spate_job", job.to_string()),
             ("operator", operator.to_string()),
             ("input", input.to_string()),
             ("subtask", subtask.to_string()),
