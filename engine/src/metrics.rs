@@ -94,25 +94,50 @@ pub(crate) struct OperatorMetrics {
 #[derive(Debug, Default)]
 pub(crate) struct ExchangeMetrics {
     pub records_sent: Cell,
-    /// Time the sender held its chain back (a ring was full), closed periods.
-    pub backpressured_us: Cell,
-    /// When the current backpressured period began ([`monotonic_us`]); 0: none.
-    pub blocked_since_us: Cell,
+    /// The time the sender held its chain back (a ring was full), in one
+    /// word so that a reader sees a closed total and an open period that
+    /// agree (two cells, read while the writer closes a period, could count
+    /// it twice and then go backwards). Not blocked: the total of closed
+    /// periods (µs). Blocked since `s` ([`monotonic_us`]): [`BLOCKED`] set
+    /// and the low bits `total - s` modulo 2^63, so that adding the time
+    /// now gives the total including the open period.
+    backpressure: AtomicU64,
 }
+
+/// The flag of [`ExchangeMetrics::backpressure`]: held back now.
+const BLOCKED: u64 = 1 << 63;
+/// The low bits of [`ExchangeMetrics::backpressure`].
+const LOW: u64 = BLOCKED - 1;
 
 impl ExchangeMetrics {
     /// Records whether the sender holds its chain back now (called after
-    /// every batch, flush and drain; a transition costs a clock read).
+    /// every batch, flush and drain; a transition costs a clock read). The
+    /// owning subtask only: a load and a store, no read-modify-write.
     #[inline]
     pub(crate) fn blocked(&self, blocked: bool) {
-        let since = self.blocked_since_us.get();
-        if blocked && since == 0 {
-            self.blocked_since_us.set(monotonic_us());
-        } else if !blocked && since != 0 {
-            self.backpressured_us
-                .add(monotonic_us().saturating_sub(since));
-            self.blocked_since_us.set(0);
+        let v = self.backpressure.load(Ordering::Relaxed);
+        let was = v & BLOCKED != 0;
+        if blocked && !was {
+            let open = v.wrapping_sub(monotonic_us()) & LOW;
+            self.backpressure.store(BLOCKED | open, Ordering::Release);
+        } else if !blocked && was {
+            let closed = v.wrapping_add(monotonic_us()) & LOW;
+            self.backpressure.store(closed, Ordering::Release);
         }
+    }
+
+    /// Time held back so far (µs, including the open period) and whether
+    /// the sender is held back now. A closed total and an open period that
+    /// agree; an open period extrapolated to the clock now may exceed, by
+    /// the time a store takes to be seen, the period as the writer closes it
+    /// (the registry's snapshot keeps its readings from going back).
+    pub(crate) fn backpressure(&self) -> (u64, bool) {
+        let v = self.backpressure.load(Ordering::Acquire);
+        if v & BLOCKED == 0 {
+            return (v, false);
+        }
+        // The clock is read after the word: the period began before now.
+        (v.wrapping_add(monotonic_us()) & LOW, true)
     }
 }
 
@@ -131,6 +156,10 @@ struct ExchangeEntry {
     /// The current run's rings from this subtask, by receiving subtask.
     rings: Vec<Occupancy>,
     ring_capacity: u64,
+    /// The backpressured time last read (µs). A reading extrapolates an
+    /// open period to the reader's clock, which may be past the time the
+    /// writer closes it at; later readings report at least this much.
+    reported_us: u64,
 }
 
 /// Every figure of a job, across its runs.
@@ -230,13 +259,13 @@ impl MetricsRegistry {
             metrics: metrics.clone(),
             rings,
             ring_capacity,
+            reported_us: 0,
         });
         metrics
     }
 
     /// Reads every figure (the monitor's thread; never the data path).
     pub(crate) fn snapshot(&self) -> MetricsSnapshot {
-        let now_us = monotonic_us();
         let operators = self
             .operators
             .lock()
@@ -259,22 +288,19 @@ impl MetricsRegistry {
         let exchanges = self
             .exchanges
             .lock()
-            .map(|exs| {
-                exs.iter()
+            .map(|mut exs| {
+                exs.iter_mut()
                     .map(|e| {
-                        let since = e.metrics.blocked_since_us.get();
-                        let open = if since == 0 {
-                            0
-                        } else {
-                            now_us.saturating_sub(since)
-                        };
+                        let (read_us, backpressured_now) = e.metrics.backpressure();
+                        let backpressured_us = read_us.max(e.reported_us);
+                        e.reported_us = backpressured_us;
                         ExchangeSample {
                             operator: e.operator.clone(),
                             input: e.input,
                             subtask: e.subtask,
                             records_sent: e.metrics.records_sent.get(),
-                            backpressured_us: e.metrics.backpressured_us.get() + open,
-                            backpressured_now: since != 0,
+                            backpressured_us,
+                            backpressured_now,
                             ring_batches: e.rings.iter().map(Occupancy::messages).collect(),
                             ring_capacity: e.ring_capacity,
                         }
@@ -312,17 +338,44 @@ mod tests {
     fn backpressure_counts_closed_and_open_periods() {
         let registry = MetricsRegistry::default();
         let e = registry.exchange("join", 0, 0, Vec::new(), 64);
+        assert_eq!(e.backpressure(), (0, false));
         e.blocked(true);
         std::thread::sleep(std::time::Duration::from_millis(2));
         e.blocked(false);
-        let closed = e.backpressured_us.get();
-        assert!(closed >= 2_000, "{closed}");
+        let (closed, now) = e.backpressure();
+        assert!(closed >= 2_000 && !now, "{closed}");
         e.blocked(true);
         let s = registry.snapshot();
         assert!(s.exchanges[0].backpressured_now);
         assert!(s.exchanges[0].backpressured_us >= closed);
         // A new run closes the open period.
         registry.exchange("join", 0, 0, Vec::new(), 64);
-        assert_eq!(e.blocked_since_us.get(), 0);
+        let (total, now) = e.backpressure();
+        assert!(!now && total >= s.exchanges[0].backpressured_us);
+    }
+
+    #[test]
+    fn backpressure_never_goes_backwards_while_the_writer_flips() {
+        let registry = MetricsRegistry::default();
+        let e = registry.exchange("join", 0, 0, Vec::new(), 64);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (e, stop) = (e.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut blocked = false;
+                while !stop.load(Ordering::Relaxed) {
+                    blocked = !blocked;
+                    e.blocked(blocked);
+                }
+            })
+        };
+        let mut last = 0;
+        for _ in 0..200_000 {
+            let total = registry.snapshot().exchanges[0].backpressured_us;
+            assert!(total >= last, "{total} after {last}");
+            last = total;
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
     }
 }
