@@ -46,13 +46,42 @@ fn chromium() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-/// Runs Chromium headless on `url` with `args`; returns (stdout, stderr).
-fn run_chromium(chromium: &Path, profile: &Path, args: &[String], url: &str) -> (String, String) {
+/// What a Chromium run printed, and how it ended.
+struct Output {
+    stdout: String,
+    stderr: String,
+    status: std::process::ExitStatus,
+}
+
+impl Output {
+    /// For failure messages: the exit status and what Chromium logged.
+    fn describe(&self) -> String {
+        format!(
+            "chromium exited with {}; stderr:\n{}",
+            self.status, self.stderr
+        )
+    }
+}
+
+/// Reads a pipe to its end on a thread of its own (a big DOM dump would
+/// otherwise fill the pipe and block Chromium while it is polled).
+fn drain(pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut pipe = pipe;
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Runs Chromium headless on `url` with `args`.
+fn run_chromium(chromium: &Path, profile: &Path, args: &[String], url: &str) -> Output {
     let mut child = Command::new(chromium)
         .args([
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
+            "--disable-dev-shm-usage",
             "--disable-quic",
             "--no-first-run",
             "--disable-background-networking",
@@ -70,22 +99,26 @@ fn run_chromium(chromium: &Path, profile: &Path, args: &[String], url: &str) -> 
         .stderr(Stdio::piped())
         .spawn()
         .expect("start chromium");
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
     let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if child.try_wait().expect("wait for chromium").is_some() {
-            break;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for chromium") {
+            break status;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("chromium did not finish within 90 s");
+            let status = child.wait().expect("wait for the killed chromium");
+            let stderr = stderr.join().unwrap_or_default();
+            panic!("chromium did not finish within 90 s ({status}); stderr:\n{stderr}");
         }
         std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+        status,
     }
-    let out = child.wait_with_output().expect("chromium's output");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
@@ -185,29 +218,32 @@ fn the_live_page_shows_the_checkpoints_in_a_real_browser() {
     let url = format!("http://{addr}/");
     let budget = "--virtual-time-budget=3000".to_string();
 
-    let (dom, log) = run_chromium(
+    let run = run_chromium(
         &chromium,
         &work.join("profile-dom"),
         &[budget.clone(), "--dump-dom".into()],
         &url,
     );
+    assert!(run.status.success(), "{}", run.describe());
+    let dom = run.stdout.as_str();
     assert!(
-        attribute(&dom, "data-script-error").is_none() && !dom.contains("Page error:"),
+        attribute(dom, "data-script-error").is_none() && !dom.contains("Page error:"),
         "the page reports a script error: {:?}",
-        attribute(&dom, "data-script-error")
+        attribute(dom, "data-script-error")
     );
-    for line in log.lines().filter(|l| l.contains("CONSOLE")) {
+    for line in run.stderr.lines().filter(|l| l.contains("CONSOLE")) {
         assert!(
             !line.contains("Uncaught"),
             "a script error in the console: {line}"
         );
     }
     assert_eq!(
-        attribute(&dom, "data-state"),
+        attribute(dom, "data-state"),
         Some("live"),
-        "the page loaded the job's figures:\n{dom}"
+        "the page loaded the job's figures:\n{dom}\n{}",
+        run.describe()
     );
-    let shown: u64 = attribute(&dom, "data-completed")
+    let shown: u64 = attribute(dom, "data-completed")
         .and_then(|n| n.parse().ok())
         .expect("the timeline says how many completed checkpoints it shows");
     let bars = dom.matches("data-status=\"COMPLETED\"").count() as u64;
@@ -223,8 +259,9 @@ fn the_live_page_shows_the_checkpoints_in_a_real_browser() {
     let screenshot = target.join("monitor-screenshot.png");
     let _ = std::fs::remove_file(&screenshot);
     let shot = format!("--screenshot={}", screenshot.display());
-    run_chromium(&chromium, &work.join("profile-shot"), &[budget, shot], &url);
-    let png = std::fs::read(&screenshot).expect("chromium wrote the screenshot");
+    let run = run_chromium(&chromium, &work.join("profile-shot"), &[budget, shot], &url);
+    let png = std::fs::read(&screenshot)
+        .unwrap_or_else(|e| panic!("no screenshot ({e}): {}", run.describe()));
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
         "a real screenshot"
