@@ -4,8 +4,9 @@
 //! an accepted connection within fixed limits and writing one response,
 //! then closing (`Connection: close`, no keep-alive). Knows nothing of the
 //! routes (`http.rs`). One connection at a time: a slow client can delay
-//! other clients by at most [`READ_TIMEOUT`] plus [`WRITE_TIMEOUT`], never
-//! the job. Never panics on what a client sends.
+//! other clients by at most [`READ_TIMEOUT`] plus [`WRITE_TIMEOUT`] (plus
+//! [`LINGER`] after a refusal), never the job. Never panics on what a
+//! client sends.
 //!
 //! Limits: the request line and headers together at most [`MAX_HEAD_BYTES`]
 //! (431 beyond), a body at most [`MAX_BODY_BYTES`] (413, without reading
