@@ -450,9 +450,14 @@ impl<T: Send + 'static> Core<T> {
                 .copied()
                 .filter(|&h| h != u64::MAX);
             let (Some(least), Some(most)) = (seals.clone().min(), seals.max()) else {
-                // Every ring ended and closed.
+                // Every ring ended and closed. Immediate: the input ended, so
+                // the job is done. Epochs: the run may still fail before its
+                // final checkpoint completes, and the next run would produce
+                // the epochs after its restored checkpoint again: only the
+                // end of the job (the sinks dropped with the build closure)
+                // ends the deliveries.
                 let all_ended = self.ended.iter().all(|&e| e);
-                return if gone || all_ended {
+                return if gone || (all_ended && !self.shared.epochs) {
                     Next::Finished
                 } else {
                     Next::Nothing
@@ -615,8 +620,9 @@ pub struct EpochReceiver<T> {
 }
 
 impl<T: Send + 'static> EpochReceiver<T> {
-    /// Waits (parked) for the next delivery; `None` once the job has
-    /// finished and everything was delivered.
+    /// Waits (parked) for the next delivery; `None` once the job has ended
+    /// (its build closure, which holds the [`EgressSinks`], is dropped when
+    /// its last run ends) and everything was delivered.
     pub fn recv(&mut self) -> Option<Delivery<T>> {
         self.core.recv()
     }
