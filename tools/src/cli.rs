@@ -261,9 +261,9 @@ pub fn main(displays: Displays) -> ExitCode {
 /// done).
 #[cfg(unix)]
 fn default_sigpipe() {
-    // SAFETY: SIG_DFL is a valid disposition for SIGPIPE and installs no
-    // handler; this is the first thing the tool does (`run_with` is
-    // documented to be called from `main` before other threads start).
+    // `run_with` is documented to be called first thing in `main`, before
+    // any other thread starts.
+    // SAFETY: SIG_DFL is a valid SIGPIPE disposition and no thread races it.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
