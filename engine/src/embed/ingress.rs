@@ -169,11 +169,9 @@ impl<T: Send + 'static> IngressHandle<T> {
     pub fn resume_position(&mut self) -> Option<Position> {
         let shared = self.shared.clone();
         shared.waiter.wait_for(RECHECK, || {
-            (shared.generation.load(Ordering::Acquire) != 0)
-                .then_some(())
-                .or_else(|| self.gone())
+            (shared.generation.load(Ordering::Acquire) != 0 || self.job_ended()).then_some(())
         });
-        if self.gone().is_some() {
+        if self.job_ended() {
             return None;
         }
         if let Some(from) = self.adopt_run() {
@@ -193,7 +191,7 @@ impl<T: Send + 'static> IngressHandle<T> {
             }
             let shared = self.shared.clone();
             shared.waiter.wait_for(RECHECK, || {
-                if self.run_changed() || self.gone().is_some() {
+                if self.run_changed() || self.job_ended() {
                     return Some(());
                 }
                 if self.producers.is_empty() {
@@ -213,7 +211,7 @@ impl<T: Send + 'static> IngressHandle<T> {
                 return Err(PushError::Rewind { from, value });
             }
         }
-        if self.gone().is_some() {
+        if self.job_ended() {
             return Err(PushError::Closed(value));
         }
         if self.producers.is_empty() {
@@ -285,7 +283,7 @@ impl<T: Send + 'static> IngressHandle<T> {
         let shared = self.shared.clone();
         shared.waiter.wait_for(RECHECK, || {
             let durable = shared.durable.load(Ordering::Acquire);
-            (durable > position || self.run_changed() || self.gone().is_some()).then_some(durable)
+            (durable > position || self.run_changed() || self.job_ended()).then_some(durable)
         })
     }
 
@@ -296,13 +294,6 @@ impl<T: Send + 'static> IngressHandle<T> {
     fn run_changed(&self) -> bool {
         let generation = self.shared.generation.load(Ordering::Acquire);
         generation != 0 && generation != self.generation
-    }
-
-    fn gone(&self) -> Option<()> {
-        self.shared
-            .sources_gone
-            .load(Ordering::Acquire)
-            .then_some(())
     }
 
     /// Takes the rings of the newest run whose sources all registered;
