@@ -30,7 +30,7 @@ use crate::checkpoints::CheckpointSettings;
 
 use crate::nexmark::GeneratorConfig;
 use crate::queries::{self, Query};
-use crate::sink::{BenchSink, SinkOptions, SinkTotals};
+use crate::sink::{BenchSink, LatencyOrigin, SinkOptions, SinkTotals};
 use crate::source::{watermarks, NexmarkSource};
 
 /// How long after the job starts the open-loop schedule begins, so that every
@@ -147,7 +147,7 @@ pub fn generator_config(rate_events_per_s: Option<u64>, base_time_ms: u64) -> Ge
 /// Declares `source → query → sink` on one subtask.
 pub fn build_query(df: &Dataflow, query: Query, source: NexmarkSource, sink: BenchSink) {
     let events = df.source("nexmark", source, watermarks());
-    fn to_sink<T: Serialize + Clone + 'static>(rows: Stream<T>, sink: BenchSink) {
+    fn to_sink<T: Serialize + LatencyOrigin + Clone + 'static>(rows: Stream<T>, sink: BenchSink) {
         rows.sink("bench-sink", sink);
     }
     match query {
@@ -184,11 +184,7 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
     let totals = SinkTotals::default();
     let emitted = Arc::new(AtomicU64::new(0));
     let sink_options = SinkOptions {
-        latency_origin_offset_us: open_loop.then_some(if config.query.emitted_by_timer() {
-            1000
-        } else {
-            0
-        }),
+        measure_latency: open_loop,
         output: config.output_dir.clone().map(|dir| {
             let mode = if config.at_least_once_output {
                 FileSinkMode::AtLeastOnce
