@@ -325,7 +325,7 @@ impl<K: Key, T: 'static, A: AggregateFunction<T>> WindowOperator<K, A, T> {
         // Panes of the window: ends in (end - size, end].
         let first_pane_end = end.saturating_sub(size) + slide;
         let function = &self.function;
-        let (result, later) = self.windows.with(ctx, |panes| {
+        let (result, later) = self.windows.update_all(ctx, |panes| {
             let mut merged: Option<A::Acc> = None;
             let mut later = false;
             let mut pane_end = first_pane_end;
@@ -339,9 +339,9 @@ impl<K: Key, T: 'static, A: AggregateFunction<T>> WindowOperator<K, A, T> {
                 }
                 pane_end += slide;
             }
+            panes.remove(&first_pane_end);
             (merged.map(|acc| function.result(&acc)), later)
         });
-        self.windows.remove(ctx, &first_pane_end);
         if let Some(value) = result {
             ctx.emit(WindowResult {
                 key: ctx.key().clone(),

@@ -30,7 +30,6 @@ use crate::state::{CutPlan, Decided, IncrementalBounds, KeyScope, Serialized, St
 use crate::time::{TimeDomain, Timestamp, MAX_WATERMARK};
 use crate::JobError;
 use std::cell::RefCell;
-use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -204,9 +203,9 @@ impl<K, I, O, P: KeyedProcessFunction<K, I, O>> CoProcessFunction<K, I, (), O> f
     }
 }
 
-/// Pending timers of one operator, per key group (the truth, which a cut
-/// archives group by group, copy-on-write like state tables, instead of all
-/// at the barrier), and per domain a firing queue by time.
+/// Pending timers of one operator, per key group (the truth, a hash set,
+/// which a cut archives group by group, copy-on-write like state tables,
+/// instead of all at the barrier), and per domain a firing queue by time.
 ///
 /// The queues hold keys in one bucket per timestamp (timers share few
 /// timestamps: window ends), so registering a timer costs a small per-group
@@ -218,7 +217,7 @@ pub(crate) struct Timers<K> {
     event: TimerQueue<K>,
     processing: TimerQueue<K>,
     /// Per key group of the range: (time, domain, key), domain 0 = event time.
-    by_group: Vec<BTreeSet<(u64, u8, K)>>,
+    by_group: Vec<crate::data::FxHashSet<(u64, u8, K)>>,
     /// Timers held by `by_group`, event and processing time.
     len: usize,
     /// Per key group: the checkpoint whose cut it was archived for.
@@ -284,7 +283,7 @@ impl<K: Key> Timers<K> {
         Self {
             event: TimerQueue::new(),
             processing: TimerQueue::new(),
-            by_group: (0..groups).map(|_| BTreeSet::new()).collect(),
+            by_group: (0..groups).map(|_| Default::default()).collect(),
             len: 0,
             archived_for: vec![0; groups],
             cut: None,
@@ -309,10 +308,12 @@ impl<K: Key> Timers<K> {
         cut.remaining -= 1;
         let timers = &self.by_group[group];
         if !timers.is_empty() {
-            let entries = timers
+            let mut entries: TimerEntries<K> = timers
                 .iter()
                 .map(|(ts, d, k)| (*ts, *d, k.clone()))
                 .collect();
+            // In a fixed order, so that equal timers archive to equal bytes.
+            entries.sort_unstable();
             cut.archived.push((group, entries));
         }
     }
@@ -340,13 +341,14 @@ impl<K: Key> Timers<K> {
         }
     }
 
-    /// The earliest timer of `domain` if it is due at `now`, removed.
+    /// The earliest timer of `domain` if it is due at `now`, removed, with
+    /// its key group's index in the range.
     fn pop_due(
         &mut self,
         domain: u8,
         now: u64,
         group_of: impl Fn(&K) -> usize,
-    ) -> Option<(u64, K)> {
+    ) -> Option<(u64, K, usize)> {
         loop {
             let (ts, key) = self.queue(domain).pop_due(now)?;
             let group = group_of(&key);
@@ -356,7 +358,7 @@ impl<K: Key> Timers<K> {
                 continue; // deleted since it was queued
             }
             self.len -= 1;
-            return Some((ts, entry.2));
+            return Some((ts, entry.2, group));
         }
     }
 
@@ -427,7 +429,12 @@ mod tests {
     use super::Timers;
 
     fn drain(timers: &mut Timers<u64>, domain: u8, now: u64) -> Vec<(u64, u64)> {
-        std::iter::from_fn(|| timers.pop_due(domain, now, |k| (*k % 4) as usize)).collect()
+        std::iter::from_fn(|| timers.pop_due(domain, now, |k| (*k % 4) as usize))
+            .map(|(ts, key, group)| {
+                assert_eq!(group, (key % 4) as usize);
+                (ts, key)
+            })
+            .collect()
     }
 
     #[test]
