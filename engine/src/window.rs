@@ -334,12 +334,14 @@ impl<K: Key, T: 'static, A: AggregateFunction<T>> WindowOperator<K, A, T> {
         let first_pane_end = end.saturating_sub(size) + slide;
         let function = &self.function;
         let (result, later) = self.windows.update_all(ctx, |panes| {
-            let mut merged: Option<A::Acc> = None;
+            // The oldest pane is the result's start (no later window needs
+            // it); the others are merged into it.
+            let mut merged = panes.remove(&first_pane_end);
             let mut later = false;
-            let mut pane_end = first_pane_end;
+            let mut pane_end = first_pane_end + slide;
             while pane_end <= end {
                 if let Some(acc) = panes.get(&pane_end) {
-                    later |= pane_end > first_pane_end;
+                    later = true;
                     match &mut merged {
                         None => merged = Some(acc.clone()),
                         Some(m) => function.merge(m, acc),
@@ -347,7 +349,6 @@ impl<K: Key, T: 'static, A: AggregateFunction<T>> WindowOperator<K, A, T> {
                 }
                 pane_end += slide;
             }
-            panes.remove(&first_pane_end);
             (merged.map(|acc| function.result(&acc)), later)
         });
         if let Some(value) = result {
