@@ -1,0 +1,608 @@
+//! The Kafka source: the partitions of the topics are the splits, their
+//! offsets live in the checkpoints.
+//!
+//! Splits: partition `p` of the `t`-th of `T` configured topics is split
+//! `p * T + t`. The id depends only on the topic's place in the list and the
+//! partition number, and Kafka only ever adds partitions, so an id never
+//! changes meaning while the topic list stays the same (changing the list
+//! is a new job). Split ids must stay below the job's max parallelism (the
+//! split count): more partitions than that is a configuration error that
+//! names the partition. Splits are owned in contiguous ranges like key
+//! groups, so a restore on another parallelism hands every partition and
+//! its offset to its new owner.
+//!
+//! Positions: a split's position is the offset of the next record to read.
+//! On restore the checkpoint is the truth: owned partitions it lists resume
+//! there; owned partitions it does not list (created since) start at the
+//! earliest offset. Without a checkpoint, the partitions present at the
+//! start begin at the configured [`StartOffset`]; partitions discovered
+//! later (every `discovery_interval_ms`) begin at the earliest offset. On
+//! completion of a checkpoint the positions are committed to the consumer
+//! group, for monitoring only; nothing reads them back except the
+//! `GroupOffsets` start of a job without a checkpoint.
+//!
+//! Threads: each source subtask has one Kafka thread that owns its
+//! librdkafka consumer (manual assignment of the owned partitions, no group
+//! membership), deserialises records with the user's function, applies the
+//! poison-record policy, and hands batches to the subtask over a bounded
+//! channel, waking it through its notifier. The reactor only takes batches
+//! out of the channel; it never calls librdkafka.
+//!
+//! Owns: its Kafka thread and consumer. Must not touch: the topics' data
+//! (the source only reads; the dead-letter topic is written at least once).
+
+use crate::client::{ClientError, KafkaConsumer, KafkaRecord, RdConsumer, StartOffset};
+use crate::config::KafkaProperties;
+use spate::source::{Source, SourceContext, SourcePoll};
+use spate::SourceError;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What happens to a record the deserializer rejects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PoisonPolicy {
+    /// Fail the job with an error naming topic, partition and offset.
+    Fail,
+    /// Skip it and count it ([`KafkaSourceConfig::skipped`]).
+    Skip,
+    /// Write its key and value, unchanged, to this topic (at least once)
+    /// and go on; counted too.
+    DeadLetter(String),
+}
+
+/// Where a bounded source stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopAt {
+    /// Never: the source runs until the job is stopped.
+    Never,
+    /// At each partition's end offset as found when it was assigned (a
+    /// bounded read of what the topic holds; Flink's `setBounded(latest)`).
+    Latest,
+}
+
+/// The Kafka source's settings.
+#[derive(Clone)]
+pub struct KafkaSourceConfig {
+    /// Client properties (brokers, security).
+    pub properties: KafkaProperties,
+    /// The topics read; their order fixes the split ids.
+    pub topics: Vec<String>,
+    /// The consumer group the positions are committed to (monitoring).
+    pub group_id: String,
+    /// Where partitions begin when there is no checkpoint.
+    pub start: StartOffset,
+    /// Where the source ends.
+    pub stop: StopAt,
+    /// How often the Kafka thread looks for new partitions (0: never).
+    pub discovery_interval_ms: u64,
+    /// What happens to records the deserializer rejects.
+    pub poison: PoisonPolicy,
+    /// Records rejected and skipped or dead-lettered, over all subtasks.
+    pub skipped: Arc<AtomicU64>,
+    /// Batches the channel to the subtask holds.
+    pub channel_batches: usize,
+}
+
+impl std::fmt::Debug for KafkaSourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSourceConfig")
+            .field("properties", &self.properties)
+            .field("topics", &self.topics)
+            .field("group_id", &self.group_id)
+            .field("start", &self.start)
+            .field("stop", &self.stop)
+            .field("poison", &self.poison)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSourceConfig {
+    /// Reads `topics` from the earliest offsets, unbounded, failing on
+    /// poison records, committing positions to `group_id`.
+    pub fn new(properties: KafkaProperties, topics: &[&str], group_id: impl Into<String>) -> Self {
+        Self {
+            properties,
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            group_id: group_id.into(),
+            start: StartOffset::Earliest,
+            stop: StopAt::Never,
+            discovery_interval_ms: 5_000,
+            poison: PoisonPolicy::Fail,
+            skipped: Arc::new(AtomicU64::new(0)),
+            channel_batches: 16,
+        }
+    }
+}
+
+/// A record deserializer: the value, or why not.
+pub type Deserializer<T> = Arc<dyn Fn(&KafkaRecord<'_>) -> Result<T, String> + Send + Sync>;
+
+/// A batch from the Kafka thread: records and, per record, its split and
+/// offset.
+struct Batch<T> {
+    records: Vec<T>,
+    positions: Vec<(u32, i64)>,
+}
+
+enum Message<T> {
+    /// Splits assigned and the offsets they start at.
+    Assigned(Vec<(u32, i64)>),
+    Batch(Batch<T>),
+    /// Every owned partition reached its end (bounded reads).
+    Finished,
+    Failed(String),
+}
+
+/// The Kafka source subtask.
+pub struct KafkaSource<T> {
+    config: KafkaSourceConfig,
+    deserialize: Deserializer<T>,
+    context: Option<SourceContext>,
+    /// Owned split → offset of the next record.
+    positions: BTreeMap<u32, i64>,
+    restored: Option<BTreeMap<u32, i64>>,
+    receiver: Option<Receiver<Message<T>>>,
+    current: Option<Batch<T>>,
+    taken: usize,
+    peeked: Option<Message<T>>,
+    finished: bool,
+    stop: Arc<AtomicBool>,
+    commit_request: Arc<Mutex<Option<Vec<(u32, i64)>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<T: Send + 'static> KafkaSource<T> {
+    /// A source subtask deserializing with `deserialize`.
+    pub fn new(config: KafkaSourceConfig, deserialize: Deserializer<T>) -> Self {
+        Self {
+            config,
+            deserialize,
+            context: None,
+            positions: BTreeMap::new(),
+            restored: None,
+            receiver: None,
+            current: None,
+            taken: 0,
+            peeked: None,
+            finished: false,
+            stop: Arc::new(AtomicBool::new(false)),
+            commit_request: Arc::new(Mutex::new(None)),
+            thread: None,
+        }
+    }
+
+    fn start_thread(&mut self) -> Result<(), SourceError> {
+        let context = self
+            .context
+            .clone()
+            .ok_or_else(|| SourceError::Other("polled before open".into()))?;
+        let (tx, rx) = sync_channel(self.config.channel_batches.max(1));
+        let reader = Reader {
+            config: self.config.clone(),
+            deserialize: self.deserialize.clone(),
+            split_count: context.split_count,
+            owned: context.splits.clone(),
+            restored: self.restored.clone(),
+            tx,
+            notifier: context.notifier.clone(),
+            stop: self.stop.clone(),
+            commit_request: self.commit_request.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("kafka-source-{}", context.subtask))
+            .spawn(move || {
+                let consumer = RdConsumer::new(&reader.config.properties, &reader.config.group_id);
+                match consumer {
+                    Ok(c) => reader.run(Box::new(c)),
+                    Err(e) => {
+                        reader.send(Message::Failed(format!("Kafka consumer: {e}")));
+                    }
+                };
+            })
+            .map_err(|e| SourceError::Other(format!("cannot start the Kafka thread: {e}")))?;
+        self.receiver = Some(rx);
+        self.thread = Some(thread);
+        Ok(())
+    }
+
+    fn next_message(&mut self) -> Option<Message<T>> {
+        if let Some(m) = self.peeked.take() {
+            return Some(m);
+        }
+        match self.receiver.as_ref()?.try_recv() {
+            Ok(m) => Some(m),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Message::Failed(
+                "the Kafka thread ended unexpectedly".into(),
+            )),
+        }
+    }
+}
+
+impl<T: Send + 'static> Source<T> for KafkaSource<T> {
+    fn open(&mut self, context: &SourceContext) -> Result<(), SourceError> {
+        if self.config.topics.is_empty() {
+            return Err(SourceError::Other("the Kafka source has no topic".into()));
+        }
+        self.context = Some(context.clone());
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourcePoll, SourceError> {
+        if self.finished {
+            return Ok(SourcePoll::Finished);
+        }
+        if self.receiver.is_none() {
+            self.start_thread()?;
+        }
+        let mut n = 0;
+        while n < max {
+            if let Some(batch) = &mut self.current {
+                let take = batch.records.len().min(max - n);
+                out.extend(batch.records.drain(..take));
+                for &(split, offset) in &batch.positions[self.taken..self.taken + take] {
+                    self.positions.insert(split, offset + 1);
+                }
+                self.taken += take;
+                n += take;
+                if self.taken == batch.positions.len() {
+                    self.current = None;
+                    self.taken = 0;
+                }
+                continue;
+            }
+            match self.next_message() {
+                None => break,
+                Some(Message::Assigned(splits)) => {
+                    for (split, offset) in splits {
+                        self.positions.insert(split, offset);
+                    }
+                }
+                Some(Message::Batch(b)) => self.current = Some(b),
+                Some(Message::Finished) => {
+                    self.finished = true;
+                    break;
+                }
+                Some(Message::Failed(e)) => return Err(SourceError::Other(e)),
+            }
+        }
+        Ok(if n > 0 {
+            SourcePoll::Ready
+        } else if self.finished {
+            SourcePoll::Finished
+        } else {
+            SourcePoll::Pending
+        })
+    }
+
+    fn is_ready(&mut self) -> bool {
+        if self.current.is_some() || self.peeked.is_some() {
+            return true;
+        }
+        self.peeked = self.next_message();
+        self.peeked.is_some()
+    }
+
+    fn offset(&self) -> u64 {
+        0
+    }
+
+    fn seek(&mut self, _offset: u64) -> Result<(), SourceError> {
+        Err(SourceError::Other(
+            "the Kafka source restores per partition".into(),
+        ))
+    }
+
+    fn split_offsets(&self) -> Option<Vec<(u32, u64)>> {
+        Some(
+            self.positions
+                .iter()
+                .map(|(&s, &o)| (s, o.max(0) as u64))
+                .collect(),
+        )
+    }
+
+    fn seek_splits(&mut self, offsets: &[(u32, u64)]) -> Result<(), SourceError> {
+        if self.receiver.is_some() {
+            return Err(SourceError::Other("seek after the first poll".into()));
+        }
+        let mut restored = BTreeMap::new();
+        for &(split, offset) in offsets {
+            let offset = i64::try_from(offset).map_err(|_| SourceError::Seek {
+                offset,
+                reason: format!("split {split}: not a Kafka offset"),
+            })?;
+            restored.insert(split, offset);
+            self.positions.insert(split, offset);
+        }
+        self.restored = Some(restored);
+        Ok(())
+    }
+
+    fn checkpoint_complete(
+        &mut self,
+        _checkpoint_id: u64,
+        positions: &[(u32, u64)],
+    ) -> Result<(), SourceError> {
+        // Monitoring only: the Kafka thread commits them to the group.
+        *self.commit_request.lock().expect("commit lock") = Some(
+            positions
+                .iter()
+                .map(|&(s, o)| (s, o.min(i64::MAX as u64) as i64))
+                .collect(),
+        );
+        Ok(())
+    }
+}
+
+impl<T> Drop for KafkaSource<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Dropping the receiver ends a thread blocked on a full channel.
+        self.receiver = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One owned partition on the Kafka thread.
+struct Owned {
+    topic: String,
+    partition: i32,
+    split: u32,
+    /// The next offset to read.
+    next: i64,
+    /// Bounded reads: the end offset.
+    end: Option<i64>,
+}
+
+/// The Kafka thread's state.
+struct Reader<T> {
+    config: KafkaSourceConfig,
+    deserialize: Deserializer<T>,
+    split_count: u32,
+    owned: std::ops::Range<u32>,
+    restored: Option<BTreeMap<u32, i64>>,
+    tx: SyncSender<Message<T>>,
+    notifier: spate::Notifier,
+    stop: Arc<AtomicBool>,
+    commit_request: Arc<Mutex<Option<Vec<(u32, i64)>>>>,
+}
+
+impl<T: Send + 'static> Reader<T> {
+    /// Sends to the subtask and wakes it; false once the subtask is gone.
+    fn send(&self, m: Message<T>) -> bool {
+        let ok = self.tx.send(m).is_ok();
+        self.notifier.notify();
+        ok
+    }
+
+    fn split_of(&self, topic_index: usize, partition: u32) -> Result<u32, String> {
+        let t = self.config.topics.len() as u64;
+        let split = u64::from(partition) * t + topic_index as u64;
+        if split >= u64::from(self.split_count) {
+            return Err(format!(
+                "Kafka topic {} partition {partition} would be split {split}, but the job has \
+                 only {} splits (its max parallelism): raise max_parallelism above \
+                 partitions × topics",
+                self.config.topics[topic_index], self.split_count
+            ));
+        }
+        Ok(split as u32)
+    }
+
+    /// New owned partitions, with their start offsets resolved.
+    fn discover(
+        &self,
+        consumer: &mut dyn KafkaConsumer,
+        known: &[Owned],
+        first: bool,
+    ) -> Result<Vec<Owned>, String> {
+        let mut found = Vec::new();
+        for (ti, topic) in self.config.topics.iter().enumerate() {
+            let err = |e: ClientError| format!("Kafka topic {topic}: {e}");
+            let count = consumer.partition_count(topic).map_err(err)?;
+            for p in 0..count {
+                let split = self.split_of(ti, p)?;
+                if !self.owned.contains(&split) || known.iter().any(|o| o.split == split) {
+                    continue;
+                }
+                let partition = p as i32;
+                let next = match self.restored.as_ref().and_then(|r| r.get(&split)) {
+                    Some(&o) => o,
+                    None => {
+                        let start = if first && self.restored.is_none() {
+                            self.config.start
+                        } else {
+                            StartOffset::Earliest
+                        };
+                        consumer.resolve(topic, partition, start).map_err(err)?
+                    }
+                };
+                let end = match self.config.stop {
+                    StopAt::Never => None,
+                    StopAt::Latest => Some(
+                        consumer
+                            .resolve(topic, partition, StartOffset::Latest)
+                            .map_err(err)?,
+                    ),
+                };
+                found.push(Owned {
+                    topic: topic.clone(),
+                    partition,
+                    split,
+                    next,
+                    end,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    fn run(self, mut consumer: Box<dyn KafkaConsumer>) {
+        if let Err(e) = self.read(&mut *consumer) {
+            self.send(Message::Failed(e));
+        }
+    }
+
+    fn read(&self, consumer: &mut dyn KafkaConsumer) -> Result<(), String> {
+        let mut owned: Vec<Owned> = Vec::new();
+        let mut dead_letters: Option<Box<dyn crate::client::KafkaProducer>> = None;
+        let mut next_discovery = Instant::now();
+        let mut first = true;
+        let mut finished_sent = false;
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            if Instant::now() >= next_discovery {
+                let new = self.discover(consumer, &owned, first)?;
+                first = false;
+                if !new.is_empty() {
+                    let assigned: Vec<(u32, i64)> = new.iter().map(|o| (o.split, o.next)).collect();
+                    owned.extend(new);
+                    let assignment: Vec<(String, i32, i64)> = owned
+                        .iter()
+                        .filter(|o| o.end.is_none_or(|e| o.next < e))
+                        .map(|o| (o.topic.clone(), o.partition, o.next))
+                        .collect();
+                    consumer
+                        .assign(&assignment)
+                        .map_err(|e| format!("Kafka assign: {e}"))?;
+                    if !self.send(Message::Assigned(assigned)) {
+                        return Ok(());
+                    }
+                }
+                next_discovery = if self.config.discovery_interval_ms == 0
+                    || self.config.stop == StopAt::Latest
+                {
+                    Instant::now() + Duration::from_secs(365 * 24 * 3600)
+                } else {
+                    Instant::now() + Duration::from_millis(self.config.discovery_interval_ms)
+                };
+            }
+            if let Some(positions) = self.commit_request.lock().expect("commit lock").take() {
+                let offsets: Vec<(String, i32, i64)> = positions
+                    .iter()
+                    .filter_map(|&(split, offset)| {
+                        owned
+                            .iter()
+                            .find(|o| o.split == split)
+                            .map(|o| (o.topic.clone(), o.partition, offset))
+                    })
+                    .collect();
+                if !offsets.is_empty() {
+                    // Monitoring only: a failure is not the job's.
+                    if let Err(e) = consumer.commit_offsets(&offsets) {
+                        eprintln!("spate-kafka: committing offsets to the group: {e}");
+                    }
+                }
+            }
+            if self.config.stop == StopAt::Latest
+                && owned.iter().all(|o| o.end.is_some_and(|e| o.next >= e))
+            {
+                if !finished_sent {
+                    finished_sent = true;
+                    if !self.send(Message::Finished) {
+                        return Ok(());
+                    }
+                }
+                // Stay to serve offset commits until the subtask drops.
+                std::thread::park_timeout(Duration::from_millis(50));
+                continue;
+            }
+            let mut batch = Batch {
+                records: Vec::new(),
+                positions: Vec::new(),
+            };
+            let mut failure = None;
+            let mut poison: Vec<(String, i32, i64, Option<Vec<u8>>, Option<Vec<u8>>)> = Vec::new();
+            consumer
+                .poll(Duration::from_millis(100), 2048, &mut |r| {
+                    if failure.is_some() {
+                        return;
+                    }
+                    let Some(o) = owned
+                        .iter_mut()
+                        .find(|o| o.partition == r.partition && o.topic == r.topic)
+                    else {
+                        return;
+                    };
+                    if r.offset < o.next || o.end.is_some_and(|e| r.offset >= e) {
+                        return; // before the position, or past a bounded end
+                    }
+                    o.next = r.offset + 1;
+                    match (self.deserialize)(r) {
+                        Ok(v) => {
+                            batch.records.push(v);
+                            batch.positions.push((o.split, r.offset));
+                        }
+                        Err(reason) => match &self.config.poison {
+                            PoisonPolicy::Fail => {
+                                failure = Some(format!(
+                                    "Kafka record at topic {} partition {} offset {} cannot be \
+                                     deserialized: {reason}",
+                                    r.topic, r.partition, r.offset
+                                ));
+                            }
+                            PoisonPolicy::Skip => {
+                                self.config.skipped.fetch_add(1, Ordering::Relaxed);
+                            }
+                            PoisonPolicy::DeadLetter(_) => {
+                                poison.push((
+                                    r.topic.to_string(),
+                                    r.partition,
+                                    r.offset,
+                                    r.key.map(<[u8]>::to_vec),
+                                    r.payload.map(<[u8]>::to_vec),
+                                ));
+                            }
+                        },
+                    }
+                })
+                .map_err(|e| format!("Kafka poll: {e}"))?;
+            if let Some(f) = failure {
+                return Err(f);
+            }
+            if let PoisonPolicy::DeadLetter(topic) = &self.config.poison {
+                if !poison.is_empty() {
+                    if dead_letters.is_none() {
+                        let mut factory = crate::client::RdProducerFactory {
+                            properties: self.config.properties.clone(),
+                        };
+                        use crate::client::ProducerFactory;
+                        dead_letters = Some(
+                            factory
+                                .producer(topic, None)
+                                .map_err(|e| format!("Kafka dead-letter producer: {e}"))?,
+                        );
+                    }
+                    let p = dead_letters.as_mut().expect("created above");
+                    for (_, _, _, key, payload) in &poison {
+                        p.send(&crate::client::OutRecord {
+                            partition: None,
+                            key: key.clone(),
+                            payload: payload.clone().unwrap_or_default(),
+                            timestamp_ms: None,
+                        })
+                        .map_err(|e| format!("Kafka dead-letter topic {topic}: {e}"))?;
+                    }
+                    // Written before the positions past them can be
+                    // checkpointed (they follow in the batch below).
+                    p.flush()
+                        .map_err(|e| format!("Kafka dead-letter topic {topic}: {e}"))?;
+                    self.config
+                        .skipped
+                        .fetch_add(poison.len() as u64, Ordering::Relaxed);
+                }
+            }
+            if !batch.records.is_empty() && !self.send(Message::Batch(batch)) {
+                return Ok(());
+            }
+        }
+    }
+}
