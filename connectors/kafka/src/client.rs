@@ -380,8 +380,12 @@ pub trait KafkaConsumer: Send {
     /// The partition count of `topic` (0 if it does not exist yet).
     fn partition_count(&mut self, topic: &str) -> Result<u32, ClientError>;
     /// Resolves `start` for a partition to an offset.
-    fn resolve(&mut self, topic: &str, partition: i32, start: StartOffset)
-        -> Result<i64, ClientError>;
+    fn resolve(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        start: StartOffset,
+    ) -> Result<i64, ClientError>;
     /// Replaces the assignment: read each (topic, partition) from the offset.
     fn assign(&mut self, partitions: &[(String, i32, i64)]) -> Result<(), ClientError>;
     /// Waits up to `timeout` for records and hands each to `each` (at most
@@ -456,7 +460,10 @@ impl KafkaConsumer for RdConsumer {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(topic, partition);
                 let committed = self.consumer.committed_offsets(tpl, timeout)?;
-                match committed.find_partition(topic, partition).map(|e| e.offset()) {
+                match committed
+                    .find_partition(topic, partition)
+                    .map(|e| e.offset())
+                {
                     Some(Offset::Offset(o)) if o >= low => o,
                     _ => low,
                 }

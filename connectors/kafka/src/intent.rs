@@ -95,7 +95,9 @@ impl IntentLog {
             intent.subtask, intent.checkpoint, intent.identity.producer_id, intent.identity.epoch
         );
         let path = self.dir.join(format!("{}.txn", intent.transactional_id));
-        let tmp = self.dir.join(format!("{}.txn.tmp", intent.transactional_id));
+        let tmp = self
+            .dir
+            .join(format!("{}.txn.tmp", intent.transactional_id));
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(line.as_bytes()).map_err(io(&tmp))?;
         f.sync_data().map_err(io(&tmp))?;
@@ -185,10 +187,7 @@ mod tests {
         log.write(&intent).unwrap();
         assert_eq!(log.read_all().unwrap(), vec![intent]);
         std::fs::write(dir.join("x.txn"), "spate-kafka-txn v1 subtask=zz").unwrap();
-        assert!(matches!(
-            log.read_all(),
-            Err(IntentError::Malformed { .. })
-        ));
+        assert!(matches!(log.read_all(), Err(IntentError::Malformed { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -50,7 +50,9 @@ pub enum ProtocolError {
         reason: String,
     },
     /// The broker answered with a Kafka error code.
-    #[error("{what} for transactional id {transactional_id:?} failed: Kafka error {code} ({name})")]
+    #[error(
+        "{what} for transactional id {transactional_id:?} failed: Kafka error {code} ({name})"
+    )]
     Kafka {
         /// The exchange.
         what: &'static str,
@@ -345,7 +347,11 @@ impl Connection {
             Ok::<_, String>((code, id, epoch))
         })();
         let (code, id, epoch) = parsed.map_err(|e| self.malformed(WHAT, e))?;
-        Ok(if code == 0 { Ok((id, epoch)) } else { Err(code) })
+        Ok(if code == 0 {
+            Ok((id, epoch))
+        } else {
+            Err(code)
+        })
     }
 }
 
@@ -415,12 +421,16 @@ fn parse_batches(bytes: &[u8], out: &mut Vec<FetchedBatch>) -> Result<(), String
         let _leader_epoch = b.i32()?;
         let magic = b.take(1)?[0];
         if magic != 2 {
-            return Err(format!("record batch magic {magic} at offset {base_offset}"));
+            return Err(format!(
+                "record batch magic {magic} at offset {base_offset}"
+            ));
         }
         let _crc = b.i32()?;
         let attributes = b.i16()?;
         if attributes & 0x7 != 0 {
-            return Err(format!("compressed batch at offset {base_offset} (not supported here)"));
+            return Err(format!(
+                "compressed batch at offset {base_offset} (not supported here)"
+            ));
         }
         let last_delta = b.i32()?;
         let _base_ts = b.i64()?;
@@ -439,9 +449,17 @@ fn parse_batches(bytes: &[u8], out: &mut Vec<FetchedBatch>) -> Result<(), String
             let _ts_delta = varint(&mut b)?;
             let offset_delta = varint(&mut b)?;
             let key_len = varint(&mut b)?;
-            let key = if key_len < 0 { None } else { Some(b.take(key_len as usize)?.to_vec()) };
+            let key = if key_len < 0 {
+                None
+            } else {
+                Some(b.take(key_len as usize)?.to_vec())
+            };
             let value_len = varint(&mut b)?;
-            let value = if value_len < 0 { None } else { Some(b.take(value_len as usize)?.to_vec()) };
+            let value = if value_len < 0 {
+                None
+            } else {
+                Some(b.take(value_len as usize)?.to_vec())
+            };
             let headers = varint(&mut b)?;
             for _ in 0..headers.max(0) {
                 let k = varint(&mut b)?;
@@ -465,7 +483,11 @@ fn parse_batches(bytes: &[u8], out: &mut Vec<FetchedBatch>) -> Result<(), String
         out.push(FetchedBatch {
             producer_id,
             transactional,
-            control: if is_control { Some(control.unwrap_or(false)) } else { None },
+            control: if is_control {
+                Some(control.unwrap_or(false))
+            } else {
+                None
+            },
             records,
             next_offset: base_offset + i64::from(last_delta) + 1,
         });

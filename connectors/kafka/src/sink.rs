@@ -39,9 +39,9 @@ use crate::client::{
 };
 use crate::config::KafkaProperties;
 use crate::intent::{Intent, IntentLog, TxnState};
-use spate::Record;
-use spate::Notifier;
 use spate::sink::{Sink, SinkContext};
+use spate::Notifier;
+use spate::Record;
 use spate::SinkError;
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -404,7 +404,9 @@ fn belongs(id: &str, prefix: &str) -> bool {
         .and_then(|r| r.strip_prefix('-'))
         .is_some_and(|r| {
             let mut parts = r.split('-');
-            let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            let ok = |p: Option<&str>| {
+                p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            };
             ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
         })
 }
@@ -538,12 +540,7 @@ impl<T: 'static> KafkaSink<T> {
     }
 }
 
-fn run_thread(
-    shared: Arc<Shared>,
-    mut worker: Worker,
-    restored: Option<u64>,
-    parallelism: usize,
-) {
+fn run_thread(shared: Arc<Shared>, mut worker: Worker, restored: Option<u64>, parallelism: usize) {
     if let Err(e) = worker.start(restored, parallelism) {
         shared.fail(e.to_string());
     }
@@ -585,8 +582,13 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
         self.checkpointing = context.checkpointing;
         *self.shared.notifier.lock().expect("notifier lock") = Some(context.notifier.clone());
         let factory = self.factory.take().expect("opened once");
-        let worker = Worker::new(factory, &self.config.topic, context.subtask, &self.config.delivery)
-            .map_err(SinkError::Other)?;
+        let worker = Worker::new(
+            factory,
+            &self.config.topic,
+            context.subtask,
+            &self.config.delivery,
+        )
+        .map_err(SinkError::Other)?;
         let shared = self.shared.clone();
         let restored = context.restored_checkpoint;
         let parallelism = context.parallelism;
@@ -622,14 +624,16 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
         if self.held.is_empty() || !self.has_room() {
             return Ok(false);
         }
-        self.shared.push(Command::Send(std::mem::take(&mut self.held)));
+        self.shared
+            .push(Command::Send(std::mem::take(&mut self.held)));
         Ok(true)
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
         self.check()?;
         if !self.held.is_empty() {
-            self.shared.push(Command::Send(std::mem::take(&mut self.held)));
+            self.shared
+                .push(Command::Send(std::mem::take(&mut self.held)));
         }
         if !self.checkpointing {
             self.shared.push(Command::Finish);
@@ -645,7 +649,8 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
         self.check()?;
         // Records held back belong before this barrier.
         if !self.held.is_empty() {
-            self.shared.push(Command::Send(std::mem::take(&mut self.held)));
+            self.shared
+                .push(Command::Send(std::mem::take(&mut self.held)));
         }
         self.shared.push(Command::PreCommit(checkpoint_id));
         Ok(())
@@ -754,7 +759,10 @@ mod tests {
             identity: ProducerIdentity,
         ) -> Result<(), ClientError> {
             let mut c = self.0.lock().unwrap();
-            let e = c.ids.get_mut(id).ok_or_else(|| ClientError("unknown id".into()))?;
+            let e = c
+                .ids
+                .get_mut(id)
+                .ok_or_else(|| ClientError("unknown id".into()))?;
             if (e.0, e.1) != (identity.producer_id, identity.epoch) {
                 return Err(ClientError("fenced".into()));
             }
@@ -807,10 +815,8 @@ mod tests {
     fn crashes_anywhere_commit_each_record_once() {
         for seed in 0..200u64 {
             let mut rng = spate::internals::sim::SplitMix64::new(seed);
-            let dir = std::env::temp_dir().join(format!(
-                "spate-kafka-sim-{}-{seed}",
-                std::process::id()
-            ));
+            let dir =
+                std::env::temp_dir().join(format!("spate-kafka-sim-{}-{seed}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             let delivery = Delivery::ExactlyOnce {
                 prefix: "job".into(),
@@ -827,13 +833,8 @@ mod tests {
             while !done {
                 runs += 1;
                 assert!(runs < 100, "seed {seed}: no progress");
-                let mut w = Worker::new(
-                    Box::new(SimFactory(cluster.clone())),
-                    "out",
-                    0,
-                    &delivery,
-                )
-                .unwrap();
+                let mut w = Worker::new(Box::new(SimFactory(cluster.clone())), "out", 0, &delivery)
+                    .unwrap();
                 w.start(completed.map(|c| c.0), 1).unwrap();
                 let mut position = completed.map_or(0, |c| c.1);
                 let crash_at = 1 + rng.below(40);

@@ -7,7 +7,12 @@ mod common;
 
 use spate_kafka::client::{KafkaProducer, OutRecord, ProducerFactory, RdProducerFactory};
 
-fn leave_open(brokers: &str, topic: &str, id: &str, values: &[&str]) -> spate_kafka::client::ProducerIdentity {
+fn leave_open(
+    brokers: &str,
+    topic: &str,
+    id: &str,
+    values: &[&str],
+) -> spate_kafka::client::ProducerIdentity {
     let mut f = RdProducerFactory {
         properties: common::properties(brokers),
     };
@@ -31,7 +36,9 @@ fn leave_open(brokers: &str, topic: &str, id: &str, values: &[&str]) -> spate_ka
 
 #[test]
 fn a_transaction_left_open_is_committed_or_aborted_by_a_later_process() {
-    let Some(brokers) = common::brokers() else { return };
+    let Some(brokers) = common::brokers() else {
+        return;
+    };
     let topic = common::topic("protocol");
     common::create(&brokers, &topic, 1);
     let id_commit = format!("{topic}-commit");
@@ -44,7 +51,10 @@ fn a_transaction_left_open_is_committed_or_aborted_by_a_later_process() {
             .map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap())
             .collect()
     };
-    assert!(values(&brokers).is_empty(), "open transactions are invisible");
+    assert!(
+        values(&brokers).is_empty(),
+        "open transactions are invisible"
+    );
     let mut f = RdProducerFactory {
         properties: common::properties(&brokers),
     };
@@ -53,7 +63,11 @@ fn a_transaction_left_open_is_committed_or_aborted_by_a_later_process() {
     control.fence(&id_abort).unwrap();
     assert_eq!(values(&brokers), vec!["a", "b"]);
     let all = common::all_records(&brokers, &topic, 1);
-    assert_eq!(all[0].len(), 3, "the aborted record is in the log, not committed");
+    assert_eq!(
+        all[0].len(),
+        3,
+        "the aborted record is in the log, not committed"
+    );
     // A second commit with the same (now stale) identity after the id was
     // re-initialised is refused: the restore's rule never commits twice.
     control.fence(&id_commit).unwrap();
