@@ -97,6 +97,9 @@ pub trait ProducerFactory: Send {
     fn control(&mut self) -> Result<Box<dyn TransactionControl>, ClientError>;
 }
 
+/// The longest a consumer batch collects records.
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
+
 /// How long one blocking librdkafka call may take.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -389,7 +392,8 @@ pub trait KafkaConsumer: Send {
     /// Replaces the assignment: read each (topic, partition) from the offset.
     fn assign(&mut self, partitions: &[(String, i32, i64)]) -> Result<(), ClientError>;
     /// Waits up to `timeout` for records and hands each to `each` (at most
-    /// `max`); returns how many.
+    /// `max`, and for at most a few milliseconds after the first); returns
+    /// how many.
     fn poll(
         &mut self,
         timeout: Duration,
@@ -487,7 +491,10 @@ impl KafkaConsumer for RdConsumer {
     ) -> Result<usize, ClientError> {
         let mut n = 0;
         let mut wait = timeout;
-        while n < max {
+        // A batch closes after `BATCH_WINDOW` of records too, so slow
+        // deserialisation never holds records back for long.
+        let mut first: Option<std::time::Instant> = None;
+        while n < max && first.is_none_or(|f| f.elapsed() < BATCH_WINDOW) {
             match self.consumer.poll(wait) {
                 None => break,
                 Some(Err(e)) => return Err(e.into()),
@@ -500,6 +507,7 @@ impl KafkaConsumer for RdConsumer {
                         key: m.key(),
                         payload: m.payload(),
                     };
+                    first.get_or_insert_with(std::time::Instant::now);
                     each(&record);
                     n += 1;
                 }

@@ -358,6 +358,9 @@ struct Owned {
     next: i64,
     /// Bounded reads: the end offset.
     end: Option<i64>,
+    /// A timestamp start: records before the first one stamped at or after
+    /// this are skipped (whatever offset the broker's time index gave).
+    from_ms: Option<i64>,
 }
 
 /// The Kafka thread's state.
@@ -412,6 +415,7 @@ impl<T: Send + 'static> Reader<T> {
                     continue;
                 }
                 let partition = p as i32;
+                let mut from_ms = None;
                 let next = match self.restored.as_ref().and_then(|r| r.get(&split)) {
                     Some(&o) => o,
                     None => {
@@ -420,6 +424,9 @@ impl<T: Send + 'static> Reader<T> {
                         } else {
                             StartOffset::Earliest
                         };
+                        if let StartOffset::Timestamp(ms) = start {
+                            from_ms = Some(ms);
+                        }
                         consumer.resolve(topic, partition, start).map_err(err)?
                     }
                 };
@@ -437,6 +444,7 @@ impl<T: Send + 'static> Reader<T> {
                     split,
                     next,
                     end,
+                    from_ms,
                 });
             }
         }
@@ -536,6 +544,12 @@ impl<T: Send + 'static> Reader<T> {
                         return; // before the position, or past a bounded end
                     }
                     o.next = r.offset + 1;
+                    if let Some(from) = o.from_ms {
+                        if r.timestamp_ms.is_some_and(|t| t < from) {
+                            return; // before a timestamp start
+                        }
+                        o.from_ms = None;
+                    }
                     match (self.deserialize)(r) {
                         Ok(v) => {
                             batch.records.push(v);
