@@ -117,8 +117,13 @@ pub(crate) struct ProducerState {
     identity: Mutex<Option<(ProducerIdentity, String)>>,
 }
 
+/// Called with the timestamps (epoch ms) of records that became visible to
+/// consumers: acknowledged (at least once) or committed (exactly once).
+/// Runs on the sink's Kafka thread; the benchmark measures latency with it.
+pub type VisibilityObserver = Arc<dyn Fn(&[i64]) + Send + Sync>;
+
 #[derive(Clone, Default)]
-pub(crate) struct SinkClientContext(Arc<ProducerState>);
+pub(crate) struct SinkClientContext(Arc<ProducerState>, Option<VisibilityObserver>);
 
 impl ClientContext for SinkClientContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
@@ -141,6 +146,11 @@ impl ClientContext for SinkClientContext {
 impl rdkafka::producer::ProducerContext for SinkClientContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if let (Ok(message), Some(observe)) = (result, &self.1) {
+            if let Some(ms) = message.timestamp().to_millis() {
+                observe(&[ms]);
+            }
+        }
         if let Err((error, message)) = result {
             let mut f = self.0.failures.lock().expect("failures lock");
             if f.is_none() {
@@ -304,6 +314,19 @@ impl TransactionControl for WireControl {
 pub struct RdProducerFactory {
     /// The client properties.
     pub properties: KafkaProperties,
+    /// Told of acknowledged records (non-transactional producers only:
+    /// a transaction's records become visible at its commit).
+    pub on_delivered: Option<VisibilityObserver>,
+}
+
+impl RdProducerFactory {
+    /// Producers with `properties`.
+    pub fn new(properties: KafkaProperties) -> Self {
+        Self {
+            properties,
+            on_delivered: None,
+        }
+    }
 }
 
 impl ProducerFactory for RdProducerFactory {
@@ -323,7 +346,11 @@ impl ProducerFactory for RdProducerFactory {
         if config.get("linger.ms").is_none() {
             config.set("linger.ms", "5");
         }
-        let context = SinkClientContext::default();
+        let observer = match transactional_id {
+            None => self.on_delivered.clone(),
+            Some(_) => None,
+        };
+        let context = SinkClientContext(Arc::default(), observer);
         let state = context.0.clone();
         let producer: BaseProducer<SinkClientContext> = config.create_with_context(context)?;
         Ok(Box::new(RdProducer {

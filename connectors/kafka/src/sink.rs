@@ -85,6 +85,9 @@ pub struct KafkaSinkConfig {
     pub queue_capacity: usize,
     /// Test hook: runs when a checkpoint completed, before its commit.
     pub before_commit: Option<CommitHook>,
+    /// Told of the timestamps of records as they become visible (the
+    /// benchmark's latency).
+    pub on_visible: Option<crate::client::VisibilityObserver>,
 }
 
 impl std::fmt::Debug for KafkaSinkConfig {
@@ -107,6 +110,7 @@ impl KafkaSinkConfig {
             delivery,
             queue_capacity: 64,
             before_commit: None,
+            on_visible: None,
         }
     }
 }
@@ -166,12 +170,16 @@ struct Slot {
     identity: crate::client::ProducerIdentity,
     /// `None`: idle; `Some(None)`: open; `Some(Some(n))`: pre-committed for `n`.
     transaction: Option<Option<u64>>,
+    /// The open transaction's record timestamps (with an observer).
+    stamps: Vec<i64>,
 }
 
 /// The step logic of a sink subtask's Kafka thread (no threads, no engine:
 /// the tests drive it with a simulated client).
 pub(crate) struct Worker {
     factory: Box<dyn ProducerFactory>,
+    /// Told of committed records' timestamps (exactly once).
+    on_visible: Option<crate::client::VisibilityObserver>,
     topic: String,
     subtask: usize,
     mode: WorkerMode,
@@ -211,6 +219,7 @@ impl Worker {
         };
         Ok(Self {
             factory,
+            on_visible: None,
             topic: topic.to_string(),
             subtask,
             mode,
@@ -309,6 +318,7 @@ impl Worker {
                                     producer,
                                     identity,
                                     transaction: None,
+                                    stamps: Vec::new(),
                                 });
                                 slots.len() - 1
                             }
@@ -322,9 +332,13 @@ impl Worker {
                         slot
                     }
                 };
-                let p = &mut slots[slot].producer;
+                let s = &mut slots[slot];
                 for r in records {
-                    p.send(r).map_err(|e| err("produce", e))?;
+                    s.producer.send(r).map_err(|e| err("produce", e))?;
+                }
+                if self.on_visible.is_some() {
+                    s.stamps
+                        .extend(records.iter().filter_map(|r| r.timestamp_ms));
                 }
                 Ok(())
             }
@@ -384,6 +398,10 @@ impl Worker {
                     )
                 })?;
                 s.transaction = None;
+                if let Some(observe) = &self.on_visible {
+                    observe(&s.stamps);
+                }
+                s.stamps.clear();
                 log.write(&Intent {
                     transactional_id: s.transactional_id.clone(),
                     subtask,
@@ -498,6 +516,7 @@ impl<T: 'static> KafkaSink<T> {
     ) -> Self {
         let factory = Box::new(RdProducerFactory {
             properties: config.properties.clone(),
+            on_delivered: config.on_visible.clone(),
         });
         Self::with_factory(config, serialize, factory)
     }

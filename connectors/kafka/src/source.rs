@@ -54,13 +54,23 @@ pub enum PoisonPolicy {
 }
 
 /// Where a bounded source stops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopAt {
     /// Never: the source runs until the job is stopped.
     Never,
     /// At each partition's end offset as found when it was assigned (a
     /// bounded read of what the topic holds; Flink's `setBounded(latest)`).
     Latest,
+    /// At the given end offsets (topic, partition, offset), for partitions
+    /// written while the job runs (the benchmark's); a partition not listed
+    /// ends at once.
+    At(Vec<(String, i32, i64)>),
+}
+
+impl StopAt {
+    fn is_bounded(&self) -> bool {
+        !matches!(self, StopAt::Never)
+    }
 }
 
 /// The Kafka source's settings.
@@ -430,12 +440,17 @@ impl<T: Send + 'static> Reader<T> {
                         consumer.resolve(topic, partition, start).map_err(err)?
                     }
                 };
-                let end = match self.config.stop {
+                let end = match &self.config.stop {
                     StopAt::Never => None,
                     StopAt::Latest => Some(
                         consumer
                             .resolve(topic, partition, StartOffset::Latest)
                             .map_err(err)?,
+                    ),
+                    StopAt::At(ends) => Some(
+                        ends.iter()
+                            .find(|(t, p, _)| t == topic && *p == partition)
+                            .map_or(0, |e| e.2),
                     ),
                 };
                 found.push(Owned {
@@ -485,13 +500,12 @@ impl<T: Send + 'static> Reader<T> {
                         return Ok(());
                     }
                 }
-                next_discovery = if self.config.discovery_interval_ms == 0
-                    || self.config.stop == StopAt::Latest
-                {
-                    Instant::now() + Duration::from_secs(365 * 24 * 3600)
-                } else {
-                    Instant::now() + Duration::from_millis(self.config.discovery_interval_ms)
-                };
+                next_discovery =
+                    if self.config.discovery_interval_ms == 0 || self.config.stop.is_bounded() {
+                        Instant::now() + Duration::from_secs(365 * 24 * 3600)
+                    } else {
+                        Instant::now() + Duration::from_millis(self.config.discovery_interval_ms)
+                    };
             }
             if let Some(positions) = self.commit_request.lock().expect("commit lock").take() {
                 let offsets: Vec<(String, i32, i64)> = positions
@@ -510,7 +524,7 @@ impl<T: Send + 'static> Reader<T> {
                     }
                 }
             }
-            if self.config.stop == StopAt::Latest
+            if self.config.stop.is_bounded()
                 && owned.iter().all(|o| o.end.is_some_and(|e| o.next >= e))
             {
                 if !finished_sent {
@@ -585,9 +599,8 @@ impl<T: Send + 'static> Reader<T> {
             if let PoisonPolicy::DeadLetter(topic) = &self.config.poison {
                 if !poison.is_empty() {
                     if dead_letters.is_none() {
-                        let mut factory = crate::client::RdProducerFactory {
-                            properties: self.config.properties.clone(),
-                        };
+                        let mut factory =
+                            crate::client::RdProducerFactory::new(self.config.properties.clone());
                         use crate::client::ProducerFactory;
                         dead_letters = Some(
                             factory

@@ -25,7 +25,7 @@
 mod common;
 
 use spate::internals::sim::SplitMix64;
-use spate_kafka::client::{KafkaProducer, OutRecord, ProducerFactory, RdProducerFactory};
+use spate_kafka::client::{OutRecord, ProducerFactory, RdProducerFactory};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,9 +40,7 @@ fn load(brokers: &str, topic: &str, records: u64) {
     // One record per batch: tansu 0.6.0 answers ListOffsets(latest) with
     // the last batch's base offset + 1, so the bounded read's end offsets
     // are right only for single-record batches.
-    let mut f = RdProducerFactory {
-        properties: common::properties(brokers).with("batch.num.messages", "1"),
-    };
+    let mut f = RdProducerFactory::new(common::properties(brokers).with("batch.num.messages", "1"));
     let mut p = f.producer(topic, None).unwrap();
     for i in 0..records {
         p.send(&OutRecord {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use spate_kafka::client::{KafkaProducer, OutRecord, ProducerFactory, RdProducerFactory};
+use spate_kafka::client::{OutRecord, ProducerFactory, RdProducerFactory};
 
 fn leave_open(
     brokers: &str,
@@ -13,9 +13,7 @@ fn leave_open(
     id: &str,
     values: &[&str],
 ) -> spate_kafka::client::ProducerIdentity {
-    let mut f = RdProducerFactory {
-        properties: common::properties(brokers),
-    };
+    let mut f = RdProducerFactory::new(common::properties(brokers));
     let mut p = f.producer(topic, Some(id)).unwrap();
     let identity = p.init_transactions().unwrap();
     p.begin().unwrap();
@@ -55,9 +53,7 @@ fn a_transaction_left_open_is_committed_or_aborted_by_a_later_process() {
         values(&brokers).is_empty(),
         "open transactions are invisible"
     );
-    let mut f = RdProducerFactory {
-        properties: common::properties(&brokers),
-    };
+    let mut f = RdProducerFactory::new(common::properties(&brokers));
     let mut control = f.control().unwrap();
     control.commit_left_open(&id_commit, identity).unwrap();
     control.fence(&id_abort).unwrap();

@@ -5,7 +5,7 @@ mod common;
 
 use spate::sink::{FileSink, FileSinkMode, Sink};
 use spate::{CheckpointConfig, Job, JobConfig, JobError, SinkError, WatermarkStrategy};
-use spate_kafka::client::{KafkaProducer, OutRecord, ProducerFactory, RdProducerFactory};
+use spate_kafka::client::{OutRecord, ProducerFactory, RdProducerFactory};
 use spate_kafka::{KafkaRecord, KafkaSource, KafkaSourceConfig, PoisonPolicy, StartOffset, StopAt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,9 +21,7 @@ fn produce(
     values: &[String],
     timestamps: Option<&[i64]>,
 ) {
-    let mut f = RdProducerFactory {
-        properties: common::properties(brokers).with("batch.num.messages", "1"),
-    };
+    let mut f = RdProducerFactory::new(common::properties(brokers).with("batch.num.messages", "1"));
     let mut p = f.producer(topic, None).unwrap();
     for (i, v) in values.iter().enumerate() {
         p.send(&OutRecord {
