@@ -601,13 +601,14 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
         self.checkpointing = context.checkpointing;
         *self.shared.notifier.lock().expect("notifier lock") = Some(context.notifier.clone());
         let factory = self.factory.take().expect("opened once");
-        let worker = Worker::new(
+        let mut worker = Worker::new(
             factory,
             &self.config.topic,
             context.subtask,
             &self.config.delivery,
         )
         .map_err(SinkError::Other)?;
+        worker.on_visible = self.config.on_visible.clone();
         let shared = self.shared.clone();
         let restored = context.restored_checkpoint;
         let parallelism = context.parallelism;

@@ -1,15 +1,21 @@
 //! The Kafka source: the partitions of the topics are the splits, their
 //! offsets live in the checkpoints.
 //!
-//! Splits: partition `p` of the `t`-th of `T` configured topics is split
-//! `p * T + t`. The id depends only on the topic's place in the list and the
-//! partition number, and Kafka only ever adds partitions, so an id never
-//! changes meaning while the topic list stays the same (changing the list
-//! is a new job). Split ids must stay below the job's max parallelism (the
-//! split count): more partitions than that is a configuration error that
-//! names the partition. Splits are owned in contiguous ranges like key
-//! groups, so a restore on another parallelism hands every partition and
-//! its offset to its new owner.
+//! Splits: partition `p` of the `t`-th of `T` configured topics has index
+//! `i = p * T + t`, and split id `i * g mod S`, where `S` is the split count
+//! (the job's max parallelism) and `g` the integer nearest `0.618 S` that is
+//! coprime with `S` ([`split_stride`]). The index depends only on the topic's
+//! place in the list and the partition number, and Kafka only ever adds
+//! partitions, so an id never changes meaning while the topic list and the
+//! max parallelism stay the same (both are fixed for a job's life). The
+//! multiplication is a bijection on `0..S` that spreads consecutive indices
+//! over the whole range (a golden-ratio sequence), so the contiguous split
+//! ranges subtasks own, like key groups, each get a fair share of a topic's
+//! few partitions, and a partition added later lands wherever the sequence
+//! puts it, owned by whichever subtask owns that id. More than `S`
+//! partitions × topics is a configuration error that names the partition.
+//! A restore on another parallelism hands every partition and its offset to
+//! its new owner.
 //!
 //! Positions: a split's position is the offset of the next record to read.
 //! On restore the checkpoint is the truth: owned partitions it lists resume
@@ -359,6 +365,24 @@ impl<T> Drop for KafkaSource<T> {
     }
 }
 
+/// The multiplier that spreads partition indices over `split_count` splits:
+/// the integer nearest `0.618 × split_count` that is coprime with it (so
+/// that `i ↦ i × stride mod split_count` is a bijection).
+pub fn split_stride(split_count: u32) -> u64 {
+    let n = u64::from(split_count.max(1));
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let mut g = ((n as f64) * 0.618_033_988_75).round().max(1.0) as u64;
+    while gcd(g, n) != 1 {
+        g += 1;
+    }
+    g
+}
+
 /// One owned partition on the Kafka thread.
 struct Owned {
     topic: String,
@@ -396,16 +420,17 @@ impl<T: Send + 'static> Reader<T> {
 
     fn split_of(&self, topic_index: usize, partition: u32) -> Result<u32, String> {
         let t = self.config.topics.len() as u64;
-        let split = u64::from(partition) * t + topic_index as u64;
-        if split >= u64::from(self.split_count) {
+        let n = u64::from(self.split_count.max(1));
+        let index = u64::from(partition) * t + topic_index as u64;
+        if index >= n {
             return Err(format!(
-                "Kafka topic {} partition {partition} would be split {split}, but the job has \
-                 only {} splits (its max parallelism): raise max_parallelism above \
-                 partitions × topics",
-                self.config.topics[topic_index], self.split_count
+                "Kafka topic {} partition {partition} is partition number {index} of the job's \
+                 topics, but the job has only {n} splits (its max parallelism): raise \
+                 max_parallelism above partitions × topics",
+                self.config.topics[topic_index]
             ));
         }
-        Ok(split as u32)
+        Ok((index * split_stride(self.split_count) % n) as u32)
     }
 
     /// New owned partitions, with their start offsets resolved.
@@ -630,6 +655,41 @@ impl<T: Send + 'static> Reader<T> {
             if !batch.records.is_empty() && !self.send(Message::Batch(batch)) {
                 return Ok(());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_stride;
+
+    /// The spread is a bijection, and the first partitions of a topic fall
+    /// evenly into the contiguous ranges of any parallelism.
+    #[test]
+    fn partitions_spread_over_the_owners() {
+        for n in [1u32, 2, 7, 128, 1000, 1024] {
+            let g = split_stride(n);
+            let mut seen = vec![false; n as usize];
+            for i in 0..u64::from(n) {
+                let s = (i * g % u64::from(n)) as usize;
+                assert!(!seen[s], "{n} splits: {s} twice");
+                seen[s] = true;
+            }
+        }
+        let n = 1024u64;
+        let g = split_stride(1024);
+        for parallelism in [2u64, 3, 4] {
+            let partitions = parallelism * 2;
+            let mut per_owner = vec![0; parallelism as usize];
+            for i in 0..partitions {
+                let split = i * g % n;
+                // Contiguous ranges, as key groups are assigned.
+                per_owner[(split * parallelism / n) as usize] += 1;
+            }
+            assert!(
+                per_owner.iter().all(|&c| c >= 1),
+                "{partitions} partitions on {parallelism} owners: {per_owner:?}"
+            );
         }
     }
 }
