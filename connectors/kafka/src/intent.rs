@@ -107,6 +107,11 @@ impl IntentLog {
             .map_err(io(&self.dir))
     }
 
+    /// Whether `transactional_id` has a record.
+    pub fn contains(&self, transactional_id: &str) -> bool {
+        self.dir.join(format!("{transactional_id}.txn")).exists()
+    }
+
     /// Every recorded transaction, in transactional-id order.
     pub fn read_all(&self) -> Result<Vec<Intent>, IntentError> {
         let mut out = Vec::new();

@@ -295,9 +295,9 @@ impl Worker {
             }
             WorkerMode::ExactlyOnce {
                 prefix,
+                log,
                 slots,
                 open,
-                ..
             } => {
                 let slot = match *open {
                     Some(slot) => slot,
@@ -313,6 +313,20 @@ impl Worker {
                                 let identity = producer
                                     .init_transactions()
                                     .map_err(|e| err("init_transactions", e))?;
+                                // Registered before its first transaction, so
+                                // that a restore finds the id and fences
+                                // what it may have left open (an id with a
+                                // record of an earlier run keeps it).
+                                if !log.contains(&id) {
+                                    log.write(&Intent {
+                                        transactional_id: id.clone(),
+                                        subtask,
+                                        checkpoint: 0,
+                                        identity,
+                                        state: TxnState::Aborted,
+                                    })
+                                    .map_err(|e| e.to_string())?;
+                                }
                                 slots.push(Slot {
                                     transactional_id: id,
                                     producer,
@@ -477,8 +491,7 @@ fn reconcile(
             }
             TxnState::PreCommitted | TxnState::Aborted => {
                 // Recorded as aborted first: a later restore must never try
-                // to commit it (its epoch is about to be fenced). Fencing
-                // again after a crash here is harmless.
+                // to commit it (its epoch is fenced below).
                 if intent.state == TxnState::PreCommitted {
                     log.write(&Intent {
                         state: TxnState::Aborted,
@@ -486,11 +499,17 @@ fn reconcile(
                     })
                     .map_err(|e| SinkError::Other(e.to_string()))?;
                 }
-                control
-                    .fence(id)
-                    .map_err(|e| SinkError::Other(e.to_string()))?;
             }
         }
+    }
+    // Every id in the log is fenced: this aborts what an id holds open
+    // beyond its record (a transaction begun after its last pre-commit, or
+    // before its first), and fences zombies of older runs, also on ids the
+    // new run does not use (a rescale down).
+    for intent in intents {
+        control
+            .fence(&intent.transactional_id)
+            .map_err(|e| SinkError::Other(e.to_string()))?;
     }
     Ok(())
 }

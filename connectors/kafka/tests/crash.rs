@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 4;
 const KEYS: u64 = 50;
-/// Input records per subtask per second (the child's throttle).
+/// Input records per second per process (the child's throttle) while
+/// crashes are due; the last run and the reference run are not throttled.
 const RATE: u64 = 5_000;
 
 fn load(brokers: &str, topic: &str, records: u64) {
@@ -54,14 +55,21 @@ fn load(brokers: &str, topic: &str, records: u64) {
     p.flush().unwrap();
 }
 
-fn job(brokers: &str, input: &str, output: &str, state: &Path, parallelism: u32) -> Command {
+fn job(
+    brokers: &str,
+    input: &str,
+    output: &str,
+    state: &Path,
+    parallelism: u32,
+    records_per_s: u64,
+) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafka-count-job"));
     cmd.args(["--brokers", brokers, "--input", input, "--output", output])
         .arg("--state-dir")
         .arg(state)
         .args(["--parallelism", &parallelism.to_string()])
         .args(["--interval-ms", "40"])
-        .args(["--records-per-s", &RATE.to_string()])
+        .args(["--records-per-s", &records_per_s.to_string()])
         .stdout(Stdio::null());
     cmd
 }
@@ -108,9 +116,9 @@ fn killed_kafka_jobs_commit_exactly_the_uninterrupted_output() {
     let input = common::topic("crash-in");
     let output = common::topic("crash-out");
     let reference = common::topic("crash-reference");
-    // Enough input that the kills fall inside runs: each run gets up to
-    // ~0.5 s at 2 × RATE records/s before its kill.
-    let records = RATE * 2 * (u64::from(kills) / 3 + 2);
+    // Enough input that the crashes fall inside runs: a run gets up to
+    // about 1.5 s at RATE records/s before its crash.
+    let records = RATE * (u64::from(kills) + 4);
     load(&brokers, &input, records);
     common::create(&brokers, &output, PARTITIONS);
     common::create(&brokers, &reference, PARTITIONS);
@@ -121,15 +129,23 @@ fn killed_kafka_jobs_commit_exactly_the_uninterrupted_output() {
         assert!(runs < kills * 4 + 10, "no end after {runs} runs");
         let parallelism = if runs % 2 == 1 { 2 } else { 1 };
         let log_path = dir.join(format!("logs/run-{runs}.log"));
-        let mut cmd = job(&brokers, &input, &output, &dir.join("state"), parallelism);
         let crashes = killed + aborted_before_commit;
+        let rate = if crashes < kills { RATE } else { 0 };
+        let mut cmd = job(
+            &brokers,
+            &input,
+            &output,
+            &dir.join("state"),
+            parallelism,
+            rate,
+        );
         // Even crashes: the child aborts itself when a checkpoint completed,
-        // before committing (at its 12th..50th commit call: one per sink
+        // before committing (at its 12th..39th commit call: one per sink
         // subtask and checkpoint, past the first checkpoints, which come
         // before any record); odd ones: SIGKILL at a random moment.
         let hook = crashes < kills && crashes % 2 == 0;
         if hook {
-            cmd.args(["--crash-before-commit", &(12 + rng.below(38)).to_string()]);
+            cmd.args(["--crash-before-commit", &(12 + rng.below(28)).to_string()]);
         }
         let mut child = cmd
             .stderr(std::fs::File::create(&log_path).unwrap())
