@@ -27,6 +27,11 @@
 //! group, for monitoring only; nothing reads them back except the
 //! `GroupOffsets` start of a job without a checkpoint.
 //!
+//! Event time: with [`KafkaSourceConfig::watermarks`] the source keeps a
+//! watermark per owned partition (from record timestamps or a user
+//! function) and hands the engine the smallest over the partitions that
+//! are not idle ([`PartitionWatermarks`], through `Source::watermark`).
+//!
 //! Threads: each source subtask has one Kafka thread that owns its
 //! librdkafka consumer (manual assignment of the owned partitions, no group
 //! membership), deserialises records with the user's function, applies the
@@ -100,6 +105,32 @@ pub struct KafkaSourceConfig {
     pub skipped: Arc<AtomicU64>,
     /// Batches the channel to the subtask holds.
     pub channel_batches: usize,
+    /// Per-partition watermarks with idleness (`None`: the job's
+    /// [`WatermarkStrategy`](spate::WatermarkStrategy) alone).
+    pub watermarks: Option<PartitionWatermarks>,
+}
+
+/// A record's event time for watermarks: from the Kafka record (`None`:
+/// the record timestamp is used).
+pub type RecordTime = Arc<dyn Fn(&KafkaRecord<'_>) -> Option<i64> + Send + Sync>;
+
+/// Watermarks per partition (Flink's per-split watermarks): each owned
+/// partition's watermark trails the largest event time it delivered by
+/// `out_of_orderness_ms`; the subtask's watermark is the smallest over its
+/// partitions that are not idle. A partition is idle once it delivered
+/// nothing for `idle_timeout_ms` of processing time (also before its
+/// first record), so an empty or quiet partition does not stall event
+/// time. When every owned partition is idle, the subtask's watermark is the
+/// largest partition watermark (the engine has no idle state across
+/// subtasks: a subtask owning only idle partitions holds its watermark).
+#[derive(Clone)]
+pub struct PartitionWatermarks {
+    /// Out-of-orderness allowed within a partition, ms.
+    pub out_of_orderness_ms: u64,
+    /// Processing time without records after which a partition is idle, ms.
+    pub idle_timeout_ms: u64,
+    /// Event time of a record; `None` uses the Kafka record timestamp.
+    pub event_time: Option<RecordTime>,
 }
 
 impl std::fmt::Debug for KafkaSourceConfig {
@@ -129,6 +160,7 @@ impl KafkaSourceConfig {
             poison: PoisonPolicy::Fail,
             skipped: Arc::new(AtomicU64::new(0)),
             channel_batches: 16,
+            watermarks: None,
         }
     }
 }
@@ -136,11 +168,20 @@ impl KafkaSourceConfig {
 /// A record deserializer: the value, or why not.
 pub type Deserializer<T> = Arc<dyn Fn(&KafkaRecord<'_>) -> Result<T, String> + Send + Sync>;
 
-/// A batch from the Kafka thread: records and, per record, its split and
-/// offset.
+/// A batch from the Kafka thread: records and, per record, its split,
+/// offset and event time (for watermarks; -1 if none).
 struct Batch<T> {
     records: Vec<T>,
-    positions: Vec<(u32, i64)>,
+    positions: Vec<(u32, i64, i64)>,
+}
+
+/// Event time of one owned split (per-partition watermarks).
+#[derive(Clone, Copy, Debug)]
+struct SplitTime {
+    /// Largest event time delivered.
+    max_ms: Option<i64>,
+    /// Processing time of the last delivery (or of the assignment).
+    active_ms: u64,
 }
 
 enum Message<T> {
@@ -159,6 +200,8 @@ pub struct KafkaSource<T> {
     context: Option<SourceContext>,
     /// Owned split → offset of the next record.
     positions: BTreeMap<u32, i64>,
+    /// Owned split → its event time (per-partition watermarks only).
+    times: BTreeMap<u32, SplitTime>,
     restored: Option<BTreeMap<u32, i64>>,
     receiver: Option<Receiver<Message<T>>>,
     current: Option<Batch<T>>,
@@ -178,6 +221,7 @@ impl<T: Send + 'static> KafkaSource<T> {
             deserialize,
             context: None,
             positions: BTreeMap::new(),
+            times: BTreeMap::new(),
             restored: None,
             receiver: None,
             current: None,
@@ -259,8 +303,23 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             if let Some(batch) = &mut self.current {
                 let take = batch.records.len().min(max - n);
                 out.extend(batch.records.drain(..take));
-                for &(split, offset) in &batch.positions[self.taken..self.taken + take] {
+                let now_ms = if self.config.watermarks.is_some() {
+                    now_ms()
+                } else {
+                    0
+                };
+                for &(split, offset, time_ms) in &batch.positions[self.taken..self.taken + take] {
                     self.positions.insert(split, offset + 1);
+                    if self.config.watermarks.is_some() {
+                        let t = self.times.entry(split).or_insert(SplitTime {
+                            max_ms: None,
+                            active_ms: now_ms,
+                        });
+                        t.active_ms = now_ms;
+                        if time_ms >= 0 {
+                            t.max_ms = Some(t.max_ms.map_or(time_ms, |m| m.max(time_ms)));
+                        }
+                    }
                 }
                 self.taken += take;
                 n += take;
@@ -273,8 +332,13 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             match self.next_message() {
                 None => break,
                 Some(Message::Assigned(splits)) => {
+                    let now_ms = now_ms();
                     for (split, offset) in splits {
                         self.positions.insert(split, offset);
+                        self.times.entry(split).or_insert(SplitTime {
+                            max_ms: None,
+                            active_ms: now_ms,
+                        });
                     }
                 }
                 Some(Message::Batch(b)) => self.current = Some(b),
@@ -290,7 +354,34 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
         } else if self.finished {
             SourcePoll::Finished
         } else {
-            SourcePoll::Pending
+            // With idleness: poll again when the next partition turns idle
+            // (its watermark then stops holding the subtask's back).
+            match self.next_idle_ms() {
+                Some(at_ms) => SourcePoll::PendingUntil(at_ms),
+                None => SourcePoll::Pending,
+            }
+        })
+    }
+
+    fn watermark(&mut self) -> Option<spate::Timestamp> {
+        let w = self.config.watermarks.as_ref()?;
+        let now = now_ms();
+        let trailing = |t: &SplitTime| {
+            t.max_ms
+                .map(|m| (m.max(0) as u64).saturating_sub(w.out_of_orderness_ms + 1))
+        };
+        let mut active = self
+            .times
+            .values()
+            .filter(|t| now < t.active_ms + w.idle_timeout_ms)
+            .peekable();
+        // 0 never advances the subtask's watermark (and, unlike `None`,
+        // keeps the strategy's watermarks out).
+        Some(if active.peek().is_some() {
+            // An active partition without records yet holds it back.
+            active.map(trailing).min().flatten().unwrap_or(0)
+        } else {
+            self.times.values().filter_map(trailing).max().unwrap_or(0)
         })
     }
 
@@ -352,6 +443,27 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
         );
         Ok(())
     }
+}
+
+impl<T> KafkaSource<T> {
+    /// With idleness: the processing time the next active partition turns
+    /// idle.
+    fn next_idle_ms(&self) -> Option<u64> {
+        let w = self.config.watermarks.as_ref()?;
+        let now = now_ms();
+        self.times
+            .values()
+            .map(|t| t.active_ms + w.idle_timeout_ms)
+            .filter(|&at| at > now)
+            .min()
+    }
+}
+
+/// Processing time, epoch ms.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl<T> Drop for KafkaSource<T> {
@@ -591,8 +703,17 @@ impl<T: Send + 'static> Reader<T> {
                     }
                     match (self.deserialize)(r) {
                         Ok(v) => {
+                            let time_ms = match &self.config.watermarks {
+                                Some(PartitionWatermarks {
+                                    event_time: Some(f),
+                                    ..
+                                }) => f(r),
+                                _ => r.timestamp_ms,
+                            };
                             batch.records.push(v);
-                            batch.positions.push((o.split, r.offset));
+                            batch
+                                .positions
+                                .push((o.split, r.offset, time_ms.unwrap_or(-1)));
                         }
                         Err(reason) => match &self.config.poison {
                             PoisonPolicy::Fail => {

@@ -402,3 +402,95 @@ fn poison_records_fail_skip_or_go_to_the_dead_letter_topic() {
         .collect();
     assert_eq!(letters, vec!["bad-x"]);
 }
+
+/// Per-partition watermarks with idleness: partition 1 of the topic stays
+/// empty, and the window over partition 0's records still closes while
+/// the job runs (without idleness the empty partition holds the subtask's
+/// watermark back and the window waits for the end of input).
+#[test]
+fn an_idle_partition_does_not_stall_a_window() {
+    let Some(brokers) = common::brokers() else {
+        return;
+    };
+    let topic = common::topic("idle");
+    common::create(&brokers, &topic, 2);
+    let base = 1_700_000_000_000i64; // a window boundary (multiple of 1 s)
+    let stamps: Vec<i64> = [0, 300, 600, 1_200, 2_500]
+        .iter()
+        .map(|d| base + d)
+        .collect();
+    let values: Vec<String> = stamps.iter().map(|t| t.to_string()).collect();
+    produce(&brokers, &topic, 0, &values, Some(&stamps));
+    let mut source = KafkaSourceConfig::new(
+        common::properties(&brokers),
+        &[&topic],
+        format!("{topic}-g"),
+    );
+    source.watermarks = Some(spate_kafka::source::PartitionWatermarks {
+        out_of_orderness_ms: 0,
+        idle_timeout_ms: 200,
+        event_time: None,
+    });
+    let windows: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    let seen = windows.clone();
+    let mut config = JobConfig::with_parallelism(1);
+    config.pin_cores = false;
+    let handle = Job::new(config)
+        .start(move |df| {
+            let seen = seen.clone();
+            df.source(
+                "kafka",
+                KafkaSource::new(
+                    source.clone(),
+                    Arc::new(|r: &KafkaRecord<'_>| {
+                        let v = std::str::from_utf8(r.payload.unwrap_or_default())
+                            .map_err(|e| e.to_string())?;
+                        v.parse::<u64>().map_err(|e| e.to_string())
+                    }),
+                ),
+                WatermarkStrategy::bounded_out_of_orderness(0, |t: &u64| *t),
+            )
+            .key_by(|_: &u64| 0u64)
+            .window(spate::window::WindowAssigner::tumbling(1_000))
+            .aggregate(
+                "count",
+                spate::window::Aggregate::new(
+                    || 0u64,
+                    |c: &mut u64, _: &u64| *c += 1,
+                    |c: &u64| *c,
+                ),
+            )
+            .sink("windows", WindowSink(seen));
+        })
+        .unwrap();
+    wait_until("the first window closes while the job runs", || {
+        !windows.lock().unwrap().is_empty()
+    });
+    assert!(
+        handle.is_running(),
+        "closed by the watermark, not by the end of input"
+    );
+    handle.stop();
+    handle.join().unwrap();
+    let got = windows.lock().unwrap().clone();
+    assert_eq!(
+        got[0],
+        (base as u64, 3),
+        "the first window: its three records"
+    );
+}
+
+struct WindowSink(Arc<Mutex<Vec<(u64, u64)>>>);
+
+impl Sink<spate::window::WindowResult<u64, u64>> for WindowSink {
+    fn write(
+        &mut self,
+        batch: &mut Vec<spate::Record<spate::window::WindowResult<u64, u64>>>,
+    ) -> Result<(), SinkError> {
+        self.0
+            .lock()
+            .unwrap()
+            .extend(batch.drain(..).map(|r| (r.value.start, r.value.value)));
+        Ok(())
+    }
+}
