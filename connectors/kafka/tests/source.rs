@@ -494,3 +494,50 @@ impl Sink<spate::window::WindowResult<u64, u64>> for WindowSink {
         Ok(())
     }
 }
+
+/// Partitions that appear while the job runs (here: a second topic of the
+/// list, created after the start; the broker under test cannot add
+/// partitions to a topic) are found by the periodic discovery and read from
+/// their start.
+#[test]
+fn new_partitions_are_picked_up_while_running() {
+    let Some(brokers) = common::brokers() else {
+        return;
+    };
+    let topic = common::topic("discovery");
+    let later = format!("{topic}-later");
+    common::create(&brokers, &topic, 1);
+    produce(&brokers, &topic, 0, &["a".to_string()], None);
+    let mut source = KafkaSourceConfig::new(
+        common::properties(&brokers),
+        &[&topic, &later],
+        format!("{topic}-g"),
+    );
+    source.discovery_interval_ms = 100;
+    let seen = Seen::default();
+    let sink = seen.clone();
+    let mut config = JobConfig::with_parallelism(1);
+    config.pin_cores = false;
+    let handle = Job::new(config)
+        .start(move |df| {
+            df.source(
+                "kafka",
+                KafkaSource::new(source.clone(), Arc::new(describe)),
+                WatermarkStrategy::none(),
+            )
+            .sink("seen", sink.clone());
+        })
+        .unwrap();
+    wait_until("the first record arrives", || {
+        seen.0.lock().unwrap().len() == 1
+    });
+    common::create(&brokers, &later, 1);
+    produce(&brokers, &later, 0, &["b".to_string()], None);
+    wait_until("the new partition's record arrives", || {
+        seen.0.lock().unwrap().len() == 2
+    });
+    handle.stop();
+    handle.join().unwrap();
+    let got = seen.0.lock().unwrap().clone();
+    assert_eq!(got[1], format!("{later}:0:0:b"));
+}
