@@ -109,6 +109,9 @@ enum Command {
         /// Kafka bootstrap servers [default: $SPATE_KAFKA_BROKERS or 127.0.0.1:19092].
         #[arg(long)]
         kafka_brokers: Option<String>,
+        /// A librdkafka client property, KEY=VALUE (repeatable).
+        #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = property_parser)]
+        kafka_properties: Vec<(String, String)>,
     },
     /// Prints the figures of two reports side by side with their ratios B/A.
     Compare {
@@ -198,6 +201,28 @@ struct KafkaFlags {
     /// Kafka bootstrap servers [default: $SPATE_KAFKA_BROKERS or 127.0.0.1:19092].
     #[arg(long)]
     kafka_brokers: Option<String>,
+    /// A librdkafka client property, KEY=VALUE (repeatable): security
+    /// settings (`security.protocol`, `sasl.*`, `ssl.*`) and tuning pass
+    /// through unchanged; values are never printed.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = property_parser)]
+    kafka_properties: Vec<(String, String)>,
+}
+
+/// Parses `KEY=VALUE` (the error never repeats the value: it may be secret).
+fn property_parser(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err("expected KEY=VALUE".to_string()),
+    }
+}
+
+/// Client properties for `brokers` with the `--kafka-property` settings.
+fn kafka_properties(brokers: &str, extra: &[(String, String)]) -> spate_kafka::KafkaProperties {
+    let mut p = crate::kafka::properties(brokers);
+    for (k, v) in extra {
+        p.set(k.clone(), v.clone());
+    }
+    p
 }
 
 impl KafkaFlags {
@@ -211,8 +236,8 @@ impl KafkaFlags {
             bail!("--sink-topic and --output are two sinks: give one");
         }
         if !kafka_source && self.sink_topic.is_none() {
-            if self.kafka_brokers.is_some() {
-                bail!("--kafka-brokers needs --source kafka or --sink-topic");
+            if self.kafka_brokers.is_some() || !self.kafka_properties.is_empty() {
+                bail!("--kafka-brokers and --kafka-property need --source kafka or --sink-topic");
             }
             return Ok(None);
         }
@@ -221,7 +246,7 @@ impl KafkaFlags {
             .clone()
             .unwrap_or_else(crate::kafka::default_brokers);
         Ok(Some(crate::kafka::KafkaRun {
-            properties: crate::kafka::properties(&brokers),
+            properties: kafka_properties(&brokers, &self.kafka_properties),
             topic: self.topic.clone(),
             sink_topic: self.sink_topic.clone(),
             exactly_once: self.delivery.as_deref() != Some("at-least-once"),
@@ -250,6 +275,9 @@ struct KafkaLoadArgs {
     /// Kafka bootstrap servers [default: $SPATE_KAFKA_BROKERS or 127.0.0.1:19092].
     #[arg(long)]
     kafka_brokers: Option<String>,
+    /// A librdkafka client property, KEY=VALUE (repeatable).
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = property_parser)]
+    kafka_properties: Vec<(String, String)>,
 }
 
 /// Checkpoint flags shared by `nexmark` and `checkpoints`.
@@ -522,7 +550,7 @@ pub fn main() -> anyhow::Result<()> {
             let rate = (args.rate > 0).then_some(args.rate);
             let base_time_ms = spate::time::SystemClock.now_ms() + OPEN_LOOP_LEAD_MS;
             let per_s = crate::kafka::load(
-                &crate::kafka::properties(&brokers),
+                &kafka_properties(&brokers, &args.kafka_properties),
                 &args.topic,
                 args.events,
                 args.partitions,
@@ -540,10 +568,11 @@ pub fn main() -> anyhow::Result<()> {
             topic,
             events,
             kafka_brokers,
+            kafka_properties: extra,
         } => {
             let brokers = kafka_brokers.unwrap_or_else(crate::kafka::default_brokers);
-            let per_s =
-                crate::kafka::consume_plain(&crate::kafka::properties(&brokers), &topic, events)?;
+            let properties = kafka_properties(&brokers, &extra);
+            let per_s = crate::kafka::consume_plain(&properties, &topic, events)?;
             println!("kafka-consume: {events} events of {topic}: {per_s:.0} events/s (one plain librdkafka consumer, JSON decoded)");
             Ok(())
         }

@@ -69,6 +69,11 @@ pub trait KafkaProducer: Send {
     fn commit(&mut self) -> Result<(), ClientError>;
     /// Aborts the open transaction.
     fn abort(&mut self) -> Result<(), ClientError>;
+    /// Serves the acknowledgements that arrived, without waiting; returns
+    /// whether records are still unacknowledged.
+    fn serve(&mut self) -> bool {
+        false
+    }
 }
 
 /// Transaction control without a producer of one's own: what a restore
@@ -239,6 +244,11 @@ impl KafkaProducer for RdProducer {
 
     fn abort(&mut self) -> Result<(), ClientError> {
         Ok(self.producer.abort_transaction(CALL_TIMEOUT)?)
+    }
+
+    fn serve(&mut self) -> bool {
+        self.producer.poll(Duration::ZERO);
+        self.producer.in_flight_count() > 0
     }
 }
 

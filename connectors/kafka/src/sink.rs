@@ -265,6 +265,22 @@ impl Worker {
         }
     }
 
+    /// Serves the producers' acknowledgements (delivery reports: failures,
+    /// and at least once the visibility observer); returns whether records
+    /// are still unacknowledged.
+    pub(crate) fn serve(&mut self) -> bool {
+        match &mut self.mode {
+            WorkerMode::AtLeastOnce { producer } => producer.as_mut().is_some_and(|p| p.serve()),
+            WorkerMode::ExactlyOnce { slots, .. } => {
+                let mut pending = false;
+                for s in slots.iter_mut() {
+                    pending |= s.producer.serve();
+                }
+                pending
+            }
+        }
+    }
+
     /// Executes one command.
     pub(crate) fn execute(&mut self, command: Command) -> Result<(), String> {
         match command {
@@ -578,10 +594,15 @@ impl<T: 'static> KafkaSink<T> {
     }
 }
 
+/// How often the sink's Kafka thread serves acknowledgements while records
+/// are in flight and no command comes.
+const ACK_SERVICE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+
 fn run_thread(shared: Arc<Shared>, mut worker: Worker, restored: Option<u64>, parallelism: usize) {
     if let Err(e) = worker.start(restored, parallelism) {
         shared.fail(e.to_string());
     }
+    let mut unacknowledged = false;
     loop {
         let command = {
             let mut q = shared.queue.lock().expect("queue lock");
@@ -589,7 +610,20 @@ fn run_thread(shared: Arc<Shared>, mut worker: Worker, restored: Option<u64>, pa
                 if let Some(c) = q.pop_front() {
                     break c;
                 }
-                q = shared.wake_thread.wait(q).expect("queue lock");
+                if unacknowledged {
+                    // Records in flight: wake to serve their acknowledgements
+                    // (this is the sink's own Kafka thread, not a reactor).
+                    q = shared
+                        .wake_thread
+                        .wait_timeout(q, ACK_SERVICE_INTERVAL)
+                        .expect("queue lock")
+                        .0;
+                    drop(q);
+                    unacknowledged = worker.serve();
+                    q = shared.queue.lock().expect("queue lock");
+                } else {
+                    q = shared.wake_thread.wait(q).expect("queue lock");
+                }
             }
         };
         let shutdown = matches!(command, Command::Shutdown);
@@ -607,6 +641,7 @@ fn run_thread(shared: Arc<Shared>, mut worker: Worker, restored: Option<u64>, pa
                 Err(e) => shared.fail(e),
             }
         }
+        unacknowledged = worker.serve();
         shared.queued.fetch_sub(1, Ordering::SeqCst);
         shared.notify();
         if shutdown {
