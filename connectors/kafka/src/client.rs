@@ -218,9 +218,12 @@ impl KafkaProducer for RdProducer {
             }
             match self.producer.send(r) {
                 Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(code), _))
-                    if code == rdkafka::types::RDKafkaErrorCode::QueueFull =>
-                {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => {
                     // librdkafka's queue is full: serve delivery reports
                     // (this thread's own blocking wait) and retry.
                     self.producer.poll(Duration::from_millis(10));

@@ -22,5 +22,5 @@ pub mod source;
 
 pub use client::{KafkaRecord, OutRecord, StartOffset};
 pub use config::KafkaProperties;
-pub use sink::{Delivery, KafkaSink, KafkaSinkConfig};
+pub use sink::{Delivery, KafkaSink, KafkaSinkConfig, Serializer};
 pub use source::{KafkaSource, KafkaSourceConfig, PoisonPolicy, StopAt};

@@ -67,6 +67,10 @@ pub enum Delivery {
     },
 }
 
+/// Fills the record to produce from a job record (key, value, optionally
+/// partition and timestamp).
+pub type Serializer<T> = Arc<dyn Fn(&Record<T>, &mut OutRecord) + Send + Sync>;
+
 /// A hook called on the reactor with the checkpoint id when a checkpoint
 /// completed, before its transactions are committed (the crash harness
 /// kills the process there).
@@ -533,7 +537,7 @@ fn reconcile(
 /// The Kafka sink subtask.
 pub struct KafkaSink<T> {
     config: KafkaSinkConfig,
-    serialize: Arc<dyn Fn(&Record<T>, &mut OutRecord) + Send + Sync>,
+    serialize: Serializer<T>,
     factory: Option<Box<dyn ProducerFactory>>,
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -545,10 +549,7 @@ pub struct KafkaSink<T> {
 impl<T: 'static> KafkaSink<T> {
     /// A sink subtask; `serialize` fills the record to produce (key,
     /// value, optionally partition and timestamp) from each record.
-    pub fn new(
-        config: KafkaSinkConfig,
-        serialize: Arc<dyn Fn(&Record<T>, &mut OutRecord) + Send + Sync>,
-    ) -> Self {
+    pub fn new(config: KafkaSinkConfig, serialize: Serializer<T>) -> Self {
         let factory = Box::new(RdProducerFactory {
             properties: config.properties.clone(),
             on_delivered: config.on_visible.clone(),
@@ -559,7 +560,7 @@ impl<T: 'static> KafkaSink<T> {
     /// A sink over another client.
     pub fn with_factory(
         config: KafkaSinkConfig,
-        serialize: Arc<dyn Fn(&Record<T>, &mut OutRecord) + Send + Sync>,
+        serialize: Serializer<T>,
         factory: Box<dyn ProducerFactory>,
     ) -> Self {
         Self {
@@ -767,12 +768,15 @@ mod tests {
     #[derive(Default)]
     struct Cluster {
         /// Per id: (producer id, epoch, open transaction's records).
-        ids: BTreeMap<String, (i64, i16, Option<Vec<Vec<u8>>>)>,
+        ids: BTreeMap<String, SimId>,
         committed: Vec<Vec<u8>>,
         next_pid: i64,
     }
 
     type Sim = Arc<Mutex<Cluster>>;
+
+    /// Per transactional id: producer id, epoch, open transaction's records.
+    type SimId = (i64, i16, Option<Vec<Vec<u8>>>);
 
     struct SimProducer {
         cluster: Sim,

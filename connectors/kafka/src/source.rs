@@ -165,6 +165,10 @@ impl KafkaSourceConfig {
     }
 }
 
+/// Positions of a completed checkpoint, for the Kafka thread to commit to
+/// the group (split, offset).
+type CommitRequest = Arc<Mutex<Option<Vec<(u32, i64)>>>>;
+
 /// A record deserializer: the value, or why not.
 pub type Deserializer<T> = Arc<dyn Fn(&KafkaRecord<'_>) -> Result<T, String> + Send + Sync>;
 
@@ -209,7 +213,7 @@ pub struct KafkaSource<T> {
     peeked: Option<Message<T>>,
     finished: bool,
     stop: Arc<AtomicBool>,
-    commit_request: Arc<Mutex<Option<Vec<(u32, i64)>>>>,
+    commit_request: CommitRequest,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -519,7 +523,7 @@ struct Reader<T> {
     tx: SyncSender<Message<T>>,
     notifier: spate::Notifier,
     stop: Arc<AtomicBool>,
-    commit_request: Arc<Mutex<Option<Vec<(u32, i64)>>>>,
+    commit_request: CommitRequest,
 }
 
 impl<T: Send + 'static> Reader<T> {
@@ -679,7 +683,8 @@ impl<T: Send + 'static> Reader<T> {
                 positions: Vec::new(),
             };
             let mut failure = None;
-            let mut poison: Vec<(String, i32, i64, Option<Vec<u8>>, Option<Vec<u8>>)> = Vec::new();
+            // Rejected records' keys and values, for the dead-letter topic.
+            let mut poison: Vec<crate::client::OutRecord> = Vec::new();
             consumer
                 .poll(Duration::from_millis(100), 2048, &mut |r| {
                     if failure.is_some() {
@@ -727,13 +732,12 @@ impl<T: Send + 'static> Reader<T> {
                                 self.config.skipped.fetch_add(1, Ordering::Relaxed);
                             }
                             PoisonPolicy::DeadLetter(_) => {
-                                poison.push((
-                                    r.topic.to_string(),
-                                    r.partition,
-                                    r.offset,
-                                    r.key.map(<[u8]>::to_vec),
-                                    r.payload.map(<[u8]>::to_vec),
-                                ));
+                                poison.push(crate::client::OutRecord {
+                                    partition: None,
+                                    key: r.key.map(<[u8]>::to_vec),
+                                    payload: r.payload.map(<[u8]>::to_vec).unwrap_or_default(),
+                                    timestamp_ms: None,
+                                });
                             }
                         },
                     }
@@ -755,14 +759,9 @@ impl<T: Send + 'static> Reader<T> {
                         );
                     }
                     let p = dead_letters.as_mut().expect("created above");
-                    for (_, _, _, key, payload) in &poison {
-                        p.send(&crate::client::OutRecord {
-                            partition: None,
-                            key: key.clone(),
-                            payload: payload.clone().unwrap_or_default(),
-                            timestamp_ms: None,
-                        })
-                        .map_err(|e| format!("Kafka dead-letter topic {topic}: {e}"))?;
+                    for record in &poison {
+                        p.send(record)
+                            .map_err(|e| format!("Kafka dead-letter topic {topic}: {e}"))?;
                     }
                     // Written before the positions past them can be
                     // checkpointed (they follow in the batch below).
