@@ -38,10 +38,7 @@ const RATE: u64 = 5_000;
 
 fn load(brokers: &str, topic: &str, records: u64) {
     common::create(brokers, topic, PARTITIONS);
-    // One record per batch: tansu 0.6.0 answers ListOffsets(latest) with
-    // the last batch's base offset + 1, so the bounded read's end offsets
-    // are right only for single-record batches.
-    let mut f = RdProducerFactory::new(common::properties(brokers).with("batch.num.messages", "1"));
+    let mut f = RdProducerFactory::new(common::properties(brokers));
     let mut p = f.producer(topic, None).unwrap();
     for i in 0..records {
         p.send(&OutRecord {
@@ -62,6 +59,7 @@ fn job(
     state: &Path,
     parallelism: u32,
     records_per_s: u64,
+    end_offset: u64,
 ) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafka-count-job"));
     cmd.args(["--brokers", brokers, "--input", input, "--output", output])
@@ -70,6 +68,10 @@ fn job(
         .args(["--parallelism", &parallelism.to_string()])
         .args(["--interval-ms", "40"])
         .args(["--records-per-s", &records_per_s.to_string()])
+        // Each partition holds records / PARTITIONS: the end offset is
+        // given (tansu 0.6.0 answers ListOffsets(latest) with the last
+        // batch's base offset + 1).
+        .args(["--end-offset", &end_offset.to_string()])
         .stdout(Stdio::null());
     cmd
 }
@@ -118,7 +120,8 @@ fn killed_kafka_jobs_commit_exactly_the_uninterrupted_output() {
     let reference = common::topic("crash-reference");
     // Enough input that the crashes fall inside runs: a run gets up to
     // about 1.5 s at RATE records/s before its crash.
-    let records = RATE * (u64::from(kills) + 4);
+    let records = RATE * (u64::from(kills) + 6);
+    let end_offset = records / PARTITIONS as u64;
     load(&brokers, &input, records);
     common::create(&brokers, &output, PARTITIONS);
     common::create(&brokers, &reference, PARTITIONS);
@@ -138,14 +141,15 @@ fn killed_kafka_jobs_commit_exactly_the_uninterrupted_output() {
             &dir.join("state"),
             parallelism,
             rate,
+            end_offset,
         );
         // Even crashes: the child aborts itself when a checkpoint completed,
-        // before committing (at its 12th..39th commit call: one per sink
+        // before committing (at its 10th..25th commit call: one per sink
         // subtask and checkpoint, past the first checkpoints, which come
         // before any record); odd ones: SIGKILL at a random moment.
         let hook = crashes < kills && crashes % 2 == 0;
         if hook {
-            cmd.args(["--crash-before-commit", &(12 + rng.below(28)).to_string()]);
+            cmd.args(["--crash-before-commit", &(10 + rng.below(16)).to_string()]);
         }
         let mut child = cmd
             .stderr(std::fs::File::create(&log_path).unwrap())
@@ -199,6 +203,7 @@ fn killed_kafka_jobs_commit_exactly_the_uninterrupted_output() {
         .arg("--state-dir")
         .arg(dir.join("reference-state"))
         .args(["--parallelism", "2"])
+        .args(["--end-offset", &end_offset.to_string()])
         .output()
         .unwrap();
     assert!(

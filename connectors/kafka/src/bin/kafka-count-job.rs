@@ -10,8 +10,11 @@
 //! ```text
 //! kafka-count-job --brokers 127.0.0.1:19092 --input in --output out \
 //!     --state-dir /tmp/count-state [--parallelism 2] [--interval-ms 50] \
-//!     [--records-per-s 0] [--crash-before-commit K]
+//!     [--records-per-s 0] [--end-offset N] [--crash-before-commit K]
 //! ```
+//!
+//! `--end-offset N` reads every partition up to offset `N` instead of up to
+//! its end offset found at the start.
 //!
 //! `--crash-before-commit K` (tests): the process aborts when the K-th
 //! checkpoint of this run has completed, before its Kafka transactions are
@@ -41,6 +44,7 @@ fn run() -> Result<(), String> {
     let mut interval_ms = 50u64;
     let mut records_per_s = 0u64;
     let mut crash_before_commit = 0u64;
+    let mut end_offset = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -54,6 +58,7 @@ fn run() -> Result<(), String> {
             "--interval-ms" => interval_ms = number(value()?)?,
             "--records-per-s" => records_per_s = number(value()?)?,
             "--crash-before-commit" => crash_before_commit = number(value()?)?,
+            "--end-offset" => end_offset = Some(number(value()?)? as i64),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -65,7 +70,21 @@ fn run() -> Result<(), String> {
     }
     let properties = KafkaProperties::new(&brokers);
     let mut source = KafkaSourceConfig::new(properties.clone(), &[&input], "kafka-count-job");
-    source.stop = StopAt::Latest;
+    source.stop = match end_offset {
+        Some(end) => {
+            let mut probe = spate_kafka::client::RdConsumer::new(&properties, "kafka-count-job")
+                .map_err(|e| e.to_string())?;
+            let partitions =
+                spate_kafka::client::KafkaConsumer::partition_count(&mut probe, &input)
+                    .map_err(|e| e.to_string())?;
+            StopAt::At(
+                (0..partitions as i32)
+                    .map(|p| (input.clone(), p, end))
+                    .collect(),
+            )
+        }
+        None => StopAt::Latest,
+    };
     let mut sink = KafkaSinkConfig::new(
         properties,
         &output,
