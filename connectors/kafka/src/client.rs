@@ -440,8 +440,14 @@ pub trait KafkaConsumer: Send {
         max: usize,
         each: &mut dyn FnMut(&KafkaRecord<'_>),
     ) -> Result<usize, ClientError>;
-    /// Commits offsets to the consumer group (monitoring only).
-    fn commit_offsets(&mut self, offsets: &[(String, i32, i64)]) -> Result<(), ClientError>;
+    /// Commits offsets to the consumer group (monitoring, and the start of
+    /// a job started from the group's offsets); `wait`: until the broker
+    /// answered.
+    fn commit_offsets(
+        &mut self,
+        offsets: &[(String, i32, i64)],
+        wait: bool,
+    ) -> Result<(), ClientError>;
 }
 
 /// A consumer over librdkafka (manual assignment; the group id only names
@@ -557,14 +563,21 @@ impl KafkaConsumer for RdConsumer {
         Ok(n)
     }
 
-    fn commit_offsets(&mut self, offsets: &[(String, i32, i64)]) -> Result<(), ClientError> {
+    fn commit_offsets(
+        &mut self,
+        offsets: &[(String, i32, i64)],
+        wait: bool,
+    ) -> Result<(), ClientError> {
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, offset) in offsets {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
-        Ok(self
-            .consumer
-            .commit(&tpl, rdkafka::consumer::CommitMode::Async)?)
+        let mode = if wait {
+            rdkafka::consumer::CommitMode::Sync
+        } else {
+            rdkafka::consumer::CommitMode::Async
+        };
+        Ok(self.consumer.commit(&tpl, mode)?)
     }
 }
 

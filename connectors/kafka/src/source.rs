@@ -25,7 +25,10 @@
 //! later (every `discovery_interval_ms`) begin at the earliest offset. On
 //! completion of a checkpoint the positions are committed to the consumer
 //! group, for monitoring only; nothing reads them back except the
-//! `GroupOffsets` start of a job without a checkpoint.
+//! `GroupOffsets` start of a job without a checkpoint. (A bounded source
+//! that finished before a checkpoint's trigger is not told of that
+//! checkpoint, so the group may lag behind a finished bounded job's last
+//! records.)
 //!
 //! Event time: with [`KafkaSourceConfig::watermarks`] the source keeps a
 //! watermark per owned partition (from record timestamps or a user
@@ -613,15 +616,37 @@ impl<T: Send + 'static> Reader<T> {
         }
     }
 
+    /// Commits the positions of the newest completed checkpoint, if any, to
+    /// the consumer group (monitoring: a failure is reported, not the job's).
+    fn commit_positions(&self, consumer: &mut dyn KafkaConsumer, owned: &[Owned], wait: bool) {
+        let Some(positions) = self.commit_request.lock().expect("commit lock").take() else {
+            return;
+        };
+        let offsets: Vec<(String, i32, i64)> = positions
+            .iter()
+            .filter_map(|&(split, offset)| {
+                owned
+                    .iter()
+                    .find(|o| o.split == split)
+                    .map(|o| (o.topic.clone(), o.partition, offset))
+            })
+            .collect();
+        if !offsets.is_empty() {
+            if let Err(e) = consumer.commit_offsets(&offsets, wait) {
+                eprintln!("spate-kafka: committing offsets to the group: {e}");
+            }
+        }
+    }
+
     fn read(&self, consumer: &mut dyn KafkaConsumer) -> Result<(), String> {
         let mut owned: Vec<Owned> = Vec::new();
         let mut dead_letters: Option<Box<dyn crate::client::KafkaProducer>> = None;
         let mut next_discovery = Instant::now();
         let mut first = true;
         let mut finished_sent = false;
-        loop {
+        'reading: loop {
             if self.stop.load(Ordering::SeqCst) {
-                return Ok(());
+                break 'reading;
             }
             if Instant::now() >= next_discovery {
                 let new = self.discover(consumer, &owned, first)?;
@@ -638,7 +663,7 @@ impl<T: Send + 'static> Reader<T> {
                         .assign(&assignment)
                         .map_err(|e| format!("Kafka assign: {e}"))?;
                     if !self.send(Message::Assigned(assigned)) {
-                        return Ok(());
+                        break 'reading;
                     }
                 }
                 next_discovery =
@@ -648,30 +673,14 @@ impl<T: Send + 'static> Reader<T> {
                         Instant::now() + Duration::from_millis(self.config.discovery_interval_ms)
                     };
             }
-            if let Some(positions) = self.commit_request.lock().expect("commit lock").take() {
-                let offsets: Vec<(String, i32, i64)> = positions
-                    .iter()
-                    .filter_map(|&(split, offset)| {
-                        owned
-                            .iter()
-                            .find(|o| o.split == split)
-                            .map(|o| (o.topic.clone(), o.partition, offset))
-                    })
-                    .collect();
-                if !offsets.is_empty() {
-                    // Monitoring only: a failure is not the job's.
-                    if let Err(e) = consumer.commit_offsets(&offsets) {
-                        eprintln!("spate-kafka: committing offsets to the group: {e}");
-                    }
-                }
-            }
+            self.commit_positions(consumer, &owned, false);
             if self.config.stop.is_bounded()
                 && owned.iter().all(|o| o.end.is_some_and(|e| o.next >= e))
             {
                 if !finished_sent {
                     finished_sent = true;
                     if !self.send(Message::Finished) {
-                        return Ok(());
+                        break 'reading;
                     }
                 }
                 // Stay to serve offset commits until the subtask drops.
@@ -773,9 +782,13 @@ impl<T: Send + 'static> Reader<T> {
                 }
             }
             if !batch.records.is_empty() && !self.send(Message::Batch(batch)) {
-                return Ok(());
+                break 'reading;
             }
         }
+        // The subtask is gone: the last completed checkpoint's positions
+        // reach the group before the consumer closes.
+        self.commit_positions(consumer, &owned, true);
+        Ok(())
     }
 }
 

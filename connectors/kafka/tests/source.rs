@@ -541,3 +541,59 @@ fn new_partitions_are_picked_up_while_running() {
     let got = seen.0.lock().unwrap().clone();
     assert_eq!(got[1], format!("{later}:0:0:b"));
 }
+
+/// A job without a checkpoint started from the group's offsets reads what
+/// an earlier job of the group had not read: the earlier job's positions
+/// reached the group when its checkpoints completed.
+#[test]
+fn starts_from_the_group_offsets() {
+    let Some(brokers) = common::brokers() else {
+        return;
+    };
+    let topic = common::topic("group");
+    common::create(&brokers, &topic, 1);
+    let first: Vec<String> = (0..5).map(|i| format!("first{i}")).collect();
+    produce(&brokers, &topic, 0, &first, None);
+    let dir = scratch("group");
+    // The first job runs until its checkpoints committed all five records'
+    // positions to its group.
+    let (handle, seen) = start_unbounded(&brokers, &topic, StartOffset::Earliest, &dir.join("a"));
+    let group = format!("{topic}-group");
+    let consumer =
+        spate_kafka::client::RdConsumer::new(&common::properties(&brokers), &group).unwrap();
+    let mut consumer: Box<dyn spate_kafka::client::KafkaConsumer> = Box::new(consumer);
+    wait_until("the group holds offset 5", || {
+        consumer
+            .resolve(&topic, 0, StartOffset::GroupOffsets)
+            .is_ok_and(|o| o == 5)
+    });
+    handle.stop();
+    handle.join().unwrap();
+    assert_eq!(seen.0.lock().unwrap().len(), 5);
+    let second: Vec<String> = (0..3).map(|i| format!("second{i}")).collect();
+    produce(&brokers, &topic, 0, &second, None);
+    // A fresh state directory: no checkpoint, so the group's offsets decide.
+    let mut source = KafkaSourceConfig::new(common::properties(&brokers), &[&topic], &group);
+    source.stop = StopAt::Latest;
+    source.start = StartOffset::GroupOffsets;
+    let collector = spate::sink::Collector::new();
+    let sink = collector.clone();
+    let mut config = JobConfig::with_parallelism(1);
+    config.pin_cores = false;
+    Job::new(config)
+        .run(move |df| {
+            df.source(
+                "kafka",
+                KafkaSource::new(source.clone(), Arc::new(describe)),
+                WatermarkStrategy::none(),
+            )
+            .sink("collect", sink.sink());
+        })
+        .unwrap();
+    let values: Vec<String> = collector
+        .take()
+        .iter()
+        .map(|v: &String| v.rsplit(':').next().unwrap().to_string())
+        .collect();
+    assert_eq!(values, second);
+}
