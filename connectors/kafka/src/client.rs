@@ -5,8 +5,8 @@
 //! queues): they are called only on the connectors' Kafka threads, never on
 //! a reactor. The step logic of the source's and the sink's threads sees
 //! only these traits, so another client can replace librdkafka, and the
-//! seeded tests drive the sink's logic with a simulated client
-//! ([`crate::sink`]'s tests).
+//! seeded tests drive both with simulated clients (the tests of
+//! [`crate::source`] and [`crate::sink`]).
 //!
 //! Owns: every call into rdkafka. Must not touch: the engine.
 

@@ -7,8 +7,9 @@
 //! source subtask, one per sink subtask), bridged to the subtask by a
 //! bounded channel or queue and the subtask's notifier: a reactor never
 //! calls into librdkafka. The client sits behind the traits of [`client`],
-//! so another Kafka client can replace librdkafka and the sink's step logic
-//! is tested with a simulated one.
+//! so another Kafka client can replace librdkafka, and the step logic of
+//! the source's and the sink's Kafka threads is tested with simulated
+//! clients (seeded, with injected failures and crashes).
 //!
 //! Owns: Kafka I/O. Must not touch: the engine's internals (it uses the
 //! public source and two-phase sink contracts only).

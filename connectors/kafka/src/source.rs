@@ -254,7 +254,10 @@ impl<T: Send + 'static> KafkaSource<T> {
             owned: context.splits.clone(),
             restored: self.restored.clone(),
             tx,
-            notifier: context.notifier.clone(),
+            wake: {
+                let notifier = context.notifier.clone();
+                Arc::new(move || notifier.notify())
+            },
             stop: self.stop.clone(),
             commit_request: self.commit_request.clone(),
         };
@@ -524,7 +527,8 @@ struct Reader<T> {
     owned: std::ops::Range<u32>,
     restored: Option<BTreeMap<u32, i64>>,
     tx: SyncSender<Message<T>>,
-    notifier: spate::Notifier,
+    /// Wakes the subtask (its notifier).
+    wake: Arc<dyn Fn() + Send + Sync>,
     stop: Arc<AtomicBool>,
     commit_request: CommitRequest,
 }
@@ -533,7 +537,7 @@ impl<T: Send + 'static> Reader<T> {
     /// Sends to the subtask and wakes it; false once the subtask is gone.
     fn send(&self, m: Message<T>) -> bool {
         let ok = self.tx.send(m).is_ok();
-        self.notifier.notify();
+        (self.wake)();
         ok
     }
 
@@ -794,6 +798,221 @@ impl<T: Send + 'static> Reader<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A simulated cluster for the Kafka thread's logic: partitions of
+    /// records, manual assignment, and a poll that fails when told to.
+    struct SimConsumer {
+        /// (topic, partition) → record values.
+        logs: BTreeMap<(String, i32), Vec<Vec<u8>>>,
+        assigned: Vec<(String, i32, i64)>,
+        polls: usize,
+        fail_at_poll: Option<usize>,
+        rng: spate::internals::sim::SplitMix64,
+    }
+
+    impl KafkaConsumer for SimConsumer {
+        fn partition_count(&mut self, topic: &str) -> Result<u32, ClientError> {
+            Ok(self.logs.keys().filter(|(t, _)| t == topic).count() as u32)
+        }
+        fn resolve(
+            &mut self,
+            topic: &str,
+            partition: i32,
+            start: StartOffset,
+        ) -> Result<i64, ClientError> {
+            let len = self.logs[&(topic.to_string(), partition)].len() as i64;
+            Ok(match start {
+                StartOffset::Latest => len,
+                _ => 0,
+            })
+        }
+        fn assign(&mut self, partitions: &[(String, i32, i64)]) -> Result<(), ClientError> {
+            self.assigned = partitions.to_vec();
+            Ok(())
+        }
+        fn poll(
+            &mut self,
+            _timeout: Duration,
+            max: usize,
+            each: &mut dyn FnMut(&KafkaRecord<'_>),
+        ) -> Result<usize, ClientError> {
+            self.polls += 1;
+            if self.fail_at_poll == Some(self.polls) {
+                return Err(ClientError("simulated broker failure".into()));
+            }
+            let mut n = 0;
+            // A random partition each time, a random number of records.
+            if self.assigned.is_empty() {
+                return Ok(0);
+            }
+            let i = self.rng.below(self.assigned.len() as u64) as usize;
+            let take = 1 + self.rng.below(max.min(7) as u64) as usize;
+            let (topic, partition, next) = self.assigned[i].clone();
+            let log = &self.logs[&(topic.clone(), partition)];
+            for offset in next..(next + take as i64).min(log.len() as i64) {
+                each(&KafkaRecord {
+                    topic: &topic,
+                    partition,
+                    offset,
+                    timestamp_ms: Some(offset),
+                    key: None,
+                    payload: Some(&log[offset as usize]),
+                });
+                self.assigned[i].2 = offset + 1;
+                n += 1;
+            }
+            Ok(n)
+        }
+        fn commit_offsets(&mut self, _: &[(String, i32, i64)], _: bool) -> Result<(), ClientError> {
+            Ok(())
+        }
+    }
+
+    fn reader(
+        config: KafkaSourceConfig,
+        owned: std::ops::Range<u32>,
+        restored: Option<BTreeMap<u32, i64>>,
+    ) -> (Reader<String>, Receiver<Message<String>>) {
+        let (tx, rx) = sync_channel(1 << 16);
+        let reader = Reader {
+            config,
+            deserialize: Arc::new(|r: &KafkaRecord<'_>| {
+                let v = String::from_utf8_lossy(r.payload.unwrap_or_default()).into_owned();
+                if v.starts_with("bad") {
+                    Err("poison".to_string())
+                } else {
+                    Ok(v)
+                }
+            }),
+            split_count: 16,
+            owned,
+            restored,
+            tx,
+            wake: Arc::new(|| {}),
+            stop: Arc::new(AtomicBool::new(false)),
+            commit_request: Arc::default(),
+        };
+        (reader, rx)
+    }
+
+    /// Seeded runs of the Kafka thread over random topics: every good
+    /// record of the owned partitions from the start (or the restored
+    /// offset) comes once, in offset order per partition; poison records
+    /// are skipped and counted; a broker failure fails the source.
+    #[test]
+    fn the_kafka_thread_delivers_each_owned_record_once() {
+        for seed in 0..100u64 {
+            let mut rng = spate::internals::sim::SplitMix64::new(seed);
+            let topics = ["a", "b"];
+            let mut logs = BTreeMap::new();
+            for t in topics {
+                for p in 0..1 + rng.below(4) as i32 {
+                    let log: Vec<Vec<u8>> = (0..rng.below(40))
+                        .map(|i| {
+                            if rng.below(10) == 0 {
+                                format!("bad-{t}{p}-{i}").into_bytes()
+                            } else {
+                                format!("{t}{p}-{i}").into_bytes()
+                            }
+                        })
+                        .collect();
+                    logs.insert((t.to_string(), p), log);
+                }
+            }
+            let mut config = KafkaSourceConfig::new(KafkaProperties::new("sim"), &topics, "g");
+            config.stop = StopAt::Latest;
+            config.poison = PoisonPolicy::Skip;
+            let owned = if rng.below(2) == 0 { 0..16 } else { 0..8 };
+            // Some partitions restored mid-way.
+            let mut restored = BTreeMap::new();
+            let stride = split_stride(16);
+            let mut expected = Vec::new();
+            let mut poison = 0;
+            for ((t, p), log) in &logs {
+                let ti = topics.iter().position(|x| x == t).unwrap() as u64;
+                let split = ((*p as u64 * 2 + ti) * stride % 16) as u32;
+                if !owned.contains(&split) {
+                    continue;
+                }
+                let from = if rng.below(2) == 0 {
+                    rng.below(log.len() as u64 + 1)
+                } else {
+                    0
+                };
+                if from > 0 {
+                    restored.insert(split, from as i64);
+                }
+                for v in &log[from as usize..] {
+                    if v.starts_with(b"bad") {
+                        poison += 1;
+                    } else {
+                        expected.push(String::from_utf8(v.clone()).unwrap());
+                    }
+                }
+            }
+            let fail = rng.below(5) == 0;
+            let consumer = SimConsumer {
+                logs,
+                assigned: Vec::new(),
+                polls: 0,
+                fail_at_poll: fail.then(|| 1 + rng.below(5) as usize),
+                rng: spate::internals::sim::SplitMix64::new(seed ^ 0xabc),
+            };
+            let skipped = config.skipped.clone();
+            let (reader, rx) = reader(config, owned, Some(restored));
+            let stop = reader.stop.clone();
+            let thread = std::thread::spawn(move || reader.run(Box::new(consumer)));
+            let mut got = Vec::new();
+            let mut failed = None;
+            loop {
+                match rx.recv().expect("the thread ends with Finished or Failed") {
+                    Message::Assigned(_) => {}
+                    Message::Batch(b) => got.extend(b.records),
+                    Message::Finished => break,
+                    Message::Failed(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            stop.store(true, Ordering::SeqCst);
+            drop(rx);
+            thread.join().unwrap();
+            if let Some(e) = failed {
+                assert!(
+                    fail && e.contains("simulated broker failure"),
+                    "seed {seed}: {e}"
+                );
+                continue;
+            }
+            // Per partition in offset order: compare sorted by (partition,
+            // index) after checking each partition's order.
+            let mut by_partition: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+            for v in &got {
+                let (p, i) = v.split_once('-').unwrap();
+                by_partition
+                    .entry(p.to_string())
+                    .or_default()
+                    .push(i.parse().unwrap());
+            }
+            for (p, idx) in &by_partition {
+                assert!(
+                    idx.windows(2).all(|w| w[0] < w[1]),
+                    "seed {seed}: {p} out of order"
+                );
+            }
+            got.sort();
+            expected.sort();
+            assert_eq!(got, expected, "seed {seed}");
+            assert_eq!(
+                skipped.load(Ordering::Relaxed),
+                poison,
+                "seed {seed}: skipped"
+            );
+        }
+    }
+
     use super::split_stride;
 
     /// The spread is a bijection, and the first partitions of a topic fall
