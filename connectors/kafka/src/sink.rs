@@ -58,7 +58,11 @@ pub enum Delivery {
     /// each record once. `transaction_log` is a directory on storage that
     /// survives the process (next to the checkpoints), where the sink keeps
     /// its transactions' identities; `prefix` names the transactional ids
-    /// and must be unique per job (the job's name).
+    /// and must be unique per job (the job's name). A job without
+    /// checkpoints writes one transaction, committed at the end of input
+    /// and recorded like a checkpoint's: starting such a job again on the
+    /// same log is a fresh start over committed output, which the sink
+    /// refuses (`SinkError::CannotRollBack`) unless the log is cleared.
     ExactlyOnce {
         /// The transactional id prefix.
         prefix: String,
