@@ -149,7 +149,10 @@ fn parse(id: &str, text: &str) -> Result<Intent, String> {
         v.parse::<i64>().map_err(|_| format!("{name} {v:?}"))
     };
     let subtask = num(get("subtask")?, "subtask")?;
-    let checkpoint = num(get("checkpoint")?, "checkpoint")?;
+    let checkpoint = {
+        let v = get("checkpoint")?;
+        v.parse::<u64>().map_err(|_| format!("checkpoint {v:?}"))?
+    };
     let producer_id = num(get("producer_id")?, "producer_id")?;
     let epoch = num(get("epoch")?, "epoch")?;
     let state = match get("state")?.as_str() {
@@ -161,7 +164,7 @@ fn parse(id: &str, text: &str) -> Result<Intent, String> {
     Ok(Intent {
         transactional_id: id.to_string(),
         subtask: usize::try_from(subtask).map_err(|_| "subtask".to_string())?,
-        checkpoint: u64::try_from(checkpoint).map_err(|_| "checkpoint".to_string())?,
+        checkpoint,
         identity: ProducerIdentity {
             producer_id,
             epoch: i16::try_from(epoch).map_err(|_| "epoch".to_string())?,
@@ -190,7 +193,15 @@ mod tests {
             state: TxnState::PreCommitted,
         };
         log.write(&intent).unwrap();
-        assert_eq!(log.read_all().unwrap(), vec![intent]);
+        assert_eq!(log.read_all().unwrap(), vec![intent.clone()]);
+        // The end-of-input transaction of a job without checkpoints.
+        let last = Intent {
+            checkpoint: u64::MAX - 1,
+            state: TxnState::Committed,
+            ..intent
+        };
+        log.write(&last).unwrap();
+        assert_eq!(log.read_all().unwrap(), vec![last]);
         std::fs::write(dir.join("x.txn"), "spate-kafka-txn v1 subtask=zz").unwrap();
         assert!(matches!(log.read_all(), Err(IntentError::Malformed { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
