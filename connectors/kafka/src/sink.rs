@@ -714,7 +714,10 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
             self.shared
                 .push(Command::Send(std::mem::take(&mut self.held)));
         }
-        if !self.checkpointing {
+        // At least once: everything acknowledged before the job ends.
+        // Exactly once: without checkpoints the one transaction commits
+        // now; with them, the final checkpoint commits it.
+        if !self.is_transactional() {
             self.shared.push(Command::Finish);
         }
         Ok(())
