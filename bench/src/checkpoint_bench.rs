@@ -298,7 +298,7 @@ impl Source<Update> for UpdateSource {
         }
         let Some(start_us) = self.phase.start_us() else {
             // Waiting for the driver to open the update phase.
-            return Ok(SourcePoll::PendingUntil(self.clock.now_ms() + 1));
+            return Ok(SourcePoll::PendingUntilUs(self.clock.now_us() + 1000));
         };
         let now_us = self.rate.map(|_| now_us());
         while room > 0 {
@@ -309,7 +309,7 @@ impl Source<Update> for UpdateSource {
             if let Some(now_us) = now_us {
                 let due = self.due_us(start_us, index);
                 if due > now_us {
-                    return Ok(SourcePoll::PendingUntil(due.div_ceil(1000)));
+                    return Ok(SourcePoll::PendingUntilUs(due));
                 }
             }
             out.push(Update {

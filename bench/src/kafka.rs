@@ -80,8 +80,13 @@ pub fn source(
     KafkaSource::new(
         config,
         Arc::new(move |r: &KafkaRecord<'_>| {
-            let event: Event = serde_json::from_slice(r.payload.unwrap_or_default())
+            let mut event: Event = serde_json::from_slice(r.payload.unwrap_or_default())
                 .map_err(|e| format!("not a Nexmark event: {e}"))?;
+            // JSON carries no latency origin: a bid's is its record
+            // timestamp, the schedule `kafka-load` wrote it at (ms).
+            if let (Event::Bid(bid), Some(ms)) = (&mut event, r.timestamp_ms) {
+                bid.origin = crate::nexmark::Origin(ms.max(0) as u64 * 1000);
+            }
             emitted.fetch_add(1, Ordering::Relaxed);
             Ok(event)
         }),

@@ -30,7 +30,7 @@ use crate::checkpoints::CheckpointSettings;
 
 use crate::nexmark::GeneratorConfig;
 use crate::queries::{self, Query};
-use crate::sink::{BenchSink, SinkOptions, SinkTotals};
+use crate::sink::{BenchSink, LatencyOrigin, SinkOptions, SinkTotals};
 use crate::source::{watermarks, NexmarkSource};
 
 /// How long after the job starts the open-loop schedule begins, so that every
@@ -166,7 +166,7 @@ pub fn build_query<S: spate::source::Source<crate::nexmark::Event>>(
     sink: QuerySink,
 ) {
     let events = df.source("nexmark", source, watermarks);
-    fn to_sink<T: Serialize + Clone + 'static>(rows: Stream<T>, sink: QuerySink) {
+    fn to_sink<T: Serialize + LatencyOrigin + Clone + 'static>(rows: Stream<T>, sink: QuerySink) {
         match sink {
             QuerySink::Bench(sink) => rows.sink("bench-sink", sink),
             QuerySink::Kafka(config) => rows.sink(
@@ -174,9 +174,10 @@ pub fn build_query<S: spate::source::Source<crate::nexmark::Event>>(
                 spate_kafka::KafkaSink::new(
                     config,
                     Arc::new(|r: &spate::Record<T>, out: &mut spate_kafka::OutRecord| {
-                        // Rows serialise infallibly (plain structs).
+                        // Rows serialise infallibly (plain structs). The
+                        // record timestamp is the row's latency origin (ms).
                         out.payload = serde_json::to_vec(&r.value).unwrap_or_default();
-                        out.timestamp_ms = Some(r.ts as i64);
+                        out.timestamp_ms = Some((r.value.origin_us(r.ts) / 1000) as i64);
                     }),
                 ),
             ),
@@ -220,11 +221,7 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
     let totals = SinkTotals::default();
     let emitted = Arc::new(AtomicU64::new(0));
     let sink_options = SinkOptions {
-        latency_origin_offset_us: open_loop.then_some(if config.query.emitted_by_timer() {
-            1000
-        } else {
-            0
-        }),
+        measure_latency: open_loop,
         output: config.output_dir.clone().map(|dir| {
             let mode = if config.at_least_once_output {
                 FileSinkMode::AtLeastOnce
@@ -272,16 +269,17 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
                 totals.rows.clone(),
                 totals.rows_before_origin.clone(),
             );
-            let offset_us = sink_options.latency_origin_offset_us;
+            let measure = sink_options.measure_latency;
             sink.on_visible = Some(Arc::new(move |stamps: &[i64]| {
                 rows.fetch_add(stamps.len() as u64, Ordering::Relaxed);
-                let Some(offset_us) = offset_us else { return };
+                if !measure {
+                    return;
+                }
                 let now = crate::sink::now_us();
                 let mut h = histogram.lock().expect("latency lock");
+                // The record timestamps are the rows' latency origins, ms.
                 for &ms in stamps {
-                    let origin = (ms.max(0) as u64)
-                        .saturating_mul(1000)
-                        .saturating_add(offset_us);
+                    let origin = (ms.max(0) as u64).saturating_mul(1000);
                     match now.checked_sub(origin) {
                         Some(latency) => h.saturating_record(latency),
                         None => {

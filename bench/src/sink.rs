@@ -2,25 +2,26 @@
 //! and, optionally, writes the rows as JSON lines.
 //!
 //! **Latency** of an output record, in microseconds, is `now − origin`, where `now`
-//! is the wall clock when the sink receives the record's batch and `origin` is the
-//! earliest wall time the record could have been produced:
-//! - rows emitted while processing an event (q0–q3) carry that event's timestamp
-//!   `ts`, which in an open-loop run is the event's scheduled emission time, so
-//!   `origin = ts`;
-//! - rows emitted by an event-time timer (q4, q5, q7, q8, see
-//!   [`Query::emitted_by_timer`](crate::queries::Query::emitted_by_timer)) carry the
-//!   timer's time `ts` (window results `end − 1`); the timer can fire only once
-//!   every source has emitted an event scheduled at `ts + 1` or later, so
-//!   `origin = ts + 1 ms` (a window's end).
+//! is the job's clock ([`now_us`]: microseconds, monotonic) when the sink
+//! receives the record's batch and `origin` is the earliest time the record
+//! could have been produced ([`LatencyOrigin`]):
+//! - q0–q2 rows carry their bid's [`Origin`](crate::nexmark::model::Origin): the microsecond the bid was due
+//!   (the open-loop schedule), exact;
+//! - rows emitted by an event-time timer (q4, q5, q7, q8) carry the timer's
+//!   time `ts` (window results `end − 1`). The timer fires once every source
+//!   has emitted an event with event time `ts + 1` or later; event time is
+//!   the schedule rounded to the millisecond, so the first such event is due
+//!   at `ts + 0.5 ms` at the earliest: `origin = ts · 1000 + 500` µs (exact to
+//!   the schedule's spacing, `1/rate`);
+//! - q3 rows (a join, emitted by the second of two events) carry that event's
+//!   event time only: `origin = ts · 1000`, exact to ±0.5 ms.
 //!
 //! At end of input the final watermark closes every open window and auction at
 //! once, before its time: such rows arrive before their origin and are counted
 //! ([`SinkTotals::rows_before_origin`]) but not recorded as latencies.
 //!
-//! Timestamps have millisecond resolution and event times are rounded to the
-//! nearest millisecond, so a latency is exact to about ±0.5 ms. Latencies are only
-//! meaningful in open-loop runs (timestamps are wall times); closed-loop runs do
-//! not record them. Each subtask keeps its own histogram and merges it into the
+//! Latencies are only meaningful in open-loop runs; closed-loop runs do not
+//! record them. Each subtask keeps its own histogram and merges it into the
 //! shared one once, at end of input.
 //!
 //! **Output** (`--output DIR`): the rows as JSON lines, one object per row,
@@ -35,12 +36,57 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use spate::sink::{FileSinkMode, PartFiles, Sink, SinkContext};
 use spate::{Record, SinkError};
+
+use crate::nexmark::model::Bid;
+use crate::nexmark::rows::{Q1Row, Q2Row, Q3Row, Q4Row, Q5Row, Q7Row, Q8Row};
+
+/// Where a result row's latency is measured from (see the module doc).
+pub trait LatencyOrigin {
+    /// The row's latency origin, epoch µs, given its record's timestamp.
+    fn origin_us(&self, ts_ms: u64) -> u64;
+}
+
+impl LatencyOrigin for Bid {
+    fn origin_us(&self, _: u64) -> u64 {
+        self.origin.0
+    }
+}
+
+impl LatencyOrigin for Q1Row {
+    fn origin_us(&self, _: u64) -> u64 {
+        self.origin.0
+    }
+}
+
+impl LatencyOrigin for Q2Row {
+    fn origin_us(&self, _: u64) -> u64 {
+        self.origin.0
+    }
+}
+
+impl LatencyOrigin for Q3Row {
+    fn origin_us(&self, ts_ms: u64) -> u64 {
+        ts_ms.saturating_mul(1000)
+    }
+}
+
+/// Rows emitted by an event-time timer at `ts`: the first event with event
+/// time `ts + 1` was due at `ts + 0.5 ms` at the earliest.
+macro_rules! timer_origin {
+    ($($row:ty),*) => {$(
+        impl LatencyOrigin for $row {
+            fn origin_us(&self, ts_ms: u64) -> u64 {
+                ts_ms.saturating_mul(1000).saturating_add(500)
+            }
+        }
+    )*};
+}
+timer_origin!(Q4Row, Q5Row, Q7Row, Q8Row);
 
 /// Significant decimal digits of the latency histograms.
 pub const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
@@ -80,9 +126,8 @@ impl Default for SinkTotals {
 /// How the sinks of a run behave.
 #[derive(Clone, Debug, Default)]
 pub struct SinkOptions {
-    /// Record latencies, adding this many µs to a record's timestamp (in µs) to get
-    /// its origin; `None` records none (closed loop).
-    pub latency_origin_offset_us: Option<u64>,
+    /// Record latencies (open loop), from each row's [`LatencyOrigin`].
+    pub measure_latency: bool,
     /// Directory of the JSON-lines output, and its guarantee.
     pub output: Option<(PathBuf, FileSinkMode)>,
 }
@@ -113,15 +158,16 @@ impl BenchSink {
     }
 }
 
-/// Wall-clock time in microseconds since the Unix epoch.
+/// Now in microseconds since the Unix epoch, on the engine's
+/// [`SystemClock`](spate::time::SystemClock) (monotonic: read once from the
+/// wall clock, then advanced by the monotonic clock), the clock the jobs'
+/// sources pace by.
 pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    use spate::time::Clock as _;
+    spate::time::SystemClock.now_us()
 }
 
-impl<T: Serialize + 'static> Sink<T> for BenchSink {
+impl<T: Serialize + LatencyOrigin + 'static> Sink<T> for BenchSink {
     fn open(&mut self, context: &SinkContext) -> Result<(), SinkError> {
         if let Some((dir, mode)) = &self.options.output {
             let mut files = PartFiles::new(dir, *mode);
@@ -133,11 +179,10 @@ impl<T: Serialize + 'static> Sink<T> for BenchSink {
 
     fn write(&mut self, batch: &mut Vec<Record<T>>) -> Result<(), SinkError> {
         self.rows += batch.len() as u64;
-        if let Some(offset_us) = self.options.latency_origin_offset_us {
+        if self.options.measure_latency {
             let now = now_us();
             for record in batch.iter() {
-                let origin = record.ts.saturating_mul(1000).saturating_add(offset_us);
-                match now.checked_sub(origin) {
+                match now.checked_sub(record.value.origin_us(record.ts)) {
                     Some(latency) => self.histogram.saturating_record(latency),
                     None => self.rows_before_origin += 1,
                 }

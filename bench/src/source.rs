@@ -10,13 +10,15 @@
 //! repositioning is O(1).
 //!
 //! **Open loop.** With a rate, the generator's `events_per_second` is the rate and
-//! its `base_time_ms` the run's start on the job's clock, so event `i`'s event time
-//! `base + round(i · 1000 / rate)` *is* its scheduled emission time, and the source
-//! does not emit it before that time. When the engine falls behind, the schedule
-//! does not slip: the latency measured from an event's timestamp includes the time
-//! it waited to be read (no coordinated omission). Without a rate (closed loop)
-//! events are emitted as fast as the engine takes them and their timestamps follow
-//! the generator's configured event-time rate only.
+//! its `base_time_ms` the run's start on the job's clock: event `i` is due at
+//! `base · 1000 + round(i · 10⁶ / rate)` µs ([`GeneratorConfig::schedule_us`],
+//! its event time is the same schedule rounded to the millisecond), and the
+//! source does not emit it before that microsecond (it parks until then,
+//! [`SourcePoll::PendingUntilUs`]). When the engine falls behind, the schedule
+//! does not slip: the latency measured from an event's schedule includes the
+//! time it waited to be read (no coordinated omission). Without a rate (closed
+//! loop) events are emitted as fast as the engine takes them and their
+//! timestamps follow the generator's configured event-time rate only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,7 +52,7 @@ impl NexmarkSource {
     }
 
     /// Open loop: event `i` is not emitted before processing time
-    /// `config.timestamp_ms(i)` on `clock`. Configure the generator with
+    /// `config.schedule_us(i)` on `clock`. Configure the generator with
     /// `events_per_second` = the target rate and `base_time_ms` = the start.
     pub fn paced(mut self, clock: Arc<dyn Clock>) -> Self {
         self.pace = Some(clock);
@@ -76,7 +78,7 @@ impl Source<Event> for NexmarkSource {
     }
 
     fn poll(&mut self, out: &mut Vec<Event>, max: usize) -> Result<SourcePoll, SourceError> {
-        let now_ms = self.pace.as_ref().map(|clock| clock.now_ms());
+        let now_us = self.pace.as_ref().map(|clock| clock.now_us());
         let before = out.len();
         let mut result = SourcePoll::Ready;
         let Some(cursor) = self.cursor.as_mut() else {
@@ -88,10 +90,10 @@ impl Source<Event> for NexmarkSource {
                 result = SourcePoll::Finished;
                 break;
             }
-            if let Some(now_ms) = now_ms {
-                let due_ms = self.generator.timestamp_ms(index);
-                if due_ms > now_ms {
-                    result = SourcePoll::PendingUntil(due_ms);
+            if let Some(now_us) = now_us {
+                let due_us = self.generator.schedule_us(index);
+                if due_us > now_us {
+                    result = SourcePoll::PendingUntilUs(due_us);
                     break;
                 }
             }

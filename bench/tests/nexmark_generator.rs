@@ -8,7 +8,7 @@ use spate_bench::nexmark::generator::{
     kind_at, DEFAULT_BASE_TIME_MS, FIRST_AUCTION_ID, FIRST_PERSON_ID, HOT_BATCH_SIZE,
 };
 use spate_bench::nexmark::{
-    Auction, Bid, Event, EventKind, Generator, GeneratorConfig, Person, Sampling,
+    Auction, Bid, Event, EventKind, Generator, GeneratorConfig, Origin, Person, Sampling,
 };
 
 const N: usize = 200_000;
@@ -57,6 +57,7 @@ fn from_reference(event: nexmark::event::Event) -> Event {
             url: b.url.into(),
             date_time: b.date_time,
             extra: b.extra,
+            origin: Origin::default(),
         }),
     }
 }
@@ -353,6 +354,39 @@ fn timestamps_are_monotone_and_evenly_spaced() {
         .map(|i| slow.timestamp_ms(i) - slow.base_time_ms)
         .collect();
     assert_eq!(times, [0, 333, 667, 1000, 1333, 1667, 2000]);
+}
+
+/// The schedule in microseconds is what open-loop latency is measured from:
+/// it rounds like event time at a finer resolution, bids carry it, and the
+/// first event whose event time is past `T` is never due before `T + 0.5 ms`
+/// (the latency origin of rows emitted by an event-time timer at `T`).
+#[test]
+fn schedule_us_is_the_event_time_at_microsecond_resolution() {
+    for rate in [3, 7_919, 10_000, 750_000, 10_000_000] {
+        let config = GeneratorConfig {
+            events_per_second: rate,
+            ..Default::default()
+        };
+        let generator = Generator::new(config.clone(), 5);
+        let base_us = config.base_time_ms * 1000;
+        let mut previous = 0;
+        for i in 0..20_000u64 {
+            let due_us = config.schedule_us(i);
+            assert!(due_us >= previous, "rate {rate} event {i}");
+            previous = due_us;
+            // Exactly round(i * 10^6 / rate), halves up.
+            let exact = (2_000_000 * u128::from(i) + u128::from(rate)) / (2 * u128::from(rate));
+            assert_eq!(u128::from(due_us - base_us), exact, "rate {rate} event {i}");
+            let ts_us = generator.timestamp_ms(i) * 1000;
+            assert!(ts_us.abs_diff(due_us) <= 500, "rate {rate} event {i}");
+            // An event whose event time passed ms T was due at T + 500 µs or later.
+            let passed = generator.timestamp_ms(i) - 1;
+            assert!(due_us >= passed * 1000 + 500, "rate {rate} event {i}");
+            if let Event::Bid(bid) = generator.event_at(i) {
+                assert_eq!(bid.origin.0, due_us, "rate {rate} event {i}");
+            }
+        }
+    }
 }
 
 #[test]

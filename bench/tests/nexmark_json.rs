@@ -7,7 +7,7 @@ use spate_bench::nexmark::json::{
     gen_jsonl, read_events_jsonl, write_event_jsonl, write_events_jsonl, write_rows_jsonl,
 };
 use spate_bench::nexmark::rows::Q5Row;
-use spate_bench::nexmark::{Auction, Bid, Event, Generator, GeneratorConfig, Person};
+use spate_bench::nexmark::{Auction, Bid, Event, Generator, GeneratorConfig, Origin, Person};
 
 #[test]
 fn event_lines_have_a_type_tag_and_fixed_field_order() {
@@ -42,6 +42,7 @@ fn event_lines_have_a_type_tag_and_fixed_field_order() {
             url: Cow::Borrowed("u"),
             date_time: 9,
             extra: String::new(),
+            origin: Origin::default(),
         }),
     ];
     let mut out = Vec::new();

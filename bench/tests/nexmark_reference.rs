@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use spate_bench::nexmark::reference::{q0, q1, q2, q3, q4, q5, q7, q8};
 use spate_bench::nexmark::rows::{Q1Row, Q2Row, Q3Row, Q4Row, Q5Row, Q7Row, Q8Row};
-use spate_bench::nexmark::{Auction, Bid, Event, Generator, GeneratorConfig, Person};
+use spate_bench::nexmark::{Auction, Bid, Event, Generator, GeneratorConfig, Origin, Person};
 
 fn person(id: u64, name: &str, state: &str, date_time: u64) -> Event {
     Event::Person(Person {
@@ -45,6 +45,7 @@ fn bid_struct(auction: u64, bidder: u64, price: u64, date_time: u64) -> Bid {
         url: Cow::Borrowed("https://example.com"),
         date_time,
         extra: String::new(),
+        origin: Origin::default(),
     }
 }
 
@@ -77,6 +78,7 @@ fn q1_converts_to_euros_truncating() {
         price,
         date_time,
         extra: String::new(),
+        origin: Origin::default(),
     };
     // 1000 * 0.908 = 908; 1 * 0.908 = 0.908 -> 0; 12345 * 0.908 = 11209.26 -> 11209.
     assert_eq!(
@@ -95,7 +97,11 @@ fn q2_selects_auctions_divisible_by_123() {
         auction(1230, 1, 10, 0, 9), // not a bid
         bid(0, 3, 9, 5),            // 0 is a multiple of 123
     ];
-    let row = |auction, price| Q2Row { auction, price };
+    let row = |auction, price| Q2Row {
+        auction,
+        price,
+        origin: Origin::default(),
+    };
     assert_eq!(q2(&events), vec![row(0, 9), row(1107, 5), row(1230, 7)]);
 }
 

@@ -6,8 +6,12 @@
 //! update per event into a discarding sink. Prints events per second.
 //!
 //! ```text
-//! cargo run --release -p spate --example keyed_count -- [events] [parallelism]
+//! cargo run --release -p spate --example keyed_count -- [events] [parallelism] [monitor address]
 //! ```
+//!
+//! With `W1_CHECKPOINT_DIR` set, the job checkpoints every second (aligned,
+//! full) into that directory, which must be empty or absent (a run would
+//! restore what is there).
 
 use spate::internals::sim::SplitMix64;
 use spate::sink::DiscardSink;
@@ -49,6 +53,17 @@ fn main() {
             .expect("monitor address, e.g. 127.0.0.1:9249");
         config.monitor = Some(spate::MonitorConfig::new(address));
     }
+    if let Some(dir) = std::env::var_os("W1_CHECKPOINT_DIR") {
+        let used = std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some());
+        if used {
+            eprintln!(
+                "W1_CHECKPOINT_DIR {} is not empty: remove it first (a run would restore it)",
+                std::path::Path::new(&dir).display()
+            );
+            std::process::exit(2);
+        }
+        config.checkpoint = Some(spate::CheckpointConfig::new(dir, 1000));
+    }
     let parallelism = config.parallelism;
     let sink = DiscardSink::new();
     let emitted = sink.counter();
@@ -82,8 +97,13 @@ fn main() {
     let secs = report.elapsed.as_secs_f64();
     let out = emitted.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(out, events, "one update per event");
+    let completed = report
+        .checkpoints
+        .iter()
+        .filter(|c| c.status == spate::CheckpointStatus::Completed)
+        .count();
     println!(
-        "W1 keyed count: {events} events on {parallelism} subtasks in {secs:.2} s = {:.2} M events/s ({:.2} M/s per subtask)",
+        "W1 keyed count: {events} events on {parallelism} subtasks in {secs:.2} s = {:.2} M events/s ({:.2} M/s per subtask), {completed} checkpoints",
         events as f64 / secs / 1e6,
         events as f64 / secs / 1e6 / parallelism as f64
     );

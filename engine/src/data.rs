@@ -39,6 +39,9 @@ pub struct Record<T> {
 /// Hash map with the engine's fixed hasher.
 pub type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<rustc_hash::FxHasher>>;
 
+/// Hash set with the engine's fixed hasher.
+pub type FxHashSet<T> = std::collections::HashSet<T, BuildHasherDefault<rustc_hash::FxHasher>>;
+
 /// Bytes of an archive, aligned for reading it in place.
 pub(crate) type Bytes = rkyv::util::AlignedVec<16>;
 

@@ -195,6 +195,7 @@ fn launch(
             .name(&format!("spate-{subtask}"))
             .spin_before_park(Duration::MAX)
             .spawn(move || async move {
+                crate::park::tighten_timer_slack();
                 reactor(reactor_env, subtask, build, slots, coordinator_ends).await
             });
         match spawned {

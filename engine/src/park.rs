@@ -164,3 +164,16 @@ impl ThreadWaiter {
         }
     }
 }
+
+/// Asks the kernel to end this thread's timed waits within 1 µs of their
+/// deadline, instead of the default timer slack of 50 µs
+/// (`PR_SET_TIMERSLACK`): a reactor whose source is due in 20 µs blocks for
+/// 20 µs, not up to 70. Called by every reactor thread as it starts. Best
+/// effort: where the kernel refuses, the default slack stays.
+pub(crate) fn tighten_timer_slack() {
+    const SLACK_NS: libc::c_ulong = 1_000;
+    // SAFETY: PR_SET_TIMERSLACK reads one integer argument (the slack in
+    // nanoseconds) and changes only the calling thread's timer slack; no
+    // pointer is passed and no memory of this process is touched.
+    let _ = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, SLACK_NS, 0, 0, 0) };
+}

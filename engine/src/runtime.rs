@@ -105,20 +105,24 @@ fn helpers_need_turn(
 /// notification, `wake_at`, the coordinator's deadline or [`PARK_RECHECK`]
 /// (1 ms while checkpoint I/O is in flight), whichever comes first, and lets
 /// glommio run once more for what arrived meanwhile.
-async fn idle_wait(env: &JobEnv, parker: &Parker, idle: &ReactorIdle, wake_at: Option<u64>) {
+async fn idle_wait(env: &JobEnv, parker: &Parker, idle: &ReactorIdle, wake_at_us: Option<u64>) {
     glommio::timer::sleep(Duration::from_micros(1)).await;
-    let now = env.clock.now_ms();
+    let now_us = env.clock.now_us();
     let cap = if idle.busy.get() > 0 {
         PARK_WHILE_IO
     } else {
         PARK_RECHECK
     };
-    let timeout = [wake_at, idle.coordinator_wake_at.get()]
+    let coordinator_us = idle
+        .coordinator_wake_at
+        .get()
+        .map(|ms| ms.saturating_mul(1000));
+    let timeout = [wake_at_us, coordinator_us]
         .into_iter()
         .flatten()
         .min()
-        .map_or(cap, |at| {
-            Duration::from_millis(at.saturating_sub(now)).min(cap)
+        .map_or(cap, |at_us| {
+            Duration::from_micros(at_us.saturating_sub(now_us)).min(cap)
         });
     if !timeout.is_zero() {
         parker.block(timeout);
@@ -611,7 +615,7 @@ async fn step_loop(
                     continue;
                 }
                 worker.report.parks += 1;
-                idle_wait(env, parker, idle, worker.wake_at()).await;
+                idle_wait(env, parker, idle, worker.wake_at_us()).await;
                 parker.unpark();
             }
             Ok(Err(error)) => {

@@ -459,10 +459,13 @@ impl SimRun {
             .workers
             .iter()
             .flatten()
-            .filter_map(|w| w.wake_at())
+            .filter_map(|w| w.wake_at_us())
+            .map(|at_us| at_us.div_ceil(1000))
             .chain(self.coordinator.as_ref().and_then(|c| c.next_deadline(now)))
             .min();
         match next {
+            // The virtual clock moves in whole milliseconds: the first one at
+            // or after every wake-up time in microseconds.
             Some(at) => {
                 self.clock.advance_to(at);
                 Ok(())

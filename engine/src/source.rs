@@ -12,7 +12,7 @@
 //!
 //! A source never blocks its reactor: when it has nothing, it returns
 //! [`SourcePoll::Pending`] (and wakes the subtask through its [`Notifier`]) or
-//! [`SourcePoll::PendingUntil`] a processing time.
+//! [`SourcePoll::PendingUntilUs`] a processing time.
 
 use crate::park::Notifier;
 use crate::SourceError;
@@ -47,8 +47,11 @@ pub enum SourcePoll {
     /// Nothing now: the source will call its [`Notifier`] when it has more,
     /// and [`Source::is_ready`] tells whether it has.
     Pending,
-    /// Nothing until the given processing time (epoch ms).
-    PendingUntil(u64),
+    /// Nothing until the given processing time, epoch microseconds on the
+    /// job's clock ([`Clock::now_us`](crate::time::Clock::now_us)): the
+    /// subtask parks until then (or until notified) with the resolution of
+    /// the thread's timer, tens of microseconds.
+    PendingUntilUs(u64),
     /// The input is exhausted; `poll` is not called again.
     Finished,
 }
@@ -104,7 +107,7 @@ pub trait Source<T>: 'static {
     /// watermarks (the strategy still stamps the records). A value at or
     /// below the last one is ignored, so it never moves back. To advance
     /// it without records (a split turning idle), the source returns
-    /// [`SourcePoll::PendingUntil`] the moment it changes. The default:
+    /// [`SourcePoll::PendingUntilUs`] the moment it changes. The default:
     /// `None`, the strategy's watermarks.
     fn watermark(&mut self) -> Option<crate::Timestamp> {
         None
@@ -373,7 +376,7 @@ impl<T, F: FnMut(u64) -> T + 'static> Source<T> for SequenceSource<F> {
     }
 
     fn poll(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourcePoll, SourceError> {
-        let now = self.rate_per_s.map(|_| self.clock.now_ms());
+        let now_us = self.rate_per_s.map(|_| self.clock.now_us());
         let Some(cursor) = self.cursor.as_mut() else {
             return Err(SourceError::Other("polled before open".into()));
         };
@@ -382,10 +385,10 @@ impl<T, F: FnMut(u64) -> T + 'static> Source<T> for SequenceSource<F> {
             if next >= self.events {
                 return Ok(SourcePoll::Finished);
             }
-            if let (Some(now), Some(rate)) = (now, self.rate_per_s) {
-                let due = self.start_ms + (next as f64 * 1000.0 / rate) as u64;
-                if due > now {
-                    return Ok(SourcePoll::PendingUntil(due));
+            if let (Some(now_us), Some(rate)) = (now_us, self.rate_per_s) {
+                let due_us = self.start_ms * 1000 + (next as f64 * 1_000_000.0 / rate) as u64;
+                if due_us > now_us {
+                    return Ok(SourcePoll::PendingUntilUs(due_us));
                 }
             }
             out.push((self.generate)(next));

@@ -3,7 +3,9 @@
 //! Timestamps are milliseconds since the Unix epoch as `u64`. A watermark `w`
 //! promises that no record with a timestamp `<= w` follows (Flink's meaning).
 //! Processing time comes from a [`Clock`], so the deterministic simulator can
-//! substitute a virtual one.
+//! substitute a virtual one. Event time stays in milliseconds; processing
+//! time is also readable in microseconds ([`Clock::now_us`]), which is what
+//! sources pace by and latencies are measured with.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,18 +32,44 @@ pub enum TimeDomain {
 pub trait Clock: Send + Sync + 'static {
     /// Current processing time, in epoch milliseconds.
     fn now_ms(&self) -> u64;
+
+    /// Current processing time, in epoch microseconds: the same clock as
+    /// [`Clock::now_ms`] (`now_us() / 1000 == now_ms()` when read together).
+    /// The default has millisecond resolution.
+    fn now_us(&self) -> u64 {
+        self.now_ms().saturating_mul(1000)
+    }
 }
 
-/// The system's wall clock.
+/// The system's clock: epoch time that never goes backwards. The wall clock
+/// is read once per process; after that, time is that reading plus the
+/// monotonic clock's progress (`CLOCK_MONOTONIC`, microsecond resolution),
+/// so a wall-clock step (NTP, an operator) never makes a latency negative
+/// or a timer fire twice. Over a long run it can drift from the wall clock
+/// by what NTP slews; event times stay comparable within the process.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 
+/// The wall clock and the monotonic clock, read together once per process.
+fn system_clock_origin() -> &'static (u64, std::time::Instant) {
+    static ORIGIN: std::sync::OnceLock<(u64, std::time::Instant)> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(|| {
+        let wall_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        (wall_us, std::time::Instant::now())
+    })
+}
+
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        self.now_us() / 1000
+    }
+
+    fn now_us(&self) -> u64 {
+        let (wall_us, instant) = system_clock_origin();
+        wall_us + instant.elapsed().as_micros() as u64
     }
 }
 

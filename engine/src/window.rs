@@ -3,12 +3,22 @@
 //! Windows are aligned to the epoch: a tumbling window of size `s` covers
 //! `[k·s, (k+1)·s)`; a sliding window of size `s` and slide `d` starts at
 //! every multiple of `d`, so a record belongs to `s / d` windows (when `d`
-//! divides `s`). A window's accumulator lives in keyed state (map state keyed
-//! by window end) and an event-time timer at `end - 1` emits its result and
-//! drops it, so windows are part of checkpointed state like anything else.
-//! Records whose windows have all closed (timestamp at or below the watermark
-//! minus the window size) are late and dropped, as in Flink without allowed
-//! lateness.
+//! divides `s`). Accumulators live in keyed state (map state keyed by an
+//! end time) and event-time timers at `end - 1` emit results, so windows are
+//! part of checkpointed state like anything else. Records whose windows have
+//! all closed (timestamp at or below the watermark minus the window size)
+//! are late and dropped, as in Flink without allowed lateness.
+//!
+//! **Panes.** When the slide divides the size and the aggregate can merge
+//! accumulators ([`AggregateFunction::merge`]; tumbling windows need no
+//! merge), the operator keeps one accumulator per key and *pane* (a slide's
+//! worth of time, state `"panes"`) instead of one per window (`"windows"`):
+//! a record updates one accumulator, not `size / slide`, and registers a
+//! timer only when it opens a pane. A window's result merges its
+//! `size / slide` panes when it closes; the pane that no later window
+//! covers is dropped then, and the timer of the next window end is set
+//! while the key still has panes that it covers. This is the pane technique
+//! of Li et al., "No pane, no gain" (SIGMOD Record 2005).
 
 use crate::dataflow::{
     Data, ExchangeData, KeyedContext, KeyedProcessFunction, KeyedStream, Stream,
@@ -91,6 +101,18 @@ pub trait AggregateFunction<T>: 'static {
     fn add(&self, acc: &mut Self::Acc, value: &T);
     /// The window's result.
     fn result(&self, acc: &Self::Acc) -> Self::Out;
+    /// Whether [`merge`](Self::merge) is implemented; sliding windows then
+    /// aggregate in panes (see the module doc). Default: false.
+    fn can_merge(&self) -> bool {
+        false
+    }
+    /// Adds everything `other` has accumulated to `acc`, as if `acc` had
+    /// seen `other`'s records too. Called only when
+    /// [`can_merge`](Self::can_merge) is true.
+    fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) {
+        let _ = (acc, other);
+        unreachable!("merge called on an aggregate whose can_merge is false");
+    }
 }
 
 /// An [`AggregateFunction`] from three closures.
@@ -108,6 +130,48 @@ impl<C, A, R> Aggregate<C, A, R> {
             add,
             result,
         }
+    }
+
+    /// The same aggregate with `merge(&mut acc, &other)`, which adds what
+    /// `other` accumulated to `acc` ([`AggregateFunction::merge`]): sliding
+    /// windows then aggregate in panes.
+    pub fn with_merge<M>(self, merge: M) -> MergingAggregate<C, A, R, M> {
+        MergingAggregate {
+            aggregate: self,
+            merge,
+        }
+    }
+}
+
+/// An [`Aggregate`] that can merge accumulators ([`Aggregate::with_merge`]).
+pub struct MergingAggregate<C, A, R, M> {
+    aggregate: Aggregate<C, A, R>,
+    merge: M,
+}
+
+impl<T, Acc: StateData, Out: Data, C, A, R, M> AggregateFunction<T> for MergingAggregate<C, A, R, M>
+where
+    C: Fn() -> Acc + 'static,
+    A: Fn(&mut Acc, &T) + 'static,
+    R: Fn(&Acc) -> Out + 'static,
+    M: Fn(&mut Acc, &Acc) + 'static,
+{
+    type Acc = Acc;
+    type Out = Out;
+    fn create(&self) -> Acc {
+        (self.aggregate.create)()
+    }
+    fn add(&self, acc: &mut Acc, value: &T) {
+        (self.aggregate.add)(acc, value)
+    }
+    fn result(&self, acc: &Acc) -> Out {
+        (self.aggregate.result)(acc)
+    }
+    fn can_merge(&self) -> bool {
+        true
+    }
+    fn merge(&self, acc: &mut Acc, other: &Acc) {
+        (self.merge)(acc, other)
     }
 }
 
@@ -145,6 +209,12 @@ impl<T> AggregateFunction<T> for Count {
     }
     fn result(&self, acc: &u64) -> u64 {
         *acc
+    }
+    fn can_merge(&self) -> bool {
+        true
+    }
+    fn merge(&self, acc: &mut u64, other: &u64) {
+        *acc += other;
     }
 }
 
@@ -190,10 +260,13 @@ impl<K: Key + Send, T: ExchangeData> WindowedStream<K, T> {
         function: A,
     ) -> Stream<WindowResult<K, A::Out>> {
         let assigner = self.assigner;
+        let (size, slide) = (assigner.size_ms, assigner.slide_ms);
+        let panes = size % slide == 0 && (size == slide || function.can_merge());
         self.keyed.process(name, move |registry| WindowOperator {
             assigner,
+            windows: registry.map_state::<u64, A::Acc>(if panes { "panes" } else { "windows" }),
+            panes,
             function,
-            windows: registry.map_state::<u64, A::Acc>("windows"),
             late_records: 0,
         })
     }
@@ -202,9 +275,85 @@ impl<K: Key + Send, T: ExchangeData> WindowedStream<K, T> {
 struct WindowOperator<K, A: AggregateFunction<T>, T> {
     assigner: WindowAssigner,
     function: A,
-    /// Accumulator per key and window end.
+    /// Accumulator per key and window end, or per key and pane end when
+    /// `panes`.
     windows: MapState<K, u64, A::Acc>,
+    /// Whether the operator aggregates in panes (see the module doc).
+    panes: bool,
     late_records: u64,
+}
+
+impl<K: Key, T: 'static, A: AggregateFunction<T>> WindowOperator<K, A, T> {
+    /// One record into its pane: one accumulator updated, and a timer set
+    /// when the pane opens (at the end of the first window covering the
+    /// pane that has not fired).
+    fn add_to_pane(&mut self, value: T, ctx: &mut KeyedContext<'_, K, WindowResult<K, A::Out>>) {
+        let (size, slide) = (self.assigner.size_ms, self.assigner.slide_ms);
+        let (ts, watermark) = (ctx.timestamp(), ctx.watermark());
+        let pane_end = ts - ts % slide + slide;
+        let fired = |end: u64| watermark > 0 && end - 1 <= watermark;
+        // The last window covering the pane ends at pane_end + size - slide.
+        if fired(pane_end + size - slide) {
+            self.late_records += 1;
+            return;
+        }
+        let function = &self.function;
+        let mut opened = false;
+        self.windows.update(
+            ctx,
+            pane_end,
+            || {
+                opened = true;
+                function.create()
+            },
+            |acc| function.add(acc, &value),
+        );
+        if opened {
+            let mut end = pane_end;
+            while fired(end) {
+                end += slide;
+            }
+            ctx.register_event_time_timer(end - 1);
+        }
+    }
+
+    /// The window ending at `end` closes: its result from its panes; the
+    /// pane no later window covers is dropped, and the next window end gets
+    /// a timer if panes it covers remain.
+    fn close_panes(&mut self, end: u64, ctx: &mut KeyedContext<'_, K, WindowResult<K, A::Out>>) {
+        let (size, slide) = (self.assigner.size_ms, self.assigner.slide_ms);
+        // Panes of the window: ends in (end - size, end].
+        let first_pane_end = end.saturating_sub(size) + slide;
+        let function = &self.function;
+        let (result, later) = self.windows.update_all(ctx, |panes| {
+            let mut merged: Option<A::Acc> = None;
+            let mut later = false;
+            let mut pane_end = first_pane_end;
+            while pane_end <= end {
+                if let Some(acc) = panes.get(&pane_end) {
+                    later |= pane_end > first_pane_end;
+                    match &mut merged {
+                        None => merged = Some(acc.clone()),
+                        Some(m) => function.merge(m, acc),
+                    }
+                }
+                pane_end += slide;
+            }
+            panes.remove(&first_pane_end);
+            (merged.map(|acc| function.result(&acc)), later)
+        });
+        if let Some(value) = result {
+            ctx.emit(WindowResult {
+                key: ctx.key().clone(),
+                start: end - size,
+                end,
+                value,
+            });
+        }
+        if later {
+            ctx.register_event_time_timer(end + slide - 1);
+        }
+    }
 }
 
 impl<K: Key, T: 'static, A: AggregateFunction<T>>
@@ -215,6 +364,10 @@ impl<K: Key, T: 'static, A: AggregateFunction<T>>
         value: T,
         ctx: &mut KeyedContext<'_, K, WindowResult<K, A::Out>>,
     ) -> Result<(), ProcessError> {
+        if self.panes {
+            self.add_to_pane(value, ctx);
+            return Ok(());
+        }
         let ts = ctx.timestamp();
         let watermark = ctx.watermark();
         let mut assigned = false;
@@ -225,13 +378,19 @@ impl<K: Key, T: 'static, A: AggregateFunction<T>>
             }
             assigned = true;
             let function = &self.function;
+            let mut opened = false;
             self.windows.update(
                 ctx,
                 end,
-                || function.create(),
+                || {
+                    opened = true;
+                    function.create()
+                },
                 |acc| function.add(acc, &value),
             );
-            ctx.register_event_time_timer(end - 1);
+            if opened {
+                ctx.register_event_time_timer(end - 1);
+            }
         }
         if !assigned {
             self.late_records += 1;
@@ -247,6 +406,10 @@ impl<K: Key, T: 'static, A: AggregateFunction<T>>
     ) -> Result<(), ProcessError> {
         debug_assert_eq!(domain, TimeDomain::EventTime);
         let end = timestamp + 1;
+        if self.panes {
+            self.close_panes(end, ctx);
+            return Ok(());
+        }
         if let Some(acc) = self.windows.remove(ctx, &end) {
             let result = WindowResult {
                 key: ctx.key().clone(),

@@ -345,7 +345,8 @@ impl Worker {
     /// that it parks, so a producer that pushed before sees the flag or this
     /// check sees its push.
     pub(crate) fn has_work(&mut self) -> bool {
-        let now = self.now_ms();
+        let now_us = self.env.clock.now_us();
+        let now = now_us / 1000;
         if self.control.as_mut().is_some_and(|c| c.has_message()) {
             return true;
         }
@@ -370,7 +371,7 @@ impl Worker {
             !slot.finished
                 && !chains[slot.chain].iter().any(|b| b.is_blocked())
                 && !checkpoints.paused(index)
-                && slot.input.has_work(now)
+                && slot.input.has_work(now_us)
         })
     }
 
@@ -385,7 +386,7 @@ impl Worker {
                 slot.chain,
                 slot.finished,
                 checkpoints.borrow().paused(index),
-                slot.input.has_work(self.env.clock.now_ms()),
+                slot.input.has_work(self.env.clock.now_us()),
                 slot.input.describe()
             );
         }
@@ -408,17 +409,19 @@ impl Worker {
         out
     }
 
-    /// The earliest processing time at which an idle subtask must step again.
-    pub(crate) fn wake_at(&self) -> Option<u64> {
+    /// The earliest processing time (epoch µs) at which an idle subtask must
+    /// step again.
+    pub(crate) fn wake_at_us(&self) -> Option<u64> {
         let inputs = self
             .inputs
             .iter()
             .filter(|s| !s.finished)
-            .filter_map(|s| s.input.wake_at());
+            .filter_map(|s| s.input.wake_at_us());
         let timers = self
             .stateful_operators
             .iter()
-            .filter_map(|t| t.next_processing_timer());
+            .filter_map(|t| t.next_processing_timer())
+            .map(|at_ms| at_ms.saturating_mul(1000));
         inputs.chain(timers).min()
     }
 }

@@ -17,15 +17,28 @@ use std::sync::{Arc, Mutex};
 type Totals = Arc<Mutex<Vec<(u64, u64, u64)>>>;
 type Windows = Arc<Mutex<Vec<WindowResult<u64, (u64, u64)>>>>;
 
-/// The job under test: running totals and sliding windows per key, with
-/// outputs recorded as they are emitted (a crash keeps what was emitted).
-fn job(df: &Dataflow, data: &Arc<Vec<Event>>, totals: &Totals, windows: &Windows) {
+/// The job under test: running totals and sliding windows (in panes) per
+/// key, and per window end the total of its windows (pre-aggregated on each
+/// subtask), with outputs recorded as they are emitted (a crash keeps what
+/// was emitted).
+fn job(
+    df: &Dataflow,
+    data: &Arc<Vec<Event>>,
+    totals: &Totals,
+    windows: &Windows,
+    window_sums: &Totals,
+    buckets: &Totals,
+) {
     let events = event_source(df, data);
     let t = totals.clone();
     running_totals(&events).for_each(move |r| t.lock().unwrap().push(r.value));
     let w = windows.clone();
-    windowed(&events, WindowAssigner::sliding(200, 50))
-        .for_each(move |r| w.lock().unwrap().push(r.value));
+    let results = windowed(&events, WindowAssigner::sliding(200, 50));
+    let s = window_sums.clone();
+    window_totals(&results).for_each(move |r| s.lock().unwrap().push(r.value));
+    let b = buckets.clone();
+    bucket_totals(&events).for_each(move |r| b.lock().unwrap().push(r.value));
+    results.for_each(move |r| w.lock().unwrap().push(r.value));
 }
 
 fn config(parallelism: usize, mode: CheckpointMode, interval_ms: u64) -> JobConfig {
@@ -64,6 +77,8 @@ fn crash_and_restore(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>) {
     let io = SimIo::new();
     let totals: Totals = Default::default();
     let windows: Windows = Default::default();
+    let window_sums: Totals = Default::default();
+    let buckets: Totals = Default::default();
     let mut cfg = config(parallelism, mode, interval_ms);
     // Half the seeds checkpoint incrementally, with short chains so that
     // deltas, materialisation (on the checkpoint's path and in the
@@ -78,11 +93,17 @@ fn crash_and_restore(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>) {
             c.max_concurrent = concurrent;
         }
     }
-    let (d, t, w) = (data.clone(), totals.clone(), windows.clone());
+    let (d, t, w, s, b) = (
+        data.clone(),
+        totals.clone(),
+        windows.clone(),
+        window_sums.clone(),
+        buckets.clone(),
+    );
     let first = Simulation::new(cfg.clone(), seed)
         .storage(io.clone())
         .crash_after_checkpoints(crash_after)
-        .run(move |df| job(df, &d, &t, &w))
+        .run(move |df| job(df, &d, &t, &w, &s, &b))
         .unwrap_or_else(|e| panic!("seed {seed} {mode:?}: first run: {e}"));
     let completed = first
         .checkpoints
@@ -91,10 +112,16 @@ fn crash_and_restore(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>) {
         .count() as u64;
     // The input may end before `crash_after` checkpoints: then nothing to restore is fine.
     let image = io.crash_image();
-    let (d, t, w) = (data.clone(), totals.clone(), windows.clone());
+    let (d, t, w, s, b) = (
+        data.clone(),
+        totals.clone(),
+        windows.clone(),
+        window_sums.clone(),
+        buckets.clone(),
+    );
     let second = Simulation::new(cfg, seed.wrapping_add(1))
         .storage(image)
-        .run(move |df| job(df, &d, &t, &w))
+        .run(move |df| job(df, &d, &t, &w, &s, &b))
         .unwrap_or_else(|e| panic!("seed {seed} {mode:?}: restored run: {e}"));
     if completed > 0 {
         assert!(
@@ -123,6 +150,17 @@ fn crash_and_restore(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>) {
             got_windows, reference_windows,
             "seed {seed} {mode:?} p={parallelism}: windows after restore"
         );
+        let expected: Vec<_> = reference_windows.into_iter().collect();
+        assert_eq!(
+            finals(&window_sums.lock().unwrap()),
+            reference_window_totals(&expected),
+            "seed {seed} {mode:?} p={parallelism}: window totals after restore"
+        );
+        assert_eq!(
+            finals(&buckets.lock().unwrap()),
+            reference_bucket_totals(data),
+            "seed {seed} {mode:?} p={parallelism}: bucket totals after restore"
+        );
     }
 }
 
@@ -147,7 +185,7 @@ fn checkpoints_complete_and_record_statistics() {
         let (d, t, w): (_, Totals, Windows) =
             (data.clone(), Default::default(), Default::default());
         let report = Simulation::new(config(3, mode, 20), 7)
-            .run(move |df| job(df, &d, &t, &w))
+            .run(move |df| job(df, &d, &t, &w, &Totals::default(), &Totals::default()))
             .unwrap();
         let completed: Vec<_> = report
             .checkpoints
@@ -175,7 +213,7 @@ fn restore_from_nothing_starts_fresh() {
     let (d, t, w): (_, Totals, Windows) = (data.clone(), Default::default(), Default::default());
     Simulation::new(config(2, CheckpointMode::Aligned, 10), 1)
         .storage(io.clone())
-        .run(move |df| job(df, &d, &t, &w))
+        .run(move |df| job(df, &d, &t, &w, &Totals::default(), &Totals::default()))
         .unwrap();
     let mut cfg = config(2, CheckpointMode::Aligned, 10);
     cfg.checkpoint.as_mut().unwrap().restore = RestoreFrom::Nothing;
@@ -183,7 +221,7 @@ fn restore_from_nothing_starts_fresh() {
     let (d, t, w): (_, Totals, Windows) = (data.clone(), totals.clone(), Default::default());
     let report = Simulation::new(cfg, 2)
         .storage(io)
-        .run(move |df| job(df, &d, &t, &w))
+        .run(move |df| job(df, &d, &t, &w, &Totals::default(), &Totals::default()))
         .unwrap();
     assert_eq!(report.restored_from, None);
     assert_eq!(
@@ -207,7 +245,7 @@ fn under_backpressure_unaligned_overtakes_and_aligned_waits() {
         let report = Simulation::new(cfg, 5)
             .keep_buffers()
             .slow_subtask(1, 8)
-            .run(move |df| job(df, &d, &t, &w))
+            .run(move |df| job(df, &d, &t, &w, &Totals::default(), &Totals::default()))
             .unwrap();
         let completed: Vec<_> = report
             .checkpoints
@@ -549,7 +587,7 @@ fn change_volume_triggers_checkpoints_without_an_interval() {
     let (d, t, w): (_, Totals, Windows) = (data.clone(), Default::default(), Default::default());
     let report = Simulation::new(cfg, 4)
         .keep_buffers()
-        .run(move |df| job(df, &d, &t, &w))
+        .run(move |df| job(df, &d, &t, &w, &Totals::default(), &Totals::default()))
         .unwrap();
     let completed: Vec<_> = report
         .checkpoints

@@ -76,19 +76,31 @@ proptest! {
         size in 1u64..500,
         slide_divisor in 1u64..5,
         parallelism in 1usize..4,
+        panes in any::<bool>(),
     ) {
         let slide = (size / slide_divisor).max(1);
         let data = Arc::new(events(seed, n, keys, max_gap));
         let windows = Collector::new();
-        let (w, d) = (windows.clone(), data.clone());
+        let totals = Collector::new();
+        let (w, t, d) = (windows.clone(), totals.clone(), data.clone());
         Job::new(config(parallelism))
             .run(move |df| {
-                windowed(&event_source(df, &d), WindowAssigner::sliding(size, slide)).sink("out", w.sink());
+                let events = event_source(df, &d);
+                let assigner = WindowAssigner::sliding(size, slide);
+                let results = if panes {
+                    windowed(&events, assigner)
+                } else {
+                    windowed_per_window(&events, assigner)
+                };
+                window_totals(&results).sink("totals", t.sink());
+                results.sink("out", w.sink());
             })
             .unwrap();
         let mut got = windows.take();
         got.sort();
-        prop_assert_eq!(got, reference_windows(&data, size, slide));
+        let expected = reference_windows(&data, size, slide);
+        prop_assert_eq!(finals(&totals.take()), reference_window_totals(&expected));
+        prop_assert_eq!(got, expected);
     }
 }
 

@@ -47,7 +47,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
-use super::model::{Auction, Bid, Event, EventKind, Person};
+use super::model::{Auction, Bid, Event, EventKind, Origin, Person};
 use super::rng::{splitmix_finish, EventRng};
 
 /// Events per cycle of the person/auction/bid mix.
@@ -207,6 +207,20 @@ impl GeneratorConfig {
         let (whole_s, rest) = (index / rate, index % rate);
         // rest < rate, so 2000 * rest fits for any rate below 2^53.
         self.base_time_ms + whole_s * 1000 + (2000 * rest + rate) / (2 * rate)
+    }
+
+    /// When event `index` is due in an open-loop run, epoch microseconds:
+    /// `base_time_ms * 1000 + round(index * 10^6 / events_per_second)`,
+    /// rounding halves up, in exact integer arithmetic. Its millisecond is
+    /// not always [`GeneratorConfig::timestamp_ms`]'s (both round, at
+    /// different resolutions): the event time can be up to 0.5 ms after the
+    /// schedule, or before it.
+    #[inline]
+    pub fn schedule_us(&self, index: u64) -> u64 {
+        let rate = self.events_per_second;
+        let (whole_s, rest) = (index / rate, index % rate);
+        // rest < rate, so 2_000_000 * rest fits for any rate below 2^43.
+        self.base_time_ms * 1000 + whole_s * 1_000_000 + (2_000_000 * rest + rate) / (2 * rate)
     }
 }
 
@@ -398,6 +412,13 @@ impl Generator {
         self.config.timestamp_ms(index)
     }
 
+    /// When event `index` is due in an open-loop run, epoch microseconds
+    /// ([`GeneratorConfig::schedule_us`]).
+    #[inline]
+    pub fn schedule_us(&self, index: u64) -> u64 {
+        self.config.schedule_us(index)
+    }
+
     /// Event `index` of the (unpartitioned) stream; does not move the generator.
     #[inline]
     pub fn event_at(&self, index: u64) -> Event {
@@ -541,6 +562,7 @@ impl Generator {
             url: Cow::Borrowed(url),
             date_time: time,
             extra,
+            origin: Origin(self.config.schedule_us(index)),
         }
     }
 }

@@ -14,4 +14,4 @@ mod rng;
 pub mod rows;
 
 pub use generator::{Generator, GeneratorConfig, Sampling};
-pub use model::{Auction, Bid, Event, EventKind, Person};
+pub use model::{Auction, Bid, Event, EventKind, Origin, Person};

@@ -12,10 +12,55 @@
 //!   (the reference pads every event to an average byte size with random letters).
 //! - [`Bid::channel`] and [`Bid::url`] are `Cow<'static, str>` borrowing from static
 //!   tables, so generating a bid never allocates. Deserialized bids own their strings.
+//!
+//! A bid also carries its [`Origin`]: when it was due to be emitted, in
+//! microseconds, which the benchmark measures latency from. It is
+//! measurement metadata, not Nexmark data: not written to JSON, and no part
+//! of equality, order or hashing.
 
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
+
+/// When an event was due to be emitted: epoch microseconds on the job's
+/// clock in an open-loop run (the schedule,
+/// [`GeneratorConfig::schedule_us`](super::generator::GeneratorConfig::schedule_us));
+/// rows made from one
+/// event carry it on, and their latency is measured from it. Event time
+/// (`date_time`) is that schedule rounded to a millisecond, so it cannot
+/// serve: it is up to half a millisecond off either way.
+///
+/// Equality, order and hashing ignore it (every two origins compare equal),
+/// so a row equals the reference's row whatever their origins, and it is not
+/// serialized to JSON (a bid read from JSON has origin 0).
+#[derive(
+    Clone, Copy, Debug, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, spate::Schema,
+)]
+pub struct Origin(pub u64);
+
+impl PartialEq for Origin {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Origin {}
+
+impl PartialOrd for Origin {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Origin {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+impl std::hash::Hash for Origin {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
 
 /// The three kinds of Nexmark event, in the order of the 1:3:46 mix.
 #[derive(
@@ -153,6 +198,10 @@ pub struct Bid {
     pub date_time: u64,
     /// Padding; empty by default (see the module doc).
     pub extra: String,
+    /// When the bid was due to be emitted (measurement metadata, see
+    /// [`Origin`]).
+    #[serde(skip)]
+    pub origin: Origin,
 }
 
 /// One Nexmark event. Serialized as JSON with a `"type"` tag first:

@@ -72,6 +72,7 @@ pub fn q1(events: &[Event]) -> Vec<Q1Row> {
                 price: b.price * Q1_EURO_NUMERATOR / Q1_EURO_DENOMINATOR,
                 date_time: b.date_time,
                 extra: b.extra.clone(),
+                origin: b.origin,
             })
             .collect(),
     )
@@ -85,6 +86,7 @@ pub fn q2(events: &[Event]) -> Vec<Q2Row> {
             .map(|b| Q2Row {
                 auction: b.auction,
                 price: b.price,
+                origin: b.origin,
             })
             .collect(),
     )

@@ -7,9 +7,12 @@
 //! canonical comparison form is its rows sorted. Times are epoch milliseconds and
 //! prices cents; windows are half-open, `[window_start, window_end)`.
 //!
-//! q0's rows are the [`Bid`](super::model::Bid)s themselves.
+//! q0's rows are the [`Bid`](super::model::Bid)s themselves. q0–q2 rows carry
+//! their bid's [`Origin`], which takes no part in comparisons or JSON.
 
 use serde::{Deserialize, Serialize};
+
+use super::model::Origin;
 
 /// q1 converts dollars to euros as `price * Q1_EURO_NUMERATOR / Q1_EURO_DENOMINATOR`
 /// (integer division, truncating): the Nexmark SQL's `0.908 * price`, kept integral.
@@ -70,6 +73,10 @@ row! {
         pub date_time: u64,
         /// The bid's `extra`.
         pub extra: String,
+        /// The bid's [`Origin`] (latency measurement; not serialized, equal to
+        /// every other).
+        #[serde(skip)]
+        pub origin: Origin,
     }
 }
 
@@ -80,6 +87,10 @@ row! {
         pub auction: u64,
         /// The bid's price.
         pub price: u64,
+        /// The bid's [`Origin`] (latency measurement; not serialized, equal to
+        /// every other).
+        #[serde(skip)]
+        pub origin: Origin,
     }
 }
 

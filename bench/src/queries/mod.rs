@@ -153,6 +153,7 @@ pub fn q1(events: &Stream<Event>) -> Stream<Q1Row> {
             price: b.price * Q1_EURO_NUMERATOR / Q1_EURO_DENOMINATOR,
             date_time: b.date_time,
             extra: b.extra,
+            origin: b.origin,
         }),
         _ => None,
     })
@@ -165,6 +166,7 @@ pub fn q2(events: &Stream<Event>) -> Stream<Q2Row> {
         Event::Bid(b) if b.auction % Q2_AUCTION_MODULUS == 0 => Some(Q2Row {
             auction: b.auction,
             price: b.price,
+            origin: b.origin,
         }),
         _ => None,
     })
@@ -383,31 +385,38 @@ pub fn q4(events: &Stream<Event>) -> Stream<Q4Row> {
 /// the auctions that reach it, emitted when the window closes.
 struct Q5Hottest {
     /// `(maximum count, auctions with that count)`.
-    best: ValueState<u64, (u64, Vec<u64>)>,
+    best: ValueState<u64, Q5Best>,
 }
 
-/// A window count as it crosses to q5's second stage: `(window end, auction,
-/// count)` (a tuple rather than the [`WindowResult`], which is not archivable).
-type Q5Count = (u64, u64, u64);
+/// The highest count of a window and the auctions that reach it.
+type Q5Best = (u64, Vec<u64>);
 
-impl KeyedProcessFunction<u64, Q5Count, Q5Row> for Q5Hottest {
+/// A window's [`Q5Best`] among some of the auctions, as it crosses to q5's
+/// second stage: `(window end, best)`.
+type Q5Partial = (u64, Q5Best);
+
+/// Adds `other`'s auctions to `best` (both bests of the same window, over
+/// disjoint auctions).
+fn q5_merge(best: &mut Q5Best, (count, auctions): Q5Best) {
+    if count > best.0 || best.1.is_empty() {
+        *best = (count, auctions);
+    } else if count == best.0 {
+        best.1.extend(auctions);
+    }
+}
+
+impl KeyedProcessFunction<u64, Q5Partial, Q5Row> for Q5Hottest {
     fn process_element(
         &mut self,
-        (end, auction, count): Q5Count,
+        (end, partial): Q5Partial,
         ctx: &mut KeyedContext<'_, u64, Q5Row>,
     ) -> Result<(), ProcessError> {
         let first = self.best.update(
             ctx,
             || (0, Vec::new()),
-            |(max, auctions)| {
-                let first = auctions.is_empty();
-                if count > *max {
-                    *max = count;
-                    auctions.clear();
-                }
-                if count == *max {
-                    auctions.push(auction);
-                }
+            |best| {
+                let first = best.1.is_empty();
+                q5_merge(best, partial);
                 first
             },
         );
@@ -440,7 +449,9 @@ impl KeyedProcessFunction<u64, Q5Count, Q5Row> for Q5Hottest {
 }
 
 /// q5, hot items: per sliding window of 10 s every 2 s, the auctions with the most
-/// bids.
+/// bids. Counts are kept per 2 s pane (one update per bid); each core reduces
+/// its windows' counts to their maximum before they cross to the window's core
+/// ([`Stream::pre_aggregate`]), which combines one partial result per core.
 pub fn q5(events: &Stream<Event>) -> Stream<Q5Row> {
     bids(events)
         .key_by(|b: &Bid| b.auction)
@@ -449,8 +460,12 @@ pub fn q5(events: &Stream<Event>) -> Stream<Q5Row> {
             Q5_WINDOW_SLIDE_MS,
         ))
         .aggregate("q5-count", Count)
-        .map(|r: WindowResult<u64, u64>| (r.end, r.key, r.value))
-        .key_by(|c: &Q5Count| c.0)
+        .map(|r: WindowResult<u64, u64>| (r.end, (r.value, vec![r.key])))
+        .pre_aggregate(
+            |p: &Q5Partial| p.0,
+            |held, (_, best)| q5_merge(&mut held.1, best),
+        )
+        .key_by(|p: &Q5Partial| p.0)
         .process("q5-hottest", |state| Q5Hottest {
             best: state.value_state("best"),
         })

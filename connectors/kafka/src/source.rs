@@ -367,7 +367,7 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             // With idleness: poll again when the next partition turns idle
             // (its watermark then stops holding the subtask's back).
             match self.next_idle_ms() {
-                Some(at_ms) => SourcePoll::PendingUntil(at_ms),
+                Some(at_ms) => SourcePoll::PendingUntilUs(at_ms.saturating_mul(1000)),
                 None => SourcePoll::Pending,
             }
         })

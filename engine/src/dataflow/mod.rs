@@ -124,10 +124,12 @@ pub(crate) enum InputState {
 /// Something that feeds a chain: a source or an exchange receiver.
 pub(crate) trait Input {
     fn step(&mut self, cx: &mut Cx) -> Result<InputState, JobError>;
-    /// Whether a step now would do work (checked before parking).
-    fn has_work(&mut self, now_ms: u64) -> bool;
-    /// Processing time at which the input wants to be stepped again, if idle.
-    fn wake_at(&self) -> Option<u64> {
+    /// Whether a step now would do work (checked before parking), at
+    /// processing time `now_us` (epoch µs).
+    fn has_work(&mut self, now_us: u64) -> bool;
+    /// Processing time (epoch µs) at which the input wants to be stepped
+    /// again, if idle.
+    fn wake_at_us(&self) -> Option<u64> {
         None
     }
     /// The coordinator triggered a checkpoint: sources record their offset
@@ -483,6 +485,27 @@ impl<T: Data> Stream<T> {
         f: impl FnMut(T) -> I + 'static,
     ) -> Stream<U> {
         self.derive(|output| Box::new(operators::FlatMap::new(f, output)))
+    }
+
+    /// Local pre-aggregation before an exchange (Flink's local-global
+    /// aggregation): on each subtask, records with the same `key` and
+    /// timestamp are merged into one with `merge(&mut held, next)` and held
+    /// in memory until the watermark reaches their timestamp, a checkpoint
+    /// barrier passes, or the input ends; then they go on, before that
+    /// watermark, barrier or end. A record at or below the last watermark
+    /// passes at once. Downstream sees fewer records, each a *partial*
+    /// result, and must combine them with the same merge (it must be
+    /// associative and commutative). Nothing is held across a barrier, so
+    /// the operator has no state to checkpoint.
+    ///
+    /// Typical use: window results (timestamp `end - 1`) reduced per window
+    /// on every subtask before one subtask per window combines them.
+    pub fn pre_aggregate<K: std::hash::Hash + Eq + 'static>(
+        &self,
+        key: impl Fn(&T) -> K + 'static,
+        merge: impl FnMut(&mut T, T) + 'static,
+    ) -> Stream<T> {
+        self.derive(|output| Box::new(operators::PreAggregate::new(key, merge, output)))
     }
 
     /// Calls `f` on every record and passes it on unchanged.

@@ -150,6 +150,85 @@ impl<T, U: Data, I: IntoIterator<Item = U>, F: FnMut(T) -> I> Push<T> for FlatMa
     }
 }
 
+/// Local pre-aggregation ([`Stream::pre_aggregate`](super::Stream::pre_aggregate)):
+/// records of equal key and timestamp merged in memory until the watermark
+/// reaches their timestamp, a barrier passes or the input ends.
+pub(crate) struct PreAggregate<T, K, KF, M> {
+    key: KF,
+    merge: M,
+    /// Held partial results by timestamp, then key.
+    held: std::collections::BTreeMap<Timestamp, crate::data::FxHashMap<K, T>>,
+    /// The last watermark passed on: records at or below it pass at once.
+    watermark: Option<Timestamp>,
+    out: Vec<Record<T>>,
+    output: Output<T>,
+}
+
+impl<T: Data, K: std::hash::Hash + Eq, KF: Fn(&T) -> K, M: FnMut(&mut T, T)>
+    PreAggregate<T, K, KF, M>
+{
+    pub(crate) fn new(key: KF, merge: M, output: Output<T>) -> Self {
+        Self {
+            key,
+            merge,
+            held: std::collections::BTreeMap::new(),
+            watermark: None,
+            out: Vec::new(),
+            output,
+        }
+    }
+
+    /// Emits the partial results with timestamps up to `upto`.
+    fn release(&mut self, upto: Timestamp, cx: &mut Cx) -> Result<(), JobError> {
+        while let Some(entry) = self.held.first_entry() {
+            if *entry.key() > upto {
+                break;
+            }
+            let (ts, partials) = entry.remove_entry();
+            self.out
+                .extend(partials.into_values().map(|value| Record { ts, value }));
+        }
+        self.output.push(&mut self.out, cx)
+    }
+}
+
+impl<T: Data, K: std::hash::Hash + Eq, KF: Fn(&T) -> K, M: FnMut(&mut T, T)> Push<T>
+    for PreAggregate<T, K, KF, M>
+{
+    fn push(&mut self, batch: &mut Vec<Record<T>>, cx: &mut Cx) -> Result<(), JobError> {
+        for Record { ts, value } in batch.drain(..) {
+            if self.watermark.is_some_and(|w| ts <= w) {
+                self.out.push(Record { ts, value });
+                continue;
+            }
+            let key = (self.key)(&value);
+            match self.held.entry(ts).or_default().entry(key) {
+                std::collections::hash_map::Entry::Occupied(mut held) => {
+                    (self.merge)(held.get_mut(), value)
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(value);
+                }
+            }
+        }
+        self.output.push(&mut self.out, cx)
+    }
+    fn watermark(&mut self, watermark: Timestamp, cx: &mut Cx) -> Result<(), JobError> {
+        self.watermark = Some(watermark);
+        self.release(watermark, cx)?;
+        self.output.watermark(watermark, cx)
+    }
+    fn end(&mut self, cx: &mut Cx) -> Result<(), JobError> {
+        self.release(MAX_WATERMARK, cx)?;
+        self.output.end(cx)
+    }
+    fn barrier(&mut self, barrier: Barrier, cx: &mut Cx) -> Result<(), JobError> {
+        // Nothing is held across a checkpoint: the operator has no state.
+        self.release(MAX_WATERMARK, cx)?;
+        self.output.barrier(barrier, cx)
+    }
+}
+
 pub(crate) struct ForEach<F>(pub F);
 
 impl<T, F: FnMut(Record<T>)> Push<T> for ForEach<F> {
@@ -330,6 +409,7 @@ impl<T, S: Sink<T>> OutputBuffer for SinkOp<S, T> {
 enum Waiting {
     No,
     Notified,
+    /// Until this processing time, epoch µs.
     Until(u64),
 }
 
@@ -515,8 +595,8 @@ impl<T: Data, S: Source<T>> Input for SourceInput<T, S> {
                     InputState::Idle
                 })
             }
-            SourcePoll::PendingUntil(at_ms) => {
-                self.waiting = Waiting::Until(at_ms);
+            SourcePoll::PendingUntilUs(at_us) => {
+                self.waiting = Waiting::Until(at_us);
                 Ok(if produced {
                     InputState::Busy
                 } else {
@@ -526,18 +606,18 @@ impl<T: Data, S: Source<T>> Input for SourceInput<T, S> {
         }
     }
 
-    fn has_work(&mut self, now_ms: u64) -> bool {
+    fn has_work(&mut self, now_us: u64) -> bool {
         if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
             return true;
         }
         match self.waiting {
             Waiting::No => true,
             Waiting::Notified => self.source.is_ready(),
-            Waiting::Until(at) => now_ms >= at || self.source.is_ready(),
+            Waiting::Until(at_us) => now_us >= at_us || self.source.is_ready(),
         }
     }
 
-    fn wake_at(&self) -> Option<u64> {
+    fn wake_at_us(&self) -> Option<u64> {
         match self.waiting {
             Waiting::Until(at) => Some(at),
             _ => None,

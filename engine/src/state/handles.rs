@@ -234,6 +234,34 @@ where
             .is_some_and(|m| m.contains_key(user_key))
     }
 
+    /// Changes the current key's whole map in place (an empty one if it has
+    /// none); the key's map is dropped when `f` leaves it empty.
+    pub fn update_all<R>(
+        &self,
+        scope: &impl KeyScope<K>,
+        f: impl FnOnce(&mut FxHashMap<UK, UV>) -> R,
+    ) -> R {
+        let mut table = self.table.borrow_mut();
+        let map = table.touched(scope);
+        match map.get_mut(scope.current_key()) {
+            Some(inner) => {
+                let result = f(inner);
+                if inner.is_empty() {
+                    map.remove(scope.current_key());
+                }
+                result
+            }
+            None => {
+                let mut inner = FxHashMap::default();
+                let result = f(&mut inner);
+                if !inner.is_empty() {
+                    map.insert(scope.current_key().clone(), inner);
+                }
+                result
+            }
+        }
+    }
+
     /// Reads the current key's whole map (empty if none).
     pub fn with<R>(&self, scope: &impl KeyScope<K>, f: impl FnOnce(&FxHashMap<UK, UV>) -> R) -> R {
         let mut table = self.table.borrow_mut();

@@ -60,7 +60,7 @@ impl Source<u64> for Numbers {
             if let (Some(now), Some((rate, start_ms, _))) = (now, &self.pace) {
                 let due = start_ms + (self.next as f64 * 1000.0 / rate) as u64;
                 if due > now {
-                    return Ok(SourcePoll::PendingUntil(due));
+                    return Ok(SourcePoll::PendingUntilUs(due * 1000));
                 }
             }
             out.push(self.next);

@@ -420,11 +420,11 @@ impl<T: ExchangeData> Input for ExchangeReceiver<T> {
         })
     }
 
-    fn has_work(&mut self, now_ms: u64) -> bool {
+    fn has_work(&mut self, now_us: u64) -> bool {
         if !self.replay.is_empty() {
             return true;
         }
-        if self.wake_at().is_some_and(|at| now_ms >= at) {
+        if self.wake_at_us().is_some_and(|at_us| now_us >= at_us) {
             return true;
         }
         self.channels.iter_mut().zip(&self.state).any(|(c, s)| {
@@ -458,7 +458,7 @@ impl<T: ExchangeData> Input for ExchangeReceiver<T> {
         out
     }
 
-    fn wake_at(&self) -> Option<u64> {
+    fn wake_at_us(&self) -> Option<u64> {
         match &self.alignment {
             Some(Alignment {
                 barrier:
@@ -468,7 +468,7 @@ impl<T: ExchangeData> Input for ExchangeReceiver<T> {
                     },
                 started_ms,
                 ..
-            }) => Some(started_ms + timeout_ms),
+            }) => Some((started_ms + timeout_ms).saturating_mul(1000)),
             _ => None,
         }
     }

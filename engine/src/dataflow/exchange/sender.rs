@@ -4,6 +4,15 @@
 
 use super::*;
 
+/// Takes a partly filled batch to send it, leaving an empty one with the
+/// capacity this one needed (rounded up to a power of two, at most a full
+/// batch): a subtask that flushes a few records per step (a source paced to
+/// the microsecond) allocates room for a few, not for a full batch.
+fn take_partial<T>(batch: &mut Vec<T>, batch_size: usize) -> Vec<T> {
+    let capacity = batch.len().next_power_of_two().min(batch_size);
+    std::mem::replace(batch, Vec::with_capacity(capacity))
+}
+
 pub(super) struct Target<T> {
     pub(super) channel: ChannelSender<Message<T>>,
     pub(super) batch: Vec<Record<T>>,
@@ -106,8 +115,7 @@ impl<K: Key, T: ExchangeData> ExchangeSender<K, T> {
     fn flush_batches(state: &mut SenderState<K, T>) {
         for target in &mut state.targets {
             if !target.batch.is_empty() {
-                let batch =
-                    std::mem::replace(&mut target.batch, Vec::with_capacity(state.batch_size));
+                let batch = take_partial(&mut target.batch, state.batch_size);
                 target.send(Message::Records(batch));
             }
         }
@@ -214,15 +222,13 @@ impl<K: Key, T: ExchangeData> Push<T> for SenderPush<K, T> {
                     "an unaligned marker goes before what waits"
                 );
                 if !target.batch.is_empty() {
-                    let batch =
-                        std::mem::replace(&mut target.batch, Vec::with_capacity(batch_size));
+                    let batch = take_partial(&mut target.batch, batch_size);
                     target.send(Message::Records(batch));
                 }
                 position
             } else {
                 if !target.batch.is_empty() {
-                    let batch =
-                        std::mem::replace(&mut target.batch, Vec::with_capacity(batch_size));
+                    let batch = take_partial(&mut target.batch, batch_size);
                     target.send(Message::Records(batch));
                 }
                 let position = target.channel.data.position() + target.pending.len() as u64;

@@ -64,10 +64,10 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
         loop {
             let (range, max_parallelism) = (op.range, op.max_parallelism);
             let group_of = |key: &K| (key_group_for(key, max_parallelism) - range.start) as usize;
-            let Some((ts, key)) = op.timers.pop_due(1, cx.now_ms, group_of) else {
+            let Some((ts, key, group)) = op.timers.pop_due(1, cx.now_ms, group_of) else {
                 break;
             };
-            op.fire(ts, TimeDomain::ProcessingTime, key, cx)?;
+            op.fire(ts, TimeDomain::ProcessingTime, key, group, cx)?;
             fired = true;
         }
         if fired {

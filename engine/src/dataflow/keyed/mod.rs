@@ -30,7 +30,6 @@ use crate::state::{CutPlan, Decided, IncrementalBounds, KeyScope, Serialized, St
 use crate::time::{TimeDomain, Timestamp, MAX_WATERMARK};
 use crate::JobError;
 use std::cell::RefCell;
-use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -204,17 +203,68 @@ impl<K, I, O, P: KeyedProcessFunction<K, I, O>> CoProcessFunction<K, I, (), O> f
     }
 }
 
-/// Pending timers of one operator: the firing order (by time) and, for
-/// checkpoints, the same timers per key group, which a cut archives group by
-/// group (copy-on-write, like state tables) instead of all at the barrier.
+/// Pending timers of one operator, per key group (the truth, a hash set,
+/// which a cut archives group by group, copy-on-write like state tables,
+/// instead of all at the barrier), and per domain a firing queue by time.
+///
+/// The queues hold keys in one bucket per timestamp (timers share few
+/// timestamps: window ends), so registering a timer costs a small per-group
+/// set insert and a push, not an insert into one ordered set of every timer.
+/// Deleting a timer removes it from its group only; the queue entry goes
+/// stale and is skipped when popped (a timer fires only while its group
+/// holds it, so a deleted and re-registered timer still fires once).
 pub(crate) struct Timers<K> {
-    event: BTreeSet<(Timestamp, K)>,
-    processing: BTreeSet<(u64, K)>,
+    event: TimerQueue<K>,
+    processing: TimerQueue<K>,
     /// Per key group of the range: (time, domain, key), domain 0 = event time.
-    by_group: Vec<BTreeSet<(u64, u8, K)>>,
+    by_group: Vec<crate::data::FxHashSet<(u64, u8, K)>>,
+    /// Timers held by `by_group`, event and processing time.
+    len: usize,
     /// Per key group: the checkpoint whose cut it was archived for.
     archived_for: Vec<u64>,
     cut: Option<TimerCut<K>>,
+}
+
+/// Keys by timer timestamp, in firing order of time; within one timestamp,
+/// last registered first. May hold stale keys (see [`Timers`]).
+struct TimerQueue<K>(std::collections::BTreeMap<u64, Vec<K>>);
+
+impl<K> TimerQueue<K> {
+    fn new() -> Self {
+        Self(std::collections::BTreeMap::new())
+    }
+
+    fn push(&mut self, ts: u64, key: K) {
+        self.0.entry(ts).or_default().push(key);
+    }
+
+    /// The earliest entry if due at `now`, removed (possibly stale).
+    fn pop_due(&mut self, now: u64) -> Option<(u64, K)> {
+        loop {
+            let mut first = self.0.first_entry()?;
+            let ts = *first.key();
+            if ts > now {
+                return None;
+            }
+            match first.get_mut().pop() {
+                Some(key) => {
+                    if first.get().is_empty() {
+                        first.remove();
+                    }
+                    return Some((ts, key));
+                }
+                None => {
+                    first.remove();
+                }
+            }
+        }
+    }
+
+    /// The earliest timestamp queued (possibly of a stale entry: an early
+    /// wake-up at worst).
+    fn first_time(&self) -> Option<u64> {
+        self.0.first_key_value().map(|(ts, _)| *ts)
+    }
 }
 
 /// A cut of the timers in progress.
@@ -231,9 +281,10 @@ struct TimerCut<K> {
 impl<K: Key> Timers<K> {
     fn new(groups: usize) -> Self {
         Self {
-            event: BTreeSet::new(),
-            processing: BTreeSet::new(),
-            by_group: (0..groups).map(|_| BTreeSet::new()).collect(),
+            event: TimerQueue::new(),
+            processing: TimerQueue::new(),
+            by_group: (0..groups).map(|_| Default::default()).collect(),
+            len: 0,
             archived_for: vec![0; groups],
             cut: None,
         }
@@ -257,15 +308,17 @@ impl<K: Key> Timers<K> {
         cut.remaining -= 1;
         let timers = &self.by_group[group];
         if !timers.is_empty() {
-            let entries = timers
+            let mut entries: TimerEntries<K> = timers
                 .iter()
                 .map(|(ts, d, k)| (*ts, *d, k.clone()))
                 .collect();
+            // In a fixed order, so that equal timers archive to equal bytes.
+            entries.sort_unstable();
             cut.archived.push((group, entries));
         }
     }
 
-    fn domain_set(&mut self, domain: u8) -> &mut BTreeSet<(u64, K)> {
+    fn queue(&mut self, domain: u8) -> &mut TimerQueue<K> {
         if domain == 0 {
             &mut self.event
         } else {
@@ -275,44 +328,47 @@ impl<K: Key> Timers<K> {
 
     fn insert(&mut self, group: usize, domain: u8, ts: u64, key: &K) {
         self.touch(group);
-        if self.domain_set(domain).insert((ts, key.clone())) {
-            self.by_group[group].insert((ts, domain, key.clone()));
+        if self.by_group[group].insert((ts, domain, key.clone())) {
+            self.len += 1;
+            self.queue(domain).push(ts, key.clone());
         }
     }
 
     fn remove(&mut self, group: usize, domain: u8, ts: u64, key: &K) {
         self.touch(group);
-        if self.domain_set(domain).remove(&(ts, key.clone())) {
-            self.by_group[group].remove(&(ts, domain, key.clone()));
+        if self.by_group[group].remove(&(ts, domain, key.clone())) {
+            self.len -= 1;
         }
     }
 
-    /// The earliest timer of `domain` if it is due at `now`, removed.
+    /// The earliest timer of `domain` if it is due at `now`, removed, with
+    /// its key group's index in the range.
     fn pop_due(
         &mut self,
         domain: u8,
         now: u64,
         group_of: impl Fn(&K) -> usize,
-    ) -> Option<(u64, K)> {
-        let (ts, key) = self.domain_set(domain).first()?;
-        if *ts > now {
-            return None;
+    ) -> Option<(u64, K, usize)> {
+        loop {
+            let (ts, key) = self.queue(domain).pop_due(now)?;
+            let group = group_of(&key);
+            self.touch(group);
+            let entry = (ts, domain, key);
+            if !self.by_group[group].remove(&entry) {
+                continue; // deleted since it was queued
+            }
+            self.len -= 1;
+            return Some((ts, entry.2, group));
         }
-        let (ts, key) = (*ts, key.clone());
-        let group = group_of(&key);
-        self.touch(group);
-        self.domain_set(domain).remove(&(ts, key.clone()));
-        self.by_group[group].remove(&(ts, domain, key.clone()));
-        Some((ts, key))
     }
 
     /// Timers pending, event and processing time.
     fn len(&self) -> usize {
-        self.event.len() + self.processing.len()
+        self.len
     }
 
     fn next_processing(&self) -> Option<u64> {
-        self.processing.first().map(|(ts, _)| *ts)
+        self.processing.first_time()
     }
 
     /// Starts the cut of checkpoint `id` (a previous one still pending was aborted).
@@ -365,5 +421,46 @@ impl<K: Key> Timers<K> {
             Some(cut) if cut.id == id => cut.archived.len(),
             _ => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Timers;
+
+    fn drain(timers: &mut Timers<u64>, domain: u8, now: u64) -> Vec<(u64, u64)> {
+        std::iter::from_fn(|| timers.pop_due(domain, now, |k| (*k % 4) as usize))
+            .map(|(ts, key, group)| {
+                assert_eq!(group, (key % 4) as usize);
+                (ts, key)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn timers_fire_once_in_time_order_and_deleted_ones_never() {
+        let mut timers = Timers::<u64>::new(4);
+        for (ts, key) in [(30, 1), (10, 2), (20, 3), (10, 2), (10, 5), (20, 6)] {
+            timers.insert((key % 4) as usize, 0, ts, &key);
+        }
+        assert_eq!(timers.len(), 5, "a repeated (time, key) is one timer");
+        // Deleted, then registered again: fires once. Deleted: never.
+        timers.remove(3, 0, 20, &3);
+        timers.insert(3, 0, 20, &3);
+        timers.remove(1, 0, 10, &5);
+        timers.insert(1, 1, 15, &9);
+        assert_eq!(timers.len(), 5);
+        let fired = drain(&mut timers, 0, 20);
+        let mut times: Vec<u64> = fired.iter().map(|f| f.0).collect();
+        times.dedup();
+        assert_eq!(times, [10, 20], "in order of time");
+        let mut got = fired.clone();
+        got.sort();
+        assert_eq!(got, [(10, 2), (20, 3), (20, 6)]);
+        assert_eq!(drain(&mut timers, 0, 29), []);
+        assert_eq!(timers.next_processing(), Some(15));
+        assert_eq!(drain(&mut timers, 1, 100), [(15, 9)]);
+        assert_eq!(drain(&mut timers, 0, 100), [(30, 1)]);
+        assert_eq!(timers.len(), 0);
     }
 }

@@ -175,22 +175,24 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         loop {
             let (range, max_parallelism) = (self.range, self.max_parallelism);
             let group_of = |key: &K| (key_group_for(key, max_parallelism) - range.start) as usize;
-            let Some((ts, key)) = self.timers.pop_due(0, watermark, group_of) else {
+            let Some((ts, key, group)) = self.timers.pop_due(0, watermark, group_of) else {
                 break;
             };
-            self.fire(ts, TimeDomain::EventTime, key, cx)?;
+            self.fire(ts, TimeDomain::EventTime, key, group, cx)?;
         }
         Ok(())
     }
 
+    /// Fires the timer of `key` at `ts`; `key_group_index` is the key's
+    /// group's index in the range (the timers know it: no second hash).
     pub(super) fn fire(
         &mut self,
         ts: Timestamp,
         domain: TimeDomain,
         key: K,
+        key_group_index: usize,
         cx: &mut Cx,
     ) -> Result<(), JobError> {
-        let key_group_index = self.key_group_index(&key);
         let mut ctx = KeyedContext {
             key: &key,
             key_group_index,
