@@ -55,7 +55,7 @@ use spate::{
 };
 
 use crate::checkpoints::{mib, quantile, CheckpointSettings, CheckpointSummary};
-use crate::report::{peak_rss_bytes, LatencySummary, Machine};
+use crate::report::{peak_rss_bytes, reset_peak_rss, LatencySummary, Machine};
 use crate::sink::{new_histogram, now_us};
 
 /// The report file.
@@ -500,7 +500,9 @@ pub struct VariantSummary {
     pub delta_bytes_per_checkpoint_mean: Option<f64>,
     /// Median asynchronous part of a core, µs.
     pub async_us_p50: Option<u64>,
-    /// Peak RSS of the process so far, bytes.
+    /// Peak RSS of the variant, bytes: the process's, its high-water mark
+    /// reset as the variant starts (memory an earlier variant freed but the
+    /// allocator kept counts; `None` if the mark could not be reset or read).
     pub peak_rss_bytes: Option<u64>,
     /// Every checkpoint of the update phase, in trigger order.
     pub each_checkpoint: Vec<CheckpointLine>,
@@ -719,6 +721,7 @@ fn wait_for(
 }
 
 fn run_variant(config: &BenchConfig, variant: Variant) -> anyhow::Result<VariantSummary> {
+    let peak_reset = reset_peak_rss();
     let keys = config.keys();
     let updates = config.updates();
     let phase = Arc::new(Phase::default());
@@ -886,7 +889,7 @@ fn run_variant(config: &BenchConfig, variant: Variant) -> anyhow::Result<Variant
         full_bytes_per_checkpoint_mean: mean(&|c| c.state_bytes - delta(c)),
         delta_bytes_per_checkpoint_mean: mean(&delta),
         async_us_p50: quantile(&async_us, 0.5),
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes: peak_reset.then(peak_rss_bytes).flatten(),
         each_checkpoint: steady
             .iter()
             .map(|c| CheckpointLine {

@@ -128,6 +128,13 @@ fn proc_kib(text: &str, key: &str) -> Option<u64> {
         .map(|kib| kib * 1024)
 }
 
+/// Resets this process's peak resident set size to its current one (Linux
+/// `clear_refs` mode 5), so that [`peak_rss_bytes`] then reports the peak
+/// of what follows; false where the kernel does not allow it.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", b"5").is_ok()
+}
+
 /// Peak resident set size of this process (`VmHWM`), in bytes.
 pub fn peak_rss_bytes() -> Option<u64> {
     std::fs::read_to_string("/proc/self/status")

@@ -12,7 +12,8 @@
 //! **Panes.** When the slide divides the size and the aggregate can merge
 //! accumulators ([`AggregateFunction::merge`]; tumbling windows need no
 //! merge), the operator keeps one accumulator per key and *pane* (a slide's
-//! worth of time, state `"panes"`) instead of one per window (`"windows"`):
+//! worth of time, state `"panes"`; a tumbling window's pane is the window,
+//! state `"windows"` as before) instead of one per window (`"windows"`):
 //! a record updates one accumulator, not `size / slide`, and registers a
 //! timer only when it opens a pane. A window's result merges its
 //! `size / slide` panes when it closes; the pane that no later window
@@ -262,9 +263,16 @@ impl<K: Key + Send, T: ExchangeData> WindowedStream<K, T> {
         let assigner = self.assigner;
         let (size, slide) = (assigner.size_ms, assigner.slide_ms);
         let panes = size % slide == 0 && (size == slide || function.can_merge());
+        // A tumbling window's pane is the window: its state keeps the name
+        // (and the contents) it had before panes.
+        let state = if panes && size != slide {
+            "panes"
+        } else {
+            "windows"
+        };
         self.keyed.process(name, move |registry| WindowOperator {
             assigner,
-            windows: registry.map_state::<u64, A::Acc>(if panes { "panes" } else { "windows" }),
+            windows: registry.map_state::<u64, A::Acc>(state),
             panes,
             function,
             late_records: 0,
