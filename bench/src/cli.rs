@@ -92,6 +92,27 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Writes the Nexmark events (as `gen` makes them, JSON) into a Kafka
+    /// topic, event i in partition i mod --partitions; with --rate, paced
+    /// open loop so that a concurrent `nexmark --source kafka` run measures
+    /// latency from the schedule (bench/README.md, Kafka).
+    KafkaLoad(KafkaLoadArgs),
+    /// The Kafka throughput baseline: one plain librdkafka consumer reads
+    /// --events events of --topic from the start and decodes them.
+    KafkaConsume {
+        /// The topic `kafka-load` wrote.
+        #[arg(long)]
+        topic: String,
+        /// Events to read.
+        #[arg(long)]
+        events: u64,
+        /// Kafka bootstrap servers [default: $SPATE_KAFKA_BROKERS or 127.0.0.1:19092].
+        #[arg(long)]
+        kafka_brokers: Option<String>,
+        /// A librdkafka client property, KEY=VALUE (repeatable).
+        #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = property_parser)]
+        kafka_properties: Vec<(String, String)>,
+    },
     /// Prints the figures of two reports side by side with their ratios B/A.
     Compare {
         /// summary.json of report A.
@@ -156,6 +177,107 @@ struct NexmarkArgs {
     /// Start fresh even if --state-dir holds an unfinished run (do not restore).
     #[arg(long)]
     fresh: bool,
+    #[command(flatten)]
+    kafka: KafkaFlags,
+}
+
+/// `nexmark`'s Kafka flags.
+#[derive(clap::Args, Debug)]
+struct KafkaFlags {
+    /// Where events come from: the built-in generator, or a Kafka topic
+    /// written by `kafka-load` (--topic; its first --events events).
+    #[arg(long, value_parser = ["generator", "kafka"], default_value = "generator")]
+    source: String,
+    /// The input topic (--source kafka).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Write the query's rows as JSON to this Kafka topic instead of the
+    /// benchmark sink (latency measured when rows become visible).
+    #[arg(long)]
+    sink_topic: Option<String>,
+    /// The Kafka sink's guarantee [default: exactly-once].
+    #[arg(long, value_parser = ["exactly-once", "at-least-once"], requires = "sink_topic")]
+    delivery: Option<String>,
+    /// Kafka bootstrap servers [default: $SPATE_KAFKA_BROKERS or 127.0.0.1:19092].
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// A librdkafka client property, KEY=VALUE (repeatable): security
+    /// settings (`security.protocol`, `sasl.*`, `ssl.*`) and tuning pass
+    /// through unchanged; values are never printed.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = property_parser)]
+    kafka_properties: Vec<(String, String)>,
+}
+
+/// Parses `KEY=VALUE` (the error never repeats the value: it may be secret).
+fn property_parser(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err("expected KEY=VALUE".to_string()),
+    }
+}
+
+/// Client properties for `brokers` with the `--kafka-property` settings.
+fn kafka_properties(brokers: &str, extra: &[(String, String)]) -> spate_kafka::KafkaProperties {
+    let mut p = crate::kafka::properties(brokers);
+    for (k, v) in extra {
+        p.set(k.clone(), v.clone());
+    }
+    p
+}
+
+impl KafkaFlags {
+    /// The Kafka side of the run, if any; refuses flags that would be ignored.
+    fn run(&self, output: bool) -> anyhow::Result<Option<crate::kafka::KafkaRun>> {
+        let kafka_source = self.source == "kafka";
+        if kafka_source != self.topic.is_some() {
+            bail!("--source kafka and --topic go together");
+        }
+        if self.sink_topic.is_some() && output {
+            bail!("--sink-topic and --output are two sinks: give one");
+        }
+        if !kafka_source && self.sink_topic.is_none() {
+            if self.kafka_brokers.is_some() || !self.kafka_properties.is_empty() {
+                bail!("--kafka-brokers and --kafka-property need --source kafka or --sink-topic");
+            }
+            return Ok(None);
+        }
+        let brokers = self
+            .kafka_brokers
+            .clone()
+            .unwrap_or_else(crate::kafka::default_brokers);
+        Ok(Some(crate::kafka::KafkaRun {
+            properties: kafka_properties(&brokers, &self.kafka_properties),
+            topic: self.topic.clone(),
+            sink_topic: self.sink_topic.clone(),
+            exactly_once: self.delivery.as_deref() != Some("at-least-once"),
+        }))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct KafkaLoadArgs {
+    /// The topic (created if missing).
+    #[arg(long)]
+    topic: String,
+    /// Number of events.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Partitions of a created topic (and the spread of the events).
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Generator seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Open-loop rate, events/s (0: as fast as possible, the generator's
+    /// default event times).
+    #[arg(long, default_value_t = 0, value_parser = rate_parser())]
+    rate: u64,
+    /// Kafka bootstrap servers [default: $SPATE_KAFKA_BROKERS or 127.0.0.1:19092].
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// A librdkafka client property, KEY=VALUE (repeatable).
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = property_parser)]
+    kafka_properties: Vec<(String, String)>,
 }
 
 /// Checkpoint flags shared by `nexmark` and `checkpoints`.
@@ -418,6 +540,42 @@ pub fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::KafkaLoad(args) => {
+            if args.partitions == 0 {
+                bail!("--partitions must be at least 1");
+            }
+            let brokers = args
+                .kafka_brokers
+                .unwrap_or_else(crate::kafka::default_brokers);
+            let rate = (args.rate > 0).then_some(args.rate);
+            let base_time_ms = spate::time::SystemClock.now_ms() + OPEN_LOOP_LEAD_MS;
+            let per_s = crate::kafka::load(
+                &kafka_properties(&brokers, &args.kafka_properties),
+                &args.topic,
+                args.events,
+                args.partitions,
+                args.seed,
+                rate,
+                base_time_ms,
+            )?;
+            println!(
+                "kafka-load: {} events into {} ({} partitions) at {:.0} events/s",
+                args.events, args.topic, args.partitions, per_s
+            );
+            Ok(())
+        }
+        Command::KafkaConsume {
+            topic,
+            events,
+            kafka_brokers,
+            kafka_properties: extra,
+        } => {
+            let brokers = kafka_brokers.unwrap_or_else(crate::kafka::default_brokers);
+            let properties = kafka_properties(&brokers, &extra);
+            let per_s = crate::kafka::consume_plain(&properties, &topic, events)?;
+            println!("kafka-consume: {events} events of {topic}: {per_s:.0} events/s (one plain librdkafka consumer, JSON decoded)");
+            Ok(())
+        }
         Command::Compare { a, b } => {
             let read = |p: &PathBuf| -> anyhow::Result<serde_json::Value> {
                 let file = File::open(p).with_context(|| format!("opening {}", p.display()))?;
@@ -482,7 +640,9 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
                 .display()
         );
     }
+    let kafka = args.kafka.run(args.output.is_some())?;
     let mut config = RunConfig {
+        kafka,
         max_parallelism: args.max_parallelism,
         seed: args.seed,
         output_dir: args.output.clone(),

@@ -19,6 +19,7 @@ pub mod checkpoint_bench;
 pub mod checkpoints;
 pub mod cli;
 pub mod embed_bench;
+pub mod kafka;
 pub mod nexmark;
 pub mod queries;
 pub mod recovery_bench;

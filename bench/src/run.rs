@@ -72,6 +72,9 @@ pub struct RunConfig {
     pub base_time_ms: Option<u64>,
     /// At-least-once output instead of exactly once (for comparison).
     pub at_least_once_output: bool,
+    /// Kafka as the source and/or the sink (`--source kafka`, `--sink-topic`).
+    #[serde(skip)]
+    pub kafka: Option<crate::kafka::KafkaRun>,
 }
 
 /// Key groups of a Nexmark run by default: a checkpoint pauses a core for
@@ -96,6 +99,7 @@ impl RunConfig {
             base_time_ms: None,
             at_least_once_output: false,
             monitor: None,
+            kafka: None,
         }
     }
 }
@@ -144,11 +148,40 @@ pub fn generator_config(rate_events_per_s: Option<u64>, base_time_ms: u64) -> Ge
     }
 }
 
+/// Where a query's rows go.
+pub enum QuerySink {
+    /// The benchmark's sink (latency, optional files).
+    Bench(BenchSink),
+    /// A Kafka topic: rows as JSON, the record timestamp the row's event
+    /// time; latencies are measured when rows become visible.
+    Kafka(spate_kafka::KafkaSinkConfig),
+}
+
 /// Declares `source → query → sink` on one subtask.
-pub fn build_query(df: &Dataflow, query: Query, source: NexmarkSource, sink: BenchSink) {
-    let events = df.source("nexmark", source, watermarks());
-    fn to_sink<T: Serialize + LatencyOrigin + Clone + 'static>(rows: Stream<T>, sink: BenchSink) {
-        rows.sink("bench-sink", sink);
+pub fn build_query<S: spate::source::Source<crate::nexmark::Event>>(
+    df: &Dataflow,
+    query: Query,
+    source: S,
+    watermarks: spate::WatermarkStrategy<crate::nexmark::Event>,
+    sink: QuerySink,
+) {
+    let events = df.source("nexmark", source, watermarks);
+    fn to_sink<T: Serialize + LatencyOrigin + Clone + 'static>(rows: Stream<T>, sink: QuerySink) {
+        match sink {
+            QuerySink::Bench(sink) => rows.sink("bench-sink", sink),
+            QuerySink::Kafka(config) => rows.sink(
+                "kafka-sink",
+                spate_kafka::KafkaSink::new(
+                    config,
+                    Arc::new(|r: &spate::Record<T>, out: &mut spate_kafka::OutRecord| {
+                        // Rows serialise infallibly (plain structs). The
+                        // record timestamp is the row's latency origin (ms).
+                        out.payload = serde_json::to_vec(&r.value).unwrap_or_default();
+                        out.timestamp_ms = Some((r.value.origin_us(r.ts) / 1000) as i64);
+                    }),
+                ),
+            ),
+        }
     }
     match query {
         Query::Q0 => to_sink(queries::q0(&events), sink),
@@ -161,6 +194,10 @@ pub fn build_query(df: &Dataflow, query: Query, source: NexmarkSource, sink: Ben
         Query::Q8 => to_sink(queries::q8(&events), sink),
     }
 }
+
+/// Event time may run this far back across the partitions one Kafka source
+/// subtask reads (they interleave), ms.
+pub const KAFKA_OUT_OF_ORDERNESS_MS: u64 = 1000;
 
 /// Runs `config` on the glommio runtime.
 ///
@@ -194,17 +231,95 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
             (dir, mode)
         }),
     };
+    let kafka = config.kafka.clone();
+    let kafka_partitions = match kafka
+        .as_ref()
+        .and_then(|k| k.topic.as_deref().map(|t| (k, t)))
+    {
+        Some((k, topic)) => Some(
+            crate::kafka::partitions(&k.properties, topic)
+                .map_err(|e| ConfigError::invalid("--topic", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let kafka_sink = match kafka
+        .as_ref()
+        .and_then(|k| k.sink_topic.as_deref().map(|t| (k, t)))
+    {
+        Some((k, topic)) => {
+            let delivery = match (&config.checkpoint, k.exactly_once) {
+                (Some(settings), true) => spate_kafka::Delivery::ExactlyOnce {
+                    prefix: format!("spate-bench-{topic}"),
+                    transaction_log: settings.state_dir.join("kafka-transactions"),
+                },
+                (None, true) => {
+                    return Err(ConfigError::invalid(
+                        "--delivery",
+                        "exactly-once needs checkpoints (--checkpoint-interval-ms > 0)",
+                    )
+                    .into())
+                }
+                (_, false) => spate_kafka::Delivery::AtLeastOnce,
+            };
+            let mut sink = spate_kafka::KafkaSinkConfig::new(k.properties.clone(), topic, delivery);
+            // Latency and rows when rows become visible (acknowledged, or
+            // committed with their transaction).
+            let (histogram, rows, early) = (
+                totals.latency_us.clone(),
+                totals.rows.clone(),
+                totals.rows_before_origin.clone(),
+            );
+            let measure = sink_options.measure_latency;
+            sink.on_visible = Some(Arc::new(move |stamps: &[i64]| {
+                rows.fetch_add(stamps.len() as u64, Ordering::Relaxed);
+                if !measure {
+                    return;
+                }
+                let now = crate::sink::now_us();
+                let mut h = histogram.lock().expect("latency lock");
+                // The record timestamps are the rows' latency origins, ms.
+                for &ms in stamps {
+                    let origin = (ms.max(0) as u64).saturating_mul(1000);
+                    match now.checked_sub(origin) {
+                        Some(latency) => h.saturating_record(latency),
+                        None => {
+                            early.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+            Some(sink)
+        }
+        None => None,
+    };
     let build = {
         let (generator, totals, emitted) = (generator.clone(), totals.clone(), emitted.clone());
         let (query, seed, events) = (config.query, config.seed, config.events);
         move |df: &Dataflow| {
-            let mut source =
-                NexmarkSource::new(generator.clone(), seed, events).counting(emitted.clone());
-            if open_loop {
-                source = source.paced(df.clock());
+            let sink = match &kafka_sink {
+                Some(k) => QuerySink::Kafka(k.clone()),
+                None => QuerySink::Bench(BenchSink::new(sink_options.clone(), totals.clone())),
+            };
+            match (&kafka, kafka_partitions) {
+                (Some(k), Some(partitions)) => {
+                    let topic = k.topic.as_deref().expect("partitions come from the topic");
+                    let source =
+                        crate::kafka::source(k, topic, events, partitions, emitted.clone());
+                    let watermarks = spate::WatermarkStrategy::bounded_out_of_orderness(
+                        KAFKA_OUT_OF_ORDERNESS_MS,
+                        crate::nexmark::Event::timestamp_ms,
+                    );
+                    build_query(df, query, source, watermarks, sink);
+                }
+                _ => {
+                    let mut source = NexmarkSource::new(generator.clone(), seed, events)
+                        .counting(emitted.clone());
+                    if open_loop {
+                        source = source.paced(df.clock());
+                    }
+                    build_query(df, query, source, watermarks(), sink);
+                }
             }
-            let sink = BenchSink::new(sink_options.clone(), totals.clone());
-            build_query(df, query, source, sink);
         }
     };
     let mut job_config = JobConfig::with_parallelism(config.cores);

@@ -101,6 +101,18 @@ pub trait Source<T>: 'static {
         ))
     }
 
+    /// A source that tracks event time itself (per split, with idleness)
+    /// returns the subtask's watermark here; it is asked after every poll
+    /// and replaces the [`WatermarkStrategy`](crate::WatermarkStrategy)'s
+    /// watermarks (the strategy still stamps the records). A value at or
+    /// below the last one is ignored, so it never moves back. To advance
+    /// it without records (a split turning idle), the source returns
+    /// [`SourcePoll::PendingUntilUs`] the moment it changes. The default:
+    /// `None`, the strategy's watermarks.
+    fn watermark(&mut self) -> Option<crate::Timestamp> {
+        None
+    }
+
     /// Checkpoint `checkpoint_id` is complete (Flink's
     /// `notifyCheckpointComplete`): `positions` are what this subtask
     /// recorded in it, pairs of split and position (for a source without

@@ -567,13 +567,20 @@ impl<T: Data, S: Source<T>> Input for SourceInput<T, S> {
             }
             self.metrics.records_out.add(self.records.len() as u64);
             self.output.push(&mut self.records, cx)?;
-            if let Some(max) = self.max_ts {
-                let watermark = max.saturating_sub(self.out_of_orderness_ms + 1);
-                if watermark > self.watermark {
-                    self.watermark = watermark;
-                    self.metrics.watermark_ms.set(watermark);
-                    self.output.watermark(watermark, cx)?;
-                }
+        }
+        // The source's own watermark (per split), else the strategy's.
+        let watermark = match self.source.watermark() {
+            Some(w) => Some(w),
+            None if produced => self
+                .max_ts
+                .map(|max| max.saturating_sub(self.out_of_orderness_ms + 1)),
+            None => None,
+        };
+        if let Some(watermark) = watermark {
+            if watermark > self.watermark {
+                self.watermark = watermark;
+                self.metrics.watermark_ms.set(watermark);
+                self.output.watermark(watermark, cx)?;
             }
         }
         self.waiting = Waiting::No;
