@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 /// net against a lost wake-up (none is known: the park handshake is fenced on
 /// both sides); it bounds the cost of one to a delay instead of a hang, at ten
 /// wake-ups a second when idle.
-const PARK_RECHECK: Duration = Duration::from_millis(100);
+pub(crate) const PARK_RECHECK: Duration = Duration::from_millis(100);
 
 /// Longest a parked reactor blocks while its checkpoint tasks have I/O in
 /// flight: glommio reaps completions only when the thread runs.
@@ -353,8 +353,62 @@ async fn coordinator_task(
         if let Some(request) = coordinator.poll(now) {
             let _busy = BusyGuard::new(&idle);
             store.keep_from(request.keep_from);
+            let record = env.remote.get().map(|_| request.record.clone());
             match store.commit_checkpoint_deferred(request.record).await {
                 Ok(report) => {
+                    if let (Some(remote), Some(record)) = (env.remote.get(), record) {
+                        // The remote record is the commit point: the
+                        // checkpoint is complete only once it is durable.
+                        let dir = env.config.checkpoint.as_ref().map(|c| c.dir.clone());
+                        let uploaded = crate::checkpoint::remote::upload(
+                            remote,
+                            dir.unwrap_or_default(),
+                            record,
+                            request.keep_from,
+                            &parker,
+                        )
+                        .await;
+                        match uploaded {
+                            Ok(up) => {
+                                for w in &up.warnings {
+                                    eprintln!("spate: remote tier {}: {w}", remote.url);
+                                }
+                            }
+                            Err(spate_storage::remote::RemoteError::CommitUnknown { id, reason }) => {
+                                env.fail(
+                                    crate::CheckpointError::RemoteCommitUnknown {
+                                        url: remote.url.clone(),
+                                        reason: format!("checkpoint {id}: {reason}"),
+                                    }
+                                    .into(),
+                                );
+                                break;
+                            }
+                            Err(e) => {
+                                // Not complete: neither a restore nor a later
+                                // incremental checkpoint may build on it.
+                                if let Err(d) = store.discard_checkpoint(request.id).await {
+                                    env.fail(
+                                        crate::CheckpointError::RemoteCommitUnknown {
+                                            url: remote.url.clone(),
+                                            reason: format!(
+                                                "checkpoint {} failed remotely ({e}) and could not be discarded locally: {d}",
+                                                request.id
+                                            ),
+                                        }
+                                        .into(),
+                                    );
+                                    break;
+                                }
+                                coordinator.commit_failed(
+                                    request.id,
+                                    format!("remote tier {}: {e}", remote.url),
+                                    env.clock.now_ms(),
+                                );
+                                continue;
+                            }
+                        }
+                    }
                     coordinator.committed(request.id, env.clock.now_ms());
                     // After the completion is out: unlinking takes milliseconds.
                     for warning in store.remove_segment_files(&report.segments_deleted).await {
