@@ -176,6 +176,12 @@ struct CheckpointFlags {
     /// with --checkpoint-mode aligned-timeout [default: 100].
     #[arg(long, value_parser = time_ms_parser())]
     alignment_timeout_ms: Option<u64>,
+    /// Remote checkpoint tier: `s3://bucket/prefix` (credentials from the
+    /// environment / AWS files; `?endpoint=URL&allow_http=true` for a local
+    /// server) or `file:///dir`. A checkpoint completes once it is committed
+    /// there; a run on an empty --state-dir resumes from it.
+    #[arg(long, value_name = "URL")]
+    remote: Option<String>,
 }
 
 /// Highest `--rate` accepted, events/s: far above what a machine generates,
@@ -219,6 +225,7 @@ impl CheckpointFlags {
             mode: mode.to_string(),
             alignment_timeout_ms: self.alignment_timeout_ms,
             incremental,
+            remote: self.remote.clone(),
         }))
     }
 }
@@ -516,7 +523,13 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
                 completed: false,
                 output: args.output.clone(),
             };
-            let plan = resume::plan(&settings.state_dir, &wanted, args.fresh)
+            // With a remote tier, the run's identity and its newest
+            // checkpoint are also remote: an empty --state-dir resumes.
+            let remote_latest = match &settings.remote {
+                Some(url) => crate::remote_run::fetch_identity(url, &settings.state_dir)?,
+                None => None,
+            };
+            let plan = resume::plan(&settings.state_dir, &wanted, args.fresh, remote_latest)
                 .map_err(anyhow::Error::msg)?;
             if plan.resuming {
                 eprintln!(
@@ -536,18 +549,24 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
                     settings.state_dir.display()
                 )
             })?;
-            Some((settings.state_dir.clone(), plan))
+            if let Some(url) = &settings.remote {
+                crate::remote_run::put_identity(url, &plan.identity)?;
+            }
+            Some((settings.state_dir.clone(), settings.remote.clone(), plan))
         }
         None => None,
     };
     let outcome = run(&config).with_context(|| format!("running {}", config.query))?;
-    if let Some((dir, plan)) = plan {
+    if let Some((dir, remote, plan)) = plan {
         let done = RunIdentity {
             completed: true,
             ..plan.identity
         };
         resume::write_identity(&dir, &done)
             .with_context(|| format!("marking the run completed in {}", dir.display()))?;
+        if let Some(url) = &remote {
+            crate::remote_run::put_identity(url, &done)?;
+        }
     }
     let summary = Summary::new(&config, &outcome);
     write_report(&args.report, &summary, &outcome)
@@ -590,6 +609,7 @@ fn checkpoints(args: CheckpointsArgs) -> anyhow::Result<()> {
     parse_mode(&config.mode, flags.alignment_timeout_ms).map_err(anyhow::Error::msg)?;
     config.alignment_timeout_ms = flags.alignment_timeout_ms;
     config.state_dir = flags.state_dir.clone();
+    config.remote = flags.remote.clone();
     config.keep_state = args.keep_state;
     if let Some(max_parallelism) = args.max_parallelism {
         config.max_parallelism = max_parallelism;

@@ -339,7 +339,11 @@ async fn coordinator_task(
     mut store: Store<spate_storage::GlommioIo>,
     idle: Rc<ReactorIdle>,
 ) {
-    let first_id = store.latest().map_or(1, |r| r.id + 1);
+    let first_id = store.latest().map_or(1, |r| r.id + 1).max(
+        env.remote
+            .get()
+            .map_or(1, |r| r.newest.load(Ordering::SeqCst) + 1),
+    );
     let Some(mut coordinator) = env.coordinator_for(ends, first_id) else {
         return;
     };
@@ -374,7 +378,10 @@ async fn coordinator_task(
                                     eprintln!("spate: remote tier {}: {w}", remote.url);
                                 }
                             }
-                            Err(spate_storage::remote::RemoteError::CommitUnknown { id, reason }) => {
+                            Err(spate_storage::remote::RemoteError::CommitUnknown {
+                                id,
+                                reason,
+                            }) => {
                                 env.fail(
                                     crate::CheckpointError::RemoteCommitUnknown {
                                         url: remote.url.clone(),

@@ -32,11 +32,11 @@ pub mod runtime;
 pub mod sim;
 pub mod tier;
 
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use std::ops::Range;
 
-pub use cloud::CloudBackend;
+pub use bytes::Bytes;
+pub use cloud::{CloudBackend, RemoteUrl, UrlError};
 pub use layout::{Extent, RemoteRecord};
 pub use runtime::RemoteRuntime;
 pub use sim::{SimObjects, SimRemoteFaults};

@@ -27,6 +27,7 @@ use spate_storage::remote::{
 use spate_storage::CheckpointRecord;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The remote tier of a job and its URL (for messages).
@@ -34,6 +35,10 @@ use std::sync::Arc;
 pub(crate) struct JobRemote {
     pub url: String,
     pub tier: Arc<RemoteTier>,
+    /// The newest remote checkpoint id once the restore chose (0: none): new
+    /// checkpoints take larger ids, so that no create-only record collides
+    /// with one of an earlier run (a fresh start on a used prefix).
+    pub newest: AtomicU64,
 }
 
 fn runtime() -> Result<&'static RemoteRuntime, JobError> {
@@ -70,6 +75,7 @@ pub(crate) fn connect(config: &CheckpointConfig) -> Result<Option<Arc<JobRemote>
     Ok(Some(Arc::new(JobRemote {
         url: shown,
         tier: Arc::new(RemoteTier::new(Arc::new(backend), options)),
+        newest: AtomicU64::new(0),
     })))
 }
 
@@ -86,13 +92,23 @@ pub(crate) fn prepare_restore(
     config: &CheckpointConfig,
     remote: &JobRemote,
 ) -> Result<Option<BTreeSet<u64>>, JobError> {
+    let rt = runtime()?;
+    if config.restore == RestoreFrom::Nothing {
+        let tier = remote.tier.clone();
+        let ids = rt
+            .block_on(async move { tier.checkpoint_ids().await })
+            .map_err(|e| remote_err(&remote.url, e))?;
+        remote
+            .newest
+            .store(ids.last().copied().unwrap_or(0), Ordering::SeqCst);
+        return Ok(None);
+    }
     let accept: Box<dyn Fn(u64) -> bool + Send + Sync> = match config.restore {
-        RestoreFrom::Nothing => return Ok(None),
+        RestoreFrom::Nothing => unreachable!("handled above"),
         RestoreFrom::Latest => Box::new(|_| true),
         RestoreFrom::Checkpoint(id) => Box::new(move |c| c == id),
         RestoreFrom::LatestFrom(floor) => Box::new(move |c| c >= floor),
     };
-    let rt = runtime()?;
     let tier = remote.tier.clone();
     let (ids, chosen, skipped) = rt
         .block_on(async move {
@@ -112,10 +128,14 @@ pub(crate) fn prepare_restore(
             }
             .into());
         }
-        // Nothing committed remotely: nothing to restore.
+        // Nothing accepted is committed remotely: nothing to restore.
+        remote
+            .newest
+            .store(ids.last().copied().unwrap_or(0), Ordering::SeqCst);
         return Ok(Some(BTreeSet::new()));
     };
     let id = chosen.checkpoint.id;
+    remote.newest.store(id, Ordering::SeqCst);
     let newer: Vec<u64> = ids.iter().copied().filter(|&c| c > id).collect();
     if !newer.is_empty() {
         eprintln!(
@@ -144,12 +164,11 @@ pub(crate) fn prepare_restore(
         })
         .unwrap_or(false);
     if has_manifest {
-        let reader = spate_storage::StoreReader::open(&config.dir).map_err(|source| {
-            RestoreError::Open {
+        let reader =
+            spate_storage::StoreReader::open(&config.dir).map_err(|source| RestoreError::Open {
                 dir: config.dir.clone(),
                 source,
-            }
-        })?;
+            })?;
         if reader.checkpoints().iter().any(|c| c.id == id) {
             return Ok(Some(BTreeSet::from([id])));
         }
@@ -197,7 +216,10 @@ pub(crate) async fn upload(
     let tier = remote.tier.clone();
     let notifier = parker.notifier();
     let done = rt.submit(
-        async move { tier.upload(&dir, record, keep_from).await },
+        async move {
+            let local = spate_storage::reader::DirSource::new(dir);
+            tier.upload(&local, record, keep_from).await
+        },
         move || notifier.notify(),
     );
     loop {

@@ -136,7 +136,11 @@ impl RemoteUrl {
             Ok(RemoteUrl {
                 scheme: "file".into(),
                 bucket: String::new(),
-                prefix: if trimmed.is_empty() { "/".into() } else { trimmed.into() },
+                prefix: if trimmed.is_empty() {
+                    "/".into()
+                } else {
+                    trimmed.into()
+                },
                 params,
             })
         } else {
@@ -179,8 +183,8 @@ impl CloudBackend {
         };
         match parsed.scheme.as_str() {
             "s3" => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(&parsed.bucket);
+                let mut b =
+                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&parsed.bucket);
                 for (name, value) in &parsed.params {
                     b = match name.as_str() {
                         "endpoint" => b.with_endpoint(value),
@@ -239,9 +243,13 @@ impl CloudBackend {
 fn map_err(op: &'static str, key: &str, e: object_store::Error) -> ObjectError {
     match e {
         object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
-            ObjectError::AlreadyExists { key: key.to_owned() }
+            ObjectError::AlreadyExists {
+                key: key.to_owned(),
+            }
         }
-        object_store::Error::NotFound { .. } => ObjectError::NotFound { key: key.to_owned() },
+        object_store::Error::NotFound { .. } => ObjectError::NotFound {
+            key: key.to_owned(),
+        },
         other => ObjectError::Failed {
             op,
             key: key.to_owned(),

@@ -202,7 +202,10 @@ impl RemoteRecord {
         if crc32fast::hash(body) != u32_at(12) {
             return Err(RecordError::Crc);
         }
-        let mut cur = Reader { bytes: body, pos: 0 };
+        let mut cur = Reader {
+            bytes: body,
+            pos: 0,
+        };
         let manifest_len = cur.u32()? as usize;
         let manifest = cur.take(manifest_len)?;
         let scan = format::decode_manifest(manifest);

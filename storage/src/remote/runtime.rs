@@ -81,6 +81,7 @@ impl RemoteRuntime {
         self.rt.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv().expect("the remote runtime never drops a spawned request")
+        rx.recv()
+            .expect("the remote runtime never drops a spawned request")
     }
 }

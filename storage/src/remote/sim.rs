@@ -199,7 +199,9 @@ impl SimObjects {
                     let out = effect(&mut s)?;
                     *s.counts.entry(op).or_default() += 1;
                     match fate {
-                        Fate::LostReply => Err(failed("simulated lost reply (the request took effect)")),
+                        Fate::LostReply => {
+                            Err(failed("simulated lost reply (the request took effect)"))
+                        }
                         _ => Ok(out),
                     }
                 }

@@ -26,6 +26,7 @@
 use super::layout::{self, Extent, RemoteRecord};
 use super::{ObjectBackend, ObjectError};
 use crate::format::{self, BlockHandle, CheckpointRecord, ManifestRecord, SegmentId};
+use crate::reader::ReadSource;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -273,10 +274,7 @@ impl RemoteTier {
 
     /// Reads and decodes the record of `id`.
     pub async fn record(&self, id: u64) -> Result<RemoteRecord, RemoteError> {
-        let bytes = self
-            .backend
-            .get(&layout::checkpoint_key(id), None)
-            .await?;
+        let bytes = self.backend.get(&layout::checkpoint_key(id), None).await?;
         let record = RemoteRecord::decode(&bytes).map_err(|e| RemoteError::Damaged {
             id,
             reason: e.to_string(),
@@ -330,12 +328,13 @@ impl RemoteTier {
         Ok(known)
     }
 
-    /// Uploads checkpoint `record`, whose segments are in the local store
-    /// directory `dir`, and commits it remotely (create-only record); then
-    /// applies retention, keeping every checkpoint from `keep_from` on.
+    /// Uploads checkpoint `record`, whose segments `local` holds (a store
+    /// directory: [`DirSource`](crate::reader::DirSource)), and commits it
+    /// remotely (create-only record); then applies retention, keeping every
+    /// checkpoint from `keep_from` on.
     pub async fn upload(
         &self,
-        dir: &Path,
+        local: &dyn ReadSource,
         record: CheckpointRecord,
         keep_from: Option<u64>,
     ) -> Result<UploadReport, RemoteError> {
@@ -360,8 +359,7 @@ impl RemoteTier {
         report.extents_reused = used.len();
         for (&segment, &(start, end)) in &missing {
             let extent = Extent::new(&self.token, segment, start, end);
-            let path = dir.join(segment.file_name());
-            let data = read_range(&path, start, end)?;
+            let data = read_range(local, segment, start, end)?;
             report.put_requests += self.put_extent(&extent, data).await?;
             report.bytes_uploaded += extent.len();
             report.extents_uploaded += 1;
@@ -430,10 +428,8 @@ impl RemoteTier {
             };
         }
         let upload = self.backend.create_multipart(&extent.key).await?;
-        let marker = layout::multipart_marker_key(
-            &self.token,
-            self.markers.fetch_add(1, Ordering::Relaxed),
-        );
+        let marker =
+            layout::multipart_marker_key(&self.token, self.markers.fetch_add(1, Ordering::Relaxed));
         let marked = self
             .backend
             .put(
@@ -454,7 +450,12 @@ impl RemoteTier {
                 Ok(n + 2)
             }
             Err(e) => {
-                if self.backend.abort_multipart(&extent.key, &upload).await.is_ok() {
+                if self
+                    .backend
+                    .abort_multipart(&extent.key, &upload)
+                    .await
+                    .is_ok()
+                {
                     let _ = self.backend.delete(&marker).await;
                 }
                 Err(e)
@@ -462,7 +463,12 @@ impl RemoteTier {
         }
     }
 
-    async fn put_parts(&self, extent: &Extent, upload: &str, data: Bytes) -> Result<u64, RemoteError> {
+    async fn put_parts(
+        &self,
+        extent: &Extent,
+        upload: &str,
+        data: Bytes,
+    ) -> Result<u64, RemoteError> {
         let part = self.options.part_size_bytes;
         let chunks: Vec<Bytes> = (0..data.len().div_ceil(part))
             .map(|i| data.slice(i * part..((i + 1) * part).min(data.len())))
@@ -562,9 +568,9 @@ impl RemoteTier {
                 report.extents_deleted.push(o.key);
             }
         } else {
-            report
-                .warnings
-                .push("a retained remote record does not decode: extents were not collected".into());
+            report.warnings.push(
+                "a retained remote record does not decode: extents were not collected".into(),
+            );
         }
         for o in self.backend.list(layout::MULTIPART_DIR).await? {
             if young(o.last_modified_ms) {
@@ -602,7 +608,11 @@ impl RemoteTier {
     /// (written to a temporary name, synced, renamed, directory synced: the
     /// local commit point of the restore). Segment files left by an interrupted
     /// download have no manifest, and a later restore removes them first.
-    pub async fn download(&self, record: &RemoteRecord, dir: &Path) -> Result<DownloadReport, RemoteError> {
+    pub async fn download(
+        &self,
+        record: &RemoteRecord,
+        dir: &Path,
+    ) -> Result<DownloadReport, RemoteError> {
         let local = |path: &Path| {
             let path = path.to_path_buf();
             move |source| RemoteError::Local { path, source }
@@ -695,7 +705,9 @@ impl RemoteTier {
             file.sync_all().map_err(local(&path))?;
         }
         let manifest = format::encode_batch(
-            &[ManifestRecord::CheckpointCompleted(record.checkpoint.clone())],
+            &[ManifestRecord::CheckpointCompleted(
+                record.checkpoint.clone(),
+            )],
             0,
         );
         let tmp = dir.join(format::manifest_tmp_name(1));
@@ -712,16 +724,27 @@ impl RemoteTier {
     }
 }
 
-/// Reads bytes `[start, end)` of a local file.
-fn read_range(path: &Path, start: u64, end: u64) -> Result<Vec<u8>, RemoteError> {
-    let local = |source| RemoteError::Local {
-        path: path.to_path_buf(),
+/// Reads bytes `[start, end)` of a local segment.
+fn read_range(
+    local: &dyn ReadSource,
+    segment: SegmentId,
+    start: u64,
+    end: u64,
+) -> Result<Vec<u8>, RemoteError> {
+    let name = segment.file_name();
+    let err = |source| RemoteError::Local {
+        path: PathBuf::from(&name),
         source,
     };
-    let file = std::fs::File::open(path).map_err(local)?;
-    let mut buf = vec![0u8; (end - start) as usize];
-    file.read_exact_at(&mut buf, start).map_err(local)?;
-    Ok(buf)
+    let map = local.map(&name).map_err(err)?;
+    let bytes = map.bytes();
+    match bytes.get(start as usize..end as usize) {
+        Some(b) => Ok(b.to_vec()),
+        None => Err(err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("bytes {start}..{end} past the end ({})", bytes.len()),
+        ))),
+    }
 }
 
 /// Makes `dir` ready for a restore: refuses a directory with a manifest;
