@@ -520,12 +520,29 @@ impl RemoteTier {
             .copied()
             .filter(|&id| keep_from.is_none_or(|from| id < from))
             .collect();
-        // Decode what stays before deleting anything: a record that cannot be
-        // read stops the collection of extents (it may reference any).
         let cached = lock(&self.known).clone().unwrap_or_default();
+        // Old records first. Whatever a delete returns, the record's extents
+        // are not reused by later uploads (it may be gone); one whose delete
+        // failed may still be there, so its extents stay protected below.
+        let mut remaining: Vec<u64> = ids.iter().copied().filter(|id| !old.contains(id)).collect();
+        for &id in &old {
+            if apply {
+                if let Some(k) = lock(&self.known).as_mut() {
+                    k.records.remove(&id);
+                }
+                if let Err(e) = self.backend.delete(&layout::checkpoint_key(id)).await {
+                    report.warnings.push(e.to_string());
+                    remaining.push(id);
+                    continue;
+                }
+            }
+            report.records_deleted.push(id);
+        }
+        // What stays: a record that cannot be read stops the collection of
+        // extents (it may reference any).
         let mut referenced: BTreeSet<String> = BTreeSet::new();
         let mut undecodable = false;
-        for &id in ids.iter().filter(|id| !old.contains(id)) {
+        for &id in &remaining {
             let record = match cached.records.get(&id) {
                 Some(r) => Ok(r.clone()),
                 None => self.record(id).await,
@@ -535,18 +552,6 @@ impl RemoteTier {
                 Err(RemoteError::Damaged { .. }) => undecodable = true,
                 Err(e) => return Err(e),
             }
-        }
-        for &id in &old {
-            if apply {
-                if let Err(e) = self.backend.delete(&layout::checkpoint_key(id)).await {
-                    report.warnings.push(e.to_string());
-                    continue;
-                }
-                if let Some(k) = lock(&self.known).as_mut() {
-                    k.records.remove(&id);
-                }
-            }
-            report.records_deleted.push(id);
         }
         let young = |modified: u64| now_ms.saturating_sub(modified) < grace_ms;
         if !undecodable {
