@@ -218,6 +218,24 @@ pub mod s3 {
         format!("s3://{BUCKET}/{prefix}?endpoint={endpoint}&allow_http=true")
     }
 
+    /// The server's answer to `ListMultipartUploads` for keys under `prefix`
+    /// (XML; one plain HTTP request, the test server needs no signature).
+    pub fn multipart_uploads(endpoint: &str, prefix: &str) -> String {
+        let host = endpoint
+            .strip_prefix("http://")
+            .unwrap_or(endpoint)
+            .trim_end_matches('/');
+        let mut s = std::net::TcpStream::connect(host).unwrap();
+        write!(
+            s,
+            "GET /{BUCKET}?uploads&prefix={prefix} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply
+    }
+
     /// Creates the bucket with one plain HTTP request (the test server
     /// needs no signature); an existing bucket is fine.
     fn create_bucket(endpoint: &str) {
