@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 /// net against a lost wake-up (none is known: the park handshake is fenced on
 /// both sides); it bounds the cost of one to a delay instead of a hang, at ten
 /// wake-ups a second when idle.
-pub(crate) const PARK_RECHECK: Duration = Duration::from_millis(100);
+const PARK_RECHECK: Duration = Duration::from_millis(100);
 
 /// Longest a parked reactor blocks while its checkpoint tasks have I/O in
 /// flight: glommio reaps completions only when the thread runs.
@@ -364,14 +364,16 @@ async fn coordinator_task(
                         // The remote record is the commit point: the
                         // checkpoint is complete only once it is durable.
                         let dir = env.config.checkpoint.as_ref().map(|c| c.dir.clone());
-                        let uploaded = crate::checkpoint::remote::upload(
+                        let uploaded = match crate::checkpoint::remote::start_upload(
                             remote,
                             dir.unwrap_or_default(),
                             record,
                             request.keep_from,
-                            &parker,
-                        )
-                        .await;
+                            parker.notifier(),
+                        ) {
+                            Ok(done) => wait_for_remote(&done, &parker).await,
+                            Err(e) => Err(e),
+                        };
                         match uploaded {
                             Ok(up) => {
                                 for w in &up.warnings {
@@ -467,6 +469,32 @@ async fn coordinator_task(
             }
         }
         idle.coordinator_wake_at.set(None);
+        parker.unpark();
+    }
+}
+
+/// Waits on the coordinator's parker until a remote request is done: the
+/// remote runtime's thread fills `done`, then notifies the parker (which
+/// unparks reactor 0 and wakes this task). Publish, re-check, wait: no
+/// wake-up is lost, nothing spins; the timer is the same safety net as the
+/// coordinator's idle wait ([`PARK_RECHECK`]).
+async fn wait_for_remote<T>(
+    done: &spate_storage::remote::runtime::Completion<T>,
+    parker: &Arc<crate::park::Parker>,
+) -> T {
+    loop {
+        if let Some(r) = done.take() {
+            return r;
+        }
+        parker.prepare_park();
+        if let Some(r) = done.take() {
+            parker.unpark();
+            return r;
+        }
+        futures_lite::future::or(parker.wait(), async {
+            glommio::timer::sleep(PARK_RECHECK).await;
+        })
+        .await;
         parker.unpark();
     }
 }

@@ -13,14 +13,15 @@
 //! holding the chosen one restores from it (local recovery, no download); an
 //! empty state directory is filled from the remote tier first (`RemoteTier::download`).
 //!
-//! Owns no state of its own; must not run object-store futures on a reactor: they
-//! run on the storage crate's `RemoteRuntime` threads, and a reactor waits for them
-//! through the coordinator's parker.
+//! Owns no state of its own, and knows nothing of glommio; must not run
+//! object-store futures on a reactor: they run on the storage crate's
+//! `RemoteRuntime` threads, and the coordinator task waits for them on its
+//! parker (`runtime.rs`).
 
 use super::{CheckpointConfig, RestoreFrom};
-use crate::park::Parker;
-use crate::runtime::PARK_RECHECK;
+use crate::park::Notifier;
 use crate::{JobError, RestoreError};
+use spate_storage::remote::runtime::Completion;
 use spate_storage::remote::{
     CloudBackend, RemoteError, RemoteRuntime, RemoteTier, TierOptions, UploadReport,
 };
@@ -191,52 +192,30 @@ pub(crate) fn prepare_restore(
     Ok(Some(BTreeSet::from([id])))
 }
 
-/// Uploads committed checkpoint `record` and commits it remotely; waits on
-/// the calling reactor without blocking it: the runtime thread that finishes
-/// the upload notifies `parker` (which unparks the reactor and wakes this task).
-pub(crate) async fn upload(
+/// Starts the upload and remote commit of committed checkpoint `record` on
+/// the remote runtime; `notifier` is notified (from a runtime thread) once
+/// the returned completion holds the result. The coordinator task waits for
+/// it on its parker (runtime.rs), never blocking the reactor.
+pub(crate) fn start_upload(
     remote: &JobRemote,
     dir: PathBuf,
     record: CheckpointRecord,
     keep_from: Option<u64>,
-    parker: &Arc<Parker>,
-) -> Result<UploadReport, RemoteError> {
-    let rt = match RemoteRuntime::global() {
-        Ok(rt) => rt,
-        Err(e) => {
-            return Err(RemoteError::Object(
-                spate_storage::remote::ObjectError::Failed {
-                    op: "upload",
-                    key: String::new(),
-                    message: e,
-                },
-            ))
-        }
-    };
+    notifier: Notifier,
+) -> Result<Completion<Result<UploadReport, RemoteError>>, RemoteError> {
+    let rt = RemoteRuntime::global().map_err(|message| {
+        RemoteError::Object(spate_storage::remote::ObjectError::Failed {
+            op: "upload",
+            key: String::new(),
+            message,
+        })
+    })?;
     let tier = remote.tier.clone();
-    let notifier = parker.notifier();
-    let done = rt.submit(
+    Ok(rt.submit(
         async move {
             let local = spate_storage::reader::DirSource::new(dir);
             tier.upload(&local, record, keep_from).await
         },
         move || notifier.notify(),
-    );
-    loop {
-        if let Some(r) = done.take() {
-            return r;
-        }
-        parker.prepare_park();
-        if let Some(r) = done.take() {
-            parker.unpark();
-            return r;
-        }
-        // The runtime's notification wakes this task; the timer is only the
-        // same safety net as the coordinator's idle wait.
-        futures_lite::future::or(parker.wait(), async {
-            glommio::timer::sleep(PARK_RECHECK).await;
-        })
-        .await;
-        parker.unpark();
-    }
+    ))
 }
