@@ -17,6 +17,8 @@
 //!   completed requests and crashes between any two requests.
 //! - [`layout`]: object names and the byte format of a remote checkpoint record.
 //! - [`tier`]: [`RemoteTier`]: upload, list, restore, retention, GC.
+//! - [`source`]: [`RemoteSource`], the remote tier as a read-only store
+//!   directory for a `StoreReader` (the tools).
 //! - [`runtime`]: [`RemoteRuntime`], the one tokio runtime of a process, on threads
 //!   of its own (never on a glommio reactor), and how a reactor waits for it.
 //!
@@ -30,17 +32,37 @@ pub mod cloud;
 pub mod layout;
 pub mod runtime;
 pub mod sim;
+pub mod source;
 pub mod tier;
 
 use futures_util::future::BoxFuture;
 use std::ops::Range;
+use std::sync::Arc;
 
 pub use bytes::Bytes;
 pub use cloud::{CloudBackend, RemoteUrl, UrlError};
 pub use layout::{Extent, RemoteRecord};
 pub use runtime::RemoteRuntime;
 pub use sim::{SimObjects, SimRemoteFaults};
-pub use tier::{RemoteError, RemoteTier, TierOptions, UploadReport};
+pub use source::RemoteSource;
+pub use tier::{GcReport, RemoteError, RemoteTier, TierOptions, UploadReport};
+
+/// Whether `location` names a remote tier (`s3://…` or `file://…`) rather than
+/// a local directory.
+pub fn is_url(location: &str) -> bool {
+    location.starts_with("s3://") || location.starts_with("file://")
+}
+
+/// Connects to the remote tier at `url` (credentials from the environment),
+/// building the client on the process's [`RemoteRuntime`].
+pub fn connect(url: &str, options: TierOptions) -> Result<Arc<RemoteTier>, String> {
+    let rt = RemoteRuntime::global()?;
+    let owned = url.to_owned();
+    let backend = rt
+        .block_on(async move { CloudBackend::from_url(&owned) })
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(RemoteTier::new(Arc::new(backend), options)))
+}
 
 /// What a request of an [`ObjectBackend`] can fail with.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
