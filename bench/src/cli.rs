@@ -80,6 +80,21 @@ enum Command {
     /// One measured run of the recovery benchmark (started by `recovery`).
     #[command(hide = true)]
     RecoveryChild(RecoveryChildArgs),
+    /// The remote tier's upload throughput: a checkpoint of --mib MiB of new
+    /// blocks uploaded and committed by the tier, against a plain multipart
+    /// PUT of the same bytes to the same server, interleaved runs, medians.
+    RemoteUpload {
+        /// Remote tier URL (`s3://bucket/prefix?endpoint=…`, `file:///dir`);
+        /// the runs use prefixes below it, deleted afterwards.
+        #[arg(long, value_name = "URL")]
+        remote: String,
+        /// Checkpoint size, MiB.
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
+        /// Runs per variant.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Writes generated Nexmark events as JSON lines (one event per line).
     Gen {
         /// Number of events.
@@ -254,6 +269,10 @@ struct RecoveryArgs {
     /// Key groups (the engine's max parallelism).
     #[arg(long, default_value_t = 4096)]
     max_parallelism: u32,
+    /// Remote tier (emptied first): the checkpoint is also committed there,
+    /// and a third variant, `remote`, restores it onto an empty directory.
+    #[arg(long, value_name = "URL")]
+    remote: Option<String>,
     /// Report directory.
     #[arg(long, default_value = "spate-report")]
     report: PathBuf,
@@ -277,6 +296,8 @@ struct RecoveryChildArgs {
     max_parallelism: u32,
     #[arg(long)]
     state_dir: PathBuf,
+    #[arg(long)]
+    remote: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -390,6 +411,7 @@ pub fn main() -> anyhow::Result<()> {
                 state_dir: args.state_dir,
                 max_parallelism: args.max_parallelism,
                 monitor: args.monitor,
+                remote: args.remote,
             };
             let exe = std::env::current_exe().context("locating this program")?;
             let summary = recovery_bench::run(&config, &exe)?;
@@ -402,6 +424,20 @@ pub fn main() -> anyhow::Result<()> {
             println!("  report      {}", path.display());
             Ok(())
         }
+        Command::RemoteUpload { remote, mib, runs } => {
+            let s = crate::remote_bench::run(&remote, mib, runs)?;
+            println!(
+                "spate-bench remote-upload: {} MiB, {} run(s): tier {:.1} MB/s (median; {} PUTs per upload), plain multipart PUT {:.1} MB/s: {:.0}%",
+                s.bytes >> 20,
+                s.runs,
+                s.tier_median_mb_per_s,
+                s.tier_put_requests,
+                s.plain_median_mb_per_s,
+                s.ratio * 100.0
+            );
+            println!("{}", serde_json::to_string(&s)?);
+            Ok(())
+        }
         Command::RecoveryChild(args) => {
             let config = RecoveryConfig {
                 cores: args.cores,
@@ -411,6 +447,7 @@ pub fn main() -> anyhow::Result<()> {
                 state_dir: args.state_dir,
                 max_parallelism: args.max_parallelism,
                 monitor: args.monitor,
+                remote: args.remote,
             };
             recovery_bench::child(&config, &args.variant, args.spawned_us)
         }

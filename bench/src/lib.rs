@@ -22,6 +22,7 @@ pub mod embed_bench;
 pub mod nexmark;
 pub mod queries;
 pub mod recovery_bench;
+pub mod remote_bench;
 pub mod remote_run;
 pub mod report;
 pub mod resume;

@@ -228,6 +228,16 @@ impl CloudBackend {
         &self.url
     }
 
+    /// The underlying `object_store` client and the key prefix it is used
+    /// with (for benchmarks comparing the tier with plain requests).
+    pub fn object_store(&self) -> (Arc<dyn ObjectStore>, &str) {
+        let store: Arc<dyn ObjectStore> = match &self.inner {
+            Inner::S3(s) => s.clone(),
+            Inner::Local(l) => l.clone(),
+        };
+        (store, &self.root)
+    }
+
     fn store(&self) -> &dyn ObjectStore {
         match &self.inner {
             Inner::S3(s) => s.as_ref(),
