@@ -13,8 +13,8 @@
 use crate::remote_run::{clear, sub_url};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use spate_storage::remote::{CloudBackend, RemoteRuntime, RemoteTier, TierOptions};
 use spate_storage::reader::ReadSource;
+use spate_storage::remote::{CloudBackend, RemoteRuntime, RemoteTier, TierOptions};
 use spate_storage::sim::block_on;
 use spate_storage::{BlockKind, CheckpointRecord, SimIo, Store, StoreOptions};
 use std::sync::Arc;
