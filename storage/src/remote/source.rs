@@ -133,13 +133,23 @@ impl ReadSource for RemoteSource {
             return Err(io::ErrorKind::NotFound.into());
         };
         let mut bytes = vec![0u8; *len as usize];
-        let reads: Vec<(String, u64, u64, u64)> = blocks
-            .iter()
-            .filter_map(|(h, i)| {
-                let e = self.records[*i].extent_for(h)?;
-                Some((e.key.clone(), h.offset - e.start, h.footprint(), h.offset))
-            })
-            .collect();
+        // (extent key, offset in the extent, length, segment offset); blocks
+        // of one extent up to 1 MiB apart in one read.
+        let mut reads: Vec<(String, u64, u64, u64)> = Vec::new();
+        for (h, i) in blocks {
+            let Some(e) = self.records[*i].extent_for(h) else {
+                continue;
+            };
+            let (at, n) = (h.offset - e.start, h.footprint());
+            match reads.last_mut() {
+                Some((key, start, len, _))
+                    if *key == e.key && at >= *start && at <= *start + *len + (1 << 20) =>
+                {
+                    *len = (*len).max(at + n - *start);
+                }
+                _ => reads.push((e.key.clone(), at, n, h.offset)),
+            }
+        }
         let tier = self.tier.clone();
         let fetched = self
             .rt
