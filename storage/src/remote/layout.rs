@@ -194,6 +194,9 @@ impl RemoteRecord {
         if u16_at(4) != RECORD_VERSION {
             return Err(RecordError::Header("unknown version"));
         }
+        if u16_at(6) != 0 {
+            return Err(RecordError::Header("reserved field not zero"));
+        }
         let len = u32_at(8) as usize;
         if len > MAX_RECORD_BYTES || RECORD_HEADER_LEN + len != bytes.len() {
             return Err(RecordError::Header("body length does not match the object"));
