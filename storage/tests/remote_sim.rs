@@ -55,7 +55,7 @@ fn local_store(seed: u64) -> Local {
             ..StoreOptions::default()
         };
         let mut store = Store::open(io.clone(), opts).await.unwrap();
-        let mut writers = vec![store.segment_writer(0), store.segment_writer(1)];
+        let mut writers = [store.segment_writer(0), store.segment_writer(1)];
         let mut prev: Vec<BlockHandle> = Vec::new();
         for id in 1..=6u64 {
             let mut handles: Vec<BlockHandle> = prev.iter().take(3).copied().collect();

@@ -652,7 +652,7 @@ impl RemoteTier {
             }
         }
         let mut files: HashMap<SegmentId, std::fs::File> = HashMap::new();
-        let results: Vec<Result<(Extent, u64, Bytes, Vec<BlockHandle>), RemoteError>> =
+        let results: Vec<Result<FetchedRun, RemoteError>> =
             futures_util::stream::iter(reads.into_iter().map(|(e, start, end, hs)| async move {
                 let bytes = self
                     .backend
@@ -728,6 +728,10 @@ impl RemoteTier {
         Ok(report)
     }
 }
+
+/// One ranged read of a restore: the extent, the segment offset it starts
+/// at, the bytes, and the blocks they hold.
+type FetchedRun = (Extent, u64, Bytes, Vec<BlockHandle>);
 
 /// Reads bytes `[start, end)` of a local segment.
 fn read_range(
