@@ -102,6 +102,9 @@ pub struct BenchConfig {
     pub alignment_timeout_ms: Option<u64>,
     /// Where the variants' checkpoint directories go.
     pub state_dir: PathBuf,
+    /// Remote tier URL (`--remote`): each variant checkpoints under its own
+    /// prefix below it, emptied first.
+    pub remote: Option<String>,
     /// Keep the checkpoint directories after the run.
     pub keep_state: bool,
     /// Seed of the update keys.
@@ -137,6 +140,7 @@ impl Default for BenchConfig {
             mode: "aligned".to_string(),
             alignment_timeout_ms: None,
             state_dir: PathBuf::from("spate-state"),
+            remote: None,
             keep_state: false,
             seed: 0,
             max_parallelism: 4096,
@@ -742,8 +746,16 @@ fn run_variant(config: &BenchConfig, variant: Variant) -> anyhow::Result<Variant
         mode: config.mode.clone(),
         alignment_timeout_ms: config.alignment_timeout_ms,
         incremental: variant == Variant::Incremental,
+        // Each variant under its own prefix, emptied like its directory.
+        remote: config
+            .remote
+            .as_ref()
+            .map(|url| crate::remote_run::sub_url(url, &format!("checkpoints-{}", variant.name()))),
     });
     if let Some(settings) = &settings {
+        if let Some(url) = &settings.remote {
+            crate::remote_run::clear(url)?;
+        }
         match std::fs::remove_dir_all(&settings.state_dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

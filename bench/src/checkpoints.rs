@@ -67,6 +67,8 @@ pub struct CheckpointSettings {
     pub alignment_timeout_ms: Option<u64>,
     /// Incremental checkpoints (deltas on a base).
     pub incremental: bool,
+    /// Remote tier URL (`s3://bucket/prefix`, `file:///path`), if any.
+    pub remote: Option<String>,
 }
 
 impl CheckpointSettings {
@@ -101,6 +103,7 @@ impl CheckpointSettings {
                 .interval_ms
                 .saturating_mul(20)
                 .clamp(10_000, spate::MAX_CHECKPOINT_TIME_MS),
+            remote: self.remote.clone(),
             ..CheckpointConfig::new(&self.state_dir, self.interval_ms)
         })
     }

@@ -80,6 +80,21 @@ enum Command {
     /// One measured run of the recovery benchmark (started by `recovery`).
     #[command(hide = true)]
     RecoveryChild(RecoveryChildArgs),
+    /// The remote tier's upload throughput: a checkpoint of --mib MiB of new
+    /// blocks uploaded and committed by the tier, against a plain multipart
+    /// PUT of the same bytes to the same server, interleaved runs, medians.
+    RemoteUpload {
+        /// Remote tier URL (`s3://bucket/prefix?endpoint=…`, `file:///dir`);
+        /// the runs use prefixes below it, deleted afterwards.
+        #[arg(long, value_name = "URL")]
+        remote: String,
+        /// Checkpoint size, MiB.
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
+        /// Runs per variant.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Writes generated Nexmark events as JSON lines (one event per line).
     Gen {
         /// Number of events.
@@ -298,6 +313,12 @@ struct CheckpointFlags {
     /// with --checkpoint-mode aligned-timeout [default: 100].
     #[arg(long, value_parser = time_ms_parser())]
     alignment_timeout_ms: Option<u64>,
+    /// Remote checkpoint tier: `s3://bucket/prefix` (credentials from the
+    /// environment / AWS files; `?endpoint=URL&allow_http=true` for a local
+    /// server) or `file:///dir`. A checkpoint completes once it is committed
+    /// there; a run on an empty --state-dir resumes from it.
+    #[arg(long, value_name = "URL")]
+    remote: Option<String>,
 }
 
 /// Highest `--rate` accepted, events/s: far above what a machine generates,
@@ -341,6 +362,7 @@ impl CheckpointFlags {
             mode: mode.to_string(),
             alignment_timeout_ms: self.alignment_timeout_ms,
             incremental,
+            remote: self.remote.clone(),
         }))
     }
 }
@@ -369,6 +391,10 @@ struct RecoveryArgs {
     /// Key groups (the engine's max parallelism).
     #[arg(long, default_value_t = 4096)]
     max_parallelism: u32,
+    /// Remote tier (emptied first): the checkpoint is also committed there,
+    /// and a third variant, `remote`, restores it onto an empty directory.
+    #[arg(long, value_name = "URL")]
+    remote: Option<String>,
     /// Report directory.
     #[arg(long, default_value = "spate-report")]
     report: PathBuf,
@@ -392,6 +418,8 @@ struct RecoveryChildArgs {
     max_parallelism: u32,
     #[arg(long)]
     state_dir: PathBuf,
+    #[arg(long)]
+    remote: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -505,6 +533,7 @@ pub fn main() -> anyhow::Result<()> {
                 state_dir: args.state_dir,
                 max_parallelism: args.max_parallelism,
                 monitor: args.monitor,
+                remote: args.remote,
             };
             let exe = std::env::current_exe().context("locating this program")?;
             let summary = recovery_bench::run(&config, &exe)?;
@@ -517,6 +546,20 @@ pub fn main() -> anyhow::Result<()> {
             println!("  report      {}", path.display());
             Ok(())
         }
+        Command::RemoteUpload { remote, mib, runs } => {
+            let s = crate::remote_bench::run(&remote, mib, runs)?;
+            println!(
+                "spate-bench remote-upload: {} MiB, {} run(s): tier {:.1} MB/s (median; {} PUTs per upload), plain multipart PUT {:.1} MB/s: {:.0}%",
+                s.bytes >> 20,
+                s.runs,
+                s.tier_median_mb_per_s,
+                s.tier_put_requests,
+                s.plain_median_mb_per_s,
+                s.ratio * 100.0
+            );
+            println!("{}", serde_json::to_string(&s)?);
+            Ok(())
+        }
         Command::RecoveryChild(args) => {
             let config = RecoveryConfig {
                 cores: args.cores,
@@ -526,6 +569,7 @@ pub fn main() -> anyhow::Result<()> {
                 state_dir: args.state_dir,
                 max_parallelism: args.max_parallelism,
                 monitor: args.monitor,
+                remote: args.remote,
             };
             recovery_bench::child(&config, &args.variant, args.spawned_us)
         }
@@ -676,7 +720,13 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
                 completed: false,
                 output: args.output.clone(),
             };
-            let plan = resume::plan(&settings.state_dir, &wanted, args.fresh)
+            // With a remote tier, the run's identity and its newest
+            // checkpoint are also remote: an empty --state-dir resumes.
+            let remote_latest = match &settings.remote {
+                Some(url) => crate::remote_run::fetch_identity(url, &settings.state_dir)?,
+                None => None,
+            };
+            let plan = resume::plan(&settings.state_dir, &wanted, args.fresh, remote_latest)
                 .map_err(anyhow::Error::msg)?;
             if plan.resuming {
                 eprintln!(
@@ -696,18 +746,24 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
                     settings.state_dir.display()
                 )
             })?;
-            Some((settings.state_dir.clone(), plan))
+            if let Some(url) = &settings.remote {
+                crate::remote_run::put_identity(url, &plan.identity)?;
+            }
+            Some((settings.state_dir.clone(), settings.remote.clone(), plan))
         }
         None => None,
     };
     let outcome = run(&config).with_context(|| format!("running {}", config.query))?;
-    if let Some((dir, plan)) = plan {
+    if let Some((dir, remote, plan)) = plan {
         let done = RunIdentity {
             completed: true,
             ..plan.identity
         };
         resume::write_identity(&dir, &done)
             .with_context(|| format!("marking the run completed in {}", dir.display()))?;
+        if let Some(url) = &remote {
+            crate::remote_run::put_identity(url, &done)?;
+        }
     }
     let summary = Summary::new(&config, &outcome);
     write_report(&args.report, &summary, &outcome)
@@ -750,6 +806,7 @@ fn checkpoints(args: CheckpointsArgs) -> anyhow::Result<()> {
     parse_mode(&config.mode, flags.alignment_timeout_ms).map_err(anyhow::Error::msg)?;
     config.alignment_timeout_ms = flags.alignment_timeout_ms;
     config.state_dir = flags.state_dir.clone();
+    config.remote = flags.remote.clone();
     config.keep_state = args.keep_state;
     if let Some(max_parallelism) = args.max_parallelism {
         config.max_parallelism = max_parallelism;

@@ -23,6 +23,8 @@ pub mod kafka;
 pub mod nexmark;
 pub mod queries;
 pub mod recovery_bench;
+pub mod remote_bench;
+pub mod remote_run;
 pub mod report;
 pub mod resume;
 pub mod run;

@@ -11,7 +11,10 @@
 //!   are attached to their mapped blocks and loaded on first access or in the
 //!   background, so records flow before the state is deserialised;
 //! - `fresh`: starts without state (the baseline: process start, reactors,
-//!   an empty job).
+//!   an empty job);
+//! - `remote` (with `--remote URL`, where the prepared checkpoint was also
+//!   committed): restores it onto an empty state directory from the remote
+//!   tier (ranged reads of every block it references, then the local path).
 //!
 //! Figures per run, from the moment this process spawned the child (so exec,
 //! loading and the runtime's start count): time to the first processed
@@ -60,6 +63,9 @@ pub struct RecoveryConfig {
     /// Serve each measured run's monitor on this address (`JobConfig::monitor`).
     #[serde(default)]
     pub monitor: Option<std::net::SocketAddr>,
+    /// Remote tier (`--remote`).
+    #[serde(default)]
+    pub remote: Option<String>,
 }
 
 impl RecoveryConfig {
@@ -81,6 +87,7 @@ impl RecoveryConfig {
         job.checkpoint = Some(CheckpointConfig {
             restore,
             timeout_ms: 600_000,
+            remote: self.remote.clone(),
             ..CheckpointConfig::new(&self.state_dir, 0)
         });
         job.monitor = self
@@ -134,9 +141,14 @@ pub fn run(config: &RecoveryConfig, exe: &Path) -> anyhow::Result<RecoverySummar
         bail!("--cores, --state-mib and --runs must be at least 1");
     }
     let checkpoint_bytes = prepare(config).context("preparing the checkpoint")?;
+    let variants: &[&str] = if config.remote.is_some() {
+        &["resumed", "fresh", "remote"]
+    } else {
+        &["resumed", "fresh"]
+    };
     let mut runs = Vec::new();
     for i in 0..config.runs {
-        for variant in ["resumed", "fresh"] {
+        for &variant in variants {
             eprintln!("spate-bench recovery: {variant} run {}", i + 1);
             runs.push(spawn_child(config, exe, variant)?);
         }
@@ -145,7 +157,7 @@ pub fn run(config: &RecoveryConfig, exe: &Path) -> anyhow::Result<RecoverySummar
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied()
     };
-    let medians: Vec<(String, f64, Option<f64>)> = ["resumed", "fresh"]
+    let medians: Vec<(String, f64, Option<f64>)> = variants
         .iter()
         .map(|variant| {
             let of = |f: &dyn Fn(&RunFigures) -> Option<f64>| {
@@ -177,6 +189,9 @@ pub fn run(config: &RecoveryConfig, exe: &Path) -> anyhow::Result<RecoverySummar
 
 /// Fills the state and takes one checkpoint; returns its bytes.
 fn prepare(config: &RecoveryConfig) -> anyhow::Result<u64> {
+    if let Some(url) = &config.remote {
+        crate::remote_run::clear(url)?;
+    }
     match std::fs::remove_dir_all(&config.state_dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -227,7 +242,27 @@ fn prepare(config: &RecoveryConfig) -> anyhow::Result<u64> {
     Ok(bytes)
 }
 
+/// The empty directory the `remote` variant restores into.
+fn remote_restore_dir(config: &RecoveryConfig) -> PathBuf {
+    let mut name = config.state_dir.as_os_str().to_owned();
+    name.push("-remote-restore");
+    PathBuf::from(name)
+}
+
 fn spawn_child(config: &RecoveryConfig, exe: &Path, variant: &str) -> anyhow::Result<RunFigures> {
+    // `remote`: an empty directory and the remote tier; the others: the
+    // local checkpoint alone.
+    let (state_dir, remote) = if variant == "remote" {
+        let dir = remote_restore_dir(config);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context(format!("removing {}", dir.display())),
+        }
+        (dir, config.remote.clone())
+    } else {
+        (config.state_dir.clone(), None)
+    };
     let spawned_us = now_us();
     let out = Command::new(exe)
         .arg("recovery-child")
@@ -238,8 +273,9 @@ fn spawn_child(config: &RecoveryConfig, exe: &Path, variant: &str) -> anyhow::Re
         .args(["--seconds", &config.seconds.to_string()])
         .args(["--max-parallelism", &config.max_parallelism.to_string()])
         .args(config.monitor.map(|a| format!("--monitor={a}")))
+        .args(remote.map(|url| format!("--remote={url}")))
         .arg("--state-dir")
-        .arg(&config.state_dir)
+        .arg(&state_dir)
         .output()
         .context("spawning the measured run")?;
     if !out.status.success() {
@@ -259,7 +295,7 @@ fn spawn_child(config: &RecoveryConfig, exe: &Path, variant: &str) -> anyhow::Re
 /// JSON line.
 pub fn child(config: &RecoveryConfig, variant: &str, spawned_us: u64) -> anyhow::Result<()> {
     let resumed = match variant {
-        "resumed" => true,
+        "resumed" | "remote" => true,
         "fresh" => false,
         other => bail!("unknown variant {other}: resumed or fresh"),
     };

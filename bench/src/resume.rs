@@ -153,8 +153,18 @@ pub fn latest_checkpoint(state_dir: &Path, fresh: bool) -> Result<Option<u64>, S
 /// run with the same output, a store whose manifest is gone (each without
 /// `fresh`), or an unreadable identity file or store. Another core count
 /// resumes: keyed state, in-flight records and the source's splits rescale.
-pub fn plan(state_dir: &Path, wanted: &RunIdentity, fresh: bool) -> Result<StartPlan, String> {
-    let latest = latest_checkpoint(state_dir, fresh)?;
+/// `remote_latest` is the newest checkpoint of the run's remote tier, if it
+/// has one (a resume on an empty state directory restores from there).
+pub fn plan(
+    state_dir: &Path,
+    wanted: &RunIdentity,
+    fresh: bool,
+    remote_latest: Option<u64>,
+) -> Result<StartPlan, String> {
+    // With remote checkpoints, segments without a manifest are what a
+    // download from the remote tier that was interrupted left: the next
+    // restore removes them and downloads again.
+    let latest = latest_checkpoint(state_dir, fresh || remote_latest.is_some())?.max(remote_latest);
     let fresh_plan = || StartPlan {
         identity: RunIdentity {
             checkpoint_before: latest,

@@ -55,6 +55,8 @@ pub(crate) struct JobEnv {
     /// Key groups a step archives in the background; 0: as many as fit in
     /// a time budget (the simulator sets a count, so a seed reproduces).
     pub archive_groups_per_step: AtomicUsize,
+    /// The remote checkpoint tier, if the job has one.
+    pub remote: OnceLock<Arc<crate::checkpoint::remote::JobRemote>>,
 }
 
 /// The coordinator's ends of the control and acknowledgement rings.
@@ -91,6 +93,7 @@ impl JobEnv {
             started: Instant::now(),
             restore_us: AtomicU64::new(0),
             archive_groups_per_step: AtomicUsize::new(0),
+            remote: OnceLock::new(),
             fingerprint: OnceLock::new(),
             run_id: run_id(),
             drained: AtomicUsize::new(0),
@@ -227,11 +230,24 @@ fn run_id() -> u64 {
 }
 
 /// Loads the checkpoint to restore, if the job checkpoints and one exists.
-pub(crate) fn load_restore(config: &JobConfig) -> Result<Option<Arc<RestoreState>>, JobError> {
+/// With the job's remote tier, if it has one, only remotely committed
+/// checkpoints are restored, and an empty directory is filled from the remote
+/// tier first.
+pub(crate) fn load_restore_with(
+    config: &JobConfig,
+    remote: Option<&crate::checkpoint::remote::JobRemote>,
+) -> Result<Option<Arc<RestoreState>>, JobError> {
     let Some(checkpoint) = &config.checkpoint else {
         return Ok(None);
     };
-    check_restored(RestoreState::load_dir(checkpoint)?, config)
+    let allowed = match remote {
+        Some(remote) => crate::checkpoint::remote::prepare_restore(checkpoint, remote)?,
+        None => None,
+    };
+    check_restored(
+        RestoreState::load_dir(checkpoint, allowed.as_ref())?,
+        config,
+    )
 }
 
 /// Reports a restored checkpoint's warnings and refuses a changed max parallelism.

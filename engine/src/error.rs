@@ -87,6 +87,15 @@ pub enum CheckpointError {
         #[source]
         source: spate_storage::OpenError,
     },
+    /// Whether the remote tier committed a checkpoint is unknown: the run
+    /// stops (a restart restores what the remote tier holds).
+    #[error("remote tier {url}: {reason}")]
+    RemoteCommitUnknown {
+        /// The remote URL (no query, no credential).
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// Checkpoints failed more often in a row than `tolerable_failures`.
     #[error("{reason}")]
     TooManyFailures {
@@ -115,6 +124,29 @@ pub enum RestoreError {
         /// Why.
         #[source]
         source: spate_storage::ReadError,
+    },
+    /// The remote tier failed while choosing or downloading a checkpoint.
+    #[error("remote tier {url}: {source}")]
+    Remote {
+        /// The remote URL (no query, no credential).
+        url: String,
+        /// Why.
+        #[source]
+        source: spate_storage::remote::RemoteError,
+    },
+    /// The remote URL is malformed or its client cannot be built.
+    #[error("{0}")]
+    RemoteUrl(String),
+    /// The local store does not hold the newest remote checkpoint (it belongs
+    /// to another history, or fell behind).
+    #[error("the store in {} does not hold checkpoint {id}, the newest committed in {url}: move the directory away (or empty it) to restore from the remote tier", dir.display())]
+    LocalBehindRemote {
+        /// The state directory.
+        dir: std::path::PathBuf,
+        /// The remote checkpoint.
+        id: u64,
+        /// The remote URL.
+        url: String,
     },
     /// Segment files exist but no manifest does.
     #[error("{} holds {segments} segment file(s) but no MANIFEST-* file: the checkpoints are lost or the manifest was removed, which is damage, not a fresh start; restore the manifest, or start fresh explicitly (RestoreFrom::Nothing, `--fresh`), which deletes the segments", dir.display())]

@@ -6,7 +6,7 @@
 use crate::checkpoint::coordinator::CheckpointSummary;
 use crate::checkpoint::{CheckpointStats, RestoreFrom};
 use crate::dataflow::Dataflow;
-use crate::env::{load_restore, JobEnv};
+use crate::env::{load_restore_with, JobEnv};
 use crate::metrics::MetricsRegistry;
 use crate::monitor::{Listening, Monitor};
 use crate::restart::{RestartStats, RestartStrategy, RestartTracker};
@@ -160,7 +160,11 @@ fn launch(
     metrics: &Arc<MetricsRegistry>,
 ) -> Result<Run, JobError> {
     let started = Instant::now();
-    let restore = load_restore(config)?;
+    let remote = match &config.checkpoint {
+        Some(c) => crate::checkpoint::remote::connect(c)?,
+        None => None,
+    };
+    let restore = load_restore_with(config, remote.as_deref())?;
     let (env, ends) = JobEnv::new(
         config.clone(),
         clock.clone(),
@@ -170,6 +174,9 @@ fn launch(
     );
     env.restore_us
         .store(started.elapsed().as_micros() as u64, Ordering::SeqCst);
+    if let Some(remote) = remote {
+        let _ = env.remote.set(remote);
+    }
     let slots: Arc<(OnceLock<()>, WriterSlots)> =
         Arc::new((OnceLock::new(), Mutex::new(Vec::new())));
     let mut ends = Some(ends);

@@ -343,7 +343,11 @@ async fn coordinator_task(
     mut store: Store<spate_storage::GlommioIo>,
     idle: Rc<ReactorIdle>,
 ) {
-    let first_id = store.latest().map_or(1, |r| r.id + 1);
+    let first_id = store.latest().map_or(1, |r| r.id + 1).max(
+        env.remote
+            .get()
+            .map_or(1, |r| r.newest.load(Ordering::SeqCst) + 1),
+    );
     let Some(mut coordinator) = env.coordinator_for(ends, first_id) else {
         return;
     };
@@ -357,9 +361,37 @@ async fn coordinator_task(
         if let Some(request) = coordinator.poll(now) {
             let _busy = BusyGuard::new(&idle);
             store.keep_from(request.keep_from);
+            let record = env.remote.get().map(|_| request.record.clone());
             match store.commit_checkpoint_deferred(request.record).await {
                 Ok(report) => {
-                    coordinator.committed(request.id, env.clock.now_ms());
+                    // With a remote tier the remote record is the commit
+                    // point: the checkpoint is complete only once it is durable.
+                    let outcome = match (env.remote.get(), record) {
+                        (Some(remote), Some(record)) => {
+                            complete_remotely(
+                                &env,
+                                remote,
+                                &mut store,
+                                record,
+                                request.keep_from,
+                                &parker,
+                            )
+                            .await
+                        }
+                        _ => RemoteOutcome::Committed,
+                    };
+                    match outcome {
+                        RemoteOutcome::Committed => {
+                            coordinator.committed(request.id, env.clock.now_ms())
+                        }
+                        RemoteOutcome::Failed(reason) => {
+                            coordinator.commit_failed(request.id, reason, env.clock.now_ms())
+                        }
+                        RemoteOutcome::Fatal(error) => {
+                            env.fail(error);
+                            break;
+                        }
+                    }
                     // After the completion is out: unlinking takes milliseconds.
                     for warning in store.remove_segment_files(&report.segments_deleted).await {
                         eprintln!("spate: checkpoint store: {warning:?}");
@@ -410,6 +442,101 @@ async fn coordinator_task(
             }
         }
         idle.coordinator_wake_at.set(None);
+        parker.unpark();
+    }
+}
+
+/// How a checkpoint's remote commit ended.
+enum RemoteOutcome {
+    /// The record is durable remotely: the checkpoint is complete.
+    Committed,
+    /// It failed (and was discarded locally again): the checkpoint fails.
+    Failed(String),
+    /// Its outcome is unknown, or the local store could not discard it: the
+    /// run fails (a restart restores what the remote tier holds).
+    Fatal(JobError),
+}
+
+/// Uploads the locally committed checkpoint `record` and commits it remotely
+/// (on the remote runtime; this task waits on the coordinator's parker). A
+/// checkpoint that failed remotely is discarded from the local store again, so
+/// that neither a restore nor a later incremental checkpoint builds on it.
+async fn complete_remotely(
+    env: &JobEnv,
+    remote: &crate::checkpoint::remote::JobRemote,
+    store: &mut Store<spate_storage::GlommioIo>,
+    record: spate_storage::CheckpointRecord,
+    keep_from: Option<u64>,
+    parker: &Arc<Parker>,
+) -> RemoteOutcome {
+    use spate_storage::remote::RemoteError;
+    let id = record.id;
+    let dir = env
+        .config
+        .checkpoint
+        .as_ref()
+        .map(|c| c.dir.clone())
+        .unwrap_or_default();
+    let uploaded = match crate::checkpoint::remote::start_upload(
+        remote,
+        dir,
+        record,
+        keep_from,
+        parker.notifier(),
+    ) {
+        Ok(done) => wait_for_remote(&done, parker).await,
+        Err(e) => Err(e),
+    };
+    let fatal = |reason: String| {
+        RemoteOutcome::Fatal(
+            crate::CheckpointError::RemoteCommitUnknown {
+                url: remote.url.clone(),
+                reason,
+            }
+            .into(),
+        )
+    };
+    match uploaded {
+        Ok(report) => {
+            for w in &report.warnings {
+                eprintln!("spate: remote tier {}: {w}", remote.url);
+            }
+            RemoteOutcome::Committed
+        }
+        Err(RemoteError::CommitUnknown { id, reason }) => {
+            fatal(format!("checkpoint {id}: {reason}"))
+        }
+        Err(e) => match store.discard_checkpoint(id).await {
+            Ok(()) => RemoteOutcome::Failed(format!("remote tier {}: {e}", remote.url)),
+            Err(d) => fatal(format!(
+                "checkpoint {id} failed remotely ({e}) and could not be discarded locally: {d}"
+            )),
+        },
+    }
+}
+
+/// Waits on the coordinator's parker until a remote request is done: the
+/// remote runtime's thread fills `done`, then notifies the parker (which
+/// unparks reactor 0 and wakes this task). Publish, re-check, wait: no
+/// wake-up is lost, nothing spins; the timer is the same safety net as the
+/// coordinator's idle wait ([`PARK_RECHECK`]).
+async fn wait_for_remote<T>(
+    done: &spate_storage::remote::runtime::Completion<T>,
+    parker: &Arc<crate::park::Parker>,
+) -> T {
+    loop {
+        if let Some(r) = done.take() {
+            return r;
+        }
+        parker.prepare_park();
+        if let Some(r) = done.take() {
+            parker.unpark();
+            return r;
+        }
+        futures_lite::future::or(parker.wait(), async {
+            glommio::timer::sleep(PARK_RECHECK).await;
+        })
+        .await;
         parker.unpark();
     }
 }

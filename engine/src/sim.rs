@@ -247,7 +247,7 @@ impl Simulation {
                         source,
                     }
                 })?;
-                check_restored(RestoreState::load(reader, checkpoint, None)?, &config)?
+                check_restored(RestoreState::load(reader, checkpoint, None, None)?, &config)?
             }
             _ => None,
         };

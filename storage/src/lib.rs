@@ -19,6 +19,9 @@
 //! - [`store`]: [`Store`]: open, commit, retention, GC, compaction.
 //! - [`reader`]: [`StoreReader`]: read-only, `Send + Sync`, mmap, verification.
 //! - [`lock`]: [`DirLock`], one writing process per directory.
+//! - [`remote`]: the remote tier (S3, `file://`): upload of committed checkpoints,
+//!   create-only remote commit records, restore into an empty directory, remote
+//!   retention and GC, over a small object-request trait with a simulated backend.
 //! - [`gc`]: garbage collection from outside a running store (for tools): a
 //!   conservative plan from the manifest and the directory, and deleting it.
 //! - [`error`]: typed errors per operation.
@@ -35,6 +38,7 @@ pub mod io;
 pub mod lock;
 pub mod manifest;
 pub mod reader;
+pub mod remote;
 pub mod sim;
 pub mod store;
 pub mod writer;

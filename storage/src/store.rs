@@ -410,6 +410,25 @@ impl<I: Io> Store<I> {
         })
     }
 
+    /// Discards the newest committed checkpoint `id` again (a `CheckpointDiscarded`
+    /// record, synced): for a checkpoint that committed locally but failed a later
+    /// step of its completion (the remote tier). Its segments are collected by
+    /// later commits once nothing references them. A no-op if `id` is not the
+    /// newest retained checkpoint.
+    pub async fn discard_checkpoint(&mut self, id: u64) -> Result<(), CommitError> {
+        if self.state.checkpoints.last().map(|c| c.id) != Some(id) {
+            return Ok(());
+        }
+        let batch = [ManifestRecord::CheckpointDiscarded { id }];
+        let mut new_state = self.state.clone();
+        new_state
+            .apply(&batch[0])
+            .expect("a discard always applies");
+        self.write_manifest(&batch, &new_state).await?;
+        self.state = new_state;
+        Ok(())
+    }
+
     async fn write_manifest(
         &mut self,
         batch: &[ManifestRecord],

@@ -181,11 +181,20 @@ enum Command {
     /// "reclaimable_bytes", "deleted": [files], "failed": [{ "file", "error" }]
     /// }`.
     Gc {
-        /// The checkpoint directory.
+        /// The checkpoint directory, or a remote tier's URL.
         dir: PathBuf,
         /// Delete the files (otherwise only list them).
         #[arg(long)]
         yes: bool,
+        /// Remote tier only: checkpoints kept (at least the job's `retained`,
+        /// or a running job may reference what this deletes).
+        #[arg(long, default_value_t = 3)]
+        retain: usize,
+        /// Remote tier only: unreferenced objects younger than this are kept
+        /// (an upload in progress may reference them; at least twice the
+        /// job's checkpoint timeout).
+        #[arg(long, default_value_t = 900_000)]
+        grace_ms: u64,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
@@ -241,7 +250,16 @@ pub fn main(displays: Displays) -> ExitCode {
             let b = Checkpoint::find(&reader, b)?;
             diff::diff(&a, &b, &displays, entries, json)
         }),
-        Command::Gc { dir, yes, json } => gc::gc(&dir, yes, json),
+        Command::Gc {
+            dir,
+            yes,
+            json,
+            retain,
+            grace_ms,
+        } => match dir.to_str().filter(|s| spate_storage::remote::is_url(s)) {
+            Some(url) => gc::remote_gc(url, yes, json, retain, grace_ms),
+            None => gc::gc(&dir, yes, json),
+        },
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -32,6 +32,67 @@ pub fn gc(dir: &Path, yes: bool, as_json: bool) -> Result<bool> {
     Ok(report.failed.is_empty())
 }
 
+/// Runs `gc` on a remote tier: retention (the newest `retain` records) and
+/// the objects no retained record references, older than `grace_ms`;
+/// abandoned multipart uploads. A dry run unless `yes`.
+pub fn remote_gc(
+    url: &str,
+    yes: bool,
+    as_json: bool,
+    retain: usize,
+    grace_ms: u64,
+) -> Result<bool> {
+    anyhow::ensure!(retain >= 1, "--retain must be at least 1");
+    let shown = spate_storage::remote::RemoteUrl::parse(url)
+        .map(|u| u.to_string())
+        .map_err(anyhow::Error::msg)?;
+    let tier = spate_storage::remote::connect(
+        url,
+        spate_storage::remote::TierOptions {
+            retained_checkpoints: retain,
+            gc_grace_ms: grace_ms,
+            ..Default::default()
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    let rt = spate_storage::remote::RemoteRuntime::global().map_err(anyhow::Error::msg)?;
+    let now_ms = spate_storage::remote::tier::now_ms();
+    let report = rt
+        .block_on(async move { tier.gc(None, now_ms, grace_ms, yes).await })
+        .with_context(|| format!("collecting garbage in {shown}"))?;
+    if as_json {
+        let doc = json!({
+            "dry_run": !yes,
+            "remote": shown,
+            "records_deleted": report.records_deleted,
+            "extents_deleted": report.extents_deleted,
+            "uploads_aborted": report.uploads_aborted,
+            "reclaimable_bytes": report.bytes_freed,
+            "kept_young": report.kept_young,
+            "failed": report.warnings,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let verb = if yes { "deleted" } else { "would delete" };
+        println!(
+            "{shown}: {verb} {} checkpoint record(s) {:?}, {} extent(s) ({}), {} abandoned multipart upload(s); {} unreferenced object(s) kept as younger than {grace_ms} ms",
+            report.records_deleted.len(),
+            report.records_deleted,
+            report.extents_deleted.len(),
+            human_bytes(report.bytes_freed),
+            report.uploads_aborted.len(),
+            report.kept_young,
+        );
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        if !yes {
+            println!("dry run: nothing was deleted (--yes deletes)");
+        }
+    }
+    Ok(report.warnings.is_empty())
+}
+
 /// Why a file is kept (its reason's id and description), or `deleted` (both)
 /// when it is not.
 fn reason(keep: Option<KeepReason>, deleted: &str) -> (String, String) {

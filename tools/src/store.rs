@@ -20,8 +20,26 @@ pub fn open(dir: &Path) -> Result<StoreReader> {
     Ok(reader)
 }
 
-/// Opens the store in `dir`, which must be a directory.
+/// Opens the store in `dir`, which must be a directory, or the remote tier
+/// at `dir` when it is an `s3://` or `file://` URL (read-only: its records
+/// as one manifest, its segments downloaded by ranged reads when a command
+/// reads their blocks).
 pub fn open_store(dir: &Path) -> Result<StoreReader> {
+    if let Some(url) = dir.to_str().filter(|s| spate_storage::remote::is_url(s)) {
+        let shown = spate_storage::remote::RemoteUrl::parse(url)
+            .map(|u| u.to_string())
+            .map_err(anyhow::Error::msg)?;
+        let tier =
+            spate_storage::remote::connect(url, Default::default()).map_err(anyhow::Error::msg)?;
+        let rt = spate_storage::remote::RemoteRuntime::global().map_err(anyhow::Error::msg)?;
+        let source = spate_storage::remote::RemoteSource::open(tier, rt)
+            .with_context(|| format!("reading the remote tier {shown}"))?;
+        for s in source.skipped() {
+            eprintln!("warning: {shown}: {s}");
+        }
+        return StoreReader::from_source(std::sync::Arc::new(source))
+            .with_context(|| format!("opening the remote tier {shown}"));
+    }
     match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             anyhow::bail!("{} does not exist", dir.display())

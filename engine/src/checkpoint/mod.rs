@@ -17,6 +17,7 @@
 mod assemble;
 pub mod coordinator;
 pub mod metadata;
+pub(crate) mod remote;
 pub(crate) mod restore;
 mod schedule;
 mod shared;
@@ -134,6 +135,12 @@ pub struct CheckpointConfig {
     /// state changed since the last trigger (estimated as changed keys times
     /// the in-memory size of an entry), which bounds the work of a recovery.
     pub trigger_after_changed_bytes: Option<u64>,
+    /// The remote tier: `s3://bucket/prefix` (credentials and settings from
+    /// the environment and the AWS files; `?endpoint=…&region=…&allow_http=true`
+    /// accepted) or `file:///path`. With one, a checkpoint is complete only
+    /// once it is committed remotely, restores use remotely committed
+    /// checkpoints only, and an empty `dir` is filled from the remote tier.
+    pub remote: Option<String>,
 }
 
 impl CheckpointConfig {
@@ -155,6 +162,7 @@ impl CheckpointConfig {
             max_delta_chain: 16,
             max_delta_ratio: 1.0,
             trigger_after_changed_bytes: None,
+            remote: None,
         }
     }
 }

@@ -33,8 +33,12 @@ pub(crate) struct RestoreState {
 }
 
 impl RestoreState {
-    /// The checkpoint of the store directory to restore per `config.restore`, if any.
-    pub(crate) fn load_dir(config: &CheckpointConfig) -> Result<Option<Self>, JobError> {
+    /// The checkpoint of the store directory to restore per `config.restore`, if any;
+    /// with `allowed`, only one of those ids (those committed remotely).
+    pub(crate) fn load_dir(
+        config: &CheckpointConfig,
+        allowed: Option<&BTreeSet<u64>>,
+    ) -> Result<Option<Self>, JobError> {
         if config.restore == RestoreFrom::Nothing || !config.dir.exists() {
             return Ok(None);
         }
@@ -49,16 +53,23 @@ impl RestoreState {
             }
             .into());
         }
-        Self::load(reader, config, None)
+        Self::load(reader, config, None, allowed)
     }
 
-    /// The checkpoint of `reader` to restore per `config.restore`, if any.
+    /// The checkpoint of `reader` to restore per `config.restore`, if any;
+    /// with `allowed`, only one of those ids.
     pub(crate) fn load(
         reader: StoreReader,
         config: &CheckpointConfig,
         fingerprint: Option<u64>,
+        allowed: Option<&BTreeSet<u64>>,
     ) -> Result<Option<Self>, JobError> {
-        let newest_first = reader.checkpoints().iter().rev().map(|r| r.id);
+        let newest_first = reader
+            .checkpoints()
+            .iter()
+            .rev()
+            .map(|r| r.id)
+            .filter(|id| allowed.is_none_or(|a| a.contains(id)));
         let candidates: Vec<u64> = match config.restore {
             RestoreFrom::Nothing => return Ok(None),
             RestoreFrom::Checkpoint(id) => vec![id],
