@@ -142,6 +142,7 @@ pub fn generator_config(rate_events_per_s: Option<u64>, base_time_ms: u64) -> Ge
         Some(rate) => GeneratorConfig {
             events_per_second: rate,
             base_time_ms,
+            schedule_origins: true,
             ..GeneratorConfig::default()
         },
         None => GeneratorConfig::default(),

@@ -365,6 +365,7 @@ fn schedule_us_is_the_event_time_at_microsecond_resolution() {
     for rate in [3, 7_919, 10_000, 750_000, 10_000_000] {
         let config = GeneratorConfig {
             events_per_second: rate,
+            schedule_origins: true,
             ..Default::default()
         };
         let generator = Generator::new(config.clone(), 5);
@@ -387,6 +388,12 @@ fn schedule_us_is_the_event_time_at_microsecond_resolution() {
             }
         }
     }
+    // Closed loop: no schedule, no origins.
+    let closed = Generator::new(GeneratorConfig::default(), 5);
+    assert!((0..1_000).all(|i| match closed.event_at(i) {
+        Event::Bid(bid) => bid.origin.0 == 0,
+        _ => true,
+    }));
 }
 
 #[test]

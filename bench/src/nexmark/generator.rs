@@ -130,6 +130,11 @@ pub struct GeneratorConfig {
     pub num_categories: u64,
     /// Fill `extra` with the reference's random padding (allocates). Default false.
     pub generate_extra: bool,
+    /// Give every bid its open-loop schedule as its latency
+    /// [`Origin`](super::model::Origin) ([`GeneratorConfig::schedule_us`], two
+    /// divisions per bid); otherwise origins are 0. Default false; open-loop
+    /// runs set it.
+    pub schedule_origins: bool,
     /// How bounded random integers are drawn. Default [`Sampling::Fast`].
     pub sampling: Sampling,
 }
@@ -164,6 +169,7 @@ impl Default for GeneratorConfig {
             hot_channel_ratio: 2,
             num_categories: 5,
             generate_extra: false,
+            schedule_origins: false,
             sampling: Sampling::Fast,
         }
     }
@@ -562,7 +568,11 @@ impl Generator {
             url: Cow::Borrowed(url),
             date_time: time,
             extra,
-            origin: Origin(self.config.schedule_us(index)),
+            origin: Origin(if self.config.schedule_origins {
+                self.config.schedule_us(index)
+            } else {
+                0
+            }),
         }
     }
 }
