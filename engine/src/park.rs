@@ -172,8 +172,8 @@ impl ThreadWaiter {
 /// effort: where the kernel refuses, the default slack stays.
 pub(crate) fn tighten_timer_slack() {
     const SLACK_NS: libc::c_ulong = 1_000;
-    // SAFETY: PR_SET_TIMERSLACK reads one integer argument (the slack in
-    // nanoseconds) and changes only the calling thread's timer slack; no
-    // pointer is passed and no memory of this process is touched.
+    // PR_SET_TIMERSLACK reads one integer argument (the slack in
+    // nanoseconds) and changes only the calling thread's timer slack.
+    // SAFETY: no pointer is passed and no memory of this process is touched.
     let _ = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, SLACK_NS, 0, 0, 0) };
 }
