@@ -76,13 +76,17 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Runs an unbounded job from `start` into a [`Seen`] sink; returns its
-/// handle once the source's positions reached the group (so the start
-/// offsets are resolved), and the sink.
+/// Runs an unbounded job from `start` into a [`Seen`] sink on a topic of one
+/// partition holding `end` records; returns its handle once the source's
+/// position on that partition, committed to the group by a completed
+/// checkpoint, is `end` (it read everything there was from its start, and
+/// the sink, chained to it, saw it before that checkpoint's barrier), and
+/// the sink.
 fn start_unbounded(
     brokers: &str,
     topic: &str,
     start: StartOffset,
+    end: i64,
     dir: &Path,
 ) -> (spate::JobHandle, Seen) {
     let group = format!("{topic}-group");
@@ -104,18 +108,15 @@ fn start_unbounded(
         })
         .unwrap();
     // The positions go to the consumer group when a checkpoint completes:
-    // once they are there, the start offsets were resolved.
+    // once the partition's is its end, everything before it was read.
     let consumer =
         spate_kafka::client::RdConsumer::new(&common::properties(brokers), &group).unwrap();
     let mut consumer: Box<dyn spate_kafka::client::KafkaConsumer> = Box::new(consumer);
-    wait_until("the start offsets are committed to the group", || {
+    wait_until("the source's position on the group reaches the end", || {
         handle.completed_checkpoints() >= 2
             && consumer
                 .resolve(topic, 0, StartOffset::GroupOffsets)
-                .is_ok_and(|o| {
-                    // Earliest is 0; a committed offset equals the resolved start.
-                    o > 0 || start == StartOffset::Earliest
-                })
+                .is_ok_and(|o| o == end)
     });
     (handle, seen)
 }
@@ -144,7 +145,7 @@ fn starts_from_earliest_latest_and_a_timestamp() {
         ("timestamp", StartOffset::Timestamp(stamps[2] - 1)),
     ] {
         let dir = scratch(name);
-        let (handle, seen) = start_unbounded(&brokers, &topic, start, &dir);
+        let (handle, seen) = start_unbounded(&brokers, &topic, start, old.len() as i64, &dir);
         let before = seen.0.lock().unwrap().len();
         results.push((name, before));
         handle.stop();
@@ -152,7 +153,13 @@ fn starts_from_earliest_latest_and_a_timestamp() {
     }
     // Then records produced while a latest-started job runs reach it.
     let dir = scratch("latest-new");
-    let (handle, seen) = start_unbounded(&brokers, &topic, StartOffset::Latest, &dir);
+    let (handle, seen) = start_unbounded(
+        &brokers,
+        &topic,
+        StartOffset::Latest,
+        old.len() as i64,
+        &dir,
+    );
     produce(&brokers, &topic, 0, &new, None);
     wait_until("the new records arrive", || {
         seen.0.lock().unwrap().len() >= new.len()
@@ -557,7 +564,13 @@ fn starts_from_the_group_offsets() {
     let dir = scratch("group");
     // The first job runs until its checkpoints committed all five records'
     // positions to its group.
-    let (handle, seen) = start_unbounded(&brokers, &topic, StartOffset::Earliest, &dir.join("a"));
+    let (handle, seen) = start_unbounded(
+        &brokers,
+        &topic,
+        StartOffset::Earliest,
+        first.len() as i64,
+        &dir.join("a"),
+    );
     let group = format!("{topic}-group");
     let consumer =
         spate_kafka::client::RdConsumer::new(&common::properties(&brokers), &group).unwrap();
