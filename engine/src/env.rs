@@ -232,7 +232,7 @@ fn run_id() -> u64 {
 /// Loads the checkpoint to restore, if the job checkpoints and one exists.
 /// With the job's remote tier, if it has one, only remotely committed
 /// checkpoints are restored, and an empty directory is filled from the remote
-/// tier first.
+/// tier while the job runs.
 pub(crate) fn load_restore_with(
     config: &JobConfig,
     remote: Option<&crate::checkpoint::remote::JobRemote>,
@@ -240,12 +240,12 @@ pub(crate) fn load_restore_with(
     let Some(checkpoint) = &config.checkpoint else {
         return Ok(None);
     };
-    let allowed = match remote {
+    let prepared = match remote {
         Some(remote) => crate::checkpoint::remote::prepare_restore(checkpoint, remote)?,
-        None => None,
+        None => Default::default(),
     };
     check_restored(
-        RestoreState::load_dir(checkpoint, allowed.as_ref())?,
+        RestoreState::load_dir(checkpoint, prepared.allowed.as_ref(), prepared.fill)?,
         config,
     )
 }

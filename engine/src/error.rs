@@ -148,6 +148,13 @@ pub enum RestoreError {
         /// The remote URL.
         url: String,
     },
+    /// The directory holds a restore from a remote tier that did not complete
+    /// (its segment files may have holes), and the job has no remote tier.
+    #[error("{} holds a restore from a remote tier that did not complete (the file remote-fill.incomplete): configure the same remote tier to restore again, or empty the directory", dir.display())]
+    InterruptedRemoteRestore {
+        /// The state directory.
+        dir: std::path::PathBuf,
+    },
     /// Segment files exist but no manifest does.
     #[error("{} holds {segments} segment file(s) but no MANIFEST-* file: the checkpoints are lost or the manifest was removed, which is damage, not a fresh start; restore the manifest, or start fresh explicitly (RestoreFrom::Nothing, `--fresh`), which deletes the segments", dir.display())]
     ManifestMissing {

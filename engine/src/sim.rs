@@ -247,7 +247,10 @@ impl Simulation {
                         source,
                     }
                 })?;
-                check_restored(RestoreState::load(reader, checkpoint, None, None)?, &config)?
+                check_restored(
+                    RestoreState::load(reader, checkpoint, None, None, false)?,
+                    &config,
+                )?
             }
             _ => None,
         };

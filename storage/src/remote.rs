@@ -14,9 +14,14 @@
 //!   (create-only put, put, ranged get, list, delete, multipart).
 //! - [`cloud`]: the real backend over Apache Arrow's `object_store` (S3 and local
 //!   files); [`sim`]: a simulated backend injecting failed, slow and partially
-//!   completed requests and crashes between any two requests.
+//!   completed requests and crashes between any two requests; `aws_files`:
+//!   the AWS shared credentials and config files (profiles), for what the
+//!   environment leaves unset.
 //! - [`layout`]: object names and the byte format of a remote checkpoint record.
 //! - [`tier`]: [`RemoteTier`]: upload, list, restore, retention, GC.
+//! - [`fill`]: [`RemoteFill`], a restore into a local directory that readers
+//!   need not wait for: blocks arrive in the background, and a block asked for
+//!   is read ahead of the rest.
 //! - [`source`]: [`RemoteSource`], the remote tier as a read-only store
 //!   directory for a `StoreReader` (the tools).
 //! - [`runtime`]: [`RemoteRuntime`], the one tokio runtime of a process, on threads
@@ -28,7 +33,9 @@
 //! error, a report or a record (errors carry object keys and the provider's message
 //! only).
 
+mod aws_files;
 pub mod cloud;
+pub mod fill;
 pub mod layout;
 pub mod runtime;
 pub mod sim;
@@ -41,11 +48,12 @@ use std::sync::Arc;
 
 pub use bytes::Bytes;
 pub use cloud::{CloudBackend, RemoteUrl, UrlError};
+pub use fill::{RemoteFill, FILL_MARKER};
 pub use layout::{Extent, RemoteRecord};
 pub use runtime::RemoteRuntime;
 pub use sim::{SimObjects, SimRemoteFaults};
 pub use source::RemoteSource;
-pub use tier::{GcReport, RemoteError, RemoteTier, TierOptions, UploadReport};
+pub use tier::{DownloadReport, GcReport, RemoteError, RemoteTier, TierOptions, UploadReport};
 
 /// Whether `location` names a remote tier (`s3://…` or `file://…`) rather than
 /// a local directory.

@@ -2,14 +2,15 @@
 //! request of an upload sequence (only committed checkpoints survive, all
 //! restorable, and a new process finishes the job and leaves exactly the
 //! referenced objects), seeded failed / slow / partially completed requests,
-//! incremental reuse of extents, and create-only commits between two writers.
+//! incremental reuse of extents, create-only commits between two writers, and
+//! a restore's fill (blocks asked for first, an interrupted fill started over).
 
 mod common;
 
 use common::{payload, Rng};
 use spate_storage::remote::{
-    layout, ObjectBackend, RemoteError, RemoteRecord, RemoteTier, SimObjects, SimRemoteFaults,
-    TierOptions,
+    fill, layout, ObjectBackend, RemoteError, RemoteFill, RemoteRecord, RemoteTier, SimObjects,
+    SimRemoteFaults, TierOptions,
 };
 use spate_storage::sim::block_on as sim_block_on;
 use spate_storage::{
@@ -303,4 +304,80 @@ fn damaged_records_are_skipped_and_protect_their_extents() {
         "no extent collected while a record is unreadable"
     );
     assert_eq!(remote.keys(), before);
+}
+
+/// A fill reads a block asked for ahead of the background order; a fill that
+/// stops leaves its marker, fails its waiters, and the next restore into the
+/// directory removes it and starts over; a completed fill is a plain store.
+#[test]
+fn a_fill_reads_asked_for_blocks_first_and_an_interrupted_fill_starts_over() {
+    let local = local_store(11);
+    let remote = SimObjects::new();
+    let t = tier(&remote);
+    for r in &local.records {
+        run(t.upload(&local.io, r.clone(), None)).unwrap();
+    }
+    let record = run(t.record(6)).unwrap();
+    let first = *record.checkpoint.handles.iter().min().unwrap();
+    let last = *record.checkpoint.handles.iter().max().unwrap();
+    assert_ne!(
+        first.segment, last.segment,
+        "the checkpoint spans segments (so several ranged reads)"
+    );
+    let dir = tempdir("fill");
+    let fill = RemoteFill::prepare(&record, &dir).unwrap();
+    assert!(
+        fill::is_interrupted(&dir),
+        "the marker is there before any block"
+    );
+    assert!(!fill.is_written(&first) && !fill.is_written(&last));
+    // Ask for the last block; then let exactly one request through.
+    fill.prioritise([&last]);
+    remote.set_faults(SimRemoteFaults {
+        crash_before: Some(remote.requests() + 1),
+        ..SimRemoteFaults::default()
+    });
+    assert!(run(fill.run(&t)).is_err(), "the crash stops the fill");
+    assert!(fill.is_written(&last), "the block asked for was read first");
+    assert!(!fill.is_written(&first), "the background order was not");
+    match fill.wait(&first) {
+        Err(RemoteError::FillFailed { id: 6, .. }) => {}
+        other => panic!("a waiter of a failed fill gets its error, not {other:?}"),
+    }
+    assert!(
+        fill::is_interrupted(&dir),
+        "an interrupted fill keeps its marker"
+    );
+
+    // A new process restores into the same directory: the interrupted fill
+    // is removed, and this one runs to the end.
+    remote.restart();
+    let t = tier(&remote);
+    let fill = RemoteFill::prepare(&record, &dir).unwrap();
+    let waiter = {
+        let fill = fill.clone();
+        std::thread::spawn(move || fill.wait(&first).map(|()| fill.is_written(&first)))
+    };
+    let report = run(fill.run(&t)).unwrap();
+    assert_eq!(
+        waiter.join().unwrap().unwrap(),
+        true,
+        "the waiter returned once its block was written"
+    );
+    assert!(report.get_requests >= 2, "{report:?}");
+    assert!(
+        !fill::is_interrupted(&dir),
+        "a completed fill removes its marker"
+    );
+    let reader = StoreReader::open(&dir).unwrap();
+    assert!(reader.verify_checkpoint(6).unwrap().is_empty());
+    for h in &record.checkpoint.handles {
+        assert_eq!(reader.block(h).unwrap().as_bytes(), &local.payloads[h][..]);
+    }
+    // A completed fill is a store: a restore into it is refused.
+    assert!(matches!(
+        RemoteFill::prepare(&record, &dir),
+        Err(RemoteError::NotEmpty { .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

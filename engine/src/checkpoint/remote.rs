@@ -10,8 +10,14 @@
 //! the remote tier holds).
 //!
 //! Restore: only checkpoints committed remotely are candidates. A local store
-//! holding the chosen one restores from it (local recovery, no download); an
-//! empty state directory is filled from the remote tier first (`RemoteTier::download`).
+//! holding the chosen one restores from it (local recovery, no download). An
+//! empty state directory (or one holding an interrupted fill) is filled from
+//! the remote tier in the background (`RemoteFill`, run on the remote
+//! runtime): the job starts once the local manifest is written, the blocks
+//! other than keyed state are asked for first, and a key group whose blocks
+//! have not arrived is read ahead of the rest when first accessed (the
+//! subtask's thread waits for that one ranged read, as it would for a page
+//! of a file on a network file system).
 //!
 //! Owns no state of its own, and knows nothing of glommio; must not run
 //! object-store futures on a reactor: they run on the storage crate's
@@ -23,7 +29,7 @@ use crate::park::Notifier;
 use crate::{JobError, RestoreError};
 use spate_storage::remote::runtime::Completion;
 use spate_storage::remote::{
-    CloudBackend, RemoteError, RemoteRuntime, RemoteTier, TierOptions, UploadReport,
+    CloudBackend, RemoteError, RemoteFill, RemoteRuntime, RemoteTier, TierOptions, UploadReport,
 };
 use spate_storage::CheckpointRecord;
 use std::collections::BTreeSet;
@@ -80,19 +86,28 @@ pub(crate) fn connect(config: &CheckpointConfig) -> Result<Option<Arc<JobRemote>
     })))
 }
 
-/// Prepares the state directory for a restore with a remote tier; returns the
-/// checkpoint ids a restore may use (those committed remotely).
+/// What [`prepare_restore`] decided: the checkpoint ids a restore may use
+/// (those committed remotely; `None`: no restore), and the fill the
+/// directory's blocks arrive by, if it is being filled from the remote tier.
+#[derive(Debug, Default)]
+pub(crate) struct Prepared {
+    pub allowed: Option<BTreeSet<u64>>,
+    pub fill: Option<RemoteFill>,
+}
+
+/// Prepares the state directory for a restore with a remote tier.
 ///
 /// The newest remote checkpoint that the restore mode accepts and that decodes
 /// is chosen. If the local store holds it, nothing is downloaded. If the
-/// directory holds no store, the checkpoint is downloaded into it. A local store
+/// directory holds no store (or an interrupted fill), the checkpoint's fill
+/// into it starts in the background. A local store
 /// that lacks it is refused (it belongs to another history). Remote records
 /// newer than the chosen one are a branch no later restore may return to (the
 /// sinks roll their output back): they are deleted.
 pub(crate) fn prepare_restore(
     config: &CheckpointConfig,
     remote: &JobRemote,
-) -> Result<Option<BTreeSet<u64>>, JobError> {
+) -> Result<Prepared, JobError> {
     let rt = runtime()?;
     if config.restore == RestoreFrom::Nothing {
         let tier = remote.tier.clone();
@@ -102,7 +117,7 @@ pub(crate) fn prepare_restore(
         remote
             .newest
             .store(ids.last().copied().unwrap_or(0), Ordering::SeqCst);
-        return Ok(None);
+        return Ok(Prepared::default());
     }
     let accept: Box<dyn Fn(u64) -> bool + Send + Sync> = match config.restore {
         RestoreFrom::Nothing => unreachable!("handled above"),
@@ -133,7 +148,10 @@ pub(crate) fn prepare_restore(
         remote
             .newest
             .store(ids.last().copied().unwrap_or(0), Ordering::SeqCst);
-        return Ok(Some(BTreeSet::new()));
+        return Ok(Prepared {
+            allowed: Some(BTreeSet::new()),
+            fill: None,
+        });
     };
     let id = chosen.checkpoint.id;
     remote.newest.store(id, Ordering::SeqCst);
@@ -154,16 +172,19 @@ pub(crate) fn prepare_restore(
         })
         .map_err(|e| remote_err(&remote.url, e.into()))?;
     }
-    let has_manifest = std::fs::read_dir(&config.dir)
-        .map(|entries| {
-            entries.flatten().any(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(spate_storage::format::parse_manifest_name)
-                    .is_some()
+    let interrupted = spate_storage::remote::fill::is_interrupted(&config.dir);
+    let has_manifest = !interrupted
+        && std::fs::read_dir(&config.dir)
+            .map(|entries| {
+                entries.flatten().any(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(spate_storage::format::parse_manifest_name)
+                        .is_some()
+                })
             })
-        })
-        .unwrap_or(false);
+            .unwrap_or(false);
+    let allowed = Some(BTreeSet::from([id]));
     if has_manifest {
         let reader =
             spate_storage::StoreReader::open(&config.dir).map_err(|source| RestoreError::Open {
@@ -171,7 +192,10 @@ pub(crate) fn prepare_restore(
                 source,
             })?;
         if reader.checkpoints().iter().any(|c| c.id == id) {
-            return Ok(Some(BTreeSet::from([id])));
+            return Ok(Prepared {
+                allowed,
+                fill: None,
+            });
         }
         return Err(RestoreError::LocalBehindRemote {
             dir: config.dir.clone(),
@@ -180,16 +204,36 @@ pub(crate) fn prepare_restore(
         }
         .into());
     }
-    let tier = remote.tier.clone();
-    let dir: PathBuf = config.dir.clone();
-    let report = rt
-        .block_on(async move { tier.download(&chosen, &dir).await })
-        .map_err(|e| remote_err(&remote.url, e))?;
-    eprintln!(
-        "spate: restored checkpoint {id} from {}: {} bytes in {} ranged reads",
-        remote.url, report.bytes, report.get_requests
+    if interrupted {
+        eprintln!(
+            "spate: {} holds a restore from {} that did not complete: it is removed and restored again",
+            config.dir.display(),
+            remote.url
+        );
+    }
+    let fill = RemoteFill::prepare(&chosen, &config.dir).map_err(|e| remote_err(&remote.url, e))?;
+    let (driver, tier, url) = (fill.clone(), remote.tier.clone(), remote.url.clone());
+    let started = std::time::Instant::now();
+    // Runs on the remote runtime; its outcome reaches the job through the
+    // fill (a waiter gets the error), and the log here.
+    let _ = rt.submit(
+        async move {
+            match driver.run(&tier).await {
+                Ok(report) => eprintln!(
+                    "spate: restored checkpoint {id} from {url}: {} bytes in {} ranged reads, {} ms",
+                    report.bytes,
+                    report.get_requests,
+                    started.elapsed().as_millis()
+                ),
+                Err(e) => eprintln!("spate: restoring checkpoint {id} from {url} failed: {e}"),
+            }
+        },
+        || {},
     );
-    Ok(Some(BTreeSet::from([id])))
+    Ok(Prepared {
+        allowed,
+        fill: Some(fill),
+    })
 }
 
 /// Starts the upload and remote commit of committed checkpoint `record` on

@@ -3,6 +3,14 @@
 //! Opened once per job start on the caller's thread (the store reader maps
 //! segments and is `Send + Sync`); every subtask's operators, sources and
 //! receivers take their share from it while the graph is built.
+//!
+//! Restored from the remote tier onto an empty directory, the blocks are still
+//! arriving ([`RemoteFill`]): the checkpoint is not verified up front (each
+//! block is verified as it arrives and again when read); every block but the
+//! keyed state's is asked for first and waited for where the graph reads it;
+//! a keyed state chain is handed out as [`RestoredBlock`]s, which the state
+//! tables resolve when they load the key group (waiting, if its blocks have
+//! not arrived, for a read of them ahead of the rest).
 
 use super::metadata::{CheckpointMetadata, InFlightBlock, SourceOffset};
 
@@ -18,12 +26,64 @@ use super::subtask::ChainLink;
 use super::{CheckpointConfig, RestoreFrom};
 use crate::schema::BlockSchema;
 use crate::{JobError, RestoreError};
+use spate_storage::remote::RemoteFill;
 use spate_storage::{BlockHandle, BlockRef, StoreReader};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+/// A block of a restored keyed state chain: mapped and verified, or still
+/// arriving from the remote tier.
+#[derive(Debug)]
+pub(crate) enum RestoredBlock {
+    /// Mapped and verified.
+    Ready(BlockRef),
+    /// Arriving: resolved by waiting for the fill.
+    Arriving {
+        handle: BlockHandle,
+        reader: Arc<StoreReader>,
+        fill: RemoteFill,
+    },
+}
+
+impl RestoredBlock {
+    /// The block's handle.
+    pub(crate) fn handle(&self) -> BlockHandle {
+        match self {
+            RestoredBlock::Ready(b) => b.handle(),
+            RestoredBlock::Arriving { handle, .. } => *handle,
+        }
+    }
+
+    /// Whether [`resolve`](Self::resolve) returns without waiting.
+    pub(crate) fn is_ready(&self) -> bool {
+        match self {
+            RestoredBlock::Ready(_) => true,
+            RestoredBlock::Arriving { handle, fill, .. } => fill.is_written(handle),
+        }
+    }
+
+    /// The verified block, once it has arrived (blocking the thread until then).
+    pub(crate) fn resolve(self) -> Result<BlockRef, String> {
+        match self {
+            RestoredBlock::Ready(b) => Ok(b),
+            RestoredBlock::Arriving {
+                handle,
+                reader,
+                fill,
+            } => {
+                fill.wait(&handle).map_err(|e| e.to_string())?;
+                reader.block(&handle).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
 
 pub(crate) struct RestoreState {
     pub metadata: CheckpointMetadata,
-    reader: StoreReader,
+    reader: Arc<StoreReader>,
+    /// The remote fill the blocks are arriving by, if restored onto an empty
+    /// directory from the remote tier.
+    fill: Option<RemoteFill>,
     handles: Vec<BlockHandle>,
     state: HashMap<(String, String, u32), usize>,
     /// The schemas recorded for each (operator, state), by index.
@@ -34,13 +94,21 @@ pub(crate) struct RestoreState {
 
 impl RestoreState {
     /// The checkpoint of the store directory to restore per `config.restore`, if any;
-    /// with `allowed`, only one of those ids (those committed remotely).
+    /// with `allowed`, only one of those ids (those committed remotely); with
+    /// `fill`, the directory's blocks are still arriving by it.
     pub(crate) fn load_dir(
         config: &CheckpointConfig,
         allowed: Option<&BTreeSet<u64>>,
+        fill: Option<RemoteFill>,
     ) -> Result<Option<Self>, JobError> {
         if config.restore == RestoreFrom::Nothing || !config.dir.exists() {
             return Ok(None);
+        }
+        if fill.is_none() && spate_storage::remote::fill::is_interrupted(&config.dir) {
+            return Err(RestoreError::InterruptedRemoteRestore {
+                dir: config.dir.clone(),
+            }
+            .into());
         }
         let reader = StoreReader::open(&config.dir).map_err(|source| RestoreError::Open {
             dir: config.dir.clone(),
@@ -53,7 +121,12 @@ impl RestoreState {
             }
             .into());
         }
-        Self::load(reader, config, None, allowed)
+        let mut restored = Self::load(reader, config, None, allowed, fill.is_some())?;
+        if let Some(r) = &mut restored {
+            r.fill = fill;
+            r.prioritise_unkeyed();
+        }
+        Ok(restored)
     }
 
     /// The checkpoint of `reader` to restore per `config.restore`, if any;
@@ -63,6 +136,7 @@ impl RestoreState {
         config: &CheckpointConfig,
         fingerprint: Option<u64>,
         allowed: Option<&BTreeSet<u64>>,
+        arriving: bool,
     ) -> Result<Option<Self>, JobError> {
         let newest_first = reader
             .checkpoints()
@@ -89,7 +163,8 @@ impl RestoreState {
             ));
         }
         for &id in &candidates {
-            let Some(restored) = Self::try_one(&reader, id, config, fingerprint, &mut warnings)?
+            let Some(restored) =
+                Self::try_one(&reader, id, config, fingerprint, arriving, &mut warnings)?
             else {
                 continue;
             };
@@ -115,7 +190,8 @@ impl RestoreState {
             }
             return Ok(Some(Self {
                 metadata: restored.0,
-                reader,
+                reader: Arc::new(reader),
+                fill: None,
                 handles: restored.1,
                 state,
                 state_schemas,
@@ -140,13 +216,15 @@ impl RestoreState {
     }
 
     /// Checkpoint `id` if it reads back intact (its metadata and every
-    /// block); otherwise `None` with the reason in `warnings`. An
+    /// block, unless its blocks are `arriving`: each is verified as it
+    /// arrives); otherwise `None` with the reason in `warnings`. An
     /// incompatible job is an error.
     fn try_one(
         reader: &StoreReader,
         id: u64,
         config: &CheckpointConfig,
         fingerprint: Option<u64>,
+        arriving: bool,
         warnings: &mut Vec<String>,
     ) -> Result<Option<(CheckpointMetadata, Vec<BlockHandle>)>, JobError> {
         let record = match reader.checkpoint(id) {
@@ -164,6 +242,7 @@ impl RestoreState {
             }
         };
         match reader.verify_checkpoint(id) {
+            _ if arriving => {}
             Ok(problems) if problems.is_empty() => {}
             Ok(problems) => {
                 warnings.push(format!(
@@ -237,13 +316,46 @@ impl RestoreState {
         Ok(())
     }
 
-    fn block(&self, handle_index: u32) -> Result<BlockRef, JobError> {
-        let handle = self.handles.get(handle_index as usize).ok_or_else(|| {
+    fn handle(&self, handle_index: u32) -> Result<&BlockHandle, JobError> {
+        self.handles.get(handle_index as usize).ok_or_else(|| {
             self.damaged(
                 "its metadata",
                 format!("handle index {handle_index} out of range"),
             )
-        })?;
+        })
+    }
+
+    /// Asks the fill, if any, for every block that is not keyed state
+    /// (metadata-referenced timers, in-flight records) ahead of the rest: the
+    /// graph reads those while it is built.
+    fn prioritise_unkeyed(&self) {
+        let Some(fill) = &self.fill else {
+            return;
+        };
+        let keyed: HashSet<u32> = self
+            .metadata
+            .state
+            .iter()
+            .filter(|s| s.table != super::metadata::TIMERS_TABLE)
+            .flat_map(|s| s.chain.iter().map(|b| b.handle))
+            .collect();
+        fill.prioritise(
+            self.handles
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !keyed.contains(&(*i as u32)))
+                .map(|(_, h)| h),
+        );
+    }
+
+    /// Block `handle_index`, mapped and verified (waiting for the fill, if
+    /// any, to bring it).
+    fn block(&self, handle_index: u32) -> Result<BlockRef, JobError> {
+        let handle = self.handle(handle_index)?;
+        if let Some(fill) = &self.fill {
+            fill.wait(handle)
+                .map_err(|e| self.damaged("a block", e.to_string()))?;
+        }
         self.reader
             .block(handle)
             .map_err(|e| self.damaged("a block", e.to_string()))
@@ -257,7 +369,7 @@ impl RestoreState {
         operator: &str,
         table: &str,
         key_group: u32,
-    ) -> Result<Option<(Vec<(bool, BlockRef)>, Vec<ChainLink>, u64)>, JobError> {
+    ) -> Result<Option<(Vec<(bool, RestoredBlock)>, Vec<ChainLink>, u64)>, JobError> {
         let Some(&i) = self
             .state
             .get(&(operator.to_string(), table.to_string(), key_group))
@@ -267,13 +379,16 @@ impl RestoreState {
         let mut blocks = Vec::new();
         let mut links = Vec::new();
         for b in &self.metadata.state[i].chain {
-            blocks.push((b.delta, self.block(b.handle)?));
-            let handle = *self.handles.get(b.handle as usize).ok_or_else(|| {
-                self.damaged(
-                    "its metadata",
-                    format!("handle index {} out of range", b.handle),
-                )
-            })?;
+            let handle = *self.handle(b.handle)?;
+            let block = match &self.fill {
+                Some(fill) if !fill.is_written(&handle) => RestoredBlock::Arriving {
+                    handle,
+                    reader: self.reader.clone(),
+                    fill: fill.clone(),
+                },
+                _ => RestoredBlock::Ready(self.block(b.handle)?),
+            };
+            blocks.push((b.delta, block));
             links.push(ChainLink {
                 handle,
                 delta: b.delta,

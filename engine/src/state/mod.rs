@@ -24,6 +24,7 @@
 //!    then return to the dirty set.
 
 use crate::archive::{take_buffer, Entries, EntryRef};
+use crate::checkpoint::restore::RestoredBlock;
 use crate::checkpoint::subtask::{Chain, StateKey, StateRef};
 use crate::keygroup::{Key, KeyGroupRange};
 use crate::schema::BlockSchema;
@@ -101,7 +102,7 @@ pub(crate) struct KeyedTable<K, V> {
     frozen: Vec<Option<Frozen<K>>>,
     frozen_count: usize,
     /// Chains of a restored checkpoint not loaded yet, per key group.
-    to_load: Vec<Option<Vec<(bool, spate_storage::BlockRef)>>>,
+    to_load: Vec<Option<Vec<(bool, RestoredBlock)>>>,
     to_load_count: usize,
     load_error: Option<StateError>,
     serialized: Vec<Result<Serialized, StateError>>,
@@ -193,6 +194,18 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
         self.to_load_count -= 1;
         debug_assert!(self.to_load_count < self.to_load.len(), "loads pending");
         for (delta, block) in chain {
+            let handle = block.handle();
+            let block = match block.resolve() {
+                Ok(block) => block,
+                Err(reason) => {
+                    self.load_error.get_or_insert(StateError::Arrive {
+                        table: self.name.clone(),
+                        block: handle,
+                        reason,
+                    });
+                    continue;
+                }
+            };
             let applied = if delta {
                 self.restore_delta(index, &block)
             } else {
@@ -584,7 +597,7 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         );
     }
 
-    fn restore_lazily(&mut self, index: usize, chain: Vec<(bool, spate_storage::BlockRef)>) {
+    fn restore_lazily(&mut self, index: usize, chain: Vec<(bool, RestoredBlock)>) {
         if self.to_load[index].replace(chain).is_none() {
             self.to_load_count += 1;
         }
@@ -594,7 +607,12 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         let mut loaded = 0;
         let mut index = 0;
         while loaded < max && self.to_load_count > 0 && index < self.to_load.len() {
-            if self.to_load[index].is_some() {
+            // In the background only what has arrived: a key group still
+            // arriving from the remote tier waits for its first access.
+            if self.to_load[index]
+                .as_ref()
+                .is_some_and(|chain| chain.iter().all(|(_, b)| b.is_ready()))
+            {
                 self.load(index);
                 loaded += 1;
             }
@@ -606,8 +624,13 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         }
     }
 
-    fn pending_loads(&self) -> usize {
-        self.to_load_count
+    fn loads_ready(&self) -> bool {
+        self.to_load_count > 0
+            && self
+                .to_load
+                .iter()
+                .flatten()
+                .any(|chain| chain.iter().all(|(_, b)| b.is_ready()))
     }
 
     fn serialize_frozen(&mut self, max: usize) -> usize {

@@ -37,6 +37,16 @@ pub(crate) enum StateError {
         #[source]
         source: RkyvError,
     },
+    /// A block of a restored chain did not arrive from the remote tier.
+    #[error("state `{table}`, block {} offset {}: {reason}", block.segment.file_name(), block.offset)]
+    Arrive {
+        /// The state's name.
+        table: String,
+        /// The block.
+        block: spate_storage::BlockHandle,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What the checkpoint layer needs from any keyed state table, whatever its
@@ -84,12 +94,17 @@ pub(crate) trait StateTable {
     /// Restores the key group from its chain (base, then deltas, mapped
     /// zero-copy) on first access or in the background: a restored job runs
     /// before every key group is deserialised.
-    fn restore_lazily(&mut self, index: usize, chain: Vec<(bool, spate_storage::BlockRef)>);
+    fn restore_lazily(
+        &mut self,
+        index: usize,
+        chain: Vec<(bool, crate::checkpoint::restore::RestoredBlock)>,
+    );
     /// Loads up to `max` key groups still waiting; returns how many, or the
     /// first error met (also on loads made on access).
     fn load_pending(&mut self, max: usize) -> Result<usize, StateError>;
-    /// Key groups still waiting to be loaded.
-    fn pending_loads(&self) -> usize;
+    /// Whether a key group waiting to be loaded can load without waiting
+    /// for the remote tier (one restored from it may still be arriving).
+    fn loads_ready(&self) -> bool;
     /// Starts the cut of `plan.id` in O(1): every key group decides what it
     /// becomes in the checkpoint (see [`Decided`]) before its next write, or
     /// in the background ([`decide_pending`](Self::decide_pending)). Until

@@ -8,7 +8,10 @@
 //! Credentials: S3 settings come from the environment (`AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`,
 //! `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, web identity and container
-//! credentials, instance metadata) through `AmazonS3Builder::from_env`. The URL
+//! credentials, instance metadata) through `AmazonS3Builder::from_env`, then
+//! what the environment leaves unset from the AWS shared files
+//! (`~/.aws/credentials`, `~/.aws/config`, profile `AWS_PROFILE`: static keys,
+//! session token, region, `endpoint_url`; see `aws_files.rs`). The URL
 //! may carry the non-secret settings `endpoint`, `region` and `allow_http` as
 //! query parameters; a URL with any other parameter (a key, a token) is refused,
 //! so that no secret can reach a log line or a report that prints the URL.
@@ -185,6 +188,19 @@ impl CloudBackend {
             "s3" => {
                 let mut b =
                     object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&parsed.bucket);
+                // The AWS files fill in what the environment leaves unset.
+                let env = |var: &str| std::env::var(var).ok();
+                if let Some(profile) =
+                    super::aws_files::load(&env).map_err(|message| UrlError::Client {
+                        url: parsed.to_string(),
+                        message,
+                    })?
+                {
+                    b = profile.apply(b, &env).map_err(|message| UrlError::Client {
+                        url: parsed.to_string(),
+                        message,
+                    })?;
+                }
                 for (name, value) in &parsed.params {
                     b = match name.as_str() {
                         "endpoint" => b.with_endpoint(value),

@@ -14,23 +14,23 @@
 //!    older than the grace period (an upload in progress may still reference a
 //!    fresh one), then abandoned multipart uploads older than the grace period.
 //!
-//! A restore picks the newest record that decodes, downloads the blocks it
-//! references by ranged reads into an empty local directory, and writes a local
-//! manifest holding that one checkpoint.
+//! A restore picks the newest record that decodes and fills an empty local
+//! directory with the blocks it references ([`RemoteFill`]: at once with
+//! [`RemoteTier::download`], or in the background while a job runs).
 //!
 //! Owns the remote layout; reads local segment files, and writes local files only
 //! into an empty directory (a restore). Its futures are `Send` and run on the
 //! [`RemoteRuntime`](super::RemoteRuntime) (or any executor, for the simulated
 //! backend); file reads and writes block that thread, never a reactor.
 
+use super::fill::RemoteFill;
 use super::layout::{self, Extent, RemoteRecord};
 use super::{ObjectBackend, ObjectError};
-use crate::format::{self, BlockHandle, CheckpointRecord, ManifestRecord, SegmentId};
+use crate::format::{CheckpointRecord, SegmentId};
 use crate::reader::ReadSource;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::os::unix::fs::FileExt;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -108,6 +108,15 @@ pub enum RemoteError {
     NotEmpty {
         /// The directory.
         dir: PathBuf,
+    },
+    /// A restore from the remote tier stopped before the block asked for
+    /// arrived (the first error of its fill).
+    #[error("remote checkpoint {id}: the restore did not complete: {reason}")]
+    FillFailed {
+        /// The checkpoint.
+        id: u64,
+        /// The fill's error.
+        reason: String,
     },
     /// A downloaded block failed verification.
     #[error("remote checkpoint {id}: block at segment {segment} offset {offset}: {reason}")]
@@ -606,132 +615,20 @@ impl RemoteTier {
         Ok(report)
     }
 
-    /// Downloads checkpoint `record` into the empty local store directory `dir`:
-    /// ranged reads of exactly the blocks it references (adjacent blocks of one
-    /// extent in one read), each block verified, written at its offset in its
-    /// segment file and synced; then a manifest holding the one checkpoint
-    /// (written to a temporary name, synced, renamed, directory synced: the
-    /// local commit point of the restore). Segment files left by an interrupted
-    /// download have no manifest, and a later restore removes them first.
+    /// Downloads checkpoint `record` into the empty local store directory `dir`
+    /// and returns once every block is written: a [`RemoteFill`] prepared and
+    /// run to its end (ranged reads of the blocks it references, each block
+    /// verified, segment files synced, the manifest holding the one checkpoint,
+    /// then the fill marker removed). An interrupted download leaves the
+    /// marker, and a later restore removes what it left first.
     pub async fn download(
         &self,
         record: &RemoteRecord,
         dir: &Path,
     ) -> Result<DownloadReport, RemoteError> {
-        let local = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RemoteError::Local { path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(local(dir))?;
-        clear_for_restore(dir)?;
-        let id = record.checkpoint.id;
-        let mut report = DownloadReport {
-            id,
-            ..DownloadReport::default()
-        };
-        // Coalesce: sorted handles, one read per run of blocks in one extent
-        // with gaps below 1 MiB.
-        let mut handles: Vec<BlockHandle> = record.checkpoint.handles.clone();
-        handles.sort();
-        handles.dedup();
-        let mut reads: Vec<(Extent, u64, u64, Vec<BlockHandle>)> = Vec::new();
-        for h in handles {
-            let Some(e) = record.extent_for(&h) else {
-                return Err(RemoteError::Damaged {
-                    id,
-                    reason: format!("block {h:?} is covered by no extent"),
-                });
-            };
-            let end = h.offset + h.footprint();
-            match reads.last_mut() {
-                Some((le, _, lend, hs)) if le.key == e.key && h.offset <= *lend + (1 << 20) => {
-                    *lend = (*lend).max(end);
-                    hs.push(h);
-                }
-                _ => reads.push((e.clone(), h.offset, end, vec![h])),
-            }
-        }
-        let mut files: HashMap<SegmentId, std::fs::File> = HashMap::new();
-        let results: Vec<Result<FetchedRun, RemoteError>> =
-            futures_util::stream::iter(reads.into_iter().map(|(e, start, end, hs)| async move {
-                let bytes = self
-                    .backend
-                    .get(&e.key, Some(start - e.start..end - e.start))
-                    .await?;
-                Ok((e, start, bytes, hs))
-            }))
-            .buffered(self.options.part_concurrency)
-            .collect()
-            .await;
-        for r in results {
-            let (e, start, bytes, hs) = r?;
-            report.get_requests += 1;
-            report.bytes += bytes.len() as u64;
-            for h in &hs {
-                let at = (h.offset - start) as usize;
-                let fp = h.footprint() as usize;
-                let Some(block) = bytes.get(at..at + fp) else {
-                    return Err(RemoteError::BadBlock {
-                        id,
-                        segment: h.segment,
-                        offset: h.offset,
-                        reason: "short ranged read".into(),
-                    });
-                };
-                let local_h = BlockHandle { offset: 0, ..*h };
-                format::check_block(block, &local_h, true).map_err(|e| RemoteError::BadBlock {
-                    id,
-                    segment: h.segment,
-                    offset: h.offset,
-                    reason: e.to_string(),
-                })?;
-            }
-            let path = dir.join(e.segment.file_name());
-            let file = match files.entry(e.segment) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .truncate(false)
-                        .write(true)
-                        .open(&path)
-                        .map_err(local(&path))?,
-                ),
-            };
-            file.write_all_at(&bytes, start).map_err(local(&path))?;
-        }
-        report.segments = files.len();
-        for (segment, file) in &files {
-            let path = dir.join(segment.file_name());
-            // Whole pages, as the local store writes them.
-            let len = file.metadata().map_err(local(&path))?.len();
-            let padded = format::align_up(len, format::PAGE_SIZE as u64);
-            file.set_len(padded).map_err(local(&path))?;
-            file.sync_all().map_err(local(&path))?;
-        }
-        let manifest = format::encode_batch(
-            &[ManifestRecord::CheckpointCompleted(
-                record.checkpoint.clone(),
-            )],
-            0,
-        );
-        let tmp = dir.join(format::manifest_tmp_name(1));
-        let fin = dir.join(format::manifest_file_name(1));
-        std::fs::write(&tmp, &manifest).map_err(local(&tmp))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(local(&tmp))?;
-        std::fs::rename(&tmp, &fin).map_err(local(&fin))?;
-        std::fs::File::open(dir)
-            .and_then(|f| f.sync_all())
-            .map_err(local(dir))?;
-        Ok(report)
+        RemoteFill::prepare(record, dir)?.run(self).await
     }
 }
-
-/// One ranged read of a restore: the extent, the segment offset it starts
-/// at, the bytes, and the blocks they hold.
-type FetchedRun = (Extent, u64, Bytes, Vec<BlockHandle>);
 
 /// Reads bytes `[start, end)` of a local segment.
 fn read_range(
@@ -754,32 +651,4 @@ fn read_range(
             format!("bytes {start}..{end} past the end ({})", bytes.len()),
         ))),
     }
-}
-
-/// Makes `dir` ready for a restore: refuses a directory with a manifest;
-/// removes segment files without one (an interrupted download).
-fn clear_for_restore(dir: &Path) -> Result<(), RemoteError> {
-    let local = |source| RemoteError::Local {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut segments = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(local)? {
-        let entry = entry.map_err(local)?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if format::parse_manifest_name(&name).is_some() {
-            return Err(RemoteError::NotEmpty {
-                dir: dir.to_path_buf(),
-            });
-        }
-        if SegmentId::parse_file_name(&name).is_some() || format::is_manifest_tmp(&name) {
-            segments.push(entry.path());
-        }
-    }
-    for path in segments {
-        std::fs::remove_file(&path).map_err(|source| RemoteError::Local { path, source })?;
-    }
-    Ok(())
 }

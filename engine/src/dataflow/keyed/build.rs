@@ -139,12 +139,7 @@ impl<K: Key, I1: 'static, I2: 'static, O: Data, F: CoProcessFunction<K, I1, I2, 
 
     fn has_snapshot_work(&self) -> bool {
         let op = self.borrow();
-        op.lazy.is_some()
-            || op
-                .state
-                .tables()
-                .iter()
-                .any(|t| t.borrow().pending_loads() > 0)
+        op.lazy.is_some() || op.state.tables().iter().any(|t| t.borrow().loads_ready())
     }
 }
 

@@ -601,6 +601,9 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                 continue;
             };
             for (_, block) in blocks {
+                let block = block
+                    .resolve()
+                    .map_err(|e| fail(format!("timers of key group {group}: {e}")))?;
                 let entries = rkyv::from_bytes::<TimerEntries<K>, rkyv::rancor::Error>(&block)
                     .map_err(|e| fail(format!("timers of key group {group}: {e}")))?;
                 for (ts, domain, key) in entries {
