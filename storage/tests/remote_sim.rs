@@ -359,9 +359,8 @@ fn a_fill_reads_asked_for_blocks_first_and_an_interrupted_fill_starts_over() {
         std::thread::spawn(move || fill.wait(&first).map(|()| fill.is_written(&first)))
     };
     let report = run(fill.run(&t)).unwrap();
-    assert_eq!(
+    assert!(
         waiter.join().unwrap().unwrap(),
-        true,
         "the waiter returned once its block was written"
     );
     assert!(report.get_requests >= 2, "{report:?}");
