@@ -180,9 +180,11 @@ impl SimCluster {
         self.lock().leases.contains_key(&lease.0)
     }
 
-    /// Every write since the store was created, in order.
-    pub fn write_log(&self) -> Vec<WriteEvent> {
-        self.lock().log.clone()
+    /// The writes since the `from`th (0: since the store was created), in
+    /// order.
+    pub fn write_log(&self, from: usize) -> Vec<WriteEvent> {
+        let s = self.lock();
+        s.log.get(from..).unwrap_or_default().to_vec()
     }
 }
 
