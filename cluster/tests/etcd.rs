@@ -99,7 +99,7 @@ fn elected(
 fn etcd_behaves_like_the_simulated_store() {
     let Some(c) = etcd() else { return };
     let keys = job("conformance");
-    common::conformance(&*c, &String::from_utf8(keys.prefix().to_vec()).unwrap());
+    common::conformance(&*c, std::str::from_utf8(keys.prefix()).unwrap());
 }
 
 #[test]
