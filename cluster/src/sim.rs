@@ -371,11 +371,11 @@ impl Coordination for SimClient {
             if let Some(lease) = s.lease_missing(branch) {
                 return Err(CoordError::LeaseNotFound { lease });
             }
-            let writes = branch.iter().any(|op| !matches!(op, TxnOp::Get(_)));
-            if writes {
-                s.revision += 1;
-            }
-            let rev = s.revision;
+            // Writes happen at the next revision; as in etcd, a transaction
+            // that changes nothing (reads, deletes of absent keys) keeps
+            // the store's revision.
+            let rev = s.revision + 1;
+            let logged = s.log.len();
             let responses = branch
                 .iter()
                 .map(|op| match op {
@@ -387,9 +387,12 @@ impl Coordination for SimClient {
                     TxnOp::Delete(range) => TxnOpResponse::Delete(s.apply_delete(rev, range)),
                 })
                 .collect();
+            if s.log.len() > logged {
+                s.revision = rev;
+            }
             Ok(TxnResponse {
                 succeeded,
-                revision: rev,
+                revision: s.revision,
                 responses,
             })
         })
