@@ -170,3 +170,109 @@ fn renew(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{KeyRange, LeaseId, RangeResponse, Revision, Txn, TxnResponse};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    /// A store whose keepalives succeed while `up` and count themselves;
+    /// everything else is unused.
+    struct Fake {
+        up: AtomicBool,
+        renewals: AtomicU64,
+    }
+
+    impl Coordination for Fake {
+        fn range(&self, _: &KeyRange) -> Result<RangeResponse, CoordError> {
+            unreachable!()
+        }
+        fn put(&self, _: &[u8], _: &[u8], _: Option<LeaseId>) -> Result<Revision, CoordError> {
+            unreachable!()
+        }
+        fn txn(&self, _: &Txn) -> Result<TxnResponse, CoordError> {
+            unreachable!()
+        }
+        fn delete(&self, _: &KeyRange) -> Result<u64, CoordError> {
+            unreachable!()
+        }
+        fn lease_grant(&self, _: i64) -> Result<Lease, CoordError> {
+            unreachable!()
+        }
+        fn lease_keepalive(&self, _: LeaseId) -> Result<i64, CoordError> {
+            if !self.up.load(Ordering::SeqCst) {
+                return Err(CoordError::Unavailable {
+                    endpoint: "fake".into(),
+                    operation: "lease keepalive",
+                    source: std::io::ErrorKind::ConnectionRefused.into(),
+                });
+            }
+            self.renewals.fetch_add(1, Ordering::SeqCst);
+            Ok(1)
+        }
+        fn lease_revoke(&self, _: LeaseId) -> Result<(), CoordError> {
+            unreachable!()
+        }
+    }
+
+    #[test]
+    fn an_unreachable_store_loses_the_lease_at_the_local_deadline() {
+        let fake = Arc::new(Fake {
+            up: AtomicBool::new(true),
+            renewals: AtomicU64::new(0),
+        });
+        let lease = Lease {
+            id: LeaseId(7),
+            ttl_s: 1,
+        };
+        let (tx, rx) = mpsc::channel();
+        let keepalive = KeepAlive::start(
+            fake.clone(),
+            lease,
+            Box::new(move |why| tx.send(why).unwrap()),
+        )
+        .unwrap();
+        // Renewed while the store answers (several times within its TTL)...
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fake.renewals.load(Ordering::SeqCst) < 4 {
+            assert!(Instant::now() < deadline, "no renewals");
+            assert!(keepalive.is_alive());
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+        // ... lost once it stops answering for a TTL.
+        fake.up.store(false, Ordering::SeqCst);
+        assert_eq!(
+            keepalive.wait_lost(Duration::from_secs(10)),
+            Some(LeaseLost::Unrenewed)
+        );
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Ok(LeaseLost::Unrenewed)
+        );
+        assert!(!keepalive.is_alive());
+    }
+
+    #[test]
+    fn dropping_the_keepalive_stops_its_thread_without_a_loss() {
+        let fake = Arc::new(Fake {
+            up: AtomicBool::new(true),
+            renewals: AtomicU64::new(0),
+        });
+        let lease = Lease {
+            id: LeaseId(8),
+            ttl_s: 30,
+        };
+        let lost = Arc::new(AtomicBool::new(false));
+        let hook = lost.clone();
+        let keepalive = KeepAlive::start(
+            fake,
+            lease,
+            Box::new(move |_| hook.store(true, Ordering::SeqCst)),
+        )
+        .unwrap();
+        // The drop ends the thread's wait (its period is 10 s) and joins it.
+        drop(keepalive);
+        assert!(!lost.load(Ordering::SeqCst), "a stop is not a loss");
+    }
+}
