@@ -64,23 +64,17 @@ impl NexmarkSource {
         self.emitted = Some(counter);
         self
     }
-}
 
-/// The watermark strategy for [`NexmarkSource`]: monotonous event timestamps.
-pub fn watermarks() -> WatermarkStrategy<Event> {
-    WatermarkStrategy::monotonous(Event::timestamp_ms)
-}
-
-impl Source<Event> for NexmarkSource {
-    fn open(&mut self, context: &SourceContext) -> Result<(), SourceError> {
-        self.cursor = Some(SplitCursor::new(context));
-        Ok(())
-    }
-
-    fn poll(&mut self, out: &mut Vec<Event>, max: usize) -> Result<SourcePoll, SourceError> {
+    /// Generates up to `max` events due now, handing each to `push`.
+    #[inline(always)]
+    fn generate(
+        &mut self,
+        max: usize,
+        mut push: impl FnMut(Event),
+    ) -> Result<SourcePoll, SourceError> {
         let now_us = self.pace.as_ref().map(|clock| clock.now_us());
-        let before = out.len();
         let mut result = SourcePoll::Ready;
+        let mut emitted = 0u64;
         let Some(cursor) = self.cursor.as_mut() else {
             return Err(SourceError::Other("polled before open".into()));
         };
@@ -97,13 +91,41 @@ impl Source<Event> for NexmarkSource {
                     break;
                 }
             }
-            out.push(self.generator.event_at(index));
+            push(self.generator.event_at(index));
+            emitted += 1;
             cursor.advance();
         }
         if let Some(counter) = &self.emitted {
-            counter.fetch_add((out.len() - before) as u64, Ordering::Relaxed);
+            counter.fetch_add(emitted, Ordering::Relaxed);
         }
         Ok(result)
+    }
+}
+
+/// The watermark strategy for [`NexmarkSource`]: monotonous event timestamps.
+pub fn watermarks() -> WatermarkStrategy<Event> {
+    WatermarkStrategy::monotonous(Event::timestamp_ms)
+}
+
+impl Source<Event> for NexmarkSource {
+    fn open(&mut self, context: &SourceContext) -> Result<(), SourceError> {
+        self.cursor = Some(SplitCursor::new(context));
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<Event>, max: usize) -> Result<SourcePoll, SourceError> {
+        self.generate(max, |event| out.push(event))
+    }
+
+    fn poll_records(
+        &mut self,
+        out: &mut Vec<spate::Record<Event>>,
+        max: usize,
+        _scratch: &mut Vec<Event>,
+    ) -> Result<SourcePoll, SourceError> {
+        // Built in place: an event is a few hundred bytes, and moving each
+        // once more cost a quarter of q1's time.
+        self.generate(max, |value| out.push(spate::Record { ts: 0, value }))
     }
 
     fn offset(&self) -> u64 {

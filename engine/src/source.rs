@@ -67,6 +67,26 @@ pub trait Source<T>: 'static {
     /// Appends at most `max` records to `out`.
     fn poll(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourcePoll, SourceError>;
 
+    /// [`poll`](Self::poll) into the engine's records (event time 0; the
+    /// engine sets it in place afterwards). The engine calls this one, with
+    /// `scratch` an empty vector. The default polls into `scratch` and moves
+    /// every value once more into `out`; a source whose records are large
+    /// overrides it to build each record in place.
+    fn poll_records(
+        &mut self,
+        out: &mut Vec<crate::Record<T>>,
+        max: usize,
+        scratch: &mut Vec<T>,
+    ) -> Result<SourcePoll, SourceError> {
+        let poll = self.poll(scratch, max)?;
+        out.extend(
+            scratch
+                .drain(..)
+                .map(|value| crate::Record { ts: 0, value }),
+        );
+        Ok(poll)
+    }
+
     /// After `Pending`: whether a poll would now produce (checked before the
     /// subtask parks, so it must not miss a record that arrived meanwhile).
     fn is_ready(&mut self) -> bool {

@@ -545,25 +545,22 @@ impl<T: Data, S: Source<T>> Input for SourceInput<T, S> {
         if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
             return self.finish(cx);
         }
+        debug_assert!(self.records.is_empty() && self.values.is_empty());
         let poll = self
             .source
-            .poll(&mut self.values, self.batch_size)
+            .poll_records(&mut self.records, self.batch_size, &mut self.values)
             .map_err(|e| self.error(e))?;
-        let produced = !self.values.is_empty();
+        self.values.clear();
+        let produced = !self.records.is_empty();
         if produced {
-            match &self.timestamp {
-                Some(ts_of) => {
-                    let mut max = self.max_ts.unwrap_or(0);
-                    self.records.extend(self.values.drain(..).map(|value| {
-                        let ts = ts_of(&value);
-                        max = max.max(ts);
-                        Record { ts, value }
-                    }));
-                    self.max_ts = Some(max);
+            // Event time set in place: records are not moved again.
+            if let Some(ts_of) = &self.timestamp {
+                let mut max = self.max_ts.unwrap_or(0);
+                for record in &mut self.records {
+                    record.ts = ts_of(&record.value);
+                    max = max.max(record.ts);
                 }
-                None => self
-                    .records
-                    .extend(self.values.drain(..).map(|value| Record { ts: 0, value })),
+                self.max_ts = Some(max);
             }
             self.metrics.records_out.add(self.records.len() as u64);
             self.output.push(&mut self.records, cx)?;
