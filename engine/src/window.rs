@@ -633,7 +633,7 @@ impl<K: Key, T: 'static, A: AggregateFunction<T>, W: WindowOutput<K, A::Out>>
         let (size, slide) = (self.assigner.size_ms, self.assigner.slide_ms);
         // Windows covering the pane end at pane_end ..= pane_end + size - slide,
         // and none starts before the epoch.
-        let first = pane_end.max(fired_end + slide).max(size);
+        let first = pane_end.max(fired_end.saturating_add(slide)).max(size);
         (first <= pane_end + size - slide).then_some(first)
     }
 
@@ -847,6 +847,25 @@ impl<K: Key, T: 'static, A: AggregateFunction<T>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pane_archives_and_describes_itself_like_a_vector_of_pairs() {
+        let mut map = FxHashMap::default();
+        for k in 0..50u64 {
+            map.insert(format!("auction {k}"), k * 3);
+        }
+        let pane = PaneMap(map.clone());
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&pane).unwrap();
+        let pairs: Vec<(String, u64)> = pane.0.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let as_pairs = rkyv::to_bytes::<rkyv::rancor::Error>(&pairs).unwrap();
+        assert_eq!(bytes.as_slice(), as_pairs.as_slice());
+        let back = rkyv::from_bytes::<PaneMap<String, u64>, rkyv::rancor::Error>(&bytes).unwrap();
+        assert_eq!(back.0, map);
+        assert_eq!(
+            crate::schema::BlockSchema::keyed::<u64, PaneMap<String, u64>>(),
+            crate::schema::BlockSchema::keyed::<u64, Vec<(String, u64)>>()
+        );
+    }
 
     #[test]
     fn window_starts() {

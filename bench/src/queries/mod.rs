@@ -14,9 +14,10 @@
 //! - q4: auctions ⇒ id and bids ⇒ auction into a [`CoProcessFunction`] that
 //!   closes each auction with an event-time timer at `expires`, emitting its
 //!   highest valid bid; then ⇒ category into a running average.
-//! - q5: bids ⇒ auction into sliding 10 s / 2 s count windows; then ⇒ window end
-//!   into a function keeping each window's maximum count and the auctions that
-//!   reach it, emitted by an event-time timer when the window closes.
+//! - q5: bids ⇒ auction into sliding 10 s / 2 s count windows, which each core
+//!   folds into the window's maximum count and the auctions that reach it when
+//!   the window closes; then ⇒ window end into a function combining the cores'
+//!   folds, emitted by an event-time timer when the window closes.
 //! - q7: bids ⇒ a uniform bucket into tumbling 10 s windows keeping the
 //!   bucket's highest bids (parallel pre-aggregation); then ⇒ window end into a
 //!   global maximum emitted when the window closes.
