@@ -732,10 +732,13 @@ impl<K: Key, T: 'static, A: AggregateFunction<T>, W: WindowOutput<K, A::Out>>
             },
         );
         if first < progress.next_end {
+            // The windows the watermark passed are closed for the group too:
+            // recorded, so that a restore (where the watermark starts over)
+            // finds this pane's windows as this run did.
             self.set_progress(
                 group,
                 Progress {
-                    fired_end: progress.fired_end,
+                    fired_end,
                     next_end: first,
                 },
             );
