@@ -90,7 +90,7 @@ pub use checkpoint::{
 pub use config::{JobConfig, MAX_CHECKPOINT_TIME_MS};
 pub use dataflow::{
     CoProcessFunction, ConnectedStreams, Data, Dataflow, ExchangeData, KeyedContext,
-    KeyedProcessFunction, KeyedStream, Record, Stream,
+    KeyedProcessFunction, KeyedStream, Record, Stream, WatermarkContext,
 };
 pub use error::{
     CheckpointError, ConfigError, JobError, ProcessError, RestoreError, SinkError, SourceError,
@@ -104,7 +104,9 @@ pub use schema::Schema;
 /// `#[derive(Schema)]`: describes a struct's or enum's archived layout
 /// (see [`schema`]); use it beside rkyv's `Archive` derive.
 pub use spate_derive::Schema;
-pub use state::{KeyScope, ListState, MapState, StateData, StateRegistry, ValueState};
+pub use state::{
+    KeyGroup, KeyGroupState, KeyScope, ListState, MapState, StateData, StateRegistry, ValueState,
+};
 pub use time::{TimeDomain, Timestamp, WatermarkStrategy};
 pub use worker::SubtaskReport;
 

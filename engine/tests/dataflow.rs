@@ -104,6 +104,79 @@ proptest! {
     }
 }
 
+/// A window top-1 (the keys with the largest count, ties kept) in two
+/// stages: each subtask folds its keys' counts when a window closes
+/// (`aggregate_fold`), then the window's subtask combines the folds. Equals
+/// the top-1 of the sequential reference, whatever the parallelism.
+#[test]
+fn window_folds_make_a_top_1_per_window() {
+    let data = Arc::new(events(5, 30_000, 200, 2));
+    type Best = (u64, Vec<u64>);
+    fn add(best: &mut Best, count: u64, keys: &[u64]) {
+        if count > best.0 || best.1.is_empty() {
+            *best = (count, Vec::new());
+        }
+        if count == best.0 {
+            best.1.extend_from_slice(keys);
+        }
+    }
+    let mut expected: BTreeMap<u64, Best> = BTreeMap::new();
+    for w in reference_windows(&data, 600, 200) {
+        add(expected.entry(w.end).or_default(), w.value.0, &[w.key]);
+    }
+    for best in expected.values_mut() {
+        best.1.sort_unstable();
+    }
+    for parallelism in [1, 2, 3] {
+        let tops = Collector::new();
+        let (out, d) = (tops.clone(), data.clone());
+        Job::new(config(parallelism))
+            .run(move |df| {
+                event_source(df, &d)
+                    .key_by(|e: &Event| e.key)
+                    .window(WindowAssigner::sliding(600, 200))
+                    .aggregate_fold(
+                        "top",
+                        spate::window::Count,
+                        Best::default,
+                        |best: &mut Best, key: &u64, count: u64| add(best, count, &[*key]),
+                    )
+                    .key_by(|f: &spate::window::WindowFold<Best>| f.end)
+                    .process("combine", |state| {
+                        let best = state.value_state::<Best>("best");
+                        move |f: spate::window::WindowFold<Best>,
+                              ctx: &mut KeyedContext<u64, (u64, Best)>| {
+                            let combined = best.update(ctx, Best::default, |b| {
+                                add(b, f.value.0, &f.value.1);
+                                b.clone()
+                            });
+                            ctx.emit((f.end, combined));
+                            Ok(())
+                        }
+                    })
+                    .sink("out", out.sink());
+            })
+            .unwrap();
+        // The last combination per window end holds every subtask's fold.
+        let mut got: BTreeMap<u64, Best> = BTreeMap::new();
+        let mut folds: BTreeMap<u64, usize> = BTreeMap::new();
+        for (end, mut best) in tops.take() {
+            best.1.sort_unstable();
+            *folds.entry(end).or_default() += 1;
+            // Combinations only grow: a larger count, or more keys at it.
+            let held = got.entry(end).or_default();
+            if (best.0, best.1.len()) > (held.0, held.1.len()) {
+                *held = best;
+            }
+        }
+        assert_eq!(got, expected, "top-1 per window, parallelism {parallelism}");
+        assert!(
+            folds.values().all(|&n| n <= parallelism),
+            "at most one fold per window and subtask, parallelism {parallelism}"
+        );
+    }
+}
+
 #[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, spate::Schema)]
 struct Person {
     id: u64,

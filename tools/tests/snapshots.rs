@@ -326,7 +326,7 @@ fn human_output_of_every_command_on_a_fixed_store() {
             "--operator",
             "windows",
             "--key",
-            "w1",
+            "200",
             "--limit",
             "1",
         ],

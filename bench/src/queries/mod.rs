@@ -14,9 +14,10 @@
 //! - q4: auctions ⇒ id and bids ⇒ auction into a [`CoProcessFunction`] that
 //!   closes each auction with an event-time timer at `expires`, emitting its
 //!   highest valid bid; then ⇒ category into a running average.
-//! - q5: bids ⇒ auction into sliding 10 s / 2 s count windows; then ⇒ window end
-//!   into a function keeping each window's maximum count and the auctions that
-//!   reach it, emitted by an event-time timer when the window closes.
+//! - q5: bids ⇒ auction into sliding 10 s / 2 s count windows, which each core
+//!   folds into the window's maximum count and the auctions that reach it when
+//!   the window closes; then ⇒ window end into a function combining the cores'
+//!   folds, emitted by an event-time timer when the window closes.
 //! - q7: bids ⇒ a uniform bucket into tumbling 10 s windows keeping the
 //!   bucket's highest bids (parallel pre-aggregation); then ⇒ window end into a
 //!   global maximum emitted when the window closes.
@@ -33,7 +34,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use spate::time::{TimeDomain, Timestamp};
-use spate::window::{Aggregate, Count, WindowAssigner, WindowResult};
+use spate::window::{Aggregate, Count, WindowAssigner, WindowFold, WindowResult};
 use spate::{
     CoProcessFunction, KeyedContext, KeyedProcessFunction, ListState, ProcessError, Stream,
     ValueState,
@@ -395,6 +396,17 @@ type Q5Best = (u64, Vec<u64>);
 /// second stage: `(window end, best)`.
 type Q5Partial = (u64, Q5Best);
 
+/// Adds `auction`, counted `count` times in the window, to `best`.
+fn q5_add(best: &mut Q5Best, auction: u64, count: u64) {
+    if count > best.0 || best.1.is_empty() {
+        best.0 = count;
+        best.1.clear();
+    }
+    if count == best.0 {
+        best.1.push(auction);
+    }
+}
+
 /// Adds `other`'s auctions to `best` (both bests of the same window, over
 /// disjoint auctions).
 fn q5_merge(best: &mut Q5Best, (count, auctions): Q5Best) {
@@ -449,9 +461,11 @@ impl KeyedProcessFunction<u64, Q5Partial, Q5Row> for Q5Hottest {
 }
 
 /// q5, hot items: per sliding window of 10 s every 2 s, the auctions with the most
-/// bids. Counts are kept per 2 s pane (one update per bid); each core reduces
-/// its windows' counts to their maximum before they cross to the window's core
-/// ([`Stream::pre_aggregate`]), which combines one partial result per core.
+/// bids. Counts are kept per 2 s pane (one update per bid); when a window
+/// closes, each core folds its auctions' counts into the window's best
+/// ([`WindowedStream::aggregate_fold`](spate::window::WindowedStream::aggregate_fold):
+/// nothing is emitted per auction), and the window's core combines one
+/// partial result per core.
 pub fn q5(events: &Stream<Event>) -> Stream<Q5Row> {
     bids(events)
         .key_by(|b: &Bid| b.auction)
@@ -459,12 +473,13 @@ pub fn q5(events: &Stream<Event>) -> Stream<Q5Row> {
             Q5_WINDOW_SIZE_MS,
             Q5_WINDOW_SLIDE_MS,
         ))
-        .aggregate("q5-count", Count)
-        .map(|r: WindowResult<u64, u64>| (r.end, (r.value, vec![r.key])))
-        .pre_aggregate(
-            |p: &Q5Partial| p.0,
-            |held, (_, best)| q5_merge(&mut held.1, best),
+        .aggregate_fold(
+            "q5-count",
+            Count,
+            || (0, Vec::new()),
+            |best: &mut Q5Best, auction: &u64, count: u64| q5_add(best, *auction, count),
         )
+        .map(|f: WindowFold<Q5Best>| (f.end, f.value))
         .key_by(|p: &Q5Partial| p.0)
         .process("q5-hottest", |state| Q5Hottest {
             best: state.value_state("best"),

@@ -29,7 +29,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-pub use keyed::{CoProcessFunction, KeyedContext, KeyedProcessFunction};
+pub use keyed::{CoProcessFunction, KeyedContext, KeyedProcessFunction, WatermarkContext};
 
 /// Extracts a record's key.
 pub(crate) type KeyFn<T, K> = Rc<dyn Fn(&T) -> K>;

@@ -1,5 +1,6 @@
 //! The handles a keyed function reads and writes its state through
 //! ([`ValueState`], [`MapState`], [`ListState`]), scoped to the current key,
+//! [`KeyGroupState`] (one map per key group, addressed by a [`KeyGroup`]),
 //! and the [`StateRegistry`] that declares them.
 
 use super::{FxHashMap, KeyScope, KeyedTable, StateData, StateTable};
@@ -35,12 +36,14 @@ impl<K: Key> StateRegistry<K> {
         }
     }
 
-    fn register<V: StateData>(&mut self, name: &str) -> Rc<RefCell<KeyedTable<K, V>>> {
+    /// A new table of this operator, keyed by `TK` (the operator's key, or
+    /// a key within a key group).
+    fn register<TK: Key, V: StateData>(&mut self, name: &str) -> Rc<RefCell<KeyedTable<TK, V>>> {
         assert!(
             self.tables.iter().all(|t| t.borrow().name() != name),
             "keyed state `{name}` declared twice in one operator"
         );
-        let table = Rc::new(RefCell::new(KeyedTable::<K, V>::new(
+        let table = Rc::new(RefCell::new(KeyedTable::<TK, V>::new(
             name,
             self.range,
             self.track_changes,
@@ -73,6 +76,15 @@ impl<K: Key> StateRegistry<K> {
     /// A list per key.
     pub fn list_state<V: StateData>(&mut self, name: &str) -> ListState<K, V> {
         ListState {
+            table: self.register(name),
+        }
+    }
+
+    /// A map per key group (not per key), for a function that keeps one
+    /// structure for all the keys of a key group, such as a window's panes
+    /// (see [`KeyGroupState`]).
+    pub fn key_group_state<GK: Key, V: StateData>(&mut self, name: &str) -> KeyGroupState<GK, V> {
+        KeyGroupState {
             table: self.register(name),
         }
     }
@@ -338,5 +350,125 @@ impl<K: Key, V: StateData> ListState<K, V> {
             .borrow_mut()
             .touched(scope)
             .remove(scope.current_key());
+    }
+}
+
+/// One key group of the subtask's range, as [`KeyGroupState`] is addressed:
+/// the current key's ([`KeyedContext::key_group`](crate::KeyedContext::key_group))
+/// or one a watermark callback visits
+/// ([`WatermarkContext::key_groups`](crate::dataflow::WatermarkContext::key_groups)).
+/// Only the engine makes them, so a function writes a key group's entries
+/// only while it handles one of the group's keys or the watermark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyGroup {
+    index: usize,
+}
+
+impl KeyGroup {
+    pub(crate) fn new(index: usize) -> Self {
+        Self { index }
+    }
+
+    /// The group's index within the subtask's key-group range (0 for its
+    /// first key group).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+/// The scope of one entry of a key group's map, for the table underneath.
+struct GroupEntry<'a, GK> {
+    index: usize,
+    key: &'a GK,
+}
+
+impl<GK> KeyScope<GK> for GroupEntry<'_, GK> {
+    fn current_key(&self) -> &GK {
+        self.key
+    }
+    fn key_group_index(&self) -> usize {
+        self.index
+    }
+}
+
+/// A map per key group rather than per key: entries `GK -> V` kept for a
+/// whole key group, checkpointed, restored and rescaled with it like every
+/// other keyed state (an entry is what changes and what a delta carries).
+/// For a function that keeps one structure for all the keys of a key group,
+/// so that a watermark can sweep it instead of firing a timer per key:
+/// window panes (one entry per pane, holding the pane's keys) are the
+/// example. An entry must only hold data of the group's own keys, so that a
+/// rescale moving the group moves them too.
+pub struct KeyGroupState<GK, V> {
+    table: Rc<RefCell<KeyedTable<GK, V>>>,
+}
+
+impl<GK, V> Clone for KeyGroupState<GK, V> {
+    fn clone(&self) -> Self {
+        Self {
+            table: self.table.clone(),
+        }
+    }
+}
+
+impl<GK: Key, V: StateData> KeyGroupState<GK, V> {
+    /// The value under `key` in `group`.
+    pub fn get(&self, group: KeyGroup, key: &GK) -> Option<V> {
+        let scope = GroupEntry {
+            index: group.index,
+            key,
+        };
+        self.table.borrow_mut().read(&scope).get(key).cloned()
+    }
+
+    /// Reads `group`'s whole map.
+    pub fn with<R>(&self, group: KeyGroup, f: impl FnOnce(&FxHashMap<GK, V>) -> R) -> R {
+        let mut table = self.table.borrow_mut();
+        f(table.read_group(group.index))
+    }
+
+    /// Inserts `key -> value` in `group`; returns the old value.
+    pub fn insert(&self, group: KeyGroup, key: GK, value: V) -> Option<V> {
+        let scope = GroupEntry {
+            index: group.index,
+            key: &key,
+        };
+        let mut table = self.table.borrow_mut();
+        let map = table.touched(&scope);
+        map.insert(key, value)
+    }
+
+    /// Updates the value under `key` in `group` in place, inserting `init()`
+    /// first if there is none; the key is cloned only on insert.
+    pub fn update<R>(
+        &self,
+        group: KeyGroup,
+        key: &GK,
+        init: impl FnOnce() -> V,
+        f: impl FnOnce(&mut V) -> R,
+    ) -> R {
+        let scope = GroupEntry {
+            index: group.index,
+            key,
+        };
+        let mut table = self.table.borrow_mut();
+        let map = table.touched(&scope);
+        if let Some(value) = map.get_mut(key) {
+            return f(value);
+        }
+        let mut value = init();
+        let result = f(&mut value);
+        map.insert(key.clone(), value);
+        result
+    }
+
+    /// Removes `key` from `group`.
+    pub fn remove(&self, group: KeyGroup, key: &GK) -> Option<V> {
+        let scope = GroupEntry {
+            index: group.index,
+            key,
+        };
+        let mut table = self.table.borrow_mut();
+        table.touched(&scope).remove(key)
     }
 }

@@ -51,7 +51,7 @@ pub use crate::data::{FxHashMap, StateData};
 
 use cut::{materialise_share, Cut};
 pub(crate) use cut::{CutPlan, Decided, IncrementalBounds};
-pub use handles::{ListState, MapState, StateRegistry, ValueState};
+pub use handles::{KeyGroup, KeyGroupState, ListState, MapState, StateRegistry, ValueState};
 pub use table::Serialized;
 pub(crate) use table::{StateError, StateTable};
 
@@ -174,11 +174,15 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
 }
 
 impl<K: Key, V: StateData> KeyedTable<K, V> {
-    /// The current key's group, for a write: the key is recorded as changed.
     /// The current key's group, for a read (loaded first if restored lazily).
     #[inline]
     fn read(&mut self, scope: &impl KeyScope<K>) -> &FxHashMap<K, V> {
-        let index = scope.key_group_index();
+        self.read_group(scope.key_group_index())
+    }
+
+    /// Group `index`, for a read (loaded first if restored lazily).
+    #[inline]
+    fn read_group(&mut self, index: usize) -> &FxHashMap<K, V> {
         if self.to_load_count > 0 {
             self.load(index);
         }
@@ -221,6 +225,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
         }
     }
 
+    /// The current key's group, for a write: the key is recorded as changed.
     #[inline]
     fn touched(&mut self, scope: &impl KeyScope<K>) -> &mut FxHashMap<K, V> {
         let index = scope.key_group_index();

@@ -8,7 +8,11 @@
 //! fire in timestamp order when the operator's input watermark (the minimum
 //! over its inputs) passes them; processing-time timers fire when the
 //! subtask's clock does. Timers are deduplicated per (timestamp, key) as in
-//! Flink.
+//! Flink. A function may also act once per advance of the watermark, for all
+//! its keys at once ([`KeyedProcessFunction::on_watermark`], after the event
+//! timers the advance fired): with state kept per key group
+//! ([`KeyGroupState`](crate::state::KeyGroupState)) it sweeps a key group's
+//! structure instead of firing a timer per key (windows do so).
 
 mod build;
 mod operator;
@@ -26,7 +30,9 @@ use crate::error::ProcessError;
 use crate::keygroup::{key_group_for, Key, KeyGroupRange};
 use crate::metrics::OperatorMetrics;
 use crate::schema::BlockSchema;
-use crate::state::{CutPlan, Decided, IncrementalBounds, KeyScope, Serialized, StateRegistry};
+use crate::state::{
+    CutPlan, Decided, IncrementalBounds, KeyGroup, KeyScope, Serialized, StateRegistry,
+};
 use crate::time::{TimeDomain, Timestamp, MAX_WATERMARK};
 use crate::JobError;
 use std::cell::RefCell;
@@ -66,6 +72,12 @@ impl<K: Key, O> KeyedContext<'_, K, O> {
         self.now_ms
     }
 
+    /// The current key's key group (addresses
+    /// [`KeyGroupState`](crate::state::KeyGroupState)).
+    pub fn key_group(&self) -> KeyGroup {
+        KeyGroup::new(self.key_group_index)
+    }
+
     /// Emits `value` with the current timestamp.
     pub fn emit(&mut self, value: O) {
         self.out.push(Record {
@@ -101,6 +113,45 @@ impl<K: Key, O> KeyedContext<'_, K, O> {
     }
 }
 
+/// The context of [`KeyedProcessFunction::on_watermark`]: the operator's
+/// new watermark, its key groups (to visit state kept per key group) and
+/// output. There is no current key.
+pub struct WatermarkContext<'a, O> {
+    watermark: Timestamp,
+    key_groups: usize,
+    now_ms: u64,
+    out: &'a mut Vec<Record<O>>,
+}
+
+impl<O> WatermarkContext<'_, O> {
+    /// The operator's input watermark, just advanced.
+    pub fn watermark(&self) -> Timestamp {
+        self.watermark
+    }
+
+    /// How many key groups the subtask's range holds.
+    pub fn key_group_count(&self) -> usize {
+        self.key_groups
+    }
+
+    /// Every key group of the subtask's range, in order.
+    pub fn key_groups(&self) -> impl Iterator<Item = KeyGroup> {
+        (0..self.key_groups).map(KeyGroup::new)
+    }
+
+    /// The subtask's processing time (epoch ms) at the start of this step.
+    pub fn processing_time(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Emits `value` with timestamp `ts`, which must not be above the
+    /// watermark's (records emitted here go out before the watermark).
+    pub fn emit_at(&mut self, ts: Timestamp, value: O) {
+        debug_assert!(ts <= self.watermark, "emitted at {ts}, after the watermark");
+        self.out.push(Record { ts, value });
+    }
+}
+
 impl<K: Key, O> KeyScope<K> for KeyedContext<'_, K, O> {
     fn current_key(&self) -> &K {
         self.key
@@ -128,6 +179,14 @@ pub trait KeyedProcessFunction<K, I, O>: 'static {
         ctx: &mut KeyedContext<'_, K, O>,
     ) -> Result<(), ProcessError> {
         let _ = (timestamp, domain, ctx);
+        Ok(())
+    }
+
+    /// Called once each time the operator's input watermark advances, after
+    /// the event-time timers it made due have fired, and before the
+    /// watermark goes downstream. Default: nothing.
+    fn on_watermark(&mut self, ctx: &mut WatermarkContext<'_, O>) -> Result<(), ProcessError> {
+        let _ = ctx;
         Ok(())
     }
 }
@@ -172,6 +231,13 @@ pub trait CoProcessFunction<K, I1, I2, O>: 'static {
         let _ = (timestamp, domain, ctx);
         Ok(())
     }
+
+    /// As [`KeyedProcessFunction::on_watermark`]: once per advance of the
+    /// watermark (the minimum over both inputs). Default: nothing.
+    fn on_watermark(&mut self, ctx: &mut WatermarkContext<'_, O>) -> Result<(), ProcessError> {
+        let _ = ctx;
+        Ok(())
+    }
 }
 
 /// Runs a single-input function as a two-input one without a second input
@@ -200,6 +266,9 @@ impl<K, I, O, P: KeyedProcessFunction<K, I, O>> CoProcessFunction<K, I, (), O> f
         ctx: &mut KeyedContext<'_, K, O>,
     ) -> Result<(), ProcessError> {
         self.0.on_timer(timestamp, domain, ctx)
+    }
+    fn on_watermark(&mut self, ctx: &mut WatermarkContext<'_, O>) -> Result<(), ProcessError> {
+        self.0.on_watermark(ctx)
     }
 }
 

@@ -225,6 +225,15 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                 self.metrics.watermark_ms.set(min);
             }
             self.fire_event_timers(min, cx)?;
+            let mut ctx = WatermarkContext {
+                watermark: min,
+                key_groups: self.range.len(),
+                now_ms: cx.now_ms,
+                out: &mut self.out,
+            };
+            if let Err(e) = self.function.on_watermark(&mut ctx) {
+                return Err(self.error(e));
+            }
             self.emit_out(cx)?;
             self.output.watermark(min, cx)?;
         }
