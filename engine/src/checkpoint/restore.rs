@@ -241,8 +241,12 @@ impl RestoreState {
                 return Ok(None);
             }
         };
-        match reader.verify_checkpoint(id) {
-            _ if arriving => {}
+        let verified = if arriving {
+            Ok(Vec::new()) // each block is verified as it arrives
+        } else {
+            reader.verify_checkpoint(id)
+        };
+        match verified {
             Ok(problems) if problems.is_empty() => {}
             Ok(problems) => {
                 warnings.push(format!(
