@@ -257,11 +257,6 @@ impl RemoteFill {
         })
     }
 
-    /// The checkpoint being filled.
-    pub fn id(&self) -> u64 {
-        self.shared.id
-    }
-
     fn progress(&self) -> MutexGuard<'_, Progress> {
         self.shared
             .progress
@@ -470,29 +465,6 @@ impl RemoteFill {
         }
         drop(p);
         self.shared.wake.notify_one();
-    }
-
-    /// Blocks until the fill completed (or failed).
-    pub fn wait_complete(&self) -> Result<DownloadReport, RemoteError> {
-        let mut p = self.progress();
-        loop {
-            if p.complete {
-                return Ok(p.report.clone());
-            }
-            if let Some(reason) = &p.failed {
-                return Err(self.failed(reason));
-            }
-            p = self
-                .shared
-                .arrived
-                .wait(p)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    /// Background reads done, and in all.
-    pub fn runs_done(&self) -> (usize, usize) {
-        (self.progress().runs_done, self.shared.runs.len())
     }
 }
 
