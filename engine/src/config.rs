@@ -39,6 +39,109 @@ pub struct JobConfig {
     /// Serve the job's metrics, checkpoint API and live page over HTTP from
     /// a thread of its own ([`crate::monitor`]). Default `None`: off.
     pub monitor: Option<MonitorConfig>,
+    /// Run as one process of a job spread over several ([`ClusterConfig`]);
+    /// `None` (the default): the job is this process alone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// One process of a job that runs in several (the same binary and build
+/// closure in each): process `process` of `processes`, each with
+/// [`JobConfig::parallelism`] reactors. The job then has
+/// `parallelism × processes` subtasks; this process runs subtasks
+/// `process × parallelism ..`, and key groups and source splits are assigned
+/// over all of them as over cores. Exchanges between processes go over TCP
+/// (`docs/cluster.md`).
+#[derive(Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// This process's index, `0..processes`.
+    pub process: usize,
+    /// How many processes run the job (every one with the same parallelism).
+    pub processes: usize,
+    /// Where every process listens for the data plane, indexed by process;
+    /// this process binds `peers[process]`.
+    pub peers: Vec<std::net::SocketAddr>,
+    /// The job's shared secret: a peer proves it knows it (HMAC-SHA256 over
+    /// fresh nonces) before any data or control message; it never crosses
+    /// the network.
+    pub secret: Vec<u8>,
+    /// How long to wait for every peer to connect at the start of a run.
+    pub connect_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("process", &self.process)
+            .field("processes", &self.processes)
+            .field("peers", &self.peers)
+            .field("secret", &"<redacted>")
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// Shortest shared secret accepted, in bytes.
+pub const MIN_CLUSTER_SECRET: usize = 16;
+
+impl ClusterConfig {
+    /// Checks the cluster settings against the rest of the job's.
+    fn validate(&self, job: &JobConfig) -> Result<(), JobError> {
+        if self.processes == 0 || self.process >= self.processes {
+            return Err(ConfigError::invalid(
+                "cluster process",
+                format!(
+                    "process {} of {} does not exist (processes are numbered from 0)",
+                    self.process, self.processes
+                ),
+            )
+            .into());
+        }
+        if self.peers.len() != self.processes {
+            return Err(ConfigError::invalid(
+                "cluster peers",
+                format!(
+                    "{} addresses for {} processes: give one per process",
+                    self.peers.len(),
+                    self.processes
+                ),
+            )
+            .into());
+        }
+        if self.secret.len() < MIN_CLUSTER_SECRET {
+            return Err(ConfigError::invalid(
+                "cluster secret",
+                format!(
+                    "{} bytes; at least {MIN_CLUSTER_SECRET} are needed",
+                    self.secret.len()
+                ),
+            )
+            .into());
+        }
+        let total = job.parallelism as u64 * self.processes as u64;
+        if total > job.max_parallelism as u64 {
+            return Err(ConfigError::Conflict(format!(
+                "{} processes × parallelism {} exceeds max_parallelism {}",
+                self.processes, job.parallelism, job.max_parallelism
+            ))
+            .into());
+        }
+        // Not built yet: global checkpoints (every process's part, then the
+        // leader's record) and restarts of every process together. Refused
+        // rather than run without the guarantee the setting asks for.
+        if job.checkpoint.is_some() {
+            return Err(ConfigError::Conflict(
+                "checkpoints across processes are not supported yet: run the cluster without checkpoints".into(),
+            )
+            .into());
+        }
+        if job.restart != RestartStrategy::None {
+            return Err(ConfigError::Conflict(
+                "a cluster job cannot restart yet (a lost process fails the job): use RestartStrategy::None".into(),
+            )
+            .into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for JobConfig {
@@ -55,6 +158,7 @@ impl Default for JobConfig {
             checkpoint: None,
             restart: RestartStrategy::None,
             monitor: None,
+            cluster: None,
         }
     }
 }
@@ -66,6 +170,18 @@ impl JobConfig {
             parallelism,
             ..Self::default()
         }
+    }
+
+    /// Subtasks of the whole job: [`JobConfig::parallelism`] times the
+    /// processes of its cluster.
+    pub fn total_parallelism(&self) -> usize {
+        self.parallelism * self.cluster.as_ref().map_or(1, |c| c.processes)
+    }
+
+    /// The first subtask this process runs; it runs
+    /// `first_subtask() .. first_subtask() + parallelism`.
+    pub fn first_subtask(&self) -> usize {
+        self.parallelism * self.cluster.as_ref().map_or(0, |c| c.process)
     }
 
     /// Checks the configuration, naming the first bad setting.
@@ -97,6 +213,9 @@ impl JobConfig {
             return Err(ConfigError::invalid("ring_capacity", "must be at least 2").into());
         }
         self.restart.validate()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate(self)?;
+        }
         if let Some(monitor) = &self.monitor {
             monitor.validate()?;
         }
@@ -206,6 +325,49 @@ mod tests {
         ] {
             let err = with(n, mode).validate().unwrap_err().to_string();
             assert!(err.contains("max_concurrent"), "{n} {mode:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_cluster_is_checked_and_refuses_what_it_cannot_do_yet() {
+        let cluster = |process, processes, peers: usize, secret: &str| JobConfig {
+            parallelism: 2,
+            cluster: Some(ClusterConfig {
+                process,
+                processes,
+                peers: (0..peers)
+                    .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + i as u16)))
+                    .collect(),
+                secret: secret.as_bytes().to_vec(),
+                connect_timeout: std::time::Duration::from_secs(1),
+            }),
+            ..JobConfig::default()
+        };
+        let good = cluster(1, 3, 3, "sixteen-bytes-ok");
+        assert!(good.validate().is_ok());
+        assert_eq!((good.total_parallelism(), good.first_subtask()), (6, 2));
+        assert!(!format!("{good:?}").contains("sixteen"), "the secret is not printed");
+        for (bad, word) in [
+            (cluster(3, 3, 3, "sixteen-bytes-ok"), "process 3 of 3"),
+            (cluster(0, 3, 2, "sixteen-bytes-ok"), "2 addresses"),
+            (cluster(0, 3, 3, "short"), "secret"),
+            (
+                JobConfig {
+                    checkpoint: Some(CheckpointConfig::new("/unused", 100)),
+                    ..cluster(0, 3, 3, "sixteen-bytes-ok")
+                },
+                "checkpoints across processes",
+            ),
+            (
+                JobConfig {
+                    max_parallelism: 4,
+                    ..cluster(0, 3, 3, "sixteen-bytes-ok")
+                },
+                "exceeds max_parallelism",
+            ),
+        ] {
+            let error = bad.validate().unwrap_err().to_string();
+            assert!(error.contains(word), "{error}");
         }
     }
 }

@@ -57,6 +57,8 @@ pub(crate) struct JobEnv {
     pub archive_groups_per_step: AtomicUsize,
     /// The remote checkpoint tier, if the job has one.
     pub remote: OnceLock<Arc<crate::checkpoint::remote::JobRemote>>,
+    /// The data plane to the other processes, in a cluster job.
+    pub net: Option<Arc<crate::net::Network>>,
 }
 
 /// The coordinator's ends of the control and acknowledgement rings.
@@ -72,14 +74,33 @@ impl JobEnv {
         restore: Option<Arc<RestoreState>>,
         stop: Arc<AtomicBool>,
         metrics: Arc<MetricsRegistry>,
+        net: Option<Arc<crate::net::Network>>,
     ) -> (Arc<Self>, CoordinatorEnds) {
         let p = config.parallelism;
+        let first = config.first_subtask();
+        // Indexed by global subtask: this process's own parkers, and for a
+        // subtask of another process the parker of the link writer to it.
+        let parkers: Vec<Arc<Parker>> = (0..config.total_parallelism())
+            .map(|s| {
+                match net.as_ref().and_then(|n| n.peer_of(s)) {
+                    Some(peer) => peer.parker.clone(),
+                    None => Arc::new(Parker::default()),
+                }
+            })
+            .collect();
+        debug_assert!(first + p <= parkers.len());
         let (control_tx, control_rx): (Vec<_>, Vec<_>) =
             (0..p).map(|_| ring(CONTROL_CAPACITY)).unzip();
         let (ack_tx, ack_rx): (Vec<_>, Vec<_>) = (0..p).map(|_| ring(CONTROL_CAPACITY)).unzip();
         let env = Arc::new(Self {
-            exchanges: ExchangeRegistry::new(p, config.ring_capacity),
-            parkers: (0..p).map(|_| Arc::new(Parker::default())).collect(),
+            exchanges: ExchangeRegistry::new(
+                config.total_parallelism(),
+                config.ring_capacity,
+                net.clone(),
+                parkers.clone(),
+            ),
+            parkers,
+            net,
             stop,
             failed: AtomicBool::new(false),
             error: Mutex::new(None),

@@ -64,6 +64,10 @@ pub enum JobError {
     /// The runtime could not start or run a reactor.
     #[error("runtime: {0}")]
     Runtime(String),
+    /// The data plane between the processes of a cluster job failed: a
+    /// peer unreachable, refused, gone or failed (the message names it).
+    #[error("cluster: {0}")]
+    Network(String),
     /// The deterministic simulator found no runnable subtask before the job ended.
     #[error("simulation stalled after {steps} steps (seed {seed}): no subtask can make progress")]
     Stalled {

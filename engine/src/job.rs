@@ -37,6 +37,8 @@ pub struct JobReport {
     pub restore_duration: Option<Duration>,
     /// Restarts before this (last) run, and the last failure.
     pub restarts: RestartStats,
+    /// The data plane's figures, in a cluster job.
+    pub network: Option<crate::net::NetworkReport>,
 }
 
 /// A job ready to run: its configuration and its processing-time clock.
@@ -165,13 +167,24 @@ fn launch(
         None => None,
     };
     let restore = load_restore_with(config, remote.as_deref())?;
+    // Every peer connected and authenticated before any subtask runs.
+    let net = match &config.cluster {
+        Some(cluster) => Some(crate::net::Network::connect(cluster, config.parallelism)?),
+        None => None,
+    };
     let (env, ends) = JobEnv::new(
         config.clone(),
         clock.clone(),
         restore,
         stop.clone(),
         metrics.clone(),
+        net.clone(),
     );
+    if let Some(net) = &net {
+        if let Err(e) = net.start(&env) {
+            env.fail(e);
+        }
+    }
     env.restore_us
         .store(started.elapsed().as_micros() as u64, Ordering::SeqCst);
     if let Some(remote) = remote {
@@ -186,7 +199,8 @@ fn launch(
         .max(1);
     let started = Instant::now();
     let mut reactors = Vec::with_capacity(config.parallelism);
-    for subtask in 0..config.parallelism {
+    let first = config.first_subtask();
+    for subtask in first..first + config.parallelism {
         let placement = if config.pin_cores {
             glommio::Placement::Fixed(subtask % cpus)
         } else {
@@ -195,7 +209,7 @@ fn launch(
         let reactor_env = env.clone();
         let build = build.clone();
         let slots = slots.clone();
-        let coordinator_ends = if subtask == 0 { ends.take() } else { None };
+        let coordinator_ends = if subtask == first { ends.take() } else { None };
         // Never park inside glommio (see `idle_wait` and park.rs): the
         // reactor idles by blocking its thread in its own idle loop.
         let spawned = glommio::LocalExecutorBuilder::new(placement)
@@ -422,14 +436,18 @@ impl Run {
     /// Waits for every subtask; returns the report or the first error.
     fn join(self) -> Result<JobReport, JobError> {
         let mut subtasks = Vec::new();
-        for (subtask, reactor) in self.reactors.into_iter().enumerate() {
+        let first = self.env.config.first_subtask();
+        for (i, reactor) in self.reactors.into_iter().enumerate() {
             match reactor.join() {
                 Ok(report) => subtasks.push(report),
-                Err(e) => self
-                    .env
-                    .fail(JobError::Runtime(format!("reactor {subtask} failed: {e}"))),
+                Err(e) => self.env.fail(JobError::Runtime(format!(
+                    "reactor {} failed: {e}",
+                    first + i
+                ))),
             }
         }
+        // The link threads end once every peer said bye (or the job failed).
+        let network = self.env.net.as_ref().map(|n| n.join());
         if let Some(error) = self.env.take_error() {
             return Err(error);
         }
@@ -441,6 +459,7 @@ impl Run {
             checkpoint_summary: self.env.coordinator.summary(),
             restore_duration: self.env.restore_duration(),
             restarts: RestartStats::default(),
+            network,
         })
     }
 }

@@ -67,6 +67,7 @@ mod inspect;
 mod job;
 mod keygroup;
 mod metrics;
+mod net;
 pub mod monitor;
 mod park;
 pub mod restart;
@@ -87,7 +88,8 @@ pub use checkpoint::coordinator::CheckpointSummary;
 pub use checkpoint::{
     CheckpointConfig, CheckpointMode, CheckpointStats, CheckpointStatus, RestoreFrom,
 };
-pub use config::{JobConfig, MAX_CHECKPOINT_TIME_MS};
+pub use config::{ClusterConfig, JobConfig, MAX_CHECKPOINT_TIME_MS, MIN_CLUSTER_SECRET};
+pub use net::NetworkReport;
 pub use dataflow::{
     CoProcessFunction, ConnectedStreams, Data, Dataflow, ExchangeData, KeyedContext,
     KeyedProcessFunction, KeyedStream, Record, Stream, WatermarkContext,

@@ -232,6 +232,12 @@ impl Simulation {
             config.batch_size = 1 + rng.below(64) as usize;
         }
         config.validate()?;
+        if config.cluster.is_some() {
+            return Err(crate::ConfigError::Conflict(
+                "the simulator runs one process: a cluster configuration does not apply".into(),
+            )
+            .into());
+        }
         let clock = ManualClock::new(SIM_START_MS);
         let seed = self.seed;
         let io = match (&config.checkpoint, &self.storage) {
@@ -261,6 +267,7 @@ impl Simulation {
             restore,
             Arc::new(std::sync::atomic::AtomicBool::new(false)),
             Arc::default(),
+            None,
         );
         // Drawn apart from `rng`, so that the seeds' interleavings stay.
         let mut background_rng = SplitMix64::new(seed ^ 0x5EED_BA5E);

@@ -6,12 +6,16 @@
 //! [`super::exchange`] take their endpoints from here.
 
 use crate::checkpoint::Barrier;
-use crate::data::Record;
+use crate::data::{ExchangeData, Record};
+use crate::net::channel::{TypedInbound, TypedOutbound};
+use crate::net::wire::ChannelId;
+use crate::net::Network;
+use crate::park::Parker;
 use crate::ring::{channel, ChannelReceiver, ChannelSender};
 use crate::time::Timestamp;
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// What travels through an exchange ring.
 pub(crate) enum Message<T> {
@@ -29,10 +33,21 @@ pub(crate) enum Message<T> {
 /// The rings of every exchange of a job, created by whichever subtask asks
 /// first and handed out to the others (each takes its row of senders and its
 /// column of receivers).
+///
+/// In a cluster job the mesh spans every process's subtasks: a channel
+/// between two local subtasks is a ring as always; one that crosses to or
+/// from another process is a ring whose far end the data plane owns
+/// ([`crate::net`]), which drains it into frames or fills it from them; one
+/// between two remote subtasks does not exist here.
 pub(crate) struct ExchangeRegistry {
     meshes: Mutex<HashMap<usize, Box<dyn Any + Send>>>,
+    /// Subtasks of the whole job (every process).
     parallelism: usize,
     ring_capacity: usize,
+    /// The data plane, in a cluster job.
+    net: Option<Arc<Network>>,
+    /// Every subtask's parker (a remote subtask's is its link writer's).
+    parkers: Vec<Arc<Parker>>,
 }
 
 struct Mesh<T> {
@@ -41,18 +56,25 @@ struct Mesh<T> {
 }
 
 impl ExchangeRegistry {
-    pub(crate) fn new(parallelism: usize, ring_capacity: usize) -> Self {
+    pub(crate) fn new(
+        parallelism: usize,
+        ring_capacity: usize,
+        net: Option<Arc<Network>>,
+        parkers: Vec<Arc<Parker>>,
+    ) -> Self {
         Self {
             meshes: Mutex::new(HashMap::new()),
             parallelism,
             ring_capacity,
+            net,
+            parkers,
         }
     }
 
     /// The channels of exchange `id` for `subtask`: to every receiver, and
     /// from every sender (indexed by the peer subtask).
     #[allow(clippy::type_complexity)]
-    pub(crate) fn endpoints<T: Send + 'static>(
+    pub(crate) fn endpoints<T: ExchangeData>(
         &self,
         id: usize,
         subtask: usize,
@@ -63,15 +85,36 @@ impl ExchangeRegistry {
         let mut meshes = self.meshes.lock().expect("exchange registry lock");
         let p = self.parallelism;
         let entry = meshes.entry(id).or_insert_with(|| {
+            let local = |s: usize| self.net.as_ref().is_none_or(|n| n.peer_of(s).is_none());
             let mut senders: Vec<Vec<ChannelSender<Message<T>>>> =
                 (0..p).map(|_| Vec::new()).collect();
             let mut receivers: Vec<Vec<Option<ChannelReceiver<Message<T>>>>> =
                 (0..p).map(|_| (0..p).map(|_| None).collect()).collect();
             for (from, row) in senders.iter_mut().enumerate() {
-                for column in receivers.iter_mut() {
+                for (to, column) in receivers.iter_mut().enumerate() {
                     let (tx, rx) = channel(self.ring_capacity);
-                    row.push(tx);
-                    column[from] = Some(rx);
+                    let wire = ChannelId {
+                        exchange: id as u32,
+                        from: from as u32,
+                        to: to as u32,
+                    };
+                    match (&self.net, local(from), local(to)) {
+                        (Some(net), true, false) => {
+                            let sender = self.parkers[from].notifier();
+                            net.add_outbound(wire, Box::new(TypedOutbound::new(wire, rx, sender)));
+                            row.push(tx);
+                        }
+                        (Some(net), false, true) => {
+                            let receiver = self.parkers[to].notifier();
+                            net.add_inbound(wire, Box::new(TypedInbound::new(wire, tx, receiver)));
+                            column[from] = Some(rx);
+                        }
+                        (Some(_), false, false) => {}
+                        _ => {
+                            row.push(tx);
+                            column[from] = Some(rx);
+                        }
+                    }
                 }
             }
             Box::new(Mesh {

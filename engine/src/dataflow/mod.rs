@@ -252,7 +252,9 @@ pub struct Dataflow(Rc<RefCell<Graph>>);
 
 impl Dataflow {
     pub(crate) fn new(env: Arc<JobEnv>, subtask: usize) -> Self {
-        let parallelism = env.config.parallelism;
+        // Every process's subtasks: key groups and splits are assigned over
+        // the whole job.
+        let parallelism = env.config.total_parallelism();
         let max_parallelism = env.config.max_parallelism;
         let range =
             crate::keygroup::key_group_range(max_parallelism, parallelism as u32, subtask as u32);

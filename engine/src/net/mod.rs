@@ -1,0 +1,615 @@
+//! The data plane between the processes of a cluster job: one TCP
+//! connection per pair of processes, authenticated by the job's shared
+//! secret ([`auth`]), carrying every channel of every exchange between them
+//! as frames ([`wire`]) under credit-based flow control ([`channel`]).
+//!
+//! Threads, not reactors: each connection has a reader and a writer thread
+//! of its own (`spate-net-r{peer}`, `spate-net-w{peer}`) with blocking
+//! std sockets, and the listener a thread (`spate-net-listen`). Subtasks
+//! never touch a socket: a channel to another process is an ordinary ring
+//! whose far end a link thread drains or fills, so the exchange code, its
+//! barriers and backpressure are the same as between cores. The writer
+//! parks on the parker the job's environment gives every subtask of its
+//! peer, so a subtask that sends to (or frees room for) a remote subtask
+//! wakes it as it would wake a local one.
+//!
+//! Connections: process `j` connects to every process `i < j` and accepts
+//! from every `k > j`, retrying until [`crate::ClusterConfig::connect_timeout`].
+//! A connection that fails the handshake, names a process that is not
+//! expected, or arrives once the cluster is complete is refused, logged and
+//! counted ([`NetStats::refused`]).
+//!
+//! Failure: a process whose job fails sends [`Frame::Abort`] to every peer,
+//! whose jobs then fail naming it; a connection that closes before its
+//! peer's [`Frame::Bye`] fails the job. Spec: `docs/cluster.md` §6–§8.
+
+pub(crate) mod auth;
+pub(crate) mod channel;
+pub(crate) mod wire;
+
+use crate::env::JobEnv;
+use crate::park::Parker;
+use crate::{ClusterConfig, JobError};
+use auth::{Identity, Role};
+use channel::{Inbound, Outbound};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use wire::{ChannelId, Frame};
+
+/// What went wrong on the data plane.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NetError {
+    #[error("channel {channel:?}: cannot encode records: {reason}")]
+    Encode { channel: ChannelId, reason: String },
+    #[error("channel {channel:?}: records that do not decode: {reason}")]
+    Decode { channel: ChannelId, reason: String },
+    #[error("protocol violation{}: {what}", channel.map(|c| format!(" on channel {c:?}")).unwrap_or_default())]
+    Protocol {
+        channel: Option<ChannelId>,
+        what: String,
+    },
+}
+
+/// Live figures of the data plane (reported in [`crate::JobReport`]).
+#[derive(Debug, Default)]
+pub(crate) struct NetStats {
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub frames_received: AtomicU64,
+    /// Connections refused: a failed handshake, an unexpected process, or
+    /// any connection once the cluster was complete.
+    pub refused: AtomicU64,
+}
+
+/// The data plane's figures for one run of a cluster job.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkReport {
+    /// Bytes written to peers (frames, headers included).
+    pub bytes_sent: u64,
+    /// Bytes read from peers.
+    pub bytes_received: u64,
+    /// Frames written.
+    pub frames_sent: u64,
+    /// Frames read.
+    pub frames_received: u64,
+    /// Connections refused (a wrong secret, an unexpected peer, or anything
+    /// once every peer was connected).
+    pub refused_connections: u64,
+}
+
+impl NetStats {
+    fn report(&self) -> NetworkReport {
+        NetworkReport {
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            frames_sent: self.frames_sent.load(Ordering::Relaxed),
+            frames_received: self.frames_received.load(Ordering::Relaxed),
+            refused_connections: self.refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The channels one connection carries.
+#[derive(Default)]
+struct Channels {
+    outbound: BTreeMap<ChannelId, Arc<Mutex<Box<dyn Outbound>>>>,
+    inbound: BTreeMap<ChannelId, Arc<Mutex<Box<dyn Inbound>>>>,
+    /// Credits granted for a channel this process has not built yet.
+    early_credits: BTreeMap<ChannelId, u32>,
+}
+
+/// One other process of the cluster and the connection to it.
+pub(crate) struct Peer {
+    process: usize,
+    addr: SocketAddr,
+    /// The writer thread parks here; every subtask of this peer shares it.
+    pub(crate) parker: Arc<Parker>,
+    channels: Mutex<Channels>,
+    stream: TcpStream,
+    /// The peer said it is done: a close that follows is clean.
+    bye: AtomicBool,
+}
+
+/// The data plane of one run of a cluster job.
+pub(crate) struct Network {
+    me: Identity,
+    /// Subtasks per process.
+    parallelism: usize,
+    peers: Vec<Option<Arc<Peer>>>,
+    stats: Arc<NetStats>,
+    listen_addr: SocketAddr,
+    closing: Arc<AtomicBool>,
+    listener: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic on a link thread fails the job; the data is still consistent
+    // enough to shut down.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Network {
+    /// Listens, connects to every peer and authenticates each; returns once
+    /// the cluster is complete, or with an error naming the peer that is
+    /// missing or refused.
+    pub(crate) fn connect(cluster: &ClusterConfig, parallelism: usize) -> Result<Arc<Self>, JobError> {
+        let me = Identity {
+            process: cluster.process as u32,
+            processes: cluster.processes as u32,
+            parallelism: parallelism as u32,
+        };
+        let net_error = |what: String| JobError::Network(what);
+        let listen_addr = cluster.peers[cluster.process];
+        let listener = TcpListener::bind(listen_addr).map_err(|e| {
+            net_error(format!(
+                "process {} cannot listen on {listen_addr} for the data plane: {e}",
+                cluster.process
+            ))
+        })?;
+        let listen_addr = listener.local_addr().unwrap_or(listen_addr);
+        let stats = Arc::new(NetStats::default());
+        let closing = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + cluster.connect_timeout;
+        let (accepted_tx, accepted_rx) = mpsc::channel::<(usize, TcpStream)>();
+        let listener = {
+            let secret = cluster.secret.clone();
+            let stats = stats.clone();
+            let closing = closing.clone();
+            let processes = cluster.processes;
+            std::thread::Builder::new()
+                .name("spate-net-listen".into())
+                .spawn(move || listen(listener, secret, me, processes, stats, closing, accepted_tx))
+                .map_err(|e| net_error(format!("cannot start the listener thread: {e}")))?
+        };
+        let network = |peers: Vec<Option<Arc<Peer>>>, listener| {
+            Arc::new(Self {
+                me,
+                parallelism,
+                peers,
+                stats: stats.clone(),
+                listen_addr,
+                closing: closing.clone(),
+                listener: Mutex::new(Some(listener)),
+                threads: Mutex::new(Vec::new()),
+            })
+        };
+        let mut streams: Vec<Option<(TcpStream, SocketAddr)>> =
+            (0..cluster.processes).map(|_| None).collect();
+        let result = (|| {
+            for (process, addr) in cluster.peers.iter().enumerate().take(cluster.process) {
+                let stream = connect_to(process, *addr, &cluster.secret, me, deadline)?;
+                streams[process] = Some((stream, *addr));
+            }
+            let expected = cluster.processes - cluster.process - 1;
+            for _ in 0..expected {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match accepted_rx.recv_timeout(left) {
+                    Ok((process, stream)) => {
+                        streams[process] = Some((stream, cluster.peers[process]));
+                    }
+                    Err(_) => {
+                        let missing: Vec<usize> = (cluster.process + 1..cluster.processes)
+                            .filter(|p| streams[*p].is_none())
+                            .collect();
+                        return Err(net_error(format!(
+                            "process(es) {missing:?} did not connect to process {} at {listen_addr} within {:?}",
+                            cluster.process, cluster.connect_timeout
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        })();
+        let peers = streams
+            .into_iter()
+            .enumerate()
+            .map(|(process, s)| {
+                s.map(|(stream, addr)| {
+                    let _ = stream.set_nodelay(true);
+                    Arc::new(Peer {
+                        process,
+                        addr,
+                        parker: Arc::new(Parker::default()),
+                        channels: Mutex::new(Channels::default()),
+                        stream,
+                        bye: AtomicBool::new(false),
+                    })
+                })
+            })
+            .collect();
+        let net = network(peers, listener);
+        if let Err(e) = result {
+            net.close_listener();
+            return Err(e);
+        }
+        Ok(net)
+    }
+
+    /// Whether `subtask` (global) runs in this process.
+    fn is_local(&self, subtask: usize) -> bool {
+        subtask / self.parallelism == self.me.process as usize
+    }
+
+    /// The peer that runs `subtask` (global), if another process does.
+    pub(crate) fn peer_of(&self, subtask: usize) -> Option<&Arc<Peer>> {
+        if self.is_local(subtask) {
+            return None;
+        }
+        self.peers.get(subtask / self.parallelism)?.as_ref()
+    }
+
+    /// Registers the sending end of a channel to a remote subtask.
+    pub(crate) fn add_outbound(&self, channel: ChannelId, mut end: Box<dyn Outbound>) {
+        let Some(peer) = self.peer_of(channel.to as usize) else {
+            return;
+        };
+        let mut channels = lock(&peer.channels);
+        if let Some(credits) = channels.early_credits.remove(&channel) {
+            end.add_credits(credits);
+        }
+        channels.outbound.insert(channel, Arc::new(Mutex::new(end)));
+        drop(channels);
+        peer.parker.notifier().notify();
+    }
+
+    /// Registers the receiving end of a channel from a remote subtask; the
+    /// writer then opens it (grants its first credits).
+    pub(crate) fn add_inbound(&self, channel: ChannelId, end: Box<dyn Inbound>) {
+        let Some(peer) = self.peer_of(channel.from as usize) else {
+            return;
+        };
+        lock(&peer.channels)
+            .inbound
+            .insert(channel, Arc::new(Mutex::new(end)));
+        peer.parker.notifier().notify();
+    }
+
+    /// Starts the reader and writer threads of every connection.
+    pub(crate) fn start(self: &Arc<Self>, env: &Arc<JobEnv>) -> Result<(), JobError> {
+        let mut threads = lock(&self.threads);
+        for peer in self.peers.iter().flatten() {
+            for writer in [false, true] {
+                let process = peer.process;
+                let (net, peer, env) = (self.clone(), peer.clone(), env.clone());
+                let name = format!("spate-net-{}{process}", if writer { "w" } else { "r" });
+                let spawned = std::thread::Builder::new().name(name).spawn(move || {
+                    let result = if writer {
+                        net.write_loop(&peer, &env)
+                    } else {
+                        net.read_loop(&peer, &env)
+                    };
+                    if let Err(e) = result {
+                        env.fail(e);
+                    }
+                    if writer {
+                        // Also ends the reader of a connection that failed.
+                        let _ = peer.stream.shutdown(Shutdown::Write);
+                    }
+                });
+                match spawned {
+                    Ok(t) => threads.push(t),
+                    Err(e) => {
+                        return Err(JobError::Network(format!(
+                            "cannot start a link thread for process {process}: {e}"
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every link thread (they end once every peer said bye, or
+    /// the job failed), then stops the listener. Returns the figures.
+    pub(crate) fn join(&self) -> NetworkReport {
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for t in threads {
+            let _ = t.join();
+        }
+        self.close_listener();
+        self.stats.report()
+    }
+
+    fn close_listener(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        // Wakes the blocking accept.
+        let _ = TcpStream::connect_timeout(&self.listen_addr, Duration::from_secs(1));
+        if let Some(t) = lock(&self.listener).take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Writes what the peer's channels have to send; parks when nothing.
+    fn write_loop(&self, peer: &Peer, env: &JobEnv) -> Result<(), JobError> {
+        peer.parker.bind_thread();
+        let mut stream = &peer.stream;
+        let mut buf = Vec::with_capacity(64 << 10);
+        let io_error = |e: std::io::Error| {
+            JobError::Network(format!(
+                "process {}: writing to process {} at {}: {e}",
+                self.me.process, peer.process, peer.addr
+            ))
+        };
+        loop {
+            let mut frames = self.fill(peer, &mut buf)?;
+            if frames == 0 {
+                if env.failed() {
+                    let reason = env
+                        .error
+                        .lock()
+                        .ok()
+                        .and_then(|e| e.as_ref().map(|e| e.to_string()))
+                        .unwrap_or_else(|| "failed".into());
+                    let mut out = Vec::new();
+                    Frame::Abort { reason }.encode(&mut out);
+                    let _ = stream.write_all(&out);
+                    let _ = peer.stream.shutdown(Shutdown::Both);
+                    return Ok(());
+                }
+                let local_done = env.done.load(Ordering::SeqCst) == env.config.parallelism;
+                if local_done && (env.stop.load(Ordering::SeqCst) || self.all_sent(peer)) {
+                    Frame::Bye.encode(&mut buf);
+                    stream.write_all(&buf).map_err(io_error)?;
+                    self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .bytes_sent
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    return Ok(());
+                }
+                peer.parker.prepare_park();
+                frames = self.fill(peer, &mut buf)?;
+                if frames == 0 && !env.failed() {
+                    peer.parker.block(Duration::from_millis(100));
+                }
+                peer.parker.unpark();
+            }
+            if !buf.is_empty() {
+                stream.write_all(&buf).map_err(io_error)?;
+                self.stats.frames_sent.fetch_add(frames as u64, Ordering::Relaxed);
+                self.stats
+                    .bytes_sent
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                buf.clear();
+            }
+        }
+    }
+
+    /// Every outbound channel to `peer` sent its end.
+    fn all_sent(&self, peer: &Peer) -> bool {
+        lock(&peer.channels)
+            .outbound
+            .values()
+            .all(|c| lock(c).ended())
+    }
+
+    /// One round of the writer: credits for inbound channels, then notices
+    /// and data of outbound ones, into `buf`. Returns the frames added.
+    fn fill(&self, peer: &Peer, buf: &mut Vec<u8>) -> Result<usize, JobError> {
+        let (inbound, outbound): (Vec<_>, Vec<_>) = {
+            let c = lock(&peer.channels);
+            (
+                c.inbound.values().cloned().collect(),
+                c.outbound.values().cloned().collect(),
+            )
+        };
+        let mut frames = 0;
+        for end in inbound {
+            if let Some(frame) = lock(&end).grant() {
+                frame.encode(buf);
+                frames += 1;
+            }
+        }
+        for end in outbound {
+            frames += lock(&end)
+                .fill(buf)
+                .map_err(|e| JobError::Network(e.to_string()))?;
+            if buf.len() >= 256 << 10 {
+                break;
+            }
+        }
+        Ok(frames)
+    }
+
+    /// Reads frames from the peer until it says bye and closes, or the job
+    /// fails.
+    fn read_loop(&self, peer: &Peer, env: &JobEnv) -> Result<(), JobError> {
+        let mut stream = std::io::BufReader::with_capacity(256 << 10, &peer.stream);
+        let from = |what: String| {
+            JobError::Network(format!(
+                "process {}: from process {} at {}: {what}",
+                self.me.process, peer.process, peer.addr
+            ))
+        };
+        loop {
+            let frame = match Frame::read(&mut stream) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    if peer.bye.load(Ordering::SeqCst) || env.failed() {
+                        return Ok(());
+                    }
+                    return Err(from(format!(
+                        "the connection failed before the peer finished ({e}): did the process die?"
+                    )));
+                }
+            };
+            self.stats.frames_received.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .bytes_received
+                .fetch_add(frame_size(&frame), Ordering::Relaxed);
+            match frame {
+                Frame::Open { channel, credits } | Frame::Credit { channel, credits } => {
+                    self.check_channel(peer, channel, false).map_err(|e| from(e.to_string()))?;
+                    let mut c = lock(&peer.channels);
+                    match c.outbound.get(&channel) {
+                        Some(end) => lock(end).add_credits(credits),
+                        None => *c.early_credits.entry(channel).or_insert(0) += credits,
+                    }
+                    drop(c);
+                    peer.parker.notifier().notify();
+                }
+                Frame::Abort { reason } => {
+                    return Err(from(format!("the process failed: {reason}")));
+                }
+                Frame::Bye => {
+                    peer.bye.store(true, Ordering::SeqCst);
+                    let unfinished = lock(&peer.channels)
+                        .inbound
+                        .values()
+                        .filter(|c| !lock(c).ended())
+                        .count();
+                    if unfinished > 0 && !env.stop.load(Ordering::SeqCst) {
+                        return Err(from(format!(
+                            "the process stopped with {unfinished} stream(s) to this process unfinished"
+                        )));
+                    }
+                }
+                Frame::Hello { .. } | Frame::Proof { .. } => {
+                    return Err(from("a handshake frame after the handshake".into()));
+                }
+                data => {
+                    let channel = data.channel().expect("data frames name a channel");
+                    self.check_channel(peer, channel, true).map_err(|e| from(e.to_string()))?;
+                    let end = lock(&peer.channels).inbound.get(&channel).cloned();
+                    let Some(end) = end else {
+                        return Err(from(format!(
+                            "data for channel {channel:?}, which this process never opened"
+                        )));
+                    };
+                    lock(&end).deliver(data).map_err(|e| from(e.to_string()))?;
+                }
+            }
+        }
+    }
+
+    /// A frame from `peer` about `channel` must name one of the peer's
+    /// subtasks and one of this process's, the right way round.
+    fn check_channel(&self, peer: &Peer, channel: ChannelId, inbound: bool) -> Result<(), NetError> {
+        let (theirs, ours) = if inbound {
+            (channel.from, channel.to)
+        } else {
+            (channel.to, channel.from)
+        };
+        let p = self.parallelism as u32;
+        if theirs / p != peer.process as u32 || ours / p != self.me.process {
+            return Err(NetError::Protocol {
+                channel: Some(channel),
+                what: "a channel between subtasks this connection does not join".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn frame_size(frame: &Frame) -> u64 {
+    match frame {
+        Frame::Records { archive, .. } => 17 + archive.len() as u64,
+        _ => 17,
+    }
+}
+
+/// Connects to process `process` at `addr` (retrying while it is not up
+/// yet) and authenticates.
+fn connect_to(
+    process: usize,
+    addr: SocketAddr,
+    secret: &[u8],
+    me: Identity,
+    deadline: Instant,
+) -> Result<TcpStream, JobError> {
+    let mut last_error = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(JobError::Network(format!(
+                "process {} could not reach process {process} at {addr}: {last_error}",
+                me.process
+            )));
+        }
+        match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(1))) {
+            Ok(mut stream) => {
+                let _ = stream.set_read_timeout(Some(left.max(Duration::from_secs(1))));
+                let peer = auth::handshake(&mut stream, secret, Role::Connector, me).map_err(|e| {
+                    JobError::Network(format!(
+                        "process {} at {addr} refused or failed the handshake: {e}",
+                        process
+                    ))
+                })?;
+                if peer.process as usize != process {
+                    return Err(JobError::Network(format!(
+                        "{addr} answered as process {}, not {process}: check the peer list",
+                        peer.process
+                    )));
+                }
+                let _ = stream.set_read_timeout(None);
+                return Ok(stream);
+            }
+            Err(e) => {
+                last_error = e.to_string();
+                // Not listening yet: try again shortly.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// The listener thread: authenticates connecting peers and hands them over
+/// until the cluster is complete; refuses (and counts) everything else, and
+/// everything after, until the run closes.
+fn listen(
+    listener: TcpListener,
+    secret: Vec<u8>,
+    me: Identity,
+    processes: usize,
+    stats: Arc<NetStats>,
+    closing: Arc<AtomicBool>,
+    accepted: mpsc::Sender<(usize, TcpStream)>,
+) {
+    let mut connected = vec![false; processes];
+    let mut waiting = processes - me.process as usize - 1;
+    for incoming in listener.incoming() {
+        if closing.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(mut stream) = incoming else {
+            continue;
+        };
+        let from = stream
+            .peer_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string());
+        let refuse = |why: String| {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            eprintln!(
+                "spate: process {} refused a data-plane connection from {from}: {why}",
+                me.process
+            );
+        };
+        if waiting == 0 {
+            refuse("every peer is connected already".into());
+            continue;
+        }
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        match auth::handshake(&mut stream, &secret, Role::Acceptor, me) {
+            Ok(peer) => {
+                let p = peer.process as usize;
+                if p <= me.process as usize || p >= processes || connected[p] {
+                    refuse(format!("it claims to be process {p}, which does not connect here"));
+                    continue;
+                }
+                let _ = stream.set_read_timeout(None);
+                connected[p] = true;
+                waiting -= 1;
+                if accepted.send((p, stream)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => refuse(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! A job spread over several processes on this machine, joined by the TCP
+//! data plane: the same results as in one process, a peer that does not know
+//! the secret refused and unable to inject anything, and a process that
+//! fails or dies failing every process instead of leaving them waiting.
+//!
+//! Each process is a child: this test binary run again for the ignored test
+//! `cluster_child`, told by environment variables which process it is and
+//! where the others listen. A child writes what its subtasks emitted (or its
+//! error) to a file the parent reads.
+
+mod common;
+
+use common::*;
+use spate::sink::Collector;
+use spate::window::{WindowAssigner, WindowResult};
+use spate::{ClusterConfig, Job, JobConfig};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::Duration;
+
+const SECRET: &str = "a-test-secret-of-32-bytes-length";
+const EVENTS: usize = 40_000;
+
+fn data() -> Arc<Vec<Event>> {
+    Arc::new(events(11, EVENTS, 500, 3))
+}
+
+/// The job every process runs: running totals per key, and sliding windows.
+fn build(
+    totals: &Collector<(u64, u64, u64)>,
+    windows: &Collector<WindowResult<u64, (u64, u64)>>,
+    fail_at: Option<u64>,
+    hold: Option<(u64, PathBuf)>,
+) -> impl Fn(&spate::Dataflow) + Send + Sync + 'static {
+    let (t, w, d) = (totals.clone(), windows.clone(), data());
+    move |df| {
+        let events = event_source(df, &d);
+        let events = match fail_at {
+            // A process whose operator fails part-way through.
+            Some(at) => events.map(move |e: Event| {
+                if e.ts >= at {
+                    panic!("injected failure at event time {at}");
+                }
+                e
+            }),
+            None => events,
+        };
+        let events = match hold.clone() {
+            // A process that stops part-way through (until it is killed),
+            // saying so in a file.
+            Some((at, marker)) => events.map(move |e: Event| {
+                if e.ts >= at {
+                    std::fs::write(&marker, b"held").unwrap();
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                e
+            }),
+            None => events,
+        };
+        running_totals(&events).sink("totals-out", t.sink());
+        windowed(&events, WindowAssigner::sliding(1_000, 250)).sink("windows-out", w.sink());
+    }
+}
+
+/// Free ports for `n` processes (bound then released).
+fn addresses(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+fn child_command(process: usize, peers: &[SocketAddr], secret: &str, out: &Path) -> Command {
+    let peers: Vec<String> = peers.iter().map(|a| a.to_string()).collect();
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", "cluster_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("SPATE_TEST_PROCESS", process.to_string())
+        .env("SPATE_TEST_PEERS", peers.join(","))
+        .env("SPATE_TEST_SECRET", secret)
+        .env("SPATE_TEST_OUT", out);
+    command
+}
+
+fn spawn_child(process: usize, peers: &[SocketAddr], secret: &str, out: &Path, fail_at: Option<u64>) -> Child {
+    let mut command = child_command(process, peers, secret, out);
+    if let Some(at) = fail_at {
+        command.env("SPATE_TEST_FAIL_AT", at.to_string());
+    }
+    command.spawn().unwrap()
+}
+
+/// Run by the parent as a child process; does nothing otherwise.
+#[test]
+#[ignore = "one process of a cluster, started by the other tests of this file"]
+fn cluster_child() {
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+    let process: usize = var("SPATE_TEST_PROCESS").parse().unwrap();
+    let peers: Vec<SocketAddr> = var("SPATE_TEST_PEERS")
+        .split(',')
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let fail_at = std::env::var("SPATE_TEST_FAIL_AT").ok().map(|v| v.parse().unwrap());
+    let hold = std::env::var("SPATE_TEST_HOLD_AT")
+        .ok()
+        .map(|v| (v.parse().unwrap(), PathBuf::from(var("SPATE_TEST_OUT") + ".held")));
+    let config = JobConfig {
+        parallelism: 1,
+        pin_cores: false,
+        cluster: Some(ClusterConfig {
+            process,
+            processes: peers.len(),
+            peers,
+            secret: var("SPATE_TEST_SECRET").into_bytes(),
+            connect_timeout: Duration::from_secs(30),
+        }),
+        ..JobConfig::default()
+    };
+    let (totals, windows) = (Collector::new(), Collector::new());
+    let result = Job::new(config).run(build(&totals, &windows, fail_at, hold));
+    let mut out = String::new();
+    match result {
+        Ok(report) => {
+            let net = report.network.expect("a cluster job reports its network");
+            out += &format!("refused {}\n", net.refused_connections);
+            out += &format!("received {}\n", net.bytes_received);
+            for (k, c, s) in totals.take() {
+                out += &format!("t {k} {c} {s}\n");
+            }
+            for w in windows.take() {
+                out += &format!("w {} {} {} {} {}\n", w.key, w.start, w.end, w.value.0, w.value.1);
+            }
+        }
+        Err(e) => out += &format!("error {e}\n"),
+    }
+    std::fs::write(var("SPATE_TEST_OUT"), out).unwrap();
+}
+
+/// What one process wrote.
+#[derive(Default, Debug)]
+struct Output {
+    refused: u64,
+    received: u64,
+    totals: Vec<(u64, u64, u64)>,
+    windows: Vec<(u64, u64, u64, u64, u64)>,
+    error: Option<String>,
+}
+
+fn read_output(path: &Path) -> Output {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = Output::default();
+    for line in text.lines() {
+        let (kind, rest) = line.split_once(' ').unwrap();
+        let n: Vec<u64> = rest.split(' ').filter_map(|v| v.parse().ok()).collect();
+        match kind {
+            "refused" => out.refused = n[0],
+            "received" => out.received = n[0],
+            "t" => out.totals.push((n[0], n[1], n[2])),
+            "w" => out.windows.push((n[0], n[1], n[2], n[3], n[4])),
+            "error" => out.error = Some(rest.to_string()),
+            other => panic!("unexpected line kind {other}"),
+        }
+    }
+    out
+}
+
+fn dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("spate-cluster-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `processes` children to the end; returns what each wrote.
+fn run_cluster(name: &str, processes: usize, fail: Option<(usize, u64)>) -> Vec<Output> {
+    let dir = dir(name);
+    let peers = addresses(processes);
+    let mut children: Vec<(Child, PathBuf)> = (0..processes)
+        .map(|p| {
+            let out = dir.join(format!("out-{p}"));
+            let fail_at = fail.filter(|(f, _)| *f == p).map(|(_, at)| at);
+            (spawn_child(p, &peers, SECRET, &out, fail_at), out)
+        })
+        .collect();
+    let outputs = children
+        .iter_mut()
+        .map(|(child, out)| {
+            let status = child.wait().unwrap();
+            assert!(status.success(), "child exited with {status}");
+            read_output(out)
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    outputs
+}
+
+/// The same job in this process alone, on as many subtasks.
+/// Final totals per key, sorted window rows, and the number of updates.
+type Results = (BTreeMap<u64, (u64, u64)>, Vec<(u64, u64, u64, u64, u64)>, usize);
+
+fn one_process(parallelism: usize) -> Results {
+    let (totals, windows) = (Collector::new(), Collector::new());
+    Job::new(JobConfig {
+        parallelism,
+        pin_cores: false,
+        ..JobConfig::default()
+    })
+    .run(build(&totals, &windows, None, None))
+    .unwrap();
+    let totals = totals.take();
+    let mut windows: Vec<_> = windows
+        .take()
+        .into_iter()
+        .map(|w| (w.key, w.start, w.end, w.value.0, w.value.1))
+        .collect();
+    windows.sort();
+    (finals(&totals), windows, totals.len())
+}
+
+#[test]
+fn three_processes_compute_what_one_process_does() {
+    let outputs = run_cluster("three", 3, None);
+    let mut totals = Vec::new();
+    let mut windows = Vec::new();
+    for (p, out) in outputs.iter().enumerate() {
+        assert_eq!(out.error, None, "process {p} failed");
+        assert!(out.received > 0, "process {p} received nothing over the network");
+        assert_eq!(out.refused, 0);
+        totals.extend(out.totals.iter().copied());
+        windows.extend(out.windows.iter().copied());
+    }
+    windows.sort();
+    let (one_totals, one_windows, one_updates) = one_process(3);
+    assert_eq!(totals.len(), one_updates, "one update per event");
+    assert_eq!(finals(&totals), one_totals);
+    assert_eq!(finals(&totals), reference_totals(&data()));
+    assert_eq!(windows, one_windows);
+    assert!(!windows.is_empty());
+}
+
+#[test]
+fn a_failing_process_fails_every_process_naming_it() {
+    let outputs = run_cluster("fail", 3, Some((2, 1_000 + EVENTS as u64)));
+    let error = outputs[2].error.as_deref().expect("process 2 fails");
+    assert!(error.contains("injected failure"), "{error}");
+    for p in [0, 1] {
+        let error = outputs[p].error.as_deref().unwrap_or_else(|| panic!("process {p} did not fail"));
+        assert!(
+            error.contains("process 2") && error.contains("injected failure"),
+            "process {p}: {error}"
+        );
+    }
+}
+
+#[test]
+fn a_killed_process_fails_the_others_instead_of_leaving_them_waiting() {
+    let dir = dir("kill");
+    let peers = addresses(2);
+    let outs: Vec<PathBuf> = (0..2).map(|p| dir.join(format!("out-{p}"))).collect();
+    // Process 1 would fail late; it is killed once it has connected instead.
+    let mut survivor = spawn_child(0, &peers, SECRET, &outs[0], None);
+    // Process 1 stops half-way through its input, with its connection up
+    // and records crossing it; it is killed there (SIGKILL).
+    let mut command = child_command(1, &peers, SECRET, &outs[1]);
+    command.env("SPATE_TEST_HOLD_AT", (1_000 + EVENTS as u64).to_string());
+    let mut victim = command.spawn().unwrap();
+    let marker = PathBuf::from(format!("{}.held", outs[1].display()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(std::time::Instant::now() < deadline, "process 1 never got half-way");
+        std::thread::sleep(Duration::from_millis(10)); // poll interval of a wait with a deadline
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    assert!(survivor.wait().unwrap().success());
+    let out = read_output(&outs[0]);
+    let error = out.error.expect("the survivor fails");
+    assert!(
+        error.contains("from process 1") && error.contains("did the process die"),
+        "{error}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Speaks the handshake's first frame by hand: the hello of `process`.
+fn hello(process: u32, processes: u32) -> Vec<u8> {
+    let mut body = vec![1u8]; // kind: hello
+    body.extend_from_slice(b"SPATENET");
+    body.extend_from_slice(&1u16.to_le_bytes());
+    for v in [process, processes, 1] {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    body.extend_from_slice(&[0x42; 32]);
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend(body);
+    frame
+}
+
+#[test]
+fn a_peer_without_the_secret_is_refused_and_injects_nothing() {
+    let dir = dir("intruder");
+    let peers = addresses(2);
+    let outs: Vec<PathBuf> = (0..2).map(|p| dir.join(format!("out-{p}"))).collect();
+    let mut first = spawn_child(0, &peers, SECRET, &outs[0], None);
+    // Posing as process 1 before it exists, with a proof made without the
+    // secret, then sending a records frame, a barrier and credits anyway.
+    let mut intruder = loop {
+        match TcpStream::connect(peers[0]) {
+            Ok(s) => break s,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    intruder.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    intruder.write_all(&hello(1, 2)).unwrap();
+    let mut proof = (33u32).to_le_bytes().to_vec();
+    proof.push(2); // kind: proof
+    proof.extend_from_slice(&[0u8; 32]);
+    let _ = intruder.write_all(&proof);
+    for kind in [5u8, 7, 4] {
+        let mut frame = (13u32 + 16).to_le_bytes().to_vec();
+        frame.push(kind);
+        frame.extend_from_slice(&[0u8; 12]); // channel 0: 1 → 0
+        frame.extend_from_slice(&[7u8; 16]);
+        let _ = intruder.write_all(&frame);
+    }
+    // The process answers the hello and its own proof, then closes.
+    let mut rest = Vec::new();
+    let _ = intruder.read_to_end(&mut rest);
+    // The real process 1 joins; the job runs as if nothing happened.
+    let mut second = spawn_child(1, &peers, SECRET, &outs[1], None);
+    assert!(first.wait().unwrap().success());
+    assert!(second.wait().unwrap().success());
+    let (a, b) = (read_output(&outs[0]), read_output(&outs[1]));
+    assert_eq!(a.error, None);
+    assert_eq!(b.error, None);
+    assert_eq!(a.refused, 1, "the intruder is counted");
+    let mut totals = a.totals.clone();
+    totals.extend(b.totals.iter().copied());
+    assert_eq!(totals.len(), EVENTS, "nothing injected, nothing lost");
+    assert_eq!(finals(&totals), reference_totals(&data()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_process_with_another_secret_cannot_join() {
+    let dir = dir("secret");
+    let peers = addresses(2);
+    let outs: Vec<PathBuf> = (0..2).map(|p| dir.join(format!("out-{p}"))).collect();
+    let mut a = spawn_child(0, &peers, SECRET, &outs[0], None);
+    let mut b = spawn_child(1, &peers, "another-secret-of-32-bytes-len!!", &outs[1], None);
+    assert!(b.wait().unwrap().success());
+    let out = read_output(&outs[1]);
+    let error = out.error.expect("the process with the wrong secret fails");
+    assert!(error.contains("handshake"), "{error}");
+    // Process 0 never gets its peer: it gives up at the connect timeout.
+    // (Killed here rather than waited for.)
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
