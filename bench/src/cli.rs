@@ -194,6 +194,21 @@ struct NexmarkArgs {
     fresh: bool,
     #[command(flatten)]
     kafka: KafkaFlags,
+    /// Run the query as a cluster of this many processes joined by TCP
+    /// (docs/cluster.md). Alone: start them all on this machine, each with
+    /// --cores, and merge their reports. With --process-id and --peers: be
+    /// one of them (the secret in SPATE_CLUSTER_SECRET). Needs
+    /// --checkpoint-interval-ms 0: checkpoints across processes are not
+    /// built yet.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    processes: Option<u64>,
+    /// This process's index in the cluster, 0-based.
+    #[arg(long, requires_all = ["processes", "peers"])]
+    process_id: Option<usize>,
+    /// Every process's data-plane address, in process order, comma-separated
+    /// (this process listens on its own).
+    #[arg(long, value_delimiter = ',', requires = "process_id")]
+    peers: Vec<std::net::SocketAddr>,
 }
 
 /// `nexmark`'s Kafka flags.
@@ -685,7 +700,44 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         );
     }
     let kafka = args.kafka.run(args.output.is_some())?;
+    if let Some(processes) = args.processes {
+        if checkpoint.is_some() {
+            bail!(
+                "--processes needs --checkpoint-interval-ms 0: checkpoints across processes \
+                 are not built yet"
+            );
+        }
+        if kafka.is_some() || args.monitor.is_some() {
+            bail!("--processes does not combine with Kafka or --monitor yet");
+        }
+        if args.process_id.is_none() {
+            let summary = crate::cluster::launch(
+                processes as usize,
+                &args.report,
+                args.base_time_ms,
+                rate_events_per_s,
+            )?;
+            let mut stdout = std::io::stdout().lock();
+            write!(stdout, "{}", summary.human())?;
+            writeln!(stdout, "  report      {}", args.report.display())?;
+            return Ok(());
+        }
+        if rate_events_per_s.is_some() && args.base_time_ms.is_none() {
+            bail!(
+                "an open-loop process of a cluster needs --base-time-ms, the same in every process"
+            );
+        }
+    }
+    let cluster = match args.process_id {
+        Some(id) => Some(crate::cluster::config(
+            id,
+            args.processes.unwrap_or(1) as usize,
+            args.peers.clone(),
+        )?),
+        None => None,
+    };
     let mut config = RunConfig {
+        cluster,
         kafka,
         max_parallelism: args.max_parallelism,
         seed: args.seed,
@@ -765,7 +817,21 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
             crate::remote_run::put_identity(url, &done)?;
         }
     }
-    let summary = Summary::new(&config, &outcome);
+    let mut summary = Summary::new(&config, &outcome);
+    if let Some(id) = args.process_id {
+        let network = outcome.network.clone().unwrap_or_default();
+        summary.processes = vec![crate::report::ProcessSummary {
+            process: id,
+            events_processed: summary.events_processed,
+            elapsed_s: summary.elapsed_s,
+            throughput_events_per_s: summary.throughput_events_per_s,
+            rows: summary.rows,
+            latency_us: summary.latency_us.clone(),
+            peak_rss_bytes: summary.peak_rss_bytes,
+            network_bytes_sent: network.bytes_sent,
+            network_bytes_received: network.bytes_received,
+        }];
+    }
     write_report(&args.report, &summary, &outcome)
         .with_context(|| format!("writing the report to {}", args.report.display()))?;
     let mut stdout = std::io::stdout().lock();

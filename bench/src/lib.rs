@@ -18,6 +18,7 @@
 pub mod checkpoint_bench;
 pub mod checkpoints;
 pub mod cli;
+pub mod cluster;
 pub mod embed_bench;
 pub mod kafka;
 pub mod nexmark;

@@ -199,6 +199,33 @@ pub struct Summary {
     pub machine: Machine,
     /// Version of spate-bench.
     pub spate_bench_version: String,
+    /// A cluster run: every process's own figures (`events_processed`,
+    /// `rows` and the latency above are over all of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessSummary>,
+}
+
+/// One process of a cluster run, as its own report has it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProcessSummary {
+    /// Its index.
+    pub process: usize,
+    /// Events its sources emitted.
+    pub events_processed: u64,
+    /// Its job's wall time, seconds.
+    pub elapsed_s: f64,
+    /// `events_processed / elapsed_s`.
+    pub throughput_events_per_s: f64,
+    /// Rows its sinks produced.
+    pub rows: u64,
+    /// Latency of its rows.
+    pub latency_us: LatencySummary,
+    /// Its peak resident set size, bytes.
+    pub peak_rss_bytes: Option<u64>,
+    /// Bytes it sent to, and received from, the other processes.
+    pub network_bytes_sent: u64,
+    /// See `network_bytes_sent`.
+    pub network_bytes_received: u64,
 }
 
 impl Summary {
@@ -224,6 +251,7 @@ impl Summary {
             generator: GeneratorSummary::from(&outcome.generator),
             machine: Machine::current(),
             spate_bench_version: env!("CARGO_PKG_VERSION").to_string(),
+            processes: Vec::new(),
         }
     }
 
@@ -295,6 +323,28 @@ impl Summary {
         }
         if let Some(rss) = self.peak_rss_bytes {
             let _ = writeln!(s, "  peak RSS    {:.1} MiB", rss as f64 / (1 << 20) as f64);
+        }
+        if !self.processes.is_empty() {
+            let _ = writeln!(
+                s,
+                "  processes   {} (events/s, rows, p50/p99 latency, MiB sent/received over TCP)",
+                self.processes.len()
+            );
+            for p in &self.processes {
+                let lat = match (p.latency_us.p50, p.latency_us.p99) {
+                    (Some(a), Some(b)) => format!("{}/{}", us(a), us(b)),
+                    _ => "-".into(),
+                };
+                let _ = writeln!(
+                    s,
+                    "    {:>3}       {}/s, {} rows, {lat}, {:.1}/{:.1} MiB",
+                    p.process,
+                    si(p.throughput_events_per_s),
+                    p.rows,
+                    p.network_bytes_sent as f64 / (1 << 20) as f64,
+                    p.network_bytes_received as f64 / (1 << 20) as f64
+                );
+            }
         }
         s
     }
@@ -448,23 +498,16 @@ pub fn write_report(dir: &Path, summary: &Summary, outcome: &RunOutcome) -> std:
     let json = serde_json::to_string_pretty(summary).map_err(std::io::Error::other)?;
     std::fs::write(dir.join("summary.json"), json + "\n")?;
     std::fs::write(dir.join("summary.txt"), summary.human())?;
-    for stale in ["latency.hgrm", "latency.svg", "checkpoints.svg"] {
+    for stale in [
+        "latency.hgrm",
+        "latency.svg",
+        "latency-us.txt",
+        "checkpoints.svg",
+    ] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
     if outcome.latency_measured {
-        std::fs::write(dir.join("latency.hgrm"), hgrm(&outcome.latency_us, 1.0))?;
-        let title = format!(
-            "spate {} latency, {} events/s, {} core(s)",
-            summary.query,
-            summary
-                .config
-                .get("rate_events_per_s")
-                .and_then(|r| r.as_u64())
-                .unwrap_or(0),
-            summary.cores
-        );
-        latency_svg(&outcome.latency_us, &title, &dir.join("latency.svg"))
-            .map_err(std::io::Error::other)?;
+        write_latency(dir, summary, &outcome.latency_us)?;
     }
     if !outcome.checkpoints.is_empty() {
         let title = format!(
@@ -487,6 +530,28 @@ pub fn write_report(dir: &Path, summary: &Summary, outcome: &RunOutcome) -> std:
         .map_err(std::io::Error::other)?;
     }
     Ok(())
+}
+
+/// `latency.hgrm`, `latency.svg`, and `latency-us.txt` (every recorded
+/// value and its count, which a cluster's launcher merges).
+pub fn write_latency(dir: &Path, summary: &Summary, h: &Histogram<u64>) -> std::io::Result<()> {
+    std::fs::write(dir.join("latency.hgrm"), hgrm(h, 1.0))?;
+    let mut raw = String::new();
+    for v in h.iter_recorded() {
+        let _ = writeln!(raw, "{} {}", v.value_iterated_to(), v.count_at_value());
+    }
+    std::fs::write(dir.join("latency-us.txt"), raw)?;
+    let title = format!(
+        "spate {} latency, {} events/s, {} core(s)",
+        summary.query,
+        summary
+            .config
+            .get("rate_events_per_s")
+            .and_then(|r| r.as_u64())
+            .unwrap_or(0),
+        summary.cores
+    );
+    latency_svg(h, &title, &dir.join("latency.svg")).map_err(std::io::Error::other)
 }
 
 /// The figures `compare` puts side by side: (name, JSON pointer, higher is better).

@@ -75,6 +75,10 @@ pub struct RunConfig {
     /// Kafka as the source and/or the sink (`--source kafka`, `--sink-topic`).
     #[serde(skip)]
     pub kafka: Option<crate::kafka::KafkaRun>,
+    /// Run as one process of a cluster (`--process-id`, see
+    /// [`crate::cluster`]); `cores` is then this process's.
+    #[serde(skip)]
+    pub cluster: Option<spate::ClusterConfig>,
 }
 
 /// Key groups of a Nexmark run by default: a checkpoint pauses a core for
@@ -100,6 +104,7 @@ impl RunConfig {
             at_least_once_output: false,
             monitor: None,
             kafka: None,
+            cluster: None,
         }
     }
 }
@@ -133,6 +138,8 @@ pub struct RunOutcome {
     pub restored_from: Option<u64>,
     /// When the job started (epoch ms, the job's clock).
     pub started_ms: u64,
+    /// The data plane's figures, in a cluster run.
+    pub network: Option<spate::NetworkReport>,
 }
 
 /// The generator configuration of a run: the defaults, or in open loop the rate
@@ -325,6 +332,7 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
     };
     let mut job_config = JobConfig::with_parallelism(config.cores);
     job_config.max_parallelism = config.max_parallelism;
+    job_config.cluster = config.cluster.clone();
     job_config.monitor = config
         .monitor
         .map(|a| spate::MonitorConfig::new(a).with_job_name("nexmark"));
@@ -365,6 +373,7 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
         checkpoints: report.checkpoints,
         restored_from: report.restored_from,
         started_ms,
+        network: report.network,
     })
 }
 

@@ -599,3 +599,80 @@ fn bad_arguments_are_refused_before_any_work() {
         refused_before_any_write(&dir, args, expected);
     }
 }
+
+/// Every row of an output directory, sorted, duplicates kept.
+fn all_rows(dir: &Path) -> Vec<String> {
+    let mut rows = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            rows.extend(
+                std::fs::read_to_string(&path)
+                    .unwrap()
+                    .lines()
+                    .map(String::from),
+            );
+        }
+    }
+    rows.sort();
+    rows
+}
+
+#[test]
+fn a_cluster_of_three_processes_writes_what_one_process_does() {
+    // Three processes of one core each, joined by TCP, against one process
+    // of three cores: the same subtasks, the same rows.
+    // (q5 and q8 are deterministic; q3 and q4 emit running updates whose
+    // order depends on how inputs interleave, even in one process.)
+    for query in ["q5", "q8"] {
+        let dir = scratch(&format!("cluster-{query}"));
+        let run = |extra: &[&str], name: &str| {
+            let mut cmd = bin();
+            cmd.args([
+                "nexmark", "--query", query, "--events", "200000", "--rate", "0",
+            ])
+            .args(["--checkpoint-interval-ms", "0"])
+            .args(extra)
+            .arg("--output")
+            .arg(dir.join(format!("rows-{name}")))
+            .arg("--report")
+            .arg(dir.join(format!("report-{name}")));
+            run_ok(&mut cmd);
+            all_rows(&dir.join(format!("rows-{name}")))
+        };
+        let one = run(&["--cores", "3"], "one");
+        let cluster = run(&["--cores", "1", "--processes", "3"], "cluster");
+        assert!(!one.is_empty(), "{query}: no rows");
+        assert_eq!(cluster.len(), one.len(), "{query}: row count");
+        assert!(cluster == one, "{query}: the cluster's rows differ");
+        let summary = summary_json(&dir.join("report-cluster"));
+        let processes = summary["processes"].as_array().unwrap();
+        assert_eq!(processes.len(), 3);
+        assert_eq!(summary["events_processed"], 200_000);
+        for p in processes {
+            assert!(
+                p["network_bytes_received"].as_u64().unwrap() > 0,
+                "{query}: {p}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_cluster_refuses_checkpoints_it_cannot_take_yet() {
+    let out = bin()
+        .args([
+            "nexmark",
+            "--query",
+            "q1",
+            "--events",
+            "1000",
+            "--processes",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--checkpoint-interval-ms 0"), "{stderr}");
+}

@@ -346,7 +346,10 @@ mod tests {
         let good = cluster(1, 3, 3, "sixteen-bytes-ok");
         assert!(good.validate().is_ok());
         assert_eq!((good.total_parallelism(), good.first_subtask()), (6, 2));
-        assert!(!format!("{good:?}").contains("sixteen"), "the secret is not printed");
+        assert!(
+            !format!("{good:?}").contains("sixteen"),
+            "the secret is not printed"
+        );
         for (bad, word) in [
             (cluster(3, 3, 3, "sixteen-bytes-ok"), "process 3 of 3"),
             (cluster(0, 3, 2, "sixteen-bytes-ok"), "2 addresses"),

@@ -81,11 +81,9 @@ impl JobEnv {
         // Indexed by global subtask: this process's own parkers, and for a
         // subtask of another process the parker of the link writer to it.
         let parkers: Vec<Arc<Parker>> = (0..config.total_parallelism())
-            .map(|s| {
-                match net.as_ref().and_then(|n| n.peer_of(s)) {
-                    Some(peer) => peer.parker.clone(),
-                    None => Arc::new(Parker::default()),
-                }
+            .map(|s| match net.as_ref().and_then(|n| n.peer_of(s)) {
+                Some(peer) => peer.parker.clone(),
+                None => Arc::new(Parker::default()),
             })
             .collect();
         debug_assert!(first + p <= parkers.len());

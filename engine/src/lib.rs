@@ -67,8 +67,8 @@ mod inspect;
 mod job;
 mod keygroup;
 mod metrics;
-mod net;
 pub mod monitor;
+mod net;
 mod park;
 pub mod restart;
 mod ring;
@@ -89,7 +89,6 @@ pub use checkpoint::{
     CheckpointConfig, CheckpointMode, CheckpointStats, CheckpointStatus, RestoreFrom,
 };
 pub use config::{ClusterConfig, JobConfig, MAX_CHECKPOINT_TIME_MS, MIN_CLUSTER_SECRET};
-pub use net::NetworkReport;
 pub use dataflow::{
     CoProcessFunction, ConnectedStreams, Data, Dataflow, ExchangeData, KeyedContext,
     KeyedProcessFunction, KeyedStream, Record, Stream, WatermarkContext,
@@ -100,6 +99,7 @@ pub use error::{
 pub use job::{Job, JobHandle, JobReport};
 pub use keygroup::Key;
 pub use monitor::MonitorConfig;
+pub use net::NetworkReport;
 pub use park::Notifier;
 pub use restart::{RestartStats, RestartStrategy};
 pub use schema::Schema;

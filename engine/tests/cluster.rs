@@ -80,7 +80,13 @@ fn child_command(process: usize, peers: &[SocketAddr], secret: &str, out: &Path)
     let peers: Vec<String> = peers.iter().map(|a| a.to_string()).collect();
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
-        .args(["--exact", "cluster_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "cluster_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("SPATE_TEST_PROCESS", process.to_string())
         .env("SPATE_TEST_PEERS", peers.join(","))
         .env("SPATE_TEST_SECRET", secret)
@@ -88,7 +94,13 @@ fn child_command(process: usize, peers: &[SocketAddr], secret: &str, out: &Path)
     command
 }
 
-fn spawn_child(process: usize, peers: &[SocketAddr], secret: &str, out: &Path, fail_at: Option<u64>) -> Child {
+fn spawn_child(
+    process: usize,
+    peers: &[SocketAddr],
+    secret: &str,
+    out: &Path,
+    fail_at: Option<u64>,
+) -> Child {
     let mut command = child_command(process, peers, secret, out);
     if let Some(at) = fail_at {
         command.env("SPATE_TEST_FAIL_AT", at.to_string());
@@ -106,10 +118,15 @@ fn cluster_child() {
         .split(',')
         .map(|a| a.parse().unwrap())
         .collect();
-    let fail_at = std::env::var("SPATE_TEST_FAIL_AT").ok().map(|v| v.parse().unwrap());
-    let hold = std::env::var("SPATE_TEST_HOLD_AT")
+    let fail_at = std::env::var("SPATE_TEST_FAIL_AT")
         .ok()
-        .map(|v| (v.parse().unwrap(), PathBuf::from(var("SPATE_TEST_OUT") + ".held")));
+        .map(|v| v.parse().unwrap());
+    let hold = std::env::var("SPATE_TEST_HOLD_AT").ok().map(|v| {
+        (
+            v.parse().unwrap(),
+            PathBuf::from(var("SPATE_TEST_OUT") + ".held"),
+        )
+    });
     let config = JobConfig {
         parallelism: 1,
         pin_cores: false,
@@ -134,7 +151,10 @@ fn cluster_child() {
                 out += &format!("t {k} {c} {s}\n");
             }
             for w in windows.take() {
-                out += &format!("w {} {} {} {} {}\n", w.key, w.start, w.end, w.value.0, w.value.1);
+                out += &format!(
+                    "w {} {} {} {} {}\n",
+                    w.key, w.start, w.end, w.value.0, w.value.1
+                );
             }
         }
         Err(e) => out += &format!("error {e}\n"),
@@ -202,7 +222,11 @@ fn run_cluster(name: &str, processes: usize, fail: Option<(usize, u64)>) -> Vec<
 
 /// The same job in this process alone, on as many subtasks.
 /// Final totals per key, sorted window rows, and the number of updates.
-type Results = (BTreeMap<u64, (u64, u64)>, Vec<(u64, u64, u64, u64, u64)>, usize);
+type Results = (
+    BTreeMap<u64, (u64, u64)>,
+    Vec<(u64, u64, u64, u64, u64)>,
+    usize,
+);
 
 fn one_process(parallelism: usize) -> Results {
     let (totals, windows) = (Collector::new(), Collector::new());
@@ -230,7 +254,10 @@ fn three_processes_compute_what_one_process_does() {
     let mut windows = Vec::new();
     for (p, out) in outputs.iter().enumerate() {
         assert_eq!(out.error, None, "process {p} failed");
-        assert!(out.received > 0, "process {p} received nothing over the network");
+        assert!(
+            out.received > 0,
+            "process {p} received nothing over the network"
+        );
         assert_eq!(out.refused, 0);
         totals.extend(out.totals.iter().copied());
         windows.extend(out.windows.iter().copied());
@@ -250,7 +277,10 @@ fn a_failing_process_fails_every_process_naming_it() {
     let error = outputs[2].error.as_deref().expect("process 2 fails");
     assert!(error.contains("injected failure"), "{error}");
     for p in [0, 1] {
-        let error = outputs[p].error.as_deref().unwrap_or_else(|| panic!("process {p} did not fail"));
+        let error = outputs[p]
+            .error
+            .as_deref()
+            .unwrap_or_else(|| panic!("process {p} did not fail"));
         assert!(
             error.contains("process 2") && error.contains("injected failure"),
             "process {p}: {error}"
@@ -273,7 +303,10 @@ fn a_killed_process_fails_the_others_instead_of_leaving_them_waiting() {
     let marker = PathBuf::from(format!("{}.held", outs[1].display()));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !marker.exists() {
-        assert!(std::time::Instant::now() < deadline, "process 1 never got half-way");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process 1 never got half-way"
+        );
         std::thread::sleep(Duration::from_millis(10)); // poll interval of a wait with a deadline
     }
     victim.kill().unwrap();
@@ -316,7 +349,9 @@ fn a_peer_without_the_secret_is_refused_and_injects_nothing() {
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    intruder.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    intruder
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     intruder.write_all(&hello(1, 2)).unwrap();
     let mut proof = (33u32).to_le_bytes().to_vec();
     proof.push(2); // kind: proof
@@ -353,7 +388,13 @@ fn a_process_with_another_secret_cannot_join() {
     let peers = addresses(2);
     let outs: Vec<PathBuf> = (0..2).map(|p| dir.join(format!("out-{p}"))).collect();
     let mut a = spawn_child(0, &peers, SECRET, &outs[0], None);
-    let mut b = spawn_child(1, &peers, "another-secret-of-32-bytes-len!!", &outs[1], None);
+    let mut b = spawn_child(
+        1,
+        &peers,
+        "another-secret-of-32-bytes-len!!",
+        &outs[1],
+        None,
+    );
     assert!(b.wait().unwrap().success());
     let out = read_output(&outs[1]);
     let error = out.error.expect("the process with the wrong secret fails");

@@ -64,7 +64,13 @@ fn proof_message(role: Role, process: u32, own: &[u8; NONCE], other: &[u8; NONCE
 }
 
 #[cfg(test)]
-fn proof(key: &hmac::Key, role: Role, process: u32, own: &[u8; NONCE], other: &[u8; NONCE]) -> hmac::Tag {
+fn proof(
+    key: &hmac::Key,
+    role: Role,
+    process: u32,
+    own: &[u8; NONCE],
+    other: &[u8; NONCE],
+) -> hmac::Tag {
     hmac::sign(key, &proof_message(role, process, own, other))
 }
 

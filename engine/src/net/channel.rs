@@ -62,7 +62,11 @@ pub(crate) struct TypedOutbound<T> {
 }
 
 impl<T> TypedOutbound<T> {
-    pub(crate) fn new(channel: ChannelId, ring: ChannelReceiver<Message<T>>, sender: Notifier) -> Self {
+    pub(crate) fn new(
+        channel: ChannelId,
+        ring: ChannelReceiver<Message<T>>,
+        sender: Notifier,
+    ) -> Self {
         Self {
             channel,
             ring,
@@ -178,7 +182,11 @@ pub(crate) struct TypedInbound<T> {
 }
 
 impl<T: Send> TypedInbound<T> {
-    pub(crate) fn new(channel: ChannelId, mut ring: ChannelSender<Message<T>>, receiver: Notifier) -> Self {
+    pub(crate) fn new(
+        channel: ChannelId,
+        mut ring: ChannelSender<Message<T>>,
+        receiver: Notifier,
+    ) -> Self {
         let capacity = ring.data.capacity();
         debug_assert_eq!(ring.data.free_slots(), capacity);
         Self {
@@ -356,7 +364,10 @@ mod tests {
                         let m = if next % 7 == 3 {
                             Message::Watermark(next)
                         } else {
-                            Message::Records(vec![Record { ts: next, value: next * 10 }])
+                            Message::Records(vec![Record {
+                                ts: next,
+                                value: next * 10,
+                            }])
                         };
                         if tx.data.try_push(m).is_ok() {
                             if next % 11 == 5 {
@@ -446,12 +457,18 @@ mod tests {
         let (itx, _irx) = channel::<Message<u64>>(2);
         let mut inb = TypedInbound::new(id, itx, notifier());
         // No credit granted yet.
-        let err = inb.deliver(Frame::Watermark { channel: id, watermark: 1 });
+        let err = inb.deliver(Frame::Watermark {
+            channel: id,
+            watermark: 1,
+        });
         assert!(matches!(err, Err(NetError::Protocol { .. })), "{err:?}");
         let mut garbage = rkyv::util::AlignedVec::<16>::new();
         garbage.extend_from_slice(&[0xff; 40]);
         inb.grant();
-        let err = inb.deliver(Frame::Records { channel: id, archive: garbage });
+        let err = inb.deliver(Frame::Records {
+            channel: id,
+            archive: garbage,
+        });
         assert!(matches!(err, Err(NetError::Decode { .. })), "{err:?}");
     }
 }

@@ -139,7 +139,10 @@ impl Network {
     /// Listens, connects to every peer and authenticates each; returns once
     /// the cluster is complete, or with an error naming the peer that is
     /// missing or refused.
-    pub(crate) fn connect(cluster: &ClusterConfig, parallelism: usize) -> Result<Arc<Self>, JobError> {
+    pub(crate) fn connect(
+        cluster: &ClusterConfig,
+        parallelism: usize,
+    ) -> Result<Arc<Self>, JobError> {
         let me = Identity {
             process: cluster.process as u32,
             processes: cluster.processes as u32,
@@ -372,7 +375,9 @@ impl Network {
             }
             if !buf.is_empty() {
                 stream.write_all(&buf).map_err(io_error)?;
-                self.stats.frames_sent.fetch_add(frames as u64, Ordering::Relaxed);
+                self.stats
+                    .frames_sent
+                    .fetch_add(frames as u64, Ordering::Relaxed);
                 self.stats
                     .bytes_sent
                     .fetch_add(buf.len() as u64, Ordering::Relaxed);
@@ -445,7 +450,8 @@ impl Network {
                 .fetch_add(frame_size(&frame), Ordering::Relaxed);
             match frame {
                 Frame::Open { channel, credits } | Frame::Credit { channel, credits } => {
-                    self.check_channel(peer, channel, false).map_err(|e| from(e.to_string()))?;
+                    self.check_channel(peer, channel, false)
+                        .map_err(|e| from(e.to_string()))?;
                     let mut c = lock(&peer.channels);
                     match c.outbound.get(&channel) {
                         Some(end) => lock(end).add_credits(credits),
@@ -475,7 +481,8 @@ impl Network {
                 }
                 data => {
                     let channel = data.channel().expect("data frames name a channel");
-                    self.check_channel(peer, channel, true).map_err(|e| from(e.to_string()))?;
+                    self.check_channel(peer, channel, true)
+                        .map_err(|e| from(e.to_string()))?;
                     let end = lock(&peer.channels).inbound.get(&channel).cloned();
                     let Some(end) = end else {
                         return Err(from(format!(
@@ -490,7 +497,12 @@ impl Network {
 
     /// A frame from `peer` about `channel` must name one of the peer's
     /// subtasks and one of this process's, the right way round.
-    fn check_channel(&self, peer: &Peer, channel: ChannelId, inbound: bool) -> Result<(), NetError> {
+    fn check_channel(
+        &self,
+        peer: &Peer,
+        channel: ChannelId,
+        inbound: bool,
+    ) -> Result<(), NetError> {
         let (theirs, ours) = if inbound {
             (channel.from, channel.to)
         } else {
@@ -535,12 +547,13 @@ fn connect_to(
         match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(1))) {
             Ok(mut stream) => {
                 let _ = stream.set_read_timeout(Some(left.max(Duration::from_secs(1))));
-                let peer = auth::handshake(&mut stream, secret, Role::Connector, me).map_err(|e| {
-                    JobError::Network(format!(
-                        "process {} at {addr} refused or failed the handshake: {e}",
-                        process
-                    ))
-                })?;
+                let peer =
+                    auth::handshake(&mut stream, secret, Role::Connector, me).map_err(|e| {
+                        JobError::Network(format!(
+                            "process {} at {addr} refused or failed the handshake: {e}",
+                            process
+                        ))
+                    })?;
                 if peer.process as usize != process {
                     return Err(JobError::Network(format!(
                         "{addr} answered as process {}, not {process}: check the peer list",
@@ -599,7 +612,9 @@ fn listen(
             Ok(peer) => {
                 let p = peer.process as usize;
                 if p <= me.process as usize || p >= processes || connected[p] {
-                    refuse(format!("it claims to be process {p}, which does not connect here"));
+                    refuse(format!(
+                        "it claims to be process {p}, which does not connect here"
+                    ));
                     continue;
                 }
                 let _ = stream.set_read_timeout(None);

@@ -50,21 +50,37 @@ pub(crate) enum Frame {
     },
     /// Second frame: HMAC-SHA256 of the secret over both nonces (see
     /// [`super::auth`]).
-    Proof { mac: [u8; NONCE] },
+    Proof {
+        mac: [u8; NONCE],
+    },
     /// Receiver → sender: the channel exists here; send up to `credits`
     /// messages.
-    Open { channel: ChannelId, credits: u32 },
+    Open {
+        channel: ChannelId,
+        credits: u32,
+    },
     /// Receiver → sender: `credits` more messages fit.
-    Credit { channel: ChannelId, credits: u32 },
+    Credit {
+        channel: ChannelId,
+        credits: u32,
+    },
     /// A batch of records: an rkyv archive of `Vec<(u64, T)>`.
     Records {
         channel: ChannelId,
         archive: rkyv::util::AlignedVec<16>,
     },
-    Watermark { channel: ChannelId, watermark: u64 },
-    Barrier { channel: ChannelId, barrier: WireBarrier },
+    Watermark {
+        channel: ChannelId,
+        watermark: u64,
+    },
+    Barrier {
+        channel: ChannelId,
+        barrier: WireBarrier,
+    },
     /// The sender's input ended.
-    End { channel: ChannelId },
+    End {
+        channel: ChannelId,
+    },
     /// Out of band: the barrier of `checkpoint_id` is at `position` of the
     /// channel's message sequence.
     Notice {
@@ -73,7 +89,9 @@ pub(crate) enum Frame {
         position: u64,
     },
     /// The sending process's job failed; the receiver's fails too.
-    Abort { reason: String },
+    Abort {
+        reason: String,
+    },
     /// The sending process's reactors are all done; nothing follows.
     Bye,
 }
@@ -417,7 +435,10 @@ mod tests {
         }
         let mut r = &bytes[..];
         for frame in every_kind() {
-            assert_eq!(format!("{:?}", Frame::read(&mut r).unwrap()), format!("{frame:?}"));
+            assert_eq!(
+                format!("{:?}", Frame::read(&mut r).unwrap()),
+                format!("{frame:?}")
+            );
         }
         assert!(r.is_empty());
     }
@@ -428,7 +449,10 @@ mod tests {
             let mut bytes = Vec::new();
             frame.encode(&mut bytes);
             for cut in 0..bytes.len() {
-                assert!(Frame::read(&mut &bytes[..cut]).is_err(), "{frame:?} cut at {cut}");
+                assert!(
+                    Frame::read(&mut &bytes[..cut]).is_err(),
+                    "{frame:?} cut at {cut}"
+                );
             }
             if !matches!(frame, Frame::Records { .. } | Frame::Abort { .. }) {
                 // One more byte inside the frame's length.
@@ -437,7 +461,10 @@ mod tests {
                 let len = u32::from_le_bytes(long[..4].try_into().unwrap()) + 1;
                 long[..4].copy_from_slice(&len.to_le_bytes());
                 assert!(
-                    matches!(Frame::read(&mut &long[..]), Err(WireError::Malformed { .. })),
+                    matches!(
+                        Frame::read(&mut &long[..]),
+                        Err(WireError::Malformed { .. })
+                    ),
                     "{frame:?} padded"
                 );
             }

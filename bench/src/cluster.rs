@@ -1,0 +1,210 @@
+//! `spate-bench nexmark` as a cluster: the same query in several processes
+//! joined by the engine's TCP data plane (`docs/cluster.md`).
+//!
+//! Two ways in:
+//! - `--processes N` alone: a launcher. It picks N free ports on 127.0.0.1,
+//!   a random secret and one event-time base, starts N copies of this
+//!   command with `--process-id i`, each writing its own report into
+//!   `<report>/process-i`, waits for them, and writes the usual report into
+//!   `<report>`: events, rows and latency over all processes, and every
+//!   process's own figures.
+//! - `--process-id I --processes N --peers A0,A1,…`: one process of a
+//!   cluster started by hand (one per machine); the secret comes from
+//!   `SPATE_CLUSTER_SECRET`, and an open-loop run needs the same
+//!   `--base-time-ms` everywhere.
+
+use crate::report::{write_latency, LatencySummary, ProcessSummary, Summary};
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The environment variable that carries the cluster's shared secret.
+pub const SECRET_VAR: &str = "SPATE_CLUSTER_SECRET";
+
+/// How long a process waits for its peers at the start.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Time the launcher leaves for its processes to start and connect before
+/// the first event's scheduled time, ms.
+const STARTUP_LEAD_MS: u64 = 1_500;
+
+/// The engine's cluster settings of process `process`.
+pub fn config(
+    process: usize,
+    processes: usize,
+    peers: Vec<SocketAddr>,
+) -> anyhow::Result<spate::ClusterConfig> {
+    let secret = std::env::var(SECRET_VAR).with_context(|| {
+        format!("--process-id needs the cluster's shared secret in {SECRET_VAR}")
+    })?;
+    if peers.len() != processes {
+        bail!(
+            "--peers lists {} addresses for --processes {processes}",
+            peers.len()
+        );
+    }
+    Ok(spate::ClusterConfig {
+        process,
+        processes,
+        peers,
+        secret: secret.into_bytes(),
+        connect_timeout: CONNECT_TIMEOUT,
+    })
+}
+
+/// A fresh random secret, hex.
+fn random_secret() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("reading /dev/urandom for the cluster's secret")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// This command's arguments without the ones the launcher sets per process.
+fn passed_args() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let flag = arg.split('=').next().unwrap_or("");
+        if matches!(flag, "--report" | "--base-time-ms" | "--processes") {
+            if !arg.contains('=') {
+                args.next();
+            }
+            continue;
+        }
+        out.push(arg);
+    }
+    out
+}
+
+/// Starts `processes` copies of this `nexmark` command on this machine and
+/// merges their reports into `report`.
+pub fn launch(
+    processes: usize,
+    report: &Path,
+    base_time_ms: Option<u64>,
+    rate: Option<u64>,
+) -> anyhow::Result<Summary> {
+    if processes < 2 {
+        bail!("--processes must be at least 2 for a cluster");
+    }
+    let listeners: Vec<std::net::TcpListener> = (0..processes)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .context("finding free ports for the data plane")?;
+    let peers: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .collect::<Result<_, _>>()?;
+    drop(listeners);
+    let secret = random_secret()?;
+    let now = spate::time::Clock::now_ms(&spate::time::SystemClock);
+    let base = base_time_ms.unwrap_or(now + crate::run::OPEN_LOOP_LEAD_MS + STARTUP_LEAD_MS);
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let mut children = Vec::new();
+    for process in 0..processes {
+        let dir = report.join(format!("process-{process}"));
+        let child = Command::new(&exe)
+            .args(passed_args())
+            .args(["--processes", &processes.to_string()])
+            .args(["--process-id", &process.to_string()])
+            .args(["--peers", &peers.join(",")])
+            .args(["--base-time-ms", &base.to_string()])
+            .arg("--report")
+            .arg(&dir)
+            .env(SECRET_VAR, &secret)
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting process {process}"))?;
+        children.push((process, child, dir));
+    }
+    let mut failed = Vec::new();
+    for (process, child, _) in &mut children {
+        let status = child.wait()?;
+        if !status.success() {
+            failed.push(format!("process {process}: {status}"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "the cluster failed ({}); see the processes' messages above",
+            failed.join(", ")
+        );
+    }
+    let mut summaries = Vec::new();
+    let mut latency = crate::sink::new_histogram();
+    for (process, _, dir) in &children {
+        let text = std::fs::read_to_string(dir.join("summary.json"))
+            .with_context(|| format!("reading process {process}'s report in {}", dir.display()))?;
+        let summary: Summary = serde_json::from_str(&text)
+            .with_context(|| format!("process {process}'s summary.json"))?;
+        if let Ok(raw) = std::fs::read_to_string(dir.join("latency-us.txt")) {
+            merge_raw(&mut latency, &raw)
+                .with_context(|| format!("process {process}'s latency-us.txt"))?;
+        }
+        summaries.push((*process, summary));
+    }
+    let merged = merge(&summaries, &latency, rate.is_some());
+    std::fs::create_dir_all(report)?;
+    let json = serde_json::to_string_pretty(&merged)?;
+    std::fs::write(report.join("summary.json"), json + "\n")?;
+    std::fs::write(report.join("summary.txt"), merged.human())?;
+    if rate.is_some() && !latency.is_empty() {
+        write_latency(report, &merged, &latency)?;
+    }
+    Ok(merged)
+}
+
+fn merge_raw(h: &mut Histogram<u64>, raw: &str) -> anyhow::Result<()> {
+    for line in raw.lines() {
+        let (v, c) = line
+            .split_once(' ')
+            .context("a line is not `value count`")?;
+        h.record_n(v.parse()?, c.parse()?)?;
+    }
+    Ok(())
+}
+
+/// The cluster's summary: totals over the processes, the slowest one's time.
+fn merge(summaries: &[(usize, Summary)], latency: &Histogram<u64>, measured: bool) -> Summary {
+    let first = &summaries[0].1;
+    let events: u64 = summaries.iter().map(|(_, s)| s.events_processed).sum();
+    let elapsed_s = summaries
+        .iter()
+        .map(|(_, s)| s.elapsed_s)
+        .fold(0.0f64, f64::max);
+    let cores: usize = summaries.iter().map(|(_, s)| s.cores).sum();
+    let throughput = events as f64 / elapsed_s.max(1e-9);
+    let mut merged = Summary {
+        events_processed: events,
+        cores,
+        elapsed_s,
+        throughput_events_per_s: throughput,
+        throughput_events_per_s_per_core: throughput / cores.max(1) as f64,
+        rows: summaries.iter().map(|(_, s)| s.rows).sum(),
+        rows_before_origin: summaries.iter().map(|(_, s)| s.rows_before_origin).sum(),
+        latency_us: LatencySummary::of(latency, measured),
+        peak_rss_bytes: summaries.iter().filter_map(|(_, s)| s.peak_rss_bytes).max(),
+        processes: Vec::new(),
+        ..first.clone()
+    };
+    merged.processes = summaries
+        .iter()
+        .map(|(process, s)| ProcessSummary {
+            process: *process,
+            events_processed: s.events_processed,
+            elapsed_s: s.elapsed_s,
+            throughput_events_per_s: s.throughput_events_per_s,
+            rows: s.rows,
+            latency_us: s.latency_us.clone(),
+            peak_rss_bytes: s.peak_rss_bytes,
+            network_bytes_sent: s.processes.first().map_or(0, |p| p.network_bytes_sent),
+            network_bytes_received: s.processes.first().map_or(0, |p| p.network_bytes_received),
+        })
+        .collect();
+    merged
+}
