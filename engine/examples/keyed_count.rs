@@ -64,7 +64,29 @@ fn main() {
         }
         config.checkpoint = Some(spate::CheckpointConfig::new(dir, 1000));
     }
-    let parallelism = config.parallelism;
+    // One process of a cluster (bench/README.md, "Two processes"): W1_PEERS
+    // lists every process's data-plane address, W1_PROCESS is this one's
+    // index, SPATE_CLUSTER_SECRET the shared secret.
+    if let Ok(peers) = std::env::var("W1_PEERS") {
+        let peers: Vec<std::net::SocketAddr> = peers
+            .split(',')
+            .map(|a| a.parse().expect("W1_PEERS: host:port,host:port,..."))
+            .collect();
+        config.cluster = Some(spate::ClusterConfig {
+            process: std::env::var("W1_PROCESS")
+                .expect("W1_PROCESS with W1_PEERS")
+                .parse()
+                .expect("W1_PROCESS"),
+            processes: peers.len(),
+            peers,
+            secret: std::env::var("SPATE_CLUSTER_SECRET")
+                .expect("SPATE_CLUSTER_SECRET with W1_PEERS")
+                .into_bytes(),
+            connect_timeout: std::time::Duration::from_secs(60),
+        });
+    }
+    let clustered = config.cluster.is_some();
+    let parallelism = config.total_parallelism();
     let sink = DiscardSink::new();
     let emitted = sink.counter();
     let report = Job::new(config)
@@ -96,6 +118,11 @@ fn main() {
         .expect("job failed");
     let secs = report.elapsed.as_secs_f64();
     let out = emitted.load(std::sync::atomic::Ordering::Relaxed);
+    if clustered {
+        // This process's share; the processes' lines add up to `events`.
+        println!("W1 process emitted {out} updates in {secs:.2} s");
+        return;
+    }
     assert_eq!(out, events, "one update per event");
     let completed = report
         .checkpoints

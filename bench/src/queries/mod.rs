@@ -465,10 +465,13 @@ impl KeyedProcessFunction<u64, Q5Partial, Q5Row> for Q5Hottest {
 /// closes, each core folds its auctions' counts into the window's best
 /// ([`WindowedStream::aggregate_fold`](spate::window::WindowedStream::aggregate_fold):
 /// nothing is emitted per auction), and the window's core combines one
-/// partial result per core.
+/// partial result per core. Only the auction id crosses cores (a SQL
+/// planner's projection: the query reads nothing else of a bid, and its
+/// time is the record's).
 pub fn q5(events: &Stream<Event>) -> Stream<Q5Row> {
     bids(events)
-        .key_by(|b: &Bid| b.auction)
+        .map(|b: Bid| b.auction)
+        .key_by(|auction: &u64| *auction)
         .window(WindowAssigner::sliding(
             Q5_WINDOW_SIZE_MS,
             Q5_WINDOW_SLIDE_MS,

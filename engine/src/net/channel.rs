@@ -43,7 +43,7 @@ pub(crate) trait Outbound: Send {
 /// The receiving end, fed by the link's reader thread.
 pub(crate) trait Inbound: Send {
     /// Delivers a data frame or notice of this channel.
-    fn deliver(&mut self, frame: Frame) -> Result<(), NetError>;
+    fn deliver(&mut self, frame: &Frame) -> Result<(), NetError>;
     /// The credit frame to send now, if any: the opening grant, then more
     /// as the subtask frees slots. Also moves waiting notices into the ring.
     fn grant(&mut self) -> Option<Frame>;
@@ -59,6 +59,8 @@ pub(crate) struct TypedOutbound<T> {
     credits: u64,
     opened: bool,
     ended: bool,
+    /// Archive buffer reused batch after batch.
+    scratch: rkyv::util::AlignedVec<16>,
 }
 
 impl<T> TypedOutbound<T> {
@@ -74,6 +76,7 @@ impl<T> TypedOutbound<T> {
             credits: 0,
             opened: false,
             ended: false,
+            scratch: rkyv::util::AlignedVec::new(),
         }
     }
 }
@@ -123,13 +126,17 @@ impl<T: ExchangeData> Outbound for TypedOutbound<T> {
                 Message::Records(batch) => {
                     let records: Vec<(u64, T)> =
                         batch.into_iter().map(|r| (r.ts, r.value)).collect();
-                    let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&records).map_err(|e| {
-                        NetError::Encode {
+                    let mut scratch = std::mem::take(&mut self.scratch);
+                    scratch.clear();
+                    let archive =
+                        rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&records, scratch)
+                            .map_err(|e| NetError::Encode {
                             channel,
                             reason: e.to_string(),
-                        }
-                    })?;
-                    Frame::Records { channel, archive }
+                        })?;
+                    super::wire::encode_records(out, &channel, &archive);
+                    self.scratch = archive;
+                    continue;
                 }
                 Message::Watermark(watermark) => Frame::Watermark { channel, watermark },
                 Message::Barrier(b) => {
@@ -242,10 +249,10 @@ impl<T: Send> TypedInbound<T> {
 }
 
 impl<T: ExchangeData> Inbound for TypedInbound<T> {
-    fn deliver(&mut self, frame: Frame) -> Result<(), NetError> {
-        match frame {
-            Frame::Records { archive, .. } => {
-                let records = rkyv::from_bytes::<Vec<(u64, T)>, rkyv::rancor::Error>(&archive)
+    fn deliver(&mut self, frame: &Frame) -> Result<(), NetError> {
+        match *frame {
+            Frame::Records { ref archive, .. } => {
+                let records = rkyv::from_bytes::<Vec<(u64, T)>, rkyv::rancor::Error>(archive)
                     .map_err(|e| NetError::Decode {
                         channel: self.channel,
                         reason: e.to_string(),
@@ -396,7 +403,7 @@ mod tests {
                         let mut r = &bytes[..];
                         let mut used = 0;
                         while let Ok(frame) = Frame::read(&mut r) {
-                            inb.deliver(frame).unwrap();
+                            inb.deliver(&frame).unwrap();
                             used = bytes.len() - r.len();
                             if rng.next_u64() % 2 == 0 {
                                 break;

@@ -432,8 +432,9 @@ impl Network {
                 self.me.process, peer.process, peer.addr
             ))
         };
+        let mut spare = None;
         loop {
-            let frame = match Frame::read(&mut stream) {
+            let frame = match Frame::read_reusing(&mut stream, wire::MAX_FRAME, &mut spare) {
                 Ok(frame) => frame,
                 Err(e) => {
                     if peer.bye.load(Ordering::SeqCst) || env.failed() {
@@ -489,7 +490,10 @@ impl Network {
                             "data for channel {channel:?}, which this process never opened"
                         )));
                     };
-                    lock(&end).deliver(data).map_err(|e| from(e.to_string()))?;
+                    lock(&end).deliver(&data).map_err(|e| from(e.to_string()))?;
+                    if let Frame::Records { archive, .. } = data {
+                        spare = Some(archive);
+                    }
                 }
             }
         }

@@ -170,9 +170,9 @@ impl Frame {
                 out.extend_from_slice(&credits.to_le_bytes());
             }
             Frame::Records { channel, archive } => {
-                out.push(RECORDS);
-                put_channel(out, channel);
-                out.extend_from_slice(archive);
+                out.truncate(start);
+                encode_records(out, channel, archive);
+                return;
             }
             Frame::Watermark { channel, watermark } => {
                 out.push(WATERMARK);
@@ -219,6 +219,7 @@ impl Frame {
 
     /// Reads one frame. A records frame's archive is read straight into an
     /// aligned buffer, so it can be checked and deserialized in place.
+    #[cfg(test)]
     pub(crate) fn read(r: &mut impl Read) -> Result<Frame, WireError> {
         Self::read_limited(r, MAX_FRAME)
     }
@@ -226,6 +227,17 @@ impl Frame {
     /// Reads one frame of at most `limit` bytes (the handshake reads with a
     /// small limit: nothing unauthenticated makes it allocate much).
     pub(crate) fn read_limited(r: &mut impl Read, limit: u32) -> Result<Frame, WireError> {
+        Self::read_reusing(r, limit, &mut None)
+    }
+
+    /// Reads one frame; a records frame reads its archive into `spare` if
+    /// one is given (the reader hands each archive back once delivered, so
+    /// a stream of batches reuses one buffer).
+    pub(crate) fn read_reusing(
+        r: &mut impl Read,
+        limit: u32,
+        spare: &mut Option<rkyv::util::AlignedVec<16>>,
+    ) -> Result<Frame, WireError> {
         let mut head = [0u8; 5];
         r.read_exact(&mut head)?;
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
@@ -241,7 +253,8 @@ impl Frame {
                 return Err(malformed());
             }
             r.read_exact(&mut channel)?;
-            let mut archive = rkyv::util::AlignedVec::<16>::with_capacity(body_len - 12);
+            let mut archive = spare.take().unwrap_or_default();
+            archive.clear();
             archive.resize(body_len - 12, 0);
             r.read_exact(&mut archive)?;
             let mut c = Cursor(&channel);
@@ -323,6 +336,16 @@ impl Frame {
         self.encode(&mut out);
         w.write_all(&out)
     }
+}
+
+/// Appends a records frame carrying `archive` (no copy of it but into
+/// `out`).
+pub(crate) fn encode_records(out: &mut Vec<u8>, channel: &ChannelId, archive: &[u8]) {
+    let len = (1 + 12 + archive.len()) as u32;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.push(RECORDS);
+    put_channel(out, channel);
+    out.extend_from_slice(archive);
 }
 
 fn put_channel(out: &mut Vec<u8>, channel: &ChannelId) {
