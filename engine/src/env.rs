@@ -75,6 +75,7 @@ impl JobEnv {
         stop: Arc<AtomicBool>,
         metrics: Arc<MetricsRegistry>,
         net: Option<Arc<crate::net::Network>>,
+        sim_links: Option<Arc<dyn crate::net::ChannelHost>>,
     ) -> (Arc<Self>, CoordinatorEnds) {
         let p = config.parallelism;
         let first = config.first_subtask();
@@ -94,7 +95,9 @@ impl JobEnv {
             exchanges: ExchangeRegistry::new(
                 config.total_parallelism(),
                 config.ring_capacity,
-                net.clone(),
+                net.clone()
+                    .map(|n| n as Arc<dyn crate::net::ChannelHost>)
+                    .or(sim_links),
                 parkers.clone(),
             ),
             parkers,

@@ -179,6 +179,7 @@ fn launch(
         stop.clone(),
         metrics.clone(),
         net.clone(),
+        None,
     );
     if let Some(net) = &net {
         if let Err(e) = net.start(&env) {

@@ -70,6 +70,8 @@ pub struct SimReport {
     pub restored_from: Option<u64>,
     /// Counts and histograms over every checkpoint of the run.
     pub checkpoint_summary: crate::checkpoint::coordinator::CheckpointSummary,
+    /// Bytes written onto the links between simulated processes.
+    pub network_bytes: u64,
 }
 
 /// Writes snapshot parts synchronously into the simulated store.
@@ -146,6 +148,7 @@ pub struct Simulation {
     storage: Option<SimIo>,
     stop_after_checkpoints: Option<u64>,
     slow: Option<(usize, u64)>,
+    processes: usize,
 }
 
 impl Simulation {
@@ -161,7 +164,18 @@ impl Simulation {
             storage: None,
             stop_after_checkpoints: None,
             slow: None,
+            processes: 1,
         }
+    }
+
+    /// Splits the subtasks into `processes` simulated processes (contiguous
+    /// blocks, as a cluster numbers them): every channel between two of
+    /// them crosses a seeded link through the data plane's channel ends and
+    /// frames (`net/sim.rs`), with credits, slow links, and whatever is on
+    /// a link lost at a crash.
+    pub fn processes(mut self, processes: usize) -> Self {
+        self.processes = processes.max(1);
+        self
     }
 
     /// Makes `subtask` slow: it gets one step where the others get `factor`
@@ -215,6 +229,12 @@ impl Simulation {
             if run.coordinate(self.stop_after_checkpoints)? == Round::Crash {
                 break;
             }
+            if let Some(links) = &run.links {
+                if run.rng.below(2) == 0 {
+                    links.step()?;
+                    continue;
+                }
+            }
             run.step_one(self.slow)?;
         }
         Ok(run.report())
@@ -261,6 +281,13 @@ impl Simulation {
             _ => None,
         };
         let restored_from = restore.as_ref().map(|r| r.metadata.id);
+        let links = (self.processes > 1).then(|| {
+            Arc::new(crate::net::sim::SimNet::new(
+                config.parallelism,
+                self.processes,
+                self.seed,
+            ))
+        });
         let (env, ends) = JobEnv::new(
             config.clone(),
             Arc::new(clock.clone()),
@@ -268,6 +295,7 @@ impl Simulation {
             Arc::new(std::sync::atomic::AtomicBool::new(false)),
             Arc::default(),
             None,
+            links.clone().map(|l| l as Arc<dyn crate::net::ChannelHost>),
         );
         // Drawn apart from `rng`, so that the seeds' interleavings stay.
         let mut background_rng = SplitMix64::new(seed ^ 0x5EED_BA5E);
@@ -321,6 +349,7 @@ impl Simulation {
             steps: 0,
             idle_in_a_row: 0,
             restored_from,
+            links,
         })
     }
 }
@@ -383,6 +412,8 @@ struct SimRun {
     steps: u64,
     idle_in_a_row: usize,
     restored_from: Option<u64>,
+    /// The links between simulated processes, if the run has several.
+    links: Option<Arc<crate::net::sim::SimNet>>,
 }
 
 impl SimRun {
@@ -459,7 +490,12 @@ impl SimRun {
     /// Everyone looks idle: jumps the clock to the next timer or source
     /// schedule; if there is none, nothing can ever happen again (a stall).
     fn jump_clock(&mut self) -> Result<(), JobError> {
-        let any_work = self.workers.iter_mut().flatten().any(|w| w.has_work())
+        let moved_on_links = match &self.links {
+            Some(links) => links.flush()?,
+            None => false,
+        };
+        let any_work = moved_on_links
+            || self.workers.iter_mut().flatten().any(|w| w.has_work())
             || self.coordinator.as_mut().is_some_and(|c| c.has_acks());
         if any_work {
             return Ok(());
@@ -499,6 +535,7 @@ impl SimRun {
             checkpoints: self.env.coordinator.history(),
             restored_from: self.restored_from,
             checkpoint_summary: self.env.coordinator.summary(),
+            network_bytes: self.links.as_ref().map_or(0, |l| l.bytes()),
         }
     }
 }

@@ -70,8 +70,28 @@ fn last_totals(emitted: &[(u64, u64, u64)]) -> BTreeMap<u64, (u64, u64)> {
 /// Runs `seed`: crash after `crash_after` checkpoints, restore from the
 /// crash image, finish; checks the guarantee of `mode`.
 fn crash_and_restore(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>) {
+    crash_and_restore_in(seed, mode, data, false)
+}
+
+/// [`crash_and_restore`], with the subtasks split into simulated processes
+/// (`across`): channels between processes cross seeded links through the
+/// data plane's channel ends, frames and credits, and a crash loses what
+/// is on the links. The restored run splits them again, maybe otherwise.
+fn crash_and_restore_in(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>, across: bool) {
     let mut rng = SplitMix64::new(seed ^ 0xC0FFEE);
-    let parallelism = 1 + rng.below(3) as usize;
+    let parallelism = if across {
+        2 + rng.below(3) as usize
+    } else {
+        1 + rng.below(3) as usize
+    };
+    let (processes, processes_after) = if across {
+        (
+            2 + rng.below(parallelism as u64 - 1) as usize,
+            1 + rng.below(parallelism as u64) as usize,
+        )
+    } else {
+        (1, 1)
+    };
     let crash_after = 1 + rng.below(5);
     let interval_ms = 5 + rng.below(40);
     let io = SimIo::new();
@@ -103,8 +123,15 @@ fn crash_and_restore(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>) {
     let first = Simulation::new(cfg.clone(), seed)
         .storage(io.clone())
         .crash_after_checkpoints(crash_after)
+        .processes(processes)
         .run(move |df| job(df, &d, &t, &w, &s, &b))
         .unwrap_or_else(|e| panic!("seed {seed} {mode:?}: first run: {e}"));
+    if across {
+        assert!(
+            first.network_bytes > 0,
+            "seed {seed} {mode:?}: nothing crossed the simulated processes"
+        );
+    }
     let completed = first
         .checkpoints
         .iter()
@@ -121,6 +148,7 @@ fn crash_and_restore(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>) {
     );
     let second = Simulation::new(cfg, seed.wrapping_add(1))
         .storage(image)
+        .processes(processes_after)
         .run(move |df| job(df, &d, &t, &w, &s, &b))
         .unwrap_or_else(|e| panic!("seed {seed} {mode:?}: restored run: {e}"));
     if completed > 0 {
@@ -174,6 +202,20 @@ fn every_mode_survives_a_crash_under_many_seeds() {
     for seed in 0..seeds {
         for mode in modes() {
             crash_and_restore(seed, mode, &data);
+        }
+    }
+}
+
+#[test]
+fn every_mode_survives_a_crash_across_simulated_processes() {
+    let data = Arc::new(events(21, 1_500, 25, 2));
+    let seeds: u64 = std::env::var("SPATE_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(250);
+    for seed in 0..seeds {
+        for mode in modes() {
+            crash_and_restore_in(seed, mode, &data, true);
         }
     }
 }
@@ -235,6 +277,15 @@ fn restore_from_nothing_starts_fresh() {
 /// timeout switches to unaligned and says so.
 #[test]
 fn under_backpressure_unaligned_overtakes_and_aligned_waits() {
+    // In one process, and with the two subtasks in two simulated processes
+    // (the slow subtask's input then crosses a link: the unaligned barrier
+    // overtakes the backlog on the network path too).
+    for processes in [1, 2] {
+        backpressure_in(processes);
+    }
+}
+
+fn backpressure_in(processes: usize) {
     let data = Arc::new(events(9, 6_000, 64, 1));
     let run = |mode: CheckpointMode| {
         let mut cfg = config(2, mode, 10);
@@ -245,6 +296,7 @@ fn under_backpressure_unaligned_overtakes_and_aligned_waits() {
         let report = Simulation::new(cfg, 5)
             .keep_buffers()
             .slow_subtask(1, 8)
+            .processes(processes)
             .run(move |df| job(df, &d, &t, &w, &Totals::default(), &Totals::default()))
             .unwrap();
         let completed: Vec<_> = report
@@ -254,7 +306,7 @@ fn under_backpressure_unaligned_overtakes_and_aligned_waits() {
             .collect();
         assert!(
             completed.len() >= 3,
-            "{mode:?}: {} checkpoints",
+            "{mode:?} in {processes} process(es): {} checkpoints",
             completed.len()
         );
         let mut durations: Vec<u64> = completed.iter().map(|c| c.duration_ms).collect();
@@ -269,7 +321,7 @@ fn under_backpressure_unaligned_overtakes_and_aligned_waits() {
     );
     assert!(
         unaligned_p50 < aligned_p50,
-        "unaligned p50 {unaligned_p50} ms must beat aligned p50 {aligned_p50} ms (virtual time)"
+        "{processes} process(es): unaligned p50 {unaligned_p50} ms must beat aligned p50 {aligned_p50} ms (virtual time)"
     );
     assert!(
         aligned.iter().all(|c| c.in_flight_bytes == 0),

@@ -9,7 +9,7 @@ use crate::checkpoint::Barrier;
 use crate::data::{ExchangeData, Record};
 use crate::net::channel::{TypedInbound, TypedOutbound};
 use crate::net::wire::ChannelId;
-use crate::net::Network;
+use crate::net::{ChannelHost, Route};
 use crate::park::Parker;
 use crate::ring::{channel, ChannelReceiver, ChannelSender};
 use crate::time::Timestamp;
@@ -44,8 +44,9 @@ pub(crate) struct ExchangeRegistry {
     /// Subtasks of the whole job (every process).
     parallelism: usize,
     ring_capacity: usize,
-    /// The data plane, in a cluster job.
-    net: Option<Arc<Network>>,
+    /// What carries channels between processes: the data plane of a
+    /// cluster job, or the simulator's links.
+    net: Option<Arc<dyn ChannelHost>>,
     /// Every subtask's parker (a remote subtask's is its link writer's).
     parkers: Vec<Arc<Parker>>,
 }
@@ -59,7 +60,7 @@ impl ExchangeRegistry {
     pub(crate) fn new(
         parallelism: usize,
         ring_capacity: usize,
-        net: Option<Arc<Network>>,
+        net: Option<Arc<dyn ChannelHost>>,
         parkers: Vec<Arc<Parker>>,
     ) -> Self {
         Self {
@@ -85,32 +86,46 @@ impl ExchangeRegistry {
         let mut meshes = self.meshes.lock().expect("exchange registry lock");
         let p = self.parallelism;
         let entry = meshes.entry(id).or_insert_with(|| {
-            let local = |s: usize| self.net.as_ref().is_none_or(|n| n.peer_of(s).is_none());
             let mut senders: Vec<Vec<ChannelSender<Message<T>>>> =
                 (0..p).map(|_| Vec::new()).collect();
             let mut receivers: Vec<Vec<Option<ChannelReceiver<Message<T>>>>> =
                 (0..p).map(|_| (0..p).map(|_| None).collect()).collect();
             for (from, row) in senders.iter_mut().enumerate() {
                 for (to, column) in receivers.iter_mut().enumerate() {
-                    let (tx, rx) = channel(self.ring_capacity);
                     let wire = ChannelId {
                         exchange: id as u32,
                         from: from as u32,
                         to: to as u32,
                     };
-                    match (&self.net, local(from), local(to)) {
-                        (Some(net), true, false) => {
+                    let route = self.net.as_ref().map_or(Route::Ring, |n| n.route(from, to));
+                    let net = self.net.as_ref();
+                    match (route, net) {
+                        (Route::Out, Some(net)) => {
+                            let (tx, rx) = channel(self.ring_capacity);
                             let sender = self.parkers[from].notifier();
                             net.add_outbound(wire, Box::new(TypedOutbound::new(wire, rx, sender)));
                             row.push(tx);
                         }
-                        (Some(net), false, true) => {
+                        (Route::In, Some(net)) => {
+                            let (tx, rx) = channel(self.ring_capacity);
                             let receiver = self.parkers[to].notifier();
                             net.add_inbound(wire, Box::new(TypedInbound::new(wire, tx, receiver)));
                             column[from] = Some(rx);
                         }
-                        (Some(_), false, false) => {}
+                        (Route::Across, Some(net)) => {
+                            // Two rings and a link between them.
+                            let (tx, rx) = channel(self.ring_capacity);
+                            let sender = self.parkers[from].notifier();
+                            net.add_outbound(wire, Box::new(TypedOutbound::new(wire, rx, sender)));
+                            row.push(tx);
+                            let (tx, rx) = channel(self.ring_capacity);
+                            let receiver = self.parkers[to].notifier();
+                            net.add_inbound(wire, Box::new(TypedInbound::new(wire, tx, receiver)));
+                            column[from] = Some(rx);
+                        }
+                        (Route::Elsewhere, _) => {}
                         _ => {
+                            let (tx, rx) = channel(self.ring_capacity);
                             row.push(tx);
                             column[from] = Some(rx);
                         }

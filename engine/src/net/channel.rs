@@ -464,7 +464,7 @@ mod tests {
         let (itx, _irx) = channel::<Message<u64>>(2);
         let mut inb = TypedInbound::new(id, itx, notifier());
         // No credit granted yet.
-        let err = inb.deliver(Frame::Watermark {
+        let err = inb.deliver(&Frame::Watermark {
             channel: id,
             watermark: 1,
         });
@@ -472,7 +472,7 @@ mod tests {
         let mut garbage = rkyv::util::AlignedVec::<16>::new();
         garbage.extend_from_slice(&[0xff; 40]);
         inb.grant();
-        let err = inb.deliver(Frame::Records {
+        let err = inb.deliver(&Frame::Records {
             channel: id,
             archive: garbage,
         });

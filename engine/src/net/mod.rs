@@ -25,6 +25,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod channel;
+pub(crate) mod sim;
 pub(crate) mod wire;
 
 use crate::env::JobEnv;
@@ -92,6 +93,51 @@ impl NetStats {
             frames_received: self.frames_received.load(Ordering::Relaxed),
             refused_connections: self.refused.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Where the channel from one subtask to another runs, as the exchange
+/// registry asks it of a [`ChannelHost`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Both subtasks are here and share a process: a plain ring.
+    Ring,
+    /// The sender is here, the receiver in another process.
+    Out,
+    /// The receiver is here, the sender in another process.
+    In,
+    /// Both ends are here but in different (simulated) processes: the
+    /// channel crosses a link whose two ends this host owns.
+    Across,
+    /// Neither subtask is here.
+    Elsewhere,
+}
+
+/// What carries channels between processes: the real data plane
+/// ([`Network`]) or the simulator's links ([`sim::SimNet`]). The exchange
+/// registry asks it where a channel runs and hands it the far ends.
+pub(crate) trait ChannelHost: Send + Sync {
+    fn route(&self, from: usize, to: usize) -> Route;
+    /// The sending end of a channel whose receiver is in another process.
+    fn add_outbound(&self, channel: ChannelId, end: Box<dyn Outbound>);
+    /// The receiving end of a channel whose sender is in another process.
+    fn add_inbound(&self, channel: ChannelId, end: Box<dyn Inbound>);
+}
+
+impl ChannelHost for Network {
+    fn route(&self, from: usize, to: usize) -> Route {
+        match (self.peer_of(from).is_none(), self.peer_of(to).is_none()) {
+            (true, true) => Route::Ring,
+            (true, false) => Route::Out,
+            (false, true) => Route::In,
+            (false, false) => Route::Elsewhere,
+        }
+    }
+    fn add_outbound(&self, channel: ChannelId, end: Box<dyn Outbound>) {
+        Network::add_outbound(self, channel, end)
+    }
+    fn add_inbound(&self, channel: ChannelId, end: Box<dyn Inbound>) {
+        Network::add_inbound(self, channel, end)
     }
 }
 

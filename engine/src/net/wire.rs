@@ -219,7 +219,6 @@ impl Frame {
 
     /// Reads one frame. A records frame's archive is read straight into an
     /// aligned buffer, so it can be checked and deserialized in place.
-    #[cfg(test)]
     pub(crate) fn read(r: &mut impl Read) -> Result<Frame, WireError> {
         Self::read_limited(r, MAX_FRAME)
     }
