@@ -56,7 +56,7 @@ enum Command {
     /// (0 turns checkpoints off). Rerunning the same command on the same state
     /// directory after a crash or kill resumes the unfinished run from its latest
     /// checkpoint; --fresh starts over.
-    Nexmark(NexmarkArgs),
+    Nexmark(Box<NexmarkArgs>),
     /// The checkpoint benchmark: a keyed job with large state (--state-mib) on
     /// the given cores, run three times in one invocation — without checkpoints,
     /// with full checkpoints and with incremental ones — reporting update
@@ -203,12 +203,28 @@ struct NexmarkArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     processes: Option<u64>,
     /// This process's index in the cluster, 0-based.
-    #[arg(long, requires_all = ["processes", "peers"])]
+    #[arg(long, requires = "processes")]
     process_id: Option<usize>,
     /// Every process's data-plane address, in process order, comma-separated
     /// (this process listens on its own).
-    #[arg(long, value_delimiter = ',', requires = "process_id")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "process_id",
+        conflicts_with = "cluster"
+    )]
     peers: Vec<std::net::SocketAddr>,
+    /// Find the peers through etcd instead of --peers (`etcd://HOST:PORT`):
+    /// each process publishes its --listen address under its id, bound to
+    /// a lease it renews (2 s); a lost lease fails the job.
+    #[arg(long, value_name = "URL", requires = "processes")]
+    cluster: Option<String>,
+    /// The job's name in etcd (its keys are under /spate/<NAME>/).
+    #[arg(long, default_value = "spate-bench", requires = "cluster")]
+    cluster_job: String,
+    /// This process's data-plane address with --cluster (port 0: a free one).
+    #[arg(long, default_value = "127.0.0.1:0", requires = "cluster")]
+    listen: std::net::SocketAddr,
 }
 
 /// `nexmark`'s Kafka flags.
@@ -534,7 +550,7 @@ fn embed(args: EmbedArgs) -> anyhow::Result<()> {
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Nexmark(args) => nexmark(args),
+        Command::Nexmark(args) => nexmark(*args),
         Command::Checkpoints(args) => checkpoints(args),
         Command::Embed(args) => embed(args),
         Command::Recovery(args) => {
@@ -716,6 +732,7 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
                 &args.report,
                 args.base_time_ms,
                 rate_events_per_s,
+                args.cluster.is_some(),
             )?;
             let mut stdout = std::io::stdout().lock();
             write!(stdout, "{}", summary.human())?;
@@ -728,16 +745,43 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let cluster = match args.process_id {
-        Some(id) => Some(crate::cluster::config(
-            id,
-            args.processes.unwrap_or(1) as usize,
-            args.peers.clone(),
-        )?),
-        None => None,
+    let mut membership = None;
+    let mut on_start = None;
+    let cluster = match (args.process_id, &args.cluster) {
+        (Some(id), Some(url)) => {
+            let (cluster, joined, hook) = crate::cluster::discover(
+                url,
+                &args.cluster_job,
+                id,
+                args.processes.unwrap_or(1) as usize,
+                args.listen,
+                cores,
+            )?;
+            eprintln!(
+                "spate-bench: process {id} joined `{}` in etcd (lease {}); peers {:?}",
+                args.cluster_job,
+                joined.lease().0,
+                joined.peers
+            );
+            membership = Some(joined);
+            on_start = Some(hook);
+            Some(cluster)
+        }
+        (Some(id), None) => {
+            if args.peers.is_empty() {
+                bail!("--process-id needs --peers or --cluster etcd://HOST:PORT");
+            }
+            Some(crate::cluster::config(
+                id,
+                args.processes.unwrap_or(1) as usize,
+                args.peers.clone(),
+            )?)
+        }
+        (None, _) => None,
     };
     let mut config = RunConfig {
         cluster,
+        on_start,
         kafka,
         max_parallelism: args.max_parallelism,
         seed: args.seed,
@@ -805,7 +849,14 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let outcome = run(&config).with_context(|| format!("running {}", config.query))?;
+    let outcome = run(&config).with_context(|| format!("running {}", config.query));
+    if let Some(membership) = membership {
+        // Leaves at once (the others see the member go), whatever happened.
+        if let Err(e) = membership.leave() {
+            eprintln!("spate-bench: leaving the cluster in etcd: {e}");
+        }
+    }
+    let outcome = outcome?;
     if let Some((dir, remote, plan)) = plan {
         let done = RunIdentity {
             completed: true,

@@ -12,6 +12,11 @@
 //!   cluster started by hand (one per machine); the secret comes from
 //!   `SPATE_CLUSTER_SECRET`, and an open-loop run needs the same
 //!   `--base-time-ms` everywhere.
+//! - `--process-id I --processes N --cluster etcd://HOST:PORT`: the same,
+//!   with the peer list found in etcd instead: the process publishes its
+//!   `--listen` address under `/spate/<--cluster-job>/members/I`, bound to
+//!   a lease it renews while it runs, and waits for all N ([`discover`]).
+//!   The launcher passes `--cluster` on to its processes.
 
 use crate::report::{write_latency, LatencySummary, ProcessSummary, Summary};
 use anyhow::{bail, Context};
@@ -55,6 +60,89 @@ pub fn config(
     })
 }
 
+/// Time to live of a process's membership lease, s: a process that stops
+/// renewing it is gone after this long.
+pub const LEASE_TTL_S: i64 = 2;
+
+/// Joins the cluster through etcd at `url` as process `process` of
+/// `processes` under job name `job`, publishing `listen` (port 0: a free
+/// port is picked) and waiting for the others. Returns the engine's
+/// settings, the membership (leave it at the end), and the hook that
+/// hands the job's failer to the membership: if the lease is lost, the
+/// job fails.
+pub fn discover(
+    url: &str,
+    job: &str,
+    process: usize,
+    processes: usize,
+    listen: SocketAddr,
+    cores: usize,
+) -> anyhow::Result<(
+    spate::ClusterConfig,
+    spate_cluster::Membership,
+    crate::run::StartHook,
+)> {
+    use std::sync::{Arc, Mutex};
+    let client = spate_cluster::EtcdClient::new(url, Duration::from_secs(5))
+        .with_context(|| format!("--cluster {url}"))?;
+    let keys = spate_cluster::JobKeys::new(job).with_context(|| format!("--cluster-job {job}"))?;
+    let listen = if listen.port() == 0 {
+        // Bound and released: the port is published, then bound again by
+        // the data plane.
+        std::net::TcpListener::bind(listen)
+            .and_then(|l| l.local_addr())
+            .with_context(|| format!("--listen {listen}"))?
+    } else {
+        listen
+    };
+    // The job's failer, once it started; a lease lost before that is
+    // remembered and fails the job as soon as it starts.
+    let slot: Arc<Mutex<(Option<spate::JobFailer>, Option<String>)>> = Arc::default();
+    let lost_slot = slot.clone();
+    let on_lost = Box::new(move |why: spate_cluster::LeaseLost| {
+        let reason = format!(
+            "process {process}: its etcd membership lease was lost ({why:?}); the other \
+             processes consider it gone"
+        );
+        eprintln!("spate-bench: {reason}");
+        let mut s = lost_slot.lock().unwrap_or_else(|p| p.into_inner());
+        match &s.0 {
+            Some(failer) => failer.fail(spate::JobError::Network(reason)),
+            None => s.1 = Some(reason),
+        }
+    });
+    let membership = spate_cluster::discover(
+        Arc::new(client),
+        &keys,
+        spate_cluster::MemberInfo {
+            process_id: process as u32,
+            address: listen.to_string(),
+            cores: cores as u32,
+        },
+        processes as u32,
+        LEASE_TTL_S,
+        CONNECT_TIMEOUT,
+        on_lost,
+    )
+    .with_context(|| format!("joining job `{job}` in etcd at {url} as process {process}"))?;
+    let peers = membership
+        .peers
+        .iter()
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("a member's address `{a}` in etcd"))
+        })
+        .collect::<anyhow::Result<Vec<SocketAddr>>>()?;
+    let hook = crate::run::StartHook(Arc::new(move |failer: spate::JobFailer| {
+        let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(reason) = s.1.take() {
+            failer.fail(spate::JobError::Network(reason));
+        }
+        s.0 = Some(failer);
+    }));
+    Ok((config(process, processes, peers)?, membership, hook))
+}
+
 /// A fresh random secret, hex.
 fn random_secret() -> anyhow::Result<String> {
     let mut bytes = [0u8; 24];
@@ -70,7 +158,10 @@ fn passed_args() -> Vec<String> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let flag = arg.split('=').next().unwrap_or("");
-        if matches!(flag, "--report" | "--base-time-ms" | "--processes") {
+        if matches!(
+            flag,
+            "--report" | "--base-time-ms" | "--processes" | "--cluster-job"
+        ) {
             if !arg.contains('=') {
                 args.next();
             }
@@ -88,6 +179,7 @@ pub fn launch(
     report: &Path,
     base_time_ms: Option<u64>,
     rate: Option<u64>,
+    etcd: bool,
 ) -> anyhow::Result<Summary> {
     if processes < 2 {
         bail!("--processes must be at least 2 for a cluster");
@@ -106,13 +198,22 @@ pub fn launch(
     let base = base_time_ms.unwrap_or(now + crate::run::OPEN_LOOP_LEAD_MS + STARTUP_LEAD_MS);
     let exe = std::env::current_exe().context("finding this executable")?;
     let mut children = Vec::new();
+    // With etcd, the processes find each other there, under a job name of
+    // this launch's own.
+    let job = format!("spate-bench-{}", &secret[..12]);
     for process in 0..processes {
         let dir = report.join(format!("process-{process}"));
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .args(passed_args())
             .args(["--processes", &processes.to_string()])
-            .args(["--process-id", &process.to_string()])
-            .args(["--peers", &peers.join(",")])
+            .args(["--process-id", &process.to_string()]);
+        if etcd {
+            command.args(["--cluster-job", &job]);
+        } else {
+            command.args(["--peers", &peers.join(",")]);
+        }
+        let child = command
             .args(["--base-time-ms", &base.to_string()])
             .arg("--report")
             .arg(&dir)

@@ -79,6 +79,21 @@ pub struct RunConfig {
     /// [`crate::cluster`]); `cores` is then this process's.
     #[serde(skip)]
     pub cluster: Option<spate::ClusterConfig>,
+    /// Called with the job's failer once it started (a cluster process
+    /// hands it to its etcd membership, which fails the job if the lease
+    /// is lost).
+    #[serde(skip)]
+    pub on_start: Option<StartHook>,
+}
+
+/// What [`RunConfig::on_start`] calls.
+#[derive(Clone)]
+pub struct StartHook(pub Arc<dyn Fn(spate::JobFailer) + Send + Sync>);
+
+impl std::fmt::Debug for StartHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartHook")
+    }
 }
 
 /// Key groups of a Nexmark run by default: a checkpoint pauses a core for
@@ -105,6 +120,7 @@ impl RunConfig {
             monitor: None,
             kafka: None,
             cluster: None,
+            on_start: None,
         }
     }
 }
@@ -344,6 +360,9 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
         );
     }
     let handle = Job::new(job_config).with_clock(clock).start(build)?;
+    if let Some(hook) = &config.on_start {
+        (hook.0)(handle.failer());
+    }
     if let Some(address) = handle.monitor_address() {
         eprintln!("spate-bench: monitor on http://{address}/ (metrics: /metrics)");
     }

@@ -676,3 +676,134 @@ fn a_cluster_refuses_checkpoints_it_cannot_take_yet() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--checkpoint-interval-ms 0"), "{stderr}");
 }
+
+/// etcd for the cluster tests that find their peers there: the endpoint
+/// from `SPATE_ETCD_ENDPOINT` (`.ci/run` starts etcd and sets it); `None`
+/// with `SPATE_SKIP_ETCD_TESTS=1`.
+fn etcd_endpoint() -> Option<String> {
+    if std::env::var("SPATE_SKIP_ETCD_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("skipped: etcd tests (SPATE_SKIP_ETCD_TESTS=1)");
+        return None;
+    }
+    Some(std::env::var("SPATE_ETCD_ENDPOINT").expect(
+        "the etcd cluster tests need SPATE_ETCD_ENDPOINT=http://127.0.0.1:2379 with etcd \
+         running (.ci/run starts it), or SPATE_SKIP_ETCD_TESTS=1",
+    ))
+}
+
+#[test]
+fn a_cluster_found_through_etcd_writes_what_one_process_does() {
+    let Some(etcd) = etcd_endpoint() else { return };
+    let dir = scratch("cluster-etcd");
+    let run = |extra: &[&str], name: &str| {
+        let mut cmd = bin();
+        cmd.args([
+            "nexmark", "--query", "q8", "--events", "200000", "--rate", "0",
+        ])
+        .args(["--checkpoint-interval-ms", "0"])
+        .args(extra)
+        .arg("--output")
+        .arg(dir.join(format!("rows-{name}")))
+        .arg("--report")
+        .arg(dir.join(format!("report-{name}")));
+        run_ok(&mut cmd);
+        all_rows(&dir.join(format!("rows-{name}")))
+    };
+    let one = run(&["--cores", "2"], "one");
+    let cluster = run(
+        &["--cores", "1", "--processes", "2", "--cluster", &etcd],
+        "cluster",
+    );
+    assert!(!one.is_empty());
+    assert!(cluster == one, "the rows differ");
+    // Every member left at the end: nothing of the run is left in etcd.
+    use spate_cluster::Coordination;
+    let client = spate_cluster::EtcdClient::new(&etcd, std::time::Duration::from_secs(5)).unwrap();
+    let left = client
+        .range(&spate_cluster::KeyRange::Prefix(
+            b"/spate/spate-bench-".to_vec(),
+        ))
+        .unwrap();
+    assert!(left.kvs.is_empty(), "left in etcd: {:?}", left.kvs);
+}
+
+#[test]
+fn a_process_whose_etcd_lease_is_lost_fails_the_cluster() {
+    use spate_cluster::Coordination;
+    let Some(etcd) = etcd_endpoint() else { return };
+    let client = spate_cluster::EtcdClient::new(&etcd, std::time::Duration::from_secs(5)).unwrap();
+    let job = format!("lease-test-{}", std::process::id());
+    let keys = spate_cluster::JobKeys::new(&job).unwrap();
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 1_000;
+    let dir = scratch("cluster-lease");
+    // Two processes, paced to last about a minute.
+    let mut children: Vec<_> = (0..2)
+        .map(|p| {
+            bin()
+                .args([
+                    "nexmark", "--query", "q5", "--events", "3000000", "--rate", "50000",
+                ])
+                .args([
+                    "--checkpoint-interval-ms",
+                    "0",
+                    "--cores",
+                    "1",
+                    "--processes",
+                    "2",
+                ])
+                .args(["--process-id", &p.to_string(), "--cluster", &etcd])
+                .args(["--cluster-job", &job, "--base-time-ms", &base.to_string()])
+                .arg("--report")
+                .arg(dir.join(format!("report-{p}")))
+                .env("SPATE_CLUSTER_SECRET", "a-secret-for-the-lease-test")
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Once both found each other, etcd takes process 1's lease away (as it
+    // would after process 1 stopped renewing it).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let readers: Vec<_> = children
+        .iter_mut()
+        .map(|c| {
+            let stderr = c.stderr.take().unwrap();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut all = String::new();
+                for line in std::io::BufRead::lines(BufReader::new(stderr)).map_while(Result::ok) {
+                    if line.contains("joined") {
+                        let _ = tx.send(());
+                    }
+                    all += &line;
+                    all += "\n";
+                }
+                all
+            })
+        })
+        .collect();
+    for _ in 0..2 {
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("both processes join");
+    }
+    let lease = spate_cluster::members(&client, &keys)
+        .unwrap()
+        .iter()
+        .find(|m| m.info.process_id == 1)
+        .expect("process 1 is a member")
+        .lease;
+    client.lease_revoke(lease).unwrap();
+    let statuses: Vec<_> = children.iter_mut().map(|c| c.wait().unwrap()).collect();
+    for (p, (status, reader)) in statuses.iter().zip(readers).enumerate() {
+        let stderr = reader.join().unwrap();
+        assert!(!status.success(), "process {p} succeeded: {stderr}");
+        assert!(
+            stderr.contains("lease was lost"),
+            "process {p} does not name the lost lease: {stderr}"
+        );
+    }
+}

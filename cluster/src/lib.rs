@@ -4,10 +4,11 @@
 //! completed global checkpoint, moved only by a fenced compare-and-swap.
 //! The protocol is specified in docs/cluster.md.
 //!
-//! **Status.** This crate is the first piece of the cluster mode. The TCP
-//! data plane between processes and the wiring into the job (starting N
-//! processes, the leader driving global checkpoints and failover) come next;
-//! nothing in the engine or the benchmark uses this crate yet.
+//! **Status.** The engine's TCP data plane runs a job in N processes
+//! (`engine/src/net/`); `spate-bench nexmark --cluster etcd://…` finds its
+//! peers and holds its membership through [`discovery`]. Election, the
+//! assignment record and the checkpoint pointer wait for global checkpoints
+//! and failover, which are not built: nothing uses them yet.
 //!
 //! What it owns: the etcd keys under `/spate/<job>/` ([`JobKeys`]) and their
 //! values; the [`Coordination`] trait the protocol is written against, with
@@ -36,6 +37,7 @@
 //! this crate's small HTTP reader and the JSON mapping in [`etcd`]; TLS to
 //! etcd is not supported yet.
 
+pub mod discovery;
 pub mod etcd;
 pub mod keepalive;
 pub mod keys;
@@ -44,6 +46,7 @@ pub mod leader;
 pub mod membership;
 pub mod sim;
 
+pub use discovery::{discover, DiscoveryError, Membership};
 pub use etcd::{EndpointError, EtcdClient};
 pub use keepalive::{KeepAlive, LeaseLost, LeaseState};
 pub use keys::{JobKeys, JobNameError};

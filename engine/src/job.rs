@@ -328,6 +328,20 @@ impl Supervisor {
     }
 }
 
+/// Fails a running job from outside it ([`JobHandle::failer`]); cheap to
+/// clone and to send to another thread.
+#[derive(Clone)]
+pub struct JobFailer(Arc<Supervision>);
+
+impl JobFailer {
+    /// Fails the current run with `error`: every subtask stops, and
+    /// [`JobHandle::join`] returns the error unless the restart strategy
+    /// restarts the job.
+    pub fn fail(&self, error: JobError) {
+        self.0.env().fail(error);
+    }
+}
+
 /// A running job.
 pub struct JobHandle {
     shared: Arc<Supervision>,
@@ -359,6 +373,12 @@ impl JobHandle {
     /// for one (with the port the system chose, if it asked for port 0).
     pub fn monitor_address(&self) -> Option<std::net::SocketAddr> {
         self.monitor.as_ref().map(Monitor::address)
+    }
+
+    /// A handle that fails the job from another thread: a cluster process
+    /// whose membership lease is lost, a watchdog.
+    pub fn failer(&self) -> JobFailer {
+        JobFailer(self.shared.clone())
     }
 
     /// Asks every source to end; the job then drains and finishes (and is

@@ -96,7 +96,7 @@ pub use dataflow::{
 pub use error::{
     CheckpointError, ConfigError, JobError, ProcessError, RestoreError, SinkError, SourceError,
 };
-pub use job::{Job, JobHandle, JobReport};
+pub use job::{Job, JobFailer, JobHandle, JobReport};
 pub use keygroup::Key;
 pub use monitor::MonitorConfig;
 pub use net::NetworkReport;
