@@ -72,6 +72,9 @@ pub struct SimReport {
     pub checkpoint_summary: crate::checkpoint::coordinator::CheckpointSummary,
     /// Bytes written onto the links between simulated processes.
     pub network_bytes: u64,
+    /// The run ended because a link between simulated processes dropped
+    /// ([`Simulation::drop_link_at`]).
+    pub link_dropped: bool,
 }
 
 /// Writes snapshot parts synchronously into the simulated store.
@@ -149,6 +152,7 @@ pub struct Simulation {
     stop_after_checkpoints: Option<u64>,
     slow: Option<(usize, u64)>,
     processes: usize,
+    drop_link_at: Option<u64>,
 }
 
 impl Simulation {
@@ -165,7 +169,19 @@ impl Simulation {
             stop_after_checkpoints: None,
             slow: None,
             processes: 1,
+            drop_link_at: None,
         }
+    }
+
+    /// With [`processes`](Self::processes): a connection between two
+    /// simulated processes drops at the `step`-th step of the links. As in
+    /// a cluster, where a lost connection fails the whole job, the run ends
+    /// there like a crash (the storage keeps what was durable, the links
+    /// lose what they carried); the report says so
+    /// ([`SimReport::link_dropped`]).
+    pub fn drop_link_at(mut self, step: u64) -> Self {
+        self.drop_link_at = Some(step);
+        self
     }
 
     /// Splits the subtasks into `processes` simulated processes (contiguous
@@ -230,6 +246,9 @@ impl Simulation {
                 break;
             }
             if let Some(links) = &run.links {
+                if links.dropped() {
+                    break;
+                }
                 if run.rng.below(2) == 0 {
                     links.step()?;
                     continue;
@@ -282,11 +301,11 @@ impl Simulation {
         };
         let restored_from = restore.as_ref().map(|r| r.metadata.id);
         let links = (self.processes > 1).then(|| {
-            Arc::new(crate::net::sim::SimNet::new(
-                config.parallelism,
-                self.processes,
-                self.seed,
-            ))
+            let links = crate::net::sim::SimNet::new(config.parallelism, self.processes, self.seed);
+            if let Some(step) = self.drop_link_at {
+                links.drop_at(step);
+            }
+            Arc::new(links)
         });
         let (env, ends) = JobEnv::new(
             config.clone(),
@@ -536,6 +555,7 @@ impl SimRun {
             restored_from: self.restored_from,
             checkpoint_summary: self.env.coordinator.summary(),
             network_bytes: self.links.as_ref().map_or(0, |l| l.bytes()),
+            link_dropped: self.links.as_ref().is_some_and(|l| l.dropped()),
         }
     }
 }

@@ -70,14 +70,20 @@ fn last_totals(emitted: &[(u64, u64, u64)]) -> BTreeMap<u64, (u64, u64)> {
 /// Runs `seed`: crash after `crash_after` checkpoints, restore from the
 /// crash image, finish; checks the guarantee of `mode`.
 fn crash_and_restore(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>) {
-    crash_and_restore_in(seed, mode, data, false)
+    crash_and_restore_in(seed, mode, data, false);
 }
 
 /// [`crash_and_restore`], with the subtasks split into simulated processes
 /// (`across`): channels between processes cross seeded links through the
 /// data plane's channel ends, frames and credits, and a crash loses what
 /// is on the links. The restored run splits them again, maybe otherwise.
-fn crash_and_restore_in(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>, across: bool) {
+/// Returns whether the first run ended by a dropped link.
+fn crash_and_restore_in(
+    seed: u64,
+    mode: CheckpointMode,
+    data: &Arc<Vec<Event>>,
+    across: bool,
+) -> bool {
     let mut rng = SplitMix64::new(seed ^ 0xC0FFEE);
     let parallelism = if across {
         2 + rng.below(3) as usize
@@ -120,12 +126,19 @@ fn crash_and_restore_in(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>,
         window_sums.clone(),
         buckets.clone(),
     );
-    let first = Simulation::new(cfg.clone(), seed)
+    let mut first = Simulation::new(cfg.clone(), seed)
         .storage(io.clone())
         .crash_after_checkpoints(crash_after)
-        .processes(processes)
+        .processes(processes);
+    if across && seed % 2 == 1 {
+        // Half the seeds lose a connection at a random moment instead
+        // (maybe before the crash point, maybe mid-checkpoint).
+        first = first.drop_link_at(1 + rng.below(800));
+    }
+    let first = first
         .run(move |df| job(df, &d, &t, &w, &s, &b))
         .unwrap_or_else(|e| panic!("seed {seed} {mode:?}: first run: {e}"));
+    let first_dropped = first.link_dropped;
     if across {
         assert!(
             first.network_bytes > 0,
@@ -190,6 +203,7 @@ fn crash_and_restore_in(seed: u64, mode: CheckpointMode, data: &Arc<Vec<Event>>,
             "seed {seed} {mode:?} p={parallelism}: bucket totals after restore"
         );
     }
+    first_dropped
 }
 
 #[test]
@@ -213,11 +227,18 @@ fn every_mode_survives_a_crash_across_simulated_processes() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(250);
+    let mut dropped = 0;
     for seed in 0..seeds {
         for mode in modes() {
-            crash_and_restore_in(seed, mode, &data, true);
+            dropped += usize::from(crash_and_restore_in(seed, mode, &data, true));
         }
     }
+    // Half the seeds draw a drop; some come after the run's end.
+    assert!(
+        dropped as u64 >= seeds / 2,
+        "only {dropped} of {} runs lost a link",
+        seeds * 4
+    );
 }
 
 #[test]

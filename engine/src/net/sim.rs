@@ -33,6 +33,11 @@ struct State {
     links: BTreeMap<ChannelId, Link>,
     rng: SplitMix64,
     bytes: u64,
+    /// Link steps taken so far.
+    steps: u64,
+    /// The link step at which a connection drops, if one does.
+    drop_at: Option<u64>,
+    dropped: bool,
 }
 
 /// Links between the simulated processes of one run.
@@ -55,8 +60,25 @@ impl SimNet {
                 links: BTreeMap::new(),
                 rng: SplitMix64::new(seed ^ 0x11_4E7),
                 bytes: 0,
+                steps: 0,
+                drop_at: None,
+                dropped: false,
             }),
         }
+    }
+
+    /// Drops a connection at the `step`-th link step: the run ends there
+    /// as a crash does (a lost process fails the whole job), with whatever
+    /// is on the links lost.
+    pub(crate) fn drop_at(&self, step: u64) {
+        if let Ok(mut s) = self.state.lock() {
+            s.drop_at = Some(step);
+        }
+    }
+
+    /// Whether a connection dropped.
+    pub(crate) fn dropped(&self) -> bool {
+        self.state.lock().is_ok_and(|s| s.dropped)
     }
 
     fn link(state: &mut State, channel: ChannelId) -> &mut Link {
@@ -76,14 +98,21 @@ impl SimNet {
     /// One seeded move on one link. Returns whether anything moved.
     pub(crate) fn step(&self) -> Result<bool, JobError> {
         let mut state = self.state.lock().expect("sim net");
-        if state.links.is_empty() {
+        if state.links.is_empty() || state.dropped {
+            return Ok(false);
+        }
+        state.steps += 1;
+        if state.drop_at == Some(state.steps) {
+            state.dropped = true;
             return Ok(false);
         }
         let n = state.links.len() as u64;
         let pick = state.rng.below(n) as usize;
         let action = state.rng.below(4);
         let all = state.rng.below(2) == 0;
-        let State { links, rng, bytes } = &mut *state;
+        let State {
+            links, rng, bytes, ..
+        } = &mut *state;
         let link = links.values_mut().nth(pick).expect("picked within range");
         if rng.below(link.slowness) != 0 {
             return Ok(false);
@@ -95,6 +124,9 @@ impl SimNet {
     /// a stall with it).
     pub(crate) fn flush(&self) -> Result<bool, JobError> {
         let mut state = self.state.lock().expect("sim net");
+        if state.dropped {
+            return Ok(false);
+        }
         let State { links, bytes, .. } = &mut *state;
         let mut moved = false;
         for link in links.values_mut() {
