@@ -242,6 +242,27 @@ impl JobEnv {
     }
 }
 
+impl crate::net::RunState for JobEnv {
+    fn failed(&self) -> bool {
+        JobEnv::failed(self)
+    }
+    fn fail(&self, error: JobError) {
+        JobEnv::fail(self, error)
+    }
+    fn error_text(&self) -> Option<String> {
+        self.error
+            .lock()
+            .ok()
+            .and_then(|e| e.as_ref().map(|e| e.to_string()))
+    }
+    fn local_done(&self) -> bool {
+        self.done.load(Ordering::SeqCst) == self.config.parallelism
+    }
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
 /// A run identifier unlikely to repeat: the start time and the process id.
 fn run_id() -> u64 {
     let nanos = std::time::SystemTime::now()

@@ -182,7 +182,8 @@ fn launch(
         None,
     );
     if let Some(net) = &net {
-        if let Err(e) = net.start(&env) {
+        let run: Arc<dyn crate::net::RunState> = env.clone();
+        if let Err(e) = net.start(&run) {
             env.fail(e);
         }
     }

@@ -5,30 +5,17 @@
 //! nothing of the dataflow but the record type: the exchange operators in
 //! [`super::exchange`] take their endpoints from here.
 
-use crate::checkpoint::Barrier;
-use crate::data::{ExchangeData, Record};
+use crate::data::ExchangeData;
 use crate::net::channel::{TypedInbound, TypedOutbound};
 use crate::net::wire::ChannelId;
 use crate::net::{ChannelHost, Route};
 use crate::park::Parker;
 use crate::ring::{channel, ChannelReceiver, ChannelSender};
-use crate::time::Timestamp;
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// What travels through an exchange ring.
-pub(crate) enum Message<T> {
-    /// A batch of records.
-    Records(Vec<Record<T>>),
-    /// The sender's watermark advanced.
-    Watermark(Timestamp),
-    /// A checkpoint barrier, in-band: everything before it belongs to the
-    /// checkpoint's cut, everything after to the next.
-    Barrier(Barrier),
-    /// The sender's input ended; nothing follows.
-    End,
-}
+pub(crate) use crate::message::Message;
 
 /// The rings of every exchange of a job, created by whichever subtask asks
 /// first and handed out to the others (each takes its row of senders and its

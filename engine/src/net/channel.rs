@@ -23,7 +23,7 @@ use super::wire::{ChannelId, Frame, WireBarrier};
 use super::NetError;
 use crate::checkpoint::{Barrier, CheckpointMode};
 use crate::data::{ExchangeData, Record};
-use crate::dataflow::mesh::Message;
+use crate::message::Message;
 use crate::park::Notifier;
 use crate::ring::{ChannelReceiver, ChannelSender, Notice};
 use std::collections::VecDeque;
@@ -336,7 +336,7 @@ mod tests {
     //! consuming at random, with the receiving subtask sometimes stalled.
     use super::*;
     use crate::ring::channel;
-    use crate::sim::SplitMix64;
+    use crate::rng::SplitMix64;
     use std::sync::Arc;
 
     fn notifier() -> Notifier {

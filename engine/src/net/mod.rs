@@ -28,7 +28,6 @@ pub(crate) mod channel;
 pub(crate) mod sim;
 pub(crate) mod wire;
 
-use crate::env::JobEnv;
 use crate::park::Parker;
 use crate::{ClusterConfig, JobError};
 use auth::{Identity, Role};
@@ -54,6 +53,21 @@ pub(crate) enum NetError {
         channel: Option<ChannelId>,
         what: String,
     },
+}
+
+/// What the link threads need of the job's run (the job environment
+/// implements it; a trait, so that the network does not import it).
+pub(crate) trait RunState: Send + Sync {
+    /// The run failed.
+    fn failed(&self) -> bool;
+    /// Fails the run (the first failure wins).
+    fn fail(&self, error: JobError);
+    /// The run's error, to tell the peers.
+    fn error_text(&self) -> Option<String>;
+    /// Every reactor of this process is done.
+    fn local_done(&self) -> bool;
+    /// The job was asked to stop.
+    fn stopping(&self) -> bool;
 }
 
 /// Live figures of the data plane (reported in [`crate::JobReport`]).
@@ -321,7 +335,7 @@ impl Network {
     }
 
     /// Starts the reader and writer threads of every connection.
-    pub(crate) fn start(self: &Arc<Self>, env: &Arc<JobEnv>) -> Result<(), JobError> {
+    pub(crate) fn start(self: &Arc<Self>, env: &Arc<dyn RunState>) -> Result<(), JobError> {
         let mut threads = lock(&self.threads);
         for peer in self.peers.iter().flatten() {
             for writer in [false, true] {
@@ -330,9 +344,9 @@ impl Network {
                 let name = format!("spate-net-{}{process}", if writer { "w" } else { "r" });
                 let spawned = std::thread::Builder::new().name(name).spawn(move || {
                     let result = if writer {
-                        net.write_loop(&peer, &env)
+                        net.write_loop(&peer, &*env)
                     } else {
-                        net.read_loop(&peer, &env)
+                        net.read_loop(&peer, &*env)
                     };
                     if let Err(e) = result {
                         env.fail(e);
@@ -376,7 +390,7 @@ impl Network {
     }
 
     /// Writes what the peer's channels have to send; parks when nothing.
-    fn write_loop(&self, peer: &Peer, env: &JobEnv) -> Result<(), JobError> {
+    fn write_loop(&self, peer: &Peer, env: &dyn RunState) -> Result<(), JobError> {
         peer.parker.bind_thread();
         let mut stream = &peer.stream;
         let mut buf = Vec::with_capacity(64 << 10);
@@ -390,20 +404,14 @@ impl Network {
             let mut frames = self.fill(peer, &mut buf)?;
             if frames == 0 {
                 if env.failed() {
-                    let reason = env
-                        .error
-                        .lock()
-                        .ok()
-                        .and_then(|e| e.as_ref().map(|e| e.to_string()))
-                        .unwrap_or_else(|| "failed".into());
+                    let reason = env.error_text().unwrap_or_else(|| "failed".into());
                     let mut out = Vec::new();
                     Frame::Abort { reason }.encode(&mut out);
                     let _ = stream.write_all(&out);
                     let _ = peer.stream.shutdown(Shutdown::Both);
                     return Ok(());
                 }
-                let local_done = env.done.load(Ordering::SeqCst) == env.config.parallelism;
-                if local_done && (env.stop.load(Ordering::SeqCst) || self.all_sent(peer)) {
+                if env.local_done() && (env.stopping() || self.all_sent(peer)) {
                     Frame::Bye.encode(&mut buf);
                     stream.write_all(&buf).map_err(io_error)?;
                     self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
@@ -470,7 +478,7 @@ impl Network {
 
     /// Reads frames from the peer until it says bye and closes, or the job
     /// fails.
-    fn read_loop(&self, peer: &Peer, env: &JobEnv) -> Result<(), JobError> {
+    fn read_loop(&self, peer: &Peer, env: &dyn RunState) -> Result<(), JobError> {
         let mut stream = std::io::BufReader::with_capacity(256 << 10, &peer.stream);
         let from = |what: String| {
             JobError::Network(format!(
@@ -517,7 +525,7 @@ impl Network {
                         .values()
                         .filter(|c| !lock(c).ended())
                         .count();
-                    if unfinished > 0 && !env.stop.load(Ordering::SeqCst) {
+                    if unfinished > 0 && !env.stopping() {
                         return Err(from(format!(
                             "the process stopped with {unfinished} stream(s) to this process unfinished"
                         )));

@@ -13,7 +13,7 @@
 use super::channel::{Inbound, Outbound};
 use super::wire::{ChannelId, Frame};
 use super::{ChannelHost, Route};
-use crate::sim::SplitMix64;
+use crate::rng::SplitMix64;
 use crate::JobError;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
