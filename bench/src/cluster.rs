@@ -64,6 +64,9 @@ pub fn config(
 /// renewing it is gone after this long.
 pub const LEASE_TTL_S: i64 = 2;
 
+/// How often a process reads the members to notice one that is gone, ms.
+pub const WATCH_INTERVAL_MS: u64 = 250;
+
 /// Joins the cluster through etcd at `url` as process `process` of
 /// `processes` under job name `job`, publishing `listen` (port 0: a free
 /// port is picked) and waiting for the others. Returns the engine's
@@ -111,7 +114,7 @@ pub fn discover(
             None => s.1 = Some(reason),
         }
     });
-    let membership = spate_cluster::discover(
+    let mut membership = spate_cluster::discover(
         Arc::new(client),
         &keys,
         spate_cluster::MemberInfo {
@@ -133,7 +136,28 @@ pub fn discover(
                 .with_context(|| format!("a member's address `{a}` in etcd"))
         })
         .collect::<anyhow::Result<Vec<SocketAddr>>>()?;
+    // A peer whose lease expired (dead, hung, or cut off from etcd) fails
+    // the job here too, even if its connections stay open.
+    let watch_slot = slot.clone();
+    membership
+        .watch(
+            Duration::from_millis(WATCH_INTERVAL_MS),
+            Box::new(move |missing: Vec<u32>| {
+                let reason = format!(
+                    "process {process}: process(es) {missing:?} left the cluster in etcd (lease \
+                     expired or revoked)"
+                );
+                eprintln!("spate-bench: {reason}");
+                let mut s = watch_slot.lock().unwrap_or_else(|p| p.into_inner());
+                match &s.0 {
+                    Some(failer) => failer.fail(spate::JobError::Network(reason)),
+                    None => s.1 = Some(reason),
+                }
+            }),
+        )
+        .context("starting the membership watcher")?;
     let hook = crate::run::StartHook(Arc::new(move |failer: spate::JobFailer| {
+        eprintln!("spate-bench: process {process} started its job (every peer connected)");
         let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(reason) = s.1.take() {
             failer.fail(spate::JobError::Network(reason));

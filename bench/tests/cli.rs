@@ -801,9 +801,90 @@ fn a_process_whose_etcd_lease_is_lost_fails_the_cluster() {
     for (p, (status, reader)) in statuses.iter().zip(readers).enumerate() {
         let stderr = reader.join().unwrap();
         assert!(!status.success(), "process {p} succeeded: {stderr}");
+        // Process 1 fails naming its lost lease; process 0 either sees it
+        // leave etcd or gets its abort, whichever comes first.
         assert!(
-            stderr.contains("lease was lost"),
+            stderr.contains("lease was lost") || stderr.contains("[1] left the cluster in etcd"),
             "process {p} does not name the lost lease: {stderr}"
         );
     }
+}
+
+#[test]
+fn a_hung_process_is_noticed_through_etcd_and_fails_the_cluster() {
+    // SIGSTOP: the process's sockets stay open, so only its lease, which
+    // it no longer renews, says it is gone.
+    let Some(etcd) = etcd_endpoint() else { return };
+    let job = format!("hung-test-{}", std::process::id());
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 1_000;
+    let dir = scratch("cluster-hung");
+    let mut children: Vec<_> = (0..2)
+        .map(|p| {
+            bin()
+                .args([
+                    "nexmark", "--query", "q5", "--events", "3000000", "--rate", "50000",
+                ])
+                .args([
+                    "--checkpoint-interval-ms",
+                    "0",
+                    "--cores",
+                    "1",
+                    "--processes",
+                    "2",
+                ])
+                .args(["--process-id", &p.to_string(), "--cluster", &etcd])
+                .args(["--cluster-job", &job, "--base-time-ms", &base.to_string()])
+                .arg("--report")
+                .arg(dir.join(format!("report-{p}")))
+                .env("SPATE_CLUSTER_SECRET", "a-secret-for-the-hung-test")
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut reader = None;
+    for (p, c) in children.iter_mut().enumerate() {
+        let stderr = c.stderr.take().unwrap();
+        let tx = tx.clone();
+        let handle = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufRead::lines(BufReader::new(stderr)).map_while(Result::ok) {
+                if line.contains("started its job") {
+                    let _ = tx.send(());
+                }
+                all += &line;
+                all += "\n";
+            }
+            all
+        });
+        if p == 0 {
+            reader = Some(handle);
+        }
+    }
+    for _ in 0..2 {
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("both processes start");
+    }
+    let stopped = std::time::Instant::now();
+    let status = Command::new("kill")
+        .args(["-STOP", &children[1].id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let survivor = children[0].wait().unwrap();
+    let noticed = stopped.elapsed();
+    children[1].kill().unwrap();
+    children[1].wait().unwrap();
+    let stderr = reader.unwrap().join().unwrap();
+    assert!(!survivor.success(), "process 0 succeeded: {stderr}");
+    assert!(
+        stderr.contains("[1] left the cluster in etcd"),
+        "process 0 does not name process 1: {stderr}"
+    );
+    eprintln!("a hung process noticed after {noticed:?} (lease TTL 2 s)");
 }

@@ -53,10 +53,13 @@ pub enum DiscoveryError {
 /// This process's membership while its job runs.
 pub struct Membership {
     coord: Arc<dyn Coordination>,
+    keys: JobKeys,
     lease: LeaseId,
     keepalive: KeepAlive,
     /// Every process's data-plane address, indexed by process id.
     pub peers: Vec<String>,
+    /// Stops the watcher thread, if one runs (dropped: stop).
+    watcher: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
 impl Membership {
@@ -70,9 +73,49 @@ impl Membership {
         self.keepalive.is_alive()
     }
 
-    /// Leaves the job: stops renewing and revokes the lease, which deletes
-    /// the member key at once.
-    pub fn leave(self) -> Result<(), crate::kv::CoordError> {
+    /// Watches the other members every `interval` on a thread of its own
+    /// (`spate-etcd-watch`): once one of them is gone (its lease expired or
+    /// was revoked: the process died, hung or lost etcd), `on_missing` runs
+    /// once with the missing ids. A read that fails is retried at the next
+    /// interval (this process's own keepalive notices an etcd that stays
+    /// away).
+    pub fn watch(
+        &mut self,
+        interval: Duration,
+        on_missing: Box<dyn FnOnce(Vec<u32>) + Send>,
+    ) -> std::io::Result<()> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (coord, keys) = (self.coord.clone(), self.keys.clone());
+        let processes = self.peers.len() as u32;
+        let thread = std::thread::Builder::new()
+            .name("spate-etcd-watch".into())
+            .spawn(move || loop {
+                match stopped.recv_timeout(interval) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                let Ok(found) = members(&*coord, &keys) else {
+                    continue;
+                };
+                let missing: Vec<u32> = (0..processes)
+                    .filter(|p| !found.iter().any(|m| m.info.process_id == *p))
+                    .collect();
+                if !missing.is_empty() {
+                    on_missing(missing);
+                    return;
+                }
+            })?;
+        self.watcher = Some((stop, thread));
+        Ok(())
+    }
+
+    /// Leaves the job: stops watching and renewing, and revokes the lease,
+    /// which deletes the member key at once.
+    pub fn leave(mut self) -> Result<(), crate::kv::CoordError> {
+        if let Some((stop, thread)) = self.watcher.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
         drop(self.keepalive);
         leave(&*self.coord, self.lease)
     }
@@ -134,9 +177,11 @@ pub fn discover(
     match result {
         Ok(peers) => Ok(Membership {
             coord,
+            keys: keys.clone(),
             lease: lease.id,
             keepalive,
             peers,
+            watcher: None,
         }),
         Err(e) => {
             drop(keepalive);
