@@ -727,69 +727,83 @@ fn a_cluster_found_through_etcd_writes_what_one_process_does() {
     assert!(left.kvs.is_empty(), "left in etcd: {:?}", left.kvs);
 }
 
-#[test]
-fn a_process_whose_etcd_lease_is_lost_fails_the_cluster() {
-    use spate_cluster::Coordination;
-    let Some(etcd) = etcd_endpoint() else { return };
-    let client = spate_cluster::EtcdClient::new(&etcd, std::time::Duration::from_secs(5)).unwrap();
-    let job = format!("lease-test-{}", std::process::id());
-    let keys = spate_cluster::JobKeys::new(&job).unwrap();
+/// Two paced q5 processes (about a minute of input) finding each other in
+/// etcd under `job`, their stderr read by threads. Returns the children,
+/// the readers (each returns all of its process's stderr), and a channel
+/// that gets one message per process once its stderr shows `marker`.
+#[allow(clippy::type_complexity)]
+fn etcd_pair(
+    etcd: &str,
+    name: &str,
+    marker: &'static str,
+) -> (
+    String,
+    Vec<std::process::Child>,
+    Vec<std::thread::JoinHandle<String>>,
+    std::sync::mpsc::Receiver<()>,
+) {
+    let job = format!("{name}-{}", std::process::id());
     let base = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
         + 1_000;
-    let dir = scratch("cluster-lease");
-    // Two processes, paced to last about a minute.
-    let mut children: Vec<_> = (0..2)
-        .map(|p| {
-            bin()
-                .args([
-                    "nexmark", "--query", "q5", "--events", "3000000", "--rate", "50000",
-                ])
-                .args([
-                    "--checkpoint-interval-ms",
-                    "0",
-                    "--cores",
-                    "1",
-                    "--processes",
-                    "2",
-                ])
-                .args(["--process-id", &p.to_string(), "--cluster", &etcd])
-                .args(["--cluster-job", &job, "--base-time-ms", &base.to_string()])
-                .arg("--report")
-                .arg(dir.join(format!("report-{p}")))
-                .env("SPATE_CLUSTER_SECRET", "a-secret-for-the-lease-test")
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    // Once both found each other, etcd takes process 1's lease away (as it
-    // would after process 1 stopped renewing it).
+    let dir = scratch(name);
     let (tx, rx) = std::sync::mpsc::channel();
-    let readers: Vec<_> = children
-        .iter_mut()
-        .map(|c| {
-            let stderr = c.stderr.take().unwrap();
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut all = String::new();
-                for line in std::io::BufRead::lines(BufReader::new(stderr)).map_while(Result::ok) {
-                    if line.contains("joined") {
-                        let _ = tx.send(());
-                    }
-                    all += &line;
-                    all += "\n";
+    let mut children = Vec::new();
+    let mut readers = Vec::new();
+    for p in 0..2 {
+        let mut child = bin()
+            .args([
+                "nexmark", "--query", "q5", "--events", "3000000", "--rate", "50000",
+            ])
+            .args([
+                "--checkpoint-interval-ms",
+                "0",
+                "--cores",
+                "1",
+                "--processes",
+                "2",
+            ])
+            .args(["--process-id", &p.to_string(), "--cluster", etcd])
+            .args(["--cluster-job", &job, "--base-time-ms", &base.to_string()])
+            .arg("--report")
+            .arg(dir.join(format!("report-{p}")))
+            .env("SPATE_CLUSTER_SECRET", "a-secret-for-the-etcd-tests")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufRead::lines(BufReader::new(stderr)).map_while(Result::ok) {
+                if line.contains(marker) {
+                    let _ = tx.send(());
                 }
-                all
-            })
-        })
-        .collect();
+                all += &line;
+                all += "\n";
+            }
+            all
+        }));
+        children.push(child);
+    }
     for _ in 0..2 {
         rx.recv_timeout(std::time::Duration::from_secs(60))
-            .expect("both processes join");
+            .unwrap_or_else(|_| panic!("both processes print `{marker}`"));
     }
+    (job, children, readers, rx)
+}
+
+#[test]
+fn a_process_whose_etcd_lease_is_lost_fails_the_cluster() {
+    use spate_cluster::Coordination;
+    let Some(etcd) = etcd_endpoint() else { return };
+    let client = spate_cluster::EtcdClient::new(&etcd, std::time::Duration::from_secs(5)).unwrap();
+    // Once both found each other, etcd takes process 1's lease away (as it
+    // would after process 1 stopped renewing it).
+    let (job, mut children, readers, _rx) = etcd_pair(&etcd, "cluster-lease", "joined");
+    let keys = spate_cluster::JobKeys::new(&job).unwrap();
     let lease = spate_cluster::members(&client, &keys)
         .unwrap()
         .iter()
@@ -812,64 +826,10 @@ fn a_process_whose_etcd_lease_is_lost_fails_the_cluster() {
 
 #[test]
 fn a_hung_process_is_noticed_through_etcd_and_fails_the_cluster() {
-    // SIGSTOP: the process's sockets stay open, so only its lease, which
-    // it no longer renews, says it is gone.
+    // SIGSTOP once both run: the process's sockets stay open, so only its
+    // lease, which it no longer renews, says it is gone.
     let Some(etcd) = etcd_endpoint() else { return };
-    let job = format!("hung-test-{}", std::process::id());
-    let base = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        + 1_000;
-    let dir = scratch("cluster-hung");
-    let mut children: Vec<_> = (0..2)
-        .map(|p| {
-            bin()
-                .args([
-                    "nexmark", "--query", "q5", "--events", "3000000", "--rate", "50000",
-                ])
-                .args([
-                    "--checkpoint-interval-ms",
-                    "0",
-                    "--cores",
-                    "1",
-                    "--processes",
-                    "2",
-                ])
-                .args(["--process-id", &p.to_string(), "--cluster", &etcd])
-                .args(["--cluster-job", &job, "--base-time-ms", &base.to_string()])
-                .arg("--report")
-                .arg(dir.join(format!("report-{p}")))
-                .env("SPATE_CLUSTER_SECRET", "a-secret-for-the-hung-test")
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut reader = None;
-    for (p, c) in children.iter_mut().enumerate() {
-        let stderr = c.stderr.take().unwrap();
-        let tx = tx.clone();
-        let handle = std::thread::spawn(move || {
-            let mut all = String::new();
-            for line in std::io::BufRead::lines(BufReader::new(stderr)).map_while(Result::ok) {
-                if line.contains("started its job") {
-                    let _ = tx.send(());
-                }
-                all += &line;
-                all += "\n";
-            }
-            all
-        });
-        if p == 0 {
-            reader = Some(handle);
-        }
-    }
-    for _ in 0..2 {
-        rx.recv_timeout(std::time::Duration::from_secs(60))
-            .expect("both processes start");
-    }
+    let (_, mut children, mut readers, _rx) = etcd_pair(&etcd, "cluster-hung", "started its job");
     let stopped = std::time::Instant::now();
     let status = Command::new("kill")
         .args(["-STOP", &children[1].id().to_string()])
@@ -880,7 +840,7 @@ fn a_hung_process_is_noticed_through_etcd_and_fails_the_cluster() {
     let noticed = stopped.elapsed();
     children[1].kill().unwrap();
     children[1].wait().unwrap();
-    let stderr = reader.unwrap().join().unwrap();
+    let stderr = readers.remove(0).join().unwrap();
     assert!(!survivor.success(), "process 0 succeeded: {stderr}");
     assert!(
         stderr.contains("[1] left the cluster in etcd"),

@@ -343,10 +343,19 @@ fn a_peer_without_the_secret_is_refused_and_injects_nothing() {
     let mut first = spawn_child(0, &peers, SECRET, &outs[0], None);
     // Posing as process 1 before it exists, with a proof made without the
     // secret, then sending a records frame, a barrier and credits anyway.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut intruder = loop {
         match TcpStream::connect(peers[0]) {
             Ok(s) => break s,
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "process 0 never listened: {e}"
+                );
+                // The poll interval of a wait with a deadline (process 0
+                // listens once it started).
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     };
     intruder
