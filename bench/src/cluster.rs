@@ -224,7 +224,9 @@ pub fn launch(
     let mut children = Vec::new();
     // With etcd, the processes find each other there, under a job name of
     // this launch's own.
-    let job = format!("spate-bench-{}", &secret[..12]);
+    // Random of its own: nothing of the secret goes into etcd or onto a
+    // command line.
+    let job = format!("spate-bench-{}", &random_secret()?[..12]);
     for process in 0..processes {
         let dir = report.join(format!("process-{process}"));
         let mut command = Command::new(&exe);

@@ -258,9 +258,6 @@ impl crate::net::RunState for JobEnv {
     fn local_done(&self) -> bool {
         self.done.load(Ordering::SeqCst) == self.config.parallelism
     }
-    fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
 }
 
 /// A run identifier unlikely to repeat: the start time and the process id.

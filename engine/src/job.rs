@@ -469,7 +469,7 @@ impl Run {
             }
         }
         // The link threads end once every peer said bye (or the job failed).
-        let network = self.env.net.as_ref().map(|n| n.join());
+        let network = self.env.net.as_ref().map(|n| n.join(self.env.failed()));
         if let Some(error) = self.env.take_error() {
             return Err(error);
         }

@@ -549,6 +549,10 @@ impl Drop for DoneGuard {
     fn drop(&mut self) {
         self.0.done.fetch_add(1, Ordering::SeqCst);
         self.0.coordinator_parker.notifier().notify();
+        if let Some(net) = &self.0.net {
+            // The link writers say bye once every reactor is done.
+            net.wake_writers();
+        }
     }
 }
 

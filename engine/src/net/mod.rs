@@ -66,8 +66,6 @@ pub(crate) trait RunState: Send + Sync {
     fn error_text(&self) -> Option<String>;
     /// Every reactor of this process is done.
     fn local_done(&self) -> bool;
-    /// The job was asked to stop.
-    fn stopping(&self) -> bool;
 }
 
 /// Live figures of the data plane (reported in [`crate::JobReport`]).
@@ -221,14 +219,15 @@ impl Network {
         let closing = Arc::new(AtomicBool::new(false));
         let deadline = Instant::now() + cluster.connect_timeout;
         let (accepted_tx, accepted_rx) = mpsc::channel::<(usize, TcpStream)>();
+        let complete = Arc::new(AtomicBool::new(false));
         let listener = {
             let secret = cluster.secret.clone();
             let stats = stats.clone();
             let closing = closing.clone();
-            let processes = cluster.processes;
+            let complete = complete.clone();
             std::thread::Builder::new()
                 .name("spate-net-listen".into())
-                .spawn(move || listen(listener, secret, me, processes, stats, closing, accepted_tx))
+                .spawn(move || listen(listener, secret, me, stats, closing, complete, accepted_tx))
                 .map_err(|e| net_error(format!("cannot start the listener thread: {e}")))?
         };
         let network = |peers: Vec<Option<Arc<Peer>>>, listener| {
@@ -250,12 +249,29 @@ impl Network {
                 let stream = connect_to(process, *addr, &cluster.secret, me, deadline)?;
                 streams[process] = Some((stream, *addr));
             }
-            let expected = cluster.processes - cluster.process - 1;
-            for _ in 0..expected {
+            let mut expected = cluster.processes - cluster.process - 1;
+            while expected > 0 {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match accepted_rx.recv_timeout(left) {
                     Ok((process, stream)) => {
+                        // An authenticated peer: is it one that connects here?
+                        if process <= cluster.process
+                            || process >= cluster.processes
+                            || streams[process].is_some()
+                        {
+                            let from = stream
+                                .peer_addr()
+                                .map_or_else(|_| "?".into(), |a| a.to_string());
+                            refuse(
+                                &stats,
+                                me,
+                                &from,
+                                &format!("it claims to be process {process}, which does not connect here"),
+                            );
+                            continue;
+                        }
                         streams[process] = Some((stream, cluster.peers[process]));
+                        expected -= 1;
                     }
                     Err(_) => {
                         let missing: Vec<usize> = (cluster.process + 1..cluster.processes)
@@ -268,6 +284,7 @@ impl Network {
                     }
                 }
             }
+            complete.store(true, Ordering::SeqCst);
             Ok(())
         })();
         let peers = streams
@@ -276,6 +293,7 @@ impl Network {
             .map(|(process, s)| {
                 s.map(|(stream, addr)| {
                     let _ = stream.set_nodelay(true);
+                    keepalive(&stream);
                     Arc::new(Peer {
                         process,
                         addr,
@@ -306,6 +324,14 @@ impl Network {
             return None;
         }
         self.peers.get(subtask / self.parallelism)?.as_ref()
+    }
+
+    /// Wakes every link writer (the last reactor finishing: time to say
+    /// bye).
+    pub(crate) fn wake_writers(&self) {
+        for peer in self.peers.iter().flatten() {
+            peer.parker.notifier().notify();
+        }
     }
 
     /// Registers the sending end of a channel to a remote subtask.
@@ -343,17 +369,29 @@ impl Network {
                 let (net, peer, env) = (self.clone(), peer.clone(), env.clone());
                 let name = format!("spate-net-{}{process}", if writer { "w" } else { "r" });
                 let spawned = std::thread::Builder::new().name(name).spawn(move || {
-                    let result = if writer {
-                        net.write_loop(&peer, &*env)
-                    } else {
-                        net.read_loop(&peer, &*env)
-                    };
-                    if let Err(e) = result {
-                        env.fail(e);
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        if writer {
+                            net.write_loop(&peer, &*env)
+                        } else {
+                            net.read_loop(&peer, &*env)
+                        }
+                    }));
+                    match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => env.fail(e),
+                        Err(panic) => env.fail(JobError::Network(format!(
+                            "the link thread to process {process} panicked: {}",
+                            crate::error::panic_message(&*panic)
+                        ))),
                     }
-                    if writer {
+                    if writer || env.failed() {
                         // Also ends the reader of a connection that failed.
-                        let _ = peer.stream.shutdown(Shutdown::Write);
+                        let how = if env.failed() {
+                            Shutdown::Both
+                        } else {
+                            Shutdown::Write
+                        };
+                        let _ = peer.stream.shutdown(how);
                     }
                 });
                 match spawned {
@@ -371,8 +409,21 @@ impl Network {
 
     /// Waits for every link thread (they end once every peer said bye, or
     /// the job failed), then stops the listener. Returns the figures.
-    pub(crate) fn join(&self) -> NetworkReport {
+    /// `failed`: the run failed; the writers get a moment to send their
+    /// `Abort`, then every socket is shut, which ends a thread blocked on
+    /// a peer that stopped reading or vanished.
+    pub(crate) fn join(&self, failed: bool) -> NetworkReport {
         let threads = std::mem::take(&mut *lock(&self.threads));
+        if failed {
+            let grace = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < grace && !threads.iter().all(|t| t.is_finished()) {
+                // The poll interval of a bounded wait on shutdown.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            for peer in self.peers.iter().flatten() {
+                let _ = peer.stream.shutdown(Shutdown::Both);
+            }
+        }
         for t in threads {
             let _ = t.join();
         }
@@ -411,7 +462,9 @@ impl Network {
                     let _ = peer.stream.shutdown(Shutdown::Both);
                     return Ok(());
                 }
-                if env.local_done() && (env.stopping() || self.all_sent(peer)) {
+                // A stopped job ends its sources, so its ends drain too:
+                // bye only follows the last end.
+                if env.local_done() && self.all_sent(peer) {
                     Frame::Bye.encode(&mut buf);
                     stream.write_all(&buf).map_err(io_error)?;
                     self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
@@ -510,7 +563,10 @@ impl Network {
                     let mut c = lock(&peer.channels);
                     match c.outbound.get(&channel) {
                         Some(end) => lock(end).add_credits(credits),
-                        None => *c.early_credits.entry(channel).or_insert(0) += credits,
+                        None => {
+                            let early = c.early_credits.entry(channel).or_insert(0);
+                            *early = early.saturating_add(credits);
+                        }
                     }
                     drop(c);
                     peer.parker.notifier().notify();
@@ -525,7 +581,7 @@ impl Network {
                         .values()
                         .filter(|c| !lock(c).ended())
                         .count();
-                    if unfinished > 0 && !env.stopping() {
+                    if unfinished > 0 {
                         return Err(from(format!(
                             "the process stopped with {unfinished} stream(s) to this process unfinished"
                         )));
@@ -574,6 +630,33 @@ impl Network {
             });
         }
         Ok(())
+    }
+}
+
+/// TCP keepalive on a data-plane socket: a peer whose machine vanished
+/// without closing (no FIN, no RST) is noticed within about 8 s of
+/// silence, and the reader's error fails the job.
+fn keepalive(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    for (level, name, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 5),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+    ] {
+        let value: libc::c_int = value;
+        // SAFETY: `fd` is an open socket owned by `stream`; the option
+        // value is a c_int that lives across the call.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
     }
 }
 
@@ -630,20 +713,23 @@ fn connect_to(
     }
 }
 
-/// The listener thread: authenticates connecting peers and hands them over
-/// until the cluster is complete; refuses (and counts) everything else, and
-/// everything after, until the run closes.
+/// The listener thread: hands each connection to a handshake thread of
+/// its own (at most [`MAX_HANDSHAKES`] at once, each bounded by a 10 s
+/// deadline), so that a slow or silent stranger delays no one; refuses (and
+/// counts) everything once the cluster is complete, until the run closes.
+/// The process that waits in [`Network::connect`] checks who an
+/// authenticated peer claims to be.
 fn listen(
     listener: TcpListener,
     secret: Vec<u8>,
     me: Identity,
-    processes: usize,
     stats: Arc<NetStats>,
     closing: Arc<AtomicBool>,
+    complete: Arc<AtomicBool>,
     accepted: mpsc::Sender<(usize, TcpStream)>,
 ) {
-    let mut connected = vec![false; processes];
-    let mut waiting = processes - me.process as usize - 1;
+    let secret: Arc<[u8]> = secret.into();
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for incoming in listener.incoming() {
         if closing.load(Ordering::SeqCst) {
             return;
@@ -654,35 +740,94 @@ fn listen(
         let from = stream
             .peer_addr()
             .map_or_else(|_| "?".into(), |a| a.to_string());
-        let refuse = |why: String| {
-            stats.refused.fetch_add(1, Ordering::Relaxed);
-            eprintln!(
-                "spate: process {} refused a data-plane connection from {from}: {why}",
-                me.process
-            );
-        };
-        if waiting == 0 {
-            refuse("every peer is connected already".into());
+        if complete.load(Ordering::SeqCst) {
+            refuse(&stats, me, &from, "every peer is connected already");
             continue;
         }
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-        match auth::handshake(&mut stream, &secret, Role::Acceptor, me) {
-            Ok(peer) => {
-                let p = peer.process as usize;
-                if p <= me.process as usize || p >= processes || connected[p] {
-                    refuse(format!(
-                        "it claims to be process {p}, which does not connect here"
-                    ));
-                    continue;
-                }
-                let _ = stream.set_read_timeout(None);
-                connected[p] = true;
-                waiting -= 1;
-                if accepted.send((p, stream)).is_err() {
-                    return;
-                }
-            }
-            Err(e) => refuse(e.to_string()),
+        if running.load(Ordering::SeqCst) >= MAX_HANDSHAKES {
+            refuse(&stats, me, &from, "too many handshakes in progress");
+            continue;
         }
+        running.fetch_add(1, Ordering::SeqCst);
+        let (secret, stats, accepted, count) = (
+            secret.clone(),
+            stats.clone(),
+            accepted.clone(),
+            running.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("spate-net-auth".into())
+            .spawn(move || {
+                let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+                let result = auth::handshake(
+                    &mut Deadline(&mut stream, deadline),
+                    &secret,
+                    Role::Acceptor,
+                    me,
+                );
+                match result {
+                    Ok(peer) => {
+                        let _ = stream.set_read_timeout(None);
+                        let _ = stream.set_write_timeout(None);
+                        let _ = accepted.send((peer.process as usize, stream));
+                    }
+                    Err(e) => refuse(&stats, me, &from, &e.to_string()),
+                }
+                count.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            running.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Handshakes in progress at once; more connections are refused.
+const MAX_HANDSHAKES: usize = 16;
+/// The longest a handshake may take, all of it.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn refuse(stats: &NetStats, me: Identity, from: &str, why: &str) {
+    stats.refused.fetch_add(1, Ordering::Relaxed);
+    eprintln!(
+        "spate: process {} refused a data-plane connection from {from}: {why}",
+        me.process
+    );
+}
+
+/// A stream whose reads and writes share one deadline (a peer that drips
+/// bytes cannot stretch the handshake past it).
+struct Deadline<'a>(&'a mut TcpStream, Instant);
+
+impl Deadline<'_> {
+    fn arm(&mut self, write: bool) -> std::io::Result<()> {
+        let left = self.1.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the handshake took too long",
+            ));
+        }
+        if write {
+            self.0.set_write_timeout(Some(left))
+        } else {
+            self.0.set_read_timeout(Some(left))
+        }
+    }
+}
+
+impl std::io::Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.arm(false)?;
+        self.0.read(buf)
+    }
+}
+
+impl std::io::Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.arm(true)?;
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
