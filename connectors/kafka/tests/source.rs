@@ -85,12 +85,12 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 fn start_unbounded(
     brokers: &str,
     topic: &str,
+    group: &str,
     start: StartOffset,
     end: i64,
     dir: &Path,
 ) -> (spate::JobHandle, Seen) {
-    let group = format!("{topic}-group");
-    let mut source = KafkaSourceConfig::new(common::properties(brokers), &[topic], &group);
+    let mut source = KafkaSourceConfig::new(common::properties(brokers), &[topic], group);
     source.start = start;
     let seen = Seen::default();
     let sink = seen.clone();
@@ -145,7 +145,12 @@ fn starts_from_earliest_latest_and_a_timestamp() {
         ("timestamp", StartOffset::Timestamp(stamps[2] - 1)),
     ] {
         let dir = scratch(name);
-        let (handle, seen) = start_unbounded(&brokers, &topic, start, old.len() as i64, &dir);
+        // A group of each run's own: a group an earlier run left at the
+        // end would satisfy start_unbounded's wait before this run read
+        // anything.
+        let group = format!("{topic}-{name}-group");
+        let (handle, seen) =
+            start_unbounded(&brokers, &topic, &group, start, old.len() as i64, &dir);
         let before = seen.0.lock().unwrap().len();
         results.push((name, before));
         handle.stop();
@@ -156,6 +161,7 @@ fn starts_from_earliest_latest_and_a_timestamp() {
     let (handle, seen) = start_unbounded(
         &brokers,
         &topic,
+        &format!("{topic}-latest-new-group"),
         StartOffset::Latest,
         old.len() as i64,
         &dir,
@@ -564,14 +570,15 @@ fn starts_from_the_group_offsets() {
     let dir = scratch("group");
     // The first job runs until its checkpoints committed all five records'
     // positions to its group (start_unbounded waits for that).
+    let group = format!("{topic}-group");
     let (handle, seen) = start_unbounded(
         &brokers,
         &topic,
+        &group,
         StartOffset::Earliest,
         first.len() as i64,
         &dir.join("a"),
     );
-    let group = format!("{topic}-group");
     handle.stop();
     handle.join().unwrap();
     assert_eq!(seen.0.lock().unwrap().len(), 5);
