@@ -723,8 +723,14 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
                  are not built yet"
             );
         }
-        if kafka.is_some() || args.monitor.is_some() {
-            bail!("--processes does not combine with Kafka or --monitor yet");
+        if kafka.is_some() {
+            bail!("--processes does not combine with Kafka yet");
+        }
+        if args.monitor.is_some() && args.process_id.is_none() {
+            bail!(
+                "--monitor with the launcher would give every process one address: \
+                 start the processes with --process-id, each with a --monitor of its own"
+            );
         }
         if args.process_id.is_none() {
             let summary = crate::cluster::launch(

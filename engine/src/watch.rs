@@ -98,6 +98,8 @@ pub(crate) struct JobView {
     pub in_progress: bool,
     /// Processing time (epoch ms) of the reading.
     pub now_ms: u64,
+    /// The current run's data plane, in a cluster job.
+    pub network: Option<crate::net::NetworkReport>,
 }
 
 impl Supervision {
@@ -199,6 +201,7 @@ impl Supervision {
             restores,
             in_progress: env.coordinator.in_progress.load(Ordering::SeqCst),
             now_ms: env.clock.now_ms(),
+            network: env.net.as_ref().map(|n| n.report()),
         }
     }
 }

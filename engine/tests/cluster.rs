@@ -139,9 +139,31 @@ fn cluster_child() {
         }),
         ..JobConfig::default()
     };
+    let config = JobConfig {
+        // Every process serves its own monitor (port 0: any free one).
+        monitor: Some(spate::MonitorConfig::local(0)),
+        ..config
+    };
     let (totals, windows) = (Collector::new(), Collector::new());
-    let result = Job::new(config).run(build(&totals, &windows, fail_at, hold));
     let mut out = String::new();
+    let result = Job::new(config)
+        .start(build(&totals, &windows, fail_at, hold))
+        .and_then(|handle| {
+            // The monitor serves until the handle is gone: read the
+            // network figures once the job is over.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while handle.is_running() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5)); // poll interval of a wait with a deadline
+            }
+            let metrics = common::http::get(handle.monitor_address().unwrap(), "/metrics").body;
+            if let Some(line) = metrics
+                .lines()
+                .find(|l| l.starts_with("spate_network_received_bytes_total"))
+            {
+                out += &format!("metric {}\n", line.rsplit(' ').next().unwrap());
+            }
+            handle.join()
+        });
     match result {
         Ok(report) => {
             let net = report.network.expect("a cluster job reports its network");
@@ -167,6 +189,8 @@ fn cluster_child() {
 struct Output {
     refused: u64,
     received: u64,
+    /// `spate_network_received_bytes_total` from the process's monitor.
+    metric: Option<u64>,
     totals: Vec<(u64, u64, u64)>,
     windows: Vec<(u64, u64, u64, u64, u64)>,
     error: Option<String>,
@@ -181,6 +205,7 @@ fn read_output(path: &Path) -> Output {
         match kind {
             "refused" => out.refused = n[0],
             "received" => out.received = n[0],
+            "metric" => out.metric = Some(n[0]),
             "t" => out.totals.push((n[0], n[1], n[2])),
             "w" => out.windows.push((n[0], n[1], n[2], n[3], n[4])),
             "error" => out.error = Some(rest.to_string()),

@@ -110,7 +110,7 @@ fn start_unbounded(
     // The positions go to the consumer group when a checkpoint completes:
     // once the partition's is its end, everything before it was read.
     let consumer =
-        spate_kafka::client::RdConsumer::new(&common::properties(brokers), &group).unwrap();
+        spate_kafka::client::RdConsumer::new(&common::properties(brokers), group).unwrap();
     let mut consumer: Box<dyn spate_kafka::client::KafkaConsumer> = Box::new(consumer);
     wait_until("the source's position on the group reaches the end", || {
         handle.completed_checkpoints() >= 2

@@ -201,6 +201,38 @@ fn job_families(e: &mut Exposition, base: &Labels, view: &JobView, store: (u64, 
         MetricType::Gauge,
     )
     .with(base.clone(), Value::Int(store.1));
+    if let Some(n) = &view.network {
+        for (name, help, value) in [
+            (
+                "spate_network_sent_bytes",
+                "Bytes this process wrote to the other processes of the cluster (the current run).",
+                n.bytes_sent,
+            ),
+            (
+                "spate_network_received_bytes",
+                "Bytes this process read from the other processes of the cluster (the current run).",
+                n.bytes_received,
+            ),
+            (
+                "spate_network_sent_frames",
+                "Frames this process wrote to the other processes (the current run).",
+                n.frames_sent,
+            ),
+            (
+                "spate_network_received_frames",
+                "Frames this process read from the other processes (the current run).",
+                n.frames_received,
+            ),
+            (
+                "spate_network_refused_connections",
+                "Data-plane connections refused: a failed handshake, an unexpected peer, or anything once the cluster was complete.",
+                n.refused_connections,
+            ),
+        ] {
+            e.add(name, help, MetricType::Counter)
+                .with(base.clone(), Value::Int(value));
+        }
+    }
 }
 
 fn checkpoint_families(e: &mut Exposition, base: &Labels, view: &JobView) {

@@ -326,6 +326,11 @@ impl Network {
         self.peers.get(subtask / self.parallelism)?.as_ref()
     }
 
+    /// The figures so far (the monitor reads them while the job runs).
+    pub(crate) fn report(&self) -> NetworkReport {
+        self.stats.report()
+    }
+
     /// Wakes every link writer (the last reactor finishing: time to say
     /// bye).
     pub(crate) fn wake_writers(&self) {
