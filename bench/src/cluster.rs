@@ -176,7 +176,8 @@ fn random_secret() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// This command's arguments without the ones the launcher sets per process.
+/// This command's arguments without the ones the launcher sets per process
+/// (`--listen` too: its processes each take a free port).
 fn passed_args() -> Vec<String> {
     let mut out = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -184,7 +185,7 @@ fn passed_args() -> Vec<String> {
         let flag = arg.split('=').next().unwrap_or("");
         if matches!(
             flag,
-            "--report" | "--base-time-ms" | "--processes" | "--cluster-job"
+            "--report" | "--base-time-ms" | "--processes" | "--cluster-job" | "--listen"
         ) {
             if !arg.contains('=') {
                 args.next();
@@ -223,9 +224,8 @@ pub fn launch(
     let exe = std::env::current_exe().context("finding this executable")?;
     let mut children = Vec::new();
     // With etcd, the processes find each other there, under a job name of
-    // this launch's own.
-    // Random of its own: nothing of the secret goes into etcd or onto a
-    // command line.
+    // this launch's own (random apart from the secret: nothing of the
+    // secret goes into etcd or onto a command line).
     let job = format!("spate-bench-{}", &random_secret()?[..12]);
     for process in 0..processes {
         let dir = report.join(format!("process-{process}"));
