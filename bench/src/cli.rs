@@ -219,8 +219,9 @@ struct NexmarkArgs {
     /// a lease it renews (2 s); a lost lease fails the job.
     #[arg(long, value_name = "URL", requires = "processes")]
     cluster: Option<String>,
-    /// The job's name in etcd (its keys are under /spate/<NAME>/).
-    #[arg(long, default_value = "spate-bench", requires = "cluster")]
+    /// The job's name: in etcd, its keys are under /spate/<NAME>/; on the
+    /// data plane, processes of another name are refused.
+    #[arg(long, default_value = "spate-bench", requires = "processes")]
     cluster_job: String,
     /// This process's data-plane address with --cluster (port 0: a free one).
     #[arg(long, default_value = "127.0.0.1:0", requires = "cluster")]
@@ -781,6 +782,7 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
                 id,
                 args.processes.unwrap_or(1) as usize,
                 args.peers.clone(),
+                &args.cluster_job,
             )?)
         }
         (None, _) => None,

@@ -41,6 +41,7 @@ pub fn config(
     process: usize,
     processes: usize,
     peers: Vec<SocketAddr>,
+    job: &str,
 ) -> anyhow::Result<spate::ClusterConfig> {
     let secret = std::env::var(SECRET_VAR).with_context(|| {
         format!("--process-id needs the cluster's shared secret in {SECRET_VAR}")
@@ -55,6 +56,7 @@ pub fn config(
         process,
         processes,
         peers,
+        job: job.to_string(),
         secret: secret.into_bytes(),
         connect_timeout: CONNECT_TIMEOUT,
     })
@@ -164,7 +166,7 @@ pub fn discover(
         }
         s.0 = Some(failer);
     }));
-    Ok((config(process, processes, peers)?, membership, hook))
+    Ok((config(process, processes, peers, job)?, membership, hook))
 }
 
 /// A fresh random secret, hex.
@@ -223,9 +225,10 @@ pub fn launch(
     let base = base_time_ms.unwrap_or(now + crate::run::OPEN_LOOP_LEAD_MS + STARTUP_LEAD_MS);
     let exe = std::env::current_exe().context("finding this executable")?;
     let mut children = Vec::new();
-    // With etcd, the processes find each other there, under a job name of
-    // this launch's own (random apart from the secret: nothing of the
-    // secret goes into etcd or onto a command line).
+    // A job name of this launch's own (random apart from the secret:
+    // nothing of the secret goes into etcd or onto a command line): the
+    // processes find each other under it in etcd, and the handshake
+    // refuses processes of another job.
     let job = format!("spate-bench-{}", &random_secret()?[..12]);
     for process in 0..processes {
         let dir = report.join(format!("process-{process}"));
@@ -234,9 +237,8 @@ pub fn launch(
             .args(passed_args())
             .args(["--processes", &processes.to_string()])
             .args(["--process-id", &process.to_string()]);
-        if etcd {
-            command.args(["--cluster-job", &job]);
-        } else {
+        command.args(["--cluster-job", &job]);
+        if !etcd {
             command.args(["--peers", &peers.join(",")]);
         }
         let child = command

@@ -79,6 +79,7 @@ fn main() {
                 .expect("W1_PROCESS"),
             processes: peers.len(),
             peers,
+            job: "w1".into(),
             secret: std::env::var("SPATE_CLUSTER_SECRET")
                 .expect("SPATE_CLUSTER_SECRET with W1_PEERS")
                 .into_bytes(),

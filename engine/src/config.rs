@@ -60,6 +60,9 @@ pub struct ClusterConfig {
     /// Where every process listens for the data plane, indexed by process;
     /// this process binds `peers[process]`.
     pub peers: Vec<std::net::SocketAddr>,
+    /// The job's name: a process of another job is refused even if it
+    /// knows the same secret (the handshake's proofs cover the name).
+    pub job: String,
     /// The job's shared secret: a peer proves it knows it (HMAC-SHA256 over
     /// fresh nonces) before any data or control message; it never crosses
     /// the network.
@@ -74,6 +77,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("process", &self.process)
             .field("processes", &self.processes)
             .field("peers", &self.peers)
+            .field("job", &self.job)
             .field("secret", &"<redacted>")
             .field("connect_timeout", &self.connect_timeout)
             .finish()
@@ -338,6 +342,7 @@ mod tests {
                 peers: (0..peers)
                     .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + i as u16)))
                     .collect(),
+                job: "orders".into(),
                 secret: secret.as_bytes().to_vec(),
                 connect_timeout: std::time::Duration::from_secs(1),
             }),

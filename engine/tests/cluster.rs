@@ -134,6 +134,7 @@ fn cluster_child() {
             process,
             processes: peers.len(),
             peers,
+            job: "cluster-test".into(),
             secret: var("SPATE_TEST_SECRET").into_bytes(),
             connect_timeout: Duration::from_secs(30),
         }),

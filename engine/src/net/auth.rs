@@ -42,21 +42,31 @@ pub(crate) enum AuthError {
     Version(u16),
     #[error("the peer runs another shape of job: {peer:?}, this process {me:?}")]
     Shape { peer: Identity, me: Identity },
-    #[error("the peer's proof does not match: it does not know the job's secret")]
+    #[error(
+        "the peer's proof does not match: it does not know the job's secret, or runs another job"
+    )]
     BadProof,
     #[error("no random nonce: {0}")]
     Random(String),
 }
 
-/// What a proof signs: the role's label, the prover's process index, the
-/// prover's nonce, then the other side's.
-fn proof_message(role: Role, process: u32, own: &[u8; NONCE], other: &[u8; NONCE]) -> Vec<u8> {
+/// What a proof signs: the role's label, the job's name (length first),
+/// the prover's process index, the prover's nonce, then the other side's.
+fn proof_message(
+    role: Role,
+    job: &[u8],
+    process: u32,
+    own: &[u8; NONCE],
+    other: &[u8; NONCE],
+) -> Vec<u8> {
     let label: &[u8] = match role {
         Role::Connector => b"spate-net-v1 connector",
         Role::Acceptor => b"spate-net-v1 acceptor",
     };
-    let mut message = Vec::with_capacity(label.len() + 4 + 2 * NONCE);
+    let mut message = Vec::with_capacity(label.len() + 8 + job.len() + 4 + 2 * NONCE);
     message.extend_from_slice(label);
+    message.extend_from_slice(&(job.len() as u64).to_le_bytes());
+    message.extend_from_slice(job);
     message.extend_from_slice(&process.to_le_bytes());
     message.extend_from_slice(own);
     message.extend_from_slice(other);
@@ -71,7 +81,7 @@ fn proof(
     own: &[u8; NONCE],
     other: &[u8; NONCE],
 ) -> hmac::Tag {
-    hmac::sign(key, &proof_message(role, process, own, other))
+    hmac::sign(key, &proof_message(role, b"job", process, own, other))
 }
 
 /// Runs the handshake on `stream` as `role`; returns the peer's identity
@@ -80,6 +90,7 @@ fn proof(
 pub(crate) fn handshake(
     stream: &mut (impl Read + Write),
     secret: &[u8],
+    job: &[u8],
     role: Role,
     me: Identity,
 ) -> Result<Identity, AuthError> {
@@ -117,7 +128,10 @@ pub(crate) fn handshake(
         other => return Err(AuthError::NoHello(format!("{other:?}"))),
     };
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let mine = hmac::sign(&key, &proof_message(role, me.process, &nonce, &peer_nonce));
+    let mine = hmac::sign(
+        &key,
+        &proof_message(role, job, me.process, &nonce, &peer_nonce),
+    );
     let mut mac = [0u8; NONCE];
     mac.copy_from_slice(mine.as_ref());
     Frame::Proof { mac }
@@ -134,7 +148,7 @@ pub(crate) fn handshake(
     // Constant time: `verify` compares the whole tag.
     hmac::verify(
         &key,
-        &proof_message(peer_role, peer.process, &peer_nonce, &nonce),
+        &proof_message(peer_role, job, peer.process, &peer_nonce, &nonce),
         &theirs,
     )
     .map_err(|_| AuthError::BadProof)?;
@@ -164,16 +178,38 @@ mod tests {
         acceptor_secret: &'static [u8],
         connector: Identity,
     ) -> (Result<Identity, AuthError>, Result<Identity, AuthError>) {
+        pair_of_jobs(
+            connector_secret,
+            acceptor_secret,
+            connector,
+            b"orders",
+            b"orders",
+        )
+    }
+
+    fn pair_of_jobs(
+        connector_secret: &'static [u8],
+        acceptor_secret: &'static [u8],
+        connector: Identity,
+        connector_job: &'static [u8],
+        acceptor_job: &'static [u8],
+    ) -> (Result<Identity, AuthError>, Result<Identity, AuthError>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
-            let r = handshake(&mut s, acceptor_secret, Role::Acceptor, id(0));
+            let r = handshake(&mut s, acceptor_secret, acceptor_job, Role::Acceptor, id(0));
             drop(s);
             r
         });
         let mut s = TcpStream::connect(addr).unwrap();
-        let c = handshake(&mut s, connector_secret, Role::Connector, connector);
+        let c = handshake(
+            &mut s,
+            connector_secret,
+            connector_job,
+            Role::Connector,
+            connector,
+        );
         drop(s);
         (c, acceptor.join().unwrap())
     }
@@ -188,6 +224,19 @@ mod tests {
     #[test]
     fn a_wrong_secret_is_refused_by_both_sides() {
         let (c, a) = pair(b"0123456789abcdeX", b"0123456789abcdef", id(2));
+        assert!(matches!(a, Err(AuthError::BadProof)), "{a:?}");
+        assert!(c.is_err(), "{c:?}");
+    }
+
+    #[test]
+    fn another_job_with_the_same_secret_is_refused() {
+        let (c, a) = pair_of_jobs(
+            b"0123456789abcdef",
+            b"0123456789abcdef",
+            id(2),
+            b"orders",
+            b"payments",
+        );
         assert!(matches!(a, Err(AuthError::BadProof)), "{a:?}");
         assert!(c.is_err(), "{c:?}");
     }

@@ -222,12 +222,24 @@ impl Network {
         let complete = Arc::new(AtomicBool::new(false));
         let listener = {
             let secret = cluster.secret.clone();
+            let job = cluster.job.clone().into_bytes();
             let stats = stats.clone();
             let closing = closing.clone();
             let complete = complete.clone();
             std::thread::Builder::new()
                 .name("spate-net-listen".into())
-                .spawn(move || listen(listener, secret, me, stats, closing, complete, accepted_tx))
+                .spawn(move || {
+                    listen(
+                        listener,
+                        secret,
+                        job,
+                        me,
+                        stats,
+                        closing,
+                        complete,
+                        accepted_tx,
+                    )
+                })
                 .map_err(|e| net_error(format!("cannot start the listener thread: {e}")))?
         };
         let network = |peers: Vec<Option<Arc<Peer>>>, listener| {
@@ -246,7 +258,14 @@ impl Network {
             (0..cluster.processes).map(|_| None).collect();
         let result = (|| {
             for (process, addr) in cluster.peers.iter().enumerate().take(cluster.process) {
-                let stream = connect_to(process, *addr, &cluster.secret, me, deadline)?;
+                let stream = connect_to(
+                    process,
+                    *addr,
+                    &cluster.secret,
+                    cluster.job.as_bytes(),
+                    me,
+                    deadline,
+                )?;
                 streams[process] = Some((stream, *addr));
             }
             let mut expected = cluster.processes - cluster.process - 1;
@@ -678,6 +697,7 @@ fn connect_to(
     process: usize,
     addr: SocketAddr,
     secret: &[u8],
+    job: &[u8],
     me: Identity,
     deadline: Instant,
 ) -> Result<TcpStream, JobError> {
@@ -693,13 +713,14 @@ fn connect_to(
         match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(1))) {
             Ok(mut stream) => {
                 let _ = stream.set_read_timeout(Some(left.max(Duration::from_secs(1))));
-                let peer =
-                    auth::handshake(&mut stream, secret, Role::Connector, me).map_err(|e| {
+                let peer = auth::handshake(&mut stream, secret, job, Role::Connector, me).map_err(
+                    |e| {
                         JobError::Network(format!(
                             "process {} at {addr} refused or failed the handshake: {e}",
                             process
                         ))
-                    })?;
+                    },
+                )?;
                 if peer.process as usize != process {
                     return Err(JobError::Network(format!(
                         "{addr} answered as process {}, not {process}: check the peer list",
@@ -724,9 +745,11 @@ fn connect_to(
 /// counts) everything once the cluster is complete, until the run closes.
 /// The process that waits in [`Network::connect`] checks who an
 /// authenticated peer claims to be.
+#[allow(clippy::too_many_arguments)]
 fn listen(
     listener: TcpListener,
     secret: Vec<u8>,
+    job: Vec<u8>,
     me: Identity,
     stats: Arc<NetStats>,
     closing: Arc<AtomicBool>,
@@ -734,6 +757,7 @@ fn listen(
     accepted: mpsc::Sender<(usize, TcpStream)>,
 ) {
     let secret: Arc<[u8]> = secret.into();
+    let job: Arc<[u8]> = job.into();
     let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for incoming in listener.incoming() {
         if closing.load(Ordering::SeqCst) {
@@ -754,8 +778,9 @@ fn listen(
             continue;
         }
         running.fetch_add(1, Ordering::SeqCst);
-        let (secret, stats, accepted, count) = (
+        let (secret, job, stats, accepted, count) = (
             secret.clone(),
+            job.clone(),
             stats.clone(),
             accepted.clone(),
             running.clone(),
@@ -767,6 +792,7 @@ fn listen(
                 let result = auth::handshake(
                     &mut Deadline(&mut stream, deadline),
                     &secret,
+                    &job,
                     Role::Acceptor,
                     me,
                 );
