@@ -670,8 +670,9 @@ fn keepalive(stream: &TcpStream) {
         (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
     ] {
         let value: libc::c_int = value;
-        // SAFETY: `fd` is an open socket owned by `stream`; the option
-        // value is a c_int that lives across the call.
+        // The socket is open (owned by `stream`) and the option value
+        // lives across the call.
+        // SAFETY: a valid fd, a pointer to a c_int and its size.
         unsafe {
             libc::setsockopt(
                 fd,
