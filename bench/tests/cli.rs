@@ -618,6 +618,24 @@ fn all_rows(dir: &Path) -> Vec<String> {
     rows
 }
 
+/// Runs `query` closed loop on 200 000 events without checkpoints, with
+/// `extra` flags, its rows into `dir/rows-NAME` and its report into
+/// `dir/report-NAME`; returns the rows, sorted.
+fn closed_loop_rows(dir: &Path, query: &str, extra: &[&str], name: &str) -> Vec<String> {
+    let mut cmd = bin();
+    cmd.args([
+        "nexmark", "--query", query, "--events", "200000", "--rate", "0",
+    ])
+    .args(["--checkpoint-interval-ms", "0"])
+    .args(extra)
+    .arg("--output")
+    .arg(dir.join(format!("rows-{name}")))
+    .arg("--report")
+    .arg(dir.join(format!("report-{name}")));
+    run_ok(&mut cmd);
+    all_rows(&dir.join(format!("rows-{name}")))
+}
+
 #[test]
 fn a_cluster_of_three_processes_writes_what_one_process_does() {
     // Three processes of one core each, joined by TCP, against one process
@@ -626,22 +644,13 @@ fn a_cluster_of_three_processes_writes_what_one_process_does() {
     // order depends on how inputs interleave, even in one process.)
     for query in ["q5", "q8"] {
         let dir = scratch(&format!("cluster-{query}"));
-        let run = |extra: &[&str], name: &str| {
-            let mut cmd = bin();
-            cmd.args([
-                "nexmark", "--query", query, "--events", "200000", "--rate", "0",
-            ])
-            .args(["--checkpoint-interval-ms", "0"])
-            .args(extra)
-            .arg("--output")
-            .arg(dir.join(format!("rows-{name}")))
-            .arg("--report")
-            .arg(dir.join(format!("report-{name}")));
-            run_ok(&mut cmd);
-            all_rows(&dir.join(format!("rows-{name}")))
-        };
-        let one = run(&["--cores", "3"], "one");
-        let cluster = run(&["--cores", "1", "--processes", "3"], "cluster");
+        let one = closed_loop_rows(&dir, query, &["--cores", "3"], "one");
+        let cluster = closed_loop_rows(
+            &dir,
+            query,
+            &["--cores", "1", "--processes", "3"],
+            "cluster",
+        );
         assert!(!one.is_empty(), "{query}: no rows");
         assert_eq!(cluster.len(), one.len(), "{query}: row count");
         assert!(cluster == one, "{query}: the cluster's rows differ");
@@ -695,22 +704,10 @@ fn etcd_endpoint() -> Option<String> {
 fn a_cluster_found_through_etcd_writes_what_one_process_does() {
     let Some(etcd) = etcd_endpoint() else { return };
     let dir = scratch("cluster-etcd");
-    let run = |extra: &[&str], name: &str| {
-        let mut cmd = bin();
-        cmd.args([
-            "nexmark", "--query", "q8", "--events", "200000", "--rate", "0",
-        ])
-        .args(["--checkpoint-interval-ms", "0"])
-        .args(extra)
-        .arg("--output")
-        .arg(dir.join(format!("rows-{name}")))
-        .arg("--report")
-        .arg(dir.join(format!("report-{name}")));
-        run_ok(&mut cmd);
-        all_rows(&dir.join(format!("rows-{name}")))
-    };
-    let one = run(&["--cores", "2"], "one");
-    let cluster = run(
+    let one = closed_loop_rows(&dir, "q8", &["--cores", "2"], "one");
+    let cluster = closed_loop_rows(
+        &dir,
+        "q8",
         &["--cores", "1", "--processes", "2", "--cluster", &etcd],
         "cluster",
     );
