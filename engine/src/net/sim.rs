@@ -160,12 +160,7 @@ impl SimNet {
             1 => {
                 let mut moved = false;
                 while !link.wire.is_empty() {
-                    let (front, _) = link.wire.as_slices();
-                    let bytes_now: Vec<u8> = if front.len() == link.wire.len() {
-                        front.to_vec()
-                    } else {
-                        link.wire.iter().copied().collect()
-                    };
+                    let bytes_now = link.wire.make_contiguous();
                     let mut r = &bytes_now[..];
                     let frame = Frame::read(&mut r)
                         .map_err(|e| JobError::Network(format!("simulated link: {e}")))?;
