@@ -84,6 +84,12 @@ impl std::fmt::Debug for ClusterConfig {
     }
 }
 
+/// The job's checkpoint directory of a cluster process whose store is
+/// `dir` (see [`JobConfig::for_this_process`]).
+pub(crate) fn cluster_root(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.parent().unwrap_or(dir).to_path_buf()
+}
+
 /// Shortest shared secret accepted, in bytes.
 pub const MIN_CLUSTER_SECRET: usize = 16;
 
@@ -129,18 +135,30 @@ impl ClusterConfig {
             ))
             .into());
         }
-        // Not built yet: global checkpoints (every process's part, then the
-        // leader's record) and restarts of every process together. Refused
-        // rather than run without the guarantee the setting asks for.
-        if job.checkpoint.is_some() {
-            return Err(ConfigError::Conflict(
-                "checkpoints across processes are not supported yet: run the cluster without checkpoints".into(),
-            )
-            .into());
+        if let Some(c) = &job.checkpoint {
+            // The leader runs one global checkpoint at a time, and a part
+            // store must still hold the last completed checkpoint while it
+            // prepares the next one (`docs/cluster.md` §15).
+            let refused = if c.max_concurrent != 1 {
+                Some("max_concurrent must be 1: the leader runs one checkpoint at a time")
+            } else if c.retained < 2 {
+                Some("retained must be at least 2: a part store keeps the last completed checkpoint while it prepares the next")
+            } else if c.remote.is_some() {
+                Some("a remote tier is not supported across processes yet: keep the checkpoint directory on a file system every process shares")
+            } else if c.trigger_after_changed_bytes.is_some() {
+                Some("the change-volume trigger is not supported across processes yet: the leader triggers by interval and on request")
+            } else {
+                None
+            };
+            if let Some(why) = refused {
+                return Err(
+                    ConfigError::Conflict(format!("checkpoints of a cluster job: {why}")).into(),
+                );
+            }
         }
         if job.restart != RestartStrategy::None {
             return Err(ConfigError::Conflict(
-                "a cluster job cannot restart yet (a lost process fails the job): use RestartStrategy::None".into(),
+                "a cluster job does not restart inside its processes (a lost process fails the job; its launcher restarts every process from the latest global checkpoint): use RestartStrategy::None".into(),
             )
             .into());
         }
@@ -186,6 +204,18 @@ impl JobConfig {
     /// `first_subtask() .. first_subtask() + parallelism`.
     pub fn first_subtask(&self) -> usize {
         self.parallelism * self.cluster.as_ref().map_or(0, |c| c.process)
+    }
+
+    /// The configuration this process runs with: in a cluster job that
+    /// checkpoints, [`CheckpointConfig::dir`](crate::CheckpointConfig::dir)
+    /// names the job's checkpoint directory, shared by its processes, and
+    /// each process keeps its store in `process-<p>` under it (the leader
+    /// keeps the global records in `cluster/`, `docs/cluster.md` §15).
+    pub(crate) fn for_this_process(mut self) -> Self {
+        if let (Some(cluster), Some(c)) = (&self.cluster, &mut self.checkpoint) {
+            c.dir = crate::checkpoint::global::files::part_dir(&c.dir, cluster.process as u32);
+        }
+        self
     }
 
     /// Checks the configuration, naming the first bad setting.
@@ -350,6 +380,15 @@ mod tests {
         };
         let good = cluster(1, 3, 3, "sixteen-bytes-ok");
         assert!(good.validate().is_ok());
+        let checkpointing = JobConfig {
+            checkpoint: Some(CheckpointConfig::new("/job", 100)),
+            ..good.clone()
+        };
+        assert!(checkpointing.validate().is_ok());
+        assert_eq!(
+            checkpointing.for_this_process().checkpoint.unwrap().dir,
+            std::path::Path::new("/job/process-1")
+        );
         assert_eq!((good.total_parallelism(), good.first_subtask()), (6, 2));
         assert!(
             !format!("{good:?}").contains("sixteen"),
@@ -361,10 +400,33 @@ mod tests {
             (cluster(0, 3, 3, "short"), "secret"),
             (
                 JobConfig {
-                    checkpoint: Some(CheckpointConfig::new("/unused", 100)),
+                    checkpoint: Some(CheckpointConfig {
+                        max_concurrent: 2,
+                        ..CheckpointConfig::new("/unused", 100)
+                    }),
                     ..cluster(0, 3, 3, "sixteen-bytes-ok")
                 },
-                "checkpoints across processes",
+                "max_concurrent must be 1",
+            ),
+            (
+                JobConfig {
+                    checkpoint: Some(CheckpointConfig {
+                        retained: 1,
+                        ..CheckpointConfig::new("/unused", 100)
+                    }),
+                    ..cluster(0, 3, 3, "sixteen-bytes-ok")
+                },
+                "retained must be at least 2",
+            ),
+            (
+                JobConfig {
+                    checkpoint: Some(CheckpointConfig {
+                        remote: Some("s3://b/p".into()),
+                        ..CheckpointConfig::new("/unused", 100)
+                    }),
+                    ..cluster(0, 3, 3, "sixteen-bytes-ok")
+                },
+                "remote tier",
             ),
             (
                 JobConfig {

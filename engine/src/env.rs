@@ -48,6 +48,9 @@ pub(crate) struct JobEnv {
     /// them. A checkpoint is final once every subtask had.
     final_votes: Mutex<std::collections::BTreeMap<u64, usize>>,
     pub done: AtomicUsize,
+    /// In a cluster job that checkpoints: this process's coordinator task
+    /// has ended (it told the leader), so its link writers may say bye.
+    pub coordinator_ended: AtomicBool,
     /// When the job started (restore duration is measured from here).
     pub started: Instant,
     /// Longest time a subtask took, from the start, to have its state restored.
@@ -121,6 +124,7 @@ impl JobEnv {
             drained: AtomicUsize::new(0),
             final_votes: Mutex::new(std::collections::BTreeMap::new()),
             done: AtomicUsize::new(0),
+            coordinator_ended: AtomicBool::new(false),
             config,
         });
         (
@@ -146,15 +150,28 @@ impl JobEnv {
             .map(|_| Duration::from_micros(self.restore_us.load(Ordering::SeqCst)))
     }
 
-    /// The control ring of `subtask`, when the job checkpoints.
-    pub(crate) fn take_control(&self, subtask: usize) -> Option<Consumer<Control>> {
-        self.config.checkpoint.as_ref()?;
-        self.controls.lock().ok()?.get_mut(subtask)?.take()
+    /// The index among this process's subtasks of `subtask` (global): what
+    /// the process's coordinator, rings and store number it by.
+    pub(crate) fn local_index(&self, subtask: usize) -> usize {
+        let first = self.config.first_subtask();
+        debug_assert!(
+            (first..first + self.config.parallelism).contains(&subtask),
+            "subtask {subtask} runs in this process"
+        );
+        subtask - first
     }
 
-    /// The acknowledgement ring of `subtask`.
+    /// The control ring of `subtask` (global), when the job checkpoints.
+    pub(crate) fn take_control(&self, subtask: usize) -> Option<Consumer<Control>> {
+        self.config.checkpoint.as_ref()?;
+        let local = self.local_index(subtask);
+        self.controls.lock().ok()?.get_mut(local)?.take()
+    }
+
+    /// The acknowledgement ring of `subtask` (global).
     pub(crate) fn take_ack(&self, subtask: usize) -> Option<Producer<Ack>> {
-        self.acks.lock().ok()?.get_mut(subtask)?.take()
+        let local = self.local_index(subtask);
+        self.acks.lock().ok()?.get_mut(local)?.take()
     }
 
     /// Records the first failure and wakes every subtask so all of them stop.
@@ -195,6 +212,25 @@ impl JobEnv {
             .unwrap_or(false)
     }
 
+    /// How many of this process's subtasks had drained when checkpoint
+    /// `id`'s barrier reached them (a part's report to the leader).
+    pub(crate) fn final_votes(&self, id: u64) -> u32 {
+        self.final_votes
+            .lock()
+            .map(|v| v.get(&id).copied().unwrap_or(0) as u32)
+            .unwrap_or(0)
+    }
+
+    /// In a cluster job: the leader decided whether checkpoint `id` is
+    /// final for the whole job (every process's subtasks had drained).
+    /// Replaces this process's own count; set before the subtasks hear of
+    /// the completion, which is when they ask [`is_final`](Self::is_final).
+    pub(crate) fn set_final(&self, id: u64, is_final: bool) {
+        if let Ok(mut votes) = self.final_votes.lock() {
+            votes.insert(id, if is_final { self.config.parallelism } else { 0 });
+        }
+    }
+
     /// Asks the coordinator for a checkpoint as soon as none is in progress.
     pub(crate) fn request_checkpoint(&self) {
         self.coordinator
@@ -223,7 +259,11 @@ impl JobEnv {
         ends: CoordinatorEnds,
         first_id: u64,
     ) -> Option<Coordinator> {
-        let config = self.config.checkpoint.clone()?;
+        let mut config = self.config.checkpoint.clone()?;
+        if self.config.cluster.is_some() {
+            // The leader counts failures across the cluster (`global.rs`).
+            config.tolerable_failures = u32::MAX - 1;
+        }
         let mut coordinator = Coordinator::new(
             config,
             self.config.parallelism,
@@ -232,9 +272,16 @@ impl JobEnv {
             first_id,
             ends.control,
             ends.acks,
-            self.parkers.iter().map(|p| p.notifier()).collect(),
+            // This process's own subtasks' parkers.
+            self.parkers[self.config.first_subtask()..][..self.config.parallelism]
+                .iter()
+                .map(|p| p.notifier())
+                .collect(),
             self.coordinator.clone(),
         );
+        if self.config.cluster.is_some() {
+            coordinator.set_external();
+        }
         if let Some(restore) = &self.restore {
             coordinator.restored(restore.metadata.id);
         }
@@ -257,6 +304,7 @@ impl crate::net::RunState for JobEnv {
     }
     fn local_done(&self) -> bool {
         self.done.load(Ordering::SeqCst) == self.config.parallelism
+            && (self.config.checkpoint.is_none() || self.coordinator_ended.load(Ordering::SeqCst))
     }
 }
 
@@ -280,6 +328,12 @@ pub(crate) fn load_restore_with(
     let Some(checkpoint) = &config.checkpoint else {
         return Ok(None);
     };
+    if let Some(cluster) = &config.cluster {
+        return check_restored(
+            RestoreState::load_cluster(checkpoint, cluster.process)?,
+            config,
+        );
+    }
     let prepared = match remote {
         Some(remote) => crate::checkpoint::remote::prepare_restore(checkpoint, remote)?,
         None => Default::default(),

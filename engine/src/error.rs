@@ -120,6 +120,14 @@ pub enum CheckpointError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RestoreError {
+    /// A cluster job's global checkpoint records cannot be read.
+    #[error("the global checkpoint records in {}: {reason}", dir.display())]
+    ClusterRecords {
+        /// The directory of the records.
+        dir: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The state directory cannot be read.
     #[error("cannot open {}: {source}", dir.display())]
     Open {

@@ -76,11 +76,12 @@ impl Job {
     /// unbounded job, [`JobHandle::join`] waits for it. With a
     /// [`RestartStrategy`] other than `None`, a failed run is restarted from
     /// the latest completed checkpoint by a supervisor thread.
-    pub fn start<F>(self, build: F) -> Result<JobHandle, JobError>
+    pub fn start<F>(mut self, build: F) -> Result<JobHandle, JobError>
     where
         F: Fn(&Dataflow) + Send + Sync + 'static,
     {
         self.config.validate()?;
+        self.config = self.config.for_this_process();
         // One writer per state directory, taken before anything in it is
         // read for a restore, held across restarts until the job ends.
         let dir_use = match &self.config.checkpoint {

@@ -285,7 +285,11 @@ impl<T: 'static, F: FnMut(&T, &mut Vec<u8>) + 'static> Sink<T> for FileSink<T, F
 /// `DIR/.pending/part-<n>-<subtask>-<run>.jsonl` (pre-commit); when `n` is
 /// complete it renames every pre-committed file up to `n` into `DIR` and
 /// syncs the directory (commit). On open after a restore from checkpoint
-/// `r`, subtask 0 moves the committed files of checkpoints after `r` (every
+/// `r`, each subtask `s` of `n` recovers the files of the subtask indices it
+/// owns, `s`, `s + n`, `s + 2n`… (a file's index is in its name; indices
+/// beyond `n` are those of a run with more subtasks, after a rescale), so
+/// that no subtask touches a file another subtask of this run may be
+/// writing, even one in another process of a cluster: it moves the committed files of checkpoints after `r` (every
 /// committed file, when nothing was restored) into
 /// `DIR/.rolled-back/<restore>/` (never deleted: a restore that fell back
 /// past damage, or a fresh start, would otherwise commit them twice), commits
@@ -298,6 +302,7 @@ pub struct PartFiles {
     dir: PathBuf,
     mode: FileSinkMode,
     subtask: usize,
+    parallelism: usize,
     run: u64,
     checkpointing: bool,
     /// The file being written and its path.
@@ -324,14 +329,24 @@ fn sync_dir(dir: &Path) -> Result<(), SinkError> {
         .map_err(|e| io_error("cannot sync directory", dir, e))
 }
 
-/// Parses `part-<checkpoint>-<subtask>-<run>.jsonl`: (checkpoint, run).
-fn parse_part(name: &str) -> Option<(u64, u64)> {
+/// Parses `part-<checkpoint>-<subtask>-<run>.jsonl`: (checkpoint, subtask, run).
+fn parse_part(name: &str) -> Option<(u64, usize, u64)> {
     let rest = name.strip_prefix("part-")?.strip_suffix(".jsonl")?;
     let mut fields = rest.split('-');
     let checkpoint = fields.next()?.parse().ok()?;
-    let _subtask: usize = fields.next()?.parse().ok()?;
+    let subtask: usize = fields.next()?.parse().ok()?;
     let run = u64::from_str_radix(fields.next()?, 16).ok()?;
-    fields.next().is_none().then_some((checkpoint, run))
+    fields
+        .next()
+        .is_none()
+        .then_some((checkpoint, subtask, run))
+}
+
+/// Parses `<run>-<subtask>.inprogress`: the subtask.
+fn parse_in_progress(name: &str) -> Option<usize> {
+    let rest = name.strip_suffix(".inprogress")?;
+    let (_, subtask) = rest.split_once('-')?;
+    subtask.parse().ok()
 }
 
 impl PartFiles {
@@ -341,6 +356,7 @@ impl PartFiles {
             dir: dir.into(),
             mode,
             subtask: 0,
+            parallelism: 1,
             run: 0,
             checkpointing: false,
             current: None,
@@ -359,22 +375,30 @@ impl PartFiles {
         )
     }
 
-    /// Prepares the directories; subtask 0 recovers what earlier runs left.
+    /// Prepares the directories; recovers what earlier runs left of the
+    /// subtask indices this subtask owns.
     pub fn open(&mut self, context: &SinkContext) -> Result<(), SinkError> {
         self.subtask = context.subtask;
+        self.parallelism = context.parallelism.max(1);
         self.run = context.run;
         self.checkpointing = context.checkpointing;
         let pending = self.pending_dir();
         std::fs::create_dir_all(&pending).map_err(|e| io_error("cannot create", &pending, e))?;
-        if context.subtask == 0 && self.mode == FileSinkMode::ExactlyOnce {
+        if self.mode == FileSinkMode::ExactlyOnce {
             self.recover(context.restored_checkpoint)?;
         }
         Ok(())
     }
 
-    /// Subtask 0 on open: rolls back committed output the restored
-    /// checkpoint does not cover, finishes the commits of checkpoints up to
-    /// `restored` and removes everything else earlier runs left pending.
+    /// Whether this subtask recovers the files of subtask index `index`.
+    fn owns(&self, index: usize) -> bool {
+        index % self.parallelism == self.subtask
+    }
+
+    /// On open: rolls back committed output the restored checkpoint does
+    /// not cover, finishes the commits of checkpoints up to `restored` and
+    /// removes everything else earlier runs left pending, for the subtask
+    /// indices this subtask owns.
     fn recover(&self, restored: Option<u64>) -> Result<(), SinkError> {
         self.roll_back_committed(restored)?;
         let pending = self.pending_dir();
@@ -386,11 +410,17 @@ impl PartFiles {
             let entry = entry.map_err(|e| io_error("cannot list", &pending, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
+            let index = parse_part(&name)
+                .map(|(_, subtask, _)| subtask)
+                .or_else(|| parse_in_progress(&name));
             match parse_part(&name) {
-                // This run's own files (other subtasks are already writing).
-                Some((_, run)) if run == self.run => continue,
+                // Another subtask's to recover (a name that is neither a
+                // part nor in progress: subtask 0's).
+                _ if !self.owns(index.unwrap_or(0)) => continue,
+                // This run's own files.
+                Some((_, _, run)) if run == self.run => continue,
                 _ if name.starts_with(&own_prefix) => continue,
-                Some((checkpoint, _)) if restored.is_some_and(|r| checkpoint <= r) => {
+                Some((checkpoint, _, _)) if restored.is_some_and(|r| checkpoint <= r) => {
                     let to = self.dir.join(&name);
                     std::fs::rename(&path, &to).map_err(|e| io_error("cannot commit", &path, e))?;
                 }
@@ -417,9 +447,12 @@ impl PartFiles {
         for entry in entries {
             let entry = entry.map_err(|e| io_error("cannot list", &self.dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some((checkpoint, run)) = parse_part(&name) else {
+            let Some((checkpoint, subtask, run)) = parse_part(&name) else {
                 continue;
             };
+            if !self.owns(subtask) {
+                continue;
+            }
             debug_assert!(run != self.run, "nothing of this run is committed yet");
             if restored.is_none_or(|r| checkpoint > r) {
                 uncovered.push(name);

@@ -236,7 +236,9 @@ impl Worker {
                 }
                 Control::Complete(id) => {
                     self.checkpoints.borrow_mut().complete(id);
-                    self.env.coordinator.saw_completion(self.report.subtask, id);
+                    self.env
+                        .coordinator
+                        .saw_completion(self.env.local_index(self.report.subtask), id);
                     for operator in &self.stateful_operators {
                         operator.checkpoint_complete(id);
                     }

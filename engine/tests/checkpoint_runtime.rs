@@ -444,18 +444,6 @@ fn window_line(w: &WindowResult<u64, (u64, u64)>, out: &mut Vec<u8>) {
 }
 
 /// The committed lines of a file sink's directory, sorted.
-fn committed_lines(dir: &std::path::Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "jsonl") {
-            let text = std::fs::read_to_string(&path).unwrap();
-            lines.extend(text.lines().map(str::to_string));
-        }
-    }
-    lines.sort();
-    lines
-}
 
 /// Windows through a file sink, a task failure after two checkpoints, a
 /// restart by the strategy: the committed files hold every window result

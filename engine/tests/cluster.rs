@@ -440,3 +440,289 @@ fn a_process_with_another_secret_cannot_join() {
     a.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------
+// Checkpoints across processes: a process killed (SIGKILL) at a seeded
+// moment, the whole job restarted from the latest global checkpoint on as
+// many processes (a replacement) or on fewer (rescaled), and the committed
+// output of an exactly-once file sink holds every record exactly once.
+
+const CHECKPOINTED_EVENTS: u64 = 24_000;
+/// Events per second over the whole job: the run lasts a few seconds, so a
+/// kill lands while records and checkpoints are in flight.
+const CHECKPOINTED_RATE: f64 = 8_000.0;
+
+fn checkpointed_event(i: u64) -> Event {
+    Event {
+        key: (i * 7919) % 61,
+        ts: 1_000 + i,
+        value: i % 1_000,
+    }
+}
+
+/// The line the sink writes for one running total.
+fn total_line(t: &(u64, u64, u64), out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("{} {} {}", t.0, t.1, t.2).as_bytes());
+}
+
+/// Checks committed running totals against the input: one line per event
+/// and key, with every count from 1 to the key's number of events exactly
+/// once (a lost event leaves a count out, a replayed one adds a count or
+/// repeats one), and the last count's sum the key's total. (Which sum goes
+/// with which count depends on the order in which events of one key from
+/// different source subtasks arrive, even in a run without faults.)
+fn check_totals(name: &str, lines: &[String]) {
+    let mut reference: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for i in 0..CHECKPOINTED_EVENTS {
+        let e = checkpointed_event(i);
+        let t = reference.entry(e.key).or_default();
+        t.0 += 1;
+        t.1 += e.value;
+    }
+    let mut got: BTreeMap<u64, BTreeMap<u64, Vec<u64>>> = BTreeMap::new();
+    for line in lines {
+        let v: Vec<u64> = line.split(' ').map(|f| f.parse().unwrap()).collect();
+        got.entry(v[0])
+            .or_default()
+            .entry(v[1])
+            .or_default()
+            .push(v[2]);
+    }
+    assert_eq!(
+        lines.len() as u64,
+        CHECKPOINTED_EVENTS,
+        "{name}: one line per event"
+    );
+    for (key, (count, sum)) in reference {
+        let counts = got.remove(&key).unwrap_or_default();
+        let seen: Vec<u64> = counts.keys().copied().collect();
+        assert_eq!(
+            seen,
+            (1..=count).collect::<Vec<_>>(),
+            "{name}: key {key}'s counts"
+        );
+        let repeated: Vec<_> = counts.iter().filter(|(_, s)| s.len() > 1).collect();
+        assert!(
+            repeated.is_empty(),
+            "{name}: key {key} repeats counts {repeated:?}"
+        );
+        assert_eq!(counts[&count], vec![sum], "{name}: key {key}'s total");
+    }
+    assert!(
+        got.is_empty(),
+        "{name}: keys that are not in the input: {:?}",
+        got.keys()
+    );
+}
+
+/// Run by the parent as a child process; does nothing otherwise.
+#[test]
+#[ignore = "one process of a checkpointing cluster, started by the other tests of this file"]
+fn cluster_checkpoint_child() {
+    use spate::sink::{FileSink, FileSinkMode};
+    use spate::source::SequenceSource;
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+    let peers: Vec<SocketAddr> = var("SPATE_TEST_PEERS")
+        .split(',')
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let config = JobConfig {
+        parallelism: 1,
+        pin_cores: false,
+        checkpoint: Some(spate::CheckpointConfig::new(var("SPATE_TEST_CKPT"), 100)),
+        cluster: Some(ClusterConfig {
+            process: var("SPATE_TEST_PROCESS").parse().unwrap(),
+            processes: peers.len(),
+            peers,
+            job: "cluster-checkpoint-test".into(),
+            secret: var("SPATE_TEST_SECRET").into_bytes(),
+            connect_timeout: Duration::from_secs(30),
+        }),
+        ..JobConfig::default()
+    };
+    let sink_dir = PathBuf::from(var("SPATE_TEST_SINK"));
+    let result = Job::new(config).run(move |df| {
+        let clock = df.clock();
+        let start = clock.now_ms();
+        let events = df.source(
+            "events",
+            SequenceSource::new(CHECKPOINTED_EVENTS, checkpointed_event).with_rate(
+                CHECKPOINTED_RATE,
+                start,
+                clock,
+            ),
+            spate::WatermarkStrategy::monotonous(|e: &Event| e.ts),
+        );
+        running_totals(&events).sink(
+            "files",
+            FileSink::new(&sink_dir, FileSinkMode::ExactlyOnce, total_line),
+        );
+    });
+    let out = match result {
+        Ok(report) => format!(
+            "restored {}\ncompleted {}\n",
+            report.restored_from.unwrap_or(0),
+            report.checkpoint_summary.completed
+        ),
+        Err(e) => format!("error {e}\n"),
+    };
+    std::fs::write(var("SPATE_TEST_OUT"), out).unwrap();
+}
+
+fn spawn_checkpoint_child(
+    process: usize,
+    peers: &[SocketAddr],
+    root: &Path,
+    sink: &Path,
+    out: &Path,
+) -> Child {
+    let names: Vec<String> = peers.iter().map(|a| a.to_string()).collect();
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cluster_checkpoint_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SPATE_TEST_PROCESS", process.to_string())
+        .env("SPATE_TEST_PEERS", names.join(","))
+        .env("SPATE_TEST_SECRET", SECRET)
+        .env("SPATE_TEST_CKPT", root)
+        .env("SPATE_TEST_SINK", sink)
+        .env("SPATE_TEST_OUT", out)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Ids of the global checkpoint records under `root`.
+fn global_records(root: &Path) -> usize {
+    std::fs::read_dir(root.join("cluster")).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+            .count()
+    })
+}
+
+/// What a checkpointing child wrote: (restored id, completed count) or its error.
+fn checkpoint_output(path: &Path) -> Result<(u64, u64), String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    if let Some(error) = text.strip_prefix("error ") {
+        return Err(error.trim().to_string());
+    }
+    let value = |key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    Ok((value("restored "), value("completed ")))
+}
+
+/// Three processes; `victim` is killed once `after` global checkpoints
+/// exist; the job is restarted on `then` processes and runs to the end.
+fn kill_and_recover(name: &str, victim: usize, after: usize, then: usize) {
+    let dir = dir(name);
+    let (root, sink) = (dir.join("state"), dir.join("out"));
+    let peers = addresses(3);
+    let outs: Vec<PathBuf> = (0..3).map(|p| dir.join(format!("first-{p}"))).collect();
+    let mut children: Vec<Child> = (0..3)
+        .map(|p| spawn_checkpoint_child(p, &peers, &root, &sink, &outs[p]))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while global_records(&root) < after {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: {after} global checkpoints never completed"
+        );
+        // The poll interval of a wait with a deadline.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    children[victim].kill().unwrap();
+    for (p, child) in children.iter_mut().enumerate() {
+        let status = child.wait().unwrap();
+        if p != victim {
+            assert!(status.success(), "{name}: process {p} exited with {status}");
+            let error = checkpoint_output(&outs[p]).expect_err("a survivor fails");
+            assert!(error.contains("process"), "{name}: process {p}: {error}");
+        }
+    }
+    let peers = addresses(then);
+    let outs: Vec<PathBuf> = (0..then).map(|p| dir.join(format!("second-{p}"))).collect();
+    let mut children: Vec<Child> = (0..then)
+        .map(|p| spawn_checkpoint_child(p, &peers, &root, &sink, &outs[p]))
+        .collect();
+    let mut restored = Vec::new();
+    for (p, child) in children.iter_mut().enumerate() {
+        assert!(child.wait().unwrap().success(), "{name}: process {p}");
+        let (from, completed) = checkpoint_output(&outs[p])
+            .unwrap_or_else(|e| panic!("{name}: process {p} of the second run failed: {e}"));
+        assert!(completed > 0, "{name}: process {p} completed no checkpoint");
+        restored.push(from);
+    }
+    assert!(
+        restored.iter().all(|&r| r > 0 && r == restored[0]),
+        "{name}: every process restores the same global checkpoint: {restored:?}"
+    );
+    check_totals(name, &committed_lines(&sink));
+    let pending: Vec<_> = std::fs::read_dir(sink.join(".pending")).unwrap().collect();
+    assert!(pending.is_empty(), "{name}: left pending: {pending:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_uninterrupted_checkpointing_cluster_commits_every_total_once() {
+    let dir = dir("checkpointed");
+    let (root, sink) = (dir.join("state"), dir.join("out"));
+    let peers = addresses(3);
+    let outs: Vec<PathBuf> = (0..3).map(|p| dir.join(format!("out-{p}"))).collect();
+    let mut children: Vec<Child> = (0..3)
+        .map(|p| spawn_checkpoint_child(p, &peers, &root, &sink, &outs[p]))
+        .collect();
+    for (p, child) in children.iter_mut().enumerate() {
+        assert!(child.wait().unwrap().success());
+        let (restored, completed) = checkpoint_output(&outs[p]).unwrap();
+        assert_eq!(restored, 0);
+        assert!(completed >= 2, "process {p}: {completed} checkpoints");
+    }
+    // The leader's records, each naming every process's part.
+    let ids: Vec<u64> = std::fs::read_dir(root.join("cluster"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_prefix("checkpoint-")
+                .map(|id| id.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        ids.len(),
+        3,
+        "the default retention keeps 3 records: {ids:?}"
+    );
+    for id in ids {
+        let bytes =
+            std::fs::read(root.join("cluster").join(format!("checkpoint-{id:020}"))).unwrap();
+        let record = spate::checkpoint::global::GlobalRecord::decode(&bytes).unwrap();
+        assert_eq!((record.id, record.parts.clone()), (id, vec![0, 1, 2]));
+    }
+    check_totals("checkpointed", &committed_lines(&sink));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_the_output_is_exactly_once() {
+    kill_and_recover("kill-worker", 1, 3, 3);
+}
+
+#[test]
+fn a_killed_leader_is_replaced_and_the_output_is_exactly_once() {
+    kill_and_recover("kill-leader", 0, 2, 3);
+}
+
+#[test]
+fn without_a_replacement_the_job_rescales_onto_the_survivors() {
+    kill_and_recover("kill-rescale", 2, 4, 2);
+}

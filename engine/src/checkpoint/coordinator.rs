@@ -97,6 +97,13 @@ pub(crate) struct Coordinator {
     pub(crate) fatal: Option<String>,
     /// The checkpoint the job restored, if any (for the invariants only).
     restored: Option<u64>,
+    /// A part of a cluster job's checkpoints: the leader's global
+    /// coordinator decides when a checkpoint starts (`trigger_external`)
+    /// and whether it completes (`global.rs`).
+    external: bool,
+    /// In a part: checkpoints that ended failed here, for the leader (id,
+    /// reason, declined).
+    failed_out: Vec<(u64, String, bool)>,
 }
 
 impl Coordinator {
@@ -141,7 +148,76 @@ impl Coordinator {
             shared,
             fatal: None,
             restored: None,
+            external: false,
+            failed_out: Vec::new(),
         }
+    }
+
+    /// Makes this coordinator a part of a cluster job's checkpoints: it
+    /// triggers only when the leader says so ([`trigger_external`](Self::trigger_external)),
+    /// and reports what fails here ([`take_failed`](Self::take_failed)).
+    pub(crate) fn set_external(&mut self) {
+        assert!(
+            !self.schedule.started(),
+            "a coordinator becomes a part before its first poll"
+        );
+        self.external = true;
+    }
+
+    /// Checkpoints that ended failed in this part since the last call: (id,
+    /// reason, declined).
+    pub(crate) fn take_failed(&mut self) -> Vec<(u64, String, bool)> {
+        std::mem::take(&mut self.failed_out)
+    }
+
+    /// In a part: the leader triggers checkpoint `id`. An error (and whether
+    /// it is a decline, not a failure) if this part cannot take it.
+    pub(crate) fn trigger_external(
+        &mut self,
+        id: u64,
+        cause: TriggerCause,
+        now_ms: u64,
+    ) -> Result<(), (String, bool)> {
+        assert!(self.external, "only a part is triggered by the leader");
+        assert!(
+            !self.committing(),
+            "nothing triggers while a commit is outstanding"
+        );
+        self.schedule.start(now_ms);
+        if id < self.next_id {
+            return Err((
+                format!(
+                    "checkpoint {id} is not above this part's ids (next {})",
+                    self.next_id
+                ),
+                false,
+            ));
+        }
+        if self.fatal.is_some() || !self.can_trigger() {
+            return Err((
+                "a checkpoint of this part is still in progress".into(),
+                false,
+            ));
+        }
+        if self.awaiting_final_offsets() {
+            return Err(("declined: a subtask of this part has finished".into(), true));
+        }
+        self.next_id = id;
+        let changed = self.shared.changed_bytes();
+        self.trigger(cause, now_ms, changed);
+        assert!(self.in_progress.contains_key(&id) && self.next_id == id + 1);
+        Ok(())
+    }
+
+    /// In a part: the leader aborted checkpoint `id` (nothing if it already
+    /// ended here).
+    pub(crate) fn abort_external(&mut self, id: u64, reason: String, now_ms: u64) {
+        assert!(self.external, "only a part is aborted by the leader");
+        assert!(
+            !self.committing(),
+            "an outstanding commit ends by commit_failed"
+        );
+        self.fail(id, reason, now_ms);
     }
 
     fn send(&mut self, message: Control) {
@@ -327,6 +403,9 @@ impl Coordinator {
                 .in_progress
                 .remove(&id)
                 .expect("declined while pending");
+            if self.external {
+                self.failed_out.push((id, reason.clone(), true));
+            }
             self.end_failed(c, reason, now_ms);
         }
         assert_eq!(
@@ -371,7 +450,7 @@ impl Coordinator {
             "nothing triggers while a commit is outstanding"
         );
         self.schedule.start(now_ms);
-        if !self.can_trigger() || self.awaiting_final_offsets() {
+        if self.external || !self.can_trigger() || self.awaiting_final_offsets() {
             return;
         }
         let manual = self.shared.manual_trigger.load(Ordering::SeqCst);
@@ -726,6 +805,9 @@ impl Coordinator {
         };
         let failures_before = self.consecutive_failures;
         let fatal_before = self.fatal.is_some();
+        if self.external {
+            self.failed_out.push((id, reason.clone(), false));
+        }
         self.end_failed(c, reason.clone(), now_ms);
         self.consecutive_failures += 1;
         if self.consecutive_failures > self.config.tolerable_failures && self.fatal.is_none() {

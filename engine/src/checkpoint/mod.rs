@@ -16,6 +16,7 @@
 
 mod assemble;
 pub mod coordinator;
+pub mod global;
 pub mod metadata;
 pub(crate) mod remote;
 pub(crate) mod restore;

@@ -80,7 +80,15 @@ impl RestoredBlock {
 
 pub(crate) struct RestoreState {
     pub metadata: CheckpointMetadata,
-    reader: Arc<StoreReader>,
+    /// The stores the blocks are in: one, or in a cluster job one per part.
+    readers: Vec<Arc<StoreReader>>,
+    /// Per handle, the index of its store in `readers` (empty: all in the
+    /// first).
+    handle_reader: Vec<u16>,
+    /// The store whose blocks this process's later checkpoints may refer
+    /// to again (its own): a restored chain in another store gets no
+    /// committed links, so the next checkpoint writes it afresh.
+    own_reader: Option<u16>,
     /// The remote fill the blocks are arriving by, if restored onto an empty
     /// directory from the remote tier.
     fill: Option<RemoteFill>,
@@ -174,29 +182,14 @@ impl RestoreState {
                     candidates[0]
                 ));
             }
-            let state = restored
-                .0
-                .state
-                .iter()
-                .enumerate()
-                .map(|(i, b)| ((b.operator.clone(), b.table.clone(), b.key_group), i))
-                .collect();
-            let mut state_schemas: HashMap<(String, String), BTreeSet<u32>> = HashMap::new();
-            for b in &restored.0.state {
-                state_schemas
-                    .entry((b.operator.clone(), b.table.clone()))
-                    .or_default()
-                    .insert(b.schema);
-            }
-            return Ok(Some(Self {
-                metadata: restored.0,
-                reader: Arc::new(reader),
-                fill: None,
-                handles: restored.1,
-                state,
-                state_schemas,
+            return Ok(Some(Self::new(
+                restored.0,
+                vec![Arc::new(reader)],
+                restored.1,
+                Vec::new(),
+                Some(0),
                 warnings,
-            }));
+            )));
         }
         if let RestoreFrom::Checkpoint(id) = config.restore {
             return Err(RestoreError::CheckpointUnusable {
@@ -213,6 +206,165 @@ impl RestoreState {
             .into());
         }
         Ok(None)
+    }
+
+    fn new(
+        metadata: CheckpointMetadata,
+        readers: Vec<Arc<StoreReader>>,
+        handles: Vec<BlockHandle>,
+        handle_reader: Vec<u16>,
+        own_reader: Option<u16>,
+        warnings: Vec<String>,
+    ) -> Self {
+        assert!(handle_reader.is_empty() || handle_reader.len() == handles.len());
+        let state = metadata
+            .state
+            .iter()
+            .enumerate()
+            .map(|(i, b)| ((b.operator.clone(), b.table.clone(), b.key_group), i))
+            .collect();
+        let mut state_schemas: HashMap<(String, String), BTreeSet<u32>> = HashMap::new();
+        for b in &metadata.state {
+            state_schemas
+                .entry((b.operator.clone(), b.table.clone()))
+                .or_default()
+                .insert(b.schema);
+        }
+        Self {
+            metadata,
+            readers,
+            handle_reader,
+            own_reader,
+            fill: None,
+            handles,
+            state,
+            state_schemas,
+            warnings,
+        }
+    }
+
+    /// The checkpoint a process of a cluster job restores per
+    /// `config.restore`: the newest global record whose every part reads
+    /// back intact from its process's store, merged into one checkpoint of
+    /// the whole job (`docs/cluster.md` §15.4). `config.dir` is this
+    /// process's store, `process-<p>` under the job's directory.
+    pub(crate) fn load_cluster(
+        config: &CheckpointConfig,
+        process: usize,
+    ) -> Result<Option<Self>, JobError> {
+        use super::global::files;
+        let root = crate::config::cluster_root(&config.dir);
+        let records_error = |reason: String| {
+            JobError::from(RestoreError::ClusterRecords {
+                dir: files::dir(&root),
+                reason,
+            })
+        };
+        let ids = files::ids(&root).map_err(|e| records_error(e.to_string()))?;
+        let newest_first = ids.iter().rev().copied();
+        let candidates: Vec<u64> = match config.restore {
+            RestoreFrom::Nothing => return Ok(None),
+            RestoreFrom::Checkpoint(id) => vec![id],
+            RestoreFrom::Latest => newest_first.collect(),
+            RestoreFrom::LatestFrom(floor) => newest_first.filter(|&id| id >= floor).collect(),
+        };
+        let mut warnings = Vec::new();
+        let mut readers: HashMap<u32, Option<Arc<StoreReader>>> = HashMap::new();
+        'records: for &id in &candidates {
+            let record = match files::read(&root, id) {
+                Ok(r) => r,
+                Err(e) => {
+                    warnings.push(format!("global checkpoint {id} cannot be read: {e}"));
+                    continue;
+                }
+            };
+            let mut parts = Vec::new();
+            for &p in &record.parts {
+                let dir = files::part_dir(&root, p);
+                let reader = readers
+                    .entry(p)
+                    .or_insert_with(|| match StoreReader::open(&dir) {
+                        Ok(r) => Some(Arc::new(r)),
+                        Err(e) => {
+                            warnings
+                                .push(format!("the store {} cannot be opened: {e}", dir.display()));
+                            None
+                        }
+                    });
+                let Some(reader) = reader.clone() else {
+                    warnings.push(format!(
+                        "global checkpoint {id}: the part of process {p} is unreadable"
+                    ));
+                    continue 'records;
+                };
+                let part_config = CheckpointConfig {
+                    dir: dir.clone(),
+                    ..config.clone()
+                };
+                let Some((metadata, handles)) =
+                    Self::try_one(&reader, id, &part_config, None, false, &mut warnings)?
+                else {
+                    warnings.push(format!(
+                        "global checkpoint {id}: the part of process {p} in {} is unusable",
+                        dir.display()
+                    ));
+                    continue 'records;
+                };
+                parts.push((p, reader, metadata, handles));
+            }
+            if id != candidates[0] {
+                warnings.push(format!(
+                    "restoring global checkpoint {id} instead of the newest, {}; output committed for later checkpoints is rolled back",
+                    candidates[0]
+                ));
+            }
+            let merged = merge_parts(&record, parts, process as u32)
+                .map_err(|e| records_error(format!("global checkpoint {id}: {e}")))?;
+            let (metadata, readers, handles, handle_reader, own) = merged;
+            return Ok(Some(Self::new(
+                metadata,
+                readers,
+                handles,
+                handle_reader,
+                own,
+                warnings,
+            )));
+        }
+        if let RestoreFrom::Checkpoint(id) = config.restore {
+            return Err(RestoreError::CheckpointUnusable {
+                id,
+                problems: warnings,
+            }
+            .into());
+        }
+        if !candidates.is_empty() {
+            return Err(RestoreError::NoneIntact {
+                dir: files::dir(&root),
+                problems: warnings,
+            }
+            .into());
+        }
+        Ok(None)
+    }
+
+    /// The store that holds block `handle_index`.
+    fn reader_of(&self, handle_index: u32) -> &Arc<StoreReader> {
+        let r = self
+            .handle_reader
+            .get(handle_index as usize)
+            .copied()
+            .unwrap_or(0);
+        &self.readers[r as usize]
+    }
+
+    /// Whether block `handle_index` is in this process's own store.
+    fn is_own(&self, handle_index: u32) -> bool {
+        let r = self
+            .handle_reader
+            .get(handle_index as usize)
+            .copied()
+            .unwrap_or(0);
+        self.own_reader == Some(r)
     }
 
     /// Checkpoint `id` if it reads back intact (its metadata and every
@@ -360,7 +512,7 @@ impl RestoreState {
             fill.wait(handle)
                 .map_err(|e| self.damaged("a block", e.to_string()))?;
         }
-        self.reader
+        self.reader_of(handle_index)
             .block(handle)
             .map_err(|e| self.damaged("a block", e.to_string()))
     }
@@ -382,12 +534,16 @@ impl RestoreState {
         };
         let mut blocks = Vec::new();
         let mut links = Vec::new();
+        let own = self.metadata.state[i]
+            .chain
+            .iter()
+            .all(|b| self.is_own(b.handle));
         for b in &self.metadata.state[i].chain {
             let handle = *self.handle(b.handle)?;
             let block = match &self.fill {
                 Some(fill) if !fill.is_written(&handle) => RestoredBlock::Arriving {
                     handle,
-                    reader: self.reader.clone(),
+                    reader: self.reader_of(b.handle).clone(),
                     fill: fill.clone(),
                 },
                 _ => RestoredBlock::Ready(self.block(b.handle)?),
@@ -400,6 +556,11 @@ impl RestoreState {
                 entries: b.entries,
                 bytes: b.bytes,
             });
+        }
+        if !own {
+            // In another process's store: this process's next checkpoint
+            // cannot refer to these blocks, so it writes the key group afresh.
+            links.clear();
         }
         Ok(Some((blocks, links, self.metadata.state[i].entries)))
     }
@@ -476,4 +637,95 @@ impl RestoreState {
             .map(|b| Ok((b.clone(), self.block(b.handle)?)))
             .collect()
     }
+}
+
+/// A global checkpoint's parts, merged into one checkpoint of the whole
+/// job: handles, state chains and in-flight blocks renumbered into one
+/// handle list (remembering each handle's store), schemas into one list.
+/// Returns the metadata, the stores, the handles, each handle's store and
+/// the index of `process`'s own store, if it holds a part.
+#[allow(clippy::type_complexity)]
+fn merge_parts(
+    record: &super::global::GlobalRecord,
+    parts: Vec<(u32, Arc<StoreReader>, CheckpointMetadata, Vec<BlockHandle>)>,
+    process: u32,
+) -> Result<
+    (
+        CheckpointMetadata,
+        Vec<Arc<StoreReader>>,
+        Vec<BlockHandle>,
+        Vec<u16>,
+        Option<u16>,
+    ),
+    String,
+> {
+    let first = &parts.first().ok_or("a record without parts")?.2;
+    let mut merged = CheckpointMetadata {
+        version: first.version,
+        id: record.id,
+        trigger_ms: record.trigger_ms,
+        completed_ms: record.completed_ms,
+        cause: first.cause.clone(),
+        mode: first.mode.clone(),
+        incremental: false,
+        parallelism: record.processes * record.parallelism,
+        max_parallelism: first.max_parallelism,
+        fingerprint: first.fingerprint,
+        state: Vec::new(),
+        in_flight: Vec::new(),
+        sources: Vec::new(),
+        subtasks: Vec::new(),
+        schemas: Vec::new(),
+    };
+    let mut readers = Vec::new();
+    let mut handles = Vec::new();
+    let mut handle_reader = Vec::new();
+    let mut own = None;
+    for (p, reader, m, part_handles) in parts {
+        if m.id != record.id
+            || m.parallelism != record.parallelism
+            || m.max_parallelism != merged.max_parallelism
+            || m.fingerprint != merged.fingerprint
+        {
+            return Err(format!(
+                "the part of process {p} is checkpoint {} of {} subtasks (max parallelism {}, job {:016x}), not of this record's {} per process (max parallelism {}, job {:016x})",
+                m.id, m.parallelism, m.max_parallelism, m.fingerprint, record.parallelism, merged.max_parallelism, merged.fingerprint
+            ));
+        }
+        let index = u16::try_from(readers.len()).map_err(|_| "too many parts")?;
+        if p == process {
+            own = Some(index);
+        }
+        let handle_base = u32::try_from(handles.len()).map_err(|_| "too many blocks")?;
+        let schema_base = u32::try_from(merged.schemas.len()).map_err(|_| "too many schemas")?;
+        let count = part_handles.len();
+        handles.extend(part_handles);
+        handle_reader.extend(std::iter::repeat_n(index, count));
+        readers.push(reader);
+        let shift = |h: u32| -> Result<u32, String> {
+            if h as usize >= count {
+                return Err(format!(
+                    "the part of process {p} names block {h} of {count}"
+                ));
+            }
+            Ok(h + handle_base)
+        };
+        merged.incremental |= m.incremental;
+        for mut s in m.state {
+            for b in &mut s.chain {
+                b.handle = shift(b.handle)?;
+            }
+            s.schema += schema_base;
+            merged.state.push(s);
+        }
+        for mut f in m.in_flight {
+            f.handle = shift(f.handle)?;
+            f.schema += schema_base;
+            merged.in_flight.push(f);
+        }
+        merged.sources.extend(m.sources);
+        merged.subtasks.extend(m.subtasks);
+        merged.schemas.extend(m.schemas);
+    }
+    Ok((merged, readers, handles, handle_reader, own))
 }

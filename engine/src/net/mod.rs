@@ -32,7 +32,7 @@ use crate::park::Parker;
 use crate::{ClusterConfig, JobError};
 use auth::{Identity, Role};
 use channel::{Inbound, Outbound};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -172,6 +172,8 @@ pub(crate) struct Peer {
     stream: TcpStream,
     /// The peer said it is done: a close that follows is clean.
     bye: AtomicBool,
+    /// Checkpoint coordination messages to send to the peer, in order.
+    coord_out: Mutex<VecDeque<Vec<u8>>>,
 }
 
 /// The data plane of one run of a cluster job.
@@ -185,7 +187,16 @@ pub(crate) struct Network {
     closing: Arc<AtomicBool>,
     listener: Mutex<Option<JoinHandle<()>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Checkpoint coordination messages received (sending process, bytes),
+    /// in order per sender.
+    coord_in: Mutex<VecDeque<(usize, Vec<u8>)>>,
+    /// Wakes the coordinator task when a coordination message arrives.
+    coord_notifier: Mutex<Option<crate::park::Notifier>>,
 }
+
+/// Coordination messages waiting to be taken at most: the leader sends a
+/// few per checkpoint, so more means the coordinator stopped reading.
+const MAX_COORD_WAITING: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic on a link thread fails the job; the data is still consistent
@@ -252,6 +263,8 @@ impl Network {
                 closing: closing.clone(),
                 listener: Mutex::new(Some(listener)),
                 threads: Mutex::new(Vec::new()),
+                coord_in: Mutex::new(VecDeque::new()),
+                coord_notifier: Mutex::new(None),
             })
         };
         let mut streams: Vec<Option<(TcpStream, SocketAddr)>> =
@@ -320,6 +333,7 @@ impl Network {
                         channels: Mutex::new(Channels::default()),
                         stream,
                         bye: AtomicBool::new(false),
+                        coord_out: Mutex::new(VecDeque::new()),
                     })
                 })
             })
@@ -330,6 +344,43 @@ impl Network {
             return Err(e);
         }
         Ok(net)
+    }
+
+    /// This process's index.
+    pub(crate) fn process(&self) -> usize {
+        self.me.process as usize
+    }
+
+    /// Sends a checkpoint coordination message to process `to` (to this
+    /// process itself: straight into its own inbox), after every message
+    /// sent to it before.
+    pub(crate) fn send_coord(&self, to: usize, message: Vec<u8>) {
+        if to == self.process() {
+            lock(&self.coord_in).push_back((to, message));
+            if let Some(n) = &*lock(&self.coord_notifier) {
+                n.notify();
+            }
+            return;
+        }
+        if let Some(peer) = self.peers.get(to).and_then(Option::as_ref) {
+            lock(&peer.coord_out).push_back(message);
+            peer.parker.notifier().notify();
+        }
+    }
+
+    /// The coordination messages received since the last call, in order.
+    pub(crate) fn take_coord(&self) -> Vec<(usize, Vec<u8>)> {
+        lock(&self.coord_in).drain(..).collect()
+    }
+
+    /// Whether a coordination message is waiting.
+    pub(crate) fn has_coord(&self) -> bool {
+        !lock(&self.coord_in).is_empty()
+    }
+
+    /// Who to wake when a coordination message arrives.
+    pub(crate) fn set_coord_notifier(&self, notifier: crate::park::Notifier) {
+        *lock(&self.coord_notifier) = Some(notifier);
     }
 
     /// Whether `subtask` (global) runs in this process.
@@ -517,12 +568,14 @@ impl Network {
         }
     }
 
-    /// Every outbound channel to `peer` sent its end.
+    /// Every outbound channel to `peer` sent its end, and every
+    /// coordination message went out.
     fn all_sent(&self, peer: &Peer) -> bool {
-        lock(&peer.channels)
-            .outbound
-            .values()
-            .all(|c| lock(c).ended())
+        lock(&peer.coord_out).is_empty()
+            && lock(&peer.channels)
+                .outbound
+                .values()
+                .all(|c| lock(c).ended())
     }
 
     /// One round of the writer: credits for inbound channels, then notices
@@ -536,6 +589,10 @@ impl Network {
             )
         };
         let mut frames = 0;
+        for message in lock(&peer.coord_out).drain(..) {
+            Frame::Coord { message }.encode(buf);
+            frames += 1;
+        }
         for end in inbound {
             if let Some(frame) = lock(&end).grant() {
                 frame.encode(buf);
@@ -609,6 +666,25 @@ impl Network {
                         return Err(from(format!(
                             "the process stopped with {unfinished} stream(s) to this process unfinished"
                         )));
+                    }
+                }
+                Frame::Coord { message } => {
+                    // Only the leader (process 0) and the parts talk.
+                    if self.me.process != 0 && peer.process != 0 {
+                        return Err(from(
+                            "a checkpoint coordination message between two processes that are not the leader".into(),
+                        ));
+                    }
+                    let mut inbox = lock(&self.coord_in);
+                    if inbox.len() >= MAX_COORD_WAITING {
+                        return Err(from(format!(
+                            "more than {MAX_COORD_WAITING} checkpoint coordination messages waiting"
+                        )));
+                    }
+                    inbox.push_back((peer.process, message));
+                    drop(inbox);
+                    if let Some(n) = &*lock(&self.coord_notifier) {
+                        n.notify();
                     }
                 }
                 Frame::Hello { .. } | Frame::Proof { .. } => {
@@ -688,6 +764,7 @@ fn keepalive(stream: &TcpStream) {
 fn frame_size(frame: &Frame) -> u64 {
     match frame {
         Frame::Records { archive, .. } => 17 + archive.len() as u64,
+        Frame::Coord { message } => 5 + message.len() as u64,
         _ => 17,
     }
 }

@@ -94,6 +94,11 @@ pub(crate) enum Frame {
     },
     /// The sending process's reactors are all done; nothing follows.
     Bye,
+    /// A checkpoint coordination message between the leader and a part
+    /// (`crate::checkpoint::global::CoordMsg`, decoded by the receiver).
+    Coord {
+        message: Vec<u8>,
+    },
 }
 
 const HELLO: u8 = 1;
@@ -107,6 +112,7 @@ const END: u8 = 8;
 const NOTICE: u8 = 9;
 const ABORT: u8 = 10;
 const BYE: u8 = 11;
+const COORD: u8 = 12;
 
 /// A frame that cannot be read: what was wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +218,10 @@ impl Frame {
                 out.extend_from_slice(&bytes[..n]);
             }
             Frame::Bye => out.push(BYE),
+            Frame::Coord { message } => {
+                out.push(COORD);
+                out.extend_from_slice(message);
+            }
         }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -320,6 +330,9 @@ impl Frame {
                 }
             }
             BYE => Frame::Bye,
+            COORD => Frame::Coord {
+                message: c.take(c.0.len()).unwrap_or(&[]).to_vec(),
+            },
             other => return Err(WireError::UnknownKind(other)),
         };
         if !c.0.is_empty() {
@@ -446,6 +459,9 @@ mod tests {
                 reason: "disk full".into(),
             },
             Frame::Bye,
+            Frame::Coord {
+                message: vec![7, 1, 2],
+            },
         ]
     }
 
@@ -476,7 +492,10 @@ mod tests {
                     "{frame:?} cut at {cut}"
                 );
             }
-            if !matches!(frame, Frame::Records { .. } | Frame::Abort { .. }) {
+            if !matches!(
+                frame,
+                Frame::Records { .. } | Frame::Abort { .. } | Frame::Coord { .. }
+            ) {
                 // One more byte inside the frame's length.
                 let mut long = bytes.clone();
                 long.push(0);

@@ -317,7 +317,8 @@ impl StateSettings {
         Self {
             incremental,
             track_changes: incremental.is_some() || volume,
-            changed_bytes: volume.then(|| g.env.coordinator.changed_bytes[g.subtask].clone()),
+            changed_bytes: volume
+                .then(|| g.env.coordinator.changed_bytes[g.env.local_index(g.subtask)].clone()),
             budget,
         }
     }

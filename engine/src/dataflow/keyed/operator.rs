@@ -598,10 +598,14 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                 // Loaded on first access or in the background (a few key
                 // groups per step): records flow before the state is copied.
                 table.restore_lazily(index, blocks);
-                self.checkpoints.borrow_mut().set_committed(
-                    (self.names.0.clone(), self.names.1[position].clone(), group),
-                    links,
-                );
+                // No links: the chain is in another process's store, and
+                // the next checkpoint writes the key group afresh.
+                if !links.is_empty() {
+                    self.checkpoints.borrow_mut().set_committed(
+                        (self.names.0.clone(), self.names.1[position].clone(), group),
+                        links,
+                    );
+                }
             }
         }
         for index in 0..self.range.len() {

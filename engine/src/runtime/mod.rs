@@ -12,6 +12,8 @@
 //! when its time slice is up; an idle one parks until a producer, the
 //! ingress, a timer or a stop request wakes it.
 
+mod cluster;
+
 use crate::checkpoint::coordinator::Ack;
 use crate::checkpoint::subtask::{BackgroundBase, LocalSnapshot};
 use crate::dataflow::Dataflow;
@@ -179,6 +181,8 @@ async fn writer_task(
     checkpoints: std::rc::Rc<std::cell::RefCell<crate::checkpoint::subtask::SubtaskCheckpoints>>,
     idle: Rc<ReactorIdle>,
 ) {
+    // The coordinator of this process numbers its subtasks from 0.
+    let local = env.local_index(subtask);
     let Some(mut acks) = env.take_ack(subtask) else {
         return;
     };
@@ -221,7 +225,15 @@ async fn writer_task(
                 continue;
             }
             WriterJob::Finished(sources) => {
-                push_ack(&env, &mut acks, Ack::Finished { subtask, sources }).await;
+                push_ack(
+                    &env,
+                    &mut acks,
+                    Ack::Finished {
+                        subtask: local,
+                        sources,
+                    },
+                )
+                .await;
                 continue;
             }
             WriterJob::Part(snapshot) => snapshot,
@@ -249,14 +261,14 @@ async fn writer_task(
         }
         appended_bases.clear();
         writer.abort_blocks(&checkpoints.borrow_mut().take_abandoned());
-        let ack = ack_for(snapshot, subtask, handles, written, &checkpoints);
+        let ack = ack_for(snapshot, local, handles, written, &checkpoints);
         if !push_ack(&env, &mut acks, ack).await {
             return;
         }
     }
     // The step loop ended (it dropped the channel) and every part it handed
     // over is acknowledged: nothing more will come from this subtask.
-    env.coordinator.subtask_finished(subtask);
+    env.coordinator.subtask_finished(local);
     env.coordinator_parker.notifier().notify();
 }
 
@@ -273,7 +285,7 @@ async fn take_writer(
                 .1
                 .lock()
                 .ok()
-                .and_then(|mut s| s.get_mut(subtask).and_then(Option::take))
+                .and_then(|mut s| s.get_mut(env.local_index(subtask)).and_then(Option::take))
                 .map(WriterSlot::into_writer);
         }
         if env.failed() {
@@ -675,12 +687,18 @@ fn start_checkpoint_tasks(
     let mut helpers = Vec::new();
     if let Some((ends, store)) = coordinator {
         env.coordinator_parker.bind_thread();
-        helpers.push(spawn(Box::pin(coordinator_task(
-            env.clone(),
-            ends,
-            store,
-            idle.clone(),
-        ))));
+        let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> =
+            if env.config.cluster.is_some() {
+                Box::pin(cluster::coordinator_task(
+                    env.clone(),
+                    ends,
+                    store,
+                    idle.clone(),
+                ))
+            } else {
+                Box::pin(coordinator_task(env.clone(), ends, store, idle.clone()))
+            };
+        helpers.push(spawn(task));
     }
     let (sender, receiver) = glommio::channels::local_channel::new_unbounded();
     worker.set_writer(Box::new(ChannelWriter(sender, idle.clone())));

@@ -1,0 +1,893 @@
+//! Checkpoints across the processes of a cluster job (`docs/cluster.md` §15).
+//!
+//! Every process runs its own coordinator over its own subtasks and its own
+//! store (`<dir>/process-<p>`): its *part* of a checkpoint. Process 0, the
+//! leader, also runs the [`GlobalCoordinator`]: it decides when a checkpoint
+//! starts, tells every part to trigger it, waits until every part has
+//! committed its blocks and metadata to its own store, then writes the
+//! checkpoint's global record (`<dir>/cluster/checkpoint-<id>`, whose rename
+//! is the commit point) and only then tells every part that the checkpoint is
+//! complete, so that sinks commit. A checkpoint a part failed, or that timed
+//! out, is aborted everywhere and its parts are discarded from their stores.
+//!
+//! Owns the messages between the leader and the parts ([`CoordMsg`], carried
+//! in `Coord` frames of the data plane), the leader's state machine and the
+//! global record's bytes and files. Pure except for [`files`], which does
+//! blocking file I/O and is called from a thread of its own, never from a
+//! reactor. Must not touch glommio, the rings or a store.
+//!
+//! Invariants (asserted where they could break):
+//!
+//! 1. At most one global checkpoint is pending; ids strictly increase and
+//!    exceed every id a part's store already holds (each part says so in
+//!    `Ready` before the first trigger).
+//! 2. A global checkpoint commits only once every part reported its part
+//!    durable (`PartDone`), and at most once; nothing else ends it while its
+//!    record is being written.
+//! 3. A part hears `Complete(id)` only after the global record of `id` is
+//!    durable, and hears exactly one of `Complete(id)` / `Abort(id)` for each
+//!    id it was told to trigger.
+//! 4. A checkpoint is final (every subtask had drained all its input) only
+//!    when every part counted all its subtasks' votes.
+
+use super::schedule::Schedule;
+use super::stats::TriggerCause;
+use super::CheckpointConfig;
+
+/// A message between the leader's global coordinator and a process's part.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum CoordMsg {
+    /// Part → leader: the part's store is open; ids from `next_id` on are
+    /// free in it.
+    Ready { next_id: u64 },
+    /// Part → leader: a subtask asked for a checkpoint (a final one, or
+    /// through the API).
+    Request,
+    /// Part → leader: the part of checkpoint `id` is committed to the
+    /// part's store.
+    PartDone {
+        id: u64,
+        /// Subtasks of the part that had drained all their input.
+        final_votes: u32,
+    },
+    /// Part → leader: the part of `id` failed (`declined`: a subtask had
+    /// finished, which is no failure).
+    PartFailed {
+        id: u64,
+        declined: bool,
+        reason: String,
+    },
+    /// Part → leader: the part's subtasks are all done; it takes part in no
+    /// further checkpoint.
+    Ended,
+    /// Leader → part: trigger checkpoint `id`.
+    Trigger { id: u64, cause: TriggerCause },
+    /// Leader → part: checkpoint `id`'s global record is durable.
+    Complete { id: u64, is_final: bool },
+    /// Leader → part: checkpoint `id` failed; discard its part.
+    Abort { id: u64, reason: String },
+}
+
+/// Longest reason carried in a message (longer ones are cut).
+const MAX_REASON: usize = 2048;
+
+fn cause_code(cause: TriggerCause) -> u8 {
+    match cause {
+        TriggerCause::Interval => 0,
+        TriggerCause::Manual => 1,
+        TriggerCause::ChangeVolume => 2,
+    }
+}
+
+fn cut(reason: &str) -> &str {
+    if reason.len() <= MAX_REASON {
+        return reason;
+    }
+    let mut end = MAX_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+impl CoordMsg {
+    /// Appends the message's bytes to `out`.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        let put_str = |out: &mut Vec<u8>, s: &str| {
+            let s = cut(s);
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        };
+        match self {
+            CoordMsg::Ready { next_id } => {
+                out.push(1);
+                out.extend_from_slice(&next_id.to_le_bytes());
+            }
+            CoordMsg::Request => out.push(2),
+            CoordMsg::PartDone { id, final_votes } => {
+                out.push(3);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&final_votes.to_le_bytes());
+            }
+            CoordMsg::PartFailed {
+                id,
+                declined,
+                reason,
+            } => {
+                out.push(4);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.push(u8::from(*declined));
+                put_str(out, reason);
+            }
+            CoordMsg::Ended => out.push(5),
+            CoordMsg::Trigger { id, cause } => {
+                out.push(6);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.push(cause_code(*cause));
+            }
+            CoordMsg::Complete { id, is_final } => {
+                out.push(7);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.push(u8::from(*is_final));
+            }
+            CoordMsg::Abort { id, reason } => {
+                out.push(8);
+                out.extend_from_slice(&id.to_le_bytes());
+                put_str(out, reason);
+            }
+        }
+    }
+
+    /// Decodes one message; an error names what is wrong (never panics).
+    pub(crate) fn decode(bytes: &[u8]) -> Result<CoordMsg, String> {
+        let mut r = Reader { bytes, at: 0 };
+        let msg = match r.u8()? {
+            1 => CoordMsg::Ready { next_id: r.u64()? },
+            2 => CoordMsg::Request,
+            3 => CoordMsg::PartDone {
+                id: r.u64()?,
+                final_votes: r.u32()?,
+            },
+            4 => CoordMsg::PartFailed {
+                id: r.u64()?,
+                declined: r.flag()?,
+                reason: r.string()?,
+            },
+            5 => CoordMsg::Ended,
+            6 => CoordMsg::Trigger {
+                id: r.u64()?,
+                cause: match r.u8()? {
+                    0 => TriggerCause::Interval,
+                    1 => TriggerCause::Manual,
+                    2 => TriggerCause::ChangeVolume,
+                    c => return Err(format!("unknown trigger cause {c}")),
+                },
+            },
+            7 => CoordMsg::Complete {
+                id: r.u64()?,
+                is_final: r.flag()?,
+            },
+            8 => CoordMsg::Abort {
+                id: r.u64()?,
+                reason: r.string()?,
+            },
+            kind => return Err(format!("unknown coordination message kind {kind}")),
+        };
+        if r.at != bytes.len() {
+            return Err(format!(
+                "{} byte(s) after a coordination message",
+                bytes.len() - r.at
+            ));
+        }
+        Ok(msg)
+    }
+
+    /// Whether the leader sends this message (the others go to the leader).
+    pub(crate) fn from_leader(&self) -> bool {
+        matches!(
+            self,
+            CoordMsg::Trigger { .. } | CoordMsg::Complete { .. } | CoordMsg::Abort { .. }
+        )
+    }
+}
+
+/// Checked little-endian reads.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| format!("truncated at byte {} (needs {n} more)", self.at))?;
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn flag(&mut self) -> Result<bool, String> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(format!("flag byte {b} is neither 0 nor 1")),
+        }
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        let mut b = [0; 4];
+        b.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(b))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        let mut b = [0; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(b))
+    }
+    fn string(&mut self) -> Result<String, String> {
+        let len = self.u32()? as usize;
+        if len > MAX_REASON {
+            return Err(format!("a reason of {len} bytes (at most {MAX_REASON})"));
+        }
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| "a reason is not UTF-8".into())
+    }
+}
+
+/// The global record of a completed checkpoint: which parts make it up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GlobalRecord {
+    /// The checkpoint.
+    pub id: u64,
+    /// When the leader triggered it (epoch ms, the leader's clock).
+    pub trigger_ms: u64,
+    /// When its last part was durable (epoch ms, the leader's clock).
+    pub completed_ms: u64,
+    /// Processes of the run that took it.
+    pub processes: u32,
+    /// Subtasks per process.
+    pub parallelism: u32,
+    /// The processes whose stores hold its parts (`process-<p>`), ascending.
+    pub parts: Vec<u32>,
+}
+
+const RECORD_MAGIC: &[u8; 8] = b"SPATEGCK";
+const RECORD_VERSION: u32 = 1;
+
+impl GlobalRecord {
+    /// The record's bytes: magic, version, fields, then a CRC-32 of all
+    /// that precedes it (`docs/cluster.md` §15.3).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + 4 * self.parts.len());
+        out.extend_from_slice(RECORD_MAGIC);
+        out.extend_from_slice(&RECORD_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.extend_from_slice(&self.trigger_ms.to_le_bytes());
+        out.extend_from_slice(&self.completed_ms.to_le_bytes());
+        out.extend_from_slice(&self.processes.to_le_bytes());
+        out.extend_from_slice(&self.parallelism.to_le_bytes());
+        out.extend_from_slice(&(self.parts.len() as u32).to_le_bytes());
+        for p in &self.parts {
+            out.extend_from_slice(&p.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes a record; an error says what is wrong (never panics).
+    pub fn decode(bytes: &[u8]) -> Result<GlobalRecord, String> {
+        if bytes.len() < RECORD_MAGIC.len() + 4 + 4 {
+            return Err(format!("{} bytes is too short for a record", bytes.len()));
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        let mut c = [0; 4];
+        c.copy_from_slice(crc);
+        if crc32fast::hash(body) != u32::from_le_bytes(c) {
+            return Err("checksum mismatch".into());
+        }
+        let mut r = Reader {
+            bytes: body,
+            at: RECORD_MAGIC.len(),
+        };
+        if &body[..RECORD_MAGIC.len()] != RECORD_MAGIC {
+            return Err("not a global checkpoint record (magic)".into());
+        }
+        let version = r.u32()?;
+        if version != RECORD_VERSION {
+            return Err(format!("record version {version} is not {RECORD_VERSION}"));
+        }
+        let id = r.u64()?;
+        let trigger_ms = r.u64()?;
+        let completed_ms = r.u64()?;
+        let processes = r.u32()?;
+        let parallelism = r.u32()?;
+        let count = r.u32()? as usize;
+        if count > body.len() / 4 {
+            return Err(format!("{count} parts cannot fit in {} bytes", body.len()));
+        }
+        let parts = (0..count).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?;
+        if r.at != body.len() {
+            return Err(format!("{} byte(s) after the record", body.len() - r.at));
+        }
+        if id == 0 || processes == 0 || parallelism == 0 || parts.is_empty() {
+            return Err("a record with id, processes, parallelism or parts zero".into());
+        }
+        if !parts.windows(2).all(|w| w[0] < w[1]) || parts.iter().any(|&p| p >= processes) {
+            return Err(format!(
+                "parts {parts:?} are not distinct processes below {processes}"
+            ));
+        }
+        Ok(GlobalRecord {
+            id,
+            trigger_ms,
+            completed_ms,
+            processes,
+            parallelism,
+            parts,
+        })
+    }
+}
+
+/// What a part reported for the pending checkpoint.
+#[derive(Clone, Copy, Debug)]
+struct PartReport {
+    final_votes: u32,
+}
+
+struct Pending {
+    id: u64,
+    trigger_ms: u64,
+    parts: Vec<Option<PartReport>>,
+    committing: bool,
+}
+
+/// A global checkpoint whose record the driver must write, then report
+/// with [`GlobalCoordinator::committed`] or
+/// [`GlobalCoordinator::commit_failed`].
+pub(crate) struct GlobalCommit {
+    pub record: GlobalRecord,
+}
+
+/// The leader's coordinator of checkpoints across processes: a plain state
+/// machine, fed with the parts' messages and the time, whose messages to
+/// the parts the driver takes with [`take_out`](Self::take_out).
+pub(crate) struct GlobalCoordinator {
+    timeout_ms: u64,
+    tolerable_failures: u32,
+    processes: usize,
+    parallelism: usize,
+    schedule: Schedule,
+    /// Per process: the first id free in its store, once its part is ready.
+    ready: Vec<Option<u64>>,
+    /// A part ended: no further checkpoint can complete.
+    ended: bool,
+    requested: bool,
+    next_id: u64,
+    pending: Option<Pending>,
+    consecutive_failures: u32,
+    /// Set when too many checkpoints failed in a row: the job fails.
+    pub(crate) fatal: Option<String>,
+    latest_completed: u64,
+    out: Vec<(usize, CoordMsg)>,
+}
+
+impl GlobalCoordinator {
+    /// A coordinator for `processes` processes of `parallelism` subtasks,
+    /// whose ids start at `first_id` at the least (after every global
+    /// record on disk).
+    pub(crate) fn new(
+        config: &CheckpointConfig,
+        processes: usize,
+        parallelism: usize,
+        first_id: u64,
+    ) -> Self {
+        assert!(processes >= 1 && parallelism >= 1 && first_id >= 1);
+        Self {
+            timeout_ms: config.timeout_ms,
+            tolerable_failures: config.tolerable_failures,
+            processes,
+            parallelism,
+            schedule: Schedule::new(config),
+            ready: vec![None; processes],
+            ended: false,
+            requested: false,
+            next_id: first_id,
+            pending: None,
+            consecutive_failures: 0,
+            fatal: None,
+            latest_completed: 0,
+            out: Vec::new(),
+        }
+    }
+
+    /// The messages to send, with the process each goes to.
+    pub(crate) fn take_out(&mut self) -> Vec<(usize, CoordMsg)> {
+        std::mem::take(&mut self.out)
+    }
+
+    fn broadcast(&mut self, msg: CoordMsg) {
+        for p in 0..self.processes {
+            self.out.push((p, msg.clone()));
+        }
+    }
+
+    /// A message from process `from`'s part. A message about a checkpoint
+    /// that already ended is dropped.
+    pub(crate) fn on_message(&mut self, from: usize, msg: CoordMsg, now_ms: u64) {
+        assert!(from < self.processes && !msg.from_leader());
+        match msg {
+            CoordMsg::Ready { next_id } => {
+                self.ready[from] = Some(next_id);
+                self.next_id = self.next_id.max(next_id);
+            }
+            CoordMsg::Request => self.requested = true,
+            CoordMsg::Ended => {
+                self.ended = true;
+                if self.pending.as_ref().is_some_and(|p| !p.committing) {
+                    self.end_failed(
+                        format!("declined: process {from} has finished"),
+                        true,
+                        now_ms,
+                    );
+                }
+            }
+            CoordMsg::PartDone { id, final_votes } => {
+                if let Some(p) = self.pending.as_mut().filter(|p| p.id == id) {
+                    assert!(
+                        p.parts[from].is_none() && !p.committing,
+                        "checkpoint {id}: process {from}'s part reported twice or after the commit began"
+                    );
+                    p.parts[from] = Some(PartReport { final_votes });
+                }
+            }
+            CoordMsg::PartFailed {
+                id,
+                declined,
+                reason,
+            } => {
+                if self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.id == id && !p.committing)
+                {
+                    self.end_failed(format!("process {from}: {reason}"), declined, now_ms);
+                }
+            }
+            CoordMsg::Trigger { .. } | CoordMsg::Complete { .. } | CoordMsg::Abort { .. } => {
+                unreachable!("asserted above")
+            }
+        }
+    }
+
+    /// Fails the pending checkpoint (counted unless `declined`).
+    fn end_failed(&mut self, reason: String, declined: bool, now_ms: u64) {
+        let p = self.pending.take().expect("a pending checkpoint fails");
+        assert!(!p.committing, "nothing ends a checkpoint while it commits");
+        self.schedule.ended(now_ms);
+        if !declined {
+            self.consecutive_failures += 1;
+            if self.consecutive_failures > self.tolerable_failures && self.fatal.is_none() {
+                self.fatal = Some(format!(
+                    "{} consecutive checkpoint failures (tolerable: {}); last: checkpoint {} {reason}",
+                    self.consecutive_failures, self.tolerable_failures, p.id
+                ));
+            }
+        }
+        self.broadcast(CoordMsg::Abort { id: p.id, reason });
+    }
+
+    /// Triggers, fails a late checkpoint; returns a checkpoint whose record
+    /// is to be written, if every part is durable.
+    pub(crate) fn poll(&mut self, now_ms: u64) -> Option<GlobalCommit> {
+        assert!(
+            self.pending.as_ref().is_none_or(|p| !p.committing),
+            "polled with a commit outstanding"
+        );
+        self.schedule.start(now_ms);
+        if let Some(p) = &self.pending {
+            if now_ms >= p.trigger_ms + self.timeout_ms {
+                let missing: Vec<usize> = (0..self.processes)
+                    .filter(|&i| p.parts[i].is_none())
+                    .collect();
+                let reason = format!(
+                    "timed out after {} ms, waiting for processes {missing:?}",
+                    self.timeout_ms
+                );
+                self.end_failed(reason, false, now_ms);
+            }
+        }
+        if let Some(p) = self.pending.as_mut() {
+            if p.parts.iter().all(Option::is_some) {
+                p.committing = true;
+                return Some(GlobalCommit {
+                    record: GlobalRecord {
+                        id: p.id,
+                        trigger_ms: p.trigger_ms,
+                        completed_ms: now_ms,
+                        processes: self.processes as u32,
+                        parallelism: self.parallelism as u32,
+                        parts: (0..self.processes as u32).collect(),
+                    },
+                });
+            }
+            return None;
+        }
+        self.maybe_trigger(now_ms);
+        None
+    }
+
+    fn maybe_trigger(&mut self, now_ms: u64) {
+        if self.fatal.is_some() || self.ended || self.ready.iter().any(Option::is_none) {
+            return;
+        }
+        let Some(cause) = self.schedule.due(now_ms, self.requested, 0) else {
+            return;
+        };
+        self.requested = false;
+        let id = self.next_id;
+        assert!(
+            id > self.latest_completed && self.ready.iter().flatten().all(|&free| id >= free),
+            "checkpoint {id}: above every id a part's store holds"
+        );
+        self.next_id += 1;
+        self.schedule.triggered(now_ms, 0);
+        self.pending = Some(Pending {
+            id,
+            trigger_ms: now_ms,
+            parts: vec![None; self.processes],
+            committing: false,
+        });
+        self.broadcast(CoordMsg::Trigger { id, cause });
+    }
+
+    /// When [`poll`](Self::poll) has something to do without a message.
+    pub(crate) fn next_deadline(&self, now_ms: u64) -> Option<u64> {
+        match &self.pending {
+            Some(p) => Some(p.trigger_ms + self.timeout_ms),
+            None if self.requested => Some(now_ms),
+            None => self.schedule.next_trigger(now_ms),
+        }
+    }
+
+    /// Takes the pending checkpoint `id`, which must be committing.
+    fn take_committing(&mut self, id: u64) -> Pending {
+        assert!(
+            self.pending
+                .as_ref()
+                .is_some_and(|p| p.id == id && p.committing),
+            "checkpoint {id}: reported, but it is not the commit outstanding"
+        );
+        self.pending.take().expect("asserted above")
+    }
+
+    /// The record of `id` is durable: the checkpoint is complete.
+    pub(crate) fn committed(&mut self, id: u64, now_ms: u64) {
+        let p = self.take_committing(id);
+        let votes: u64 = p
+            .parts
+            .iter()
+            .flatten()
+            .map(|r| u64::from(r.final_votes))
+            .sum();
+        let is_final = votes == (self.processes * self.parallelism) as u64;
+        assert!(
+            id > self.latest_completed,
+            "completed ids strictly increase"
+        );
+        self.latest_completed = id;
+        self.consecutive_failures = 0;
+        self.schedule.ended(now_ms);
+        self.broadcast(CoordMsg::Complete { id, is_final });
+    }
+
+    /// The record of `id` could not be written: the checkpoint fails.
+    pub(crate) fn commit_failed(&mut self, id: u64, reason: String, now_ms: u64) {
+        let mut p = self.take_committing(id);
+        p.committing = false;
+        self.pending = Some(p);
+        self.end_failed(format!("the global record: {reason}"), false, now_ms);
+    }
+}
+
+/// The global records on disk (`<dir>/cluster/`): blocking file I/O, for a
+/// thread of its own.
+pub mod files {
+    use super::GlobalRecord;
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+
+    /// The directory of a cluster job's global records under its
+    /// checkpoint directory.
+    pub fn dir(root: &Path) -> PathBuf {
+        root.join("cluster")
+    }
+
+    /// The store directory of process `process` under a cluster job's
+    /// checkpoint directory.
+    pub fn part_dir(root: &Path, process: u32) -> PathBuf {
+        root.join(format!("process-{process}"))
+    }
+
+    fn name(id: u64) -> String {
+        format!("checkpoint-{id:020}")
+    }
+
+    /// The ids of the global records present, ascending (files that are
+    /// not records, and temporary files, are skipped).
+    pub fn ids(root: &Path) -> std::io::Result<Vec<u64>> {
+        let dir = dir(root);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("checkpoint-"))
+                .filter(|n| n.len() == 20)
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            ids.push(id);
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Reads global record `id`.
+    pub fn read(root: &Path, id: u64) -> Result<GlobalRecord, String> {
+        let path = dir(root).join(name(id));
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let record =
+            GlobalRecord::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        if record.id != id {
+            return Err(format!("{} holds checkpoint {}", path.display(), record.id));
+        }
+        Ok(record)
+    }
+
+    fn sync_dir(dir: &Path) -> std::io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
+    }
+
+    /// Writes `record` durably: a temporary file, synced, renamed into
+    /// place (the commit point), the directory synced. Then removes the
+    /// records older than the newest `retained`.
+    pub fn commit(root: &Path, record: &GlobalRecord, retained: usize) -> std::io::Result<()> {
+        let dir = dir(root);
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{}.tmp", name(record.id)));
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&record.encode())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, dir.join(name(record.id)))?;
+        sync_dir(&dir)?;
+        let ids = ids(root)?;
+        let keep = retained.max(1);
+        if ids.len() > keep {
+            for &old in &ids[..ids.len() - keep] {
+                let _ = std::fs::remove_file(dir.join(name(old)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the records newer than `restored` (a restore that fell back
+    /// to an older checkpoint starts a branch: no later restore may return
+    /// to them), and temporary files of interrupted commits.
+    pub fn discard_after(root: &Path, restored: Option<u64>) -> std::io::Result<Vec<u64>> {
+        let dir = dir(root);
+        let mut discarded = Vec::new();
+        for id in ids(root)? {
+            if restored.is_some_and(|r| id > r) {
+                std::fs::remove_file(dir.join(name(id)))?;
+                discarded.push(id);
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.ends_with(".tmp"))
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        if !discarded.is_empty() {
+            sync_dir(&dir)?;
+        }
+        Ok(discarded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_bad_bytes_are_errors() {
+        let all = [
+            CoordMsg::Ready { next_id: 7 },
+            CoordMsg::Request,
+            CoordMsg::PartDone {
+                id: 3,
+                final_votes: 1,
+            },
+            CoordMsg::PartFailed {
+                id: 3,
+                declined: true,
+                reason: "x".into(),
+            },
+            CoordMsg::Ended,
+            CoordMsg::Trigger {
+                id: 4,
+                cause: TriggerCause::Manual,
+            },
+            CoordMsg::Complete {
+                id: 4,
+                is_final: true,
+            },
+            CoordMsg::Abort {
+                id: 5,
+                reason: "timed out".into(),
+            },
+        ];
+        for msg in all {
+            let mut bytes = Vec::new();
+            msg.encode(&mut bytes);
+            assert_eq!(CoordMsg::decode(&bytes).unwrap(), msg);
+            for len in 0..bytes.len() {
+                assert!(
+                    CoordMsg::decode(&bytes[..len]).is_err(),
+                    "{msg:?} cut at {len}"
+                );
+            }
+            bytes.push(0);
+            assert!(CoordMsg::decode(&bytes).is_err());
+        }
+        assert!(CoordMsg::decode(&[9]).is_err());
+    }
+
+    #[test]
+    fn records_round_trip_and_damage_is_detected() {
+        let record = GlobalRecord {
+            id: 12,
+            trigger_ms: 1,
+            completed_ms: 2,
+            processes: 3,
+            parallelism: 2,
+            parts: vec![0, 1, 2],
+        };
+        let bytes = record.encode();
+        assert_eq!(GlobalRecord::decode(&bytes).unwrap(), record);
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(GlobalRecord::decode(&bad).is_err(), "flip at {i}");
+            assert!(GlobalRecord::decode(&bytes[..i]).is_err(), "cut at {i}");
+        }
+    }
+
+    fn config() -> CheckpointConfig {
+        CheckpointConfig {
+            timeout_ms: 100,
+            ..CheckpointConfig::new("unused", 10)
+        }
+    }
+
+    fn ready_all(g: &mut GlobalCoordinator, n: usize) {
+        for p in 0..n {
+            g.on_message(
+                p,
+                CoordMsg::Ready {
+                    next_id: 5 + p as u64,
+                },
+                0,
+            );
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_commits_once_every_part_is_durable_and_is_final_only_with_every_vote() {
+        let mut g = GlobalCoordinator::new(&config(), 2, 2, 1);
+        assert!(g.poll(0).is_none(), "nothing before every part is ready");
+        ready_all(&mut g, 2);
+        assert!(g.poll(5).is_none());
+        assert!(g.take_out().is_empty(), "not due before the interval");
+        assert!(g.poll(10).is_none());
+        let out = g.take_out();
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|(_, m)| *m
+            == CoordMsg::Trigger {
+                id: 6,
+                cause: TriggerCause::Interval
+            }));
+        let done = |votes| CoordMsg::PartDone {
+            id: 6,
+            final_votes: votes,
+        };
+        g.on_message(0, done(2), 11);
+        assert!(g.poll(12).is_none(), "one part missing");
+        g.on_message(1, done(1), 13);
+        let commit = g.poll(14).expect("every part durable");
+        assert_eq!(commit.record.id, 6);
+        assert!(
+            g.take_out().is_empty(),
+            "nothing is announced before the record is durable"
+        );
+        g.committed(6, 15);
+        let out = g.take_out();
+        assert!(out.iter().all(|(_, m)| *m
+            == CoordMsg::Complete {
+                id: 6,
+                is_final: false
+            }));
+        assert_eq!(g.latest_completed, 6);
+    }
+
+    #[test]
+    fn a_failed_or_late_part_aborts_everywhere_and_fails_the_job_past_the_tolerance() {
+        let mut g = GlobalCoordinator::new(&config(), 2, 1, 1);
+        ready_all(&mut g, 2);
+        g.poll(10);
+        g.take_out();
+        g.on_message(
+            1,
+            CoordMsg::PartFailed {
+                id: 6,
+                declined: false,
+                reason: "disk full".into(),
+            },
+            11,
+        );
+        let out = g.take_out();
+        assert_eq!(out.len(), 2);
+        assert!(
+            matches!(&out[0].1, CoordMsg::Abort { id: 6, reason } if reason.contains("disk full"))
+        );
+        assert!(g.fatal.is_some(), "no failure is tolerated by default");
+
+        let mut g = GlobalCoordinator::new(
+            &CheckpointConfig {
+                tolerable_failures: 1,
+                ..config()
+            },
+            2,
+            1,
+            1,
+        );
+        ready_all(&mut g, 2);
+        g.poll(10);
+        g.take_out();
+        g.poll(109);
+        assert!(g.take_out().is_empty(), "not late yet");
+        g.poll(110);
+        let out = g.take_out();
+        assert!(
+            matches!(&out[0].1, CoordMsg::Abort { id: 6, reason } if reason.contains("timed out"))
+        );
+        assert!(g.fatal.is_none(), "one failure is tolerated");
+        // A late report of the aborted checkpoint is dropped.
+        g.on_message(
+            0,
+            CoordMsg::PartDone {
+                id: 6,
+                final_votes: 0,
+            },
+            111,
+        );
+        assert!(g.poll(111).is_none());
+    }
+}

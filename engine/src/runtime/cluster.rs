@@ -1,0 +1,321 @@
+//! The coordinator task of a cluster job that checkpoints (reactor 0 of
+//! every process): this process's part of every checkpoint and, on process
+//! 0, the leader's global coordinator (`checkpoint/global.rs`,
+//! `docs/cluster.md` §15).
+//!
+//! The part: the process's own [`Coordinator`](crate::checkpoint::coordinator)
+//! in external mode over its own subtasks and store. A trigger comes from
+//! the leader; once every local subtask acknowledged, the part commits its
+//! blocks and metadata to its store (a prepared part), reports `PartDone`,
+//! and holds the commit until the leader decides: `Complete` announces the
+//! checkpoint to the subtasks (sinks commit), `Abort` discards the part from
+//! the store again.
+//!
+//! The leader: writes each global record on a thread of its own (blocking
+//! file I/O never runs on a reactor) and waits for it on the coordinator's
+//! parker.
+
+use super::{BusyGuard, ReactorIdle, PARK_RECHECK};
+use crate::checkpoint::global::{files, CoordMsg, GlobalCoordinator};
+use crate::env::{CoordinatorEnds, JobEnv};
+use crate::park::Parker;
+use crate::JobError;
+use spate_storage::{GlommioIo, Store};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Marks the coordinator ended (the link writers may then say bye) and
+/// wakes them, however the task ends.
+struct EndedGuard(Arc<JobEnv>);
+
+impl Drop for EndedGuard {
+    fn drop(&mut self) {
+        self.0.coordinator_ended.store(true, Ordering::SeqCst);
+        if let Some(net) = &self.0.net {
+            net.wake_writers();
+        }
+    }
+}
+
+/// Runs `work` on a thread of its own and waits for it on `parker`
+/// (publish, re-check, wait: no wake-up is lost, nothing spins).
+async fn off_reactor<T: Send + 'static>(
+    parker: &Arc<Parker>,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let slot: Arc<Mutex<Option<T>>> = Arc::new(Mutex::new(None));
+    let notifier = parker.notifier();
+    let filled = slot.clone();
+    std::thread::Builder::new()
+        .name("spate-cluster-commit".into())
+        .spawn(move || {
+            let result = work();
+            if let Ok(mut s) = filled.lock() {
+                *s = Some(result);
+            }
+            notifier.notify();
+        })
+        .map_err(|e| format!("cannot start a thread for the global record: {e}"))?;
+    let take = || slot.lock().ok().and_then(|mut s| s.take());
+    loop {
+        if let Some(r) = take() {
+            return Ok(r);
+        }
+        parker.prepare_park();
+        if let Some(r) = take() {
+            parker.unpark();
+            return Ok(r);
+        }
+        futures_lite::future::or(parker.wait(), async {
+            glommio::timer::sleep(PARK_RECHECK).await;
+        })
+        .await;
+        parker.unpark();
+    }
+}
+
+/// This process's part of the cluster's checkpoints, and on process 0 the
+/// leader's global coordinator.
+pub(super) async fn coordinator_task(
+    env: Arc<JobEnv>,
+    ends: CoordinatorEnds,
+    mut store: Store<GlommioIo>,
+    idle: Rc<ReactorIdle>,
+) {
+    let _ended = EndedGuard(env.clone());
+    let (Some(net), Some(cluster), Some(checkpoint)) = (
+        env.net.clone(),
+        env.config.cluster.clone(),
+        env.config.checkpoint.clone(),
+    ) else {
+        return;
+    };
+    let root: PathBuf = crate::config::cluster_root(&checkpoint.dir);
+    let me = net.process();
+    let restored = env.restore.as_ref().map(|r| r.metadata.id);
+    let first_id = store
+        .latest()
+        .map_or(1, |r| r.id + 1)
+        .max(restored.map_or(1, |r| r + 1));
+    let Some(mut part) = env.coordinator_for(ends, first_id) else {
+        return;
+    };
+    let parker = env.coordinator_parker.clone();
+    net.set_coord_notifier(parker.notifier());
+    let send = |to: usize, msg: CoordMsg| {
+        let mut bytes = Vec::new();
+        msg.encode(&mut bytes);
+        net.send_coord(to, bytes);
+    };
+    let fail = |what: String| env.fail(JobError::Network(format!("process {me}: {what}")));
+    let mut global = None;
+    if me == 0 {
+        // Records newer than the restored one are a branch no restore may
+        // return to; ids go on after every record on disk.
+        let at = root.clone();
+        let ids = off_reactor(&parker, move || {
+            files::discard_after(&at, restored)?;
+            files::ids(&at)
+        })
+        .await;
+        let ids = match ids {
+            Ok(Ok(ids)) => ids,
+            Ok(Err(e)) => {
+                return fail(format!(
+                    "the global checkpoint records in {}: {e}",
+                    files::dir(&root).display()
+                ))
+            }
+            Err(e) => return fail(e),
+        };
+        let first = ids.last().map_or(1, |l| l + 1).max(first_id);
+        global = Some(GlobalCoordinator::new(
+            &checkpoint,
+            cluster.processes,
+            env.config.parallelism,
+            first,
+        ));
+    }
+    send(0, CoordMsg::Ready { next_id: first_id });
+    let parallelism = env.config.parallelism;
+    // The part committed to the store, waiting for the leader's decision.
+    let mut outstanding: Option<u64> = None;
+    loop {
+        if env.failed() {
+            break;
+        }
+        if env.done.load(Ordering::SeqCst) == parallelism {
+            // A prepared part the leader never completes is discarded by
+            // the next restore (it is newer than the restored record).
+            send(0, CoordMsg::Ended);
+            break;
+        }
+        let now = env.clock.now_ms();
+        for (from, bytes) in net.take_coord() {
+            let msg = match CoordMsg::decode(&bytes) {
+                Ok(msg) => msg,
+                Err(e) => {
+                    return fail(format!(
+                        "a malformed coordination message from process {from}: {e}"
+                    ))
+                }
+            };
+            if !msg.from_leader() {
+                match &mut global {
+                    Some(g) => g.on_message(from, msg, now),
+                    None => return fail(format!("a leader's message from process {from}")),
+                }
+                continue;
+            }
+            if from != 0 {
+                return fail(format!("a leader's message from process {from}"));
+            }
+            match msg {
+                CoordMsg::Trigger { id, cause } => {
+                    let taken = match outstanding {
+                        Some(o) => Err((
+                            format!("its part of checkpoint {o} still waits for the leader"),
+                            false,
+                        )),
+                        None => part.trigger_external(id, cause, now),
+                    };
+                    if let Err((reason, declined)) = taken {
+                        send(
+                            0,
+                            CoordMsg::PartFailed {
+                                id,
+                                declined,
+                                reason,
+                            },
+                        );
+                    }
+                }
+                CoordMsg::Complete { id, is_final } => {
+                    if outstanding != Some(id) {
+                        return fail(format!(
+                            "the leader completed checkpoint {id}, whose part here is not prepared"
+                        ));
+                    }
+                    outstanding = None;
+                    env.set_final(id, is_final);
+                    part.committed(id, env.clock.now_ms());
+                }
+                CoordMsg::Abort { id, reason } => {
+                    if outstanding == Some(id) {
+                        outstanding = None;
+                        let _busy = BusyGuard::new(&idle);
+                        if let Err(e) = store.discard_checkpoint(id).await {
+                            return fail(format!("checkpoint {id} failed ({reason}) and its part could not be discarded: {e}"));
+                        }
+                        part.commit_failed(id, reason, env.clock.now_ms());
+                    } else {
+                        part.abort_external(id, reason, now);
+                    }
+                }
+                _ => unreachable!("from_leader"),
+            }
+        }
+        if outstanding.is_none() {
+            if let Some(request) = part.poll(now) {
+                let _busy = BusyGuard::new(&idle);
+                store.keep_from(request.keep_from);
+                let id = request.id;
+                match store.commit_checkpoint_deferred(request.record).await {
+                    Ok(report) => {
+                        outstanding = Some(id);
+                        send(
+                            0,
+                            CoordMsg::PartDone {
+                                id,
+                                final_votes: env.final_votes(id),
+                            },
+                        );
+                        for warning in store.remove_segment_files(&report.segments_deleted).await {
+                            eprintln!("spate: checkpoint store: {warning:?}");
+                        }
+                    }
+                    Err(e) => part.commit_failed(id, e.to_string(), env.clock.now_ms()),
+                }
+            }
+        }
+        for (id, reason, declined) in part.take_failed() {
+            send(
+                0,
+                CoordMsg::PartFailed {
+                    id,
+                    declined,
+                    reason,
+                },
+            );
+        }
+        if env.coordinator.manual_trigger.swap(false, Ordering::SeqCst) {
+            send(0, CoordMsg::Request);
+        }
+        if let Some(g) = &mut global {
+            if let Some(commit) = g.poll(now) {
+                let _busy = BusyGuard::new(&idle);
+                let (at, record, retained) =
+                    (root.clone(), commit.record.clone(), checkpoint.retained);
+                let written =
+                    off_reactor(&parker, move || files::commit(&at, &record, retained)).await;
+                let now = env.clock.now_ms();
+                match written {
+                    Ok(Ok(())) => g.committed(commit.record.id, now),
+                    Ok(Err(e)) => g.commit_failed(commit.record.id, e.to_string(), now),
+                    Err(e) => g.commit_failed(commit.record.id, e, now),
+                }
+            }
+            for (to, msg) in g.take_out() {
+                send(to, msg);
+            }
+            if let Some(reason) = g.fatal.take() {
+                env.fail(crate::CheckpointError::TooManyFailures { reason }.into());
+                break;
+            }
+        }
+        env.coordinator.in_progress.store(
+            part.in_progress() || outstanding.is_some(),
+            Ordering::SeqCst,
+        );
+        parker.prepare_park();
+        if net.has_coord()
+            || part.has_acks()
+            || env.failed()
+            || env.done.load(Ordering::SeqCst) == parallelism
+            || env.coordinator.manual_trigger.load(Ordering::SeqCst)
+        {
+            parker.unpark();
+            futures_lite::future::yield_now().await;
+            continue;
+        }
+        let deadline = [
+            outstanding
+                .is_none()
+                .then(|| part.next_deadline(now))
+                .flatten(),
+            global.as_ref().and_then(|g| g.next_deadline(now)),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        idle.coordinator_wake_at.set(deadline);
+        let wait = match deadline {
+            Some(at) if at <= now => Duration::ZERO,
+            Some(at) => Duration::from_millis(at - now).min(PARK_RECHECK),
+            None => PARK_RECHECK,
+        };
+        if wait.is_zero() {
+            futures_lite::future::yield_now().await;
+        } else {
+            futures_lite::future::or(parker.wait(), async move {
+                glommio::timer::sleep(wait).await;
+            })
+            .await;
+        }
+        idle.coordinator_wake_at.set(None);
+        parker.unpark();
+    }
+}
