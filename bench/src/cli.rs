@@ -198,8 +198,9 @@ struct NexmarkArgs {
     /// (docs/cluster.md). Alone: start them all on this machine, each with
     /// --cores, and merge their reports. With --process-id and --peers: be
     /// one of them (the secret in SPATE_CLUSTER_SECRET). Needs
-    /// --checkpoint-interval-ms 0: checkpoints across processes are not
-    /// built yet.
+    /// --checkpoint-interval-ms 0: the engine checkpoints across processes
+    /// (docs/cluster.md §15), but spate-bench does not restart a cluster
+    /// from its checkpoints yet.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     processes: Option<u64>,
     /// This process's index in the cluster, 0-based.
@@ -720,8 +721,9 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
     if let Some(processes) = args.processes {
         if checkpoint.is_some() {
             bail!(
-                "--processes needs --checkpoint-interval-ms 0: checkpoints across processes \
-                 are not built yet"
+                "--processes needs --checkpoint-interval-ms 0: the engine checkpoints across \
+                 processes (docs/cluster.md §15), but spate-bench does not restart a cluster \
+                 from its checkpoints yet"
             );
         }
         if kafka.is_some() {

@@ -84,12 +84,6 @@ impl std::fmt::Debug for ClusterConfig {
     }
 }
 
-/// The job's checkpoint directory of a cluster process whose store is
-/// `dir` (see [`JobConfig::for_this_process`]).
-pub(crate) fn cluster_root(dir: &std::path::Path) -> std::path::PathBuf {
-    dir.parent().unwrap_or(dir).to_path_buf()
-}
-
 /// Shortest shared secret accepted, in bytes.
 pub const MIN_CLUSTER_SECRET: usize = 16;
 

@@ -443,8 +443,6 @@ fn window_line(w: &WindowResult<u64, (u64, u64)>, out: &mut Vec<u8>) {
     );
 }
 
-/// The committed lines of a file sink's directory, sorted.
-
 /// Windows through a file sink, a task failure after two checkpoints, a
 /// restart by the strategy: the committed files hold every window result
 /// exactly once (or at least once in that mode), and nothing stays pending.

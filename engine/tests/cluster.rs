@@ -529,7 +529,12 @@ fn cluster_checkpoint_child() {
     let config = JobConfig {
         parallelism: 1,
         pin_cores: false,
-        checkpoint: Some(spate::CheckpointConfig::new(var("SPATE_TEST_CKPT"), 100)),
+        checkpoint: Some(spate::CheckpointConfig {
+            // Incremental: a key group restored from another process's
+            // store must be written afresh, not referenced.
+            incremental: true,
+            ..spate::CheckpointConfig::new(var("SPATE_TEST_CKPT"), 100)
+        }),
         cluster: Some(ClusterConfig {
             process: var("SPATE_TEST_PROCESS").parse().unwrap(),
             processes: peers.len(),
@@ -596,12 +601,16 @@ fn spawn_checkpoint_child(
         .unwrap()
 }
 
-/// Ids of the global checkpoint records under `root`.
-fn global_records(root: &Path) -> usize {
+/// The newest global checkpoint record under `root` (0: none).
+fn newest_record(root: &Path) -> u64 {
     std::fs::read_dir(root.join("cluster")).map_or(0, |d| {
         d.flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
-            .count()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix("checkpoint-")?.parse().ok()
+            })
+            .max()
+            .unwrap_or(0)
     })
 }
 
@@ -622,51 +631,83 @@ fn checkpoint_output(path: &Path) -> Result<(u64, u64), String> {
     Ok((value("restored "), value("completed ")))
 }
 
-/// Three processes; `victim` is killed once `after` global checkpoints
-/// exist; the job is restarted on `then` processes and runs to the end.
-fn kill_and_recover(name: &str, victim: usize, after: usize, then: usize) {
-    let dir = dir(name);
+/// One run of the job in `processes` processes; with `kill = (victim,
+/// after)`, process `victim` is killed (SIGKILL) once `after` more global
+/// checkpoints completed in this run, and every other process must fail.
+/// Returns the checkpoint each process restored (for a run that ends).
+fn checkpointed_run(
+    name: &str,
+    dir: &Path,
+    run: usize,
+    processes: usize,
+    kill: Option<(usize, u64)>,
+) -> Vec<u64> {
     let (root, sink) = (dir.join("state"), dir.join("out"));
-    let peers = addresses(3);
-    let outs: Vec<PathBuf> = (0..3).map(|p| dir.join(format!("first-{p}"))).collect();
-    let mut children: Vec<Child> = (0..3)
+    let before = newest_record(&root);
+    let peers = addresses(processes);
+    let outs: Vec<PathBuf> = (0..processes)
+        .map(|p| dir.join(format!("run-{run}-{p}")))
+        .collect();
+    let mut children: Vec<Child> = (0..processes)
         .map(|p| spawn_checkpoint_child(p, &peers, &root, &sink, &outs[p]))
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while global_records(&root) < after {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name}: {after} global checkpoints never completed"
-        );
-        // The poll interval of a wait with a deadline.
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    children[victim].kill().unwrap();
-    for (p, child) in children.iter_mut().enumerate() {
-        let status = child.wait().unwrap();
-        if p != victim {
-            assert!(status.success(), "{name}: process {p} exited with {status}");
-            let error = checkpoint_output(&outs[p]).expect_err("a survivor fails");
-            assert!(error.contains("process"), "{name}: process {p}: {error}");
+    if let Some((victim, after)) = kill {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while newest_record(&root) < before + after {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: run {run}: {after} global checkpoints never completed"
+            );
+            // The poll interval of a wait with a deadline.
+            std::thread::sleep(Duration::from_millis(2));
         }
+        children[victim].kill().unwrap();
     }
-    let peers = addresses(then);
-    let outs: Vec<PathBuf> = (0..then).map(|p| dir.join(format!("second-{p}"))).collect();
-    let mut children: Vec<Child> = (0..then)
-        .map(|p| spawn_checkpoint_child(p, &peers, &root, &sink, &outs[p]))
-        .collect();
     let mut restored = Vec::new();
     for (p, child) in children.iter_mut().enumerate() {
-        assert!(child.wait().unwrap().success(), "{name}: process {p}");
-        let (from, completed) = checkpoint_output(&outs[p])
-            .unwrap_or_else(|e| panic!("{name}: process {p} of the second run failed: {e}"));
-        assert!(completed > 0, "{name}: process {p} completed no checkpoint");
-        restored.push(from);
+        let status = child.wait().unwrap();
+        if kill.is_some_and(|(victim, _)| victim == p) {
+            continue;
+        }
+        assert!(
+            status.success(),
+            "{name}: run {run}: process {p} exited with {status}"
+        );
+        match (checkpoint_output(&outs[p]), kill) {
+            (Err(error), Some(_)) => {
+                assert!(
+                    error.contains("process"),
+                    "{name}: run {run}: process {p}: {error}"
+                )
+            }
+            (Ok((from, completed)), None) => {
+                assert!(
+                    completed > 0,
+                    "{name}: run {run}: process {p} completed no checkpoint"
+                );
+                restored.push(from);
+            }
+            (outcome, _) => panic!("{name}: run {run}: process {p}: {outcome:?}"),
+        }
     }
-    assert!(
-        restored.iter().all(|&r| r > 0 && r == restored[0]),
-        "{name}: every process restores the same global checkpoint: {restored:?}"
-    );
+    restored
+}
+
+/// Runs the job as `runs` say (processes, and whom to kill when), the last
+/// one to its end: the committed output holds every event's update exactly
+/// once, and the last run restored one global checkpoint everywhere.
+fn kill_and_recover(name: &str, runs: &[(usize, Option<(usize, u64)>)]) {
+    let dir = dir(name);
+    for (run, &(processes, kill)) in runs.iter().enumerate() {
+        let restored = checkpointed_run(name, &dir, run, processes, kill);
+        if kill.is_none() {
+            assert!(
+                restored.iter().all(|&r| r > 0 && r == restored[0]),
+                "{name}: every process restores the same global checkpoint: {restored:?}"
+            );
+        }
+    }
+    let sink = dir.join("out");
     check_totals(name, &committed_lines(&sink));
     let pending: Vec<_> = std::fs::read_dir(sink.join(".pending")).unwrap().collect();
     assert!(pending.is_empty(), "{name}: left pending: {pending:?}");
@@ -713,16 +754,33 @@ fn an_uninterrupted_checkpointing_cluster_commits_every_total_once() {
 }
 
 #[test]
-fn a_killed_worker_is_replaced_and_the_output_is_exactly_once() {
-    kill_and_recover("kill-worker", 1, 3, 3);
+fn killed_workers_are_replaced_and_the_output_is_exactly_once() {
+    kill_and_recover(
+        "kill-workers",
+        &[(3, Some((1, 3))), (3, Some((2, 2))), (3, None)],
+    );
 }
 
 #[test]
 fn a_killed_leader_is_replaced_and_the_output_is_exactly_once() {
-    kill_and_recover("kill-leader", 0, 2, 3);
+    kill_and_recover(
+        "kill-leader",
+        &[(3, Some((0, 2))), (3, Some((0, 4))), (3, None)],
+    );
 }
 
 #[test]
 fn without_a_replacement_the_job_rescales_onto_the_survivors() {
-    kill_and_recover("kill-rescale", 2, 4, 2);
+    // Killed, restarted on the two others; killed again, restarted on the
+    // one left; then back on three (a key group restored from another
+    // process's store is written afresh into its new owner's).
+    kill_and_recover(
+        "kill-rescale",
+        &[
+            (3, Some((2, 4))),
+            (2, Some((1, 3))),
+            (1, Some((0, 2))),
+            (3, None),
+        ],
+    );
 }

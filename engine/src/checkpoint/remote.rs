@@ -1,7 +1,7 @@
 //! The job's side of the remote checkpoint tier (`CheckpointConfig::remote`):
 //! connecting, choosing what to restore, and waiting on reactor 0 for an upload.
 //!
-//! Commit order with a remote tier (the coordinator task, runtime.rs): local
+//! Commit order with a remote tier (the coordinator task, runtime/mod.rs): local
 //! manifest commit, then upload and create-only remote record (the commit point),
 //! and only then is the checkpoint complete and do sinks commit. A failed upload
 //! fails that checkpoint: it is discarded from the local store again, so that
@@ -22,7 +22,7 @@
 //! Owns no state of its own, and knows nothing of glommio; must not run
 //! object-store futures on a reactor: they run on the storage crate's
 //! `RemoteRuntime` threads, and the coordinator task waits for them on its
-//! parker (`runtime.rs`).
+//! parker (`runtime/mod.rs`).
 
 use super::{CheckpointConfig, RestoreFrom};
 use crate::park::Notifier;
@@ -239,7 +239,7 @@ pub(crate) fn prepare_restore(
 /// Starts the upload and remote commit of committed checkpoint `record` on
 /// the remote runtime; `notifier` is notified (from a runtime thread) once
 /// the returned completion holds the result. The coordinator task waits for
-/// it on its parker (runtime.rs), never blocking the reactor.
+/// it on its parker (runtime/mod.rs), never blocking the reactor.
 pub(crate) fn start_upload(
     remote: &JobRemote,
     dir: PathBuf,

@@ -253,7 +253,7 @@ impl RestoreState {
         process: usize,
     ) -> Result<Option<Self>, JobError> {
         use super::global::files;
-        let root = crate::config::cluster_root(&config.dir);
+        let root = files::root_of(&config.dir);
         let records_error = |reason: String| {
             JobError::from(RestoreError::ClusterRecords {
                 dir: files::dir(&root),

@@ -93,7 +93,7 @@ pub(super) async fn coordinator_task(
     ) else {
         return;
     };
-    let root: PathBuf = crate::config::cluster_root(&checkpoint.dir);
+    let root: PathBuf = files::root_of(&checkpoint.dir);
     let me = net.process();
     let restored = env.restore.as_ref().map(|r| r.metadata.id);
     let first_id = store
@@ -163,7 +163,7 @@ pub(super) async fn coordinator_task(
                     ))
                 }
             };
-            if !msg.from_leader() {
+            if !msg.is_leaders() {
                 match &mut global {
                     Some(g) => g.on_message(from, msg, now),
                     None => return fail(format!("a leader's message from process {from}")),
@@ -215,7 +215,7 @@ pub(super) async fn coordinator_task(
                         part.abort_external(id, reason, now);
                     }
                 }
-                _ => unreachable!("from_leader"),
+                _ => unreachable!("is_leaders"),
             }
         }
         if outstanding.is_none() {
