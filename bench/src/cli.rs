@@ -197,12 +197,31 @@ struct NexmarkArgs {
     /// Run the query as a cluster of this many processes joined by TCP
     /// (docs/cluster.md). Alone: start them all on this machine, each with
     /// --cores, and merge their reports. With --process-id and --peers: be
-    /// one of them (the secret in SPATE_CLUSTER_SECRET). Needs
-    /// --checkpoint-interval-ms 0: the engine checkpoints across processes
-    /// (docs/cluster.md §15), but spate-bench does not restart a cluster
-    /// from its checkpoints yet.
+    /// one of them (the secret in SPATE_CLUSTER_SECRET). With checkpoints,
+    /// every process keeps its part under --state-dir (one directory every
+    /// process reaches), and the launcher restarts every process from the
+    /// latest global checkpoint when one is lost (docs/cluster.md §15).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     processes: Option<u64>,
+    /// Launcher, after a lost process: restart on as many processes
+    /// (`replace`) or on one fewer (`shrink`: rescaled onto the survivors).
+    #[arg(long, value_parser = ["replace", "shrink"], default_value = "replace", requires = "processes")]
+    failover: String,
+    /// Launcher: restarts of the whole cluster before it gives up.
+    #[arg(long, default_value_t = 3, requires = "processes")]
+    max_restarts: u32,
+    /// Launcher, fault injection for failover measurements and tests:
+    /// SIGKILL this process once --kill-after-checkpoints global
+    /// checkpoints completed.
+    #[arg(long, requires = "kill_after_checkpoints")]
+    kill_process: Option<usize>,
+    /// See --kill-process: the global checkpoint id to wait for.
+    #[arg(long, requires = "kill_process")]
+    kill_after_checkpoints: Option<u64>,
+    /// A process of a launched cluster: restore the latest global checkpoint
+    /// (the launcher sets it on restarts).
+    #[arg(long, hide = true, requires = "process_id")]
+    cluster_restore: bool,
     /// This process's index in the cluster, 0-based.
     #[arg(long, requires = "processes")]
     process_id: Option<usize>,
@@ -719,12 +738,19 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
     }
     let kafka = args.kafka.run(args.output.is_some())?;
     if let Some(processes) = args.processes {
-        if checkpoint.is_some() {
+        if checkpoint.as_ref().is_some_and(|c| c.remote.is_some()) {
             bail!(
-                "--processes needs --checkpoint-interval-ms 0: the engine checkpoints across \
-                 processes (docs/cluster.md §15), but spate-bench does not restart a cluster \
-                 from its checkpoints yet"
+                "--processes does not combine with --remote yet: a cluster keeps its checkpoints \
+                 under --state-dir, which every process must reach (docs/cluster.md §15)"
             );
+        }
+        if checkpoint.is_none() && args.kill_process.is_some() {
+            bail!(
+                "--kill-process needs checkpoints: without them a lost process cannot be recovered"
+            );
+        }
+        if args.kill_process.is_some_and(|p| p as u64 >= processes) {
+            bail!("--kill-process names a process of the {processes}");
         }
         if kafka.is_some() {
             bail!("--processes does not combine with Kafka yet");
@@ -736,12 +762,19 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
             );
         }
         if args.process_id.is_none() {
+            let failover = checkpoint.as_ref().map(|c| crate::cluster::Failover {
+                state_dir: c.state_dir.clone(),
+                shrink: args.failover == "shrink",
+                max_restarts: args.max_restarts,
+                kill: args.kill_process.zip(args.kill_after_checkpoints),
+            });
             let summary = crate::cluster::launch(
                 processes as usize,
                 &args.report,
                 args.base_time_ms,
                 rate_events_per_s,
                 args.cluster.is_some(),
+                failover,
             )?;
             let mut stdout = std::io::stdout().lock();
             write!(stdout, "{}", summary.human())?;
@@ -805,6 +838,17 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
     };
     let mut _lock = None;
     let plan = match &config.checkpoint {
+        // A process of a cluster: its part of every checkpoint is in a
+        // store of its own under --state-dir (the engine locks it); what to
+        // restore is the launcher's (or the operator's) call.
+        Some(_) if args.process_id.is_some() => {
+            config.restore = if args.cluster_restore {
+                RestoreFrom::Latest
+            } else {
+                RestoreFrom::Nothing
+            };
+            None
+        }
         Some(settings) => {
             // One writer per state directory: taken before the directory is
             // read, held through the run (the engine's job shares it).

@@ -18,7 +18,7 @@
 //!   a lease it renews while it runs, and waits for all N ([`discover`]).
 //!   The launcher passes `--cluster` on to its processes.
 
-use crate::report::{write_latency, LatencySummary, ProcessSummary, Summary};
+use crate::report::{write_latency, FailoverSummary, LatencySummary, ProcessSummary, Summary};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
@@ -187,7 +187,15 @@ fn passed_args() -> Vec<String> {
         let flag = arg.split('=').next().unwrap_or("");
         if matches!(
             flag,
-            "--report" | "--base-time-ms" | "--processes" | "--cluster-job" | "--listen"
+            "--report"
+                | "--base-time-ms"
+                | "--processes"
+                | "--cluster-job"
+                | "--listen"
+                | "--failover"
+                | "--max-restarts"
+                | "--kill-process"
+                | "--kill-after-checkpoints"
         ) {
             if !arg.contains('=') {
                 args.next();
@@ -199,71 +207,167 @@ fn passed_args() -> Vec<String> {
     out
 }
 
+/// What the launcher does when a process of a checkpointing cluster is lost.
+#[derive(Clone, Debug)]
+pub struct Failover {
+    /// The job's checkpoint directory (every process's part, the global
+    /// records).
+    pub state_dir: std::path::PathBuf,
+    /// Restart on one process fewer instead of as many.
+    pub shrink: bool,
+    /// Restarts before the launcher gives up.
+    pub max_restarts: u32,
+    /// Fault injection: (process, global checkpoint): SIGKILL the process
+    /// once that checkpoint is complete.
+    pub kill: Option<(usize, u64)>,
+}
+
+/// The newest global checkpoint under `state_dir` (0: none).
+fn newest_global(state_dir: &Path) -> u64 {
+    spate::checkpoint::global::files::ids(state_dir)
+        .ok()
+        .and_then(|ids| ids.last().copied())
+        .unwrap_or(0)
+}
+
+/// How long the launcher lets the other processes of a run that lost one
+/// take to fail on their own (the data plane notices a lost connection at
+/// once) before it kills them.
+const FAIL_GRACE: Duration = Duration::from_secs(30);
+
 /// Starts `processes` copies of this `nexmark` command on this machine and
-/// merges their reports into `report`.
+/// merges their reports into `report`. With checkpoints (`failover`), a run
+/// that loses a process is restarted, every process from the latest global
+/// checkpoint, on as many processes or one fewer.
 pub fn launch(
     processes: usize,
     report: &Path,
     base_time_ms: Option<u64>,
     rate: Option<u64>,
     etcd: bool,
+    failover: Option<Failover>,
 ) -> anyhow::Result<Summary> {
     if processes < 2 {
         bail!("--processes must be at least 2 for a cluster");
     }
-    let listeners: Vec<std::net::TcpListener> = (0..processes)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .context("finding free ports for the data plane")?;
-    let peers: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.to_string()))
-        .collect::<Result<_, _>>()?;
-    drop(listeners);
     let secret = random_secret()?;
     let now = spate::time::Clock::now_ms(&spate::time::SystemClock);
     let base = base_time_ms.unwrap_or(now + crate::run::OPEN_LOOP_LEAD_MS + STARTUP_LEAD_MS);
     let exe = std::env::current_exe().context("finding this executable")?;
-    let mut children = Vec::new();
     // A job name of this launch's own (random apart from the secret:
     // nothing of the secret goes into etcd or onto a command line): the
     // processes find each other under it in etcd, and the handshake
     // refuses processes of another job.
     let job = format!("spate-bench-{}", &random_secret()?[..12]);
-    for process in 0..processes {
-        let dir = report.join(format!("process-{process}"));
-        let mut command = Command::new(&exe);
-        command
-            .args(passed_args())
-            .args(["--processes", &processes.to_string()])
-            .args(["--process-id", &process.to_string()]);
-        command.args(["--cluster-job", &job]);
-        if !etcd {
-            command.args(["--peers", &peers.join(",")]);
+    let mut n = processes;
+    let mut restarts = 0u32;
+    let mut kill = failover.as_ref().and_then(|f| f.kill);
+    let mut killed: Option<(usize, u64, u64)> = None;
+    let children = loop {
+        let listeners: Vec<std::net::TcpListener> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .collect::<Result<_, _>>()
+            .context("finding free ports for the data plane")?;
+        let peers: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.to_string()))
+            .collect::<Result<_, _>>()?;
+        drop(listeners);
+        let run_dir = match restarts {
+            0 => report.to_path_buf(),
+            r => report.join(format!("restart-{r}")),
+        };
+        let mut children = Vec::new();
+        for process in 0..n {
+            let dir = run_dir.join(format!("process-{process}"));
+            let mut command = Command::new(&exe);
+            command
+                .args(passed_args())
+                .args(["--processes", &n.to_string()])
+                .args(["--process-id", &process.to_string()]);
+            command.args(["--cluster-job", &job]);
+            if !etcd {
+                command.args(["--peers", &peers.join(",")]);
+            }
+            if restarts > 0 {
+                command.arg("--cluster-restore");
+            }
+            let child = command
+                .args(["--base-time-ms", &base.to_string()])
+                .arg("--report")
+                .arg(&dir)
+                .env(SECRET_VAR, &secret)
+                .stdout(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting process {process}"))?;
+            children.push((process, child, dir));
         }
-        let child = command
-            .args(["--base-time-ms", &base.to_string()])
-            .arg("--report")
-            .arg(&dir)
-            .env(SECRET_VAR, &secret)
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting process {process}"))?;
-        children.push((process, child, dir));
-    }
-    let mut failed = Vec::new();
-    for (process, child, _) in &mut children {
-        let status = child.wait()?;
-        if !status.success() {
-            failed.push(format!("process {process}: {status}"));
+        let mut statuses: Vec<Option<std::process::ExitStatus>> = vec![None; n];
+        let mut first_failure: Option<std::time::Instant> = None;
+        while statuses.iter().any(Option::is_none) {
+            for (i, (_, child, _)) in children.iter_mut().enumerate() {
+                if statuses[i].is_none() {
+                    statuses[i] = child.try_wait()?;
+                }
+            }
+            if let (Some((victim, after)), Some(f)) = (kill, &failover) {
+                let newest = newest_global(&f.state_dir);
+                if newest >= after && statuses[victim].is_none() {
+                    children[victim].1.kill().context("killing the process")?;
+                    let at = spate::time::Clock::now_ms(&spate::time::SystemClock);
+                    eprintln!(
+                        "spate-bench: killed process {victim} (SIGKILL) after global checkpoint {newest}"
+                    );
+                    killed = Some((victim, newest, at));
+                    kill = None;
+                }
+            }
+            if first_failure.is_none() && statuses.iter().flatten().any(|s| !s.success()) {
+                first_failure = Some(std::time::Instant::now());
+            }
+            if first_failure.is_some_and(|t| t.elapsed() > FAIL_GRACE) {
+                for (i, (_, child, _)) in children.iter_mut().enumerate() {
+                    if statuses[i].is_none() {
+                        let _ = child.kill();
+                    }
+                }
+            }
+            // The poll interval of a wait for child processes (and of the
+            // fault injection's look at the newest global checkpoint).
+            std::thread::sleep(Duration::from_millis(2));
         }
-    }
-    if !failed.is_empty() {
-        bail!(
-            "the cluster failed ({}); see the processes' messages above",
-            failed.join(", ")
+        let failed: Vec<String> = children
+            .iter()
+            .zip(&statuses)
+            .filter(|(_, s)| s.is_some_and(|s| !s.success()))
+            .map(|((process, _, _), s)| format!("process {process}: {}", s.expect("waited")))
+            .collect();
+        if failed.is_empty() {
+            break children;
+        }
+        let Some(f) = &failover else {
+            bail!(
+                "the cluster failed ({}); see the processes' messages above",
+                failed.join(", ")
+            );
+        };
+        restarts += 1;
+        if restarts > f.max_restarts {
+            bail!(
+                "the cluster failed ({}) after {} restart(s); see the processes' messages above",
+                failed.join(", "),
+                f.max_restarts
+            );
+        }
+        if f.shrink && n > 1 {
+            n -= 1;
+        }
+        eprintln!(
+            "spate-bench: the cluster lost a process ({}); restart {restarts} on {n} process(es) from global checkpoint {}",
+            failed.join(", "),
+            newest_global(&f.state_dir)
         );
-    }
+    };
     let mut summaries = Vec::new();
     let mut latency = crate::sink::new_histogram();
     for (process, _, dir) in &children {
@@ -277,7 +381,20 @@ pub fn launch(
         }
         summaries.push((*process, summary));
     }
-    let merged = merge(&summaries, &latency, rate.is_some());
+    let mut merged = merge(&summaries, &latency, rate.is_some());
+    if restarts > 0 {
+        let first_event = summaries.iter().filter_map(|(_, s)| s.first_event_ms).min();
+        merged.failover = Some(FailoverSummary {
+            restarts,
+            killed_process: killed.map(|k| k.0),
+            killed_after_checkpoint: killed.map(|k| k.1),
+            restored_from: summaries[0].1.resumed_from_checkpoint,
+            processes_after: n,
+            kill_to_first_event_ms: killed
+                .zip(first_event)
+                .map(|((_, _, at), first)| first.saturating_sub(at)),
+        });
+    }
     std::fs::create_dir_all(report)?;
     let json = serde_json::to_string_pretty(&merged)?;
     std::fs::write(report.join("summary.json"), json + "\n")?;

@@ -203,6 +203,30 @@ pub struct Summary {
     /// `rows` and the latency above are over all of them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<ProcessSummary>,
+    /// When this run's generator emitted its first event (epoch ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_event_ms: Option<u64>,
+    /// A cluster run that lost a process and was restarted from its latest
+    /// global checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverSummary>,
+}
+
+/// How a cluster run came back from a lost process.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FailoverSummary {
+    /// Restarts of every process.
+    pub restarts: u32,
+    /// The process killed by `--kill-process`, if one was.
+    pub killed_process: Option<usize>,
+    /// The newest global checkpoint when it was killed.
+    pub killed_after_checkpoint: Option<u64>,
+    /// The global checkpoint the last run restored.
+    pub restored_from: Option<u64>,
+    /// Processes of the last run.
+    pub processes_after: usize,
+    /// From the kill to the first event the restarted job emitted, ms.
+    pub kill_to_first_event_ms: Option<u64>,
 }
 
 /// One process of a cluster run, as its own report has it.
@@ -252,6 +276,8 @@ impl Summary {
             machine: Machine::current(),
             spate_bench_version: env!("CARGO_PKG_VERSION").to_string(),
             processes: Vec::new(),
+            first_event_ms: outcome.first_event_ms,
+            failover: None,
         }
     }
 
@@ -345,6 +371,23 @@ impl Summary {
                     p.network_bytes_received as f64 / (1 << 20) as f64
                 );
             }
+        }
+        if let Some(f) = &self.failover {
+            let killed = match (f.killed_process, f.killed_after_checkpoint) {
+                (Some(p), Some(c)) => format!("process {p} killed after global checkpoint {c}; "),
+                _ => String::new(),
+            };
+            let first = f.kill_to_first_event_ms.map_or(String::new(), |ms| {
+                format!("; first event {ms} ms after the kill")
+            });
+            let _ = writeln!(
+                s,
+                "  failover    {killed}{} restart(s), restored {} on {} process(es){first}",
+                f.restarts,
+                f.restored_from
+                    .map_or("nothing".to_string(), |c| format!("global checkpoint {c}")),
+                f.processes_after
+            );
         }
         s
     }

@@ -156,6 +156,8 @@ pub struct RunOutcome {
     pub started_ms: u64,
     /// The data plane's figures, in a cluster run.
     pub network: Option<spate::NetworkReport>,
+    /// When the generator emitted the run's first event (epoch ms).
+    pub first_event_ms: Option<u64>,
 }
 
 /// The generator configuration of a run: the defaults, or in open loop the rate
@@ -244,6 +246,7 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
     let open_loop = config.rate_events_per_s.is_some();
     let totals = SinkTotals::default();
     let emitted = Arc::new(AtomicU64::new(0));
+    let first_event = Arc::new(AtomicU64::new(0));
     let sink_options = SinkOptions {
         measure_latency: open_loop,
         output: config.output_dir.clone().map(|dir| {
@@ -318,6 +321,7 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
     };
     let build = {
         let (generator, totals, emitted) = (generator.clone(), totals.clone(), emitted.clone());
+        let (first_event, wall) = (first_event.clone(), clock.clone());
         let (query, seed, events) = (config.query, config.seed, config.events);
         move |df: &Dataflow| {
             let sink = match &kafka_sink {
@@ -337,7 +341,8 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
                 }
                 _ => {
                     let mut source = NexmarkSource::new(generator.clone(), seed, events)
-                        .counting(emitted.clone());
+                        .counting(emitted.clone())
+                        .first_event_into(first_event.clone(), wall.clone());
                     if open_loop {
                         source = source.paced(df.clock());
                     }
@@ -393,6 +398,7 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, JobError> {
         restored_from: report.restored_from,
         started_ms,
         network: report.network,
+        first_event_ms: Some(first_event.load(Ordering::Relaxed)).filter(|&ms| ms > 0),
     })
 }
 

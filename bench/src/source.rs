@@ -36,6 +36,8 @@ pub struct NexmarkSource {
     events: u64,
     pace: Option<Arc<dyn Clock>>,
     emitted: Option<Arc<AtomicU64>>,
+    /// When the first event of the run was emitted (epoch ms, 0: not yet).
+    first: Option<(Arc<AtomicU64>, Arc<dyn Clock>)>,
 }
 
 impl NexmarkSource {
@@ -48,7 +50,16 @@ impl NexmarkSource {
             events,
             pace: None,
             emitted: None,
+            first: None,
         }
+    }
+
+    /// Records in `first` when any source subtask of the run emitted its
+    /// first event (epoch ms on `clock`): a restarted cluster's time to its
+    /// first record.
+    pub fn first_event_into(mut self, first: Arc<AtomicU64>, clock: Arc<dyn Clock>) -> Self {
+        self.first = Some((first, clock));
+        self
     }
 
     /// Open loop: event `i` is not emitted before processing time
@@ -97,6 +108,12 @@ impl NexmarkSource {
         }
         if let Some(counter) = &self.emitted {
             counter.fetch_add(emitted, Ordering::Relaxed);
+        }
+        if emitted > 0 {
+            if let Some((first, clock)) = self.first.take() {
+                let _ =
+                    first.compare_exchange(0, clock.now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+            }
         }
         Ok(result)
     }

@@ -668,22 +668,182 @@ fn a_cluster_of_three_processes_writes_what_one_process_does() {
 }
 
 #[test]
-fn a_cluster_refuses_checkpoints_it_cannot_take_yet() {
-    let out = bin()
-        .args([
-            "nexmark",
-            "--query",
-            "q1",
-            "--events",
-            "1000",
+fn a_cluster_refuses_what_it_cannot_recover() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "--checkpoint-interval-ms",
+                "0",
+                "--kill-process",
+                "1",
+                "--kill-after-checkpoints",
+                "2",
+            ],
+            "--kill-process needs checkpoints",
+        ),
+        (
+            &["--kill-process", "2", "--kill-after-checkpoints", "2"],
+            "--kill-process names a process",
+        ),
+        (&["--remote", "file:///tmp/unused-remote"], "--remote"),
+    ];
+    for (extra, expected) in cases {
+        let out = bin()
+            .args([
+                "nexmark",
+                "--query",
+                "q1",
+                "--events",
+                "1000",
+                "--processes",
+                "2",
+            ])
+            .args(*extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+    }
+}
+
+/// Events of the failover runs, and their open-loop rate (a few seconds).
+const FAILOVER_EVENTS: &str = "450000";
+const FAILOVER_RATE: &str = "150000";
+
+/// `query` open loop from `base` (epoch ms) with `extra` flags, its rows
+/// into `dir/rows-NAME`; returns the rows, sorted, and the report.
+fn open_loop_rows(
+    dir: &Path,
+    query: &str,
+    base: u64,
+    extra: &[&str],
+    name: &str,
+) -> (Vec<String>, serde_json::Value) {
+    let mut cmd = bin();
+    cmd.args(["nexmark", "--query", query, "--events", FAILOVER_EVENTS])
+        .args(["--rate", FAILOVER_RATE, "--base-time-ms", &base.to_string()])
+        .args(extra)
+        .arg("--output")
+        .arg(dir.join(format!("rows-{name}")))
+        .arg("--report")
+        .arg(dir.join(format!("report-{name}")));
+    run_ok(&mut cmd);
+    (
+        all_rows(&dir.join(format!("rows-{name}"))),
+        summary_json(&dir.join(format!("report-{name}"))),
+    )
+}
+
+/// The global checkpoint after which a failover run kills its process: a
+/// seeded moment while events flow (checkpoints every 100 ms, events from
+/// about 1.5 s after the start for 3 s).
+fn kill_moment(seed: u64) -> u64 {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 31;
+    18 + x % 16
+}
+
+/// Three processes of one core, checkpointing every 100 ms, one of them
+/// killed (SIGKILL) at a seeded moment by the launcher, which restarts the
+/// whole cluster from the latest global checkpoint (as many processes, or
+/// one fewer): the committed rows are those of one uninterrupted process of
+/// three cores, each exactly once.
+fn failover_case(query: &str, victim: usize, failover: &str, seed: u64) {
+    let dir = scratch(&format!("failover-{query}-{victim}-{failover}-{seed}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let base = now + 1_500;
+    let after = kill_moment(seed);
+    let (cluster, summary) = open_loop_rows(
+        &dir,
+        query,
+        base,
+        &[
+            "--cores",
+            "1",
             "--processes",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--checkpoint-interval-ms 0"), "{stderr}");
+            "3",
+            "--checkpoint-interval-ms",
+            "100",
+            "--state-dir",
+            dir.join("state").to_str().unwrap(),
+            "--failover",
+            failover,
+            "--kill-process",
+            &victim.to_string(),
+            "--kill-after-checkpoints",
+            &after.to_string(),
+        ],
+        "cluster",
+    );
+    // The same events (the same base time) in one process, after the
+    // cluster (its events are then all due at once: it runs closed loop).
+    let (one, _) = open_loop_rows(
+        &dir,
+        query,
+        base,
+        &["--cores", "3", "--checkpoint-interval-ms", "0"],
+        "one",
+    );
+    let name = format!("{query}, process {victim} killed after checkpoint {after}, {failover}");
+    assert!(!one.is_empty(), "{name}: no rows");
+    assert_eq!(cluster.len(), one.len(), "{name}: row count");
+    assert!(
+        cluster == one,
+        "{name}: the recovered cluster's rows differ"
+    );
+    let f = &summary["failover"];
+    assert_eq!(f["killed_process"], victim as u64, "{name}: {f}");
+    assert!(f["restarts"].as_u64().unwrap() >= 1, "{name}: {f}");
+    assert!(f["restored_from"].as_u64().unwrap() >= after, "{name}: {f}");
+    let after_processes = if failover == "shrink" { 2 } else { 3 };
+    assert_eq!(f["processes_after"], after_processes, "{name}: {f}");
+    assert!(
+        f["kill_to_first_event_ms"].as_u64().is_some(),
+        "{name}: {f}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_the_rows_are_exactly_once() {
+    failover_case("q8", 1, "replace", 1);
+}
+
+#[test]
+fn a_killed_leader_is_replaced_and_the_rows_are_exactly_once() {
+    failover_case("q5", 0, "replace", 2);
+}
+
+#[test]
+fn without_a_replacement_the_cluster_rescales_and_the_rows_are_exactly_once() {
+    failover_case("q8", 2, "shrink", 3);
+    failover_case("q5", 0, "shrink", 4);
+}
+
+/// `SPATE_FAILOVER_SOAK=N`: N more failover runs, each at a seeded moment
+/// (`SPATE_FAILOVER_SEED` to start from another seed), alternating the
+/// query, the victim and the failover.
+#[test]
+fn failover_soak() {
+    let Some(runs) = std::env::var("SPATE_FAILOVER_SOAK")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let first: u64 = std::env::var("SPATE_FAILOVER_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    for seed in first..first + runs {
+        let query = if seed % 2 == 0 { "q5" } else { "q8" };
+        let failover = if seed % 3 == 0 { "shrink" } else { "replace" };
+        failover_case(query, (seed % 3) as usize, failover, seed);
+    }
 }
 
 /// etcd for the cluster tests that find their peers there: the endpoint
