@@ -240,7 +240,8 @@ struct NexmarkArgs {
     #[arg(long, value_name = "URL", requires = "processes")]
     cluster: Option<String>,
     /// The job's name: in etcd, its keys are under /spate/<NAME>/; on the
-    /// data plane, processes of another name are refused.
+    /// data plane, processes of another name are refused. The launcher
+    /// names its processes' job <NAME>-<random>.
     #[arg(long, default_value = "spate-bench", requires = "processes")]
     cluster_job: String,
     /// This process's data-plane address with --cluster (port 0: a free one).
@@ -774,6 +775,7 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
                 args.base_time_ms,
                 rate_events_per_s,
                 args.cluster.is_some(),
+                &args.cluster_job,
                 failover,
             )?;
             let mut stdout = std::io::stdout().lock();

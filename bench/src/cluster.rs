@@ -231,9 +231,10 @@ fn newest_global(state_dir: &Path) -> u64 {
 }
 
 /// How long the launcher lets the other processes of a run that lost one
-/// take to fail on their own (the data plane notices a lost connection at
-/// once) before it kills them.
-const FAIL_GRACE: Duration = Duration::from_secs(30);
+/// take to fail on their own before it kills them: the data plane notices a
+/// lost connection at once, and a failed run closes its sockets within 1 s;
+/// a process that hangs (stopped, or stuck in the kernel) never exits.
+const FAIL_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts `processes` copies of this `nexmark` command on this machine and
 /// merges their reports into `report`. With checkpoints (`failover`), a run
@@ -245,6 +246,7 @@ pub fn launch(
     base_time_ms: Option<u64>,
     rate: Option<u64>,
     etcd: bool,
+    job_prefix: &str,
     failover: Option<Failover>,
 ) -> anyhow::Result<Summary> {
     if processes < 2 {
@@ -254,11 +256,11 @@ pub fn launch(
     let now = spate::time::Clock::now_ms(&spate::time::SystemClock);
     let base = base_time_ms.unwrap_or(now + crate::run::OPEN_LOOP_LEAD_MS + STARTUP_LEAD_MS);
     let exe = std::env::current_exe().context("finding this executable")?;
-    // A job name of this launch's own (random apart from the secret:
+    // A job name of this launch's own (`--cluster-job`, then random apart from the secret:
     // nothing of the secret goes into etcd or onto a command line): the
     // processes find each other under it in etcd, and the handshake
     // refuses processes of another job.
-    let job = format!("spate-bench-{}", &random_secret()?[..12]);
+    let job = format!("{job_prefix}-{}", &random_secret()?[..12]);
     let mut n = processes;
     let mut restarts = 0u32;
     let mut kill = failover.as_ref().and_then(|f| f.kill);
@@ -285,7 +287,15 @@ pub fn launch(
                 .args(passed_args())
                 .args(["--processes", &n.to_string()])
                 .args(["--process-id", &process.to_string()]);
-            command.args(["--cluster-job", &job]);
+            // Each restart is a generation of its own: its processes find
+            // each other under a name of its own in etcd (a lost process's
+            // member key lives on until its lease expires), and the
+            // handshake refuses a process of an earlier generation.
+            let generation = match restarts {
+                0 => job.clone(),
+                r => format!("{job}-restart-{r}"),
+            };
+            command.args(["--cluster-job", &generation]);
             if !etcd {
                 command.args(["--peers", &peers.join(",")]);
             }

@@ -750,6 +750,11 @@ fn kill_moment(seed: u64) -> u64 {
 /// one fewer): the committed rows are those of one uninterrupted process of
 /// three cores, each exactly once.
 fn failover_case(query: &str, victim: usize, failover: &str, seed: u64) {
+    failover_case_with(query, victim, failover, seed, &[]);
+}
+
+/// [`failover_case`] with more flags for the cluster run.
+fn failover_case_with(query: &str, victim: usize, failover: &str, seed: u64, more: &[&str]) {
     let dir = scratch(&format!("failover-{query}-{victim}-{failover}-{seed}"));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -757,28 +762,27 @@ fn failover_case(query: &str, victim: usize, failover: &str, seed: u64) {
         .as_millis() as u64;
     let base = now + 1_500;
     let after = kill_moment(seed);
-    let (cluster, summary) = open_loop_rows(
-        &dir,
-        query,
-        base,
-        &[
-            "--cores",
-            "1",
-            "--processes",
-            "3",
-            "--checkpoint-interval-ms",
-            "100",
-            "--state-dir",
-            dir.join("state").to_str().unwrap(),
-            "--failover",
-            failover,
-            "--kill-process",
-            &victim.to_string(),
-            "--kill-after-checkpoints",
-            &after.to_string(),
-        ],
-        "cluster",
-    );
+    let state = dir.join("state");
+    let (victim_s, after_s) = (victim.to_string(), after.to_string());
+    let mut flags = vec![
+        "--cores",
+        "1",
+        "--processes",
+        "3",
+        "--checkpoint-interval-ms",
+        "100",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--failover",
+        failover,
+        "--kill-process",
+        &victim_s,
+        "--kill-after-checkpoints",
+        &after_s,
+    ];
+    flags.extend_from_slice(more);
+    let (cluster, summary) = open_loop_rows(&dir, query, base, &flags, "cluster");
+
     // The same events (the same base time) in one process, after the
     // cluster (its events are then all due at once: it runs closed loop).
     let (one, _) = open_loop_rows(
@@ -816,6 +820,14 @@ fn a_killed_worker_is_replaced_and_the_rows_are_exactly_once() {
 #[test]
 fn a_killed_leader_is_replaced_and_the_rows_are_exactly_once() {
     failover_case("q5", 0, "replace", 2);
+}
+
+#[test]
+fn a_cluster_found_through_etcd_fails_over_too() {
+    // Each restart joins under a name of its own: the killed process's
+    // member key outlives it by its lease.
+    let Some(etcd) = etcd_endpoint() else { return };
+    failover_case_with("q8", 1, "replace", 5, &["--cluster", &etcd]);
 }
 
 #[test]
@@ -868,7 +880,16 @@ fn a_cluster_found_through_etcd_writes_what_one_process_does() {
     let cluster = closed_loop_rows(
         &dir,
         "q8",
-        &["--cores", "1", "--processes", "2", "--cluster", &etcd],
+        &[
+            "--cores",
+            "1",
+            "--processes",
+            "2",
+            "--cluster",
+            &etcd,
+            "--cluster-job",
+            "etcd-rows-test",
+        ],
         "cluster",
     );
     assert!(!one.is_empty());
@@ -878,7 +899,7 @@ fn a_cluster_found_through_etcd_writes_what_one_process_does() {
     let client = spate_cluster::EtcdClient::new(&etcd, std::time::Duration::from_secs(5)).unwrap();
     let left = client
         .range(&spate_cluster::KeyRange::Prefix(
-            b"/spate/spate-bench-".to_vec(),
+            b"/spate/etcd-rows-test-".to_vec(),
         ))
         .unwrap();
     assert!(left.kvs.is_empty(), "left in etcd: {:?}", left.kvs);
