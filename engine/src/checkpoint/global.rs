@@ -416,9 +416,18 @@ impl GlobalCoordinator {
     }
 
     /// A message from process `from`'s part. A message about a checkpoint
-    /// that already ended is dropped.
-    pub(crate) fn on_message(&mut self, from: usize, msg: CoordMsg, now_ms: u64) {
-        assert!(from < self.processes && !msg.is_leaders());
+    /// that already ended is dropped; one that breaks the protocol (a
+    /// leader's message, a part reported twice) is an error that fails the
+    /// job, never a panic: it came over the network.
+    pub(crate) fn on_message(
+        &mut self,
+        from: usize,
+        msg: CoordMsg,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        if from >= self.processes || msg.is_leaders() {
+            return Err(format!("process {from} sent the leader {msg:?}"));
+        }
         match msg {
             CoordMsg::Ready { next_id } => {
                 self.ready[from] = Some(next_id);
@@ -437,10 +446,11 @@ impl GlobalCoordinator {
             }
             CoordMsg::PartDone { id, final_votes } => {
                 if let Some(p) = self.pending.as_mut().filter(|p| p.id == id) {
-                    assert!(
-                        p.parts[from].is_none() && !p.committing,
-                        "checkpoint {id}: process {from}'s part reported twice or after the commit began"
-                    );
+                    if p.parts[from].is_some() || p.committing {
+                        return Err(format!(
+                            "process {from} reported its part of checkpoint {id} twice"
+                        ));
+                    }
                     p.parts[from] = Some(PartReport { final_votes });
                 }
             }
@@ -458,9 +468,10 @@ impl GlobalCoordinator {
                 }
             }
             CoordMsg::Trigger { .. } | CoordMsg::Complete { .. } | CoordMsg::Abort { .. } => {
-                unreachable!("asserted above")
+                unreachable!("refused above")
             }
         }
+        Ok(())
     }
 
     /// Fails the pending checkpoint (counted unless `declined`).
@@ -801,7 +812,8 @@ mod tests {
                     next_id: 5 + p as u64,
                 },
                 0,
-            );
+            )
+            .unwrap();
         }
         // The schedule starts at the first poll: the interval runs from 0.
         assert!(g.poll(0).is_none());
@@ -826,9 +838,23 @@ mod tests {
             id: 6,
             final_votes: votes,
         };
-        g.on_message(0, done(2), 11);
+        g.on_message(0, done(2), 11).unwrap();
         assert!(g.poll(12).is_none(), "one part missing");
-        g.on_message(1, done(1), 13);
+        g.on_message(1, done(1), 13).unwrap();
+        assert!(
+            g.on_message(0, done(2), 13).is_err(),
+            "a part reported twice breaks the protocol: an error, not a panic"
+        );
+        assert!(g
+            .on_message(
+                1,
+                CoordMsg::Abort {
+                    id: 6,
+                    reason: String::new()
+                },
+                13
+            )
+            .is_err());
         let commit = g.poll(14).expect("every part durable");
         assert_eq!(commit.record.id, 6);
         assert!(
@@ -859,7 +885,8 @@ mod tests {
                 reason: "disk full".into(),
             },
             11,
-        );
+        )
+        .unwrap();
         let out = g.take_out();
         assert_eq!(out.len(), 2);
         assert!(
@@ -895,7 +922,8 @@ mod tests {
                 final_votes: 0,
             },
             111,
-        );
+        )
+        .unwrap();
         assert!(g.poll(111).is_none());
     }
 }
@@ -1044,7 +1072,7 @@ mod simulation {
                 .is_some_and(|(at, _)| *at <= self.now)
             {
                 let (_, msg) = self.to_leader[p].pop_front().unwrap();
-                self.leader.on_message(p, msg, self.now);
+                self.leader.on_message(p, msg, self.now).unwrap();
             }
             while self.to_part[p]
                 .front()

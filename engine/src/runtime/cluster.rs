@@ -164,9 +164,14 @@ pub(super) async fn coordinator_task(
                 }
             };
             if !msg.is_leaders() {
-                match &mut global {
+                let taken = match &mut global {
                     Some(g) => g.on_message(from, msg, now),
-                    None => return fail(format!("a leader's message from process {from}")),
+                    None => Err(format!(
+                        "process {from} sent {msg:?}, a message for the leader, to this process"
+                    )),
+                };
+                if let Err(e) = taken {
+                    return fail(e);
                 }
                 continue;
             }
