@@ -526,6 +526,9 @@ fn cluster_checkpoint_child() {
         .split(',')
         .map(|a| a.parse().unwrap())
         .collect();
+    // Backpressure across processes: the source runs unpaced, and every
+    // running total costs its subtask 40 µs, downstream of the exchange.
+    let backpressure = std::env::var("SPATE_TEST_BACKPRESSURE").is_ok();
     let config = JobConfig {
         parallelism: 1,
         pin_cores: false,
@@ -533,6 +536,14 @@ fn cluster_checkpoint_child() {
             // Incremental: a key group restored from another process's
             // store must be written afresh, not referenced.
             incremental: true,
+            mode: if backpressure {
+                spate::CheckpointMode::Unaligned
+            } else {
+                spate::CheckpointMode::Aligned
+            },
+            // Under backpressure, every checkpoint is kept: the test reads
+            // what the early ones held in flight.
+            retained: if backpressure { 1000 } else { 3 },
             ..spate::CheckpointConfig::new(var("SPATE_TEST_CKPT"), 100)
         }),
         cluster: Some(ClusterConfig {
@@ -549,25 +560,43 @@ fn cluster_checkpoint_child() {
     let result = Job::new(config).run(move |df| {
         let clock = df.clock();
         let start = clock.now_ms();
+        let source = SequenceSource::new(CHECKPOINTED_EVENTS, checkpointed_event);
+        let source = match backpressure {
+            true => source,
+            false => source.with_rate(CHECKPOINTED_RATE, start, clock),
+        };
         let events = df.source(
             "events",
-            SequenceSource::new(CHECKPOINTED_EVENTS, checkpointed_event).with_rate(
-                CHECKPOINTED_RATE,
-                start,
-                clock,
-            ),
+            source,
             spate::WatermarkStrategy::monotonous(|e: &Event| e.ts),
         );
-        running_totals(&events).sink(
+        let totals = running_totals(&events);
+        let totals = match backpressure {
+            true => totals.map(|t| {
+                let until = std::time::Instant::now() + Duration::from_micros(40);
+                while std::time::Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                t
+            }),
+            false => totals,
+        };
+        totals.sink(
             "files",
             FileSink::new(&sink_dir, FileSinkMode::ExactlyOnce, total_line),
         );
     });
     let out = match result {
         Ok(report) => format!(
-            "restored {}\ncompleted {}\n",
+            "restored {}\ncompleted {}\ninflight {}\n",
             report.restored_from.unwrap_or(0),
-            report.checkpoint_summary.completed
+            report.checkpoint_summary.completed,
+            report
+                .checkpoints
+                .iter()
+                .filter(|c| c.status == spate::checkpoint::CheckpointStatus::Completed)
+                .map(|c| c.in_flight_bytes)
+                .sum::<u64>()
         ),
         Err(e) => format!("error {e}\n"),
     };
@@ -581,8 +610,21 @@ fn spawn_checkpoint_child(
     sink: &Path,
     out: &Path,
 ) -> Child {
+    checkpoint_child(process, peers, root, sink, out)
+        .spawn()
+        .unwrap()
+}
+
+fn checkpoint_child(
+    process: usize,
+    peers: &[SocketAddr],
+    root: &Path,
+    sink: &Path,
+    out: &Path,
+) -> Command {
     let names: Vec<String> = peers.iter().map(|a| a.to_string()).collect();
-    Command::new(std::env::current_exe().unwrap())
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
         .args([
             "--exact",
             "cluster_checkpoint_child",
@@ -596,9 +638,8 @@ fn spawn_checkpoint_child(
         .env("SPATE_TEST_CKPT", root)
         .env("SPATE_TEST_SINK", sink)
         .env("SPATE_TEST_OUT", out)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
+        .stdout(std::process::Stdio::null());
+    command
 }
 
 /// The newest global checkpoint record under `root` (0: none).
@@ -750,6 +791,63 @@ fn an_uninterrupted_checkpointing_cluster_commits_every_total_once() {
         assert_eq!((record.id, record.parts.clone()), (id, vec![0, 1, 2]));
     }
     check_totals("checkpointed", &committed_lines(&sink));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unaligned_checkpoints_complete_under_backpressure_across_processes() {
+    // Process 1's subtask is slow: its input ring fills, its credits run
+    // out, and process 0's sender stops at its own ring. Unaligned
+    // barriers overtake the records buffered on that path, and the parts
+    // persist them.
+    let dir = dir("backpressure");
+    let (root, sink) = (dir.join("state"), dir.join("out"));
+    let peers = addresses(2);
+    let outs: Vec<PathBuf> = (0..2).map(|p| dir.join(format!("out-{p}"))).collect();
+    let mut children: Vec<Child> = (0..2)
+        .map(|p| {
+            checkpoint_child(p, &peers, &root, &sink, &outs[p])
+                .env("SPATE_TEST_BACKPRESSURE", "1")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut in_flight = 0;
+    for (p, child) in children.iter_mut().enumerate() {
+        assert!(child.wait().unwrap().success());
+        let text = std::fs::read_to_string(&outs[p]).unwrap();
+        let value = |key: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("process {p}: no {key} in {text}"))
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        assert!(value("completed ") >= 2, "process {p}: {text}");
+        in_flight += value("inflight ");
+    }
+    assert!(in_flight > 0, "no checkpoint held records in flight");
+    // Some of them on the network path: sent by process 0's subtask to
+    // process 1's, as the parts recorded them.
+    let mut crossing = 0;
+    for p in 0..2 {
+        let reader = spate_storage::StoreReader::open(root.join(format!("process-{p}"))).unwrap();
+        for record in reader.checkpoints() {
+            let metadata = spate::checkpoint::CheckpointMetadata::decode(&record.metadata).unwrap();
+            crossing += metadata
+                .in_flight
+                .iter()
+                .filter(|b| b.from != b.to)
+                .map(|b| b.bytes)
+                .sum::<u64>();
+        }
+    }
+    assert!(
+        crossing > 0,
+        "no records in flight between the processes were persisted"
+    );
+    check_totals("backpressure", &committed_lines(&sink));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
