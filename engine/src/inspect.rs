@@ -476,3 +476,87 @@ mod tests {
         }
     }
 }
+
+/// One part of a cluster job's global checkpoint, as found on disk.
+#[derive(Debug)]
+pub struct ClusterPart {
+    /// The process that wrote it.
+    pub process: u32,
+    /// Its store (`process-<p>` under the job's directory).
+    pub dir: std::path::PathBuf,
+    /// Its metadata, or why it cannot be read.
+    pub metadata: Result<CheckpointMetadata, String>,
+}
+
+/// A cluster job's global checkpoint (`docs/cluster.md` §15): its record,
+/// each part, and when every part reads, the parts merged into one
+/// checkpoint of the whole job (as a restore sees it; handle indices then
+/// name blocks across the parts' stores, so read blocks from the parts).
+#[derive(Debug)]
+pub struct ClusterCheckpoint {
+    /// The leader's global record.
+    pub record: crate::checkpoint::global::GlobalRecord,
+    /// Every part it names.
+    pub parts: Vec<ClusterPart>,
+    /// The merged metadata, or why the parts do not merge.
+    pub merged: Result<CheckpointMetadata, String>,
+}
+
+/// Whether `dir` is the checkpoint directory of a cluster job (it holds
+/// the leader's global records).
+pub fn is_cluster_dir(dir: &std::path::Path) -> bool {
+    crate::checkpoint::global::files::dir(dir).is_dir()
+}
+
+/// Global checkpoint `id` of the cluster job whose checkpoint directory is
+/// `root`: damage is reported in the result's fields, never a panic.
+pub fn cluster_checkpoint(root: &std::path::Path, id: u64) -> Result<ClusterCheckpoint, String> {
+    use crate::checkpoint::global::files;
+    let record = files::read(root, id)?;
+    let mut parts = Vec::new();
+    let mut readable = Vec::new();
+    for &process in &record.parts {
+        let dir = files::part_dir(root, process);
+        let read = StoreReader::open(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))
+            .and_then(|reader| {
+                let part = reader
+                    .checkpoint(id)
+                    .map_err(|e| format!("{}: {e}", dir.display()))?
+                    .clone();
+                let metadata = CheckpointMetadata::decode(&part.metadata)
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
+                Ok((reader, metadata, part.handles))
+            });
+        match read {
+            Ok((reader, metadata, handles)) => {
+                readable.push((
+                    process,
+                    std::sync::Arc::new(reader),
+                    metadata.clone(),
+                    handles,
+                ));
+                parts.push(ClusterPart {
+                    process,
+                    dir,
+                    metadata: Ok(metadata),
+                });
+            }
+            Err(e) => parts.push(ClusterPart {
+                process,
+                dir,
+                metadata: Err(e),
+            }),
+        }
+    }
+    let merged = if readable.len() == record.parts.len() {
+        crate::checkpoint::restore::merge_parts(&record, readable, u32::MAX).map(|m| m.0)
+    } else {
+        Err("a part cannot be read".to_string())
+    };
+    Ok(ClusterCheckpoint {
+        record,
+        parts,
+        merged,
+    })
+}

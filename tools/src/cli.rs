@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::display::Displays;
 use crate::store::{open, Checkpoint};
-use crate::{diff, dump, gc, list, show, verify};
+use crate::{cluster, diff, dump, gc, list, show, verify};
 
 #[derive(Parser)]
 #[command(
@@ -207,13 +207,36 @@ pub fn main(displays: Displays) -> ExitCode {
     default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::List { dir, json } if cluster::is_cluster(&dir) => {
+            cluster::list(&dir, json).map(|()| true)
+        }
         Command::List { dir, json } => list::list(&dir, json).map(|()| true),
         Command::Show {
             dir,
             id,
             key_groups,
             json,
+        } if cluster::is_cluster(&dir) => cluster::show(&dir, id, key_groups, json).map(|()| true),
+        Command::Show {
+            dir,
+            id,
+            key_groups,
+            json,
         } => show::show(&dir, id, key_groups, json).map(|()| true),
+        Command::Verify { dir, id, json } if cluster::is_cluster(&dir) => {
+            cluster::verify(&dir, id, json)
+        }
+        Command::Dump { dir, .. } | Command::Diff { dir, .. } | Command::Gc { dir, .. }
+            if cluster::is_cluster(&dir) =>
+        {
+            Err(anyhow::anyhow!(
+                "{} is a cluster job's checkpoint directory: run this command on one part's \
+                 store, {}/process-<p> (`spate-ckpt show {}` lists the parts)",
+                dir.display(),
+                dir.display(),
+                dir.display()
+            ))
+        }
         Command::Dump {
             dir,
             id,

@@ -36,6 +36,7 @@
 //! ```
 
 mod cli;
+mod cluster;
 pub mod decode;
 mod diff;
 pub mod display;

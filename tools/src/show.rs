@@ -55,6 +55,19 @@ pub fn show(dir: &Path, id: u64, key_groups: bool, as_json: bool) -> Result<()> 
         return Ok(());
     }
     print_overview(&checkpoint);
+    print_layout(m, key_groups);
+    Ok(())
+}
+
+/// The sections of `show` after the overview: subtasks, keyed state per
+/// operator, in-flight data, source offsets and, with `key_groups`, every
+/// key group.
+pub(crate) fn print_layout(m: &CheckpointMetadata, key_groups: bool) {
+    let operators = operator_stats(m);
+    let mut state: Vec<&StateBlock> = m.state.iter().collect();
+    state.sort_by(|a, b| {
+        (&a.operator, &a.table, a.key_group).cmp(&(&b.operator, &b.table, b.key_group))
+    });
     print_subtasks(m);
     print_state(&operators);
     print_in_flight(m);
@@ -62,7 +75,6 @@ pub fn show(dir: &Path, id: u64, key_groups: bool, as_json: bool) -> Result<()> 
     if key_groups {
         print_key_groups(&state);
     }
-    Ok(())
 }
 
 /// The keyed state of `m` per operator.

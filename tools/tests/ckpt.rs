@@ -959,3 +959,124 @@ fn every_command_reads_a_remote_tier_by_url() {
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&tier).unwrap();
 }
+
+/// Two jobs of this test process form a cluster of two processes (one
+/// subtask each, joined by TCP on 127.0.0.1) that checkpoints into `root`:
+/// each process's part in `root/process-<p>`, the global records in
+/// `root/cluster`. Runs until the input (10 000 numbers) ends.
+fn run_cluster(root: &Path) {
+    let listeners: Vec<std::net::TcpListener> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let peers: Vec<std::net::SocketAddr> =
+        listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    drop(listeners);
+    // Each on a thread of its own: a process's start waits for its peers.
+    let threads: Vec<std::thread::JoinHandle<()>> = (0..2)
+        .map(|process| {
+            let (root, peers) = (root.to_path_buf(), peers.clone());
+            std::thread::spawn(move || run_cluster_process(&root, process, peers))
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+}
+
+/// One process of [`run_cluster`], to its end.
+fn run_cluster_process(root: &Path, process: usize, peers: Vec<std::net::SocketAddr>) {
+    let config = JobConfig {
+        parallelism: 1,
+        max_parallelism: MAX_PARALLELISM,
+        pin_cores: false,
+        checkpoint: Some(CheckpointConfig::new(root, 20)),
+        cluster: Some(spate::ClusterConfig {
+            process,
+            processes: 2,
+            peers,
+            job: "ckpt-cluster-test".into(),
+            secret: b"a-secret-for-the-ckpt-cluster-test".to_vec(),
+            connect_timeout: Duration::from_secs(30),
+        }),
+        ..JobConfig::default()
+    };
+    Job::new(config)
+        .run(|df| {
+            let clock = df.clock();
+            let start = clock.now_ms();
+            df.source(
+                "numbers",
+                Numbers::paced(20_000.0, start, clock).until(10_000),
+                WatermarkStrategy::monotonous(|i: &u64| *i),
+            )
+            .key_by(|i: &u64| i % KEYS)
+            .process("counts", |state| {
+                let counts = state.value_state::<u64>("count");
+                move |i: u64, ctx: &mut KeyedContext<u64, u64>| {
+                    let n = counts.update(
+                        ctx,
+                        || 0,
+                        |c| {
+                            *c += 1;
+                            *c
+                        },
+                    );
+                    ctx.emit(i % KEYS + n);
+                    Ok(())
+                }
+            })
+            .for_each(|_| {});
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_cluster_jobs_directory_lists_shows_and_verifies_its_global_checkpoints() {
+    let root = temp_dir("cluster");
+    run_cluster(&root);
+    let root_s = root.to_str().unwrap();
+    let listed = json(&["list", root_s, "--json"]);
+    let rows = listed.as_array().unwrap();
+    assert!(!rows.is_empty(), "no global checkpoint: {listed}");
+    for row in rows {
+        assert_eq!(row["processes"], 2, "{row}");
+        assert_eq!(row["cores"], 2, "{row}");
+        assert!(row["error"].is_null(), "{row}");
+        let parts = row["parts"].as_array().unwrap();
+        assert_eq!(parts.len(), 2, "{row}");
+        assert!(parts.iter().all(|p| p["error"].is_null()), "{row}");
+    }
+    let newest = rows.last().unwrap()["id"].as_u64().unwrap().to_string();
+    // The record and both parts, then the layout of the parts merged.
+    let shown = tool(&["show", root_s, &newest, "--key-groups"]);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("2 processes × 1 cores"), "{text}");
+    assert!(text.contains("process-1"), "{text}");
+    assert!(text.contains("counts"), "the merged keyed state: {text}");
+    let verified = tool(&["verify", root_s]);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    // Commands that read blocks name the part to run them on.
+    let dumped = tool(&["dump", root_s, &newest, "--operator", "counts"]);
+    assert!(!dumped.status.success());
+    assert!(
+        String::from_utf8_lossy(&dumped.stderr).contains("process-<p>"),
+        "{}",
+        String::from_utf8_lossy(&dumped.stderr)
+    );
+    // A part gone: listed as unreadable, and verify fails.
+    std::fs::remove_dir_all(root.join("process-1")).unwrap();
+    let listed = json(&["list", root_s, "--json"]);
+    let row = listed.as_array().unwrap().last().unwrap().clone();
+    assert!(row["parts"][1]["error"].is_string(), "{row}");
+    assert!(!tool(&["verify", root_s]).status.success());
+    let _ = std::fs::remove_dir_all(&root);
+}

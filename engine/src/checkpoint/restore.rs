@@ -645,7 +645,7 @@ impl RestoreState {
 /// Returns the metadata, the stores, the handles, each handle's store and
 /// the index of `process`'s own store, if it holds a part.
 #[allow(clippy::type_complexity)]
-fn merge_parts(
+pub(crate) fn merge_parts(
     record: &super::global::GlobalRecord,
     parts: Vec<(u32, Arc<StoreReader>, CheckpointMetadata, Vec<BlockHandle>)>,
     process: u32,

@@ -1,0 +1,224 @@
+//! A cluster job's checkpoint directory (`docs/cluster.md` §15): the
+//! leader's global records under `cluster/`, each naming the parts, one
+//! per process, in the stores `process-<p>/`. `list` shows the global
+//! checkpoints, `show` one of them with its parts merged as a restore
+//! merges them, `verify` every part store and that every global record's
+//! parts read back. `dump`, `diff` and `gc` work on one part's store.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+use spate::checkpoint::global::files;
+use spate::internals::inspect::{cluster_checkpoint, ClusterCheckpoint};
+
+use crate::output::{human_bytes, print_table, utc, with_header};
+
+/// Whether `dir` is a cluster job's checkpoint directory.
+pub fn is_cluster(dir: &Path) -> bool {
+    spate::internals::inspect::is_cluster_dir(dir)
+}
+
+/// The global checkpoints' ids under `root`.
+fn ids(root: &Path) -> Result<Vec<u64>> {
+    files::ids(root).map_err(|e| anyhow::anyhow!("{}: {e}", files::dir(root).display()))
+}
+
+/// One global checkpoint as JSON.
+fn summary(c: &ClusterCheckpoint) -> Value {
+    let r = &c.record;
+    let parts: Vec<Value> = c
+        .parts
+        .iter()
+        .map(|p| {
+            json!({
+                "process": p.process,
+                "dir": p.dir.display().to_string(),
+                "error": p.metadata.as_ref().err(),
+            })
+        })
+        .collect();
+    let merged = c.merged.as_ref().ok();
+    json!({
+        "id": r.id,
+        "trigger_ms": r.trigger_ms,
+        "completed_ms": r.completed_ms,
+        "duration_ms": r.completed_ms.saturating_sub(r.trigger_ms),
+        "processes": r.processes,
+        "cores_per_process": r.parallelism,
+        "cores": r.processes * r.parallelism,
+        "mode": merged.map(|m| m.mode.clone()),
+        "incremental": merged.map(|m| m.incremental),
+        "bytes": merged.map(|m| m.bytes()),
+        "written_bytes": merged.map(|m| m.written_bytes()),
+        "in_flight_bytes": merged.map(|m| m.in_flight_bytes()),
+        "max_parallelism": merged.map(|m| m.max_parallelism),
+        "fingerprint": merged.map(|m| format!("{:016x}", m.fingerprint)),
+        "parts": parts,
+        "error": c.merged.as_ref().err(),
+    })
+}
+
+/// Global checkpoint `id`, or one JSON row saying why its record is unreadable.
+fn read(root: &Path, id: u64) -> std::result::Result<ClusterCheckpoint, Value> {
+    cluster_checkpoint(root, id).map_err(|e| json!({ "id": id, "error": e }))
+}
+
+/// `list` of a cluster job's directory.
+pub fn list(root: &Path, as_json: bool) -> Result<()> {
+    let rows: Vec<Value> = ids(root)?
+        .into_iter()
+        .map(|id| match read(root, id) {
+            Ok(c) => summary(&c),
+            Err(row) => row,
+        })
+        .collect();
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let mut table = with_header(&[
+        "ID",
+        "TIME (UTC)",
+        "MODE",
+        "PROCESSES",
+        "CORES",
+        "BYTES",
+        "WRITTEN",
+        "DURATION",
+        "IN-FLIGHT",
+        "PARTS",
+    ]);
+    let b = |v: &Value| v.as_u64().map_or("-".into(), human_bytes);
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    };
+    for r in &rows {
+        let parts = r["parts"].as_array();
+        let ok = parts.map_or(0, |p| p.iter().filter(|p| p["error"].is_null()).count());
+        table.push(vec![
+            s(&r["id"]),
+            r["trigger_ms"].as_u64().map_or("-".into(), utc),
+            s(&r["mode"]),
+            s(&r["processes"]),
+            s(&r["cores"]),
+            b(&r["bytes"]),
+            b(&r["written_bytes"]),
+            r["duration_ms"]
+                .as_u64()
+                .map_or("-".into(), |d| format!("{d} ms")),
+            b(&r["in_flight_bytes"]),
+            match parts {
+                Some(p) => format!("{ok}/{} readable", p.len()),
+                None => "-".into(),
+            },
+        ]);
+    }
+    print_table(&table);
+    for r in &rows {
+        if let Some(e) = r["error"].as_str() {
+            eprintln!("warning: global checkpoint {}: {e}", r["id"]);
+        }
+    }
+    Ok(())
+}
+
+/// `show` of one global checkpoint: its record and parts, then its layout
+/// over the whole job.
+pub fn show(root: &Path, id: u64, key_groups: bool, as_json: bool) -> Result<()> {
+    let c = cluster_checkpoint(root, id).map_err(anyhow::Error::msg)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&summary(&c))?);
+        return Ok(());
+    }
+    let r = &c.record;
+    println!(
+        "global checkpoint {}  {}  {} processes × {} cores  duration {} ms",
+        r.id,
+        utc(r.trigger_ms),
+        r.processes,
+        r.parallelism,
+        r.completed_ms.saturating_sub(r.trigger_ms)
+    );
+    let mut parts = with_header(&["PROCESS", "STORE", "BYTES", "IN-FLIGHT", "STATUS"]);
+    for p in &c.parts {
+        parts.push(vec![
+            p.process.to_string(),
+            p.dir.display().to_string(),
+            p.metadata
+                .as_ref()
+                .map_or("-".into(), |m| human_bytes(m.bytes())),
+            p.metadata
+                .as_ref()
+                .map_or("-".into(), |m| human_bytes(m.in_flight_bytes())),
+            match &p.metadata {
+                Ok(_) => "readable".into(),
+                Err(e) => e.clone(),
+            },
+        ]);
+    }
+    println!("\nparts");
+    print_table(&parts);
+    match &c.merged {
+        Ok(m) => {
+            crate::show::print_layout(m, key_groups);
+            Ok(())
+        }
+        Err(e) => bail!("global checkpoint {id} cannot be shown whole: {e}"),
+    }
+}
+
+/// `verify` of a cluster job's directory: every part store (all of its
+/// checkpoints and segments), then every global record's parts.
+pub fn verify(root: &Path, id: Option<u64>, as_json: bool) -> Result<bool> {
+    if as_json {
+        bail!(
+            "--json is not supported for a cluster job's directory yet: verify each part store \
+             ({}/process-<p>) with --json",
+            root.display()
+        );
+    }
+    let ids = match id {
+        Some(id) => vec![id],
+        None => ids(root)?,
+    };
+    let mut ok = true;
+    let mut stores = std::collections::BTreeSet::new();
+    for &id in &ids {
+        match cluster_checkpoint(root, id) {
+            Ok(c) => {
+                for p in &c.parts {
+                    stores.insert(p.dir.clone());
+                    if let Err(e) = &p.metadata {
+                        ok = false;
+                        println!(
+                            "global checkpoint {id}: the part of process {}: {e}",
+                            p.process
+                        );
+                    }
+                }
+                if let Err(e) = &c.merged {
+                    ok = false;
+                    println!("global checkpoint {id}: the parts do not merge: {e}");
+                }
+            }
+            Err(e) => {
+                ok = false;
+                println!("global checkpoint {id}: {e}");
+            }
+        }
+    }
+    for dir in stores {
+        println!("\n{}:", dir.display());
+        ok &= crate::verify::verify(&dir, id, false)?;
+    }
+    if ok {
+        println!(
+            "\n{} global checkpoint(s): every part reads back",
+            ids.len()
+        );
+    }
+    Ok(ok)
+}
