@@ -59,6 +59,7 @@ pub fn config(
         job: job.to_string(),
         secret: secret.into_bytes(),
         connect_timeout: CONNECT_TIMEOUT,
+        commit_point: None,
     })
 }
 

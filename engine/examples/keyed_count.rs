@@ -84,6 +84,7 @@ fn main() {
                 .expect("SPATE_CLUSTER_SECRET with W1_PEERS")
                 .into_bytes(),
             connect_timeout: std::time::Duration::from_secs(60),
+            commit_point: None,
         });
     }
     let clustered = config.cluster.is_some();

@@ -51,7 +51,7 @@ pub struct JobConfig {
 /// `process × parallelism ..`, and key groups and source splits are assigned
 /// over all of them as over cores. Exchanges between processes go over TCP
 /// (`docs/cluster.md`).
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct ClusterConfig {
     /// This process's index, `0..processes`.
     pub process: usize,
@@ -69,6 +69,27 @@ pub struct ClusterConfig {
     pub secret: Vec<u8>,
     /// How long to wait for every peer to connect at the start of a run.
     pub connect_timeout: std::time::Duration,
+    /// Where completed global checkpoints are recorded beyond the
+    /// checkpoint directory (etcd's checkpoint pointer in `spate-bench`);
+    /// `None`: the global record's file is the commit point
+    /// (`docs/cluster.md` §15).
+    pub commit_point: Option<std::sync::Arc<dyn crate::checkpoint::global::CommitPoint>>,
+}
+
+impl PartialEq for ClusterConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.process == other.process
+            && self.processes == other.processes
+            && self.peers == other.peers
+            && self.job == other.job
+            && self.secret == other.secret
+            && self.connect_timeout == other.connect_timeout
+            && match (&self.commit_point, &other.commit_point) {
+                (None, None) => true,
+                (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -80,6 +101,10 @@ impl std::fmt::Debug for ClusterConfig {
             .field("job", &self.job)
             .field("secret", &"<redacted>")
             .field("connect_timeout", &self.connect_timeout)
+            .field(
+                "commit_point",
+                &self.commit_point.as_ref().map(|c| c.describe()),
+            )
             .finish()
     }
 }
@@ -369,6 +394,7 @@ mod tests {
                 job: "orders".into(),
                 secret: secret.as_bytes().to_vec(),
                 connect_timeout: std::time::Duration::from_secs(1),
+                commit_point: None,
             }),
             ..JobConfig::default()
         };

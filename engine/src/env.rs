@@ -330,7 +330,7 @@ pub(crate) fn load_restore_with(
     };
     if let Some(cluster) = &config.cluster {
         return check_restored(
-            RestoreState::load_cluster(checkpoint, cluster.process)?,
+            RestoreState::load_cluster(checkpoint, cluster.process, cluster.commit_point.as_ref())?,
             config,
         );
     }

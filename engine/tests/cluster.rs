@@ -11,6 +11,7 @@
 mod common;
 
 use common::*;
+use spate::checkpoint::global::CommitPoint;
 use spate::sink::Collector;
 use spate::window::{WindowAssigner, WindowResult};
 use spate::{ClusterConfig, Job, JobConfig};
@@ -137,6 +138,7 @@ fn cluster_child() {
             job: "cluster-test".into(),
             secret: var("SPATE_TEST_SECRET").into_bytes(),
             connect_timeout: Duration::from_secs(30),
+            commit_point: None,
         }),
         ..JobConfig::default()
     };
@@ -553,6 +555,7 @@ fn cluster_checkpoint_child() {
             job: "cluster-checkpoint-test".into(),
             secret: var("SPATE_TEST_SECRET").into_bytes(),
             connect_timeout: Duration::from_secs(30),
+            commit_point: None,
         }),
         ..JobConfig::default()
     };
@@ -881,4 +884,131 @@ fn without_a_replacement_the_job_rescales_onto_the_survivors() {
             (3, None),
         ],
     );
+}
+
+/// A commit point kept in memory (what etcd's checkpoint pointer is in
+/// `spate-bench`): it takes commits up to `accept_up_to` and refuses later
+/// ones, as etcd refuses a deposed leader's.
+struct MemoryCommitPoint {
+    latest: std::sync::Mutex<Option<u64>>,
+    accept_up_to: u64,
+}
+
+impl spate::checkpoint::global::CommitPoint for MemoryCommitPoint {
+    fn commit(&self, record: &spate::checkpoint::global::GlobalRecord) -> Result<(), String> {
+        if record.id > self.accept_up_to {
+            return Err("deposed".into());
+        }
+        *self.latest.lock().unwrap() = Some(record.id);
+        Ok(())
+    }
+    fn latest(&self) -> Result<Option<u64>, String> {
+        Ok(*self.latest.lock().unwrap())
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+/// Two processes of a cluster as two jobs of this test process (each on a
+/// thread: a process's start waits for its peers), checkpointing into
+/// `root` every 20 ms with `commit_point`; returns each one's report.
+fn in_process_cluster(
+    root: &Path,
+    commit_point: Arc<MemoryCommitPoint>,
+    restore: spate::RestoreFrom,
+) -> Vec<spate::JobReport> {
+    let peers = addresses(2);
+    let threads: Vec<_> = (0..2)
+        .map(|process| {
+            let (root, peers, commit_point) =
+                (root.to_path_buf(), peers.clone(), commit_point.clone());
+            let restore = restore.clone();
+            std::thread::spawn(move || {
+                let config = JobConfig {
+                    parallelism: 1,
+                    pin_cores: false,
+                    checkpoint: Some(spate::CheckpointConfig {
+                        tolerable_failures: 1_000,
+                        restore,
+                        ..spate::CheckpointConfig::new(&root, 20)
+                    }),
+                    cluster: Some(ClusterConfig {
+                        process,
+                        processes: 2,
+                        peers,
+                        job: "commit-point-test".into(),
+                        secret: SECRET.as_bytes().to_vec(),
+                        connect_timeout: Duration::from_secs(30),
+                        commit_point: Some(commit_point),
+                    }),
+                    ..JobConfig::default()
+                };
+                Job::new(config)
+                    .run(|df| {
+                        use spate::source::SequenceSource;
+                        let clock = df.clock();
+                        let start = clock.now_ms();
+                        let events = df.source(
+                            "events",
+                            SequenceSource::new(6_000, checkpointed_event)
+                                .with_rate(20_000.0, start, clock),
+                            spate::WatermarkStrategy::monotonous(|e: &Event| e.ts),
+                        );
+                        running_totals(&events).for_each(|_| {});
+                    })
+                    .unwrap()
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn the_commit_point_decides_which_global_checkpoints_are_complete() {
+    let dir = dir("commit-point");
+    let root = dir.join("state");
+    // Commits after checkpoint 3 are refused: those checkpoints fail, and
+    // their records do not stay in the directory.
+    let point = Arc::new(MemoryCommitPoint {
+        latest: std::sync::Mutex::new(None),
+        accept_up_to: 3,
+    });
+    let reports = in_process_cluster(&root, point.clone(), spate::RestoreFrom::Latest);
+    assert_eq!(point.latest().unwrap(), Some(3));
+    assert!(
+        reports.iter().all(|r| r.checkpoint_summary.completed == 3),
+        "only the checkpoints the commit point took are complete"
+    );
+    assert!(
+        newest_record(&root) <= 3,
+        "a refused record was left behind"
+    );
+    // A leader that died between its record and the commit point leaves
+    // a record (and parts) the commit point never took: a restore takes the
+    // commit point's checkpoint instead, and that record goes.
+    let root = dir.join("state-2");
+    let point = Arc::new(MemoryCommitPoint {
+        latest: std::sync::Mutex::new(None),
+        accept_up_to: u64::MAX,
+    });
+    in_process_cluster(&root, point.clone(), spate::RestoreFrom::Latest);
+    let last = point.latest().unwrap().unwrap();
+    assert!(last >= 2 && newest_record(&root) == last);
+    let point = Arc::new(MemoryCommitPoint {
+        latest: std::sync::Mutex::new(Some(last - 1)),
+        accept_up_to: u64::MAX,
+    });
+    let reports = in_process_cluster(&root, point.clone(), spate::RestoreFrom::Latest);
+    for r in &reports {
+        assert_eq!(
+            r.restored_from,
+            Some(last - 1),
+            "restored the commit point's checkpoint"
+        );
+        assert!(r.checkpoint_summary.completed > 0);
+    }
+    // New checkpoints go on above every record and the commit point.
+    assert!(point.latest().unwrap().unwrap() > last);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -997,6 +997,7 @@ fn run_cluster_process(root: &Path, process: usize, peers: Vec<std::net::SocketA
             job: "ckpt-cluster-test".into(),
             secret: b"a-secret-for-the-ckpt-cluster-test".to_vec(),
             connect_timeout: Duration::from_secs(30),
+            commit_point: None,
         }),
         ..JobConfig::default()
     };

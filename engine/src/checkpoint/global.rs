@@ -332,6 +332,24 @@ impl GlobalRecord {
     }
 }
 
+/// Where a cluster job's completed global checkpoints are recorded beyond
+/// its checkpoint directory (`ClusterConfig::commit_point`): with one, a
+/// checkpoint is complete only once [`commit`](Self::commit) returned `Ok`
+/// after its record file is durable (that call is then the commit point),
+/// and a restore takes only records up to [`latest`](Self::latest).
+/// `spate-bench` implements it on etcd (a fenced compare-and-swap of the
+/// job's checkpoint pointer by the elected leader, `docs/cluster.md` §6).
+/// Called on threads of their own, never on a reactor; both may block.
+pub trait CommitPoint: Send + Sync {
+    /// Completes `record`'s checkpoint. An error means it is not complete
+    /// (and never will be: a retry finds out, as the implementation must).
+    fn commit(&self, record: &GlobalRecord) -> Result<(), String>;
+    /// The newest completed global checkpoint (`None`: none yet).
+    fn latest(&self) -> Result<Option<u64>, String>;
+    /// Where it is, for messages (`etcd://host:port /spate/<job>/checkpoint`).
+    fn describe(&self) -> String;
+}
+
 /// What a part reported for the pending checkpoint.
 #[derive(Clone, Copy, Debug)]
 struct PartReport {
@@ -675,9 +693,17 @@ pub mod files {
         std::fs::File::open(dir)?.sync_all()
     }
 
+    /// Removes record `id` (its checkpoint did not complete at the commit
+    /// point after all).
+    pub fn remove(root: &Path, id: u64) -> std::io::Result<()> {
+        std::fs::remove_file(dir(root).join(name(id)))?;
+        sync_dir(&dir(root))
+    }
+
     /// Writes `record` durably: a temporary file, synced, renamed into
-    /// place (the commit point), the directory synced. Then removes the
-    /// records older than the newest `retained`.
+    /// place (the commit point, unless the job has a
+    /// [`CommitPoint`](super::CommitPoint)), the directory synced. Then
+    /// removes the records older than the newest `retained`.
     pub fn commit(root: &Path, record: &GlobalRecord, retained: usize) -> std::io::Result<()> {
         let dir = dir(root);
         std::fs::create_dir_all(&dir)?;

@@ -251,6 +251,7 @@ impl RestoreState {
     pub(crate) fn load_cluster(
         config: &CheckpointConfig,
         process: usize,
+        commit_point: Option<&std::sync::Arc<dyn super::global::CommitPoint>>,
     ) -> Result<Option<Self>, JobError> {
         use super::global::files;
         let root = files::root_of(&config.dir);
@@ -260,7 +261,22 @@ impl RestoreState {
                 reason,
             })
         };
-        let ids = files::ids(&root).map_err(|e| records_error(e.to_string()))?;
+        let mut ids = files::ids(&root).map_err(|e| records_error(e.to_string()))?;
+        // With a commit point, a record above it is not complete.
+        if let Some(c) = commit_point {
+            let latest = c
+                .latest()
+                .map_err(|e| records_error(format!("{}: {e}", c.describe())))?;
+            ids.retain(|&id| latest.is_some_and(|l| id <= l));
+            if let Some(l) = latest {
+                if !ids.contains(&l) {
+                    return Err(records_error(format!(
+                        "{} says global checkpoint {l} is the newest completed, but its record is not in the directory",
+                        c.describe()
+                    )));
+                }
+            }
+        }
         let newest_first = ids.iter().rev().copied();
         let candidates: Vec<u64> = match config.restore {
             RestoreFrom::Nothing => return Ok(None),

@@ -115,23 +115,34 @@ pub(super) async fn coordinator_task(
     if me == 0 {
         // Records newer than the restored one are a branch no restore may
         // return to; ids go on after every record on disk.
-        let at = root.clone();
-        let ids = off_reactor(&parker, move || {
-            files::discard_after(&at, restored)?;
-            files::ids(&at)
+        // The commit point's newest checkpoint too (a pointer never moves
+        // backwards, even when a restore fell back past a damaged record).
+        let (at, commit_point) = (root.clone(), cluster.commit_point.clone());
+        let newest = off_reactor(&parker, move || {
+            files::discard_after(&at, restored).map_err(|e| {
+                format!(
+                    "the global checkpoint records in {}: {e}",
+                    files::dir(&at).display()
+                )
+            })?;
+            let ids = files::ids(&at).map_err(|e| {
+                format!(
+                    "the global checkpoint records in {}: {e}",
+                    files::dir(&at).display()
+                )
+            })?;
+            let committed = match &commit_point {
+                Some(c) => c.latest().map_err(|e| format!("{}: {e}", c.describe()))?,
+                None => None,
+            };
+            Ok::<_, String>(ids.last().copied().max(committed))
         })
         .await;
-        let ids = match ids {
-            Ok(Ok(ids)) => ids,
-            Ok(Err(e)) => {
-                return fail(format!(
-                    "the global checkpoint records in {}: {e}",
-                    files::dir(&root).display()
-                ))
-            }
-            Err(e) => return fail(e),
+        let newest = match newest {
+            Ok(Ok(newest)) => newest,
+            Ok(Err(e)) | Err(e) => return fail(e),
         };
-        let first = ids.last().map_or(1, |l| l + 1).max(first_id);
+        let first = newest.map_or(1, |l| l + 1).max(first_id);
         global = Some(GlobalCoordinator::new(
             &checkpoint,
             cluster.processes,
@@ -264,13 +275,24 @@ pub(super) async fn coordinator_task(
                 let _busy = BusyGuard::new(&idle);
                 let (at, record, retained) =
                     (root.clone(), commit.record.clone(), checkpoint.retained);
-                let written =
-                    off_reactor(&parker, move || files::commit(&at, &record, retained)).await;
+                let commit_point = cluster.commit_point.clone();
+                // The record, then the commit point if the job has one
+                // (`docs/cluster.md` §15.4): complete only once both are.
+                let written = off_reactor(&parker, move || {
+                    files::commit(&at, &record, retained).map_err(|e| e.to_string())?;
+                    if let Some(c) = &commit_point {
+                        if let Err(e) = c.commit(&record) {
+                            let _ = files::remove(&at, record.id);
+                            return Err(format!("{}: {e}", c.describe()));
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
                 let now = env.clock.now_ms();
                 match written {
                     Ok(Ok(())) => g.committed(commit.record.id, now),
-                    Ok(Err(e)) => g.commit_failed(commit.record.id, e.to_string(), now),
-                    Err(e) => g.commit_failed(commit.record.id, e, now),
+                    Ok(Err(e)) | Err(e) => g.commit_failed(commit.record.id, e, now),
                 }
             }
             for (to, msg) in g.take_out() {
