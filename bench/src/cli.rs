@@ -222,6 +222,10 @@ struct NexmarkArgs {
     /// (the launcher sets it on restarts).
     #[arg(long, hide = true, requires = "process_id")]
     cluster_restore: bool,
+    /// A process of a launched cluster: the run it belongs to (the launcher
+    /// counts its restarts; each joins under a name of its own).
+    #[arg(long, hide = true, default_value_t = 0, requires = "process_id")]
+    cluster_generation: u32,
     /// This process's index in the cluster, 0-based.
     #[arg(long, requires = "processes")]
     process_id: Option<usize>,
@@ -796,6 +800,7 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
             let (cluster, joined, hook) = crate::cluster::discover(
                 url,
                 &args.cluster_job,
+                args.cluster_generation,
                 id,
                 args.processes.unwrap_or(1) as usize,
                 args.listen,
@@ -819,7 +824,7 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
                 id,
                 args.processes.unwrap_or(1) as usize,
                 args.peers.clone(),
-                &args.cluster_job,
+                &crate::cluster::generation_name(&args.cluster_job, args.cluster_generation),
             )?)
         }
         (None, _) => None,

@@ -79,6 +79,7 @@ pub const WATCH_INTERVAL_MS: u64 = 250;
 pub fn discover(
     url: &str,
     job: &str,
+    generation: u32,
     process: usize,
     processes: usize,
     listen: SocketAddr,
@@ -91,7 +92,15 @@ pub fn discover(
     use std::sync::{Arc, Mutex};
     let client = spate_cluster::EtcdClient::new(url, Duration::from_secs(5))
         .with_context(|| format!("--cluster {url}"))?;
-    let keys = spate_cluster::JobKeys::new(job).with_context(|| format!("--cluster-job {job}"))?;
+    // The members of this run (generation) apart from earlier runs', whose
+    // member keys outlive a killed process by its lease; the leader key
+    // and the checkpoint pointer are the job's, across runs.
+    let job_keys =
+        spate_cluster::JobKeys::new(job).with_context(|| format!("--cluster-job {job}"))?;
+    let run_job = generation_name(job, generation);
+    let keys = spate_cluster::JobKeys::new(&run_job)
+        .with_context(|| format!("--cluster-job {job} (generation {generation})"))?;
+    let job = run_job.as_str();
     let listen = if listen.port() == 0 {
         // Bound and released: the port is published, then bound again by
         // the data plane.
@@ -167,7 +176,119 @@ pub fn discover(
         }
         s.0 = Some(failer);
     }));
-    Ok((config(process, processes, peers, job)?, membership, hook))
+    let mut cluster = config(process, processes, peers, job)?;
+    cluster.commit_point = Some(Arc::new(EtcdPointer::new(
+        url,
+        job_keys,
+        (process == 0).then(|| membership.lease()),
+    )?));
+    Ok((cluster, membership, hook))
+}
+
+/// The name a run (`generation`) of job `job` joins under: the job's own
+/// for the first, then one per restart.
+pub fn generation_name(job: &str, generation: u32) -> String {
+    match generation {
+        0 => job.to_string(),
+        g => format!("{job}-restart-{g}"),
+    }
+}
+
+/// The job's checkpoint pointer in etcd (`/spate/<job>/checkpoint`) as the
+/// engine's commit point: process 0 campaigns for the leader key with its
+/// membership lease and moves the pointer with the fenced compare-and-swap
+/// of `docs/cluster.md` §6; every process reads it when it restores.
+struct EtcdPointer {
+    client: spate_cluster::EtcdClient,
+    keys: spate_cluster::JobKeys,
+    url: String,
+    /// Process 0's lease, to campaign with (on the first commit: a killed
+    /// leader's key outlives it by its lease, and the job need not wait
+    /// for that before it runs).
+    lease: Option<spate_cluster::LeaseId>,
+    leadership: std::sync::Mutex<Option<spate_cluster::Leadership>>,
+}
+
+impl EtcdPointer {
+    fn new(
+        url: &str,
+        keys: spate_cluster::JobKeys,
+        lease: Option<spate_cluster::LeaseId>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: spate_cluster::EtcdClient::new(url, Duration::from_secs(5))
+                .with_context(|| format!("--cluster {url}"))?,
+            keys,
+            url: url.to_string(),
+            lease,
+            leadership: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// This process's leadership, campaigning until elected (a previous
+    /// leader's key goes with its lease) or the connect timeout.
+    fn leadership(&self) -> Result<spate_cluster::Leadership, String> {
+        let mut held = self.leadership.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = &*held {
+            return Ok(l.clone());
+        }
+        let lease = self
+            .lease
+            .ok_or("only process 0 leads the job's checkpoints")?;
+        let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
+        loop {
+            match spate_cluster::campaign(&self.client, &self.keys, 0, lease) {
+                Ok(spate_cluster::Campaign::Elected(l)) => {
+                    *held = Some(l.clone());
+                    return Ok(l);
+                }
+                Ok(spate_cluster::Campaign::Follower(c))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    let _ = c;
+                }
+                Ok(spate_cluster::Campaign::Follower(c)) => {
+                    return Err(format!(
+                        "process {} still leads the job (term {}) after {CONNECT_TIMEOUT:?}",
+                        c.record.process_id, c.term
+                    ))
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+            // The poll interval of a wait with a deadline: the previous
+            // leader's key goes when its lease expires.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl spate::checkpoint::global::CommitPoint for EtcdPointer {
+    fn commit(&self, record: &spate::checkpoint::global::GlobalRecord) -> Result<(), String> {
+        let leadership = self.leadership()?;
+        leadership
+            .advance_pointer(
+                &self.client,
+                &self.keys,
+                record.id,
+                &format!("cluster/checkpoint-{:020}", record.id),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn latest(&self) -> Result<Option<u64>, String> {
+        spate_cluster::read_pointer(&self.client, &self.keys)
+            .map(|p| p.map(|(p, _)| p.checkpoint_id))
+            .map_err(|e| e.to_string())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} {}",
+            self.url,
+            String::from_utf8_lossy(&self.keys.checkpoint_pointer())
+        )
+    }
 }
 
 /// A fresh random secret, hex.
@@ -197,6 +318,7 @@ fn passed_args() -> Vec<String> {
                 | "--max-restarts"
                 | "--kill-process"
                 | "--kill-after-checkpoints"
+                | "--cluster-generation"
         ) {
             if !arg.contains('=') {
                 args.next();
@@ -292,11 +414,8 @@ pub fn launch(
             // each other under a name of its own in etcd (a lost process's
             // member key lives on until its lease expires), and the
             // handshake refuses a process of an earlier generation.
-            let generation = match restarts {
-                0 => job.clone(),
-                r => format!("{job}-restart-{r}"),
-            };
-            command.args(["--cluster-job", &generation]);
+            command.args(["--cluster-job", &job]);
+            command.args(["--cluster-generation", &restarts.to_string()]);
             if !etcd {
                 command.args(["--peers", &peers.join(",")]);
             }
