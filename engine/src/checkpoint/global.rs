@@ -702,9 +702,8 @@ pub mod files {
 
     /// Writes `record` durably: a temporary file, synced, renamed into
     /// place (the commit point, unless the job has a
-    /// [`CommitPoint`](super::CommitPoint)), the directory synced. Then
-    /// removes the records older than the newest `retained`.
-    pub fn commit(root: &Path, record: &GlobalRecord, retained: usize) -> std::io::Result<()> {
+    /// [`CommitPoint`](super::CommitPoint)), the directory synced.
+    pub fn commit(root: &Path, record: &GlobalRecord) -> std::io::Result<()> {
         let dir = dir(root);
         std::fs::create_dir_all(&dir)?;
         let tmp = dir.join(format!(".{}.tmp", name(record.id)));
@@ -714,12 +713,17 @@ pub mod files {
             f.sync_all()?;
         }
         std::fs::rename(&tmp, dir.join(name(record.id)))?;
-        sync_dir(&dir)?;
+        sync_dir(&dir)
+    }
+
+    /// Removes the records older than the newest `retained` (once the
+    /// newest is complete: never the one a commit point names).
+    pub fn prune(root: &Path, retained: usize) -> std::io::Result<()> {
         let ids = ids(root)?;
         let keep = retained.max(1);
         if ids.len() > keep {
             for &old in &ids[..ids.len() - keep] {
-                let _ = std::fs::remove_file(dir.join(name(old)));
+                let _ = std::fs::remove_file(dir(root).join(name(old)));
             }
         }
         Ok(())

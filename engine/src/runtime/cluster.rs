@@ -279,12 +279,16 @@ pub(super) async fn coordinator_task(
                 // The record, then the commit point if the job has one
                 // (`docs/cluster.md` §15.4): complete only once both are.
                 let written = off_reactor(&parker, move || {
-                    files::commit(&at, &record, retained).map_err(|e| e.to_string())?;
+                    files::commit(&at, &record).map_err(|e| e.to_string())?;
                     if let Some(c) = &commit_point {
                         if let Err(e) = c.commit(&record) {
                             let _ = files::remove(&at, record.id);
                             return Err(format!("{}: {e}", c.describe()));
                         }
+                    }
+                    // Complete: the older records beyond retention go.
+                    if let Err(e) = files::prune(&at, retained) {
+                        eprintln!("spate: pruning global checkpoint records: {e}");
                     }
                     Ok(())
                 })

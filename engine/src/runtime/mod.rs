@@ -318,7 +318,13 @@ async fn open_store(
     slots: &(OnceLock<()>, WriterSlots),
 ) -> Option<Store<spate_storage::GlommioIo>> {
     let config = env.config.checkpoint.as_ref()?;
-    let options = config.store_options(env.restore.as_ref().map(|r| r.metadata.id));
+    let mut options = config.store_options(env.restore.as_ref().map(|r| r.metadata.id));
+    if env.config.cluster.is_some() {
+        // A part store also holds the part it prepared for the checkpoint
+        // in progress: one more, so that every global record retained has
+        // its parts (`docs/cluster.md` §15.4).
+        options.retained_checkpoints += 1;
+    }
     let store = match Store::open_dir(&config.dir, options).await {
         Ok(store) => store,
         Err(e) => {
