@@ -971,8 +971,10 @@ mod simulation {
     use crate::rng::SplitMix64;
     use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-    /// Part stores keep this many parts (the smallest `retained` allowed).
+    /// Global records kept (the smallest `retained` allowed); part stores
+    /// keep one part more, as the runtime opens them.
     const RETAINED: usize = 2;
+    const PART_RETAINED: usize = RETAINED + 1;
 
     #[derive(Default)]
     struct Part {
@@ -1127,7 +1129,7 @@ mod simulation {
                     } else {
                         let store = &mut self.parts[p].store;
                         store.insert(id);
-                        while store.len() > RETAINED {
+                        while store.len() > PART_RETAINED {
                             let oldest = *store.iter().next().unwrap();
                             store.remove(&oldest);
                         }
@@ -1161,8 +1163,8 @@ mod simulation {
                 }
             }
             self.send_out();
-            // The newest record is restorable at every moment.
-            if let Some((&r, &width)) = self.records.last_key_value() {
+            // Every record kept is restorable at every moment.
+            for (&r, &width) in &self.records {
                 for (p, part) in self.parts.iter().enumerate().take(width) {
                     assert!(
                         part.store.contains(&r),
