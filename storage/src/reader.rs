@@ -108,7 +108,14 @@ impl ReadSource for DirSource {
         let mut out = Vec::new();
         for e in std::fs::read_dir(&self.dir)? {
             let e = e?;
-            let meta = e.metadata()?;
+            // A file removed between the listing and this look (a writer's
+            // temporary manifest renamed, a remote fill's marker removed as
+            // it completes) is not in the directory any more.
+            let meta = match e.metadata() {
+                Ok(meta) => meta,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err),
+            };
             if let (true, Some(name)) = (meta.is_file(), e.file_name().to_str()) {
                 out.push(DirEntry {
                     name: name.to_owned(),
