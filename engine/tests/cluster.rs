@@ -78,12 +78,24 @@ fn addresses(n: usize) -> Vec<SocketAddr> {
 }
 
 fn child_command(process: usize, peers: &[SocketAddr], secret: &str, out: &Path) -> Command {
+    child_of("cluster_child", process, peers, secret, out)
+}
+
+/// This test binary run again for the ignored test `entry`, as process
+/// `process` of a cluster listening on `peers`, writing to `out`.
+fn child_of(
+    entry: &str,
+    process: usize,
+    peers: &[SocketAddr],
+    secret: &str,
+    out: &Path,
+) -> Command {
     let peers: Vec<String> = peers.iter().map(|a| a.to_string()).collect();
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
         .args([
             "--exact",
-            "cluster_child",
+            entry,
             "--ignored",
             "--nocapture",
             "--test-threads=1",
@@ -625,22 +637,10 @@ fn checkpoint_child(
     sink: &Path,
     out: &Path,
 ) -> Command {
-    let names: Vec<String> = peers.iter().map(|a| a.to_string()).collect();
-    let mut command = Command::new(std::env::current_exe().unwrap());
+    let mut command = child_of("cluster_checkpoint_child", process, peers, SECRET, out);
     command
-        .args([
-            "--exact",
-            "cluster_checkpoint_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("SPATE_TEST_PROCESS", process.to_string())
-        .env("SPATE_TEST_PEERS", names.join(","))
-        .env("SPATE_TEST_SECRET", SECRET)
         .env("SPATE_TEST_CKPT", root)
         .env("SPATE_TEST_SINK", sink)
-        .env("SPATE_TEST_OUT", out)
         .stdout(std::process::Stdio::null());
     command
 }

@@ -89,12 +89,8 @@ pub fn list(root: &Path, as_json: bool) -> Result<()> {
         "IN-FLIGHT",
         "PARTS",
     ]);
-    let b = |v: &Value| v.as_u64().map_or("-".into(), human_bytes);
-    let s = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        v => v.to_string(),
-    };
+    let b = crate::output::bytes_cell;
+    let s = crate::output::cell;
     for r in &rows {
         let parts = r["parts"].as_array();
         let ok = parts.map_or(0, |p| p.iter().filter(|p| p["error"].is_null()).count());

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use spate::checkpoint::CheckpointMetadata;
 use spate_storage::CheckpointRecord;
 
-use crate::output::{human_bytes, print_table, utc, with_header};
+use crate::output::{print_table, utc, with_header};
 use crate::store::open;
 
 /// The JSON fields of one checkpoint in `list` (and at the top of `show`): its
@@ -99,12 +99,8 @@ fn print_list(rows: &[Value]) {
         "CORES",
         "MAX-PAR",
     ]);
-    let s = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        v => v.to_string(),
-    };
-    let b = |v: &Value| v.as_u64().map_or("-".into(), human_bytes);
+    let s = crate::output::cell;
+    let b = crate::output::bytes_cell;
     for r in rows {
         table.push(vec![
             s(&r["id"]),

@@ -108,3 +108,17 @@ pub fn hex_string(bytes: &[u8]) -> String {
     }
     s
 }
+
+/// A JSON value as a table cell: a string as is, null as `-`.
+pub fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    }
+}
+
+/// A JSON byte count as a table cell (`-` when null).
+pub fn bytes_cell(v: &Value) -> String {
+    v.as_u64().map_or("-".into(), human_bytes)
+}

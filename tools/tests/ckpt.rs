@@ -58,33 +58,7 @@ fn run_job_with(dir: &Path, remote: Option<String>) {
         ..JobConfig::default()
     };
     let handle = Job::new(config)
-        .start(|df| {
-            let clock = df.clock();
-            let start = clock.now_ms();
-            let events = df.source(
-                "numbers",
-                Numbers::paced(20_000.0, start, clock),
-                WatermarkStrategy::monotonous(|i: &u64| *i),
-            );
-            events
-                .key_by(|i: &u64| i % KEYS)
-                .process("counts", |state| {
-                    let counts = state.value_state::<u64>("count");
-                    move |i: u64, ctx: &mut KeyedContext<u64, u64>| {
-                        let n = counts.update(
-                            ctx,
-                            || 0,
-                            |c| {
-                                *c += 1;
-                                *c
-                            },
-                        );
-                        ctx.emit(i % KEYS + n);
-                        Ok(())
-                    }
-                })
-                .for_each(|_| {});
-        })
+        .start(|df| count_numbers(df, u64::MAX))
         .unwrap();
     while handle.completed_checkpoints() < 2 && handle.is_running() {
         std::thread::yield_now();
@@ -1002,33 +976,36 @@ fn run_cluster_process(root: &Path, process: usize, peers: Vec<std::net::SocketA
         ..JobConfig::default()
     };
     Job::new(config)
-        .run(|df| {
-            let clock = df.clock();
-            let start = clock.now_ms();
-            df.source(
-                "numbers",
-                Numbers::paced(20_000.0, start, clock).until(10_000),
-                WatermarkStrategy::monotonous(|i: &u64| *i),
-            )
-            .key_by(|i: &u64| i % KEYS)
-            .process("counts", |state| {
-                let counts = state.value_state::<u64>("count");
-                move |i: u64, ctx: &mut KeyedContext<u64, u64>| {
-                    let n = counts.update(
-                        ctx,
-                        || 0,
-                        |c| {
-                            *c += 1;
-                            *c
-                        },
-                    );
-                    ctx.emit(i % KEYS + n);
-                    Ok(())
-                }
-            })
-            .for_each(|_| {});
-        })
+        .run(|df| count_numbers(df, 10_000))
         .unwrap();
+}
+
+/// Counts per key (`i % KEYS`) the numbers below `end`, paced at 20 000/s.
+fn count_numbers(df: &spate::Dataflow, end: u64) {
+    let clock = df.clock();
+    let start = clock.now_ms();
+    df.source(
+        "numbers",
+        Numbers::paced(20_000.0, start, clock).until(end),
+        WatermarkStrategy::monotonous(|i: &u64| *i),
+    )
+    .key_by(|i: &u64| i % KEYS)
+    .process("counts", |state| {
+        let counts = state.value_state::<u64>("count");
+        move |i: u64, ctx: &mut KeyedContext<u64, u64>| {
+            let n = counts.update(
+                ctx,
+                || 0,
+                |c| {
+                    *c += 1;
+                    *c
+                },
+            );
+            ctx.emit(i % KEYS + n);
+            Ok(())
+        }
+    })
+    .for_each(|_| {});
 }
 
 #[test]

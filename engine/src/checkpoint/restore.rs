@@ -191,21 +191,7 @@ impl RestoreState {
                 warnings,
             )));
         }
-        if let RestoreFrom::Checkpoint(id) = config.restore {
-            return Err(RestoreError::CheckpointUnusable {
-                id,
-                problems: warnings,
-            }
-            .into());
-        }
-        if !candidates.is_empty() {
-            return Err(RestoreError::NoneIntact {
-                dir: config.dir.clone(),
-                problems: warnings,
-            }
-            .into());
-        }
-        Ok(None)
+        nothing_restorable(config, &candidates, &config.dir, warnings)
     }
 
     fn new(
@@ -346,21 +332,7 @@ impl RestoreState {
                 warnings,
             )));
         }
-        if let RestoreFrom::Checkpoint(id) = config.restore {
-            return Err(RestoreError::CheckpointUnusable {
-                id,
-                problems: warnings,
-            }
-            .into());
-        }
-        if !candidates.is_empty() {
-            return Err(RestoreError::NoneIntact {
-                dir: files::dir(&root),
-                problems: warnings,
-            }
-            .into());
-        }
-        Ok(None)
+        nothing_restorable(config, &candidates, &files::dir(&root), warnings)
     }
 
     /// The store that holds block `handle_index`.
@@ -653,6 +625,31 @@ impl RestoreState {
             .map(|b| Ok((b.clone(), self.block(b.handle)?)))
             .collect()
     }
+}
+
+/// No candidate of `dir` read back: an error if one was asked for or any
+/// existed (`warnings` say why each was unusable), else nothing to restore.
+fn nothing_restorable(
+    config: &CheckpointConfig,
+    candidates: &[u64],
+    dir: &std::path::Path,
+    warnings: Vec<String>,
+) -> Result<Option<RestoreState>, JobError> {
+    if let RestoreFrom::Checkpoint(id) = config.restore {
+        return Err(RestoreError::CheckpointUnusable {
+            id,
+            problems: warnings,
+        }
+        .into());
+    }
+    if !candidates.is_empty() {
+        return Err(RestoreError::NoneIntact {
+            dir: dir.to_path_buf(),
+            problems: warnings,
+        }
+        .into());
+    }
+    Ok(None)
 }
 
 /// A global checkpoint's parts, merged into one checkpoint of the whole
