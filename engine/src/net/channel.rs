@@ -188,6 +188,10 @@ pub(crate) struct TypedInbound<T> {
     notices: VecDeque<Notice>,
 }
 
+/// Notices an inbound channel holds back for its (small) notice ring at
+/// most (16 bytes each).
+const MAX_WAITING_NOTICES: usize = 1024;
+
 impl<T: Send> TypedInbound<T> {
     pub(crate) fn new(
         channel: ChannelId,
@@ -283,6 +287,14 @@ impl<T: ExchangeData> Inbound for TypedInbound<T> {
                 position,
                 ..
             } => {
+                // A sender sends one notice per checkpoint on the channel,
+                // and the receiving subtask takes them even when it reads
+                // no data: more than this waiting is a flood, not a job.
+                if self.notices.len() >= MAX_WAITING_NOTICES {
+                    return Err(self.violation(&format!(
+                        "more than {MAX_WAITING_NOTICES} barrier notices waiting"
+                    )));
+                }
                 self.notices.push_back(Notice {
                     checkpoint_id,
                     position,
@@ -477,5 +489,35 @@ mod tests {
             archive: garbage,
         });
         assert!(matches!(err, Err(NetError::Decode { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn a_flood_of_notices_is_an_error_not_unbounded_memory() {
+        let id = ChannelId {
+            exchange: 0,
+            from: 1,
+            to: 0,
+        };
+        // Nobody takes the notices: the ring fills, then the queue.
+        let (itx, _irx) = channel::<Message<u64>>(2);
+        let mut inb = TypedInbound::new(id, itx, notifier());
+        let mut outcome = Ok(());
+        let mut sent = 0u64;
+        while outcome.is_ok() && sent < 100_000 {
+            sent += 1;
+            outcome = inb.deliver(&Frame::Notice {
+                channel: id,
+                checkpoint_id: sent,
+                position: sent,
+            });
+        }
+        assert!(
+            matches!(&outcome, Err(NetError::Protocol { what, .. }) if what.contains("notices waiting")),
+            "{outcome:?} after {sent} notices"
+        );
+        assert!(
+            sent <= MAX_WAITING_NOTICES as u64 + 64,
+            "refused only after {sent}"
+        );
     }
 }
