@@ -540,9 +540,15 @@ fn cluster_checkpoint_child() {
         .split(',')
         .map(|a| a.parse().unwrap())
         .collect();
-    // Backpressure across processes: the source runs unpaced, and every
-    // running total costs its subtask 40 µs, downstream of the exchange.
+    // Backpressure across processes: the sources run unpaced, and every
+    // running total costs process 1's subtask 40 µs, downstream of the
+    // exchange. Process 0's own subtask stays fast, so its source keeps
+    // filling the channel to process 1 (were both slow, each source would
+    // wait on its own subtask and the channel between them could stay
+    // short at every barrier).
+    let process: usize = var("SPATE_TEST_PROCESS").parse().unwrap();
     let backpressure = std::env::var("SPATE_TEST_BACKPRESSURE").is_ok();
+    let slow = backpressure && process == 1;
     let config = JobConfig {
         parallelism: 1,
         pin_cores: false,
@@ -561,7 +567,7 @@ fn cluster_checkpoint_child() {
             ..spate::CheckpointConfig::new(var("SPATE_TEST_CKPT"), 100)
         }),
         cluster: Some(ClusterConfig {
-            process: var("SPATE_TEST_PROCESS").parse().unwrap(),
+            process,
             processes: peers.len(),
             peers,
             job: "cluster-checkpoint-test".into(),
@@ -586,7 +592,7 @@ fn cluster_checkpoint_child() {
             spate::WatermarkStrategy::monotonous(|e: &Event| e.ts),
         );
         let totals = running_totals(&events);
-        let totals = match backpressure {
+        let totals = match slow {
             true => totals.map(|t| {
                 let until = std::time::Instant::now() + Duration::from_micros(40);
                 while std::time::Instant::now() < until {
