@@ -839,6 +839,7 @@ fn a_cluster_found_through_etcd_fails_over_too() {
     // in etcd) moves the job's checkpoint pointer with every global
     // checkpoint; the restart restored what it pointed to.
     let Some(etcd) = etcd_endpoint() else { return };
+    clean_etcd(&etcd, "etcd-failover-test");
     failover_case_with(
         "q8",
         1,
@@ -846,31 +847,7 @@ fn a_cluster_found_through_etcd_fails_over_too() {
         5,
         &["--cluster", &etcd, "--cluster-job", "etcd-failover-test"],
     );
-    use spate_cluster::Coordination;
-    let client = spate_cluster::EtcdClient::new(&etcd, std::time::Duration::from_secs(5)).unwrap();
-    let kvs = client
-        .range(&spate_cluster::KeyRange::Prefix(
-            b"/spate/etcd-failover-test-".to_vec(),
-        ))
-        .unwrap()
-        .kvs;
-    let pointers: Vec<serde_json::Value> = kvs
-        .iter()
-        .filter(|kv| kv.key.ends_with(b"/checkpoint"))
-        .map(|kv| serde_json::from_slice(&kv.value).unwrap())
-        .collect();
-    assert_eq!(pointers.len(), 1, "one job, one pointer: {pointers:?}");
-    assert!(
-        pointers[0]["checkpoint_id"].as_u64().unwrap() > kill_moment(5),
-        "the pointer moved past the kill: {pointers:?}"
-    );
-    assert!(
-        !kvs.iter().any(|kv| kv.key.ends_with(b"/leader")),
-        "the leader left with its lease"
-    );
-    let _ = client.delete(&spate_cluster::KeyRange::Prefix(
-        b"/spate/etcd-failover-test-".to_vec(),
-    ));
+    check_pointer_and_clean(&etcd, "etcd-failover-test", 5);
 }
 
 #[test]
@@ -879,6 +856,7 @@ fn a_killed_leader_found_through_etcd_is_replaced_by_election() {
     // with its lease; until then the job runs, and its first checkpoint
     // completes after the election.
     let Some(etcd) = etcd_endpoint() else { return };
+    clean_etcd(&etcd, "etcd-leader-test");
     failover_case_with(
         "q5",
         0,
@@ -886,6 +864,44 @@ fn a_killed_leader_found_through_etcd_is_replaced_by_election() {
         6,
         &["--cluster", &etcd, "--cluster-job", "etcd-leader-test"],
     );
+    check_pointer_and_clean(&etcd, "etcd-leader-test", 6);
+}
+
+/// Removes the keys of every job named `<prefix>-…` (an earlier run of the
+/// test may have left some).
+fn clean_etcd(etcd: &str, prefix: &str) {
+    use spate_cluster::Coordination;
+    let client = spate_cluster::EtcdClient::new(etcd, std::time::Duration::from_secs(5)).unwrap();
+    client
+        .delete(&spate_cluster::KeyRange::Prefix(
+            format!("/spate/{prefix}-").into_bytes(),
+        ))
+        .unwrap();
+}
+
+/// After a failover run through etcd under job names `<prefix>-…`: one
+/// checkpoint pointer, moved past the kill moment of `seed`, and no leader
+/// key (it left with its lease). Removes the run's keys.
+fn check_pointer_and_clean(etcd: &str, prefix: &str, seed: u64) {
+    use spate_cluster::Coordination;
+    let client = spate_cluster::EtcdClient::new(etcd, std::time::Duration::from_secs(5)).unwrap();
+    let range = spate_cluster::KeyRange::Prefix(format!("/spate/{prefix}-").into_bytes());
+    let kvs = client.range(&range).unwrap().kvs;
+    let pointers: Vec<serde_json::Value> = kvs
+        .iter()
+        .filter(|kv| kv.key.ends_with(b"/checkpoint"))
+        .map(|kv| serde_json::from_slice(&kv.value).unwrap())
+        .collect();
+    assert_eq!(pointers.len(), 1, "one job, one pointer: {pointers:?}");
+    assert!(
+        pointers[0]["checkpoint_id"].as_u64().unwrap() > kill_moment(seed),
+        "the pointer moved past the kill: {pointers:?}"
+    );
+    assert!(
+        !kvs.iter().any(|kv| kv.key.ends_with(b"/leader")),
+        "the leader left with its lease"
+    );
+    clean_etcd(etcd, prefix);
 }
 
 #[test]

@@ -152,11 +152,8 @@ impl RestoreState {
             .rev()
             .map(|r| r.id)
             .filter(|id| allowed.is_none_or(|a| a.contains(id)));
-        let candidates: Vec<u64> = match config.restore {
-            RestoreFrom::Nothing => return Ok(None),
-            RestoreFrom::Checkpoint(id) => vec![id],
-            RestoreFrom::Latest => newest_first.collect(),
-            RestoreFrom::LatestFrom(floor) => newest_first.filter(|&id| id >= floor).collect(),
+        let Some(candidates) = candidates(&config.restore, newest_first) else {
+            return Ok(None);
         };
         let mut warnings = Vec::new();
         if let Some(d) = reader.manifest_damage() {
@@ -264,11 +261,8 @@ impl RestoreState {
             }
         }
         let newest_first = ids.iter().rev().copied();
-        let candidates: Vec<u64> = match config.restore {
-            RestoreFrom::Nothing => return Ok(None),
-            RestoreFrom::Checkpoint(id) => vec![id],
-            RestoreFrom::Latest => newest_first.collect(),
-            RestoreFrom::LatestFrom(floor) => newest_first.filter(|&id| id >= floor).collect(),
+        let Some(candidates) = candidates(&config.restore, newest_first) else {
+            return Ok(None);
         };
         let mut warnings = Vec::new();
         let mut readers: HashMap<u32, Option<Arc<StoreReader>>> = HashMap::new();
@@ -625,6 +619,17 @@ impl RestoreState {
             .map(|b| Ok((b.clone(), self.block(b.handle)?)))
             .collect()
     }
+}
+
+/// The checkpoints `restore` may take, in the order to try them, from the
+/// ids present newest first (`None`: restore nothing).
+fn candidates(restore: &RestoreFrom, newest_first: impl Iterator<Item = u64>) -> Option<Vec<u64>> {
+    Some(match *restore {
+        RestoreFrom::Nothing => return None,
+        RestoreFrom::Checkpoint(id) => vec![id],
+        RestoreFrom::Latest => newest_first.collect(),
+        RestoreFrom::LatestFrom(floor) => newest_first.filter(|&id| id >= floor).collect(),
+    })
 }
 
 /// No candidate of `dir` read back: an error if one was asked for or any
