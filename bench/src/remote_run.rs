@@ -24,14 +24,7 @@ fn backend(url: &str) -> anyhow::Result<(&'static RemoteRuntime, Arc<CloudBacken
     Ok((rt, Arc::new(b)))
 }
 
-/// `url` with `/name` appended to its path (before any query).
-pub fn sub_url(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    format!("{}/{name}{query}", base.trim_end_matches('/'))
-}
+pub use spate_storage::remote::sub_url;
 
 /// Deletes every object under the URL's prefix.
 pub fn clear(url: &str) -> anyhow::Result<()> {

@@ -162,8 +162,6 @@ impl ClusterConfig {
                 Some("max_concurrent must be 1: the leader runs one checkpoint at a time")
             } else if c.retained < 2 {
                 Some("retained must be at least 2: a part store keeps the last completed checkpoint while it prepares the next")
-            } else if c.remote.is_some() {
-                Some("a remote tier is not supported across processes yet: keep the checkpoint directory on a file system every process shares")
             } else if c.trigger_after_changed_bytes.is_some() {
                 Some("the change-volume trigger is not supported across processes yet: the leader triggers by interval and on request")
             } else {
@@ -437,16 +435,6 @@ mod tests {
                     ..cluster(0, 3, 3, "sixteen-bytes-ok")
                 },
                 "retained must be at least 2",
-            ),
-            (
-                JobConfig {
-                    checkpoint: Some(CheckpointConfig {
-                        remote: Some("s3://b/p".into()),
-                        ..CheckpointConfig::new("/unused", 100)
-                    }),
-                    ..cluster(0, 3, 3, "sixteen-bytes-ok")
-                },
-                "remote tier",
             ),
             (
                 JobConfig {

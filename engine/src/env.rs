@@ -329,10 +329,19 @@ pub(crate) fn load_restore_with(
         return Ok(None);
     };
     if let Some(cluster) = &config.cluster {
-        return check_restored(
-            RestoreState::load_cluster(checkpoint, cluster.process, cluster.commit_point.as_ref())?,
-            config,
-        );
+        let restored = RestoreState::load_cluster(
+            checkpoint,
+            cluster.process,
+            cluster.commit_point.as_ref(),
+            remote,
+        )?;
+        if let Some(remote) = remote {
+            crate::checkpoint::remote::prepare_part(
+                remote,
+                restored.as_ref().map(|r| r.metadata.id),
+            )?;
+        }
+        return check_restored(restored, config);
     }
     let prepared = match remote {
         Some(remote) => crate::checkpoint::remote::prepare_restore(checkpoint, remote)?,

@@ -564,6 +564,8 @@ fn cluster_checkpoint_child() {
             // Under backpressure, every checkpoint is kept: the test reads
             // what the early ones held in flight.
             retained: if backpressure { 1000 } else { 3 },
+            // Parts and global records in the remote tier, if given.
+            remote: std::env::var("SPATE_TEST_REMOTE").ok(),
             ..spate::CheckpointConfig::new(var("SPATE_TEST_CKPT"), 100)
         }),
         cluster: Some(ClusterConfig {
@@ -681,6 +683,36 @@ fn checkpoint_output(path: &Path) -> Result<(u64, u64), String> {
     Ok((value("restored "), value("completed ")))
 }
 
+/// Where the processes of a test's runs keep their checkpoints.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// One directory every process shares (`state/`): part stores and
+    /// global records.
+    Shared,
+    /// A remote tier (`file://…/remote`) for parts and records, and a
+    /// local directory per process (`machine-<p>/`), as on machines of
+    /// their own.
+    Remote,
+}
+
+impl Layout {
+    /// Process `p`'s checkpoint directory.
+    fn root(self, dir: &Path, p: usize) -> PathBuf {
+        match self {
+            Layout::Shared => dir.join("state"),
+            Layout::Remote => dir.join(format!("machine-{p}")),
+        }
+    }
+
+    /// The directory whose `cluster/` holds the global records.
+    fn records_root(self, dir: &Path) -> PathBuf {
+        match self {
+            Layout::Shared => dir.join("state"),
+            Layout::Remote => dir.join("remote"),
+        }
+    }
+}
+
 /// One run of the job in `processes` processes; with `kill = (victim,
 /// after)`, process `victim` is killed (SIGKILL) once `after` more global
 /// checkpoints completed in this run, and every other process must fail.
@@ -688,22 +720,30 @@ fn checkpoint_output(path: &Path) -> Result<(u64, u64), String> {
 fn checkpointed_run(
     name: &str,
     dir: &Path,
+    layout: Layout,
     run: usize,
     processes: usize,
     kill: Option<(usize, u64)>,
 ) -> Vec<u64> {
-    let (root, sink) = (dir.join("state"), dir.join("out"));
-    let before = newest_record(&root);
+    let (records, sink) = (layout.records_root(dir), dir.join("out"));
+    let before = newest_record(&records);
     let peers = addresses(processes);
     let outs: Vec<PathBuf> = (0..processes)
         .map(|p| dir.join(format!("run-{run}-{p}")))
         .collect();
+    let remote = format!("file://{}", dir.join("remote").display());
     let mut children: Vec<Child> = (0..processes)
-        .map(|p| spawn_checkpoint_child(p, &peers, &root, &sink, &outs[p]))
+        .map(|p| {
+            let mut command = checkpoint_child(p, &peers, &layout.root(dir, p), &sink, &outs[p]);
+            if layout == Layout::Remote {
+                command.env("SPATE_TEST_REMOTE", &remote);
+            }
+            command.spawn().unwrap()
+        })
         .collect();
     if let Some((victim, after)) = kill {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while newest_record(&root) < before + after {
+        while newest_record(&records) < before + after {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{name}: run {run}: {after} global checkpoints never completed"
@@ -743,14 +783,38 @@ fn checkpointed_run(
     restored
 }
 
+/// One run of [`kill_and_recover_in`]: its processes, whom to kill when,
+/// and the processes whose local directory is lost before it starts (a
+/// replacement machine; `Layout::Remote` only).
+struct Run {
+    processes: usize,
+    kill: Option<(usize, u64)>,
+    wiped: &'static [usize],
+}
+
 /// Runs the job as `runs` say (processes, and whom to kill when), the last
 /// one to its end: the committed output holds every event's update exactly
 /// once, and the last run restored one global checkpoint everywhere.
 fn kill_and_recover(name: &str, runs: &[(usize, Option<(usize, u64)>)]) {
+    let runs: Vec<Run> = runs
+        .iter()
+        .map(|&(processes, kill)| Run {
+            processes,
+            kill,
+            wiped: &[],
+        })
+        .collect();
+    kill_and_recover_in(name, Layout::Shared, &runs);
+}
+
+fn kill_and_recover_in(name: &str, layout: Layout, runs: &[Run]) {
     let dir = dir(name);
-    for (run, &(processes, kill)) in runs.iter().enumerate() {
-        let restored = checkpointed_run(name, &dir, run, processes, kill);
-        if kill.is_none() {
+    for (run, r) in runs.iter().enumerate() {
+        for &p in r.wiped {
+            let _ = std::fs::remove_dir_all(layout.root(&dir, p));
+        }
+        let restored = checkpointed_run(name, &dir, layout, run, r.processes, r.kill);
+        if r.kill.is_none() {
             assert!(
                 restored.iter().all(|&r| r > 0 && r == restored[0]),
                 "{name}: every process restores the same global checkpoint: {restored:?}"
@@ -761,6 +825,31 @@ fn kill_and_recover(name: &str, runs: &[(usize, Option<(usize, u64)>)]) {
     check_totals(name, &committed_lines(&sink));
     let pending: Vec<_> = std::fs::read_dir(sink.join(".pending")).unwrap().collect();
     assert!(pending.is_empty(), "{name}: left pending: {pending:?}");
+    if layout == Layout::Remote {
+        // The records and parts are in the remote tier, none on a machine.
+        let records = newest_record(&layout.records_root(&dir));
+        assert!(records > 0, "{name}: no global record in the remote tier");
+        for p in 0..3 {
+            assert!(
+                !layout.root(&dir, p).join("cluster").exists(),
+                "{name}: a global record on machine {p}"
+            );
+        }
+        let record = std::fs::read(
+            dir.join("remote/cluster")
+                .join(format!("checkpoint-{records:020}")),
+        )
+        .unwrap();
+        let record = spate::checkpoint::global::GlobalRecord::decode(&record).unwrap();
+        for p in record.parts {
+            let parts = dir.join(format!("remote/process-{p}/checkpoints"));
+            assert!(
+                std::fs::read_dir(&parts).is_ok_and(|mut d| d.next().is_some()),
+                "{name}: no part in {}",
+                parts.display()
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -888,6 +977,40 @@ fn without_a_replacement_the_job_rescales_onto_the_survivors() {
             (2, Some((1, 3))),
             (1, Some((0, 2))),
             (3, None),
+        ],
+    );
+}
+
+#[test]
+fn with_a_remote_tier_lost_machines_restore_from_object_storage() {
+    // Each process on a "machine" of its own: its local directory is lost
+    // with it, and a replacement restores every part, its own included,
+    // from the remote tier. Then the job shrinks onto two fresh machines,
+    // and grows back onto three, one of them with an old local store.
+    kill_and_recover_in(
+        "remote",
+        Layout::Remote,
+        &[
+            Run {
+                processes: 3,
+                kill: Some((1, 3)),
+                wiped: &[],
+            },
+            Run {
+                processes: 3,
+                kill: Some((0, 2)),
+                wiped: &[1],
+            },
+            Run {
+                processes: 2,
+                kill: Some((1, 3)),
+                wiped: &[0, 1],
+            },
+            Run {
+                processes: 3,
+                kill: None,
+                wiped: &[],
+            },
         ],
     );
 }

@@ -61,6 +61,16 @@ pub fn is_url(location: &str) -> bool {
     location.starts_with("s3://") || location.starts_with("file://")
 }
 
+/// The URL of `name` under the prefix of `url` (its query, the backend's
+/// settings, kept): `s3://b/p?endpoint=…` and `x` give `s3://b/p/x?endpoint=…`.
+pub fn sub_url(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    format!("{}/{name}{query}", base.trim_end_matches('/'))
+}
+
 /// Connects to the remote tier at `url` (credentials from the environment),
 /// building the client on the process's [`RemoteRuntime`].
 pub fn connect(url: &str, options: TierOptions) -> Result<Arc<RemoteTier>, String> {

@@ -53,6 +53,12 @@ pub struct StoreOptions {
     /// one than the newest: the newer ones are a branch that no later
     /// restore may return to).
     pub discard_after: Option<u64>,
+    /// Segment ids this store's history uses outside its directory (the
+    /// checkpoints its remote prefix holds, perhaps written by an earlier
+    /// incarnation of the store on another disk): new segments take
+    /// sequence numbers above them, so that no segment id names two
+    /// different contents in one remote prefix.
+    pub segments_in_use: Vec<crate::format::SegmentId>,
 }
 
 impl Default for StoreOptions {
@@ -65,6 +71,7 @@ impl Default for StoreOptions {
             manifest_max_bytes: 4 << 20,
             start_over_lost_manifest: false,
             discard_after: None,
+            segments_in_use: Vec::new(),
         }
     }
 }

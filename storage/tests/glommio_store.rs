@@ -56,6 +56,7 @@ fn opts() -> StoreOptions {
         manifest_max_bytes: 64 * 1024,
         start_over_lost_manifest: false,
         discard_after: None,
+        segments_in_use: Vec::new(),
     }
 }
 

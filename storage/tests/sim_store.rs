@@ -23,6 +23,7 @@ fn opts() -> StoreOptions {
         manifest_max_bytes: 3 * 4096,
         start_over_lost_manifest: false,
         discard_after: None,
+        segments_in_use: Vec::new(),
     }
 }
 
@@ -257,6 +258,37 @@ fn one_checkpoint(
     };
     block_on(store.commit_checkpoint(rec.clone())).unwrap();
     (rec, ps)
+}
+
+#[test]
+fn new_segments_take_ids_above_those_in_use_elsewhere() {
+    // A new directory for a store whose remote prefix already holds
+    // segments 0..=7 of writer 0 (an earlier incarnation on another disk).
+    let in_use = vec![
+        spate_storage::SegmentId::new(0, 7),
+        spate_storage::SegmentId::new(2, 3),
+    ];
+    let io = SimIo::new();
+    let mut store = block_on(Store::open(
+        io.clone(),
+        StoreOptions {
+            segments_in_use: in_use,
+            ..opts()
+        },
+    ))
+    .unwrap();
+    let (rec, _) = one_checkpoint(&mut store, 1, 0);
+    let segments: Vec<_> = rec.handles.iter().map(|h| h.segment).collect();
+    assert!(
+        segments
+            .iter()
+            .all(|s| s.writer_id() == 0 && s.sequence() > 7),
+        "{segments:?}"
+    );
+    // Without them, the same new directory starts at sequence 0.
+    let mut fresh = block_on(Store::open(SimIo::new(), opts())).unwrap();
+    let (rec, _) = one_checkpoint(&mut fresh, 1, 0);
+    assert_eq!(rec.handles[0].segment, spate_storage::SegmentId::new(0, 0));
 }
 
 fn assert_readable(io: &SimIo, checks: &[(CheckpointRecord, Vec<Vec<u8>>)]) {

@@ -33,6 +33,8 @@
 use super::schedule::Schedule;
 use super::stats::TriggerCause;
 use super::CheckpointConfig;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 /// A message between the leader's global coordinator and a process's part.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -647,8 +649,16 @@ pub mod files {
         root.join(format!("process-{process}"))
     }
 
-    fn name(id: u64) -> String {
+    /// The file (or object) name of record `id`.
+    pub(crate) fn name(id: u64) -> String {
         format!("checkpoint-{id:020}")
+    }
+
+    /// The id a record's file (or object) name holds, if it is one.
+    pub(crate) fn parse_name(name: &str) -> Option<u64> {
+        name.strip_prefix("checkpoint-")
+            .filter(|n| n.len() == 20)
+            .and_then(|n| n.parse::<u64>().ok())
     }
 
     /// The ids of the global records present, ascending (files that are
@@ -663,12 +673,7 @@ pub mod files {
         let mut ids = Vec::new();
         for entry in entries {
             let name = entry?.file_name();
-            let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("checkpoint-"))
-                .filter(|n| n.len() == 20)
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
+            let Some(id) = name.to_str().and_then(parse_name) else {
                 continue;
             };
             ids.push(id);
@@ -756,6 +761,164 @@ pub mod files {
             sync_dir(&dir)?;
         }
         Ok(discarded)
+    }
+}
+
+/// Where a cluster job's global records live: in its checkpoint directory
+/// ([`files`]) or, with a remote tier, in the object store under
+/// `<url>/cluster/` (one create-only object per record, named as the
+/// files are). Blocking: for a thread of its own or the thread that starts
+/// the job, never a reactor (remote requests wait for the storage crate's
+/// remote runtime).
+#[derive(Clone)]
+pub(crate) enum Records {
+    /// `files` under the job's checkpoint directory.
+    Local(PathBuf),
+    /// Objects under the remote prefix `url` (shown in messages).
+    Remote {
+        url: String,
+        backend: Arc<dyn spate_storage::remote::ObjectBackend>,
+    },
+}
+
+impl std::fmt::Debug for Records {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Records {
+    /// Where the records are, for messages.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Records::Local(root) => files::dir(root).display().to_string(),
+            Records::Remote { url, .. } => url.clone(),
+        }
+    }
+
+    fn remote<T, F>(
+        backend: &Arc<dyn spate_storage::remote::ObjectBackend>,
+        work: impl FnOnce(Arc<dyn spate_storage::remote::ObjectBackend>) -> F,
+    ) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, String>> + Send + 'static,
+    {
+        let rt = spate_storage::remote::RemoteRuntime::global()?;
+        rt.block_on(work(backend.clone()))
+    }
+
+    /// The ids of the records present, ascending.
+    pub(crate) fn ids(&self) -> Result<Vec<u64>, String> {
+        match self {
+            Records::Local(root) => files::ids(root).map_err(|e| e.to_string()),
+            Records::Remote { backend, .. } => Self::remote(backend, |b| async move {
+                let mut ids: Vec<u64> = b
+                    .list("")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .filter_map(|o| files::parse_name(&o.key))
+                    .collect();
+                ids.sort_unstable();
+                Ok(ids)
+            }),
+        }
+    }
+
+    /// Reads record `id`.
+    pub(crate) fn read(&self, id: u64) -> Result<GlobalRecord, String> {
+        match self {
+            Records::Local(root) => files::read(root, id),
+            Records::Remote { url, backend } => {
+                let bytes = Self::remote(backend, move |b| async move {
+                    b.get(&files::name(id), None)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(|e| format!("{url}: {e}"))?;
+                let record = GlobalRecord::decode(&bytes)
+                    .map_err(|e| format!("{url}: {}: {e}", files::name(id)))?;
+                if record.id != id {
+                    return Err(format!(
+                        "{url}: {} holds checkpoint {}",
+                        files::name(id),
+                        record.id
+                    ));
+                }
+                Ok(record)
+            }
+        }
+    }
+
+    /// Writes `record` durably: the commit point unless the job has a
+    /// [`CommitPoint`]. Remotely a create-only put: an object already there
+    /// is an error (ids never repeat), and a put whose reply was lost is
+    /// read back.
+    pub(crate) fn commit(&self, record: &GlobalRecord) -> Result<(), String> {
+        match self {
+            Records::Local(root) => files::commit(root, record).map_err(|e| e.to_string()),
+            Records::Remote { backend, .. } => {
+                let (key, bytes) = (files::name(record.id), record.encode());
+                Self::remote(backend, move |b| async move {
+                    use spate_storage::remote::ObjectError;
+                    let data = spate_storage::remote::Bytes::from(bytes.clone());
+                    match b.put(&key, data, true).await {
+                        Ok(()) => Ok(()),
+                        Err(e @ ObjectError::AlreadyExists { .. }) => Err(e.to_string()),
+                        Err(first) => match b.get(&key, None).await {
+                            Ok(found) if found[..] == bytes[..] => Ok(()),
+                            _ => Err(first.to_string()),
+                        },
+                    }
+                })
+            }
+        }
+    }
+
+    /// Removes record `id` (its checkpoint did not complete at the commit
+    /// point after all).
+    pub(crate) fn remove(&self, id: u64) -> Result<(), String> {
+        match self {
+            Records::Local(root) => files::remove(root, id).map_err(|e| e.to_string()),
+            Records::Remote { backend, .. } => Self::remote(backend, move |b| async move {
+                b.delete(&files::name(id)).await.map_err(|e| e.to_string())
+            }),
+        }
+    }
+
+    /// Removes the records older than the newest `retained`.
+    pub(crate) fn prune(&self, retained: usize) -> Result<(), String> {
+        match self {
+            Records::Local(root) => files::prune(root, retained).map_err(|e| e.to_string()),
+            Records::Remote { .. } => {
+                let ids = self.ids()?;
+                let keep = retained.max(1);
+                for &old in ids.iter().rev().skip(keep) {
+                    self.remove(old)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes the records newer than `restored` (see
+    /// [`files::discard_after`]).
+    pub(crate) fn discard_after(&self, restored: Option<u64>) -> Result<Vec<u64>, String> {
+        match self {
+            Records::Local(root) => files::discard_after(root, restored).map_err(|e| e.to_string()),
+            Records::Remote { .. } => {
+                let newer: Vec<u64> = self
+                    .ids()?
+                    .into_iter()
+                    .filter(|&id| restored.is_some_and(|r| id > r))
+                    .collect();
+                for &id in &newer {
+                    self.remove(id)?;
+                }
+                Ok(newer)
+            }
+        }
     }
 }
 

@@ -24,14 +24,17 @@
 //! `RemoteRuntime` threads, and the coordinator task waits for them on its
 //! parker (`runtime/mod.rs`).
 
+use super::global::Records;
 use super::{CheckpointConfig, RestoreFrom};
 use crate::park::Notifier;
 use crate::{JobError, RestoreError};
+use spate_storage::format::SegmentId;
 use spate_storage::remote::runtime::Completion;
 use spate_storage::remote::{
-    CloudBackend, RemoteError, RemoteFill, RemoteRuntime, RemoteTier, TierOptions, UploadReport,
+    CloudBackend, RemoteError, RemoteFill, RemoteRuntime, RemoteSource, RemoteTier, TierOptions,
+    UploadReport,
 };
-use spate_storage::CheckpointRecord;
+use spate_storage::{CheckpointRecord, StoreReader};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +49,85 @@ pub(crate) struct JobRemote {
     /// checkpoints take larger ids, so that no create-only record collides
     /// with one of an earlier run (a fresh start on a used prefix).
     pub newest: AtomicU64,
+    /// In a cluster job: the other processes' parts and the global records
+    /// (`tier` is then this process's part, under `<url>/process-<p>/`).
+    pub cluster: Option<ClusterRemote>,
+    /// The segment ids the remote records use, once the restore listed
+    /// them: the local store's new segments take ids above them (its
+    /// directory may be a new one, whose ids would start over and name
+    /// other bytes than the remote extents under the same ids).
+    pub segments_in_use: std::sync::Mutex<Vec<SegmentId>>,
+}
+
+/// The segment ids the records of `tier` use (records that do not decode
+/// are skipped: nothing reuses their extents).
+async fn segments_in_use(tier: &RemoteTier) -> Result<Vec<SegmentId>, RemoteError> {
+    let mut in_use = BTreeSet::new();
+    for id in tier.checkpoint_ids().await? {
+        match tier.record(id).await {
+            Ok(r) => {
+                in_use.extend(r.checkpoint.handles.iter().map(|h| h.segment));
+                in_use.extend(r.extents.iter().map(|e| e.segment));
+            }
+            Err(RemoteError::Damaged { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(in_use.into_iter().collect())
+}
+
+impl JobRemote {
+    /// Lists the segment ids the remote records use (see
+    /// [`JobRemote::segments_in_use`]). Blocking.
+    fn note_segments_in_use(&self) -> Result<(), JobError> {
+        let tier = self.tier.clone();
+        let in_use = runtime()?
+            .block_on(async move { segments_in_use(&tier).await })
+            .map_err(|e| remote_err(&self.url, e))?;
+        *self
+            .segments_in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = in_use;
+        Ok(())
+    }
+}
+
+/// A cluster job's remote layout (`docs/cluster.md` §15.9): process `p`'s
+/// parts in a remote tier of their own under `<url>/process-<p>/`, the
+/// global records under `<url>/cluster/`.
+#[derive(Debug)]
+pub(crate) struct ClusterRemote {
+    /// The job's URL as configured (settings in its query kept).
+    base: String,
+    options: TierOptions,
+    pub records: Records,
+}
+
+impl ClusterRemote {
+    /// A reader of process `process`'s part of checkpoint `id` in the
+    /// remote tier (its blocks are downloaded a segment at a time when
+    /// first read). Blocking: for the thread that starts the job.
+    pub(crate) fn part_reader(&self, process: u32, id: u64) -> Result<StoreReader, String> {
+        let rt = RemoteRuntime::global()?;
+        let url = spate_storage::remote::sub_url(&self.base, &part_name(process));
+        let owned = url.clone();
+        let backend = rt
+            .block_on(async move { CloudBackend::from_url(&owned) })
+            .map_err(|e| format!("{url}: {e}"))?;
+        let shown = backend.url().to_string();
+        let tier = Arc::new(RemoteTier::new(Arc::new(backend), self.options.clone()));
+        let source =
+            RemoteSource::open_checkpoint(tier, rt, id).map_err(|e| format!("{shown}: {e}"))?;
+        for s in source.skipped() {
+            eprintln!("spate: {shown}: a part skipped: {s}");
+        }
+        StoreReader::from_source(Arc::new(source)).map_err(|e| format!("{shown}: {e}"))
+    }
+}
+
+/// The name of process `process`'s prefix under a cluster job's URL.
+fn part_name(process: u32) -> String {
+    format!("process-{process}")
 }
 
 fn runtime() -> Result<&'static RemoteRuntime, JobError> {
@@ -60,30 +142,106 @@ fn remote_err(url: &str, source: RemoteError) -> JobError {
     .into()
 }
 
-/// Connects to the remote tier of `config`, if it has one.
-pub(crate) fn connect(config: &CheckpointConfig) -> Result<Option<Arc<JobRemote>>, JobError> {
+/// A backend for `url`, built on the remote runtime (the S3 client
+/// belongs to it).
+fn backend(url: &str) -> Result<CloudBackend, JobError> {
+    let owned = url.to_owned();
+    runtime()?
+        .block_on(async move { CloudBackend::from_url(&owned) })
+        .map_err(|e| RestoreError::RemoteUrl(e.to_string()).into())
+}
+
+/// Connects to the remote tier of `config`, if it has one; in a cluster
+/// job (`cluster`), to this process's part of it and to the global records.
+pub(crate) fn connect(
+    config: &CheckpointConfig,
+    cluster: Option<&crate::config::ClusterConfig>,
+) -> Result<Option<Arc<JobRemote>>, JobError> {
     let Some(url) = &config.remote else {
         return Ok(None);
     };
-    let rt = runtime()?;
-    let owned = url.clone();
-    // Built on the runtime: the S3 client belongs to it.
-    let backend = rt
-        .block_on(async move { CloudBackend::from_url(&owned) })
-        .map_err(|e| RestoreError::RemoteUrl(e.to_string()))?;
-    let shown = backend.url().to_string();
-    let options = TierOptions {
+    let mut options = TierOptions {
         retained_checkpoints: config.retained,
         // An upload in progress is bounded by the checkpoint timeout (an
         // upload older than that belongs to a failed checkpoint).
         gc_grace_ms: config.timeout_ms.saturating_mul(2).max(60_000),
         ..TierOptions::default()
     };
+    let Some(cluster) = cluster else {
+        let backend = backend(url)?;
+        let shown = backend.url().to_string();
+        return Ok(Some(Arc::new(JobRemote {
+            url: shown,
+            tier: Arc::new(RemoteTier::new(Arc::new(backend), options)),
+            newest: AtomicU64::new(0),
+            cluster: None,
+            segments_in_use: Default::default(),
+        })));
+    };
+    // A part store keeps one more part than there are records retained
+    // (docs/cluster.md §15.5): so does its remote prefix.
+    options.retained_checkpoints = config.retained + 1;
+    let part = backend(&spate_storage::remote::sub_url(
+        url,
+        &part_name(cluster.process as u32),
+    ))?;
+    let records = backend(&spate_storage::remote::sub_url(url, "cluster"))?;
+    let records = Records::Remote {
+        url: records.url().to_string(),
+        backend: Arc::new(records),
+    };
     Ok(Some(Arc::new(JobRemote {
-        url: shown,
-        tier: Arc::new(RemoteTier::new(Arc::new(backend), options)),
+        url: part.url().to_string(),
+        tier: Arc::new(RemoteTier::new(Arc::new(part), options.clone())),
         newest: AtomicU64::new(0),
+        cluster: Some(ClusterRemote {
+            base: url.clone(),
+            options,
+            records,
+        }),
+        segments_in_use: Default::default(),
     })))
+}
+
+/// Prepares this process's remote prefix of a cluster job once the
+/// restore chose `restored`: its parts newer than that belong to
+/// checkpoints no restore may return to (never completed, or a branch
+/// left behind) and are deleted; new parts take ids above those that
+/// remain.
+pub(crate) fn prepare_part(remote: &JobRemote, restored: Option<u64>) -> Result<(), JobError> {
+    let tier = remote.tier.clone();
+    let remaining = runtime()?
+        .block_on(async move {
+            let mut remaining = Vec::new();
+            for id in tier.checkpoint_ids().await? {
+                if restored.is_some_and(|r| id > r) {
+                    tier.discard(id).await?;
+                } else {
+                    remaining.push(id);
+                }
+            }
+            Ok::<_, RemoteError>(remaining)
+        })
+        .map_err(|e| remote_err(&remote.url, e))?;
+    remote
+        .newest
+        .store(remaining.last().copied().unwrap_or(0), Ordering::SeqCst);
+    remote.note_segments_in_use()
+}
+
+/// Deletes this process's part of aborted checkpoint `id` from its remote
+/// prefix, on the remote runtime; `notifier` is notified once the
+/// returned completion holds the result.
+pub(crate) fn start_discard(
+    remote: &JobRemote,
+    id: u64,
+    notifier: Notifier,
+) -> Result<Completion<Result<(), RemoteError>>, String> {
+    let rt = RemoteRuntime::global()?;
+    let tier = remote.tier.clone();
+    Ok(rt.submit(async move { tier.discard(id).await }, move || {
+        notifier.notify()
+    }))
 }
 
 /// What [`prepare_restore`] decided: the checkpoint ids a restore may use
@@ -109,6 +267,7 @@ pub(crate) fn prepare_restore(
     remote: &JobRemote,
 ) -> Result<Prepared, JobError> {
     let rt = runtime()?;
+    remote.note_segments_in_use()?;
     if config.restore == RestoreFrom::Nothing {
         let tier = remote.tier.clone();
         let ids = rt

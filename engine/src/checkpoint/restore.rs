@@ -230,21 +230,31 @@ impl RestoreState {
     /// `config.restore`: the newest global record whose every part reads
     /// back intact from its process's store, merged into one checkpoint of
     /// the whole job (`docs/cluster.md` §15.4). `config.dir` is this
-    /// process's store, `process-<p>` under the job's directory.
+    /// process's store, `process-<p>` under the job's directory. With a
+    /// remote tier (`remote`), the records and the parts are read from it
+    /// (§15.9); only this process's own part is read from its local store,
+    /// if that holds it.
     pub(crate) fn load_cluster(
         config: &CheckpointConfig,
         process: usize,
         commit_point: Option<&std::sync::Arc<dyn super::global::CommitPoint>>,
+        remote: Option<&super::remote::JobRemote>,
     ) -> Result<Option<Self>, JobError> {
-        use super::global::files;
-        let root = files::root_of(&config.dir);
+        use super::global::{files, Records};
+        let process = process as u32;
+        let cluster_remote = remote.and_then(|r| r.cluster.as_ref());
+        let records = match cluster_remote {
+            Some(c) => c.records.clone(),
+            None => Records::Local(files::root_of(&config.dir)),
+        };
+        let where_ = std::path::PathBuf::from(records.describe());
         let records_error = |reason: String| {
             JobError::from(RestoreError::ClusterRecords {
-                dir: files::dir(&root),
+                dir: where_.clone(),
                 reason,
             })
         };
-        let mut ids = files::ids(&root).map_err(|e| records_error(e.to_string()))?;
+        let mut ids = records.ids().map_err(records_error)?;
         // With a commit point, a record above it is not complete.
         if let Some(c) = commit_point {
             let latest = c
@@ -254,8 +264,9 @@ impl RestoreState {
             if let Some(l) = latest {
                 if !ids.contains(&l) {
                     return Err(records_error(format!(
-                        "{} says global checkpoint {l} is the newest completed, but its record is not in the directory",
-                        c.describe()
+                        "{} says global checkpoint {l} is the newest completed, but its record is not in {}",
+                        c.describe(),
+                        records.describe()
                     )));
                 }
             }
@@ -265,9 +276,16 @@ impl RestoreState {
             return Ok(None);
         };
         let mut warnings = Vec::new();
-        let mut readers: HashMap<u32, Option<Arc<StoreReader>>> = HashMap::new();
+        // With a remote tier, this process's own local store serves its own
+        // part when it holds it (local recovery: its chains keep their links).
+        let own_local = cluster_remote
+            .and_then(|_| StoreReader::open(&config.dir).ok())
+            .map(Arc::new);
+        // Per (process, checkpoint): a local store serves every checkpoint (0),
+        // a remote source one.
+        let mut readers: HashMap<(u32, u64), Option<Arc<StoreReader>>> = HashMap::new();
         'records: for &id in &candidates {
-            let record = match files::read(&root, id) {
+            let record = match records.read(id) {
                 Ok(r) => r,
                 Err(e) => {
                     warnings.push(format!("global checkpoint {id} cannot be read: {e}"));
@@ -275,34 +293,69 @@ impl RestoreState {
                 }
             };
             let mut parts = Vec::new();
+            let mut own_is_local = false;
             for &p in &record.parts {
-                let dir = files::part_dir(&root, p);
-                let reader = readers
-                    .entry(p)
-                    .or_insert_with(|| match StoreReader::open(&dir) {
-                        Ok(r) => Some(Arc::new(r)),
-                        Err(e) => {
-                            warnings
-                                .push(format!("the store {} cannot be opened: {e}", dir.display()));
-                            None
+                let local = own_local
+                    .as_ref()
+                    .filter(|r| p == process && r.checkpoint(id).is_ok());
+                // A remote part's blocks are verified as they are read
+                // (`arriving`): a restore does not download every part up front.
+                let (reader, at, arriving) =
+                    match (local, cluster_remote) {
+                        (Some(r), _) => {
+                            own_is_local = true;
+                            (Some(r.clone()), config.dir.display().to_string(), false)
                         }
-                    });
-                let Some(reader) = reader.clone() else {
+                        (None, Some(c)) => {
+                            let reader = readers.entry((p, id)).or_insert_with(|| {
+                                match c.part_reader(p, id) {
+                                    Ok(r) => Some(Arc::new(r)),
+                                    Err(e) => {
+                                        warnings.push(format!(
+                                            "the parts of process {p} cannot be read: {e}"
+                                        ));
+                                        None
+                                    }
+                                }
+                            });
+                            (
+                                reader.clone(),
+                                format!("the remote parts of process {p}"),
+                                true,
+                            )
+                        }
+                        (None, None) => {
+                            let dir = files::part_dir(&files::root_of(&config.dir), p);
+                            let reader = readers.entry((p, 0)).or_insert_with(|| {
+                                match StoreReader::open(&dir) {
+                                    Ok(r) => Some(Arc::new(r)),
+                                    Err(e) => {
+                                        warnings.push(format!(
+                                            "the store {} cannot be opened: {e}",
+                                            dir.display()
+                                        ));
+                                        None
+                                    }
+                                }
+                            });
+                            (reader.clone(), dir.display().to_string(), false)
+                        }
+                    };
+                let Some(reader) = reader else {
                     warnings.push(format!(
                         "global checkpoint {id}: the part of process {p} is unreadable"
                     ));
                     continue 'records;
                 };
                 let part_config = CheckpointConfig {
-                    dir: dir.clone(),
+                    dir: std::path::PathBuf::from(&at),
                     ..config.clone()
                 };
                 let Some((metadata, handles)) =
-                    Self::try_one(&reader, id, &part_config, None, false, &mut warnings)?
+                    Self::try_one(&reader, id, &part_config, None, arriving, &mut warnings)?
                 else {
                     warnings.push(format!(
-                        "global checkpoint {id}: the part of process {p} in {} is unusable",
-                        dir.display()
+                        "global checkpoint {id}: the part of process {p} in {at} is unusable"
                     ));
                     continue 'records;
                 };
@@ -314,7 +367,14 @@ impl RestoreState {
                     candidates[0]
                 ));
             }
-            let merged = merge_parts(&record, parts, process as u32)
+            // A part read remotely is not this process's store: its chains
+            // get no links (the next checkpoint writes them afresh).
+            let own = if cluster_remote.is_none() || own_is_local {
+                process
+            } else {
+                u32::MAX
+            };
+            let merged = merge_parts(&record, parts, own)
                 .map_err(|e| records_error(format!("global checkpoint {id}: {e}")))?;
             let (metadata, readers, handles, handle_reader, own) = merged;
             return Ok(Some(Self::new(
@@ -326,7 +386,7 @@ impl RestoreState {
                 warnings,
             )));
         }
-        nothing_restorable(config, &candidates, &files::dir(&root), warnings)
+        nothing_restorable(config, &candidates, &where_, warnings)
     }
 
     /// The store that holds block `handle_index`.

@@ -15,8 +15,10 @@
 //! file I/O never runs on a reactor) and waits for it on the coordinator's
 //! parker.
 
-use super::{BusyGuard, ReactorIdle, PARK_RECHECK};
-use crate::checkpoint::global::{files, CoordMsg, GlobalCoordinator};
+use super::{
+    complete_remotely, wait_for_remote, BusyGuard, ReactorIdle, RemoteOutcome, PARK_RECHECK,
+};
+use crate::checkpoint::global::{files, CoordMsg, GlobalCoordinator, Records};
 use crate::env::{CoordinatorEnds, JobEnv};
 use crate::park::Parker;
 use crate::JobError;
@@ -94,12 +96,25 @@ pub(super) async fn coordinator_task(
         return;
     };
     let root: PathBuf = files::root_of(&checkpoint.dir);
+    let remote = env.remote.get().cloned();
+    // The global records: in the job's directory, or with a remote tier
+    // in the object store (`docs/cluster.md` §15.9).
+    let records = match remote.as_ref().and_then(|r| r.cluster.as_ref()) {
+        Some(c) => c.records.clone(),
+        None => Records::Local(root),
+    };
     let me = net.process();
     let restored = env.restore.as_ref().map(|r| r.metadata.id);
+    // Above every part in the local store and the remote prefix.
     let first_id = store
         .latest()
         .map_or(1, |r| r.id + 1)
-        .max(restored.map_or(1, |r| r + 1));
+        .max(restored.map_or(1, |r| r + 1))
+        .max(
+            remote
+                .as_ref()
+                .map_or(1, |r| r.newest.load(Ordering::SeqCst) + 1),
+        );
     let Some(mut part) = env.coordinator_for(ends, first_id) else {
         return;
     };
@@ -117,20 +132,12 @@ pub(super) async fn coordinator_task(
         // return to; ids go on after every record on disk.
         // The commit point's newest checkpoint too (a pointer never moves
         // backwards, even when a restore fell back past a damaged record).
-        let (at, commit_point) = (root.clone(), cluster.commit_point.clone());
+        let (at, commit_point) = (records.clone(), cluster.commit_point.clone());
         let newest = off_reactor(&parker, move || {
-            files::discard_after(&at, restored).map_err(|e| {
-                format!(
-                    "the global checkpoint records in {}: {e}",
-                    files::dir(&at).display()
-                )
-            })?;
-            let ids = files::ids(&at).map_err(|e| {
-                format!(
-                    "the global checkpoint records in {}: {e}",
-                    files::dir(&at).display()
-                )
-            })?;
+            let failed =
+                |e: String| format!("the global checkpoint records in {}: {e}", at.describe());
+            at.discard_after(restored).map_err(failed)?;
+            let ids = at.ids().map_err(failed)?;
             let committed = match &commit_point {
                 Some(c) => c.latest().map_err(|e| format!("{}: {e}", c.describe()))?,
                 None => None,
@@ -223,6 +230,23 @@ pub(super) async fn coordinator_task(
                     if outstanding == Some(id) {
                         outstanding = None;
                         let _busy = BusyGuard::new(&idle);
+                        // The remote part first: a part left in the
+                        // remote prefix would count against its retention.
+                        if let Some(remote) = &remote {
+                            let deleted = match crate::checkpoint::remote::start_discard(
+                                remote,
+                                id,
+                                parker.notifier(),
+                            ) {
+                                Ok(done) => wait_for_remote(&done, &parker)
+                                    .await
+                                    .map_err(|e| e.to_string()),
+                                Err(e) => Err(e),
+                            };
+                            if let Err(e) = deleted {
+                                return fail(format!("checkpoint {id} failed ({reason}) and its part could not be deleted from {}: {e}", remote.url));
+                            }
+                        }
                         if let Err(e) = store.discard_checkpoint(id).await {
                             return fail(format!("checkpoint {id} failed ({reason}) and its part could not be discarded: {e}"));
                         }
@@ -239,16 +263,44 @@ pub(super) async fn coordinator_task(
                 let _busy = BusyGuard::new(&idle);
                 store.keep_from(request.keep_from);
                 let id = request.id;
+                let record = remote.as_ref().map(|_| request.record.clone());
                 match store.commit_checkpoint_deferred(request.record).await {
                     Ok(report) => {
-                        outstanding = Some(id);
-                        send(
-                            0,
-                            CoordMsg::PartDone {
-                                id,
-                                final_votes: env.final_votes(id),
-                            },
-                        );
+                        // With a remote tier a part is prepared once its
+                        // remote record is durable too (§15.9).
+                        let outcome = match (&remote, record) {
+                            (Some(remote), Some(record)) => {
+                                complete_remotely(
+                                    &env,
+                                    remote,
+                                    &mut store,
+                                    record,
+                                    request.keep_from,
+                                    &parker,
+                                )
+                                .await
+                            }
+                            _ => RemoteOutcome::Committed,
+                        };
+                        match outcome {
+                            RemoteOutcome::Committed => {
+                                outstanding = Some(id);
+                                send(
+                                    0,
+                                    CoordMsg::PartDone {
+                                        id,
+                                        final_votes: env.final_votes(id),
+                                    },
+                                );
+                            }
+                            RemoteOutcome::Failed(reason) => {
+                                part.commit_failed(id, reason, env.clock.now_ms())
+                            }
+                            RemoteOutcome::Fatal(error) => {
+                                env.fail(error);
+                                break;
+                            }
+                        }
                         for warning in store.remove_segment_files(&report.segments_deleted).await {
                             eprintln!("spate: checkpoint store: {warning:?}");
                         }
@@ -274,21 +326,25 @@ pub(super) async fn coordinator_task(
             if let Some(commit) = g.poll(now) {
                 let _busy = BusyGuard::new(&idle);
                 let (at, record, retained) =
-                    (root.clone(), commit.record.clone(), checkpoint.retained);
+                    (records.clone(), commit.record.clone(), checkpoint.retained);
                 let commit_point = cluster.commit_point.clone();
                 // The record, then the commit point if the job has one
                 // (`docs/cluster.md` §15.4): complete only once both are.
                 let written = off_reactor(&parker, move || {
-                    files::commit(&at, &record).map_err(|e| e.to_string())?;
+                    at.commit(&record)
+                        .map_err(|e| format!("{}: {e}", at.describe()))?;
                     if let Some(c) = &commit_point {
                         if let Err(e) = c.commit(&record) {
-                            let _ = files::remove(&at, record.id);
+                            let _ = at.remove(record.id);
                             return Err(format!("{}: {e}", c.describe()));
                         }
                     }
                     // Complete: the older records beyond retention go.
-                    if let Err(e) = files::prune(&at, retained) {
-                        eprintln!("spate: pruning global checkpoint records: {e}");
+                    if let Err(e) = at.prune(retained) {
+                        eprintln!(
+                            "spate: pruning global checkpoint records in {}: {e}",
+                            at.describe()
+                        );
                     }
                     Ok(())
                 })

@@ -325,6 +325,13 @@ async fn open_store(
         // its parts (`docs/cluster.md` §15.4).
         options.retained_checkpoints += 1;
     }
+    if let Some(remote) = env.remote.get() {
+        options.segments_in_use = remote
+            .segments_in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+    }
     let store = match Store::open_dir(&config.dir, options).await {
         Ok(store) => store,
         Err(e) => {
@@ -465,7 +472,7 @@ async fn coordinator_task(
 }
 
 /// How a checkpoint's remote commit ended.
-enum RemoteOutcome {
+pub(super) enum RemoteOutcome {
     /// The record is durable remotely: the checkpoint is complete.
     Committed,
     /// It failed (and was discarded locally again): the checkpoint fails.
@@ -479,7 +486,7 @@ enum RemoteOutcome {
 /// (on the remote runtime; this task waits on the coordinator's parker). A
 /// checkpoint that failed remotely is discarded from the local store again, so
 /// that neither a restore nor a later incremental checkpoint builds on it.
-async fn complete_remotely(
+pub(super) async fn complete_remotely(
     env: &JobEnv,
     remote: &crate::checkpoint::remote::JobRemote,
     store: &mut Store<spate_storage::GlommioIo>,
@@ -538,7 +545,7 @@ async fn complete_remotely(
 /// unparks reactor 0 and wakes this task). Publish, re-check, wait: no
 /// wake-up is lost, nothing spins; the timer is the same safety net as the
 /// coordinator's idle wait ([`PARK_RECHECK`]).
-async fn wait_for_remote<T>(
+pub(super) async fn wait_for_remote<T>(
     done: &spate_storage::remote::runtime::Completion<T>,
     parker: &Arc<crate::park::Parker>,
 ) -> T {

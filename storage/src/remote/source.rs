@@ -45,11 +45,31 @@ impl RemoteSource {
         tier: Arc<RemoteTier>,
         rt: &'static RemoteRuntime,
     ) -> Result<RemoteSource, RemoteError> {
+        Self::open_with(tier, rt, None)
+    }
+
+    /// Reads the record of checkpoint `id` of `tier` only (blocking on
+    /// `rt`): a source of that one checkpoint, whose segments hold only its
+    /// blocks. Without the record, the source lists no checkpoint.
+    pub fn open_checkpoint(
+        tier: Arc<RemoteTier>,
+        rt: &'static RemoteRuntime,
+        id: u64,
+    ) -> Result<RemoteSource, RemoteError> {
+        Self::open_with(tier, rt, Some(id))
+    }
+
+    fn open_with(
+        tier: Arc<RemoteTier>,
+        rt: &'static RemoteRuntime,
+        only: Option<u64>,
+    ) -> Result<RemoteSource, RemoteError> {
         let t = tier.clone();
         let (records, skipped) = rt.block_on(async move {
             let mut records = Vec::new();
             let mut skipped = Vec::new();
-            for id in t.checkpoint_ids().await? {
+            let ids = t.checkpoint_ids().await?;
+            for id in ids.into_iter().filter(|&id| only.is_none_or(|o| o == id)) {
                 match t.record(id).await {
                     Ok(r) => records.push(r),
                     Err(e @ RemoteError::Damaged { .. }) => skipped.push(e.to_string()),

@@ -317,6 +317,18 @@ impl RemoteTier {
         Ok((None, skipped))
     }
 
+    /// Deletes the record of committed checkpoint `id` again (a cluster's
+    /// part whose global checkpoint was aborted): the checkpoint no longer
+    /// exists remotely. Its extents, referenced by no other record, go with
+    /// the next garbage collection; later uploads do not reuse them.
+    pub async fn discard(&self, id: u64) -> Result<(), RemoteError> {
+        self.backend.delete(&layout::checkpoint_key(id)).await?;
+        if let Some(known) = lock(&self.known).as_mut() {
+            known.records.remove(&id);
+        }
+        Ok(())
+    }
+
     /// Loads the retained records (once): the extents later uploads can reuse.
     async fn known(&self) -> Result<Known, RemoteError> {
         if let Some(k) = lock(&self.known).clone() {

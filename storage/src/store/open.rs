@@ -74,7 +74,13 @@ impl<I: Io> Store<I> {
             .collect();
         let referenced = state.referenced_segments();
         check_segments(&state, &on_disk, &mut report);
-        let mut reg = build_registry(&state, &on_disk, &referenced, later_valid);
+        let mut reg = build_registry(
+            &state,
+            &on_disk,
+            &referenced,
+            &options.segments_in_use,
+            later_valid,
+        );
         let log = rewrite_manifest(&io, newest, &state, &mut report).await?;
         delete_stale_manifests(&io, &entries, log.generation(), &mut report).await;
         delete_orphans(
@@ -229,18 +235,21 @@ fn check_segments(
 }
 
 /// The writers' registry: next sequence numbers past every segment id known (on
-/// disk, referenced, recorded as deleted), and the sealed segments on disk.
+/// disk, referenced, recorded as deleted, in use elsewhere), and the sealed
+/// segments on disk.
 fn build_registry(
     state: &ManifestState,
     on_disk: &BTreeMap<SegmentId, u64>,
     referenced: &HashSet<SegmentId>,
+    in_use: &[SegmentId],
     later_valid: bool,
 ) -> writer::Registry {
     let mut reg = writer::Registry::default();
     let all_ids = on_disk
         .keys()
         .chain(referenced.iter())
-        .chain(state.deleted_high.values());
+        .chain(state.deleted_high.values())
+        .chain(in_use.iter());
     for id in all_ids {
         let next = reg.next_seq.entry(id.writer_id()).or_insert(0);
         *next = (*next).max(id.sequence() + 1);
