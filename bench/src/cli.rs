@@ -219,9 +219,11 @@ struct NexmarkArgs {
     #[arg(long, requires = "kill_process")]
     kill_after_checkpoints: Option<u64>,
     /// A process of a launched cluster: restore the latest global checkpoint
-    /// (the launcher sets it on restarts).
+    /// from this id on (the launcher sets it on restarts, to the first id
+    /// its launch could have taken: never a checkpoint of an earlier launch
+    /// on the same directory).
     #[arg(long, hide = true, requires = "process_id")]
-    cluster_restore: bool,
+    cluster_restore_from: Option<u64>,
     /// A process of a launched cluster: the run it belongs to (the launcher
     /// counts its restarts; each joins under a name of its own).
     #[arg(long, hide = true, default_value_t = 0, requires = "process_id")]
@@ -743,12 +745,6 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
     }
     let kafka = args.kafka.run(args.output.is_some())?;
     if let Some(processes) = args.processes {
-        if checkpoint.as_ref().is_some_and(|c| c.remote.is_some()) {
-            bail!(
-                "--processes does not combine with --remote yet: a cluster keeps its checkpoints \
-                 under --state-dir, which every process must reach (docs/cluster.md §15)"
-            );
-        }
         if checkpoint.is_none() && args.kill_process.is_some() {
             bail!(
                 "--kill-process needs checkpoints: without them a lost process cannot be recovered"
@@ -769,6 +765,7 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         if args.process_id.is_none() {
             let failover = checkpoint.as_ref().map(|c| crate::cluster::Failover {
                 state_dir: c.state_dir.clone(),
+                remote: c.remote.clone(),
                 shrink: args.failover == "shrink",
                 max_restarts: args.max_restarts,
                 kill: args.kill_process.zip(args.kill_after_checkpoints),
@@ -849,10 +846,9 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         // store of its own under --state-dir (the engine locks it); what to
         // restore is the launcher's (or the operator's) call.
         Some(_) if args.process_id.is_some() => {
-            config.restore = if args.cluster_restore {
-                RestoreFrom::Latest
-            } else {
-                RestoreFrom::Nothing
+            config.restore = match args.cluster_restore_from {
+                Some(floor) => RestoreFrom::LatestFrom(floor),
+                None => RestoreFrom::Nothing,
             };
             None
         }

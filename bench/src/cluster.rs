@@ -21,6 +21,7 @@
 use crate::report::{write_latency, FailoverSummary, LatencySummary, ProcessSummary, Summary};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
+use spate::checkpoint::global::Records;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -319,6 +320,7 @@ fn passed_args() -> Vec<String> {
                 | "--kill-process"
                 | "--kill-after-checkpoints"
                 | "--cluster-generation"
+                | "--cluster-restore-from"
         ) {
             if !arg.contains('=') {
                 args.next();
@@ -336,6 +338,8 @@ pub struct Failover {
     /// The job's checkpoint directory (every process's part, the global
     /// records).
     pub state_dir: std::path::PathBuf,
+    /// The job's remote tier, if it has one: the global records are there.
+    pub remote: Option<String>,
     /// Restart on one process fewer instead of as many.
     pub shrink: bool,
     /// Restarts before the launcher gives up.
@@ -345,9 +349,10 @@ pub struct Failover {
     pub kill: Option<(usize, u64)>,
 }
 
-/// The newest global checkpoint under `state_dir` (0: none).
-fn newest_global(state_dir: &Path) -> u64 {
-    spate::checkpoint::global::files::ids(state_dir)
+/// The newest global checkpoint among `records` (0: none, or unreadable).
+fn newest_global(records: &Records) -> u64 {
+    records
+        .ids()
         .ok()
         .and_then(|ids| ids.last().copied())
         .unwrap_or(0)
@@ -388,6 +393,21 @@ pub fn launch(
     let mut restarts = 0u32;
     let mut kill = failover.as_ref().and_then(|f| f.kill);
     let mut killed: Option<(usize, u64, u64)> = None;
+    let records = match &failover {
+        Some(f) => {
+            Some(Records::of_job(&f.state_dir, f.remote.as_deref()).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
+    // A restart restores only checkpoints of this launch: ids above those
+    // already there (the processes' leader takes ids above them too).
+    let restore_from = records.as_ref().map_or(1, |r| newest_global(r) + 1);
+    // How often the fault injection looks at the newest global checkpoint:
+    // a remote listing is a request.
+    let look_every = match records {
+        Some(Records::Remote { .. }) => Duration::from_millis(50),
+        _ => Duration::ZERO,
+    };
     let children = loop {
         let listeners: Vec<std::net::TcpListener> = (0..n)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
@@ -420,7 +440,7 @@ pub fn launch(
                 command.args(["--peers", &peers.join(",")]);
             }
             if restarts > 0 {
-                command.arg("--cluster-restore");
+                command.args(["--cluster-restore-from", &restore_from.to_string()]);
             }
             let child = command
                 .args(["--base-time-ms", &base.to_string()])
@@ -434,14 +454,17 @@ pub fn launch(
         }
         let mut statuses: Vec<Option<std::process::ExitStatus>> = vec![None; n];
         let mut first_failure: Option<std::time::Instant> = None;
+        let mut looked: Option<std::time::Instant> = None;
         while statuses.iter().any(Option::is_none) {
             for (i, (_, child, _)) in children.iter_mut().enumerate() {
                 if statuses[i].is_none() {
                     statuses[i] = child.try_wait()?;
                 }
             }
-            if let (Some((victim, after)), Some(f)) = (kill, &failover) {
-                let newest = newest_global(&f.state_dir);
+            let look = looked.is_none_or(|t| t.elapsed() >= look_every);
+            if let (Some((victim, after)), Some(records), true) = (kill, &records, look) {
+                looked = Some(std::time::Instant::now());
+                let newest = newest_global(records);
                 if newest >= after && statuses[victim].is_none() {
                     children[victim].1.kill().context("killing the process")?;
                     let at = spate::time::Clock::now_ms(&spate::time::SystemClock);
@@ -495,7 +518,7 @@ pub fn launch(
         eprintln!(
             "spate-bench: the cluster lost a process ({}); restart {restarts} on {n} process(es) from global checkpoint {}",
             failed.join(", "),
-            newest_global(&f.state_dir)
+            records.as_ref().map_or(0, newest_global)
         );
     };
     let mut summaries = Vec::new();

@@ -15,6 +15,11 @@ fn bin() -> Command {
 }
 
 /// A fresh directory under cargo's temporary directory for integration tests.
+/// The S3 test server (`SPATE_S3_ENDPOINT`), shared with the tests crate.
+#[path = "../../tests/src/s3.rs"]
+#[allow(dead_code)]
+mod s3;
+
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -727,7 +732,8 @@ fn open_loop_rows(
         .arg("--output")
         .arg(dir.join(format!("rows-{name}")))
         .arg("--report")
-        .arg(dir.join(format!("report-{name}")));
+        .arg(dir.join(format!("report-{name}")))
+        .envs(s3::TEST_CREDENTIALS);
     run_ok(&mut cmd);
     (
         all_rows(&dir.join(format!("rows-{name}"))),
@@ -755,13 +761,17 @@ fn failover_case(query: &str, victim: usize, failover: &str, seed: u64) {
 
 /// [`failover_case`] with more flags for the cluster run.
 fn failover_case_with(query: &str, victim: usize, failover: &str, seed: u64, more: &[&str]) {
-    let dir = scratch(&format!("failover-{query}-{victim}-{failover}-{seed}"));
+    failover_case_at(query, victim, failover, kill_moment(seed), more);
+}
+
+/// [`failover_case_with`] killing after global checkpoint `after`.
+fn failover_case_at(query: &str, victim: usize, failover: &str, after: u64, more: &[&str]) {
+    let dir = scratch(&format!("failover-{query}-{victim}-{failover}-{after}"));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     let base = now + 1_500;
-    let after = kill_moment(seed);
     let state = dir.join("state");
     let (victim_s, after_s) = (victim.to_string(), after.to_string());
     let mut flags = vec![
@@ -815,6 +825,12 @@ fn failover_case_with(query: &str, victim: usize, failover: &str, seed: u64, mor
     );
     let after_processes = if failover == "shrink" { 2 } else { 3 };
     assert_eq!(f["processes_after"], after_processes, "{name}: {f}");
+    if more.contains(&"--remote") {
+        assert!(
+            !state.join("cluster").exists(),
+            "{name}: global records in the state directory, not the remote tier"
+        );
+    }
     assert!(
         f["kill_to_first_event_ms"].as_u64().is_some(),
         "{name}: {f}"
@@ -902,6 +918,27 @@ fn check_pointer_and_clean(etcd: &str, prefix: &str, seed: u64) {
         "the leader left with its lease"
     );
     clean_etcd(etcd, prefix);
+}
+
+#[test]
+fn a_cluster_with_its_checkpoints_in_s3_fails_over_from_there() {
+    // Every process's parts and the global records in the S3 test server:
+    // the leader is killed, and the job restarts on two processes, reading
+    // the parts of the process gone (and each other's) from S3.
+    let Some(endpoint) = s3::endpoint() else {
+        return;
+    };
+    let prefix = format!(
+        "cli-cluster-failover-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let url = s3::url(&endpoint, &prefix);
+    // Uploads make a checkpoint take about twice the 100 ms interval: 12
+    // is while events flow.
+    failover_case_at("q5", 0, "shrink", 12, &["--remote", &url]);
 }
 
 #[test]

@@ -771,12 +771,14 @@ pub mod files {
 /// the job, never a reactor (remote requests wait for the storage crate's
 /// remote runtime).
 #[derive(Clone)]
-pub(crate) enum Records {
+pub enum Records {
     /// `files` under the job's checkpoint directory.
     Local(PathBuf),
-    /// Objects under the remote prefix `url` (shown in messages).
+    /// Objects under a remote prefix.
     Remote {
+        /// The prefix's URL, for messages.
         url: String,
+        /// The object store, rooted at the prefix.
         backend: Arc<dyn spate_storage::remote::ObjectBackend>,
     },
 }
@@ -788,8 +790,26 @@ impl std::fmt::Debug for Records {
 }
 
 impl Records {
+    /// The records of the cluster job whose checkpoint directory is `dir`
+    /// and whose remote tier, if it has one, is `remote` (connects to it).
+    pub fn of_job(dir: &std::path::Path, remote: Option<&str>) -> Result<Records, String> {
+        let Some(url) = remote else {
+            return Ok(Records::Local(dir.to_path_buf()));
+        };
+        let url = spate_storage::remote::sub_url(url, "cluster");
+        let rt = spate_storage::remote::RemoteRuntime::global()?;
+        let owned = url.clone();
+        let backend = rt
+            .block_on(async move { spate_storage::remote::CloudBackend::from_url(&owned) })
+            .map_err(|e| format!("{url}: {e}"))?;
+        Ok(Records::Remote {
+            url: backend.url().to_string(),
+            backend: Arc::new(backend),
+        })
+    }
+
     /// Where the records are, for messages.
-    pub(crate) fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         match self {
             Records::Local(root) => files::dir(root).display().to_string(),
             Records::Remote { url, .. } => url.clone(),
@@ -809,7 +829,7 @@ impl Records {
     }
 
     /// The ids of the records present, ascending.
-    pub(crate) fn ids(&self) -> Result<Vec<u64>, String> {
+    pub fn ids(&self) -> Result<Vec<u64>, String> {
         match self {
             Records::Local(root) => files::ids(root).map_err(|e| e.to_string()),
             Records::Remote { backend, .. } => Self::remote(backend, |b| async move {
@@ -827,7 +847,7 @@ impl Records {
     }
 
     /// Reads record `id`.
-    pub(crate) fn read(&self, id: u64) -> Result<GlobalRecord, String> {
+    pub fn read(&self, id: u64) -> Result<GlobalRecord, String> {
         match self {
             Records::Local(root) => files::read(root, id),
             Records::Remote { url, backend } => {

@@ -185,11 +185,7 @@ pub(crate) fn connect(
         url,
         &part_name(cluster.process as u32),
     ))?;
-    let records = backend(&spate_storage::remote::sub_url(url, "cluster"))?;
-    let records = Records::Remote {
-        url: records.url().to_string(),
-        backend: Arc::new(records),
-    };
+    let records = Records::of_job(&config.dir, Some(url)).map_err(RestoreError::RemoteUrl)?;
     Ok(Some(Arc::new(JobRemote {
         url: part.url().to_string(),
         tier: Arc::new(RemoteTier::new(Arc::new(part), options.clone())),
