@@ -690,7 +690,7 @@ fn a_cluster_refuses_what_it_cannot_recover() {
             &["--kill-process", "2", "--kill-after-checkpoints", "2"],
             "--kill-process names a process",
         ),
-        (&["--remote", "file:///tmp/unused-remote"], "--remote"),
+        (&["--failover", "elsewhere"], "--failover"),
     ];
     for (extra, expected) in cases {
         let out = bin()
@@ -761,12 +761,21 @@ fn failover_case(query: &str, victim: usize, failover: &str, seed: u64) {
 
 /// [`failover_case`] with more flags for the cluster run.
 fn failover_case_with(query: &str, victim: usize, failover: &str, seed: u64, more: &[&str]) {
-    failover_case_at(query, victim, failover, kill_moment(seed), more);
+    let name = format!("failover-{query}-{victim}-{failover}-{seed}");
+    failover_case_at(&name, query, victim, failover, kill_moment(seed), more);
 }
 
-/// [`failover_case_with`] killing after global checkpoint `after`.
-fn failover_case_at(query: &str, victim: usize, failover: &str, after: u64, more: &[&str]) {
-    let dir = scratch(&format!("failover-{query}-{victim}-{failover}-{after}"));
+/// [`failover_case_with`] killing after global checkpoint `after`, in
+/// scratch directory `name`.
+fn failover_case_at(
+    name: &str,
+    query: &str,
+    victim: usize,
+    failover: &str,
+    after: u64,
+    more: &[&str],
+) {
+    let dir = scratch(name);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -936,9 +945,9 @@ fn a_cluster_with_its_checkpoints_in_s3_fails_over_from_there() {
             .as_nanos()
     );
     let url = s3::url(&endpoint, &prefix);
-    // Uploads make a checkpoint take about twice the 100 ms interval: 12
-    // is while events flow.
-    failover_case_at("q5", 0, "shrink", 12, &["--remote", &url]);
+    // Uploads make a checkpoint take about twice the 100 ms interval (more
+    // under load): 8 is about when events begin to flow, or later.
+    failover_case_at("failover-s3", "q5", 0, "shrink", 8, &["--remote", &url]);
 }
 
 #[test]

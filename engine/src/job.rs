@@ -164,7 +164,9 @@ fn launch(
 ) -> Result<Run, JobError> {
     let started = Instant::now();
     let remote = match &config.checkpoint {
-        Some(c) => crate::checkpoint::remote::connect(c, config.cluster.as_ref())?,
+        Some(c) => {
+            crate::checkpoint::remote::connect(c, config.cluster.as_ref().map(|k| k.process))?
+        }
         None => None,
     };
     let restore = load_restore_with(config, remote.as_deref())?;

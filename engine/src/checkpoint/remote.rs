@@ -151,11 +151,12 @@ fn backend(url: &str) -> Result<CloudBackend, JobError> {
         .map_err(|e| RestoreError::RemoteUrl(e.to_string()).into())
 }
 
-/// Connects to the remote tier of `config`, if it has one; in a cluster
-/// job (`cluster`), to this process's part of it and to the global records.
+/// Connects to the remote tier of `config`, if it has one; as process
+/// `process` of a cluster job, to this process's part of it and to the
+/// global records.
 pub(crate) fn connect(
     config: &CheckpointConfig,
-    cluster: Option<&crate::config::ClusterConfig>,
+    process: Option<usize>,
 ) -> Result<Option<Arc<JobRemote>>, JobError> {
     let Some(url) = &config.remote else {
         return Ok(None);
@@ -167,7 +168,7 @@ pub(crate) fn connect(
         gc_grace_ms: config.timeout_ms.saturating_mul(2).max(60_000),
         ..TierOptions::default()
     };
-    let Some(cluster) = cluster else {
+    let Some(process) = process else {
         let backend = backend(url)?;
         let shown = backend.url().to_string();
         return Ok(Some(Arc::new(JobRemote {
@@ -183,7 +184,7 @@ pub(crate) fn connect(
     options.retained_checkpoints = config.retained + 1;
     let part = backend(&spate_storage::remote::sub_url(
         url,
-        &part_name(cluster.process as u32),
+        &part_name(process as u32),
     ))?;
     let records = Records::of_job(&config.dir, Some(url)).map_err(RestoreError::RemoteUrl)?;
     Ok(Some(Arc::new(JobRemote {
