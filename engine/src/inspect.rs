@@ -482,7 +482,8 @@ mod tests {
 pub struct ClusterPart {
     /// The process that wrote it.
     pub process: u32,
-    /// Its store (`process-<p>` under the job's directory).
+    /// Its store (`process-<p>` under the job's directory), or with the
+    /// checkpoints in a remote tier its prefix's URL.
     pub dir: std::path::PathBuf,
     /// Its metadata, or why it cannot be read.
     pub metadata: Result<CheckpointMetadata, String>,
@@ -503,31 +504,61 @@ pub struct ClusterCheckpoint {
 }
 
 /// Whether `dir` is the checkpoint directory of a cluster job (it holds
-/// the leader's global records).
+/// the leader's global records), or the URL of a cluster job's remote tier
+/// (global records under its `cluster/`; one listing request).
 pub fn is_cluster_dir(dir: &std::path::Path) -> bool {
-    crate::checkpoint::global::files::dir(dir).is_dir()
+    match dir.to_str().filter(|s| spate_storage::remote::is_url(s)) {
+        Some(_) => cluster_records(dir).is_ok_and(|r| r.ids().is_ok_and(|ids| !ids.is_empty())),
+        None => crate::checkpoint::global::files::dir(dir).is_dir(),
+    }
 }
 
-/// Global checkpoint `id` of the cluster job whose checkpoint directory is
-/// `root`: damage is reported in the result's fields, never a panic.
+/// The global records of the cluster job at `root`: its checkpoint
+/// directory, or the URL of its remote tier (`docs/cluster.md` §15.9).
+pub fn cluster_records(
+    root: &std::path::Path,
+) -> Result<crate::checkpoint::global::Records, String> {
+    let url = root.to_str().filter(|s| spate_storage::remote::is_url(s));
+    crate::checkpoint::global::Records::of_job(root, url)
+}
+
+/// Global checkpoint `id` of the cluster job whose checkpoint directory
+/// (or remote tier's URL) is `root`: damage is reported in the result's
+/// fields, never a panic.
 pub fn cluster_checkpoint(root: &std::path::Path, id: u64) -> Result<ClusterCheckpoint, String> {
     use crate::checkpoint::global::files;
-    let record = files::read(root, id)?;
+    let remote = root.to_str().filter(|s| spate_storage::remote::is_url(s));
+    let record = cluster_records(root)?.read(id)?;
     let mut parts = Vec::new();
     let mut readable = Vec::new();
     for &process in &record.parts {
-        let dir = files::part_dir(root, process);
-        let read = StoreReader::open(&dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))
-            .and_then(|reader| {
-                let part = reader
-                    .checkpoint(id)
-                    .map_err(|e| format!("{}: {e}", dir.display()))?
-                    .clone();
-                let metadata = CheckpointMetadata::decode(&part.metadata)
-                    .map_err(|e| format!("{}: {e}", dir.display()))?;
-                Ok((reader, metadata, part.handles))
-            });
+        let (opened, dir) = match remote {
+            Some(url) => {
+                let options = spate_storage::remote::TierOptions::default();
+                match crate::checkpoint::remote::part_reader(url, process, id, options) {
+                    Ok((reader, shown)) => (Ok(reader), std::path::PathBuf::from(shown)),
+                    Err(e) => {
+                        let part = crate::checkpoint::remote::part_name(process);
+                        let dir = spate_storage::remote::sub_url(url, &part);
+                        (Err(e), std::path::PathBuf::from(dir))
+                    }
+                }
+            }
+            None => {
+                let dir = files::part_dir(root, process);
+                let opened = StoreReader::open(&dir).map_err(|e| format!("{}: {e}", dir.display()));
+                (opened, dir)
+            }
+        };
+        let read = opened.and_then(|reader| {
+            let part = reader
+                .checkpoint(id)
+                .map_err(|e| format!("{}: {e}", dir.display()))?
+                .clone();
+            let metadata = CheckpointMetadata::decode(&part.metadata)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            Ok((reader, metadata, part.handles))
+        });
         match read {
             Ok((reader, metadata, handles)) => {
                 readable.push((

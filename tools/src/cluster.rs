@@ -4,13 +4,14 @@
 //! checkpoints, `show` one of them with its parts merged as a restore
 //! merges them, `verify` every part store and that every global record's
 //! parts read back. `dump`, `diff` and `gc` work on one part's store.
+//! With the checkpoints in a remote tier (§15.9), the same over its URL:
+//! records under `cluster/`, parts under `process-<p>/`.
 
 use std::path::Path;
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
-use spate::checkpoint::global::files;
-use spate::internals::inspect::{cluster_checkpoint, ClusterCheckpoint};
+use spate::internals::inspect::{cluster_checkpoint, cluster_records, ClusterCheckpoint};
 
 use crate::output::{human_bytes, print_table, utc, with_header};
 
@@ -19,9 +20,13 @@ pub fn is_cluster(dir: &Path) -> bool {
     spate::internals::inspect::is_cluster_dir(dir)
 }
 
-/// The global checkpoints' ids under `root`.
+/// The global checkpoints' ids under `root` (a directory, or the URL of
+/// the job's remote tier).
 fn ids(root: &Path) -> Result<Vec<u64>> {
-    files::ids(root).map_err(|e| anyhow::anyhow!("{}: {e}", files::dir(root).display()))
+    let records = cluster_records(root).map_err(anyhow::Error::msg)?;
+    records
+        .ids()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", records.describe()))
 }
 
 /// One global checkpoint as JSON.

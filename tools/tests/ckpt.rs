@@ -937,8 +937,9 @@ fn every_command_reads_a_remote_tier_by_url() {
 /// Two jobs of this test process form a cluster of two processes (one
 /// subtask each, joined by TCP on 127.0.0.1) that checkpoints into `root`:
 /// each process's part in `root/process-<p>`, the global records in
-/// `root/cluster`. Runs until the input (10 000 numbers) ends.
-fn run_cluster(root: &Path) {
+/// `root/cluster`, or with `remote` in that remote tier. Runs until the
+/// input (10 000 numbers) ends.
+fn run_cluster(root: &Path, remote: Option<&str>) {
     let listeners: Vec<std::net::TcpListener> = (0..2)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -949,7 +950,8 @@ fn run_cluster(root: &Path) {
     let threads: Vec<std::thread::JoinHandle<()>> = (0..2)
         .map(|process| {
             let (root, peers) = (root.to_path_buf(), peers.clone());
-            std::thread::spawn(move || run_cluster_process(&root, process, peers))
+            let remote = remote.map(str::to_owned);
+            std::thread::spawn(move || run_cluster_process(&root, remote, process, peers))
         })
         .collect();
     for thread in threads {
@@ -958,12 +960,20 @@ fn run_cluster(root: &Path) {
 }
 
 /// One process of [`run_cluster`], to its end.
-fn run_cluster_process(root: &Path, process: usize, peers: Vec<std::net::SocketAddr>) {
+fn run_cluster_process(
+    root: &Path,
+    remote: Option<String>,
+    process: usize,
+    peers: Vec<std::net::SocketAddr>,
+) {
     let config = JobConfig {
         parallelism: 1,
         max_parallelism: MAX_PARALLELISM,
         pin_cores: false,
-        checkpoint: Some(CheckpointConfig::new(root, 20)),
+        checkpoint: Some(CheckpointConfig {
+            remote,
+            ..CheckpointConfig::new(root, 20)
+        }),
         cluster: Some(spate::ClusterConfig {
             process,
             processes: 2,
@@ -1011,8 +1021,28 @@ fn count_numbers(df: &spate::Dataflow, end: u64) {
 #[test]
 fn a_cluster_jobs_directory_lists_shows_and_verifies_its_global_checkpoints() {
     let root = temp_dir("cluster");
-    run_cluster(&root);
-    let root_s = root.to_str().unwrap();
+    run_cluster(&root, None);
+    check_cluster(root.to_str().unwrap(), &root.join("process-1"));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_cluster_jobs_remote_tier_lists_shows_and_verifies_its_global_checkpoints() {
+    // The records and parts in a remote tier (`file://`): the local
+    // directory holds no record, the URL is read as the job's whole.
+    let (root, tier) = (temp_dir("cluster-local"), temp_dir("cluster-tier"));
+    let url = format!("file://{}", tier.display());
+    run_cluster(&root, Some(&url));
+    assert!(!root.join("cluster").exists());
+    check_cluster(&url, &tier.join("process-1"));
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(&tier);
+}
+
+/// `list`, `show`, `verify` and `dump` of the cluster job at `root_s` (a
+/// directory or a remote tier's URL), then again once `part_1`, process
+/// 1's store or prefix, is gone.
+fn check_cluster(root_s: &str, part_1: &Path) {
     let listed = json(&["list", root_s, "--json"]);
     let rows = listed.as_array().unwrap();
     assert!(!rows.is_empty(), "no global checkpoint: {listed}");
@@ -1051,10 +1081,9 @@ fn a_cluster_jobs_directory_lists_shows_and_verifies_its_global_checkpoints() {
         String::from_utf8_lossy(&dumped.stderr)
     );
     // A part gone: listed as unreadable, and verify fails.
-    std::fs::remove_dir_all(root.join("process-1")).unwrap();
+    std::fs::remove_dir_all(part_1).unwrap();
     let listed = json(&["list", root_s, "--json"]);
     let row = listed.as_array().unwrap().last().unwrap().clone();
     assert!(row["parts"][1]["error"].is_string(), "{row}");
     assert!(!tool(&["verify", root_s]).status.success());
-    let _ = std::fs::remove_dir_all(&root);
 }

@@ -108,25 +108,38 @@ impl ClusterRemote {
     /// remote tier (its blocks are downloaded a segment at a time when
     /// first read). Blocking: for the thread that starts the job.
     pub(crate) fn part_reader(&self, process: u32, id: u64) -> Result<StoreReader, String> {
-        let rt = RemoteRuntime::global()?;
-        let url = spate_storage::remote::sub_url(&self.base, &part_name(process));
-        let owned = url.clone();
-        let backend = rt
-            .block_on(async move { CloudBackend::from_url(&owned) })
-            .map_err(|e| format!("{url}: {e}"))?;
-        let shown = backend.url().to_string();
-        let tier = Arc::new(RemoteTier::new(Arc::new(backend), self.options.clone()));
-        let source =
-            RemoteSource::open_checkpoint(tier, rt, id).map_err(|e| format!("{shown}: {e}"))?;
-        for s in source.skipped() {
-            eprintln!("spate: {shown}: a part skipped: {s}");
-        }
-        StoreReader::from_source(Arc::new(source)).map_err(|e| format!("{shown}: {e}"))
+        part_reader(&self.base, process, id, self.options.clone()).map(|(reader, _)| reader)
     }
 }
 
+/// A reader of process `process`'s part of checkpoint `id` under the
+/// remote prefix of the cluster job at `base`, and the part prefix's URL
+/// as shown. Blocking: for a plain thread.
+pub(crate) fn part_reader(
+    base: &str,
+    process: u32,
+    id: u64,
+    options: TierOptions,
+) -> Result<(StoreReader, String), String> {
+    let rt = RemoteRuntime::global()?;
+    let url = spate_storage::remote::sub_url(base, &part_name(process));
+    let owned = url.clone();
+    let backend = rt
+        .block_on(async move { CloudBackend::from_url(&owned) })
+        .map_err(|e| format!("{url}: {e}"))?;
+    let shown = backend.url().to_string();
+    let tier = Arc::new(RemoteTier::new(Arc::new(backend), options));
+    let source =
+        RemoteSource::open_checkpoint(tier, rt, id).map_err(|e| format!("{shown}: {e}"))?;
+    for s in source.skipped() {
+        eprintln!("spate: {shown}: a part skipped: {s}");
+    }
+    let reader = StoreReader::from_source(Arc::new(source)).map_err(|e| format!("{shown}: {e}"))?;
+    Ok((reader, shown))
+}
+
 /// The name of process `process`'s prefix under a cluster job's URL.
-fn part_name(process: u32) -> String {
+pub(crate) fn part_name(process: u32) -> String {
     format!("process-{process}")
 }
 
