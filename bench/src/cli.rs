@@ -224,6 +224,11 @@ struct NexmarkArgs {
     /// on the same directory).
     #[arg(long, hide = true, requires = "process_id")]
     cluster_restore_from: Option<u64>,
+    /// A cluster's connections: how long a writer waits after a write of
+    /// 16 KiB or more before collecting the next (fewer, larger writes
+    /// under load; 0: never waits). `ClusterConfig::busy_linger`.
+    #[arg(long, default_value_t = 1000, requires = "processes")]
+    busy_linger_us: u64,
     /// A process of a launched cluster: the run it belongs to (the launcher
     /// counts its restarts; each joins under a name of its own).
     #[arg(long, hide = true, default_value_t = 0, requires = "process_id")]
@@ -826,6 +831,10 @@ fn nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         }
         (None, _) => None,
     };
+    let cluster = cluster.map(|c| spate::ClusterConfig {
+        busy_linger: std::time::Duration::from_micros(args.busy_linger_us),
+        ..c
+    });
     let mut config = RunConfig {
         cluster,
         on_start,

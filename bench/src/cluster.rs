@@ -60,6 +60,7 @@ pub fn config(
         job: job.to_string(),
         secret: secret.into_bytes(),
         connect_timeout: CONNECT_TIMEOUT,
+        busy_linger: spate::DEFAULT_BUSY_LINGER,
         commit_point: None,
     })
 }

@@ -84,6 +84,11 @@ fn main() {
                 .expect("SPATE_CLUSTER_SECRET with W1_PEERS")
                 .into_bytes(),
             connect_timeout: std::time::Duration::from_secs(60),
+            // W1_LINGER_US: the connections' busy linger, µs.
+            busy_linger: std::env::var("W1_LINGER_US")
+                .ok()
+                .map(|v| v.parse().expect("W1_LINGER_US: microseconds"))
+                .map_or(spate::DEFAULT_BUSY_LINGER, std::time::Duration::from_micros),
             commit_point: None,
         });
     }

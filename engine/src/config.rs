@@ -69,6 +69,14 @@ pub struct ClusterConfig {
     pub secret: Vec<u8>,
     /// How long to wait for every peer to connect at the start of a run.
     pub connect_timeout: std::time::Duration,
+    /// How long a connection's writer waits after a write of 16 KiB or
+    /// more (the channels to that peer are busy) before it collects the
+    /// next one, so that the batches arriving meanwhile leave in one write:
+    /// fewer, larger writes wake the link threads at both ends less often.
+    /// Flink's buffer timeout, applied only under load: a batch that finds
+    /// the connection idle leaves at once. Zero: never waits.
+    /// [`DEFAULT_BUSY_LINGER`] is a good start (`docs/cluster.md` §11).
+    pub busy_linger: std::time::Duration,
     /// Where completed global checkpoints are recorded beyond the
     /// checkpoint directory (etcd's checkpoint pointer in `spate-bench`);
     /// `None`: the global record's file is the commit point
@@ -84,6 +92,7 @@ impl PartialEq for ClusterConfig {
             && self.job == other.job
             && self.secret == other.secret
             && self.connect_timeout == other.connect_timeout
+            && self.busy_linger == other.busy_linger
             && match (&self.commit_point, &other.commit_point) {
                 (None, None) => true,
                 (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
@@ -101,6 +110,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("job", &self.job)
             .field("secret", &"<redacted>")
             .field("connect_timeout", &self.connect_timeout)
+            .field("busy_linger", &self.busy_linger)
             .field(
                 "commit_point",
                 &self.commit_point.as_ref().map(|c| c.describe()),
@@ -108,6 +118,13 @@ impl std::fmt::Debug for ClusterConfig {
             .finish()
     }
 }
+
+/// [`ClusterConfig::busy_linger`]'s suggested value: 1 ms. On 2 cores, q5
+/// in 2 processes of 1 core ran at 6–7.6 M events/s without it and
+/// 9.2–10.2 M with it (one process of 2 cores: about 10.5 M), while q3's
+/// latency across processes at 2 M events/s kept its p50 and p99
+/// (`bench/README.md`).
+pub const DEFAULT_BUSY_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Shortest shared secret accepted, in bytes.
 pub const MIN_CLUSTER_SECRET: usize = 16;
@@ -392,6 +409,7 @@ mod tests {
                 job: "orders".into(),
                 secret: secret.as_bytes().to_vec(),
                 connect_timeout: std::time::Duration::from_secs(1),
+                busy_linger: DEFAULT_BUSY_LINGER,
                 commit_point: None,
             }),
             ..JobConfig::default()

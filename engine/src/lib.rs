@@ -90,7 +90,9 @@ pub use checkpoint::coordinator::CheckpointSummary;
 pub use checkpoint::{
     CheckpointConfig, CheckpointMode, CheckpointStats, CheckpointStatus, RestoreFrom,
 };
-pub use config::{ClusterConfig, JobConfig, MAX_CHECKPOINT_TIME_MS, MIN_CLUSTER_SECRET};
+pub use config::{
+    ClusterConfig, JobConfig, DEFAULT_BUSY_LINGER, MAX_CHECKPOINT_TIME_MS, MIN_CLUSTER_SECRET,
+};
 pub use dataflow::{
     CoProcessFunction, ConnectedStreams, Data, Dataflow, ExchangeData, KeyedContext,
     KeyedProcessFunction, KeyedStream, Record, Stream, WatermarkContext,

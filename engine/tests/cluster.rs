@@ -150,6 +150,7 @@ fn cluster_child() {
             job: "cluster-test".into(),
             secret: var("SPATE_TEST_SECRET").into_bytes(),
             connect_timeout: Duration::from_secs(30),
+            busy_linger: spate::DEFAULT_BUSY_LINGER,
             commit_point: None,
         }),
         ..JobConfig::default()
@@ -575,6 +576,7 @@ fn cluster_checkpoint_child() {
             job: "cluster-checkpoint-test".into(),
             secret: var("SPATE_TEST_SECRET").into_bytes(),
             connect_timeout: Duration::from_secs(30),
+            busy_linger: spate::DEFAULT_BUSY_LINGER,
             commit_point: None,
         }),
         ..JobConfig::default()
@@ -1069,6 +1071,7 @@ fn in_process_cluster(
                         job: "commit-point-test".into(),
                         secret: SECRET.as_bytes().to_vec(),
                         connect_timeout: Duration::from_secs(30),
+                        busy_linger: spate::DEFAULT_BUSY_LINGER,
                         commit_point: Some(commit_point),
                     }),
                     ..JobConfig::default()

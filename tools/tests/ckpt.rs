@@ -981,6 +981,7 @@ fn run_cluster_process(
             job: "ckpt-cluster-test".into(),
             secret: b"a-secret-for-the-ckpt-cluster-test".to_vec(),
             connect_timeout: Duration::from_secs(30),
+            busy_linger: spate::DEFAULT_BUSY_LINGER,
             commit_point: None,
         }),
         ..JobConfig::default()

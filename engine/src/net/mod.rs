@@ -41,6 +41,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use wire::{ChannelId, Frame};
 
+/// A write at least this large means the link is busy: the writer then
+/// waits [`crate::ClusterConfig::busy_linger`] before its next round.
+const BUSY_WRITE_BYTES: usize = 16 << 10;
+
 /// What went wrong on the data plane.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum NetError {
@@ -181,6 +185,8 @@ pub(crate) struct Network {
     me: Identity,
     /// Subtasks per process.
     parallelism: usize,
+    /// [`crate::ClusterConfig::busy_linger`].
+    busy_linger: Duration,
     peers: Vec<Option<Arc<Peer>>>,
     stats: Arc<NetStats>,
     listen_addr: SocketAddr,
@@ -257,6 +263,7 @@ impl Network {
             Arc::new(Self {
                 me,
                 parallelism,
+                busy_linger: cluster.busy_linger,
                 peers,
                 stats: stats.clone(),
                 listen_addr,
@@ -563,7 +570,14 @@ impl Network {
                 self.stats
                     .bytes_sent
                     .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                let written = buf.len();
                 buf.clear();
+                // Busy: let the next round's batches gather (fewer, larger
+                // writes; fewer wake-ups of this thread and the peer's
+                // reader). A batch that finds the link idle leaves at once.
+                if written >= BUSY_WRITE_BYTES && !self.busy_linger.is_zero() {
+                    std::thread::sleep(self.busy_linger);
+                }
             }
         }
     }
