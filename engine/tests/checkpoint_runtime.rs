@@ -738,3 +738,71 @@ fn two_jobs_of_one_process_cannot_share_a_state_directory() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_fresh_start_on_a_used_remote_prefix_restores_its_own_blocks_later() {
+    // Run A leaves its checkpoints under a remote prefix (one subtask: its
+    // segments hold other bytes than two subtasks' at the same offsets).
+    // Run B starts fresh on the same prefix from an empty directory and
+    // fails after two checkpoints; run C restores B's latest from the
+    // remote tier alone. B's new store must number its segments above A's:
+    // otherwise its uploads reference A's extents for its own blocks, and
+    // C reads A's bytes.
+    let dir = temp_dir("fresh-on-used-remote");
+    let tier = temp_dir("fresh-on-used-remote-tier");
+    let url = format!("file://{}", tier.display());
+    let config = |parallelism: usize, restore: spate::RestoreFrom| {
+        let mut config = JobConfig {
+            parallelism,
+            ..config(&dir, CheckpointMode::Aligned, true)
+        };
+        if let Some(c) = config.checkpoint.as_mut() {
+            c.remote = Some(url.clone());
+            c.restore = restore;
+        }
+        config
+    };
+    let all: Vec<Event> = (0..EVENTS).map(event).collect();
+    let run_a: (Totals, Windows) = Default::default();
+    let (t, w) = run_a.clone();
+    let never = Arc::new(AtomicBool::new(false));
+    let a = Job::new(config(1, spate::RestoreFrom::Nothing))
+        .run(move |df| job(df, &t, &w, &never, 200_000.0))
+        .unwrap();
+    assert!(
+        a.checkpoint_summary.completed > 0,
+        "run A took no checkpoint"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let totals: Totals = Default::default();
+    let windows: Windows = Default::default();
+    let fail = Arc::new(AtomicBool::new(false));
+    let (t, w, f) = (totals.clone(), windows.clone(), fail.clone());
+    let handle = Job::new(config(2, spate::RestoreFrom::Nothing))
+        .start(move |df| job(df, &t, &w, &f, 20_000.0))
+        .unwrap();
+    while handle.completed_checkpoints() < 2 && handle.is_running() {
+        std::thread::yield_now();
+    }
+    fail.store(true, Ordering::SeqCst);
+    let b = handle.join();
+    assert!(
+        matches!(&b, Err(JobError::Operator { operator, .. }) if operator == "tripwire"),
+        "run B: {b:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    fail.store(false, Ordering::SeqCst);
+    let (t, w, f) = (totals.clone(), windows.clone(), fail.clone());
+    let c = Job::new(config(2, spate::RestoreFrom::Latest))
+        .run(move |df| job(df, &t, &w, &f, 1_000_000.0))
+        .unwrap();
+    assert!(c.restored_from.is_some(), "run C restored nothing");
+    assert_eq!(finals(&totals.lock().unwrap()), reference_totals(&all));
+    let got_windows: BTreeSet<_> = windows.lock().unwrap().iter().cloned().collect();
+    let reference: BTreeSet<_> = reference_windows(&all, 100, 100).into_iter().collect();
+    assert_eq!(got_windows, reference);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&tier);
+}
