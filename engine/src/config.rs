@@ -190,12 +190,6 @@ impl ClusterConfig {
                 );
             }
         }
-        if job.restart != RestartStrategy::None {
-            return Err(ConfigError::Conflict(
-                "a cluster job does not restart inside its processes (a lost process fails the job; its launcher restarts every process from the latest global checkpoint): use RestartStrategy::None".into(),
-            )
-            .into());
-        }
         Ok(())
     }
 }

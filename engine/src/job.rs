@@ -91,9 +91,19 @@ impl Job {
         let build: Arc<dyn Fn(&Dataflow) + Send + Sync> = Arc::new(build);
         let stop = Arc::new(AtomicBool::new(false));
         let newest_before = self.config.checkpoint.as_ref().and_then(|c| {
-            spate_storage::StoreReader::open(&c.dir)
+            let local = spate_storage::StoreReader::open(&c.dir)
                 .ok()
-                .and_then(|r| r.latest().map(|l| l.id))
+                .and_then(|r| r.latest().map(|l| l.id));
+            // A cluster job's own checkpoints are also above every global
+            // record there was (this process's store may be new).
+            let global = self.config.cluster.as_ref().and_then(|_| {
+                let root = crate::checkpoint::global::files::root_of(&c.dir);
+                crate::checkpoint::global::Records::of_job(&root, c.remote.as_deref())
+                    .and_then(|r| r.ids())
+                    .ok()
+                    .and_then(|ids| ids.last().copied())
+            });
+            local.max(global)
         });
         // Listens before the first run starts: a port in use fails here,
         // with no reactor running and the directory lock still held.
@@ -169,11 +179,22 @@ fn launch(
         }
         None => None,
     };
-    let restore = load_restore_with(config, remote.as_deref())?;
-    // Every peer connected and authenticated before any subtask runs.
+    // Every peer connected and authenticated before any subtask runs, and
+    // in a cluster before the restore is chosen: every process's previous
+    // run (the leader's last record write included) has ended by the time
+    // all of them connect, so each reads the same global records.
     let net = match &config.cluster {
         Some(cluster) => Some(crate::net::Network::connect(cluster, config.parallelism)?),
         None => None,
+    };
+    let restore = match load_restore_with(config, remote.as_deref()) {
+        Ok(restore) => restore,
+        Err(e) => {
+            if let Some(net) = &net {
+                net.abort_unstarted(&e.to_string());
+            }
+            return Err(e);
+        }
     };
     let (env, ends) = JobEnv::new(
         config.clone(),
@@ -299,6 +320,13 @@ impl Supervisor {
             let mut config = self.config.clone();
             if let Some(checkpoint) = &mut config.checkpoint {
                 checkpoint.restore = RestoreFrom::LatestFrom(self.restore_floor);
+            }
+            if let Some(cluster) = &mut config.cluster {
+                // Every process of a cluster job fails with each run and
+                // restarts: each restart is a generation of its own, and
+                // the handshake (its proofs cover the job's name) refuses
+                // a peer still in another one.
+                cluster.job = format!("{}#restart-{}", cluster.job, tracker.restarts());
             }
             let metrics = &self.shared.metrics;
             result =

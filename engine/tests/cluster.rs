@@ -550,6 +550,12 @@ fn cluster_checkpoint_child() {
     let process: usize = var("SPATE_TEST_PROCESS").parse().unwrap();
     let backpressure = std::env::var("SPATE_TEST_BACKPRESSURE").is_ok();
     let slow = backpressure && process == 1;
+    // A task failure in process 1, once, at this event: every process
+    // restarts in place (the job's restart strategy) from the latest
+    // global checkpoint.
+    let trip_at: Option<u64> = std::env::var("SPATE_TEST_TRIP_AT")
+        .ok()
+        .map(|v| v.parse().unwrap());
     let config = JobConfig {
         parallelism: 1,
         pin_cores: false,
@@ -569,6 +575,13 @@ fn cluster_checkpoint_child() {
             remote: std::env::var("SPATE_TEST_REMOTE").ok(),
             ..spate::CheckpointConfig::new(var("SPATE_TEST_CKPT"), 100)
         }),
+        restart: match trip_at {
+            Some(_) => spate::RestartStrategy::FixedDelay {
+                attempts: 2,
+                delay: Duration::from_millis(100),
+            },
+            None => spate::RestartStrategy::None,
+        },
         cluster: Some(ClusterConfig {
             process,
             processes: peers.len(),
@@ -595,6 +608,27 @@ fn cluster_checkpoint_child() {
             source,
             spate::WatermarkStrategy::monotonous(|e: &Event| e.ts),
         );
+        let events = match trip_at {
+            Some(at) => {
+                static TRIPPED: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                events
+                    .key_by(|e: &Event| e.key)
+                    .process("tripwire", move |_| {
+                        move |e: Event, ctx: &mut spate::KeyedContext<u64, Event>| {
+                            if process == 1
+                                && e.ts >= 1_000 + at
+                                && !TRIPPED.swap(true, std::sync::atomic::Ordering::SeqCst)
+                            {
+                                return Err("injected task failure".into());
+                            }
+                            ctx.emit(e);
+                            Ok(())
+                        }
+                    })
+            }
+            None => events,
+        };
         let totals = running_totals(&events);
         let totals = match slow {
             true => totals.map(|t| {
@@ -613,8 +647,9 @@ fn cluster_checkpoint_child() {
     });
     let out = match result {
         Ok(report) => format!(
-            "restored {}\ncompleted {}\ninflight {}\n",
+            "restored {}\nrestarts {}\ncompleted {}\ninflight {}\n",
             report.restored_from.unwrap_or(0),
+            report.restarts.restarts,
             report.checkpoint_summary.completed,
             report
                 .checkpoints
@@ -981,6 +1016,46 @@ fn without_a_replacement_the_job_rescales_onto_the_survivors() {
             (3, None),
         ],
     );
+}
+
+#[test]
+fn a_task_failure_restarts_every_process_in_place_and_the_output_is_exactly_once() {
+    // Process 1's tripwire fails once, half way: every process's run fails
+    // (the failing one tells the others), and each process's restart
+    // strategy starts a new run in place, no process exiting: they connect
+    // again under the restart's generation and restore the latest global
+    // checkpoint.
+    let dir = dir("restart-in-place");
+    let (root, sink) = (dir.join("state"), dir.join("out"));
+    let peers = addresses(3);
+    let outs: Vec<PathBuf> = (0..3).map(|p| dir.join(format!("out-{p}"))).collect();
+    let mut children: Vec<Child> = (0..3)
+        .map(|p| {
+            checkpoint_child(p, &peers, &root, &sink, &outs[p])
+                .env("SPATE_TEST_TRIP_AT", (CHECKPOINTED_EVENTS / 2).to_string())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut restored = Vec::new();
+    for (p, child) in children.iter_mut().enumerate() {
+        assert!(child.wait().unwrap().success(), "process {p}");
+        let (from, completed) =
+            checkpoint_output(&outs[p]).unwrap_or_else(|e| panic!("process {p} failed: {e}"));
+        let text = std::fs::read_to_string(&outs[p]).unwrap();
+        assert!(
+            text.contains("restarts 1\n"),
+            "process {p} restarted once in place: {text}"
+        );
+        assert!(completed > 0, "process {p}: {text}");
+        restored.push(from);
+    }
+    assert!(
+        restored.iter().all(|&r| r > 0 && r == restored[0]),
+        "every process restored the same global checkpoint: {restored:?}"
+    );
+    check_totals("restart-in-place", &committed_lines(&sink));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -513,6 +513,22 @@ impl Network {
         self.stats.report()
     }
 
+    /// Ends a run that fails after connecting and before its link threads
+    /// started (its restore failed): tells every peer why, in an `Abort`,
+    /// and closes the connections and the listener.
+    pub(crate) fn abort_unstarted(&self, reason: &str) {
+        let mut out = Vec::new();
+        Frame::Abort {
+            reason: format!("process {}: {reason}", self.me.process),
+        }
+        .encode(&mut out);
+        for peer in self.peers.iter().flatten() {
+            let _ = (&peer.stream).write_all(&out);
+            let _ = peer.stream.shutdown(Shutdown::Both);
+        }
+        self.close_listener();
+    }
+
     fn close_listener(&self) {
         self.closing.store(true, Ordering::SeqCst);
         // Wakes the blocking accept.
