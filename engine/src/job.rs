@@ -187,7 +187,7 @@ fn launch(
         Some(cluster) => Some(crate::net::Network::connect(cluster, config.parallelism)?),
         None => None,
     };
-    let restore = match load_restore_with(config, remote.as_deref()) {
+    let restore = match restore_in_run(config, remote.as_deref(), net.as_deref()) {
         Ok(restore) => restore,
         Err(e) => {
             if let Some(net) = &net {
@@ -260,6 +260,36 @@ fn launch(
         reactors,
         started,
     })
+}
+
+/// The checkpoint a run restores. In a cluster job that checkpoints, the
+/// leader chooses and tells the others before anything else on the
+/// connections, and they restore exactly that one: a process that could
+/// not read a record the leader read (a transient error of the object
+/// store, a damaged local copy) fails the run rather than restore an
+/// older one (`docs/cluster.md` §15.5).
+fn restore_in_run(
+    config: &JobConfig,
+    remote: Option<&crate::checkpoint::remote::JobRemote>,
+    net: Option<&crate::net::Network>,
+) -> Result<Option<Arc<crate::checkpoint::restore::RestoreState>>, JobError> {
+    let Some(net) = net.filter(|_| config.checkpoint.is_some()) else {
+        return load_restore_with(config, remote);
+    };
+    if net.process() == 0 {
+        let restored = load_restore_with(config, remote)?;
+        net.send_restore(restored.as_ref().map_or(0, |r| r.metadata.id))?;
+        return Ok(restored);
+    }
+    let id = net.receive_restore()?;
+    let mut decided = config.clone();
+    if let Some(c) = &mut decided.checkpoint {
+        c.restore = match id {
+            0 => RestoreFrom::Nothing,
+            id => RestoreFrom::Checkpoint(id),
+        };
+    }
+    load_restore_with(&decided, remote)
 }
 
 /// One run of a job.

@@ -827,6 +827,9 @@ struct Run {
     processes: usize,
     kill: Option<(usize, u64)>,
     wiped: &'static [usize],
+    /// Processes whose local segments are overwritten before the run (a
+    /// damaged local copy; `Layout::Remote` only).
+    damaged: &'static [usize],
 }
 
 /// Runs the job as `runs` say (processes, and whom to kill when), the last
@@ -839,6 +842,7 @@ fn kill_and_recover(name: &str, runs: &[(usize, Option<(usize, u64)>)]) {
             processes,
             kill,
             wiped: &[],
+            damaged: &[],
         })
         .collect();
     kill_and_recover_in(name, Layout::Shared, &runs);
@@ -849,6 +853,18 @@ fn kill_and_recover_in(name: &str, layout: Layout, runs: &[Run]) {
     for (run, r) in runs.iter().enumerate() {
         for &p in r.wiped {
             let _ = std::fs::remove_dir_all(layout.root(&dir, p));
+        }
+        for &p in r.damaged {
+            let store = layout.root(&dir, p).join(format!("process-{p}"));
+            let mut damaged = 0;
+            for entry in std::fs::read_dir(&store).unwrap().flatten() {
+                if entry.path().extension().is_some_and(|e| e == "spseg") {
+                    let len = entry.metadata().unwrap().len() as usize;
+                    std::fs::write(entry.path(), vec![0xAA; len]).unwrap();
+                    damaged += 1;
+                }
+            }
+            assert!(damaged > 0, "{name}: no segment in {}", store.display());
         }
         let restored = checkpointed_run(name, &dir, layout, run, r.processes, r.kill);
         if r.kill.is_none() {
@@ -1072,21 +1088,53 @@ fn with_a_remote_tier_lost_machines_restore_from_object_storage() {
                 processes: 3,
                 kill: Some((1, 3)),
                 wiped: &[],
+                damaged: &[],
             },
             Run {
                 processes: 3,
                 kill: Some((0, 2)),
                 wiped: &[1],
+                damaged: &[],
             },
             Run {
                 processes: 2,
                 kill: Some((1, 3)),
                 wiped: &[0, 1],
+                damaged: &[],
             },
             Run {
                 processes: 3,
                 kill: None,
                 wiped: &[],
+                damaged: &[],
+            },
+        ],
+    );
+}
+
+#[test]
+fn a_damaged_local_part_is_read_from_the_remote_tier_and_every_process_restores_the_same() {
+    // Process 1's local copy of its parts is damaged before the restart:
+    // its own part is read from the remote tier instead. Every process
+    // restores the checkpoint the leader chose (without the fallback,
+    // process 1 cannot and the run fails; without the leader's choice, it
+    // would restore an older one than the others and the output would
+    // repeat or lose updates).
+    kill_and_recover_in(
+        "remote-damaged",
+        Layout::Remote,
+        &[
+            Run {
+                processes: 3,
+                kill: Some((2, 3)),
+                wiped: &[],
+                damaged: &[],
+            },
+            Run {
+                processes: 3,
+                kill: None,
+                wiped: &[],
+                damaged: &[1],
             },
         ],
     );

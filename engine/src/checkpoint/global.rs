@@ -68,6 +68,10 @@ pub(crate) enum CoordMsg {
     Complete { id: u64, is_final: bool },
     /// Leader → part: checkpoint `id` failed; discard its part.
     Abort { id: u64, reason: String },
+    /// Leader → part, once, first, at the start of a run: restore global
+    /// checkpoint `id` (0: none). The leader alone chooses, so that every
+    /// process restores the same checkpoint.
+    Restore { id: u64 },
 }
 
 /// Longest reason carried in a message (longer ones are cut).
@@ -137,6 +141,10 @@ impl CoordMsg {
                 out.extend_from_slice(&id.to_le_bytes());
                 put_str(out, reason);
             }
+            CoordMsg::Restore { id } => {
+                out.push(9);
+                out.extend_from_slice(&id.to_le_bytes());
+            }
         }
     }
 
@@ -173,6 +181,7 @@ impl CoordMsg {
                 id: r.u64()?,
                 reason: r.string()?,
             },
+            9 => CoordMsg::Restore { id: r.u64()? },
             kind => return Err(format!("unknown coordination message kind {kind}")),
         };
         if r.at != bytes.len() {
@@ -188,7 +197,10 @@ impl CoordMsg {
     pub(crate) fn is_leaders(&self) -> bool {
         matches!(
             self,
-            CoordMsg::Trigger { .. } | CoordMsg::Complete { .. } | CoordMsg::Abort { .. }
+            CoordMsg::Trigger { .. }
+                | CoordMsg::Complete { .. }
+                | CoordMsg::Abort { .. }
+                | CoordMsg::Restore { .. }
         )
     }
 }
@@ -487,7 +499,10 @@ impl GlobalCoordinator {
                     self.end_failed(format!("process {from}: {reason}"), declined, now_ms);
                 }
             }
-            CoordMsg::Trigger { .. } | CoordMsg::Complete { .. } | CoordMsg::Abort { .. } => {
+            CoordMsg::Trigger { .. }
+            | CoordMsg::Complete { .. }
+            | CoordMsg::Abort { .. }
+            | CoordMsg::Restore { .. } => {
                 unreachable!("refused above")
             }
         }
@@ -969,6 +984,7 @@ mod tests {
                 id: 4,
                 is_final: true,
             },
+            CoordMsg::Restore { id: 6 },
             CoordMsg::Abort {
                 id: 5,
                 reason: "timed out".into(),

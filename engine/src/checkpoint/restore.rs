@@ -295,20 +295,37 @@ impl RestoreState {
             let mut parts = Vec::new();
             let mut own_is_local = false;
             for &p in &record.parts {
-                let local = own_local
-                    .as_ref()
-                    .filter(|r| p == process && r.checkpoint(id).is_ok());
+                // Where part `p` may be read, in order: this process's own
+                // local store (local recovery), then the remote tier (so a
+                // damaged local copy falls back to the remote one); without
+                // a remote tier, the part's store under the job's directory.
                 // A remote part's blocks are verified as they are read
-                // (`arriving`): a restore does not download every part up front.
-                let (reader, at, arriving) =
-                    match (local, cluster_remote) {
-                        (Some(r), _) => {
-                            own_is_local = true;
-                            (Some(r.clone()), config.dir.display().to_string(), false)
-                        }
-                        (None, Some(c)) => {
-                            let reader = readers.entry((p, id)).or_insert_with(|| {
-                                match c.part_reader(p, id) {
+                // (`arriving`): a restore does not download every part up
+                // front. The last field: this is the process's own store.
+                #[allow(clippy::type_complexity)]
+                let mut sources: Vec<(
+                    Option<Arc<StoreReader>>,
+                    String,
+                    bool,
+                    bool,
+                )> = Vec::new();
+                if let Some(r) = own_local
+                    .as_ref()
+                    .filter(|r| p == process && r.checkpoint(id).is_ok())
+                {
+                    sources.push((
+                        Some(r.clone()),
+                        config.dir.display().to_string(),
+                        false,
+                        true,
+                    ));
+                }
+                match cluster_remote {
+                    Some(c) => {
+                        let reader =
+                            readers
+                                .entry((p, id))
+                                .or_insert_with(|| match c.part_reader(p, id) {
                                     Ok(r) => Some(Arc::new(r)),
                                     Err(e) => {
                                         warnings.push(format!(
@@ -316,17 +333,18 @@ impl RestoreState {
                                         ));
                                         None
                                     }
-                                }
-                            });
-                            (
-                                reader.clone(),
-                                format!("the remote parts of process {p}"),
-                                true,
-                            )
-                        }
-                        (None, None) => {
-                            let dir = files::part_dir(&files::root_of(&config.dir), p);
-                            let reader = readers.entry((p, 0)).or_insert_with(|| {
+                                });
+                        sources.push((
+                            reader.clone(),
+                            format!("the remote parts of process {p}"),
+                            true,
+                            false,
+                        ));
+                    }
+                    None => {
+                        let dir = files::part_dir(&files::root_of(&config.dir), p);
+                        let reader =
+                            readers.entry((p, 0)).or_insert_with(|| {
                                 match StoreReader::open(&dir) {
                                     Ok(r) => Some(Arc::new(r)),
                                     Err(e) => {
@@ -338,25 +356,33 @@ impl RestoreState {
                                     }
                                 }
                             });
-                            (reader.clone(), dir.display().to_string(), false)
-                        }
+                        sources.push((reader.clone(), dir.display().to_string(), false, false));
+                    }
+                }
+                let mut found = None;
+                for (reader, at, arriving, own_store) in sources {
+                    let Some(reader) = reader else {
+                        warnings.push(format!(
+                            "global checkpoint {id}: the part of process {p} in {at} is unreadable"
+                        ));
+                        continue;
                     };
-                let Some(reader) = reader else {
-                    warnings.push(format!(
-                        "global checkpoint {id}: the part of process {p} is unreadable"
-                    ));
-                    continue 'records;
-                };
-                let part_config = CheckpointConfig {
-                    dir: std::path::PathBuf::from(&at),
-                    ..config.clone()
-                };
-                let Some((metadata, handles)) =
-                    Self::try_one(&reader, id, &part_config, None, arriving, &mut warnings)?
-                else {
-                    warnings.push(format!(
-                        "global checkpoint {id}: the part of process {p} in {at} is unusable"
-                    ));
+                    let part_config = CheckpointConfig {
+                        dir: std::path::PathBuf::from(&at),
+                        ..config.clone()
+                    };
+                    match Self::try_one(&reader, id, &part_config, None, arriving, &mut warnings)? {
+                        Some((metadata, handles)) => {
+                            own_is_local |= own_store;
+                            found = Some((reader, metadata, handles));
+                            break;
+                        }
+                        None => warnings.push(format!(
+                            "global checkpoint {id}: the part of process {p} in {at} is unusable"
+                        )),
+                    }
+                }
+                let Some((reader, metadata, handles)) = found else {
                     continue 'records;
                 };
                 parts.push((p, reader, metadata, handles));

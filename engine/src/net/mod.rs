@@ -513,6 +513,61 @@ impl Network {
         self.stats.report()
     }
 
+    /// The leader, before the link threads start: tells every process which
+    /// global checkpoint the run restores (0: none), the first frame on
+    /// each connection (`docs/cluster.md` §15.5).
+    pub(crate) fn send_restore(&self, id: u64) -> Result<(), JobError> {
+        let mut message = Vec::new();
+        crate::checkpoint::global::CoordMsg::Restore { id }.encode(&mut message);
+        let mut out = Vec::new();
+        Frame::Coord { message }.encode(&mut out);
+        for peer in self.peers.iter().flatten() {
+            (&peer.stream).write_all(&out).map_err(|e| {
+                JobError::Network(format!(
+                    "process {}: telling process {} at {} what to restore: {e}",
+                    self.me.process, peer.process, peer.addr
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A process other than the leader, before the link threads start:
+    /// waits for the leader's restore decision (the first frame from it;
+    /// unbuffered, so nothing after it is read here). Returns the global
+    /// checkpoint to restore (0: none).
+    pub(crate) fn receive_restore(&self) -> Result<u64, JobError> {
+        let Some(leader) = self.peers.first().and_then(Option::as_ref) else {
+            return Err(JobError::Network(
+                "the leader's restore decision: process 0 is not a peer".into(),
+            ));
+        };
+        let from = |what: String| {
+            JobError::Network(format!(
+                "process {}: from process 0 at {}: {what}",
+                self.me.process, leader.addr
+            ))
+        };
+        let frame = Frame::read_limited(&mut &leader.stream, 1 << 20)
+            .map_err(|e| from(format!("no restore decision ({e}): did the process die?")))?;
+        match frame {
+            Frame::Coord { message } => {
+                match crate::checkpoint::global::CoordMsg::decode(&message) {
+                    Ok(crate::checkpoint::global::CoordMsg::Restore { id }) => Ok(id),
+                    Ok(other) => Err(from(format!(
+                        "{other:?} where the restore decision was due"
+                    ))),
+                    Err(e) => Err(from(format!("a malformed restore decision: {e}"))),
+                }
+            }
+            Frame::Abort { reason } => Err(from(format!("the process failed: {reason}"))),
+            other => Err(from(format!(
+                "another frame (channel {:?}) where the restore decision was due",
+                other.channel()
+            ))),
+        }
+    }
+
     /// Ends a run that fails after connecting and before its link threads
     /// started (its restore failed): tells every peer why, in an `Abort`,
     /// and closes the connections and the listener.

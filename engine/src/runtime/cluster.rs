@@ -255,6 +255,11 @@ pub(super) async fn coordinator_task(
                         part.abort_external(id, reason, now);
                     }
                 }
+                CoordMsg::Restore { .. } => {
+                    return fail(
+                        "the leader's restore decision again, after the run started".into(),
+                    )
+                }
                 _ => unreachable!("is_leaders"),
             }
         }
