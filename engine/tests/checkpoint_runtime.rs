@@ -767,7 +767,7 @@ fn a_fresh_start_on_a_used_remote_prefix_restores_its_own_blocks_later() {
     let (t, w) = run_a.clone();
     let never = Arc::new(AtomicBool::new(false));
     let a = Job::new(config(1, spate::RestoreFrom::Nothing))
-        .run(move |df| job(df, &t, &w, &never, 200_000.0))
+        .run(move |df| job(df, &t, &w, &never, 20_000.0))
         .unwrap();
     assert!(
         a.checkpoint_summary.completed > 0,
