@@ -16,7 +16,8 @@
 //! parker.
 
 use super::{
-    complete_remotely, wait_for_remote, BusyGuard, ReactorIdle, RemoteOutcome, PARK_RECHECK,
+    commit_checkpoint, remove_freed, wait_for_remote, BusyGuard, ReactorIdle, RemoteOutcome,
+    PARK_RECHECK,
 };
 use crate::checkpoint::global::{files, CoordMsg, GlobalCoordinator, Records};
 use crate::env::{CoordinatorEnds, JobEnv};
@@ -266,52 +267,32 @@ pub(super) async fn coordinator_task(
         if outstanding.is_none() {
             if let Some(request) = part.poll(now) {
                 let _busy = BusyGuard::new(&idle);
-                store.keep_from(request.keep_from);
                 let id = request.id;
-                let record = remote.as_ref().map(|_| request.record.clone());
-                match store.commit_checkpoint_deferred(request.record).await {
-                    Ok(report) => {
-                        // With a remote tier a part is prepared once its
-                        // remote record is durable too (§15.9).
-                        let outcome = match (&remote, record) {
-                            (Some(remote), Some(record)) => {
-                                complete_remotely(
-                                    &env,
-                                    remote,
-                                    &mut store,
-                                    record,
-                                    request.keep_from,
-                                    &parker,
-                                )
-                                .await
-                            }
-                            _ => RemoteOutcome::Committed,
-                        };
-                        match outcome {
-                            RemoteOutcome::Committed => {
-                                outstanding = Some(id);
-                                send(
-                                    0,
-                                    CoordMsg::PartDone {
-                                        id,
-                                        final_votes: env.final_votes(id),
-                                    },
-                                );
-                            }
-                            RemoteOutcome::Failed(reason) => {
-                                part.commit_failed(id, reason, env.clock.now_ms())
-                            }
-                            RemoteOutcome::Fatal(error) => {
-                                env.fail(error);
-                                break;
-                            }
-                        }
-                        for warning in store.remove_segment_files(&report.segments_deleted).await {
-                            eprintln!("spate: checkpoint store: {warning:?}");
-                        }
+                // With a remote tier a part is prepared once its remote
+                // record is durable too (§15.9).
+                let (outcome, freed) =
+                    commit_checkpoint(&env, &mut store, request.record, request.keep_from, &parker)
+                        .await;
+                match outcome {
+                    RemoteOutcome::Committed => {
+                        outstanding = Some(id);
+                        send(
+                            0,
+                            CoordMsg::PartDone {
+                                id,
+                                final_votes: env.final_votes(id),
+                            },
+                        );
                     }
-                    Err(e) => part.commit_failed(id, e.to_string(), env.clock.now_ms()),
+                    RemoteOutcome::Failed(reason) => {
+                        part.commit_failed(id, reason, env.clock.now_ms())
+                    }
+                    RemoteOutcome::Fatal(error) => {
+                        env.fail(error);
+                        break;
+                    }
                 }
+                remove_freed(&mut store, &freed).await;
             }
         }
         for (id, reason, declined) in part.take_failed() {

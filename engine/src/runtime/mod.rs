@@ -385,45 +385,21 @@ async fn coordinator_task(
         let now = env.clock.now_ms();
         if let Some(request) = coordinator.poll(now) {
             let _busy = BusyGuard::new(&idle);
-            store.keep_from(request.keep_from);
-            let record = env.remote.get().map(|_| request.record.clone());
-            match store.commit_checkpoint_deferred(request.record).await {
-                Ok(report) => {
-                    // With a remote tier the remote record is the commit
-                    // point: the checkpoint is complete only once it is durable.
-                    let outcome = match (env.remote.get(), record) {
-                        (Some(remote), Some(record)) => {
-                            complete_remotely(
-                                &env,
-                                remote,
-                                &mut store,
-                                record,
-                                request.keep_from,
-                                &parker,
-                            )
-                            .await
-                        }
-                        _ => RemoteOutcome::Committed,
-                    };
-                    match outcome {
-                        RemoteOutcome::Committed => {
-                            coordinator.committed(request.id, env.clock.now_ms())
-                        }
-                        RemoteOutcome::Failed(reason) => {
-                            coordinator.commit_failed(request.id, reason, env.clock.now_ms())
-                        }
-                        RemoteOutcome::Fatal(error) => {
-                            env.fail(error);
-                            break;
-                        }
-                    }
-                    // After the completion is out: unlinking takes milliseconds.
-                    for warning in store.remove_segment_files(&report.segments_deleted).await {
-                        eprintln!("spate: checkpoint store: {warning:?}");
-                    }
+            let id = request.id;
+            let (outcome, freed) =
+                commit_checkpoint(&env, &mut store, request.record, request.keep_from, &parker)
+                    .await;
+            match outcome {
+                RemoteOutcome::Committed => coordinator.committed(id, env.clock.now_ms()),
+                RemoteOutcome::Failed(reason) => {
+                    coordinator.commit_failed(id, reason, env.clock.now_ms())
                 }
-                Err(e) => coordinator.commit_failed(request.id, e.to_string(), env.clock.now_ms()),
+                RemoteOutcome::Fatal(error) => {
+                    env.fail(error);
+                    break;
+                }
             }
+            remove_freed(&mut store, &freed).await;
             continue;
         }
         if let Some(reason) = coordinator.fatal.take() {
@@ -471,6 +447,44 @@ async fn coordinator_task(
     }
 }
 
+/// Commits checkpoint `record` to the store (retaining every checkpoint
+/// from `keep_from` on) and, with a remote tier, uploads it and commits it
+/// there: the remote record is then the commit point, so the checkpoint is
+/// complete only once it is durable. Returns how that ended and the
+/// segment files the local commit freed, to unlink once the outcome is
+/// told ([`remove_freed`]: unlinking takes milliseconds).
+pub(super) async fn commit_checkpoint(
+    env: &JobEnv,
+    store: &mut Store<spate_storage::GlommioIo>,
+    record: spate_storage::CheckpointRecord,
+    keep_from: Option<u64>,
+    parker: &Arc<Parker>,
+) -> (RemoteOutcome, Vec<spate_storage::format::SegmentId>) {
+    store.keep_from(keep_from);
+    let copy = env.remote.get().map(|_| record.clone());
+    let report = match store.commit_checkpoint_deferred(record).await {
+        Ok(report) => report,
+        Err(e) => return (RemoteOutcome::Failed(e.to_string()), Vec::new()),
+    };
+    let outcome = match (env.remote.get(), copy) {
+        (Some(remote), Some(record)) => {
+            complete_remotely(env, remote, store, record, keep_from, parker).await
+        }
+        _ => RemoteOutcome::Committed,
+    };
+    (outcome, report.segments_deleted)
+}
+
+/// Unlinks the segment files a commit freed ([`commit_checkpoint`]).
+pub(super) async fn remove_freed(
+    store: &mut Store<spate_storage::GlommioIo>,
+    freed: &[spate_storage::format::SegmentId],
+) {
+    for warning in store.remove_segment_files(freed).await {
+        eprintln!("spate: checkpoint store: {warning:?}");
+    }
+}
+
 /// How a checkpoint's remote commit ended.
 pub(super) enum RemoteOutcome {
     /// The record is durable remotely: the checkpoint is complete.
@@ -486,7 +500,7 @@ pub(super) enum RemoteOutcome {
 /// (on the remote runtime; this task waits on the coordinator's parker). A
 /// checkpoint that failed remotely is discarded from the local store again, so
 /// that neither a restore nor a later incremental checkpoint builds on it.
-pub(super) async fn complete_remotely(
+async fn complete_remotely(
     env: &JobEnv,
     remote: &crate::checkpoint::remote::JobRemote,
     store: &mut Store<spate_storage::GlommioIo>,
