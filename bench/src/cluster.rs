@@ -204,9 +204,11 @@ struct EtcdPointer {
     client: spate_cluster::EtcdClient,
     keys: spate_cluster::JobKeys,
     url: String,
-    /// Process 0's lease, to campaign with (on the first commit: a killed
-    /// leader's key outlives it by its lease, and the job need not wait
-    /// for that before it runs).
+    /// Process 0's lease, to campaign with before it reads the pointer to
+    /// choose what to restore: a previous process 0 that still runs (cut
+    /// off, not killed) could otherwise move the pointer after that choice.
+    /// A killed leader's key outlives it by its lease, so a restart after
+    /// the leader's loss waits that long.
     lease: Option<spate_cluster::LeaseId>,
     leadership: std::sync::Mutex<Option<spate_cluster::Leadership>>,
 }
@@ -279,6 +281,10 @@ impl spate::checkpoint::global::CommitPoint for EtcdPointer {
     }
 
     fn latest(&self) -> Result<Option<u64>, String> {
+        if self.lease.is_some() {
+            // Elected first: every earlier leader is fenced by then.
+            self.leadership()?;
+        }
         spate_cluster::read_pointer(&self.client, &self.keys)
             .map(|p| p.map(|(p, _)| p.checkpoint_id))
             .map_err(|e| e.to_string())
