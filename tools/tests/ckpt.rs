@@ -711,7 +711,12 @@ fn unaligned_job_under_backpressure_carries_in_flight_records() {
         .iter()
         .find(|o| o["operator"] == "counts")
         .unwrap();
-    assert_eq!(counts["key_groups"], MAX_PARALLELISM, "{counts}");
+    // An early checkpoint may not have seen a key of every key group yet.
+    let key_groups: BTreeSet<u16> = state
+        .keys()
+        .map(|k| key_group_for(k, MAX_PARALLELISM))
+        .collect();
+    assert_eq!(counts["key_groups"], key_groups.len(), "{counts}");
     assert_eq!(counts["entries"].as_u64().unwrap(), state.len() as u64);
     std::fs::remove_dir_all(&dir).unwrap();
 }
