@@ -197,21 +197,19 @@ pub fn generation_name(job: &str, generation: u32) -> String {
 }
 
 /// The job's checkpoint pointer in etcd (`/spate/<job>/checkpoint`) as the
-/// engine's commit point: process 0 campaigns for the leader key with its
-/// membership lease and moves the pointer with the fenced compare-and-swap
-/// of `docs/cluster.md` §6; every process reads it when it restores.
+/// engine's commit point ([`spate_cluster::PointerCommit`], `docs/cluster.md`
+/// §6): process 0 campaigns for the leader key with its membership lease and
+/// moves the pointer with the fenced compare-and-swap; every process reads it
+/// when it restores. This adds the waiting between attempts, in real time.
 struct EtcdPointer {
-    client: spate_cluster::EtcdClient,
-    keys: spate_cluster::JobKeys,
+    pointer: spate_cluster::PointerCommit<spate_cluster::EtcdClient>,
     url: String,
-    /// Process 0's lease, to campaign with before it reads the pointer to
-    /// choose what to restore: a previous process 0 that still runs (cut
-    /// off, not killed) could otherwise move the pointer after that choice.
-    /// A killed leader's key outlives it by its lease, so a restart after
-    /// the leader's loss waits that long.
-    lease: Option<spate_cluster::LeaseId>,
-    leadership: std::sync::Mutex<Option<spate_cluster::Leadership>>,
 }
+
+/// How long a pointer move is retried after etcd failed to answer before
+/// its outcome is declared unknown (the run then fails and its restart
+/// reads the pointer).
+const MOVE_RETRY_FOR: Duration = Duration::from_secs(5);
 
 impl EtcdPointer {
     fn new(
@@ -219,82 +217,79 @@ impl EtcdPointer {
         keys: spate_cluster::JobKeys,
         lease: Option<spate_cluster::LeaseId>,
     ) -> anyhow::Result<Self> {
+        let client = spate_cluster::EtcdClient::new(url, Duration::from_secs(5))
+            .with_context(|| format!("--cluster {url}"))?;
         Ok(Self {
-            client: spate_cluster::EtcdClient::new(url, Duration::from_secs(5))
-                .with_context(|| format!("--cluster {url}"))?,
-            keys,
+            pointer: spate_cluster::PointerCommit::new(client, keys, lease),
             url: url.to_string(),
-            lease,
-            leadership: std::sync::Mutex::new(None),
         })
     }
 
     /// This process's leadership, campaigning until elected (a previous
-    /// leader's key goes with its lease) or the connect timeout.
-    fn leadership(&self) -> Result<spate_cluster::Leadership, String> {
-        let mut held = self.leadership.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(l) = &*held {
-            return Ok(l.clone());
-        }
-        let lease = self
-            .lease
-            .ok_or("only process 0 leads the job's checkpoints")?;
+    /// leader's key goes with its lease: a cut-off earlier process 0 is
+    /// fenced from then on) or the connect timeout.
+    fn lead(&self) -> Result<(), String> {
         let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
         loop {
-            match spate_cluster::campaign(&self.client, &self.keys, 0, lease) {
-                Ok(spate_cluster::Campaign::Elected(l)) => {
-                    *held = Some(l.clone());
-                    return Ok(l);
-                }
-                Ok(spate_cluster::Campaign::Follower(c))
-                    if std::time::Instant::now() < deadline =>
-                {
-                    let _ = c;
-                }
-                Ok(spate_cluster::Campaign::Follower(c)) => {
-                    return Err(format!(
-                        "process {} still leads the job (term {}) after {CONNECT_TIMEOUT:?}",
-                        c.record.process_id, c.term
-                    ))
-                }
-                Err(e) => return Err(e.to_string()),
+            let why = match self.pointer.lead() {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(c)) => format!(
+                    "process {} still leads the job (term {}) after {CONNECT_TIMEOUT:?}",
+                    c.record.process_id, c.term
+                ),
+                Err(e) => e,
+            };
+            if std::time::Instant::now() >= deadline {
+                return Err(why);
             }
-            // The poll interval of a wait with a deadline: the previous
-            // leader's key goes when its lease expires.
+            // The poll interval of a wait with a deadline.
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
 
 impl spate::checkpoint::global::CommitPoint for EtcdPointer {
-    fn commit(&self, record: &spate::checkpoint::global::GlobalRecord) -> Result<(), String> {
-        let leadership = self.leadership()?;
-        leadership
-            .advance_pointer(
-                &self.client,
-                &self.keys,
-                record.id,
-                &format!("cluster/checkpoint-{:020}", record.id),
-            )
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    fn commit(
+        &self,
+        record: &spate::checkpoint::global::GlobalRecord,
+    ) -> Result<(), spate::checkpoint::global::CommitError> {
+        use spate::checkpoint::global::CommitError;
+        use spate_cluster::{Attempt, MoveError};
+        let mut move_ = spate_cluster::PointerMove::new(
+            record.id,
+            format!("cluster/checkpoint-{:020}", record.id),
+        );
+        let deadline = std::time::Instant::now() + MOVE_RETRY_FOR;
+        let failed = match loop {
+            match move_.attempt(&self.pointer) {
+                Attempt::Moved => return Ok(()),
+                Attempt::Failed(e) => break e,
+                Attempt::Retry(why) if std::time::Instant::now() >= deadline => {
+                    break move_.give_up(why)
+                }
+                // Back off briefly: etcd's reply was lost or late.
+                Attempt::Retry(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        } {
+            MoveError::Deposed(e) => CommitError::Deposed(e),
+            MoveError::Unknown(e) => CommitError::Unknown(e),
+        };
+        Err(failed)
     }
 
     fn latest(&self) -> Result<Option<u64>, String> {
-        if self.lease.is_some() {
+        if self.pointer.leads() {
             // Elected first: every earlier leader is fenced by then.
-            self.leadership()?;
+            self.lead()?;
         }
-        spate_cluster::read_pointer(&self.client, &self.keys)
-            .map(|p| p.map(|(p, _)| p.checkpoint_id))
-            .map_err(|e| e.to_string())
+        self.pointer.latest()
     }
 
     fn describe(&self) -> String {
         format!(
             "{} {}",
             self.url,
-            String::from_utf8_lossy(&self.keys.checkpoint_pointer())
+            String::from_utf8_lossy(&self.pointer.keys().checkpoint_pointer())
         )
     }
 }

@@ -6,9 +6,12 @@
 //!
 //! **Status.** The engine's TCP data plane runs a job in N processes
 //! (`engine/src/net/`); `spate-bench nexmark --cluster etcd://…` finds its
-//! peers and holds its membership through [`discovery`]. Election, the
-//! assignment record and the checkpoint pointer wait for global checkpoints
-//! and failover, which are not built: nothing uses them yet.
+//! peers and holds its membership through [`discovery`], and makes the
+//! checkpoint pointer the job's commit point through [`commit`]: process 0
+//! campaigns for the leader key, chooses what a run restores from the
+//! pointer, and completes each global checkpoint by moving it. The
+//! assignment record is written by nobody yet (process 0 is the leader
+//! of every run, chosen by the launcher).
 //!
 //! What it owns: the etcd keys under `/spate/<job>/` ([`JobKeys`]) and their
 //! values; the [`Coordination`] trait the protocol is written against, with
@@ -37,6 +40,7 @@
 //! this crate's small HTTP reader and the JSON mapping in [`etcd`]; TLS to
 //! etcd is not supported yet.
 
+pub mod commit;
 pub mod discovery;
 pub mod etcd;
 pub mod keepalive;
@@ -46,6 +50,7 @@ pub mod leader;
 pub mod membership;
 pub mod sim;
 
+pub use commit::{Attempt, MoveError, PointerCommit, PointerMove};
 pub use discovery::{discover, DiscoveryError, Membership};
 pub use etcd::{EndpointError, EtcdClient};
 pub use keepalive::{KeepAlive, LeaseLost, LeaseState};

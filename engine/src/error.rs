@@ -100,6 +100,17 @@ pub enum CheckpointError {
         /// Why.
         reason: String,
     },
+    /// The cluster's commit point did not complete global checkpoint `id`
+    /// and this run must stop: its outcome is unknown, or this leader was
+    /// deposed. The checkpoint is kept; a restart's leader reads the commit
+    /// point to learn whether it completed.
+    #[error("global checkpoint {id} at the commit point: {reason}")]
+    CommitPointStops {
+        /// The checkpoint.
+        id: u64,
+        /// Where and why.
+        reason: String,
+    },
     /// Checkpoints failed more often in a row than `tolerable_failures`.
     #[error("{reason}")]
     TooManyFailures {

@@ -1146,14 +1146,26 @@ fn a_damaged_local_part_is_read_from_the_remote_tier_and_every_process_restores_
 struct MemoryCommitPoint {
     latest: std::sync::Mutex<Option<u64>>,
     accept_up_to: u64,
+    /// Takes this checkpoint's commit but answers as a lost reply would.
+    lose_reply_of: Option<u64>,
 }
 
 impl spate::checkpoint::global::CommitPoint for MemoryCommitPoint {
-    fn commit(&self, record: &spate::checkpoint::global::GlobalRecord) -> Result<(), String> {
+    fn commit(
+        &self,
+        record: &spate::checkpoint::global::GlobalRecord,
+    ) -> Result<(), spate::checkpoint::global::CommitError> {
         if record.id > self.accept_up_to {
-            return Err("deposed".into());
+            return Err(spate::checkpoint::global::CommitError::NotCommitted(
+                "deposed".into(),
+            ));
         }
         *self.latest.lock().unwrap() = Some(record.id);
+        if self.lose_reply_of == Some(record.id) {
+            return Err(spate::checkpoint::global::CommitError::Unknown(
+                "reply lost".into(),
+            ));
+        }
         Ok(())
     }
     fn latest(&self) -> Result<Option<u64>, String> {
@@ -1172,6 +1184,18 @@ fn in_process_cluster(
     commit_point: Arc<MemoryCommitPoint>,
     restore: spate::RestoreFrom,
 ) -> Vec<spate::JobReport> {
+    in_process_cluster_ends(root, commit_point, restore)
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+/// [`in_process_cluster`], with how each process ended.
+fn in_process_cluster_ends(
+    root: &Path,
+    commit_point: Arc<MemoryCommitPoint>,
+    restore: spate::RestoreFrom,
+) -> Vec<Result<spate::JobReport, spate::JobError>> {
     let peers = addresses(2);
     let threads: Vec<_> = (0..2)
         .map(|process| {
@@ -1199,20 +1223,18 @@ fn in_process_cluster(
                     }),
                     ..JobConfig::default()
                 };
-                Job::new(config)
-                    .run(|df| {
-                        use spate::source::SequenceSource;
-                        let clock = df.clock();
-                        let start = clock.now_ms();
-                        let events = df.source(
-                            "events",
-                            SequenceSource::new(6_000, checkpointed_event)
-                                .with_rate(20_000.0, start, clock),
-                            spate::WatermarkStrategy::monotonous(|e: &Event| e.ts),
-                        );
-                        running_totals(&events).for_each(|_| {});
-                    })
-                    .unwrap()
+                Job::new(config).run(|df| {
+                    use spate::source::SequenceSource;
+                    let clock = df.clock();
+                    let start = clock.now_ms();
+                    let events = df.source(
+                        "events",
+                        SequenceSource::new(6_000, checkpointed_event)
+                            .with_rate(20_000.0, start, clock),
+                        spate::WatermarkStrategy::monotonous(|e: &Event| e.ts),
+                    );
+                    running_totals(&events).for_each(|_| {});
+                })
             })
         })
         .collect();
@@ -1228,6 +1250,7 @@ fn the_commit_point_decides_which_global_checkpoints_are_complete() {
     let point = Arc::new(MemoryCommitPoint {
         latest: std::sync::Mutex::new(None),
         accept_up_to: 3,
+        lose_reply_of: None,
     });
     let reports = in_process_cluster(&root, point.clone(), spate::RestoreFrom::Latest);
     assert_eq!(point.latest().unwrap(), Some(3));
@@ -1246,6 +1269,7 @@ fn the_commit_point_decides_which_global_checkpoints_are_complete() {
     let point = Arc::new(MemoryCommitPoint {
         latest: std::sync::Mutex::new(None),
         accept_up_to: u64::MAX,
+        lose_reply_of: None,
     });
     in_process_cluster(&root, point.clone(), spate::RestoreFrom::Latest);
     let last = point.latest().unwrap().unwrap();
@@ -1253,6 +1277,7 @@ fn the_commit_point_decides_which_global_checkpoints_are_complete() {
     let point = Arc::new(MemoryCommitPoint {
         latest: std::sync::Mutex::new(Some(last - 1)),
         accept_up_to: u64::MAX,
+        lose_reply_of: None,
     });
     let reports = in_process_cluster(&root, point.clone(), spate::RestoreFrom::Latest);
     for r in &reports {
@@ -1265,5 +1290,39 @@ fn the_commit_point_decides_which_global_checkpoints_are_complete() {
     }
     // New checkpoints go on above every record and the commit point.
     assert!(point.latest().unwrap().unwrap() > last);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_commit_whose_outcome_is_unknown_stops_the_run_and_keeps_the_checkpoint() {
+    let dir = dir("commit-point-unknown");
+    let root = dir.join("state");
+    // Checkpoint 3's commit takes effect but its reply is lost: the leader
+    // cannot know, so the run stops with the record and every part kept
+    // (discarding them would leave the commit point naming a checkpoint
+    // that is gone, and no restart could restore).
+    let point = Arc::new(MemoryCommitPoint {
+        latest: std::sync::Mutex::new(None),
+        accept_up_to: u64::MAX,
+        lose_reply_of: Some(3),
+    });
+    let ends = in_process_cluster_ends(&root, point.clone(), spate::RestoreFrom::Latest);
+    let Err(leader) = &ends[0] else {
+        panic!("the run goes on past a commit whose outcome is unknown")
+    };
+    assert!(
+        leader
+            .to_string()
+            .contains("global checkpoint 3 at the commit point"),
+        "{leader}"
+    );
+    assert!(ends[1].is_err(), "the other process stops with it");
+    assert_eq!(point.latest().unwrap(), Some(3));
+    assert_eq!(newest_record(&root), 3, "the record is kept");
+    // The restart reads the commit point and restores checkpoint 3.
+    let reports = in_process_cluster(&root, point.clone(), spate::RestoreFrom::Latest);
+    for r in &reports {
+        assert_eq!(r.restored_from, Some(3));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -355,13 +355,40 @@ impl GlobalRecord {
 /// job's checkpoint pointer by the elected leader, `docs/cluster.md` §6).
 /// Called on threads of their own, never on a reactor; both may block.
 pub trait CommitPoint: Send + Sync {
-    /// Completes `record`'s checkpoint. An error means it is not complete
-    /// (and never will be: a retry finds out, as the implementation must).
-    fn commit(&self, record: &GlobalRecord) -> Result<(), String>;
+    /// Completes `record`'s checkpoint. [`CommitError::NotCommitted`]: it is
+    /// not complete and never will be (the engine discards it and goes on);
+    /// [`CommitError::Deposed`] and [`CommitError::Unknown`]: the run fails,
+    /// keeping the record and every part, and the restart's leader learns
+    /// from [`latest`](Self::latest) whether it completed.
+    fn commit(&self, record: &GlobalRecord) -> Result<(), CommitError>;
     /// The newest completed global checkpoint (`None`: none yet).
     fn latest(&self) -> Result<Option<u64>, String>;
     /// Where it is, for messages (`etcd://host:port /spate/<job>/checkpoint`).
     fn describe(&self) -> String;
+}
+
+/// Why [`CommitPoint::commit`] did not complete a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitError {
+    /// Refused, and nothing of it took effect (a deposed leader's move, a
+    /// request that never reached the commit point).
+    NotCommitted(String),
+    /// Not complete because this leader no longer leads: another may have
+    /// discarded the checkpoint's record and reuse its id, so nothing may be
+    /// deleted; the run stops.
+    Deposed(String),
+    /// The outcome is not known (a request whose reply was lost may have
+    /// taken effect).
+    Unknown(String),
+}
+
+impl std::fmt::Display for CommitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommitError::NotCommitted(e) | CommitError::Deposed(e) => write!(f, "{e}"),
+            CommitError::Unknown(e) => write!(f, "{e} (whether it completed is unknown)"),
+        }
+    }
 }
 
 /// What a part reported for the pending checkpoint.
@@ -1157,315 +1184,5 @@ mod tests {
     }
 }
 
-/// A seeded simulation of the protocol between the leader and the parts on
-/// one thread: the real [`GlobalCoordinator`] against parts that follow
-/// the part's rules (`runtime/cluster.rs`), with messages delivered in a
-/// seeded order and at seeded delays, parts that fail or take longer than
-/// the timeout, and crashes of the whole job at any moment (a lost process
-/// fails every process) followed by a restart from the newest global record.
-/// `SPATE_SIM_SEEDS` sets the number of seeds (default 2000).
 #[cfg(test)]
-mod simulation {
-    use super::*;
-    use crate::rng::SplitMix64;
-    use std::collections::{BTreeMap, BTreeSet, VecDeque};
-
-    /// Global records kept (the smallest `retained` allowed); part stores
-    /// keep one part more, as the runtime opens them.
-    const RETAINED: usize = 2;
-    const PART_RETAINED: usize = RETAINED + 1;
-
-    #[derive(Default)]
-    struct Part {
-        /// Durable parts in the process's store.
-        store: BTreeSet<u64>,
-        /// Triggered, not yet durable: (id, when it will be).
-        preparing: Option<(u64, u64)>,
-        /// Durable and reported, waiting for the leader.
-        outstanding: Option<u64>,
-        /// Checkpoints whose output the sink committed.
-        sink: BTreeSet<u64>,
-    }
-
-    struct World {
-        rng: SplitMix64,
-        now: u64,
-        /// Processes of this run.
-        n: usize,
-        /// Every process that ever ran: a store outlives its process.
-        parts: Vec<Part>,
-        /// Global records on disk: id → processes of the run that took it.
-        records: BTreeMap<u64, usize>,
-        leader: GlobalCoordinator,
-        /// In flight: (deliver at, to, from, message); per link in order.
-        to_leader: Vec<VecDeque<(u64, CoordMsg)>>,
-        to_part: Vec<VecDeque<(u64, CoordMsg)>>,
-        completed: u64,
-    }
-
-    fn config() -> CheckpointConfig {
-        CheckpointConfig {
-            timeout_ms: 60,
-            tolerable_failures: u32::MAX - 1,
-            retained: RETAINED,
-            ..CheckpointConfig::new("unused", 10)
-        }
-    }
-
-    impl World {
-        /// A run of `n` processes restored from the newest record, if any.
-        fn start(
-            rng: SplitMix64,
-            n: usize,
-            parts: Vec<Part>,
-            records: BTreeMap<u64, usize>,
-        ) -> Self {
-            let mut world = World {
-                rng,
-                now: 0,
-                n,
-                leader: GlobalCoordinator::new(
-                    &config(),
-                    n,
-                    1,
-                    records.last_key_value().map_or(1, |(r, _)| r + 1),
-                ),
-                parts,
-                records,
-                to_leader: (0..n).map(|_| VecDeque::new()).collect(),
-                to_part: (0..n).map(|_| VecDeque::new()).collect(),
-                completed: 0,
-            };
-            let restored = world
-                .records
-                .last_key_value()
-                .map(|(&r, &width)| (r, width));
-            let all = world.parts.len().max(n);
-            world.parts.resize_with(all, Part::default);
-            for (p, part) in world.parts.iter_mut().enumerate() {
-                if let Some((r, width)) = restored {
-                    // Every part of the restored record is still there.
-                    assert!(
-                        p >= width || part.store.contains(&r),
-                        "part {p} lost restored checkpoint {r}"
-                    );
-                    // discard_after: parts newer than the restored record go.
-                    part.store.retain(|&id| id <= r);
-                    // The sink's recovery: nothing after r stays committed.
-                    assert!(
-                        part.sink.iter().all(|&id| id <= r) || part.sink.is_empty(),
-                        "part {p}'s sink committed {:?} beyond the restored record {r}",
-                        part.sink
-                    );
-                }
-                part.preparing = None;
-                part.outstanding = None;
-                if p >= n {
-                    continue;
-                }
-                let next_id = part
-                    .store
-                    .last()
-                    .map_or(1, |l| l + 1)
-                    .max(restored.map_or(1, |(r, _)| r + 1));
-                world.to_leader[p].push_back((0, CoordMsg::Ready { next_id }));
-            }
-            world
-        }
-
-        fn delay(&mut self) -> u64 {
-            let slow = self.rng.below(10) == 0;
-            self.now + self.rng.below(if slow { 80 } else { 5 })
-        }
-
-        fn send_out(&mut self) {
-            for (to, msg) in self.leader.take_out() {
-                let at = self.delay();
-                self.to_part[to].push_back((at, msg));
-            }
-        }
-
-        fn part_sends(&mut self, p: usize, msg: CoordMsg) {
-            let at = self.delay();
-            self.to_leader[p].push_back((at, msg));
-        }
-
-        /// One step: advance time a little, deliver what is due, let parts
-        /// finish their work, poll the leader. Returns false once the
-        /// leader failed the job.
-        fn step(&mut self) -> bool {
-            self.now += self.rng.below(3);
-            let n = self.n;
-            // Deliver due messages, link by link in order.
-            let p = self.rng.below(n as u64) as usize;
-            while self.to_leader[p]
-                .front()
-                .is_some_and(|(at, _)| *at <= self.now)
-            {
-                let (_, msg) = self.to_leader[p].pop_front().unwrap();
-                self.leader.on_message(p, msg, self.now).unwrap();
-            }
-            while self.to_part[p]
-                .front()
-                .is_some_and(|(at, _)| *at <= self.now)
-            {
-                let (_, msg) = self.to_part[p].pop_front().unwrap();
-                self.part_receives(p, msg);
-            }
-            // A part finishes its snapshot: durable in its store, reported.
-            if let Some((id, at)) = self.parts[p].preparing {
-                if at <= self.now {
-                    self.parts[p].preparing = None;
-                    if self.rng.below(20) == 0 {
-                        self.part_sends(
-                            p,
-                            CoordMsg::PartFailed {
-                                id,
-                                declined: false,
-                                reason: "disk full".into(),
-                            },
-                        );
-                    } else {
-                        let store = &mut self.parts[p].store;
-                        store.insert(id);
-                        while store.len() > PART_RETAINED {
-                            let oldest = *store.iter().next().unwrap();
-                            store.remove(&oldest);
-                        }
-                        self.parts[p].outstanding = Some(id);
-                        self.part_sends(p, CoordMsg::PartDone { id, final_votes: 0 });
-                    }
-                }
-            }
-            if let Some(commit) = self.leader.poll(self.now) {
-                let id = commit.record.id;
-                for (p, part) in self.parts.iter().enumerate().take(n) {
-                    assert!(
-                        part.store.contains(&id),
-                        "record {id} written before part {p} was durable"
-                    );
-                }
-                assert!(
-                    self.records.last_key_value().is_none_or(|(&l, _)| l < id),
-                    "record ids increase"
-                );
-                if self.rng.below(30) == 0 {
-                    self.leader
-                        .commit_failed(id, "cannot write".into(), self.now);
-                } else {
-                    self.records.insert(id, n);
-                    while self.records.len() > RETAINED {
-                        self.records.pop_first();
-                    }
-                    self.leader.committed(id, self.now);
-                    self.completed += 1;
-                }
-            }
-            self.send_out();
-            // Every record kept is restorable at every moment.
-            for (&r, &width) in &self.records {
-                for (p, part) in self.parts.iter().enumerate().take(width) {
-                    assert!(
-                        part.store.contains(&r),
-                        "part {p} no longer holds record {r}'s part"
-                    );
-                }
-            }
-            self.leader.fatal.is_none()
-        }
-
-        fn part_receives(&mut self, p: usize, msg: CoordMsg) {
-            match msg {
-                CoordMsg::Trigger { id, .. } => {
-                    let part = &mut self.parts[p];
-                    if part.outstanding.is_some() || part.preparing.is_some() {
-                        self.part_sends(
-                            p,
-                            CoordMsg::PartFailed {
-                                id,
-                                declined: false,
-                                reason: "busy".into(),
-                            },
-                        );
-                    } else {
-                        assert!(
-                            part.store.last().is_none_or(|&l| l < id),
-                            "trigger {id} above the part's ids"
-                        );
-                        let slow = self.rng.below(8) == 0;
-                        let took = self.rng.below(if slow { 100 } else { 10 });
-                        self.parts[p].preparing = Some((id, self.now + took));
-                    }
-                }
-                CoordMsg::Complete { id, .. } => {
-                    let part = &mut self.parts[p];
-                    assert_eq!(
-                        part.outstanding,
-                        Some(id),
-                        "part {p} completed {id} without preparing it"
-                    );
-                    assert!(
-                        self.records.contains_key(&id),
-                        "checkpoint {id} completed before its record"
-                    );
-                    part.outstanding = None;
-                    part.sink.insert(id);
-                }
-                CoordMsg::Abort { id, .. } => {
-                    let part = &mut self.parts[p];
-                    if part.outstanding == Some(id) {
-                        part.outstanding = None;
-                        part.store.remove(&id);
-                    }
-                    if part.preparing.is_some_and(|(i, _)| i == id) {
-                        part.preparing = None;
-                    }
-                }
-                other => unreachable!("{other:?} to a part"),
-            }
-        }
-    }
-
-    #[test]
-    fn seeded_runs_keep_the_commit_order_through_failures_and_crashes() {
-        let seeds: u64 = std::env::var("SPATE_SIM_SEEDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(2000);
-        let mut completed = 0;
-        for seed in 0..seeds {
-            let mut rng = SplitMix64::new(seed);
-            let mut n = 2 + rng.below(3) as usize;
-            let mut world = World::start(rng, n, Vec::new(), BTreeMap::new());
-            for _run in 0..4 {
-                let crash_at = world.rng.below(2_000);
-                for _ in 0..crash_at {
-                    if !world.step() {
-                        break;
-                    }
-                }
-                completed += world.completed;
-                // A crash: every process stops; the job restarts on as many
-                // processes, one fewer (rescaled) or one more.
-                let World {
-                    mut rng,
-                    parts,
-                    records,
-                    ..
-                } = world;
-                n = match rng.below(3) {
-                    0 if n > 1 => n - 1,
-                    1 => n + 1,
-                    _ => n,
-                };
-                // A process no longer in the job keeps its store: a
-                // restore reads its part from there.
-                world = World::start(rng, n, parts, records);
-            }
-        }
-        assert!(
-            completed > seeds,
-            "checkpoints complete between crashes ({completed} over {seeds} seeds)"
-        );
-    }
-}
+mod simulation;

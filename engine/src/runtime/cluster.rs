@@ -19,7 +19,7 @@ use super::{
     commit_checkpoint, remove_freed, wait_for_remote, BusyGuard, ReactorIdle, RemoteOutcome,
     PARK_RECHECK,
 };
-use crate::checkpoint::global::{files, CoordMsg, GlobalCoordinator, Records};
+use crate::checkpoint::global::{files, CommitError, CoordMsg, GlobalCoordinator, Records};
 use crate::env::{CoordinatorEnds, JobEnv};
 use crate::park::Parker;
 use crate::JobError;
@@ -134,15 +134,21 @@ pub(super) async fn coordinator_task(
         // The commit point's newest checkpoint too (a pointer never moves
         // backwards, even when a restore fell back past a damaged record).
         let (at, commit_point) = (records.clone(), cluster.commit_point.clone());
+        // With a commit point, no record above it is complete: they all go
+        // (a leader that failed leaves its record for this one to discard).
         let newest = off_reactor(&parker, move || {
             let failed =
                 |e: String| format!("the global checkpoint records in {}: {e}", at.describe());
-            at.discard_after(restored).map_err(failed)?;
-            let ids = at.ids().map_err(failed)?;
             let committed = match &commit_point {
                 Some(c) => c.latest().map_err(|e| format!("{}: {e}", c.describe()))?,
                 None => None,
             };
+            let keep_up_to = match commit_point {
+                Some(_) => Some(committed.unwrap_or(0).max(restored.unwrap_or(0))),
+                None => restored,
+            };
+            at.discard_after(keep_up_to).map_err(failed)?;
+            let ids = at.ids().map_err(failed)?;
             Ok::<_, String>(ids.last().copied().max(committed))
         })
         .await;
@@ -316,13 +322,28 @@ pub(super) async fn coordinator_task(
                 let commit_point = cluster.commit_point.clone();
                 // The record, then the commit point if the job has one
                 // (`docs/cluster.md` §15.4): complete only once both are.
+                // A commit point whose outcome is unknown, or that deposed
+                // this leader, fails the run and keeps the record and every
+                // part: the restart's leader reads the commit point to learn
+                // whether it completed, and discards it if not.
                 let written = off_reactor(&parker, move || {
-                    at.commit(&record)
-                        .map_err(|e| format!("{}: {e}", at.describe()))?;
+                    at.commit(&record).map_err(|e| {
+                        CommitError::NotCommitted(format!("{}: {e}", at.describe()))
+                    })?;
                     if let Some(c) = &commit_point {
-                        if let Err(e) = c.commit(&record) {
-                            let _ = at.remove(record.id);
-                            return Err(format!("{}: {e}", c.describe()));
+                        let at_point = |r: String| format!("{}: {r}", c.describe());
+                        match c.commit(&record) {
+                            Ok(()) => {}
+                            Err(CommitError::NotCommitted(r)) => {
+                                let _ = at.remove(record.id);
+                                return Err(CommitError::NotCommitted(at_point(r)));
+                            }
+                            Err(CommitError::Deposed(r)) => {
+                                return Err(CommitError::Deposed(at_point(r)))
+                            }
+                            Err(CommitError::Unknown(r)) => {
+                                return Err(CommitError::Unknown(at_point(r)))
+                            }
                         }
                     }
                     // Complete: the older records beyond retention go.
@@ -338,7 +359,14 @@ pub(super) async fn coordinator_task(
                 let now = env.clock.now_ms();
                 match written {
                     Ok(Ok(())) => g.committed(commit.record.id, now),
-                    Ok(Err(e)) | Err(e) => g.commit_failed(commit.record.id, e, now),
+                    Ok(Err(CommitError::NotCommitted(e))) | Err(e) => {
+                        g.commit_failed(commit.record.id, e, now)
+                    }
+                    Ok(Err(e @ (CommitError::Deposed(_) | CommitError::Unknown(_)))) => {
+                        let (id, reason) = (commit.record.id, e.to_string());
+                        env.fail(crate::CheckpointError::CommitPointStops { id, reason }.into());
+                        break;
+                    }
                 }
             }
             for (to, msg) in g.take_out() {
