@@ -232,7 +232,7 @@ impl KeyGroupChain {
                 InspectErrorKind::Archive(e.to_string()),
             )
         })?;
-        let mut entries: Vec<(K, V)> = map.into_iter().collect();
+        let mut entries: Vec<(K, V)> = map.into_entries();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(entries)
     }

@@ -3,7 +3,7 @@
 //! [`KeyGroupState`] (one map per key group, addressed by a [`KeyGroup`]),
 //! and the [`StateRegistry`] that declares them.
 
-use super::{FxHashMap, KeyScope, KeyedTable, StateData, StateTable};
+use super::{FxHashMap, KeyScope, KeyedTable, StateData, StateMap, StateTable};
 use crate::keygroup::{Key, KeyGroupRange};
 use std::cell::RefCell;
 use std::hash::Hash;
@@ -422,7 +422,7 @@ impl<GK: Key, V: StateData> KeyGroupState<GK, V> {
     }
 
     /// Reads `group`'s whole map.
-    pub fn with<R>(&self, group: KeyGroup, f: impl FnOnce(&FxHashMap<GK, V>) -> R) -> R {
+    pub fn with<R>(&self, group: KeyGroup, f: impl FnOnce(&StateMap<GK, V>) -> R) -> R {
         let mut table = self.table.borrow_mut();
         f(table.read_group(group.index))
     }

@@ -47,7 +47,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-pub use crate::data::{FxHashMap, StateData};
+pub use crate::data::{FxHashMap, StateData, StateMap};
 
 use cut::{materialise_share, Cut};
 pub(crate) use cut::{CutPlan, Decided, IncrementalBounds};
@@ -97,7 +97,7 @@ struct Frozen<K> {
 /// A table of per-key values, one map per key group of the range.
 pub(crate) struct KeyedTable<K, V> {
     name: String,
-    groups: Vec<FxHashMap<K, V>>,
+    groups: Vec<StateMap<K, V>>,
     changes: Option<Changes<K>>,
     frozen: Vec<Option<Frozen<K>>>,
     frozen_count: usize,
@@ -146,7 +146,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
             first_group: u32::from(range.start),
             changed_bytes,
             name: name.to_string(),
-            groups: (0..range.len()).map(|_| FxHashMap::default()).collect(),
+            groups: (0..range.len()).map(|_| StateMap::default()).collect(),
             changes: track_changes.then(|| Changes {
                 dirty: (0..range.len()).map(|_| FxHashSet::default()).collect(),
                 in_flight: Vec::new(),
@@ -176,13 +176,13 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
 impl<K: Key, V: StateData> KeyedTable<K, V> {
     /// The current key's group, for a read (loaded first if restored lazily).
     #[inline]
-    fn read(&mut self, scope: &impl KeyScope<K>) -> &FxHashMap<K, V> {
+    fn read(&mut self, scope: &impl KeyScope<K>) -> &StateMap<K, V> {
         self.read_group(scope.key_group_index())
     }
 
     /// Group `index`, for a read (loaded first if restored lazily).
     #[inline]
-    fn read_group(&mut self, index: usize) -> &FxHashMap<K, V> {
+    fn read_group(&mut self, index: usize) -> &StateMap<K, V> {
         if self.to_load_count > 0 {
             self.load(index);
         }
@@ -227,7 +227,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
 
     /// The current key's group, for a write: the key is recorded as changed.
     #[inline]
-    fn touched(&mut self, scope: &impl KeyScope<K>) -> &mut FxHashMap<K, V> {
+    fn touched(&mut self, scope: &impl KeyScope<K>) -> &mut StateMap<K, V> {
         let index = scope.key_group_index();
         if self.to_load_count > 0 {
             self.load(index);
@@ -530,7 +530,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
     /// that does not check, and why.
     pub(crate) fn load_detached<'a>(
         chain: impl IntoIterator<Item = (bool, &'a [u8])>,
-    ) -> Result<FxHashMap<K, V>, (usize, RkyvError)> {
+    ) -> Result<StateMap<K, V>, (usize, RkyvError)> {
         let mut table = Self::new("inspect", KeyGroupRange { start: 0, end: 1 }, false, None);
         for (position, (delta, bytes)) in chain.into_iter().enumerate() {
             let applied = if delta {

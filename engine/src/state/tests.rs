@@ -40,3 +40,86 @@ fn handles_are_scoped_to_the_current_key() {
     assert_eq!(reg.tables()[0].borrow().keys_in_group(0), 1);
     assert_eq!(count.clear(&a), Some(6));
 }
+
+/// Large entries live densely (`StateMap::Dense`): a seeded run of sets,
+/// updates and removals agrees with a model, and so do a snapshot restored
+/// into another table and a delta of changed and removed keys.
+#[test]
+fn dense_tables_agree_with_a_model_through_snapshots_and_deltas() {
+    use std::collections::BTreeMap;
+    type Wide = [u64; 15];
+    let range = KeyGroupRange { start: 0, end: 2 };
+    let mut reg = StateRegistry::<u64>::new(range, false, None);
+    let values = reg.value_state::<Wide>("wide");
+    let table = reg.tables()[0].clone();
+    assert!(matches!(
+        StateMap::<u64, Wide>::default(),
+        StateMap::Dense(_)
+    ));
+    assert!(matches!(
+        StateMap::<u64, u64>::default(),
+        StateMap::Slots(_)
+    ));
+    let mut rng = crate::rng::SplitMix64::new(7);
+    let mut model: BTreeMap<u64, Wide> = BTreeMap::new();
+    let scope = |key: u64| Scope(key, (key % 2) as usize);
+    for step in 0..5_000u64 {
+        let key = rng.below(300);
+        match rng.below(4) {
+            0 => {
+                assert_eq!(values.clear(&scope(key)), model.remove(&key));
+            }
+            1 => {
+                values.set(&scope(key), [step; 15]);
+                model.insert(key, [step; 15]);
+            }
+            _ => {
+                values.update(&scope(key), || [0; 15], |v| v[key as usize % 15] += 1);
+                model.entry(key).or_insert([0; 15])[key as usize % 15] += 1;
+            }
+        }
+    }
+    let contents = |t: &dyn StateTable, index: usize| t.keys_in_group(index);
+    for index in 0..2 {
+        let expected = model.keys().filter(|k| (*k % 2) as usize == index).count();
+        assert_eq!(contents(&*table.borrow(), index), expected);
+    }
+    for (&key, value) in &model {
+        assert_eq!(values.get(&scope(key)).as_ref(), Some(value));
+    }
+    // A snapshot of each group restored into a fresh table holds the same.
+    let mut copy = KeyedTable::<u64, Wide>::new("copy", range, false, None);
+    for index in 0..2 {
+        let archive = table.borrow().snapshot_group(index).unwrap();
+        copy.restore_group(index, &archive).unwrap();
+    }
+    for (&key, value) in &model {
+        assert_eq!(copy.read(&scope(key)).get(&key), Some(value));
+    }
+    // A delta: some keys changed, some removed, one new.
+    let upserts: Vec<(u64, Wide)> = vec![(1, [9; 15]), (1_000, [8; 15])];
+    let deletes: Vec<u64> = model.keys().copied().filter(|k| k % 7 == 1).collect();
+    let delta = rkyv::to_bytes::<RkyvError>(&(
+        upserts
+            .iter()
+            .filter(|(k, _)| k % 2 == 1)
+            .cloned()
+            .collect::<Vec<_>>(),
+        deletes
+            .iter()
+            .copied()
+            .filter(|k| k % 2 == 1)
+            .collect::<Vec<_>>(),
+    ))
+    .unwrap();
+    copy.restore_delta(1, &delta).unwrap();
+    for key in deletes.iter().filter(|k| *k % 2 == 1) {
+        model.remove(key);
+    }
+    for (k, v) in upserts {
+        model.insert(k, v);
+    }
+    let group: BTreeMap<u64, Wide> = copy.read_group(1).iter().map(|(k, v)| (*k, *v)).collect();
+    let odd: BTreeMap<u64, Wide> = model.into_iter().filter(|(k, _)| k % 2 == 1).collect();
+    assert_eq!(group, odd);
+}
