@@ -97,6 +97,8 @@ pub fn reference_totals(data: &[Event]) -> BTreeMap<u64, (u64, u64)> {
     out
 }
 
+// The type is the aggregate's three closures; a name would not help.
+#[allow(clippy::type_complexity)]
 fn count_and_sum() -> Aggregate<
     impl Fn() -> (u64, u64),
     impl Fn(&mut (u64, u64), &Event),
