@@ -260,7 +260,7 @@ impl spate::checkpoint::global::CommitPoint for EtcdPointer {
             format!("cluster/checkpoint-{:020}", record.id),
         );
         let deadline = std::time::Instant::now() + MOVE_RETRY_FOR;
-        let failed = match loop {
+        let failed = loop {
             match move_.attempt(&self.pointer) {
                 Attempt::Moved => return Ok(()),
                 Attempt::Failed(e) => break e,
@@ -270,11 +270,11 @@ impl spate::checkpoint::global::CommitPoint for EtcdPointer {
                 // Back off briefly: etcd's reply was lost or late.
                 Attempt::Retry(_) => std::thread::sleep(Duration::from_millis(50)),
             }
-        } {
+        };
+        Err(match failed {
             MoveError::Deposed(e) => CommitError::Deposed(e),
             MoveError::Unknown(e) => CommitError::Unknown(e),
-        };
-        Err(failed)
+        })
     }
 
     fn latest(&self) -> Result<Option<u64>, String> {

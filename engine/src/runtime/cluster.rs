@@ -134,8 +134,6 @@ pub(super) async fn coordinator_task(
         // The commit point's newest checkpoint too (a pointer never moves
         // backwards, even when a restore fell back past a damaged record).
         let (at, commit_point) = (records.clone(), cluster.commit_point.clone());
-        // With a commit point, no record above it is complete: they all go
-        // (a leader that failed leaves its record for this one to discard).
         let newest = off_reactor(&parker, move || {
             let failed =
                 |e: String| format!("the global checkpoint records in {}: {e}", at.describe());
@@ -143,9 +141,14 @@ pub(super) async fn coordinator_task(
                 Some(c) => c.latest().map_err(|e| format!("{}: {e}", c.describe()))?,
                 None => None,
             };
-            let keep_up_to = match commit_point {
-                Some(_) => Some(committed.unwrap_or(0).max(restored.unwrap_or(0))),
-                None => restored,
+            // A restore from `r` starts a branch: every record newer goes.
+            // Restoring nothing, the records above the commit point go (all
+            // of them when it names none): none of them completed, and a
+            // leader that failed leaves its record for this one to discard.
+            let keep_up_to = match (restored, &commit_point) {
+                (Some(r), _) => Some(r),
+                (None, Some(_)) => Some(committed.unwrap_or(0)),
+                (None, None) => None,
             };
             at.discard_after(keep_up_to).map_err(failed)?;
             let ids = at.ids().map_err(failed)?;
