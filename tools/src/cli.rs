@@ -126,7 +126,11 @@ enum Command {
     /// "blocks": count or null, "first_offset", "first_error" }], "problems":
     /// [{ "checkpoint": id or null, "file": segment or manifest file or null,
     /// "offset": offset or null, "error": text }] }`, printed also when there
-    /// is no store to verify.
+    /// is no store to verify. On a cluster job's directory or tier: `{ "ok",
+    /// "checkpoints": [global ids], "problems": [{ "checkpoint", "error" }]
+    /// (records and parts that do not read or merge), "stores": [one document
+    /// as above per part store, with its "dir"; `{ "ok": false, "error",
+    /// "dir" }` for one that cannot be opened] }`.
     Verify {
         /// The checkpoint directory.
         dir: PathBuf,

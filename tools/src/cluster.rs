@@ -174,18 +174,12 @@ pub fn show(root: &Path, id: u64, key_groups: bool, as_json: bool) -> Result<()>
 /// `verify` of a cluster job's directory: every part store (all of its
 /// checkpoints and segments), then every global record's parts.
 pub fn verify(root: &Path, id: Option<u64>, as_json: bool) -> Result<bool> {
-    if as_json {
-        bail!(
-            "--json is not supported for a cluster job's directory yet: verify each part store \
-             ({}/process-<p>) with --json",
-            root.display()
-        );
-    }
     let ids = match id {
         Some(id) => vec![id],
         None => ids(root)?,
     };
-    let mut ok = true;
+    // What is wrong with the global checkpoints themselves: (id, text).
+    let mut global: Vec<(u64, String)> = Vec::new();
     let mut stores = std::collections::BTreeSet::new();
     for &id in &ids {
         match cluster_checkpoint(root, id) {
@@ -193,24 +187,51 @@ pub fn verify(root: &Path, id: Option<u64>, as_json: bool) -> Result<bool> {
                 for p in &c.parts {
                     stores.insert(p.dir.clone());
                     if let Err(e) = &p.metadata {
-                        ok = false;
-                        println!(
-                            "global checkpoint {id}: the part of process {}: {e}",
-                            p.process
-                        );
+                        global.push((id, format!("the part of process {}: {e}", p.process)));
                     }
                 }
                 if let Err(e) = &c.merged {
-                    ok = false;
-                    println!("global checkpoint {id}: the parts do not merge: {e}");
+                    global.push((id, format!("the parts do not merge: {e}")));
                 }
             }
-            Err(e) => {
-                ok = false;
-                println!("global checkpoint {id}: {e}");
-            }
+            Err(e) => global.push((id, e.to_string())),
         }
     }
+    if as_json {
+        let mut ok = global.is_empty();
+        let stores: Vec<Value> = stores
+            .iter()
+            .map(|dir| {
+                let mut doc = match crate::verify::check(dir, id) {
+                    Ok(checked) => {
+                        ok &= checked.ok();
+                        checked.to_json()
+                    }
+                    Err(e) => {
+                        ok = false;
+                        json!({ "ok": false, "error": format!("{e:#}") })
+                    }
+                };
+                doc["dir"] = json!(dir.display().to_string());
+                doc
+            })
+            .collect();
+        let doc = json!({
+            "ok": ok,
+            "checkpoints": ids,
+            "problems": global
+                .iter()
+                .map(|(id, e)| json!({ "checkpoint": id, "error": e }))
+                .collect::<Vec<_>>(),
+            "stores": stores,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ok);
+    }
+    for (id, e) in &global {
+        println!("global checkpoint {id}: {e}");
+    }
+    let mut ok = global.is_empty();
     for dir in stores {
         println!("\n{}:", dir.display());
         ok &= crate::verify::verify(&dir, id, false)?;

@@ -250,13 +250,8 @@ fn scan_segments(
 
 /// Runs `verify`; returns whether it found no problem.
 pub fn verify(dir: &Path, id: Option<u64>, as_json: bool) -> Result<bool> {
-    let opened = open_store(dir).and_then(|reader| {
-        let segments: Vec<_> = reader.segments()?.into_iter().map(|(s, _)| s).collect();
-        let problem = store_problem(dir, &reader, segments.len())?;
-        Ok((reader, segments, problem))
-    });
-    let (reader, segments, problem) = match opened {
-        Ok(opened) => opened,
+    let checked = match check(dir, id) {
+        Ok(checked) => checked,
         Err(e) => {
             // Nothing to verify: still one document with the reason.
             if as_json {
@@ -266,6 +261,35 @@ pub fn verify(dir: &Path, id: Option<u64>, as_json: bool) -> Result<bool> {
             return Err(e);
         }
     };
+    print_verify(&checked.ids, &checked.scanned, &checked.problems, as_json)?;
+    Ok(checked.problems.is_empty())
+}
+
+/// What [`check`] found in one store.
+pub(crate) struct Checked {
+    ids: Vec<u64>,
+    scanned: Vec<String>,
+    problems: Vec<Problem>,
+}
+
+impl Checked {
+    /// Whether every block read back.
+    pub(crate) fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The JSON document `verify --json` prints for it.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        report_json(&self.ids, &self.scanned, &self.problems)
+    }
+}
+
+/// Verifies the store at `dir` (checkpoint `id`, or all and every segment
+/// file); `Err` when there is no store to verify.
+pub(crate) fn check(dir: &Path, id: Option<u64>) -> Result<Checked> {
+    let reader = open_store(dir)?;
+    let segments: Vec<_> = reader.segments()?.into_iter().map(|(s, _)| s).collect();
+    let problem = store_problem(dir, &reader, segments.len())?;
     warn_manifest_damage(&reader);
     let mut problems: Vec<Problem> = problem.into_iter().collect();
     if let Some(d) = reader.manifest_damage() {
@@ -296,8 +320,31 @@ pub fn verify(dir: &Path, id: Option<u64>, as_json: bool) -> Result<bool> {
         None if !remote => scan_segments(&reader, segments, &mut problems),
         _ => Vec::new(),
     };
-    print_verify(&ids, &scanned, &problems, as_json)?;
-    Ok(problems.is_empty())
+    Ok(Checked {
+        ids,
+        scanned,
+        problems,
+    })
+}
+
+/// `verify --json`'s document.
+fn report_json(ids: &[u64], scanned: &[String], problems: &[Problem]) -> serde_json::Value {
+    let groups = group_problems(problems);
+    json!({
+        "ok": problems.is_empty(),
+        "checkpoints": ids,
+        "segments": scanned,
+        "groups": groups.iter().map(|g| json!({
+            "checkpoint": g.first.checkpoint, "file": g.first.file,
+            "problem": g.first.kind, "count": g.count,
+            "blocks": if g.first.block { Some(g.count) } else { None },
+            "first_offset": g.first.offset, "first_error": g.first.error,
+        })).collect::<Vec<_>>(),
+        "problems": problems.iter().map(|p| json!({
+            "checkpoint": p.checkpoint, "file": p.file,
+            "offset": p.offset, "error": p.error,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Prints `verify`'s report: problems grouped by checkpoint, file and kind.
@@ -307,26 +354,12 @@ fn print_verify(
     problems: &[Problem],
     as_json: bool,
 ) -> Result<()> {
-    let groups = group_problems(problems);
     if as_json {
-        let doc = json!({
-            "ok": problems.is_empty(),
-            "checkpoints": ids,
-            "segments": scanned,
-            "groups": groups.iter().map(|g| json!({
-                "checkpoint": g.first.checkpoint, "file": g.first.file,
-                "problem": g.first.kind, "count": g.count,
-                "blocks": if g.first.block { Some(g.count) } else { None },
-                "first_offset": g.first.offset, "first_error": g.first.error,
-            })).collect::<Vec<_>>(),
-            "problems": problems.iter().map(|p| json!({
-                "checkpoint": p.checkpoint, "file": p.file,
-                "offset": p.offset, "error": p.error,
-            })).collect::<Vec<_>>(),
-        });
+        let doc = report_json(ids, scanned, problems);
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
+    let groups = group_problems(problems);
     println!(
         "checked {} checkpoint(s), {} segment file(s)",
         ids.len(),

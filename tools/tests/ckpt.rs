@@ -1078,6 +1078,14 @@ fn check_cluster(root_s: &str, part_1: &Path) {
         "{}",
         String::from_utf8_lossy(&verified.stdout)
     );
+    let doc = json(&["verify", root_s, "--json"]);
+    assert_eq!(doc["ok"], true, "{doc}");
+    assert_eq!(doc["checkpoints"].as_array().unwrap().len(), rows.len());
+    let stores = doc["stores"].as_array().unwrap();
+    assert_eq!(stores.len(), 2, "{doc}");
+    assert!(stores
+        .iter()
+        .all(|s| s["ok"] == true && s["dir"].is_string()));
     // Commands that read blocks name the part to run them on.
     let dumped = tool(&["dump", root_s, &newest, "--operator", "counts"]);
     assert!(!dumped.status.success());
@@ -1092,4 +1100,16 @@ fn check_cluster(root_s: &str, part_1: &Path) {
     let row = listed.as_array().unwrap().last().unwrap().clone();
     assert!(row["parts"][1]["error"].is_string(), "{row}");
     assert!(!tool(&["verify", root_s]).status.success());
+    let failed = tool(&["verify", root_s, "--json"]);
+    assert!(!failed.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
+    assert_eq!(doc["ok"], false, "{doc}");
+    assert!(
+        doc["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["error"].as_str().unwrap().contains("process 1")),
+        "{doc}"
+    );
 }
