@@ -149,6 +149,28 @@ impl<K: std::hash::Hash + Eq, V> StateMap<K, V> {
         }
     }
 
+    /// Bytes it holds in memory: a hash table's slots (entry and control
+    /// byte each; a resize writes entries all over the new slots), or the
+    /// dense entries (entry and hash each; their spare capacity is never
+    /// written, so not resident) and their index (position and control byte
+    /// per slot); not what keys or values point to.
+    pub fn memory_bytes(&self) -> usize {
+        // A hash table of capacity `c` has the power of two of slots above
+        // `c · 8/7` (it fills them to 7/8).
+        let slots = |capacity: usize| match capacity {
+            0 => 0,
+            c => (c * 8 / 7).next_power_of_two(),
+        };
+        let entry = std::mem::size_of::<(K, V)>();
+        match self {
+            StateMap::Slots(m) => slots(m.capacity()) * (entry + 1),
+            StateMap::Dense(m) => {
+                m.len() * (entry + std::mem::size_of::<u64>())
+                    + slots(m.capacity()) * (std::mem::size_of::<usize>() + 1)
+            }
+        }
+    }
+
     /// Every key, in no particular order.
     pub fn keys(&self) -> impl Iterator<Item = &K> {
         self.iter().map(|(k, _)| k)

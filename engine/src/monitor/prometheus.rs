@@ -386,7 +386,7 @@ fn operator_families(e: &mut Exposition, job: &str, latest: &Sample, sampler: &S
         ),
         (
             "spate_keyed_state_size_bytes",
-            "Estimated in-memory bytes of the keyed state's entries.",
+            "In-memory bytes of the keyed state's tables (slots, or entries and index).",
             MetricType::Gauge,
             |o| o.state_bytes,
         ),

@@ -553,8 +553,8 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         self.groups[index].len()
     }
 
-    fn entry_bytes(&self) -> usize {
-        std::mem::size_of::<(K, V)>()
+    fn group_memory_bytes(&self, index: usize) -> usize {
+        self.groups[index].memory_bytes()
     }
 
     fn schema(&self) -> &Arc<BlockSchema> {

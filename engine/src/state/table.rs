@@ -57,9 +57,10 @@ pub(crate) trait StateTable {
     /// Number of keys with state in the key group at `index` of the range
     /// (loaded ones: a restored key group not yet loaded counts none).
     fn keys_in_group(&self, index: usize) -> usize;
-    /// In-memory size of one entry (key and value, not what they point to),
-    /// for the monitor's estimate of the state's size.
-    fn entry_bytes(&self) -> usize;
+    /// Bytes the key group at `index` holds in memory: its slots, or its
+    /// entries and their index ([`crate::data::StateMap::memory_bytes`]),
+    /// not what values point to; for the monitor's state size.
+    fn group_memory_bytes(&self, index: usize) -> usize;
     /// What the table's blocks archive: recorded in checkpoints (for
     /// inspection tools), compared on restore.
     fn schema(&self) -> &Arc<BlockSchema>;

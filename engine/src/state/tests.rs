@@ -123,3 +123,21 @@ fn dense_tables_agree_with_a_model_through_snapshots_and_deltas() {
     let odd: BTreeMap<u64, Wide> = model.into_iter().filter(|(k, _)| k % 2 == 1).collect();
     assert_eq!(group, odd);
 }
+
+/// A table's memory follows its layout: at 2048 keys of 128 bytes a table
+/// of slots has just doubled (4096 slots), a dense one holds each entry once
+/// plus its hash and index.
+#[test]
+fn memory_bytes_counts_slots_or_entries_and_index() {
+    type Wide = [u64; 15];
+    let entry = std::mem::size_of::<(u64, Wide)>();
+    let mut slots = StateMap::Slots(FxHashMap::default());
+    let mut dense = StateMap::<u64, Wide>::default();
+    assert_eq!((slots.memory_bytes(), dense.memory_bytes()), (0, 0));
+    for key in 0..2048u64 {
+        slots.insert(key, [key; 15]);
+        dense.insert(key, [key; 15]);
+    }
+    assert_eq!(slots.memory_bytes(), 4096 * (entry + 1));
+    assert_eq!(dense.memory_bytes(), 2048 * (entry + 8) + 4096 * (8 + 1));
+}

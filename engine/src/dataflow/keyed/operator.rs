@@ -119,9 +119,10 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         let (mut keys, mut bytes) = (0u64, 0u64);
         for table in self.state.tables() {
             let table = table.borrow();
-            let n: usize = (0..self.range.len()).map(|i| table.keys_in_group(i)).sum();
-            keys += n as u64;
-            bytes += (n * table.entry_bytes()) as u64;
+            for i in 0..self.range.len() {
+                keys += table.keys_in_group(i) as u64;
+                bytes += table.group_memory_bytes(i) as u64;
+            }
         }
         self.metrics.state_keys.set(keys);
         self.metrics.state_bytes.set(bytes);
