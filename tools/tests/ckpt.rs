@@ -196,7 +196,19 @@ impl Counting {
 fn wait_until(handle: &JobHandle, what: &str, done: impl Fn() -> bool) {
     while !done() {
         assert!(handle.is_running(), "the job stopped before {what}");
-        assert_eq!(handle.failed_checkpoints(), 0, "a checkpoint failed");
+        if handle.failed_checkpoints() > 0 {
+            let failed: Vec<String> = handle
+                .checkpoint_stats()
+                .iter()
+                .filter_map(|s| match &s.status {
+                    spate::checkpoint::CheckpointStatus::Failed(r) => {
+                        Some(format!("checkpoint {}: {r}", s.id))
+                    }
+                    _ => None,
+                })
+                .collect();
+            panic!("a checkpoint failed before {what}: {failed:?}");
+        }
         std::thread::yield_now();
     }
 }

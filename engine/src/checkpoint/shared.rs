@@ -101,8 +101,12 @@ impl CoordinatorShared {
             .sum()
     }
 
-    /// Records the statistics of a checkpoint that ended.
+    /// Records the statistics of a checkpoint that ended; a failed one is
+    /// also logged with its reason (stderr), as the job goes on without it.
     pub(super) fn record(&self, stats: CheckpointStats) {
+        if let stats::CheckpointStatus::Failed(reason) = &stats.status {
+            eprintln!("spate: checkpoint {} failed: {reason}", stats.id);
+        }
         stats::record(&self.summary, &self.history, stats);
     }
 }
