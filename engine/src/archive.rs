@@ -88,9 +88,11 @@ where
     }
 }
 
-/// Most bytes of spare buffers a reactor thread keeps (about what one
-/// incremental checkpoint of 512 MiB of state per core archives).
-pub(crate) const POOL_MAX_BYTES: usize = 256 << 20;
+/// Most bytes of spare buffers a reactor thread keeps: the default backlog
+/// of archives a subtask may hand its writer ahead of it
+/// ([`crate::CheckpointConfig::archive_backlog_bytes`]), since blocks are
+/// written as they are archived and their buffers come back at that pace.
+pub(crate) const POOL_MAX_BYTES: usize = 16 << 20;
 
 #[derive(Default)]
 struct Pool {

@@ -379,7 +379,7 @@ pub(crate) fn ack_for(
     snapshot: LocalSnapshot,
     subtask: usize,
     handles: Vec<spate_storage::BlockHandle>,
-    written: Result<(), spate_storage::WriteError>,
+    written: Result<(), String>,
     checkpoints: &std::cell::RefCell<crate::checkpoint::subtask::SubtaskCheckpoints>,
 ) -> Ack {
     let async_us = snapshot.ready_at.elapsed().as_micros() as u64;
@@ -400,11 +400,11 @@ pub(crate) fn ack_for(
                 stats,
             }
         }
-        Err(error) => Ack::Failed {
+        Err(reason) => Ack::Failed {
             id: snapshot.barrier.id,
             subtask,
             // Crosses to the coordinator as text: its statistics keep it.
-            reason: error.to_string(),
+            reason,
         },
     }
 }

@@ -66,9 +66,33 @@ struct SimWriter {
     rng: SplitMix64,
     /// Bases wait for the next part (drawn after each part).
     slow_bases: bool,
+    /// Blocks handed over early and appended, per checkpoint in progress.
+    streams: crate::checkpoint::subtask::Streams,
+    /// Blocks handed over and not appended yet: a writer one step or more
+    /// behind (drawn per writer), so that archiving waits for it and writes
+    /// keep values per entry. Those handed over in this step, and earlier.
+    held_new: Vec<(u64, crate::checkpoint::subtask::SnapshotBlock)>,
+    held: Vec<(u64, crate::checkpoint::subtask::SnapshotBlock)>,
+    slow_blocks: bool,
 }
 
 impl SimWriter {
+    /// Appends every block held back.
+    fn append_held(&mut self) {
+        let mut held = std::mem::take(&mut self.held);
+        held.append(&mut self.held_new);
+        self.append(held);
+    }
+
+    fn append(&mut self, blocks: Vec<(u64, crate::checkpoint::subtask::SnapshotBlock)>) {
+        for (id, block) in blocks {
+            let handle = self.writer.append(block.kind, &block.bytes);
+            let bytes = self.streams.appended(id, block, handle);
+            self.checkpoints.borrow_mut().blocks_taken(bytes.len());
+            crate::archive::recycle(bytes);
+        }
+    }
+
     /// Writes the bases waiting, unless they wait for the next part.
     fn write_bases(&mut self) {
         if self.bases.is_empty() || self.slow_bases {
@@ -79,22 +103,57 @@ impl SimWriter {
             .iter()
             .map(|b| self.writer.append(b.block.kind, &b.block.bytes))
             .collect();
-        let mut checkpoints = self.checkpoints.borrow_mut();
-        if block_on(self.writer.flush()).is_ok() {
-            let links = bases.iter().zip(handles).filter_map(|(b, h)| b.link(h));
-            checkpoints.bases_written(links.collect());
+        match block_on(self.writer.flush()) {
+            Ok(()) => {
+                let links = bases.iter().zip(handles).filter_map(|(b, h)| b.link(h));
+                self.checkpoints.borrow_mut().bases_written(links.collect());
+            }
+            Err(e) => self.streams.flush_failed(&e.to_string()),
         }
     }
 }
 
 impl SnapshotWriter for SimWriter {
-    fn submit(&mut self, snapshot: LocalSnapshot) {
-        let handles = snapshot
-            .blocks
-            .iter()
-            .map(|b| self.writer.append(b.kind, &b.bytes))
-            .collect();
-        let written = block_on(self.writer.flush());
+    fn stream(&mut self, outbox: crate::checkpoint::subtask::Outbox) {
+        for id in outbox.aborted {
+            let mut dropped = 0;
+            for held in [&mut self.held, &mut self.held_new] {
+                held.retain(|(i, b)| {
+                    if *i == id {
+                        dropped += b.bytes.len();
+                    }
+                    *i != id
+                });
+            }
+            self.checkpoints.borrow_mut().blocks_taken(dropped);
+            self.writer.abort_blocks(&self.streams.abort(id));
+        }
+        self.held_new.extend(outbox.blocks);
+        if !self.slow_blocks {
+            self.append_held();
+        }
+    }
+
+    fn progress(&mut self) {
+        // Blocks handed over in an earlier step are appended, or (one time
+        // in four) wait one step more; this step's wait for the next.
+        if !self.held.is_empty() && self.rng.below(4) != 0 {
+            let held = std::mem::take(&mut self.held);
+            self.append(held);
+        }
+        self.held.append(&mut self.held_new);
+    }
+
+    fn submit(&mut self, mut snapshot: LocalSnapshot) {
+        self.append_held();
+        let streamed = self.streams.take(snapshot.barrier.id);
+        snapshot.blocks = streamed.blocks;
+        let handles = streamed.handles;
+        let written = block_on(self.writer.flush()).map_err(|e| e.to_string());
+        if let Err(reason) = &written {
+            self.streams.flush_failed(reason);
+        }
+        let written = written.and(streamed.lost.map_or(Ok(()), Err));
         let ack = ack_for(snapshot, self.subtask, handles, written, &self.checkpoints);
         // Sized for every checkpoint the coordinator can have outstanding.
         let _ = self.acks.try_push(ack);
@@ -361,14 +420,26 @@ fn attach_writers(
         let acks = env.take_ack(subtask).expect("one ack ring per subtask");
         if let Some(worker) = worker {
             let checkpoints = worker.checkpoints();
+            let mut rng = SplitMix64::new(background_rng.next_u64());
+            // Half the writers fall behind, against a backlog budget of a
+            // byte or a few blocks: archiving waits for them.
+            let slow_blocks = rng.below(2) == 0;
+            if slow_blocks {
+                let budget = [1, 4096, 64 << 10][rng.below(3) as usize];
+                checkpoints.borrow_mut().set_backlog_budget(budget);
+            }
             worker.set_writer(Box::new(SimWriter {
                 writer: store.segment_writer(subtask as u16),
                 acks,
                 subtask,
                 checkpoints,
                 bases: Vec::new(),
-                rng: SplitMix64::new(background_rng.next_u64()),
+                rng,
                 slow_bases: false,
+                streams: Default::default(),
+                held: Vec::new(),
+                held_new: Vec::new(),
+                slow_blocks,
             }));
         }
     }

@@ -8,7 +8,7 @@
 //! thread in a seeded order. Nothing here blocks.
 
 use crate::checkpoint::metadata::SourceOffset;
-use crate::checkpoint::subtask::{BackgroundBase, LocalSnapshot, SubtaskCheckpoints};
+use crate::checkpoint::subtask::{BackgroundBase, LocalSnapshot, Outbox, SubtaskCheckpoints};
 use crate::checkpoint::Control;
 use crate::dataflow::{
     Cx, Dataflow, InputSlot, InputState, OutputBuffer, SinkCheckpoints, StatefulOperator,
@@ -23,6 +23,17 @@ use std::sync::Arc;
 /// Where a subtask's finished checkpoint parts go: the runtime's writer task
 /// (asynchronous, io_uring) or the simulator's inline writer.
 pub(crate) trait SnapshotWriter {
+    /// Blocks of checkpoints in progress, as they are made, and the
+    /// checkpoints aborted since the last call (drop their blocks). Each
+    /// block's bytes count in the subtask's backlog until the writer has
+    /// copied them ([`SubtaskCheckpoints::blocks_taken`]).
+    ///
+    /// [`SubtaskCheckpoints::blocks_taken`]: crate::checkpoint::subtask::SubtaskCheckpoints::blocks_taken
+    fn stream(&mut self, outbox: Outbox);
+    /// Called once per step: a writer that runs inline (the simulator's)
+    /// gets on with blocks it holds.
+    fn progress(&mut self) {}
+    /// A complete part: its blocks were streamed before it.
     fn submit(&mut self, snapshot: LocalSnapshot);
     /// Bases materialised in the background: written after the parts
     /// handed over before them; a part handed over later goes first.
@@ -300,6 +311,20 @@ impl Worker {
         for buffer in &self.buffers {
             buffer.flush(&mut cx)?;
         }
+        // Blocks first: a part handed over after them finds them written.
+        let outbox = self.checkpoints.borrow_mut().take_outbox();
+        if !outbox.blocks.is_empty() || !outbox.aborted.is_empty() {
+            match &mut self.writer {
+                Some(writer) => writer.stream(outbox),
+                None => {
+                    let bytes = outbox.blocks.iter().map(|(_, b)| b.bytes.len()).sum();
+                    self.checkpoints.borrow_mut().blocks_taken(bytes);
+                }
+            }
+        }
+        if let Some(writer) = &mut self.writer {
+            writer.progress();
+        }
         let ready = self.checkpoints.borrow_mut().take_ready();
         for snapshot in ready {
             if let Some(writer) = &mut self.writer {
@@ -352,11 +377,15 @@ impl Worker {
         if self.control.as_mut().is_some_and(|c| c.has_message()) {
             return true;
         }
+        // A snapshot waiting for the writer to catch up is no work: the
+        // reactor must give the writer the thread (it notifies the subtask
+        // once it has caught up).
+        let snapshot_waits = self.checkpoints.borrow().archive_behind();
         if self.buffers.iter().any(|b| b.can_drain())
             || self
                 .stateful_operators
                 .iter()
-                .any(|o| o.has_snapshot_work() || o.has_background_work())
+                .any(|o| (o.has_snapshot_work() && !snapshot_waits) || o.has_background_work())
         {
             return true;
         }

@@ -213,7 +213,12 @@ fn every_mode_survives_a_crash_under_many_seeds() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
-    for seed in 0..seeds {
+    // `SPATE_SIM_FIRST=S` starts at seed S (to replay a failing one).
+    let first: u64 = std::env::var("SPATE_SIM_FIRST")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    for seed in first..seeds {
         for mode in modes() {
             crash_and_restore(seed, mode, &data);
         }

@@ -142,6 +142,14 @@ pub struct CheckpointConfig {
     /// once it is committed remotely, restores use remotely committed
     /// checkpoints only, and an empty `dir` is filled from the remote tier.
     pub remote: Option<String>,
+    /// Bytes of a subtask's archived blocks that may wait for its writer.
+    /// Past this, archiving a checkpoint in the background waits, and a
+    /// write to a key group not archived yet keeps the written entry's value
+    /// at the cut instead of archiving the whole group (copy-on-write per
+    /// entry, as Flink's heap state does): memory during a checkpoint is the
+    /// state, this budget, and the entries written before the writer caught
+    /// up, rather than a second copy of the state (default 16 MiB).
+    pub archive_backlog_bytes: usize,
 }
 
 impl CheckpointConfig {
@@ -164,6 +172,7 @@ impl CheckpointConfig {
             max_delta_ratio: 1.0,
             trigger_after_changed_bytes: None,
             remote: None,
+            archive_backlog_bytes: 16 << 20,
         }
     }
 }

@@ -129,6 +129,9 @@ impl BackgroundBase {
 /// A subtask's complete part of one checkpoint.
 pub(crate) struct LocalSnapshot {
     pub barrier: Barrier,
+    /// Empty when the part is handed over: its blocks went to the writer as
+    /// they were made ([`SubtaskCheckpoints::take_outbox`]), and the writer
+    /// puts them back here, their bytes taken, with their handles.
     pub blocks: Vec<SnapshotBlock>,
     /// Key groups unchanged since the last completed checkpoint: their
     /// committed chains are referenced again, nothing is written.
@@ -174,7 +177,6 @@ struct Pending {
     delivered: Vec<bool>,
     open_logs: usize,
     unaligned: bool,
-    blocks: Vec<SnapshotBlock>,
     reused: Vec<StateRef>,
     sources: Vec<SourceOffset>,
     stats: SubtaskStats,
@@ -211,10 +213,29 @@ pub(crate) struct SubtaskCheckpoints {
     latest_begun: u64,
     /// Retired bases to declare dead in the store (by the writer).
     abandoned: Vec<BlockHandle>,
+    /// Blocks of checkpoints in progress, for the writer as they are made
+    /// (it writes them before their part is complete).
+    outbox: Vec<(u64, SnapshotBlock)>,
+    /// Checkpoints aborted since the last [`take_outbox`](Self::take_outbox):
+    /// the writer drops the blocks it has of them.
+    aborted_streams: Vec<u64>,
+    /// Bytes of blocks made and not yet copied into the writer's buffers.
+    backlog_bytes: usize,
+    /// Above this backlog, archiving waits for the writer
+    /// ([`archive_behind`](Self::archive_behind)).
+    backlog_budget: usize,
+}
+
+/// Blocks of checkpoints in progress handed to the writer early, and the
+/// checkpoints aborted since (whose blocks it has are dead).
+pub(crate) struct Outbox {
+    pub blocks: Vec<(u64, SnapshotBlock)>,
+    pub aborted: Vec<u64>,
 }
 
 impl SubtaskCheckpoints {
-    pub(crate) fn new(subtask: usize) -> Self {
+    /// `backlog_budget`: see [`crate::CheckpointConfig::archive_backlog_bytes`].
+    pub(crate) fn new(subtask: usize, backlog_budget: usize) -> Self {
         Self {
             subtask,
             group_of: Vec::new(),
@@ -230,7 +251,39 @@ impl SubtaskCheckpoints {
             retired: Vec::new(),
             latest_begun: 0,
             abandoned: Vec::new(),
+            outbox: Vec::new(),
+            aborted_streams: Vec::new(),
+            backlog_bytes: 0,
+            backlog_budget,
         }
+    }
+
+    /// Whether archives made and not yet in the writer's buffers reach the
+    /// budget: archiving in the background waits, and writes to frozen key
+    /// groups keep values per entry ([`crate::state`]). Never while nothing
+    /// waits, so that a snapshot always progresses.
+    pub(crate) fn archive_behind(&self) -> bool {
+        self.backlog_bytes > 0 && self.backlog_bytes >= self.backlog_budget
+    }
+
+    /// Sets the backlog budget (the simulator draws small ones).
+    pub(crate) fn set_backlog_budget(&mut self, bytes: usize) {
+        self.backlog_budget = bytes;
+    }
+
+    /// The blocks made since the last call, for the writer, and the
+    /// checkpoints aborted since.
+    pub(crate) fn take_outbox(&mut self) -> Outbox {
+        Outbox {
+            blocks: std::mem::take(&mut self.outbox),
+            aborted: std::mem::take(&mut self.aborted_streams),
+        }
+    }
+
+    /// The writer copied `bytes` of blocks into its buffers (or dropped them).
+    pub(crate) fn blocks_taken(&mut self, bytes: usize) {
+        debug_assert!(bytes <= self.backlog_bytes, "backlog accounting");
+        self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes);
     }
 
     /// Sets the alignment groups once the graph is built.
@@ -261,7 +314,6 @@ impl SubtaskCheckpoints {
             delivered: finished,
             open_logs: 0,
             unaligned: barrier.mode == super::CheckpointMode::Unaligned,
-            blocks: Vec::new(),
             reused: Vec::new(),
             sources: Vec::new(),
             stats: SubtaskStats {
@@ -363,7 +415,8 @@ impl SubtaskCheckpoints {
                 }
                 BlockDesc::InFlight { block, .. } => p.stats.in_flight_bytes += block.bytes,
             }
-            p.blocks.push(block);
+            self.backlog_bytes += block.bytes.len();
+            self.outbox.push((id, block));
         }
     }
 
@@ -610,6 +663,16 @@ impl SubtaskCheckpoints {
         self.pending.remove(&id);
         self.written.remove(&id);
         self.done.insert(id);
+        // Its blocks not handed over yet go; the writer drops the others.
+        let mut dropped = 0;
+        self.outbox.retain(|(i, b)| {
+            if *i == id {
+                dropped += b.bytes.len();
+            }
+            *i != id
+        });
+        self.blocks_taken(dropped);
+        self.aborted_streams.push(id);
         debug_assert!(!self.pending.contains_key(&id) && !self.written.contains_key(&id));
     }
 
@@ -626,7 +689,8 @@ impl SubtaskCheckpoints {
             debug_assert!(p.delivered.iter().all(|&d| d) && p.open_logs == 0);
             self.ready.push(LocalSnapshot {
                 barrier: p.barrier,
-                blocks: p.blocks,
+                // Handed to the writer as they were made: it puts them back.
+                blocks: Vec::new(),
                 reused: p.reused,
                 sources: p.sources,
                 stats: p.stats,
@@ -648,11 +712,14 @@ impl SubtaskCheckpoints {
             })
             .collect();
         format!(
-            "groups={:?} finished={:?} pending=[{}] done_max={:?}",
+            "groups={:?} finished={:?} pending=[{}] done_max={:?} backlog={} of {} ({} blocks not handed over)",
             self.group_of,
             self.finished,
             p.join(", "),
-            self.done.last()
+            self.done.last(),
+            self.backlog_bytes,
+            self.backlog_budget,
+            self.outbox.len()
         )
     }
 
@@ -666,6 +733,62 @@ impl SubtaskCheckpoints {
             "a ready part is done and no longer pending"
         );
         std::mem::take(&mut self.ready)
+    }
+}
+
+/// What a writer did with the blocks handed to it early, per checkpoint in
+/// progress: the blocks (bytes taken) and their handles, until the part
+/// comes ([`Streams::take`]) or the checkpoint is aborted.
+#[derive(Default)]
+pub(crate) struct Streams {
+    by_id: BTreeMap<u64, Streamed>,
+}
+
+/// Blocks of one checkpoint a writer appended before its part came.
+#[derive(Default)]
+pub(crate) struct Streamed {
+    pub blocks: Vec<SnapshotBlock>,
+    pub handles: Vec<BlockHandle>,
+    /// A flush failed after one of them was appended: they may be lost, and
+    /// the part fails with this.
+    pub lost: Option<String>,
+}
+
+impl Streams {
+    /// Block `block` of checkpoint `id` was appended at `handle`; its bytes
+    /// are the caller's (to recycle).
+    pub(crate) fn appended(
+        &mut self,
+        id: u64,
+        mut block: SnapshotBlock,
+        handle: BlockHandle,
+    ) -> Bytes {
+        let bytes = std::mem::take(&mut block.bytes);
+        let s = self.by_id.entry(id).or_default();
+        s.blocks.push(block);
+        s.handles.push(handle);
+        bytes
+    }
+
+    /// Checkpoint `id` was aborted: the handles of its blocks, dead.
+    pub(crate) fn abort(&mut self, id: u64) -> Vec<BlockHandle> {
+        self.by_id
+            .remove(&id)
+            .map(|s| s.handles)
+            .unwrap_or_default()
+    }
+
+    /// A flush failed (`reason`): every block appended so far may be lost.
+    pub(crate) fn flush_failed(&mut self, reason: &str) {
+        for s in self.by_id.values_mut() {
+            s.lost
+                .get_or_insert_with(|| format!("a write of its blocks failed: {reason}"));
+        }
+    }
+
+    /// The blocks of checkpoint `id`, for its part.
+    pub(crate) fn take(&mut self, id: u64) -> Streamed {
+        self.by_id.remove(&id).unwrap_or_default()
     }
 }
 
@@ -710,7 +833,7 @@ mod tests {
     /// but only once every checkpoint that could reference it has ended.
     #[test]
     fn background_bases_are_taken_up_or_abandoned() {
-        let mut c = SubtaskCheckpoints::new(0);
+        let mut c = SubtaskCheckpoints::new(0, usize::MAX);
         c.set_groups(vec![0]);
         complete(
             &mut c,

@@ -259,6 +259,11 @@ impl Dataflow {
         let range =
             crate::keygroup::key_group_range(max_parallelism, parallelism as u32, subtask as u32);
         let restore = env.restore.clone();
+        let backlog_budget = env
+            .config
+            .checkpoint
+            .as_ref()
+            .map_or(usize::MAX, |c| c.archive_backlog_bytes);
         Self(Rc::new(RefCell::new(Graph {
             subtask,
             parallelism,
@@ -273,7 +278,10 @@ impl Dataflow {
             sinks: Vec::new(),
             names: Vec::new(),
             build_error: None,
-            checkpoints: Rc::new(RefCell::new(SubtaskCheckpoints::new(subtask))),
+            checkpoints: Rc::new(RefCell::new(SubtaskCheckpoints::new(
+                subtask,
+                backlog_budget,
+            ))),
             restore,
             links: Vec::new(),
             signature: Vec::new(),

@@ -15,7 +15,7 @@
 mod cluster;
 
 use crate::checkpoint::coordinator::Ack;
-use crate::checkpoint::subtask::{BackgroundBase, LocalSnapshot};
+use crate::checkpoint::subtask::{BackgroundBase, LocalSnapshot, Outbox, Streams};
 use crate::dataflow::Dataflow;
 use crate::env::{ack_for, CoordinatorEnds, JobEnv};
 use crate::park::Parker;
@@ -50,6 +50,10 @@ struct ReactorIdle {
     live: Cell<usize>,
     /// Snapshot parts handed to the writer task that it has not taken yet.
     queued: Cell<usize>,
+    /// Batches of blocks handed to the writer task that it has not taken
+    /// yet (they go before bases; the step loop yields for them only when
+    /// its archiving waits for the writer).
+    blocks_queued: Cell<usize>,
 }
 
 /// Counts a checkpoint task as busy while alive.
@@ -137,7 +141,11 @@ const SPIN_STEPS_BEFORE_PARK: u32 = 64;
 
 /// What the step loop hands its reactor's writer task.
 enum WriterJob {
-    /// A subtask's part of a checkpoint: written first, then acknowledged.
+    /// Blocks of checkpoints in progress (written as they come), and
+    /// checkpoints aborted (their blocks are dead).
+    Blocks(Outbox),
+    /// A subtask's part of a checkpoint: its blocks came before it; flushed,
+    /// then acknowledged.
     Part(LocalSnapshot),
     /// Bases materialised in the background: written when no part waits.
     Bases(Vec<BackgroundBase>),
@@ -152,6 +160,12 @@ struct ChannelWriter(
 );
 
 impl SnapshotWriter for ChannelWriter {
+    fn stream(&mut self, outbox: Outbox) {
+        if self.0.try_send(WriterJob::Blocks(outbox)).is_ok() {
+            self.1.blocks_queued.set(self.1.blocks_queued.get() + 1);
+        }
+    }
+
     fn submit(&mut self, snapshot: LocalSnapshot) {
         // Unbounded: never blocks the step; at most `max_concurrent` parts wait.
         if self.0.try_send(WriterJob::Part(snapshot)).is_ok() {
@@ -180,6 +194,7 @@ async fn writer_task(
     slots: Arc<(OnceLock<()>, WriterSlots)>,
     checkpoints: std::rc::Rc<std::cell::RefCell<crate::checkpoint::subtask::SubtaskCheckpoints>>,
     idle: Rc<ReactorIdle>,
+    step_notifier: crate::park::Notifier,
 ) {
     // The coordinator of this process numbers its subtasks from 0.
     let local = env.local_index(subtask);
@@ -193,8 +208,9 @@ async fn writer_task(
     // since the last flush (published as available once it succeeds).
     let mut bases = std::collections::VecDeque::new();
     let mut appended_bases = Vec::new();
+    let mut streams = Streams::default();
     loop {
-        if !bases.is_empty() && idle.queued.get() == 0 {
+        if !bases.is_empty() && idle.queued.get() == 0 && idle.blocks_queued.get() == 0 {
             // No part waits: write one base. A part handed over meanwhile
             // waits for at most this block.
             let _busy = BusyGuard::new(&idle);
@@ -206,11 +222,13 @@ async fn writer_task(
             if bases.is_empty() {
                 // On a failed write these bases are never referenced (their
                 // chains reach their bounds and materialise on the
-                // checkpoint's path); the writer moves to a new segment.
-                if writer.flush().await.is_ok() {
-                    checkpoints
+                // checkpoint's path); the writer moves to a new segment,
+                // and the blocks of parts to come may be lost with them.
+                match writer.flush().await {
+                    Ok(()) => checkpoints
                         .borrow_mut()
-                        .bases_written(std::mem::take(&mut appended_bases));
+                        .bases_written(std::mem::take(&mut appended_bases)),
+                    Err(e) => streams.flush_failed(&e.to_string()),
                 }
                 appended_bases.clear();
             }
@@ -220,6 +238,35 @@ async fn writer_task(
             break;
         };
         let mut snapshot = match job {
+            WriterJob::Blocks(outbox) => {
+                idle.blocks_queued
+                    .set(idle.blocks_queued.get().saturating_sub(1));
+                let _busy = BusyGuard::new(&idle);
+                for id in outbox.aborted {
+                    writer.abort_blocks(&streams.abort(id));
+                }
+                for (id, block) in outbox.blocks {
+                    let handle = writer.append(block.kind, &block.bytes);
+                    let bytes = streams.appended(id, block, handle);
+                    let caught_up = {
+                        let mut checkpoints = checkpoints.borrow_mut();
+                        let behind = checkpoints.archive_behind();
+                        checkpoints.blocks_taken(bytes.len());
+                        behind && !checkpoints.archive_behind()
+                    };
+                    if caught_up {
+                        // The subtask's archiving waited for this.
+                        step_notifier.notify();
+                    }
+                    // Copied into the writer's I/O buffers: the archive
+                    // buffer can hold the next key group.
+                    crate::archive::recycle(bytes);
+                    // Full buffers go to the device while the next blocks
+                    // are copied.
+                    writer.write_behind().await;
+                }
+                continue;
+            }
             WriterJob::Bases(more) => {
                 bases.extend(more);
                 continue;
@@ -240,20 +287,15 @@ async fn writer_task(
         };
         idle.queued.set(idle.queued.get().saturating_sub(1));
         let _busy = BusyGuard::new(&idle);
-        let mut handles = Vec::with_capacity(snapshot.blocks.len());
-        for block in &mut snapshot.blocks {
-            handles.push(writer.append(block.kind, &block.bytes));
-            // Copied into the writer's I/O buffers: the archive buffer can
-            // hold the next key group.
-            crate::archive::recycle(std::mem::replace(
-                &mut block.bytes,
-                crate::data::Bytes::new(),
-            ));
-            // Full buffers go to the device while the next blocks are copied.
-            writer.write_behind().await;
+        debug_assert!(snapshot.blocks.is_empty(), "a part's blocks come before it");
+        let streamed = streams.take(snapshot.barrier.id);
+        snapshot.blocks = streamed.blocks;
+        let handles = streamed.handles;
+        let flushed = writer.flush().await.map_err(|e| e.to_string());
+        if let Err(reason) = &flushed {
+            streams.flush_failed(reason);
         }
-        let written = writer.flush().await;
-        if written.is_ok() {
+        if flushed.is_ok() {
             // Bases appended before the part are durable with it.
             checkpoints
                 .borrow_mut()
@@ -261,6 +303,8 @@ async fn writer_task(
         }
         appended_bases.clear();
         writer.abort_blocks(&checkpoints.borrow_mut().take_abandoned());
+        // A block appended before an earlier failed flush is lost too.
+        let written = flushed.and(streamed.lost.map_or(Ok(()), Err));
         let ack = ack_for(snapshot, local, handles, written, &checkpoints);
         if !push_ack(&env, &mut acks, ack).await {
             return;
@@ -737,6 +781,7 @@ fn start_checkpoint_tasks(
         slots,
         checkpoints,
         idle.clone(),
+        parker.notifier(),
     ))));
     helpers
 }
@@ -756,6 +801,7 @@ async fn step_loop(
     let dump = std::env::var_os("SPATE_STALL_DUMP").is_some();
     let mut last_busy = Instant::now();
     let mut dumped = false;
+    let checkpoints = worker.checkpoints();
     loop {
         if env.failed() {
             break;
@@ -771,7 +817,9 @@ async fn step_loop(
                     last_busy = Instant::now();
                 }
                 idle_steps = 0;
-                if helpers_need_turn(env, subtask, idle, &mut last_turn) {
+                // Archiving waits for the writer: it gets the thread now.
+                let snapshot_waits = checkpoints.borrow().archive_behind();
+                if helpers_need_turn(env, subtask, idle, &mut last_turn) || snapshot_waits {
                     // Glommio runs its loop (I/O, timers, foreign wakes)
                     // only when no task is runnable.
                     glommio::timer::sleep(Duration::from_micros(1)).await;

@@ -15,8 +15,12 @@
 //!    its last key group is decided (the count of undecided groups is exact).
 //! 2. A cut's checkpoint is newer than the completion it builds on, and cuts
 //!    of one table come in increasing checkpoint order.
-//! 3. A frozen key group is archived before its next write (copy-on-write):
-//!    the count of frozen groups is the number of `Some` slots.
+//! 3. A frozen key group is archived before its next write (copy-on-write
+//!    per key group), or, while the writer is behind
+//!    ([`StateTable::defer_copies`]), the value a key had at the cut is kept
+//!    before its first write (copy-on-write per entry); the archive is the
+//!    group as it is with those values in place. The count of frozen groups
+//!    is the number of `Some` slots.
 //! 4. A key group restored lazily is loaded before it is read or written,
 //!    and loaded once (a cut may reuse its restored chain unloaded).
 //! 5. Keys captured by a checkpoint in progress stay held until it completes
@@ -88,10 +92,44 @@ impl<K> Changes<K> {
 }
 
 /// A key group cut for a checkpoint and not archived yet.
-struct Frozen<K> {
+struct Frozen<K, V> {
     id: u64,
     /// The captured keys, for a delta; `None` for a full base.
     delta: Option<FxHashSet<K>>,
+    /// Keys written since the cut, with their value at the cut (`None`:
+    /// absent then); only keys the archive includes (all for a base, the
+    /// captured ones for a delta).
+    before: FxHashMap<K, Option<V>>,
+}
+
+impl<K: Key, V: StateData> Frozen<K, V> {
+    /// Keeps `key`'s value at the cut, `current` (before its first write
+    /// since the cut; nothing if the archive does not include the key).
+    fn keep_before(&mut self, key: &K, current: Option<&V>) {
+        let included = self.delta.as_ref().is_none_or(|keys| keys.contains(key));
+        if included && !self.before.contains_key(key) {
+            self.before.insert(key.clone(), current.cloned());
+        }
+    }
+}
+
+/// The entries of `group` as they were at the cut: the current ones, with
+/// the values in `before` in place of those written since.
+fn entries_at_cut<'a, K: Key, V>(
+    group: &'a StateMap<K, V>,
+    before: &'a FxHashMap<K, Option<V>>,
+) -> Vec<EntryRef<'a, K, V>> {
+    let mut entries: Vec<EntryRef<'a, K, V>> = group
+        .iter()
+        .filter(|(k, _)| !before.contains_key(*k))
+        .map(|(k, v)| EntryRef(k, v))
+        .collect();
+    entries.extend(
+        before
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| EntryRef(k, v))),
+    );
+    entries
 }
 
 /// A table of per-key values, one map per key group of the range.
@@ -99,8 +137,11 @@ pub(crate) struct KeyedTable<K, V> {
     name: String,
     groups: Vec<StateMap<K, V>>,
     changes: Option<Changes<K>>,
-    frozen: Vec<Option<Frozen<K>>>,
+    frozen: Vec<Option<Frozen<K, V>>>,
     frozen_count: usize,
+    /// Keep values at the cut per entry rather than archiving a frozen key
+    /// group on its first write (the writer is behind).
+    defer_copies: bool,
     /// Chains of a restored checkpoint not loaded yet, per key group.
     to_load: Vec<Option<Vec<(bool, RestoredBlock)>>>,
     to_load_count: usize,
@@ -154,6 +195,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
             }),
             frozen: (0..range.len()).map(|_| None).collect(),
             frozen_count: 0,
+            defer_copies: false,
             to_load: (0..range.len()).map(|_| None).collect(),
             to_load_count: 0,
             load_error: None,
@@ -238,9 +280,17 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                 self.decide(index);
             }
         }
-        if self.frozen_count > 0 && self.frozen[index].is_some() {
-            // Copy-on-write: archive the cut before its first change.
-            self.archive_frozen(index);
+        if self.frozen_count > 0 {
+            if let Some(frozen) = &mut self.frozen[index] {
+                if self.defer_copies {
+                    // Copy-on-write per entry: the key's value at the cut.
+                    let key = scope.current_key();
+                    frozen.keep_before(key, self.groups[index].get(key));
+                } else {
+                    // Copy-on-write per key group: archive the cut now.
+                    self.archive_frozen(index);
+                }
+            }
         }
         if let Some(changes) = &mut self.changes {
             let dirty = &mut changes.dirty[index];
@@ -444,14 +494,19 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
         assert!(self.frozen_count > 0, "state `{}`: frozen count", self.name);
         self.frozen_count -= 1;
         let started = std::time::Instant::now();
+        let before = &frozen.before;
         let result = match frozen.delta {
-            None => self.archive_base(index, frozen.id, false),
+            None => self.archive_base(index, frozen.id, false, before),
             Some(keys) => {
                 let group = &self.groups[index];
                 let mut upserts: Vec<(&K, &V)> = Vec::with_capacity(keys.len());
                 let mut deletes: Vec<K> = Vec::new();
                 for key in &keys {
-                    match group.get_key_value(key) {
+                    let at_cut = match before.get_key_value(key) {
+                        Some((k, v)) => v.as_ref().map(|v| (k, v)),
+                        None => group.get_key_value(key),
+                    };
+                    match at_cut {
                         Some((k, v)) => upserts.push((k, v)),
                         None => deletes.push(key.clone()),
                     }
@@ -488,7 +543,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
         };
         self.base_request_count -= 1;
         let started = std::time::Instant::now();
-        let result = self.archive_base(index, id, true);
+        let result = self.archive_base(index, id, true, &FxHashMap::default());
         self.max_pause_us = self.max_pause_us.max(started.elapsed().as_micros() as u64);
         self.serialized.push(result);
     }
@@ -502,21 +557,33 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
         }
     }
 
-    /// Group `index` archived as a full base for checkpoint `id`.
+    /// Group `index` archived as a full base for checkpoint `id`, with the
+    /// values in `before` in place of the current ones (the group at its cut).
     fn archive_base(
         &self,
         index: usize,
         id: u64,
         background: bool,
+        before: &FxHashMap<K, Option<V>>,
     ) -> Result<Serialized, StateError> {
-        let archived = self.snapshot_group(index);
+        let (archived, entries) = if before.is_empty() {
+            (self.snapshot_group(index), self.groups[index].len())
+        } else {
+            let entries = entries_at_cut(&self.groups[index], before);
+            let buffer = take_buffer(archive_estimate::<K, V>(entries.len()));
+            let archived = rkyv::api::high::to_bytes_in::<_, RkyvError>(
+                &Entries(entries.iter().map(|e| EntryRef(e.0, e.1))),
+                buffer,
+            );
+            (archived, entries.len())
+        };
         archived
             .map_err(|e| self.archive_error(index, e))
             .map(|bytes| Serialized {
                 index,
                 id,
                 delta: false,
-                entries: self.groups[index].len() as u64,
+                entries: entries as u64,
                 bytes,
                 background,
             })
@@ -588,10 +655,15 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
             Frozen {
                 id,
                 delta: Some(keys),
+                before: FxHashMap::default(),
             }
         } else {
             self.hold_captured(index, id, keys);
-            Frozen { id, delta: None }
+            Frozen {
+                id,
+                delta: None,
+                before: FxHashMap::default(),
+            }
         };
         if self.frozen[index].replace(frozen).is_none() {
             self.frozen_count += 1;
@@ -653,6 +725,10 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
 
     fn frozen_groups(&self) -> usize {
         self.frozen_count
+    }
+
+    fn defer_copies(&mut self, defer: bool) {
+        self.defer_copies = defer;
     }
 
     fn serialize_requested_bases(&mut self, max: usize) -> usize {

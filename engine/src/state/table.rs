@@ -81,6 +81,12 @@ pub(crate) trait StateTable {
     fn serialize_frozen(&mut self, max: usize) -> usize;
     /// Key groups frozen and not archived yet.
     fn frozen_groups(&self) -> usize;
+    /// While `defer` holds, the first write to a frozen key group keeps the
+    /// written key's value at the cut instead of archiving the whole group
+    /// (copy-on-write per entry rather than per key group): what archiving
+    /// ahead of a slow writer would hold is a full copy of every group
+    /// written, what this holds is the entries written.
+    fn defer_copies(&mut self, defer: bool);
     /// Archives up to `max` bases to materialise in the background (see
     /// [`Decided`]); returns how many.
     fn serialize_requested_bases(&mut self, max: usize) -> usize;

@@ -60,7 +60,7 @@ pub(super) const ARCHIVE_STEP_BUDGET: std::time::Duration = std::time::Duration:
 
 /// How much a step archives in the background: at least one key group, then
 /// more while the budget lasts.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum StepBudget {
     /// A time ([`ARCHIVE_STEP_BUDGET`]).
     Time(std::time::Duration),
@@ -379,8 +379,15 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         // Archives made before writes since the last step were pauses of their own.
         let mut pause = 0;
         let tables = self.state.tables();
+        // The writer is behind: archiving in the background waits for it,
+        // and writes keep values per entry rather than copying whole key
+        // groups ahead of it (memory stays the state plus the budget plus
+        // the entries written meanwhile). Finishing a snapshot at once does
+        // not wait.
+        let behind = budget != StepBudget::Unbounded && self.checkpoints.borrow().archive_behind();
         for (position, table) in tables.iter().enumerate() {
             let mut table = table.borrow_mut();
+            table.defer_copies(behind);
             pause = pause.max(table.take_max_pause_us());
             table.decide_pending(match budget {
                 StepBudget::Unbounded => usize::MAX,
@@ -409,10 +416,12 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
                 }
                 None => self.timers.archive_pending(TIMER_GROUPS_PER_ROUND) > 0,
             };
-            for table in tables {
-                let mut table = table.borrow_mut();
-                if table.frozen_groups() > 0 {
-                    any |= table.serialize_frozen(1) > 0;
+            if !behind {
+                for table in tables {
+                    let mut table = table.borrow_mut();
+                    if table.frozen_groups() > 0 {
+                        any |= table.serialize_frozen(1) > 0;
+                    }
                 }
             }
             if !any || budget.exhausted(step_started, rounds) {
