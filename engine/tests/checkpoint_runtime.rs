@@ -105,7 +105,10 @@ fn fail_and_resume_with(
     setup: &dyn Fn(&mut CheckpointConfig),
     inspect: &dyn Fn(&PathBuf),
 ) {
-    let dir = temp_dir(&format!("ckpt-{}-{incremental}-{from}-{to}", mode.name()));
+    let dir = temp_dir(&format!(
+        "ckpt-{}-{incremental}-{from}-{to}-{fail_after}",
+        mode.name()
+    ));
     let config = |parallelism: usize| {
         let mut config = JobConfig {
             parallelism,
@@ -197,6 +200,26 @@ fn incremental_aligned_job_resumes_after_a_task_failure() {
 /// Incremental and concurrent aligned checkpoints through the writer task
 /// and the io_uring store: chains take up bases materialised in the
 /// background, and a job failed after 20 checkpoints resumes exactly.
+/// Archiving that waits for the writer, on the runtime: with a backlog
+/// budget of one byte, a block handed to the writer stops archiving in the
+/// background until the writer has copied it, and a write to a key group not
+/// archived yet keeps the written key's value at the cut (copy-on-write per
+/// entry). The job still resumes exactly, full and incremental.
+#[test]
+fn archiving_behind_the_writer_resumes_exactly_on_the_runtime() {
+    for incremental in [false, true] {
+        fail_and_resume_with(
+            CheckpointMode::Aligned,
+            incremental,
+            2,
+            2,
+            6,
+            &|c| c.archive_backlog_bytes = 1,
+            &|_| {},
+        );
+    }
+}
+
 #[test]
 fn background_bases_and_concurrent_checkpoints_on_the_runtime() {
     let setup = |c: &mut CheckpointConfig| {
