@@ -86,10 +86,8 @@ impl SimWriter {
 
     fn append(&mut self, blocks: Vec<(u64, crate::checkpoint::subtask::SnapshotBlock)>) {
         for (id, block) in blocks {
-            let handle = self.writer.append(block.kind, &block.bytes);
-            let bytes = self.streams.appended(id, block, handle);
-            self.checkpoints.borrow_mut().blocks_taken(bytes.len());
-            crate::archive::recycle(bytes);
+            self.streams
+                .append(&mut self.writer, &self.checkpoints, id, block);
         }
     }
 
@@ -134,6 +132,10 @@ impl SnapshotWriter for SimWriter {
         }
     }
 
+    fn holds_blocks(&self) -> bool {
+        !self.held.is_empty() || !self.held_new.is_empty()
+    }
+
     fn progress(&mut self) {
         // Blocks handed over in an earlier step are appended, or (one time
         // in four) wait one step more; this step's wait for the next.
@@ -146,14 +148,8 @@ impl SnapshotWriter for SimWriter {
 
     fn submit(&mut self, mut snapshot: LocalSnapshot) {
         self.append_held();
-        let streamed = self.streams.take(snapshot.barrier.id);
-        snapshot.blocks = streamed.blocks;
-        let handles = streamed.handles;
-        let written = block_on(self.writer.flush()).map_err(|e| e.to_string());
-        if let Err(reason) = &written {
-            self.streams.flush_failed(reason);
-        }
-        let written = written.and(streamed.lost.map_or(Ok(()), Err));
+        let flushed = block_on(self.writer.flush()).map_err(|e| e.to_string());
+        let (handles, written) = self.streams.complete(&mut snapshot, flushed);
         let ack = ack_for(snapshot, self.subtask, handles, written, &self.checkpoints);
         // Sized for every checkpoint the coordinator can have outstanding.
         let _ = self.acks.try_push(ack);

@@ -33,6 +33,11 @@ pub(crate) trait SnapshotWriter {
     /// Called once per step: a writer that runs inline (the simulator's)
     /// gets on with blocks it holds.
     fn progress(&mut self) {}
+    /// Whether [`progress`](Self::progress) has blocks to get on with (the
+    /// runtime's writer is a task of its own: never).
+    fn holds_blocks(&self) -> bool {
+        false
+    }
     /// A complete part: its blocks were streamed before it.
     fn submit(&mut self, snapshot: LocalSnapshot);
     /// Bases materialised in the background: written after the parts
@@ -379,7 +384,10 @@ impl Worker {
         }
         // A snapshot waiting for the writer to catch up is no work: the
         // reactor must give the writer the thread (it notifies the subtask
-        // once it has caught up).
+        // once it has caught up). An inline writer with blocks in hand is.
+        if self.writer.as_ref().is_some_and(|w| w.holds_blocks()) {
+            return true;
+        }
         let snapshot_waits = self.checkpoints.borrow().archive_behind();
         if self.buffers.iter().any(|b| b.can_drain())
             || self

@@ -746,28 +746,58 @@ pub(crate) struct Streams {
 
 /// Blocks of one checkpoint a writer appended before its part came.
 #[derive(Default)]
-pub(crate) struct Streamed {
-    pub blocks: Vec<SnapshotBlock>,
-    pub handles: Vec<BlockHandle>,
+struct Streamed {
+    blocks: Vec<SnapshotBlock>,
+    handles: Vec<BlockHandle>,
     /// A flush failed after one of them was appended: they may be lost, and
     /// the part fails with this.
-    pub lost: Option<String>,
+    lost: Option<String>,
 }
 
 impl Streams {
-    /// Block `block` of checkpoint `id` was appended at `handle`; its bytes
-    /// are the caller's (to recycle).
-    pub(crate) fn appended(
+    /// Appends block `block` of checkpoint `id` with `writer` (copied into
+    /// its buffers: the archive buffer goes back to the pool) and takes its
+    /// bytes off the subtask's backlog. Returns whether that brought the
+    /// backlog back under its budget (archiving waited for this).
+    pub(crate) fn append<I: spate_storage::Io>(
         &mut self,
+        writer: &mut spate_storage::SegmentWriter<I>,
+        checkpoints: &std::cell::RefCell<SubtaskCheckpoints>,
         id: u64,
         mut block: SnapshotBlock,
-        handle: BlockHandle,
-    ) -> Bytes {
+    ) -> bool {
+        let handle = writer.append(block.kind, &block.bytes);
         let bytes = std::mem::take(&mut block.bytes);
         let s = self.by_id.entry(id).or_default();
         s.blocks.push(block);
         s.handles.push(handle);
-        bytes
+        let caught_up = {
+            let mut checkpoints = checkpoints.borrow_mut();
+            let behind = checkpoints.archive_behind();
+            checkpoints.blocks_taken(bytes.len());
+            behind && !checkpoints.archive_behind()
+        };
+        crate::archive::recycle(bytes);
+        caught_up
+    }
+
+    /// Part `snapshot` was flushed with outcome `flushed`: puts its blocks
+    /// back in it and returns their handles and whether the part is written
+    /// (not if a block was appended before an earlier failed flush). A
+    /// failed flush may have lost the blocks of parts to come too.
+    pub(crate) fn complete(
+        &mut self,
+        snapshot: &mut LocalSnapshot,
+        flushed: Result<(), String>,
+    ) -> (Vec<BlockHandle>, Result<(), String>) {
+        debug_assert!(snapshot.blocks.is_empty(), "a part's blocks come before it");
+        let streamed = self.take(snapshot.barrier.id);
+        if let Err(reason) = &flushed {
+            self.flush_failed(reason);
+        }
+        snapshot.blocks = streamed.blocks;
+        let written = flushed.and(streamed.lost.map_or(Ok(()), Err));
+        (streamed.handles, written)
     }
 
     /// Checkpoint `id` was aborted: the handles of its blocks, dead.
@@ -787,7 +817,7 @@ impl Streams {
     }
 
     /// The blocks of checkpoint `id`, for its part.
-    pub(crate) fn take(&mut self, id: u64) -> Streamed {
+    fn take(&mut self, id: u64) -> Streamed {
         self.by_id.remove(&id).unwrap_or_default()
     }
 }

@@ -246,21 +246,10 @@ async fn writer_task(
                     writer.abort_blocks(&streams.abort(id));
                 }
                 for (id, block) in outbox.blocks {
-                    let handle = writer.append(block.kind, &block.bytes);
-                    let bytes = streams.appended(id, block, handle);
-                    let caught_up = {
-                        let mut checkpoints = checkpoints.borrow_mut();
-                        let behind = checkpoints.archive_behind();
-                        checkpoints.blocks_taken(bytes.len());
-                        behind && !checkpoints.archive_behind()
-                    };
-                    if caught_up {
+                    if streams.append(&mut writer, &checkpoints, id, block) {
                         // The subtask's archiving waited for this.
                         step_notifier.notify();
                     }
-                    // Copied into the writer's I/O buffers: the archive
-                    // buffer can hold the next key group.
-                    crate::archive::recycle(bytes);
                     // Full buffers go to the device while the next blocks
                     // are copied.
                     writer.write_behind().await;
@@ -287,14 +276,7 @@ async fn writer_task(
         };
         idle.queued.set(idle.queued.get().saturating_sub(1));
         let _busy = BusyGuard::new(&idle);
-        debug_assert!(snapshot.blocks.is_empty(), "a part's blocks come before it");
-        let streamed = streams.take(snapshot.barrier.id);
-        snapshot.blocks = streamed.blocks;
-        let handles = streamed.handles;
         let flushed = writer.flush().await.map_err(|e| e.to_string());
-        if let Err(reason) = &flushed {
-            streams.flush_failed(reason);
-        }
         if flushed.is_ok() {
             // Bases appended before the part are durable with it.
             checkpoints
@@ -303,8 +285,7 @@ async fn writer_task(
         }
         appended_bases.clear();
         writer.abort_blocks(&checkpoints.borrow_mut().take_abandoned());
-        // A block appended before an earlier failed flush is lost too.
-        let written = flushed.and(streamed.lost.map_or(Ok(()), Err));
+        let (handles, written) = streams.complete(&mut snapshot, flushed);
         let ack = ack_for(snapshot, local, handles, written, &checkpoints);
         if !push_ack(&env, &mut acks, ack).await {
             return;
