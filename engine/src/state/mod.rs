@@ -27,7 +27,7 @@
 //!    (and any cut building on an older completion ended) or it fails; they
 //!    then return to the dirty set.
 
-use crate::archive::{take_buffer, Entries, EntryRef};
+use crate::archive::{prefetched, take_buffer, Entries, EntryRef};
 use crate::checkpoint::restore::RestoredBlock;
 use crate::checkpoint::subtask::{Chain, StateKey, StateRef};
 use crate::keygroup::{Key, KeyGroupRange};
@@ -514,11 +514,11 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                 let entries = (upserts.len() + deletes.len()) as u64;
                 let buffer = take_buffer(archive_estimate::<K, V>(keys.len()));
                 // Archives exactly like `(Vec<(K, V)>, Vec<K>)`, which restore reads.
-                let delta = (
-                    Entries(upserts.iter().map(|&(k, v)| EntryRef(k, v))),
-                    deletes,
+                let archived = rkyv::api::high::to_bytes_in::<_, RkyvError>(
+                    &(Entries(prefetched(&upserts)), deletes),
+                    buffer,
                 );
-                let archived = rkyv::api::high::to_bytes_in::<_, RkyvError>(&delta, buffer);
+                drop(upserts);
                 self.hold_captured(index, frozen.id, keys);
                 archived
                     .map_err(|e| self.archive_error(index, e))
