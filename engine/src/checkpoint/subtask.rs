@@ -266,6 +266,17 @@ impl SubtaskCheckpoints {
         self.backlog_bytes > 0 && self.backlog_bytes >= self.backlog_budget
     }
 
+    /// Bytes of archives that may still be made before archiving is behind
+    /// ([`archive_behind`](Self::archive_behind)), besides those made since
+    /// the outbox was last taken: at least one block while nothing waits.
+    pub(crate) fn archive_allowance(&self) -> usize {
+        if self.backlog_bytes == 0 {
+            self.backlog_budget.max(1)
+        } else {
+            self.backlog_budget.saturating_sub(self.backlog_bytes)
+        }
+    }
+
     /// Sets the backlog budget (the simulator draws small ones).
     pub(crate) fn set_backlog_budget(&mut self, bytes: usize) {
         self.backlog_budget = bytes;

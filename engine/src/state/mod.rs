@@ -16,10 +16,10 @@
 //! 2. A cut's checkpoint is newer than the completion it builds on, and cuts
 //!    of one table come in increasing checkpoint order.
 //! 3. A frozen key group is archived before its next write (copy-on-write
-//!    per key group), or, while the writer is behind
-//!    ([`StateTable::defer_copies`]), the value a key had at the cut is kept
-//!    before its first write (copy-on-write per entry); the archive is the
-//!    group as it is with those values in place. The count of frozen groups
+//!    per key group), or, once such archives would run past the writer's
+//!    backlog budget ([`StateTable::set_copy_allowance`]), the value a key
+//!    had at the cut is kept before its first write (copy-on-write per
+//!    entry); the archive is the group as it is with those values in place. The count of frozen groups
 //!    is the number of `Some` slots.
 //! 4. A key group restored lazily is loaded before it is read or written,
 //!    and loaded once (a cut may reuse its restored chain unloaded).
@@ -139,9 +139,10 @@ pub(crate) struct KeyedTable<K, V> {
     changes: Option<Changes<K>>,
     frozen: Vec<Option<Frozen<K, V>>>,
     frozen_count: usize,
-    /// Keep values at the cut per entry rather than archiving a frozen key
-    /// group on its first write (the writer is behind).
-    defer_copies: bool,
+    /// Bytes of archives that first writes to frozen key groups may still
+    /// make; at 0 they keep values at the cut per entry instead (the writer
+    /// is behind).
+    copy_allowance: usize,
     /// Chains of a restored checkpoint not loaded yet, per key group.
     to_load: Vec<Option<Vec<(bool, RestoredBlock)>>>,
     to_load_count: usize,
@@ -195,7 +196,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
             }),
             frozen: (0..range.len()).map(|_| None).collect(),
             frozen_count: 0,
-            defer_copies: false,
+            copy_allowance: usize::MAX,
             to_load: (0..range.len()).map(|_| None).collect(),
             to_load_count: 0,
             load_error: None,
@@ -282,13 +283,14 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
         }
         if self.frozen_count > 0 {
             if let Some(frozen) = &mut self.frozen[index] {
-                if self.defer_copies {
+                if self.copy_allowance == 0 {
                     // Copy-on-write per entry: the key's value at the cut.
                     let key = scope.current_key();
                     frozen.keep_before(key, self.groups[index].get(key));
                 } else {
                     // Copy-on-write per key group: archive the cut now.
-                    self.archive_frozen(index);
+                    let made = self.archive_frozen(index);
+                    self.copy_allowance = self.copy_allowance.saturating_sub(made.max(1));
                 }
             }
         }
@@ -486,10 +488,10 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
         }
     }
 
-    /// Archives frozen group `index` now.
-    fn archive_frozen(&mut self, index: usize) {
+    /// Archives frozen group `index` now; returns the archive's bytes.
+    fn archive_frozen(&mut self, index: usize) -> usize {
         let Some(frozen) = self.frozen[index].take() else {
-            return;
+            return 0;
         };
         assert!(self.frozen_count > 0, "state `{}`: frozen count", self.name);
         self.frozen_count -= 1;
@@ -533,7 +535,9 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
             }
         };
         self.max_pause_us = self.max_pause_us.max(started.elapsed().as_micros() as u64);
+        let bytes = result.as_ref().map_or(0, |s| s.bytes.len());
         self.serialized.push(result);
+        bytes
     }
 
     /// Archives group `index`'s base to materialise in the background now.
@@ -727,8 +731,8 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
         self.frozen_count
     }
 
-    fn defer_copies(&mut self, defer: bool) {
-        self.defer_copies = defer;
+    fn set_copy_allowance(&mut self, bytes: usize) {
+        self.copy_allowance = bytes;
     }
 
     fn serialize_requested_bases(&mut self, max: usize) -> usize {

@@ -81,12 +81,15 @@ pub(crate) trait StateTable {
     fn serialize_frozen(&mut self, max: usize) -> usize;
     /// Key groups frozen and not archived yet.
     fn frozen_groups(&self) -> usize;
-    /// While `defer` holds, the first write to a frozen key group keeps the
-    /// written key's value at the cut instead of archiving the whole group
-    /// (copy-on-write per entry rather than per key group): what archiving
-    /// ahead of a slow writer would hold is a full copy of every group
-    /// written, what this holds is the entries written.
-    fn defer_copies(&mut self, defer: bool);
+    /// First writes to frozen key groups may archive them (copy-on-write per
+    /// key group) until their archives reach `bytes` (`usize::MAX`: no
+    /// bound); from then on, and at once for 0, the first write to a frozen
+    /// key group keeps the written key's value at the cut instead
+    /// (copy-on-write per entry). What archiving ahead of a slow writer would
+    /// hold is a full copy of every group written, what this holds is the
+    /// entries written. Counted per write, not per step: under uniform
+    /// updates one step's batch writes hundreds of key groups.
+    fn set_copy_allowance(&mut self, bytes: usize);
     /// Archives up to `max` bases to materialise in the background (see
     /// [`Decided`]); returns how many.
     fn serialize_requested_bases(&mut self, max: usize) -> usize;

@@ -141,3 +141,56 @@ fn memory_bytes_counts_slots_or_entries_and_index() {
     assert_eq!(slots.memory_bytes(), 4096 * (entry + 1));
     assert_eq!(dense.memory_bytes(), 2048 * (entry + 8) + 4096 * (8 + 1));
 }
+
+/// Writes to frozen key groups archive whole groups only while their archives
+/// fit in the allowance; after that a write keeps the written key's value at
+/// the cut, and the group is archived later as it was at the cut.
+#[test]
+fn writes_archive_frozen_groups_only_within_the_copy_allowance() {
+    let range = KeyGroupRange { start: 0, end: 4 };
+    let mut table = KeyedTable::<u64, u64>::new("t", range, false, None);
+    for index in 0..4usize {
+        for key in 0..8u64 {
+            table
+                .touched(&Scope(key * 4 + index as u64, index))
+                .insert(key * 4 + index as u64, 1);
+        }
+    }
+    for index in 0..4 {
+        table.freeze(index, 1, 0, false);
+    }
+    // One byte allows one archive: the first write archives group 0, the
+    // next writes keep values per entry.
+    table.set_copy_allowance(1);
+    for index in 0..4usize {
+        *table
+            .touched(&Scope(index as u64, index))
+            .get_mut(&(index as u64))
+            .unwrap() = 2;
+    }
+    let on_write = table.take_serialized();
+    assert_eq!(on_write.len(), 1, "only the first write archives its group");
+    assert_eq!(on_write[0].as_ref().unwrap().index, 0);
+    assert_eq!(table.frozen_groups(), 3);
+    assert_eq!(table.serialize_frozen(usize::MAX), 3);
+    // Every archive holds the group at the cut: the old value 1 everywhere.
+    for archived in on_write.into_iter().chain(table.take_serialized()) {
+        let archived = archived.unwrap();
+        let entries = rkyv::from_bytes::<Vec<(u64, u64)>, RkyvError>(&archived.bytes).unwrap();
+        assert_eq!(entries.len(), 8, "group {}", archived.index);
+        assert!(
+            entries.iter().all(|(_, v)| *v == 1),
+            "group {} at the cut",
+            archived.index
+        );
+    }
+    // Without a bound every first write archives its group.
+    for index in 0..4 {
+        table.freeze(index, 2, 1, false);
+    }
+    table.set_copy_allowance(usize::MAX);
+    for index in 0..4usize {
+        table.touched(&Scope(index as u64, index));
+    }
+    assert_eq!(table.take_serialized().len(), 4);
+}

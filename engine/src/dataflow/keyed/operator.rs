@@ -327,9 +327,13 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             range_start: u32::from(self.range.start),
         });
         let mut undecided = 0;
+        // Writes later in this step may archive frozen key groups up to the
+        // writer's backlog budget, then keep values per entry.
+        let allowance = self.checkpoints.borrow().archive_allowance();
         for (position, table) in self.state.tables().iter().enumerate() {
             let mut table = table.borrow_mut();
             table.begin_cut(plan.clone(), self.names.1[position].clone());
+            table.set_copy_allowance(allowance);
             undecided += table.undecided();
         }
         self.timers.begin_cut(id);
@@ -387,7 +391,6 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         let behind = budget != StepBudget::Unbounded && self.checkpoints.borrow().archive_behind();
         for (position, table) in tables.iter().enumerate() {
             let mut table = table.borrow_mut();
-            table.defer_copies(behind);
             pause = pause.max(table.take_max_pause_us());
             table.decide_pending(match budget {
                 StepBudget::Unbounded => usize::MAX,
@@ -463,6 +466,15 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
         let mut checkpoints = self.checkpoints.borrow_mut();
         for block in blocks.into_iter().chain(timer_blocks) {
             checkpoints.add_block(id, block);
+        }
+        // Writes until the next step may archive frozen key groups up to
+        // the backlog budget, counting what is in the outbox now.
+        let allowance = match budget {
+            StepBudget::Unbounded => usize::MAX,
+            _ => checkpoints.archive_allowance(),
+        };
+        for table in tables {
+            table.borrow_mut().set_copy_allowance(allowance);
         }
         checkpoints.add_pause(id, pause.max(step_started.elapsed().as_micros() as u64));
         if remaining == 0 && self.lazy.as_ref().is_some_and(|l| l.refs.is_empty()) {
