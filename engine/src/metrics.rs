@@ -87,6 +87,10 @@ pub(crate) struct OperatorMetrics {
     pub state_keys: Cell,
     /// Estimated in-memory bytes of those entries (keys times entry size).
     pub state_bytes: Cell,
+    /// Values of keyed state kept at a checkpoint's cut per entry, because
+    /// the checkpoint writer was behind (copy-on-write per entry), summed
+    /// over the job's runs; sampled about once a second.
+    pub values_kept: Cell,
 }
 
 /// One exchange (named by the keyed operator and input it feeds) on one
@@ -181,6 +185,7 @@ pub(crate) struct OperatorSample {
     pub timers: u64,
     pub state_keys: u64,
     pub state_bytes: u64,
+    pub values_kept: u64,
 }
 
 /// An exchange's figures on one sending subtask at one moment.
@@ -281,6 +286,7 @@ impl MetricsRegistry {
                         timers: e.metrics.timers.get(),
                         state_keys: e.metrics.state_keys.get(),
                         state_bytes: e.metrics.state_bytes.get(),
+                        values_kept: e.metrics.values_kept.get(),
                     })
                     .collect()
             })

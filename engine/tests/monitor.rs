@@ -92,16 +92,27 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn start(name: &str, monitor: MonitorConfig) -> (JobHandle, Arc<Switches>, SocketAddr, PathBuf) {
+    start_with(name, monitor, |_| {})
+}
+
+/// [`start`], with the checkpoint configuration changed by `tune`.
+fn start_with(
+    name: &str,
+    monitor: MonitorConfig,
+    tune: impl FnOnce(&mut CheckpointConfig),
+) -> (JobHandle, Arc<Switches>, SocketAddr, PathBuf) {
     let dir = temp_dir(name);
+    let mut checkpoint = CheckpointConfig {
+        timeout_ms: 400,
+        tolerable_failures: 1_000,
+        ..CheckpointConfig::new(&dir, 100)
+    };
+    tune(&mut checkpoint);
     let config = JobConfig {
         parallelism: 2,
         max_parallelism: 32,
         pin_cores: false,
-        checkpoint: Some(CheckpointConfig {
-            timeout_ms: 400,
-            tolerable_failures: 1_000,
-            ..CheckpointConfig::new(&dir, 100)
-        }),
+        checkpoint: Some(checkpoint),
         restart: RestartStrategy::FixedDelay {
             attempts: 3,
             delay: Duration::ZERO,
@@ -268,6 +279,36 @@ fn metrics_parse_as_prometheus_text_and_counters_move() {
             )
             .is_some()
     });
+    finish(handle, dir);
+}
+
+/// A checkpoint writer that falls behind shows: with a backlog budget of one
+/// byte, writes to key groups not archived yet keep their values per entry,
+/// and the metrics and the API count them.
+#[test]
+fn values_kept_at_the_cut_are_counted_when_the_writer_is_behind() {
+    let (handle, _switches, addr, dir) = start_with("kept", MonitorConfig::local(0), |c| {
+        c.archive_backlog_bytes = 1;
+    });
+    let kept = |subtask: &str| {
+        value(
+            &scrape(addr),
+            "spate_keyed_state_values_kept_at_cut_total",
+            &[("operator", "count"), ("subtask", subtask)],
+        )
+    };
+    wait_for("values kept at a cut", || {
+        kept("0").is_some_and(|v| v > 0.0) || kept("1").is_some_and(|v| v > 0.0)
+    });
+    let operators = json(addr, "/api/operators");
+    let in_api: u64 = operators["operators"]
+        .as_array()
+        .expect("operators")
+        .iter()
+        .filter(|o| o["name"] == "count")
+        .map(|o| o["values_kept_at_cut"].as_u64().expect("a count"))
+        .sum();
+    assert!(in_api > 0, "{operators}");
     finish(handle, dir);
 }
 

@@ -187,6 +187,7 @@ pub(super) struct Operator {
     pub timers_pending: u64,
     pub state_keys: u64,
     pub state_size_bytes: u64,
+    pub values_kept_at_cut: u64,
 }
 
 #[derive(Serialize)]
@@ -402,6 +403,7 @@ pub(super) fn operators(latest: &Sample, sampler: &Sampler) -> Operators {
                 timers_pending: o.timers,
                 state_keys: o.state_keys,
                 state_size_bytes: o.state_bytes,
+                values_kept_at_cut: o.values_kept,
             }
         })
         .collect();

@@ -359,7 +359,7 @@ fn operator_families(e: &mut Exposition, job: &str, latest: &Sample, sampler: &S
         ]
     };
     type Get = fn(&crate::metrics::OperatorSample) -> u64;
-    let families: [(&'static str, &'static str, MetricType, Get); 6] = [
+    let families: [(&'static str, &'static str, MetricType, Get); 7] = [
         (
             "spate_operator_records_in",
             "Records into the operator.",
@@ -389,6 +389,12 @@ fn operator_families(e: &mut Exposition, job: &str, latest: &Sample, sampler: &S
             "In-memory bytes of the keyed state's tables (slots, or entries and index).",
             MetricType::Gauge,
             |o| o.state_bytes,
+        ),
+        (
+            "spate_keyed_state_values_kept_at_cut",
+            "Values of keyed state kept at a checkpoint's cut one entry at a time, because the checkpoint writer was behind (sampled every second).",
+            MetricType::Counter,
+            |o| o.values_kept,
         ),
         (
             "spate_operator_watermark_seconds",

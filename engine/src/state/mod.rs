@@ -105,11 +105,14 @@ struct Frozen<K, V> {
 impl<K: Key, V: StateData> Frozen<K, V> {
     /// Keeps `key`'s value at the cut, `current` (before its first write
     /// since the cut; nothing if the archive does not include the key).
-    fn keep_before(&mut self, key: &K, current: Option<&V>) {
+    /// Returns whether it kept one.
+    fn keep_before(&mut self, key: &K, current: Option<&V>) -> bool {
         let included = self.delta.as_ref().is_none_or(|keys| keys.contains(key));
         if included && !self.before.contains_key(key) {
             self.before.insert(key.clone(), current.cloned());
+            return true;
         }
+        false
     }
 }
 
@@ -143,6 +146,8 @@ pub(crate) struct KeyedTable<K, V> {
     /// make; at 0 they keep values at the cut per entry instead (the writer
     /// is behind).
     copy_allowance: usize,
+    /// Values kept at a cut per entry so far (for the monitor).
+    values_kept: u64,
     /// Chains of a restored checkpoint not loaded yet, per key group.
     to_load: Vec<Option<Vec<(bool, RestoredBlock)>>>,
     to_load_count: usize,
@@ -197,6 +202,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
             frozen: (0..range.len()).map(|_| None).collect(),
             frozen_count: 0,
             copy_allowance: usize::MAX,
+            values_kept: 0,
             to_load: (0..range.len()).map(|_| None).collect(),
             to_load_count: 0,
             load_error: None,
@@ -286,7 +292,9 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
                 if self.copy_allowance == 0 {
                     // Copy-on-write per entry: the key's value at the cut.
                     let key = scope.current_key();
-                    frozen.keep_before(key, self.groups[index].get(key));
+                    if frozen.keep_before(key, self.groups[index].get(key)) {
+                        self.values_kept += 1;
+                    }
                 } else {
                     // Copy-on-write per key group: archive the cut now.
                     let made = self.archive_frozen(index);
@@ -733,6 +741,10 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
 
     fn set_copy_allowance(&mut self, bytes: usize) {
         self.copy_allowance = bytes;
+    }
+
+    fn values_kept(&self) -> u64 {
+        self.values_kept
     }
 
     fn serialize_requested_bases(&mut self, max: usize) -> usize {

@@ -90,6 +90,9 @@ pub(crate) trait StateTable {
     /// entries written. Counted per write, not per step: under uniform
     /// updates one step's batch writes hundreds of key groups.
     fn set_copy_allowance(&mut self, bytes: usize);
+    /// Values kept at a cut per entry since the table was made (each is a
+    /// write that found the writer behind).
+    fn values_kept(&self) -> u64;
     /// Archives up to `max` bases to materialise in the background (see
     /// [`Decided`]); returns how many.
     fn serialize_requested_bases(&mut self, max: usize) -> usize;

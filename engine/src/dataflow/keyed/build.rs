@@ -207,6 +207,7 @@ pub(super) fn build<
         timers_schema: Arc::new(BlockSchema::timers::<K>()),
         metrics: df.operator_metrics(name, crate::metrics::OperatorKind::Keyed),
         next_state_sample_ms: 0,
+        values_kept_published: 0,
     }));
     if let Some(restore) = df.restore_state() {
         let restored = op.borrow_mut().restore(&restore);

@@ -43,6 +43,8 @@ pub(super) struct Operator<K, I1, I2, O, F> {
     /// about once a second: counting keys visits every key group).
     pub(super) metrics: Arc<OperatorMetrics>,
     pub(super) next_state_sample_ms: u64,
+    /// Values kept at a cut that this run already added to the metrics.
+    pub(super) values_kept_published: u64,
 }
 
 /// A snapshot cut and not fully archived: what each frozen key group of
@@ -116,16 +118,22 @@ impl<K: Key, I1, I2, O: Data, F: CoProcessFunction<K, I1, I2, O>> Operator<K, I1
             return;
         }
         self.next_state_sample_ms = now_ms + 1_000;
-        let (mut keys, mut bytes) = (0u64, 0u64);
+        let (mut keys, mut bytes, mut kept) = (0u64, 0u64, 0u64);
         for table in self.state.tables() {
             let table = table.borrow();
             for i in 0..self.range.len() {
                 keys += table.keys_in_group(i) as u64;
                 bytes += table.group_memory_bytes(i) as u64;
             }
+            kept += table.values_kept();
         }
         self.metrics.state_keys.set(keys);
         self.metrics.state_bytes.set(bytes);
+        // A counter across runs: this run's tables count from zero.
+        self.metrics
+            .values_kept
+            .add(kept.saturating_sub(self.values_kept_published));
+        self.values_kept_published = kept;
     }
 
     pub(super) fn key_group_index(&self, key: &K) -> usize {
