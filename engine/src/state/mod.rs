@@ -19,8 +19,8 @@
 //!    per key group), or, once such archives would run past the writer's
 //!    backlog budget ([`StateTable::set_copy_allowance`]), the value a key
 //!    had at the cut is kept before its first write (copy-on-write per
-//!    entry); the archive is the group as it is with those values in place. The count of frozen groups
-//!    is the number of `Some` slots.
+//!    entry); the archive is the group as it is with those values in place.
+//!    The count of frozen groups is the number of `Some` slots.
 //! 4. A key group restored lazily is loaded before it is read or written,
 //!    and loaded once (a cut may reuse its restored chain unloaded).
 //! 5. Keys captured by a checkpoint in progress stay held until it completes
