@@ -39,6 +39,21 @@ pub struct Record<T> {
 /// Hash map with the engine's fixed hasher.
 pub type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<rustc_hash::FxHasher>>;
 
+/// Slots of a hash table of capacity `capacity`: the power of two above
+/// `capacity · 8/7` (it fills them to 7/8).
+pub(crate) fn hash_slots(capacity: usize) -> usize {
+    match capacity {
+        0 => 0,
+        c => (c * 8 / 7).next_power_of_two(),
+    }
+}
+
+/// Bytes a hash map of `capacity` takes in memory: its slots, an entry and
+/// a control byte each (not what entries point to).
+pub(crate) fn hash_map_bytes<K, V>(capacity: usize) -> usize {
+    hash_slots(capacity) * (std::mem::size_of::<(K, V)>() + 1)
+}
+
 /// Entries larger than this (key and value, in memory) make a key group's
 /// map dense ([`StateMap`]).
 const DENSE_ABOVE_BYTES: usize = 64;
@@ -155,18 +170,12 @@ impl<K: std::hash::Hash + Eq, V> StateMap<K, V> {
     /// written, so not resident) and their index (position and control byte
     /// per slot); not what keys or values point to.
     pub fn memory_bytes(&self) -> usize {
-        // A hash table of capacity `c` has the power of two of slots above
-        // `c · 8/7` (it fills them to 7/8).
-        let slots = |capacity: usize| match capacity {
-            0 => 0,
-            c => (c * 8 / 7).next_power_of_two(),
-        };
         let entry = std::mem::size_of::<(K, V)>();
         match self {
-            StateMap::Slots(m) => slots(m.capacity()) * (entry + 1),
+            StateMap::Slots(m) => hash_slots(m.capacity()) * (entry + 1),
             StateMap::Dense(m) => {
                 m.len() * (entry + std::mem::size_of::<u64>())
-                    + slots(m.capacity()) * (std::mem::size_of::<usize>() + 1)
+                    + hash_slots(m.capacity()) * (std::mem::size_of::<usize>() + 1)
             }
         }
     }

@@ -465,6 +465,16 @@ where
 /// needs no hashing, unlike a map's).
 pub(crate) struct PaneMap<K, Acc>(FxHashMap<K, Acc>);
 
+impl<K, Acc> PaneMap<K, Acc> {
+    /// Its keys and the bytes its table takes (for the monitor).
+    fn size(&self) -> (usize, usize) {
+        (
+            self.0.len(),
+            crate::data::hash_map_bytes::<K, Acc>(self.0.capacity()),
+        )
+    }
+}
+
 impl<K: Clone, Acc: Clone> Clone for PaneMap<K, Acc> {
     fn clone(&self) -> Self {
         Self(self.0.clone())
@@ -581,7 +591,7 @@ impl<K: Key, T: 'static, A: AggregateFunction<T>, W: WindowOutput<K, A::Out>>
             assigner,
             function,
             output,
-            panes: registry.key_group_state(panes),
+            panes: registry.key_group_state(panes).of_maps(PaneMap::size),
             progress: registry.key_group_state("progress"),
             groups: vec![None; registry.key_group_range().len()],
             all_read: false,
@@ -867,6 +877,32 @@ mod tests {
         assert_eq!(
             crate::schema::BlockSchema::keyed::<u64, PaneMap<String, u64>>(),
             crate::schema::BlockSchema::keyed::<u64, Vec<(String, u64)>>()
+        );
+    }
+
+    /// The monitor counts a pane state's (key, pane) entries as its keys and
+    /// the panes' tables in its size, not one key and slot per pane.
+    #[test]
+    fn pane_states_count_their_entries_and_tables() {
+        use crate::keygroup::KeyGroupRange;
+        use crate::state::{KeyGroup, StateRegistry};
+        let mut registry =
+            StateRegistry::<u64>::new(KeyGroupRange { start: 0, end: 2 }, false, None);
+        let panes = registry
+            .key_group_state::<u64, PaneMap<u64, u64>>("panes")
+            .of_maps(PaneMap::size);
+        let pane = |keys: std::ops::Range<u64>| PaneMap(keys.map(|k| (k, k)).collect());
+        panes.insert(KeyGroup::new(0), 10, pane(0..300));
+        panes.insert(KeyGroup::new(0), 12, pane(0..5));
+        panes.insert(KeyGroup::new(1), 10, pane(0..7));
+        let table = registry.tables()[0].clone();
+        let table = table.borrow();
+        assert_eq!((table.keys_in_group(0), table.keys_in_group(1)), (305, 7));
+        let inner = |n: u64| crate::data::hash_map_bytes::<u64, u64>(pane(0..n).0.capacity());
+        assert!(table.group_memory_bytes(0) >= inner(300) + inner(5));
+        assert!(
+            table.group_memory_bytes(0) > 300 * 16,
+            "the entries' bytes count"
         );
     }
 

@@ -412,6 +412,14 @@ impl<GK, V> Clone for KeyGroupState<GK, V> {
 }
 
 impl<GK: Key, V: StateData> KeyGroupState<GK, V> {
+    /// Values that are maps themselves: the monitor counts their entries as
+    /// the state's keys and their tables in its size, `size` giving both
+    /// for one value.
+    pub(crate) fn of_maps(self, size: fn(&V) -> (usize, usize)) -> Self {
+        self.table.borrow_mut().set_inner_size(size);
+        self
+    }
+
     /// The value under `key` in `group`.
     pub fn get(&self, group: KeyGroup, key: &GK) -> Option<V> {
         let scope = GroupEntry {

@@ -148,6 +148,9 @@ pub(crate) struct KeyedTable<K, V> {
     copy_allowance: usize,
     /// Values kept at a cut per entry so far (for the monitor).
     values_kept: u64,
+    /// For values that are maps themselves: their entries and the bytes
+    /// their tables take (for the monitor's keys and state size).
+    inner_size: Option<fn(&V) -> (usize, usize)>,
     /// Chains of a restored checkpoint not loaded yet, per key group.
     to_load: Vec<Option<Vec<(bool, RestoredBlock)>>>,
     to_load_count: usize,
@@ -203,6 +206,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
             frozen_count: 0,
             copy_allowance: usize::MAX,
             values_kept: 0,
+            inner_size: None,
             to_load: (0..range.len()).map(|_| None).collect(),
             to_load_count: 0,
             load_error: None,
@@ -223,6 +227,12 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
 }
 
 impl<K: Key, V: StateData> KeyedTable<K, V> {
+    /// Counts each value as the entries of a map, `size` giving its entries
+    /// and the bytes its table takes ([`KeyGroupState::of_maps`]).
+    pub(crate) fn set_inner_size(&mut self, size: fn(&V) -> (usize, usize)) {
+        self.inner_size = Some(size);
+    }
+
     /// The current key's group, for a read (loaded first if restored lazily).
     #[inline]
     fn read(&mut self, scope: &impl KeyScope<K>) -> &StateMap<K, V> {
@@ -629,11 +639,18 @@ impl<K: Key, V: StateData> StateTable for KeyedTable<K, V> {
     }
 
     fn keys_in_group(&self, index: usize) -> usize {
-        self.groups[index].len()
+        match self.inner_size {
+            Some(size) => self.groups[index].iter().map(|(_, v)| size(v).0).sum(),
+            None => self.groups[index].len(),
+        }
     }
 
     fn group_memory_bytes(&self, index: usize) -> usize {
-        self.groups[index].memory_bytes()
+        let inner = match self.inner_size {
+            Some(size) => self.groups[index].iter().map(|(_, v)| size(v).1).sum(),
+            None => 0,
+        };
+        self.groups[index].memory_bytes() + inner
     }
 
     fn schema(&self) -> &Arc<BlockSchema> {

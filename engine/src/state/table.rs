@@ -55,11 +55,13 @@ pub(crate) trait StateTable {
     /// The state's name, unique within its operator.
     fn name(&self) -> &str;
     /// Number of keys with state in the key group at `index` of the range
-    /// (loaded ones: a restored key group not yet loaded counts none).
+    /// (loaded ones: a restored key group not yet loaded counts none); for
+    /// a state whose values are maps, their entries.
     fn keys_in_group(&self, index: usize) -> usize;
     /// Bytes the key group at `index` holds in memory: its slots, or its
     /// entries and their index ([`crate::data::StateMap::memory_bytes`]),
-    /// not what values point to; for the monitor's state size.
+    /// and for a state whose values are maps, their tables; not what other
+    /// values point to. For the monitor's state size.
     fn group_memory_bytes(&self, index: usize) -> usize;
     /// What the table's blocks archive: recorded in checkpoints (for
     /// inspection tools), compared on restore.
