@@ -415,7 +415,7 @@ impl<GK: Key, V: StateData> KeyGroupState<GK, V> {
     /// Values that are maps themselves: the monitor counts their entries as
     /// the state's keys and their tables in its size, `size` giving both
     /// for one value.
-    pub(crate) fn of_maps(self, size: fn(&V) -> (usize, usize)) -> Self {
+    pub(crate) fn of_maps(self, size: super::InnerSize<V>) -> Self {
         self.table.borrow_mut().set_inner_size(size);
         self
     }

@@ -135,6 +135,10 @@ fn entries_at_cut<'a, K: Key, V>(
     entries
 }
 
+/// For a value that is a map itself: its entries and the bytes its table
+/// takes.
+pub(crate) type InnerSize<V> = fn(&V) -> (usize, usize);
+
 /// A table of per-key values, one map per key group of the range.
 pub(crate) struct KeyedTable<K, V> {
     name: String,
@@ -150,7 +154,7 @@ pub(crate) struct KeyedTable<K, V> {
     values_kept: u64,
     /// For values that are maps themselves: their entries and the bytes
     /// their tables take (for the monitor's keys and state size).
-    inner_size: Option<fn(&V) -> (usize, usize)>,
+    inner_size: Option<InnerSize<V>>,
     /// Chains of a restored checkpoint not loaded yet, per key group.
     to_load: Vec<Option<Vec<(bool, RestoredBlock)>>>,
     to_load_count: usize,
@@ -229,7 +233,7 @@ impl<K: Key, V: StateData> KeyedTable<K, V> {
 impl<K: Key, V: StateData> KeyedTable<K, V> {
     /// Counts each value as the entries of a map, `size` giving its entries
     /// and the bytes its table takes ([`KeyGroupState::of_maps`]).
-    pub(crate) fn set_inner_size(&mut self, size: fn(&V) -> (usize, usize)) {
+    pub(crate) fn set_inner_size(&mut self, size: InnerSize<V>) {
         self.inner_size = Some(size);
     }
 
