@@ -32,8 +32,8 @@ fn fix_malloc_mmap_threshold() {
         .iter()
         .any(|name| std::env::var_os(name).is_some());
         if !set_by_user {
-            // SAFETY: sets one parameter of glibc's allocator, before this
-            // program starts a thread or allocates much.
+            // Called before this program starts a thread or allocates much.
+            // SAFETY: only sets one parameter of glibc's allocator.
             unsafe {
                 libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
             }

@@ -87,8 +87,8 @@ fn prefetch<T>(value: &T) {
             if line >= end {
                 break;
             }
-            // SAFETY: a prefetch never faults and reads nothing the program
-            // sees; the address is only a hint.
+            // The address is only a hint to the CPU.
+            // SAFETY: a prefetch never faults and reads nothing the program sees.
             unsafe {
                 std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
                     line as *const i8,

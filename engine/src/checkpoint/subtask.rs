@@ -267,8 +267,10 @@ impl SubtaskCheckpoints {
     }
 
     /// Bytes of archives that may still be made before archiving is behind
-    /// ([`archive_behind`](Self::archive_behind)), besides those made since
-    /// the outbox was last taken: at least one block while nothing waits.
+    /// ([`archive_behind`](Self::archive_behind)), counting the blocks
+    /// added so far and not those the state tables made and have not handed
+    /// over yet (they count those themselves): at least one block while
+    /// nothing waits.
     pub(crate) fn archive_allowance(&self) -> usize {
         if self.backlog_bytes == 0 {
             self.backlog_budget.max(1)
