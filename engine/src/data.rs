@@ -41,7 +41,7 @@ pub type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<rustc_hash::FxHasher
 
 /// Slots of a hash table of capacity `capacity`: the power of two above
 /// `capacity · 8/7` (it fills them to 7/8).
-pub(crate) fn hash_slots(capacity: usize) -> usize {
+fn hash_slots(capacity: usize) -> usize {
     match capacity {
         0 => 0,
         c => (c * 8 / 7).next_power_of_two(),
@@ -172,7 +172,7 @@ impl<K: std::hash::Hash + Eq, V> StateMap<K, V> {
     pub fn memory_bytes(&self) -> usize {
         let entry = std::mem::size_of::<(K, V)>();
         match self {
-            StateMap::Slots(m) => hash_slots(m.capacity()) * (entry + 1),
+            StateMap::Slots(m) => hash_map_bytes::<K, V>(m.capacity()),
             StateMap::Dense(m) => {
                 m.len() * (entry + std::mem::size_of::<u64>())
                     + hash_slots(m.capacity()) * (std::mem::size_of::<usize>() + 1)
